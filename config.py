@@ -1,0 +1,151 @@
+"""Configuration from the environment (``.env`` is loaded by ``bot.py``).
+
+Every variable is documented in ``.env.example``. ``Settings.from_env`` validates all of
+them at once and raises :class:`errors.ConfigError` naming the bad variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MODES = ("dev", "prod")
+MODEL_BACKENDS = ("local", "openai")
+SPEECH_BACKENDS = ("sphinx", "openai")
+TTS_BACKENDS = ("espeak", "openai", "none")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _usable_dir(name: str, raw: str) -> Path:
+    """Create the folder if needed and check we can write to it."""
+    path = Path(raw).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{name}={raw!r} cannot be created: {exc.strerror}") from None
+    if not path.is_dir() or not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={raw!r} is not a readable and writable folder")
+    return path.resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; see ``.env.example`` for what each one means."""
+
+    token: str | None = field(default=None, repr=False)
+    prefix: str = "!"
+    mode: str = "dev"
+    data_dir: Path = Path("data")
+    corrections_dir: Path = Path("corrections")
+    api_base: str | None = None
+    trainer_role: str | None = None
+    chat_channels: tuple[str, ...] = ("general", "chat")
+    model_backend: str = "local"
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    openai_base_model: str = "gpt-4.1-mini-2025-04-14"
+    speech_backend: str = "sphinx"
+    speech_language: str = "en-US"
+    openai_transcribe_model: str = "gpt-4o-mini-transcribe"
+    tts_backend: str = "espeak"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    openai_tts_voice: str = "alloy"
+    audio_max_bytes: int = 25 * 1024 * 1024
+    audio_max_seconds: float = 300.0
+    audio_workers: int = 2
+    audio_queue: int = 8
+    voice_idle_seconds: float = 300.0
+    job_poll_seconds: float = 15.0
+
+    @property
+    def dev(self) -> bool:
+        return self.mode == "dev"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        mode = _choice(env, "MODE", "dev", MODES)
+        token = env.get("DISCORD_TOKEN", "").strip() or None
+        if mode == "prod" and not token:
+            raise ConfigError("DISCORD_TOKEN is required when MODE=prod (see .env.example)")
+        prefix = env.get("PREFIX", "!")
+        if "PREFIX" in env and not prefix.strip():
+            raise ConfigError("PREFIX must not be empty")
+        if prefix != prefix.strip():
+            raise ConfigError(f"PREFIX must not start or end with spaces, got {prefix!r}")
+        api_base = env.get("DISCORD_API_BASE", "").strip().rstrip("/") or None
+        if api_base and not api_base.startswith(("http://", "https://")):
+            raise ConfigError(f"DISCORD_API_BASE must be an http(s) URL, got {api_base!r}")
+        channels = tuple(
+            c.strip().lstrip("#").lower()
+            for c in env.get("CHAT_CHANNELS", "general,chat").split(",")
+            if c.strip()
+        )
+        return cls(
+            token=token,
+            prefix=prefix,
+            mode=mode,
+            data_dir=_usable_dir("DATA_DIR", env.get("DATA_DIR", "").strip() or "data"),
+            corrections_dir=_usable_dir(
+                "CORRECTIONS_DIR", env.get("CORRECTIONS_DIR", "").strip() or "corrections"
+            ),
+            api_base=api_base,
+            trainer_role=env.get("TRAINER_ROLE", "").strip() or None,
+            chat_channels=channels,
+            model_backend=_choice(env, "MODEL_BACKEND", "local", MODEL_BACKENDS),
+            openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
+            openai_base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
+            openai_base_model=env.get("OPENAI_BASE_MODEL", "").strip() or cls.openai_base_model,
+            speech_backend=_choice(env, "SPEECH_BACKEND", "sphinx", SPEECH_BACKENDS),
+            speech_language=env.get("SPEECH_LANGUAGE", "").strip() or "en-US",
+            openai_transcribe_model=env.get("OPENAI_TRANSCRIBE_MODEL", "").strip()
+            or cls.openai_transcribe_model,
+            tts_backend=_choice(env, "TTS_BACKEND", "espeak", TTS_BACKENDS),
+            openai_tts_model=env.get("OPENAI_TTS_MODEL", "").strip() or cls.openai_tts_model,
+            openai_tts_voice=env.get("OPENAI_TTS_VOICE", "").strip() or cls.openai_tts_voice,
+            audio_max_bytes=_int(env, "AUDIO_MAX_BYTES", cls.audio_max_bytes, 1),
+            audio_max_seconds=_float(env, "AUDIO_MAX_SECONDS", cls.audio_max_seconds, 0.1),
+            audio_workers=_int(env, "AUDIO_WORKERS", cls.audio_workers, 1),
+            audio_queue=_int(env, "AUDIO_QUEUE", cls.audio_queue, 1),
+            voice_idle_seconds=_float(env, "VOICE_IDLE_SECONDS", cls.voice_idle_seconds, 0.0),
+            job_poll_seconds=_float(env, "JOB_POLL_SECONDS", cls.job_poll_seconds, 0.01),
+        )

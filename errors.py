@@ -1,0 +1,39 @@
+"""The project's own exceptions.
+
+Domain modules raise these; cogs (or the global error handler) turn them into one
+friendly line in the channel. ``str(exc)`` is always safe to show a user.
+"""
+
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """Base class: something the user can be told about in one line."""
+
+
+class ConfigError(TrainerError):
+    """A bad configuration value; the message names the variable."""
+
+
+class PathRefused(TrainerError):
+    """A user-typed path that would leave the guild's space or touch a hidden file."""
+
+
+class NotFound(TrainerError):
+    """A file, folder, message, job or model that does not exist."""
+
+
+class InvalidInput(TrainerError):
+    """Malformed user input: bad JSON, wrong file type, empty file, ..."""
+
+
+class TooLarge(TrainerError):
+    """Something over a configured or Discord-imposed size limit."""
+
+
+class BackendError(TrainerError):
+    """A training/answering/speech backend failed; the message is safe to show."""
+
+
+class Busy(TrainerError):
+    """A bounded queue is full; try again later."""

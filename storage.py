@@ -1,0 +1,245 @@
+"""The one module that owns where data lives and how it is written.
+
+Every guild has ``DATA_DIR/<guild_id>/`` (datasets, uploads, archives, models, jobs) and
+``CORRECTIONS_DIR/<guild_id>/`` (corrections, feedback, answers, test errors). No other module
+builds a path from user input: they call :meth:`GuildSpace.resolve`.
+
+Writes are durable: whole files go through a temp file + ``fsync`` + ``os.replace``; logs are
+JSON Lines appended with one ``write`` + ``fsync`` per record, so a crash leaves every
+acknowledged record intact and at worst one torn last line, which readers skip and report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import unquote
+
+from errors import NotFound, PathRefused
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "data"
+DEFAULT_CORRECTIONS_DIR = "corrections"
+
+# One lock per log file path: appends from worker threads must not interleave.
+_append_locks: dict[str, threading.Lock] = {}
+_append_locks_guard = threading.Lock()
+
+
+def data_root() -> Path:
+    """The data folder: ``DATA_DIR`` or ``./data`` (tests point it at a temp dir)."""
+    return Path(os.environ.get("DATA_DIR", "").strip() or DEFAULT_DATA_DIR).resolve()
+
+
+def corrections_root() -> Path:
+    """The corrections folder: ``CORRECTIONS_DIR`` or ``./corrections``."""
+    return Path(os.environ.get("CORRECTIONS_DIR", "").strip() or DEFAULT_CORRECTIONS_DIR).resolve()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record as a line, flushed and fsynced before returning."""
+    line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path)
+    with _append_locks_guard:
+        lock = _append_locks.setdefault(key, threading.Lock())
+    with lock:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            # A torn last line (from a crash) must not swallow this record: start on a new line.
+            if os.fstat(fd).st_size:
+                with open(path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        line = b"\n" + line
+            view = memoryview(line)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class ReadResult:
+    records: list[dict[str, Any]]
+    damaged: list[int]  # 1-based line numbers that could not be parsed
+
+
+def read_records(path: Path) -> ReadResult:
+    """Read a JSON Lines log, skipping (and reporting) damaged lines instead of failing."""
+    records: list[dict[str, Any]] = []
+    damaged: list[int] = []
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return ReadResult(records, damaged)
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                damaged.append(number)
+                continue
+            if isinstance(obj, dict):
+                records.append(obj)
+            else:
+                damaged.append(number)
+    if damaged:
+        log.warning("%s: skipped %d damaged line(s): %s", path, len(damaged), damaged[:5])
+    return ReadResult(records, damaged)
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    yield from read_records(path).records
+
+
+class GuildSpace:
+    """The folders of one guild, and the only way to turn a typed path into a real one."""
+
+    def __init__(self, guild_id: int, data_dir: Path | None = None, corrections_dir: Path | None = None):
+        if not isinstance(guild_id, int) or guild_id <= 0:
+            raise ValueError(f"bad guild id {guild_id!r}")
+        self.guild_id = guild_id
+        self.data = (data_dir or data_root()).resolve() / str(guild_id)
+        self.corrections = (corrections_dir or corrections_root()).resolve() / str(guild_id)
+
+    # Well-known places inside the space.
+    @property
+    def uploads(self) -> Path:
+        return self.data / "uploads"
+
+    @property
+    def datasets(self) -> Path:
+        return self.data / "datasets"
+
+    @property
+    def archives(self) -> Path:
+        return self.data / "archives"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def jobs_file(self) -> Path:
+        return self.data / "jobs.jsonl"
+
+    @property
+    def state_file(self) -> Path:
+        return self.data / "state.json"
+
+    @property
+    def corrections_file(self) -> Path:
+        return self.corrections / "corrections.jsonl"
+
+    @property
+    def feedback_file(self) -> Path:
+        return self.corrections / "feedback.jsonl"
+
+    @property
+    def answers_file(self) -> Path:
+        return self.corrections / "answers.jsonl"
+
+    @property
+    def errors_file(self) -> Path:
+        return self.corrections / "test_errors.jsonl"
+
+    def ensure(self) -> "GuildSpace":
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.corrections.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def resolve(self, user_path: str, *, must_exist: bool = False) -> Path:
+        """Turn a path typed by a user into a path inside this guild's data space.
+
+        Refuses absolute paths, ``..``, percent-encoded tricks, hidden names (``.env``) and
+        symlinks that lead out of the space.
+        """
+        raw = (user_path or "").strip().strip("`\"'")
+        decoded = unquote(raw)
+        for candidate in {raw, decoded}:
+            if "\x00" in candidate:
+                raise PathRefused("That path contains a NUL byte.")
+            if candidate.startswith(("/", "\\", "~")) or (len(candidate) > 1 and candidate[1] == ":"):
+                raise PathRefused("Absolute paths are not allowed: give a path inside this server's data folder.")
+            parts = [p for p in candidate.replace("\\", "/").split("/") if p not in ("", ".")]
+            if any(p == ".." for p in parts):
+                raise PathRefused("`..` is not allowed: paths stay inside this server's data folder.")
+            if any(p.startswith(".") for p in parts):
+                raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
+        parts = [p for p in decoded.replace("\\", "/").split("/") if p not in ("", ".")]
+        self.data.mkdir(parents=True, exist_ok=True)
+        root = self.data.resolve()
+        target = root.joinpath(*parts) if parts else root
+        real = target.resolve()  # follows symlinks
+        if real != root and root not in real.parents:
+            raise PathRefused("That path leads outside this server's data folder.")
+        if must_exist and not real.exists():
+            shown = "/".join(parts) or "."
+            raise NotFound(f"`{shown}` does not exist in this server's data folder.")
+        return real
+
+    def relative(self, path: Path) -> str:
+        """A path as the user should see it: relative to the guild's data folder."""
+        try:
+            return path.resolve().relative_to(self.data.resolve()).as_posix() or "."
+        except ValueError:
+            return path.name
