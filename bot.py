@@ -1,0 +1,276 @@
+"""The trainer bot: entry point and the ``commands.Bot`` subclass.
+
+``python bot.py`` reads ``.env``, validates the configuration and either connects to Discord
+(or any Discord-compatible server named by ``DISCORD_API_BASE``) or, in ``dev`` mode without a
+token, starts the local sandbox and opens a chat with the bot in this terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import pkgutil
+import secrets
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord.ext import commands
+from dotenv import load_dotenv
+
+import checks
+from config import Settings
+from errors import ConfigError, TrainerError
+from textsplit import split_message
+
+log = logging.getLogger("trainer")
+
+ROOT = Path(__file__).resolve().parent
+COGS_DIR = ROOT / "commands"
+
+
+class RedactSecrets(logging.Filter):
+    """Replace secrets in log records, whatever library logs them."""
+
+    def __init__(self, secrets_: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets_ if s and len(s) >= 8]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            if any(s in text for s in self.secrets):
+                for s in self.secrets:
+                    text = text.replace(s, "[redacted]")
+                record.msg, record.args = text, None
+        return True
+
+
+def setup_logging(settings: Settings, *, log_file: Path | None = None, extra_secrets: list[str] = ()) -> None:
+    """dev: DEBUG in readable lines; prod: INFO. With ``log_file`` only warnings reach stderr."""
+    level = logging.DEBUG if settings.dev else logging.INFO
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    redact = RedactSecrets([settings.token or "", settings.openai_api_key or "", *extra_secrets])
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(level)
+    handlers: list[logging.Handler] = []
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING if log_file else level)
+    handlers.append(stderr)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.addFilter(redact)
+        root.addHandler(handler)
+    # discord.py's DEBUG (every gateway event and heartbeat) would bury the bot's own lines.
+    logging.getLogger("discord").setLevel(max(level, logging.INFO))
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+
+async def use_api_base(api_base: str, token: str) -> None:
+    """Point discord.py at a Discord-compatible server: REST base, then the gateway it names."""
+    base = api_base.rstrip("/")
+    if "/api" not in yarl.URL(base).path:
+        base += "/api/v10"
+    discord.http.Route.BASE = base
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/gateway/bot", headers={"Authorization": f"Bot {token}"}) as resp:
+            if resp.status != 200:
+                raise ConfigError(f"DISCORD_API_BASE: GET /gateway/bot answered HTTP {resp.status}")
+            data = await resp.json(content_type=None)
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(data["url"])
+    log.info("using Discord-compatible server at %s (gateway %s)", base, data["url"])
+
+
+class TrainerHelp(commands.HelpCommand):
+    """A compact ``!help``: commands grouped by area, then details per command."""
+
+    def __init__(self) -> None:
+        super().__init__(command_attrs={"help": "Show what the bot can do, or details of one command."})
+
+    def _line(self, command: commands.Command) -> str:
+        return f"`{self.context.clean_prefix}{command.qualified_name}` — {command.short_doc or ''}"
+
+    async def _send(self, text: str) -> None:
+        for chunk in split_message(text):
+            await self.get_destination().send(chunk)
+
+    async def send_bot_help(self, mapping: dict[Any, list[commands.Command]]) -> None:
+        p = self.context.clean_prefix
+        lines = ["**Trainer bot** — chat with me, correct me, and train me on your own data."]
+        for cog, cmds in sorted(mapping.items(), key=lambda kv: getattr(kv[0], "qualified_name", "~")):
+            shown = await self.filter_commands(cmds, sort=True)
+            if not shown:
+                continue
+            name = getattr(cog, "qualified_name", "Other")
+            lines.append(f"\n__{name}__")
+            lines.extend(self._line(c) for c in shown)
+        lines.append(f"\nType `{p}help <command>` for details, or `{p}instruction` for the full guide.")
+        await self._send("\n".join(lines))
+
+    async def send_cog_help(self, cog: commands.Cog) -> None:
+        shown = await self.filter_commands(cog.get_commands(), sort=True)
+        await self._send("\n".join([f"__{cog.qualified_name}__", *(self._line(c) for c in shown)]))
+
+    async def send_command_help(self, command: commands.Command) -> None:
+        lines = [f"**Usage:** `{self.get_command_signature(command).strip()}`"]
+        if command.help:
+            lines.append(command.help)
+        if command.aliases:
+            lines.append("Also: " + ", ".join(f"`{a}`" for a in command.aliases))
+        await self._send("\n".join(lines))
+
+    async def send_group_help(self, group: commands.Group) -> None:
+        await self.send_command_help(group)
+
+    def command_not_found(self, string: str) -> str:
+        return f"No command called `{string}`. Type `{self.context.clean_prefix}help` to see them all."
+
+
+class TrainerBot(commands.Bot):
+    """The bot: loads every cog in ``commands/`` and turns errors into one friendly line."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        intents.voice_states = True
+        super().__init__(
+            command_prefix=commands.when_mentioned_or(settings.prefix),
+            intents=intents,
+            help_command=TrainerHelp(),
+            case_insensitive=True,
+            strip_after_prefix=True,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, replied_user=False),
+            **kwargs,
+        )
+        self.settings = settings
+        self.failed_cogs: dict[str, str] = {}
+
+    async def setup_hook(self) -> None:
+        for module in sorted(pkgutil.iter_modules([str(COGS_DIR)]), key=lambda m: m.name):
+            if module.name.startswith("_"):
+                continue
+            name = f"commands.{module.name}"
+            try:
+                await self.load_extension(name)
+            except Exception as exc:  # one broken cog must not take the bot down
+                log.error("could not load %s; starting without it", name, exc_info=exc)
+                self.failed_cogs[name] = f"{type(exc).__name__}: {exc}"
+            else:
+                log.debug("loaded %s", name)
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),
+                 len(self.guilds))
+
+    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        """The one global error handler: every failure becomes a short line for the user."""
+        if getattr(ctx, "error_handled", False):
+            return
+        error = getattr(error, "original", error) if isinstance(error, commands.CommandInvokeError) else error
+        p = ctx.clean_prefix
+        if isinstance(error, commands.CommandNotFound):
+            name = ctx.invoked_with or ""
+            names = [c.name for c in self.commands if not c.hidden]
+            for c in self.commands:
+                names.extend(c.aliases)
+            close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+            if close:  # other bots may share the prefix: stay silent unless we can help
+                await ctx.send(f"Unknown command `{p}{name}` — did you mean `{p}{close[0]}`?")
+            return
+        if isinstance(error, commands.UserInputError):
+            usage = f"`{p}{ctx.command.qualified_name} {ctx.command.signature}`".replace(" `", "`")
+            if isinstance(error, commands.MissingRequiredArgument):
+                why = f"Missing `{error.param.name}`."
+            elif isinstance(error, commands.MissingRequiredAttachment):
+                why = f"Attach a file for `{error.param.name}`."
+            elif isinstance(error, commands.TooManyArguments):
+                why = "Too many arguments."
+            else:
+                why = str(error).rstrip(".") + "."
+            await ctx.send(f"{why} Usage: {usage} (see `{p}help {ctx.command.qualified_name}`)")
+            return
+        if isinstance(error, commands.CommandOnCooldown):
+            await ctx.send(f"Slow down — you can use `{p}{ctx.command.qualified_name}` again in "
+                           f"{error.retry_after:.0f}s." if error.retry_after >= 1 else
+                           f"Slow down — try `{p}{ctx.command.qualified_name}` again in a moment.")
+            return
+        if isinstance(error, commands.MissingPermissions):
+            perms = ", ".join(p.replace("_", " ").replace("guild", "server").title() for p in error.missing_permissions)
+            await ctx.send(f"You need the **{perms}** permission to use this command.")
+            return
+        if isinstance(error, commands.BotMissingPermissions):
+            perms = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
+            await ctx.send(f"I need the **{perms}** permission here to do that.")
+            return
+        if isinstance(error, (checks.NotTrainerAdmin, commands.NoPrivateMessage, commands.MaxConcurrencyReached)):
+            await ctx.send(str(error))
+            return
+        if isinstance(error, commands.CheckFailure):
+            await ctx.send("You can't use this command here.")
+            return
+        if isinstance(error, TrainerError):
+            await ctx.send(str(error)[:1990])
+            return
+        error_id = secrets.token_hex(3)
+        log.error("error %s in command %s (message %s)", error_id, ctx.command, ctx.message.id,
+                  exc_info=(type(error), error, error.__traceback__))
+        try:
+            await ctx.send(f"Something went wrong on my side (error id `{error_id}`); it has been logged.")
+        except discord.HTTPException:
+            log.warning("could not report error %s to the channel", error_id)
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    load_dotenv(env_file or ROOT / ".env", override=False)
+    return Settings.from_env()
+
+
+async def run_bot(settings: Settings) -> None:
+    """Connect to Discord (or the server in DISCORD_API_BASE) until stopped."""
+    assert settings.token
+    if settings.api_base:
+        await use_api_base(settings.api_base, settings.token)
+    async with TrainerBot(settings) as bot:
+        await bot.start(settings.token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.token is None:
+        # dev without a token: the sandbox chat is the whole point of `python bot.py` on a fresh machine.
+        from sandbox.chat import run_chat
+
+        return run_chat(settings)
+    setup_logging(settings)
+    try:
+        asyncio.run(run_bot(settings))
+    except discord.LoginFailure:
+        print("DISCORD_TOKEN was refused by Discord: check it in .env", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Chat with the bot in a terminal, through the local sandbox server.
+
+What you type is posted in the sandbox's ``#general`` channel as the current user; the bot's
+messages are printed with their ids (attachments are saved and their paths printed). Lines that
+start with ``/`` are chat commands (``/help`` lists them). Without a terminal (stdin piped), each
+line is sent only after the bot has answered the previous one or stayed silent for a while, and
+at end of input the chat waits for outstanding replies and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import mimetypes
+import shlex
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from config import Settings
+from sandbox.server import Message, Sandbox
+
+log = logging.getLogger(__name__)
+
+CHAT_HELP = """\
+Chat commands:
+  /as NAME            switch user (admin, member, owner)
+  /attach PATH [text] post a file, with optional text
+  /reply ID text      reply to message ID
+  /voice join|leave   move the current user in or out of the voice channel
+  /wait SECONDS       pause
+  /help               this list
+  /quit               leave
+Anything else is posted as a message; bot commands start with {prefix} (try {prefix}help)."""
+
+
+class TerminalChat:
+    """Drives the sandbox as a person would and prints what the bot says."""
+
+    def __init__(self, sandbox: Sandbox, *, out: TextIO, files_dir: Path, prefix: str,
+                 silence: float = 6.0, quiet: float = 0.8) -> None:
+        self.sandbox = sandbox
+        self.out = out
+        self.files_dir = files_dir
+        self.prefix = prefix
+        self.user = sandbox.member
+        self.silence = silence  # how long to wait for a first reply before moving on
+        self.quiet = quiet  # how long the bot must stay quiet after replying before the next line
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity = asyncio.Event()
+        self.posted = False  # did the last input line post a message?
+        sandbox.add_listener(self._on_message)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _on_message(self, event: str, msg: Message) -> None:
+        if msg.author.id != self.sandbox.bot_user.id or event == "delete":
+            return
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity.set()
+        tag = " (edited)" if event == "update" else ""
+        reply = f" ↪{msg.reference_id}" if msg.reference_id and event == "create" else ""
+        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {msg.content}")
+        for embed in msg.embeds:
+            self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
+        if event == "create":
+            for att in msg.attachments:
+                self.files_dir.mkdir(parents=True, exist_ok=True)
+                path = self.files_dir / f"{msg.id}-{Path(att.filename).name}"
+                path.write_bytes(att.data)
+                self.say(f"    attachment: {path} ({len(att.data)} bytes)")
+
+    async def settle(self) -> None:
+        """Wait until the bot has answered and gone quiet, or stayed silent for ``silence`` s."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        answered = False
+        while True:
+            self._activity.clear()
+            now = loop.time()
+            if self._last_activity > start:
+                answered = True
+            if answered:
+                remaining = self.quiet - (now - self._last_activity)
+            else:
+                remaining = self.silence - (now - start)
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._activity.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def handle(self, line: str) -> bool:
+        """Act on one input line; return False to stop."""
+        self.posted = False
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return True
+        if line.startswith("/") and not line.startswith("//"):
+            try:
+                parts = shlex.split(line)
+            except ValueError as exc:
+                self.say(f"! {exc}")
+                return True
+            cmd, args = parts[0].lower(), parts[1:]
+            return await self._command(cmd, args, line)
+        await self._post(line)
+        return True
+
+    async def _post(self, text: str, **kwargs) -> Message:
+        msg = await self.sandbox.post_message(self.user, text, **kwargs)
+        self.posted = True
+        ref = kwargs.get("reply_to")
+        extra = "".join(f" [file {name}, {len(data)} bytes]" for name, data, _ in kwargs.get("attachments", []))
+        self.say(f"[{msg.id}]{f' ↪{ref}' if ref else ''} {self.user.name}: {text}{extra}")
+        return msg
+
+    async def _command(self, cmd: str, args: list[str], line: str) -> bool:
+        sb = self.sandbox
+        if cmd == "/quit":
+            return False
+        if cmd == "/help":
+            self.say(CHAT_HELP.format(prefix=self.prefix))
+        elif cmd == "/as":
+            if len(args) != 1:
+                self.say("! usage: /as NAME")
+                return True
+            try:
+                user = sb.user_named(args[0])
+            except KeyError:
+                names = ", ".join(u.name for u in sb.users.values() if not u.bot)
+                self.say(f"! no user {args[0]!r}; users: {names}")
+                return True
+            if user.bot:
+                self.say("! you cannot speak as a bot")
+                return True
+            self.user = user
+            self.say(f"* you are now {user.name}")
+        elif cmd == "/attach":
+            if not args:
+                self.say("! usage: /attach PATH [text]")
+                return True
+            path = Path(args[0])
+            try:
+                data = await asyncio.to_thread(lambda: path.expanduser().read_bytes())
+            except OSError as exc:
+                self.say(f"! cannot read {path}: {exc.strerror}")
+                return True
+            text = line.split(None, 1)[1][len(args[0]):].strip() if len(args) > 1 else ""
+            text = text.strip("'\"") if text.startswith(("'", '"')) else text
+            ctype = mimetypes.guess_type(path.name)[0]
+            await self._post(text, attachments=[(path.name, data, ctype)])
+        elif cmd == "/reply":
+            if len(args) < 2 or not args[0].isdigit():
+                self.say("! usage: /reply ID text")
+                return True
+            ref = int(args[0])
+            if ref not in sb.messages:
+                self.say(f"! no message {ref}")
+                return True
+            text = line.split(None, 2)[2]
+            await self._post(text, reply_to=ref)
+        elif cmd == "/voice":
+            if args not in (["join"], ["leave"]):
+                self.say("! usage: /voice join|leave")
+                return True
+            joining = args[0] == "join"
+            await sb.set_voice(self.user, sb.voice_channel if joining else None)
+            self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {sb.voice_channel.name}")
+        elif cmd == "/wait":
+            try:
+                seconds = float(args[0]) if args else 1.0
+            except ValueError:
+                self.say("! usage: /wait SECONDS")
+                return True
+            await asyncio.sleep(max(0.0, min(seconds, 3600.0)))
+        else:
+            self.say(f"! unknown chat command {cmd}; /help lists them")
+        return True
+
+
+async def _read_lines(stream: TextIO, queue: asyncio.Queue[str | None]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, stream.readline)
+        if not line:
+            await queue.put(None)
+            return
+        await queue.put(line)
+
+
+async def chat_main(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path,
+                    silence: float = 6.0) -> int:
+    """Start the sandbox and the bot, then run the chat until /quit or end of input."""
+    from bot import TrainerBot, use_api_base
+
+    sandbox = await Sandbox().start()
+    settings = dataclasses.replace(settings, token=sandbox.bot_token)
+    await use_api_base(sandbox.api_base, sandbox.bot_token)
+    bot = TrainerBot(settings)
+    runner = asyncio.create_task(bot.start(sandbox.bot_token), name="bot")
+    interactive = stdin.isatty()
+    try:
+        ready = asyncio.create_task(bot.wait_until_ready())
+        done, _ = await asyncio.wait({ready, runner}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()  # re-raise why the bot stopped
+        if ready not in done:
+            print("the bot did not come online within 30 s; see the log", file=sys.stderr)
+            return 1
+        chat = TerminalChat(sandbox, out=out, files_dir=files_dir, prefix=settings.prefix, silence=silence)
+        chat.say(f"Sandbox chat with the trainer bot in #{sandbox.text_channel.name}. "
+                 f"You are {chat.user.name}. /help lists chat commands; try {settings.prefix}hi")
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read_lines(stdin, queue))
+        try:
+            while True:
+                if interactive:
+                    out.write(f"{chat.user.name}> ")
+                    out.flush()
+                line = await queue.get()
+                if line is None:
+                    break
+                if not await chat.handle(line):
+                    break
+                if not interactive and chat.posted:
+                    await chat.settle()
+            await chat.settle()
+        finally:
+            reader.cancel()
+        return 0
+    finally:
+        await bot.close()
+        try:
+            await asyncio.wait_for(runner, 10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("bot stopped with an error")
+        await sandbox.close()
+
+
+def run_chat(settings: Settings) -> int:
+    """``python bot.py`` in dev mode without a token lands here."""
+    from bot import ROOT, setup_logging
+
+    workdir = ROOT / "sandbox_files"
+    log_file = workdir / "bot.log"
+    setup_logging(settings, log_file=log_file)
+    print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)
+    try:
+        return asyncio.run(chat_main(settings, stdin=sys.stdin, out=sys.stdout, files_dir=workdir / "attachments"))
+    except KeyboardInterrupt:
+        return 0

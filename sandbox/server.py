@@ -1,0 +1,729 @@
+"""A small Discord-compatible server on 127.0.0.1 that the real discord.py client logs into.
+
+It speaks the parts of Discord's REST API (``/api/v10/...``), gateway websocket and CDN that the
+bot uses, holds one guild with text and voice channels and users with roles, and stores every
+message and attachment. Anything it does not implement answers 404 and is recorded in
+:attr:`Sandbox.unimplemented`, so tests can fail on it.
+
+Users act through methods (:meth:`Sandbox.post_message`, :meth:`Sandbox.set_voice`), which
+dispatch the same gateway events Discord would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+DISCORD_EPOCH_MS = 1420070400000
+API_PREFIX = "/api/v10"
+
+# Permission bits (https://discord.com/developers/docs/topics/permissions).
+ADD_REACTIONS = 1 << 6
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+EMBED_LINKS = 1 << 14
+ATTACH_FILES = 1 << 15
+READ_MESSAGE_HISTORY = 1 << 16
+CONNECT = 1 << 20
+SPEAK = 1 << 21
+USE_VAD = 1 << 25
+MANAGE_GUILD = 1 << 5
+EVERYONE_PERMISSIONS = (
+    ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
+    | CONNECT | SPEAK | USE_VAD
+)
+
+# Message flags.
+IS_VOICE_MESSAGE = 1 << 13
+
+# Gateway opcodes.
+OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_PRESENCE, OP_VOICE_STATE = 0, 1, 2, 3, 4
+OP_RESUME, OP_RECONNECT, OP_REQUEST_MEMBERS, OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # discord.py only parses bodies whose Content-Type is exactly application/json.
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def _iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(ts if ts is not None else time.time(), timezone.utc).isoformat()
+
+
+class Snowflakes:
+    """Discord-style ids: milliseconds since the Discord epoch, shifted, plus a counter."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def next(self) -> int:
+        ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+        return (ms << 22) | (next(self._counter) & 0x3FFFFF)
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    bot: bool = False
+    roles: list[int] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "username": self.name, "discriminator": "0", "global_name": self.name,
+            "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0,
+        }
+
+    def member_payload(self, with_user: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "roles": [str(r) for r in self.roles], "joined_at": _iso(), "deaf": False, "mute": False,
+            "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
+        }
+        if with_user:
+            data["user"] = self.payload()
+        return data
+
+
+@dataclass
+class Attachment:
+    id: int
+    filename: str
+    data: bytes
+    content_type: str | None
+    url: str
+    duration_secs: float | None = None
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(self.id), "filename": self.filename, "size": len(self.data), "url": self.url,
+            "proxy_url": self.url,
+        }
+        if self.content_type:
+            data["content_type"] = self.content_type
+        if self.duration_secs is not None:
+            data["duration_secs"] = self.duration_secs
+            data["waveform"] = "AAAAAAAAAAAA"
+        return data
+
+
+@dataclass
+class Message:
+    id: int
+    channel_id: int
+    guild_id: int | None
+    author: User
+    content: str
+    attachments: list[Attachment] = field(default_factory=list)
+    embeds: list[dict[str, Any]] = field(default_factory=list)
+    reference_id: int | None = None
+    flags: int = 0
+    timestamp: float = field(default_factory=time.time)
+    edited: float | None = None
+    deleted: bool = False
+    edits: int = 0
+
+    @property
+    def files(self) -> list[Attachment]:
+        return self.attachments
+
+
+@dataclass
+class Channel:
+    id: int
+    name: str
+    type: int  # 0 text, 2 voice, 1 DM
+    guild_id: int | None
+    position: int = 0
+    recipient: User | None = None
+
+    def payload(self) -> dict[str, Any]:
+        if self.type == 1:
+            return {"id": str(self.id), "type": 1, "last_message_id": None,
+                    "recipients": [self.recipient.payload()] if self.recipient else []}
+        data: dict[str, Any] = {
+            "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id), "name": self.name,
+            "position": self.position, "permission_overwrites": [], "nsfw": False, "parent_id": None,
+        }
+        if self.type == 0:
+            data.update(topic=None, last_message_id=None, rate_limit_per_user=0)
+        else:
+            data.update(bitrate=64000, user_limit=0, rtc_region=None)
+        return data
+
+
+@dataclass
+class Role:
+    id: int
+    name: str
+    permissions: int
+    position: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
+            "hoist": False, "position": self.position, "permissions": str(self.permissions),
+            "managed": False, "mentionable": False, "flags": 0, "icon": None, "unicode_emoji": None,
+        }
+
+
+class _Session:
+    """One bot gateway session: survives a dropped websocket so it can RESUME."""
+
+    def __init__(self, session_id: str, user: User):
+        self.id = session_id
+        self.user = user
+        self.seq = 0
+        self.backlog: list[dict[str, Any]] = []  # sent events kept for RESUME
+        self.ws: web.WebSocketResponse | None = None
+
+
+class Sandbox:
+    """The server: state, REST, gateway and CDN."""
+
+    def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250) -> None:
+        self.ids = Snowflakes()
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self.unimplemented: list[str] = []
+        self.sessions: dict[str, _Session] = {}
+        self.identify_count = 0
+        self.resume_count = 0
+        self.messages: dict[int, Message] = {}
+        self.channels: dict[int, Channel] = {}
+        self.roles: dict[int, Role] = {}
+        self.users: dict[int, User] = {}
+        self.voice_states: dict[int, int] = {}  # user id -> voice channel id
+        self.bot_voice_requests: list[dict[str, Any]] = []
+        # A loopback voice server (tests) can take over the bot's voice connection.
+        self.voice_endpoint: str | None = None
+        self.voice_token: str = secrets.token_hex(8)
+        self._listeners: list[Callable[[str, Message], None]] = []
+        self._cond = asyncio.Condition()
+
+        self.application_id = self.ids.next()
+        self.guild_id = self.ids.next()
+        everyone = Role(self.guild_id, "@everyone", EVERYONE_PERMISSIONS, 0)
+        admin_role = Role(self.ids.next(), "Admins", EVERYONE_PERMISSIONS | MANAGE_GUILD, 1)
+        self.roles = {everyone.id: everyone, admin_role.id: admin_role}
+        self.owner = self.add_user("owner", roles=[admin_role.id])
+        self.admin = self.add_user("admin", roles=[admin_role.id])
+        self.member = self.add_user("member")
+        self.bot_user = self.add_user("trainer", bot=True)
+        self.other_bot = self.add_user("otherbot", bot=True)
+        self.bot_token = "sandbox." + secrets.token_urlsafe(24)
+        self.guild_name = guild_name
+        self.text_channel = self.add_channel("general", 0)
+        self.voice_channel = self.add_channel("Voice", 2)
+        self.second_guild_id: int | None = None
+
+    # ----------------------------------------------------------------- state helpers
+    def add_user(self, name: str, *, bot: bool = False, roles: list[int] | None = None) -> User:
+        user = User(self.ids.next(), name, bot=bot, roles=list(roles or []))
+        self.users[user.id] = user
+        return user
+
+    def add_channel(self, name: str, type_: int, guild_id: int | None = None) -> Channel:
+        channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels))
+        self.channels[channel.id] = channel
+        return channel
+
+    def user_named(self, name: str) -> User:
+        for user in self.users.values():
+            if user.name == name:
+                return user
+        raise KeyError(name)
+
+    def role_named(self, name: str) -> Role:
+        for role in self.roles.values():
+            if role.name == name:
+                return role
+        raise KeyError(name)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/gateway"
+
+    def guild_payload(self) -> dict[str, Any]:
+        members = [u for u in self.users.values()]
+        return {
+            "id": str(self.guild_id), "name": self.guild_name, "icon": None, "splash": None,
+            "discovery_splash": None, "owner_id": str(self.owner.id), "afk_channel_id": None,
+            "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
+            "explicit_content_filter": 0, "roles": [r.payload() for r in self.roles.values()],
+            "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
+            "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
+            "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None,
+            "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
+            "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
+            "joined_at": _iso(), "large": False, "unavailable": False, "member_count": len(members),
+            "voice_states": [self._voice_state_payload(uid, cid, with_member=False)
+                             for uid, cid in self.voice_states.items()],
+            "members": [u.member_payload() for u in members],
+            "channels": [c.payload() for c in self.channels.values() if c.guild_id == self.guild_id and c.type != 1],
+            "threads": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    def message_payload(self, msg: Message, *, with_reference: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(msg.id), "channel_id": str(msg.channel_id), "author": msg.author.payload(),
+            "content": msg.content, "timestamp": _iso(msg.timestamp),
+            "edited_timestamp": _iso(msg.edited) if msg.edited else None, "tts": False,
+            "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "attachments": [a.payload() for a in msg.attachments], "embeds": msg.embeds,
+            "pinned": False, "type": 19 if msg.reference_id else 0, "flags": msg.flags, "components": [],
+        }
+        if msg.guild_id:
+            data["guild_id"] = str(msg.guild_id)
+            data["member"] = msg.author.member_payload(with_user=False)
+        mentioned = [u for u in self.users.values() if f"<@{u.id}>" in msg.content or f"<@!{u.id}>" in msg.content]
+        data["mentions"] = [u.payload() for u in mentioned]
+        if msg.reference_id:
+            data["message_reference"] = {
+                "type": 0, "message_id": str(msg.reference_id), "channel_id": str(msg.channel_id),
+                **({"guild_id": str(msg.guild_id)} if msg.guild_id else {}),
+            }
+            ref = self.messages.get(msg.reference_id)
+            if with_reference:
+                data["referenced_message"] = (
+                    self.message_payload(ref, with_reference=False) if ref and not ref.deleted else None
+                )
+        return data
+
+    def _voice_state_payload(self, user_id: int, channel_id: int | None, with_member: bool = True) -> dict[str, Any]:
+        user = self.users[user_id]
+        data: dict[str, Any] = {
+            "guild_id": str(self.guild_id), "channel_id": str(channel_id) if channel_id else None,
+            "user_id": str(user_id), "session_id": f"voice-{user_id}", "deaf": False, "mute": False,
+            "self_deaf": False, "self_mute": False, "self_video": False, "suppress": False,
+            "request_to_speak_timestamp": None,
+        }
+        if with_member:
+            data["member"] = user.member_payload()
+        return data
+
+    # ----------------------------------------------------------------- observing
+    def add_listener(self, callback: Callable[[str, Message], None]) -> None:
+        """``callback(event, message)`` for every message created/updated/deleted (any author)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[str, Message], None]) -> None:
+        self._listeners.remove(callback)
+
+    async def _notify(self, event: str, msg: Message) -> None:
+        for callback in list(self._listeners):
+            callback(event, msg)
+        async with self._cond:
+            self._cond.notify_all()
+
+    def bot_messages(self, channel_id: int | None = None, *, after: int = 0) -> list[Message]:
+        return [
+            m for m in self.messages.values()
+            if m.author.id == self.bot_user.id and m.id > after and not m.deleted
+            and (channel_id is None or m.channel_id == channel_id)
+        ]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Wait until ``predicate()`` returns something truthy; return it."""
+        async with self._cond:
+            try:
+                return await asyncio.wait_for(self._cond.wait_for(predicate), timeout)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"sandbox: condition not met within {timeout}s") from None
+
+    async def wait_for_bot_message(self, channel_id: int | None = None, *, after: int = 0,
+                                   count: int = 1, timeout: float = 10.0) -> list[Message]:
+        def ready() -> list[Message] | None:
+            found = self.bot_messages(channel_id, after=after)
+            return found if len(found) >= count else None
+        return await self.wait_for(ready, timeout)
+
+    # ----------------------------------------------------------------- acting as users
+    async def post_message(
+        self, author: User | str, content: str = "", *, channel: Channel | int | None = None,
+        attachments: list[tuple[str, bytes, str | None]] | None = None, reply_to: int | None = None,
+        voice_message: bool = False, duration_secs: float | None = None,
+    ) -> Message:
+        """Post a message as a user; dispatches MESSAGE_CREATE."""
+        if isinstance(author, str):
+            author = self.user_named(author)
+        channel_obj = self._channel(channel)
+        msg_id = self.ids.next()
+        files = [
+            self._store_attachment(channel_obj.id, name, data, ctype,
+                                   duration_secs if voice_message else None)
+            for name, data, ctype in (attachments or [])
+        ]
+        msg = Message(msg_id, channel_obj.id, channel_obj.guild_id, author, content, files,
+                      reference_id=reply_to, flags=IS_VOICE_MESSAGE if voice_message else 0)
+        await self._create_message(msg)
+        return msg
+
+    async def set_voice(self, user: User | str, channel: Channel | int | None) -> None:
+        """Move a user into a voice channel (or out with ``None``); dispatches VOICE_STATE_UPDATE."""
+        if isinstance(user, str):
+            user = self.user_named(user)
+        channel_id = self._channel(channel).id if channel is not None else None
+        if channel_id is None:
+            self.voice_states.pop(user.id, None)
+        else:
+            self.voice_states[user.id] = channel_id
+        await self.dispatch("VOICE_STATE_UPDATE", self._voice_state_payload(user.id, channel_id))
+
+    def _channel(self, channel: Channel | int | None) -> Channel:
+        if channel is None:
+            return self.text_channel
+        if isinstance(channel, Channel):
+            return channel
+        return self.channels[channel]
+
+    def _store_attachment(self, channel_id: int, name: str, data: bytes, ctype: str | None,
+                          duration: float | None) -> Attachment:
+        att_id = self.ids.next()
+        url = f"{self.base_url}/attachments/{channel_id}/{att_id}/{name}"
+        return Attachment(att_id, name, data, ctype, url, duration)
+
+    async def _create_message(self, msg: Message) -> None:
+        self.messages[msg.id] = msg
+        await self.dispatch("MESSAGE_CREATE", self.message_payload(msg))
+        await self._notify("create", msg)
+
+    # ----------------------------------------------------------------- gateway
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        for session in list(self.sessions.values()):
+            session.seq += 1
+            payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+            session.backlog.append(payload)
+            del session.backlog[:-1000]
+            if session.ws is not None and not session.ws.closed:
+                try:
+                    await session.ws.send_str(json.dumps(payload))
+                except ConnectionResetError:
+                    session.ws = None
+
+    async def drop_bot_connections(self, code: int = 4000) -> None:
+        """Close every bot websocket with a resumable code (tests: disconnect + RESUME)."""
+        for session in self.sessions.values():
+            if session.ws is not None and not session.ws.closed:
+                ws, session.ws = session.ws, None
+                await ws.close(code=code, message=b"sandbox: dropped")
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
+        session: _Session | None = None
+        async for raw in ws:
+            if raw.type != WSMsgType.TEXT:
+                continue
+            msg = json.loads(raw.data)
+            op, d = msg.get("op"), msg.get("d")
+            if op == OP_HEARTBEAT:
+                await ws.send_str(json.dumps({"op": OP_HEARTBEAT_ACK}))
+            elif op == OP_IDENTIFY:
+                if d.get("token") != self.bot_token:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.identify_count += 1
+                session = _Session(secrets.token_hex(16), self.bot_user)
+                session.ws = ws
+                self.sessions[session.id] = session
+                ready = {
+                    "v": 10, "user": self.bot_user.payload(), "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                    "session_id": session.id, "resume_gateway_url": self.gateway_url, "private_channels": [],
+                    "relationships": [], "application": {"id": str(self.application_id), "flags": 0},
+                    "session_type": "normal", "shard": [0, 1],
+                }
+                await self._send_event(session, "READY", ready)
+                await self._send_event(session, "GUILD_CREATE", self.guild_payload())
+            elif op == OP_RESUME:
+                session = self.sessions.get(d.get("session_id", ""))
+                if session is None or d.get("token") != self.bot_token:
+                    await ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False}))
+                    continue
+                self.resume_count += 1
+                session.ws = ws
+                for payload in session.backlog:
+                    if payload["s"] > int(d.get("seq") or 0):
+                        await ws.send_str(json.dumps(payload))
+                await self._send_event(session, "RESUMED", {})
+            elif op == OP_VOICE_STATE:
+                await self._bot_voice_state(d)
+            elif op in (OP_PRESENCE, OP_REQUEST_MEMBERS):
+                pass
+            else:
+                self.unimplemented.append(f"gateway op {op}")
+        if session is not None and session.ws is ws:
+            session.ws = None
+        return ws
+
+    async def _send_event(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+        session.seq += 1
+        payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+        session.backlog.append(payload)
+        assert session.ws is not None
+        await session.ws.send_str(json.dumps(payload))
+
+    async def _bot_voice_state(self, d: dict[str, Any]) -> None:
+        """The bot asked to join/leave voice (op 4): answer as Discord does."""
+        self.bot_voice_requests.append(d)
+        channel_id = int(d["channel_id"]) if d.get("channel_id") else None
+        if channel_id is None:
+            self.voice_states.pop(self.bot_user.id, None)
+        else:
+            self.voice_states[self.bot_user.id] = channel_id
+        state = self._voice_state_payload(self.bot_user.id, channel_id)
+        state["session_id"] = f"bot-voice-{self.guild_id}"
+        await self.dispatch("VOICE_STATE_UPDATE", state)
+        if channel_id is not None:
+            await self.dispatch("VOICE_SERVER_UPDATE", {
+                "token": self.voice_token, "guild_id": str(self.guild_id),
+                "endpoint": self.voice_endpoint or f"{self.host}:{self.port}",
+            })
+
+    # ----------------------------------------------------------------- REST
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bot {self.bot_token}"
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path.startswith(API_PREFIX) and not self._authorized(request):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        return await handler(request)
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        route = f"{request.method} {request.path}"
+        log.warning("sandbox: unimplemented route %s", route)
+        self.unimplemented.append(route)
+        return _json({"message": "404: Not Found", "code": 0}, 404)
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return _json(self.bot_user.payload())
+
+    async def _application(self, request: web.Request) -> web.Response:
+        return _json({
+            "id": str(self.application_id), "name": "trainer", "icon": None, "description": "",
+            "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
+            "owner": self.owner.payload(), "team": None, "summary": "", "rpc_origins": [],
+            "approximate_guild_count": 1, "redirect_uris": [], "interactions_endpoint_url": None,
+            "tags": [], "install_params": None, "custom_install_url": None, "integration_types_config": {},
+        })
+
+    async def _gateway_info(self, request: web.Request) -> web.Response:
+        data: dict[str, Any] = {"url": self.gateway_url}
+        if request.path.endswith("/bot"):
+            data.update(shards=1, session_start_limit={"total": 1000, "remaining": 1000,
+                                                       "reset_after": 0, "max_concurrency": 1})
+        return _json(data)
+
+    def _get_channel(self, request: web.Request) -> Channel | None:
+        return self.channels.get(int(request.match_info["channel_id"]))
+
+    def _get_message(self, request: web.Request) -> Message | None:
+        msg = self.messages.get(int(request.match_info["message_id"]))
+        if msg is None or msg.deleted or msg.channel_id != int(request.match_info["channel_id"]):
+            return None
+        return msg
+
+    async def _get_channel_route(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request)
+        if channel is None:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        return _json(channel.payload())
+
+    async def _read_message_body(self, request: web.Request, channel_id: int) -> tuple[dict[str, Any], list[Attachment]]:
+        files: list[Attachment] = []
+        if request.content_type.startswith("multipart/"):
+            payload: dict[str, Any] = {}
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":
+                    payload = json.loads(await part.text())
+                elif part.name and part.name.startswith("files["):
+                    data = bytes(await part.read())
+                    ctype = part.headers.get("Content-Type")
+                    files.append(self._store_attachment(channel_id, part.filename or "file", data, ctype, None))
+            return payload, files
+        body = await request.read()
+        return (json.loads(body) if body else {}), files
+
+    async def _send_message(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request)
+        if channel is None:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        payload, files = await self._read_message_body(request, channel.id)
+        content = payload.get("content") or ""
+        if len(content) > 2000:
+            return _json({"message": "Invalid Form Body", "code": 50035,
+                          "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
+                                                               "message": "Must be 2000 or fewer in length."}]}}}, 400)
+        if not content and not files and not payload.get("embeds"):
+            return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        ref = payload.get("message_reference") or {}
+        ref_id = int(ref["message_id"]) if ref.get("message_id") else None
+        msg = Message(self.ids.next(), channel.id, channel.guild_id, self.bot_user, content, files,
+                      embeds=payload.get("embeds") or [], reference_id=ref_id)
+        await self._create_message(msg)
+        return _json(self.message_payload(msg))
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        msg = self._get_message(request)
+        if msg is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        if msg.author.id != self.bot_user.id:
+            return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, 403)
+        payload, files = await self._read_message_body(request, msg.channel_id)
+        if "content" in payload:
+            msg.content = payload["content"] or ""
+        if "embeds" in payload:
+            msg.embeds = payload["embeds"] or []
+        if "attachments" in payload:
+            keep = {str(a.get("id")) for a in payload["attachments"]}
+            msg.attachments = [a for a in msg.attachments if str(a.id) in keep]
+        msg.attachments.extend(files)
+        msg.edited = time.time()
+        msg.edits += 1
+        data = self.message_payload(msg)
+        await self.dispatch("MESSAGE_UPDATE", data)
+        await self._notify("update", msg)
+        return _json(data)
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        msg = self._get_message(request)
+        if msg is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        msg.deleted = True
+        await self.dispatch("MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id),
+                                               **({"guild_id": str(msg.guild_id)} if msg.guild_id else {})})
+        await self._notify("delete", msg)
+        return web.Response(status=204)
+
+    async def _fetch_message(self, request: web.Request) -> web.Response:
+        msg = self._get_message(request)
+        if msg is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        return _json(self.message_payload(msg))
+
+    async def _history(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request)
+        if channel is None:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        limit = min(int(request.query.get("limit", 50)), 100)
+        before = int(request.query["before"]) if "before" in request.query else None
+        after = int(request.query["after"]) if "after" in request.query else None
+        found = [m for m in self.messages.values() if m.channel_id == channel.id and not m.deleted
+                 and (before is None or m.id < before) and (after is None or m.id > after)]
+        found.sort(key=lambda m: m.id, reverse=after is None)
+        return _json([self.message_payload(m) for m in found[:limit]])
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        if self._get_channel(request) is None:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        return web.Response(status=204)
+
+    async def _reaction(self, request: web.Request) -> web.Response:
+        if self._get_message(request) is None:
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        return web.Response(status=204)
+
+    async def _member(self, request: web.Request) -> web.Response:
+        user = self.users.get(int(request.match_info["user_id"]))
+        if user is None:
+            return _json({"message": "Unknown Member", "code": 10007}, 404)
+        return _json(user.member_payload())
+
+    async def _guild(self, request: web.Request) -> web.Response:
+        if int(request.match_info["guild_id"]) != self.guild_id:
+            return _json({"message": "Unknown Guild", "code": 10004}, 404)
+        data = self.guild_payload()
+        for key in ("members", "channels", "voice_states", "presences", "threads"):
+            data.pop(key, None)
+        return _json(data)
+
+    async def _dm(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        user = self.users.get(int(body["recipient_id"]))
+        if user is None:
+            return _json({"message": "Unknown User", "code": 10013}, 404)
+        for channel in self.channels.values():
+            if channel.type == 1 and channel.recipient is user:
+                return _json(channel.payload())
+        channel = Channel(self.ids.next(), "", 1, None, recipient=user)
+        self.channels[channel.id] = channel
+        return _json(channel.payload())
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        att_id = int(request.match_info["attachment_id"])
+        for msg in self.messages.values():
+            for att in msg.attachments:
+                if att.id == att_id:
+                    return web.Response(body=att.data, content_type=att.content_type or "application/octet-stream")
+        return web.Response(status=404)
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
+        p = API_PREFIX
+        r = app.router
+        r.add_get("/gateway", self._gateway)
+        r.add_get(p + "/gateway", self._gateway_info)
+        r.add_get(p + "/gateway/bot", self._gateway_info)
+        r.add_get(p + "/users/@me", self._me)
+        r.add_get(p + "/oauth2/applications/@me", self._application)
+        r.add_post(p + "/users/@me/channels", self._dm)
+        r.add_get(p + "/guilds/{guild_id}", self._guild)
+        r.add_get(p + "/guilds/{guild_id}/members/{user_id}", self._member)
+        r.add_get(p + "/channels/{channel_id}", self._get_channel_route)
+        r.add_post(p + "/channels/{channel_id}/messages", self._send_message)
+        r.add_get(p + "/channels/{channel_id}/messages", self._history)
+        r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self._fetch_message)
+        r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
+        r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self._delete_message)
+        r.add_post(p + "/channels/{channel_id}/typing", self._typing)
+        r.add_put(p + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", self._reaction)
+        r.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
+        r.add_route("*", "/{tail:.*}", self._unknown)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "Sandbox":
+        self.host = host
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for msg in self.messages.values():  # attachment urls embed the port
+            for att in msg.attachments:
+                att.url = f"{self.base_url}/attachments/{msg.channel_id}/{att.id}/{att.filename}"
+        log.info("sandbox listening on %s", self.base_url)
+        return self
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.close(code=1001)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
