@@ -200,7 +200,8 @@ async def chat_main(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir
     sandbox = await Sandbox().start()
     settings = dataclasses.replace(settings, token=sandbox.bot_token)
     await use_api_base(sandbox.api_base, sandbox.bot_token)
-    bot = TrainerBot(settings)
+    # The sandbox sends its one guild right after READY: no need to wait 2 s for more.
+    bot = TrainerBot(settings, guild_ready_timeout=0.1)
     runner = asyncio.create_task(bot.start(sandbox.bot_token), name="bot")
     interactive = stdin.isatty()
     try:

@@ -1,0 +1,170 @@
+"""End-to-end harness: the real bot, logged into the local sandbox over real sockets.
+
+Every test runs in one event loop with its own sandbox (ephemeral port), its own data folders
+(tmp_path) and its own bot. A test fails when anything logged an ERROR (discord.py only logs
+exceptions raised inside commands and listeners) or when the sandbox saw a route it does not
+implement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+from sandbox.server import Message, Sandbox, User  # noqa: E402
+
+
+class ErrorLog(logging.Handler):
+    """Collects ERROR records; the ones a test expects can be taken out with :meth:`take`."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def take(self, text: str) -> list[logging.LogRecord]:
+        found = [r for r in self.records if text in r.getMessage()]
+        self.records = [r for r in self.records if r not in found]
+        return found
+
+    def describe(self) -> str:
+        out = []
+        for r in self.records:
+            line = f"{r.name}: {r.getMessage()}"
+            if r.exc_info:
+                line += "\n" + logging.Formatter().formatException(r.exc_info)
+            out.append(line)
+        return "\n".join(out)
+
+
+@pytest.fixture
+def error_log() -> Any:
+    handler = ErrorLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)
+    if handler.records:
+        pytest.fail("errors were logged:\n" + handler.describe())
+
+
+@pytest.fixture
+def data_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    data, corrections = tmp_path / "data", tmp_path / "corrections"
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("CORRECTIONS_DIR", str(corrections))
+    return data, corrections
+
+
+@pytest.fixture
+def settings(data_dirs: tuple[Path, Path]) -> Settings:
+    data, corrections = data_dirs
+    return Settings.from_env({
+        "MODE": "dev", "DATA_DIR": str(data), "CORRECTIONS_DIR": str(corrections),
+        "JOB_POLL_SECONDS": "0.05", "VOICE_IDLE_SECONDS": "30",
+    })
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    sb = await Sandbox().start()
+    yield sb
+    await sb.close()
+    assert not sb.unimplemented, f"the bot used routes the sandbox does not implement: {sb.unimplemented}"
+
+
+class BotHarness:
+    """Post as sandbox users and collect what the bot answers."""
+
+    def __init__(self, sandbox: Sandbox, bot: Any) -> None:
+        self.sandbox = sandbox
+        self.bot = bot
+
+    @property
+    def guild_id(self) -> int:
+        return self.sandbox.guild_id
+
+    async def send(self, content: str = "", *, user: str | User = "member", count: int = 1,
+                   quiet: float = 0.3, timeout: float = 15.0, **kwargs: Any) -> list[Message]:
+        """Post a message and return the bot's messages after it, once ``count`` arrived and it went quiet."""
+        msg = await self.sandbox.post_message(user, content, **kwargs)
+        self.last_posted = msg
+        await self.sandbox.wait_for_bot_message(msg.channel_id, after=msg.id, count=count, timeout=timeout)
+        return await self.settle(msg.id, msg.channel_id, quiet)
+
+    async def ask(self, content: str = "", **kwargs: Any) -> str:
+        """Post a message and return the text of the bot's first answer."""
+        return (await self.send(content, **kwargs))[0].content
+
+    async def settle(self, after: int, channel_id: int | None = None, quiet: float = 0.3) -> list[Message]:
+        seen = -1
+        while True:
+            found = self.sandbox.bot_messages(channel_id, after=after)
+            if len(found) == seen:
+                return found
+            seen = len(found)
+            await asyncio.sleep(quiet)
+
+    async def silent(self, content: str, *, user: str | User = "member", wait: float = 1.0, **kwargs: Any) -> None:
+        """Post a message and assert the bot says nothing."""
+        msg = await self.sandbox.post_message(user, content, **kwargs)
+        await asyncio.sleep(wait)
+        said = self.sandbox.bot_messages(msg.channel_id, after=msg.id)
+        assert not said, f"expected silence, bot said: {[m.content for m in said]}"
+
+
+async def start_bot(sandbox: Sandbox, settings: Settings) -> Any:
+    from bot import TrainerBot, use_api_base
+
+    settings = dataclasses.replace(settings, token=sandbox.bot_token)
+    await use_api_base(sandbox.api_base, sandbox.bot_token)
+    bot = TrainerBot(settings, guild_ready_timeout=0.1)
+    bot._test_runner = asyncio.create_task(bot.start(sandbox.bot_token))
+    ready = asyncio.create_task(bot.wait_until_ready())
+    done, _ = await asyncio.wait({ready, bot._test_runner}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if bot._test_runner in done:
+        bot._test_runner.result()
+    assert ready in done, "bot did not become ready"
+    return bot
+
+
+async def stop_bot(bot: Any) -> None:
+    await bot.close()
+    try:
+        await asyncio.wait_for(bot._test_runner, 10)
+    except asyncio.CancelledError:
+        pass
+
+
+@pytest.fixture
+async def harness(sandbox: Sandbox, settings: Settings, error_log: ErrorLog) -> AsyncIterator[BotHarness]:
+    bot = await start_bot(sandbox, settings)
+    try:
+        yield BotHarness(sandbox, bot)
+    finally:
+        await stop_bot(bot)
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """An environment for running ``bot.py`` in a subprocess, isolated from a developer's .env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_"))}
+    env.update({
+        "DISCORD_TOKEN": "", "MODE": "dev", "PREFIX": "!", "DATA_DIR": str(tmp_path / "data"),
+        "CORRECTIONS_DIR": str(tmp_path / "corrections"), "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
