@@ -1,0 +1,107 @@
+"""Answers: ordinary messages get a reply from the server's current model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+
+import discord
+from discord.ext import commands
+
+import records
+from errors import TrainerError
+from storage import GuildSpace
+from textsplit import split_message
+
+log = logging.getLogger(__name__)
+
+HISTORY_TURNS = 4  # previous (prompt, answer) turns given to the model as context
+AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".webm", ".flac", ".aac")
+
+
+def has_audio(message: discord.Message) -> bool:
+    """Voice messages and audio files are the voice cog's to answer."""
+    return any(
+        a.is_voice_message() or (a.content_type or "").startswith("audio/")
+        or a.filename.lower().endswith(AUDIO_EXTENSIONS)
+        for a in message.attachments
+    )
+
+
+class Chat(commands.Cog):
+    """Talk with the server's model."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.history: dict[int, deque[tuple[str, str]]] = {}
+
+    def wants_answer(self, message: discord.Message) -> bool:
+        """Chat channels, DMs and mentions get answers; everything else is left alone."""
+        if message.guild is None:
+            return True
+        if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
+            return True
+        name = getattr(message.channel, "name", "") or ""
+        return name.lower() in self.bot.settings.chat_channels
+
+    def guild_for(self, message: discord.Message) -> discord.Guild | None:
+        """The server whose model answers: the message's, or for a DM the one server we share."""
+        if message.guild is not None:
+            return message.guild
+        shared = [g for g in self.bot.guilds if g.get_member(message.author.id) is not None]
+        return shared[0] if len(shared) == 1 else None
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or has_audio(message) or not self.wants_answer(message):
+            return
+        ctx = await self.bot.get_context(message)
+        if ctx.prefix is not None and (ctx.prefix == self.bot.settings.prefix or ctx.command is not None):
+            return  # a command: the command machinery answers it
+        prompt = message.content
+        if ctx.prefix is not None:  # "@bot question": drop the mention
+            prompt = prompt[len(ctx.prefix):]
+        prompt = prompt.strip()
+        if not prompt:
+            return
+        await self.reply_to(message, prompt)
+
+    async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None) -> list[discord.Message]:
+        """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
+        guild = self.guild_for(message)
+        if guild is None:
+            text = "I answer in DMs for members of exactly one server I'm in; please talk to me in your server."
+            return [await message.reply(text, mention_author=False)]
+        turns = self.history.setdefault(message.channel.id, deque(maxlen=HISTORY_TURNS))
+        try:
+            async with message.channel.typing():
+                answer = await self.bot.model.answer(guild.id, prompt, list(turns))
+        except TrainerError as exc:
+            return [await message.reply(str(exc)[:2000], mention_author=False)]
+        except Exception:
+            error_id = secrets.token_hex(3)
+            log.exception("error %s answering message %s", error_id, message.id)
+            return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
+                                        mention_author=False)]
+        text = f"> {heard}\n{answer}" if heard else answer
+        sent: list[discord.Message] = []
+        for i, chunk in enumerate(split_message(text) or ["…"]):
+            if i == 0:
+                sent.append(await message.reply(chunk, mention_author=False))
+            else:
+                sent.append(await message.channel.send(chunk))
+        turns.append((prompt, answer))
+        space = GuildSpace(guild.id, self.bot.settings.data_dir, self.bot.settings.corrections_dir)
+        model_name = await self.bot.model.current_model(guild.id)
+        for msg in sent:  # any part of a long answer can be the one someone corrects
+            await asyncio.to_thread(
+                records.record_answer, space, message_id=msg.id, channel_id=message.channel.id, prompt=prompt,
+                answer=answer, prompt_message_id=message.id, author_id=message.author.id, model=model_name,
+            )
+        return sent
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Chat(bot))
