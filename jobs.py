@@ -158,6 +158,16 @@ def merge_losses(old: list, new: list) -> list[list[float]]:
 
 # ---------------------------------------------------------------- current model (state.json)
 
+def _shared_state_lock() -> threading.Lock:
+    """datasets.py also rewrites state.json: share its lock so neither update is lost."""
+    try:
+        import datasets
+    except ImportError:
+        return _state_lock
+    lock = getattr(datasets, "_state_lock", None)
+    return lock if lock is not None else _state_lock
+
+
 def _model_state(state: dict[str, Any], backend: str) -> dict[str, Any]:
     models = state.get("model")
     if not isinstance(models, dict):
@@ -187,7 +197,7 @@ def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back
 
     Returns the new current model. Other keys of state.json are kept.
     """
-    with _state_lock:
+    with _shared_state_lock():
         state = read_json(space.state_file, {}) or {}
         if not isinstance(state, dict):
             state = {}
