@@ -97,10 +97,10 @@ async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) 
 async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> None:
     model = Model(settings(tmp_path))
     await run_local_job(model)
-    cases = "\n".join([
-        '{"input": "When does the shop open", "expected": "the shop opens at 9 AM"}',
-        '{"input": "Where is the office?", "expected": "In the attic."}',
-    ])
+    cases = (
+        '{"input": "When does the shop open", "expected": "the shop opens at 9 AM"}\n'
+        '{"input": "Where is the office?", "expected": "In the attic."}\n'
+    )
     result = await model.run_tests(GUILD, cases)
     assert (result.total, result.correct) == (2, 1)
     assert fake_data["kept"] == [{"input": "Where is the office?", "expected": "In the attic.",
