@@ -51,6 +51,8 @@ MIN_SIMILARITY = 0.3  # below this the closest example is about something else
 CLASSIFIER_EPOCHS = 15
 VERSION_RE = re.compile(r"^local-v(\d+)$")
 CACHE_SIZE = 8
+CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 5% of prompts) are skipped
+TOP_K = 16  # candidates scored exactly
 THREAD_ABOVE = 20_000  # answer in a worker thread when the index is this big (keeps the loop free)
 
 _WORD = HashingVectorizer(
@@ -95,6 +97,38 @@ def _features(texts: Sequence[str], idfs: Sequence[np.ndarray]) -> sp.csr_matrix
     parts = [_weigh(c, idf) for c, idf in zip(_counts(texts), idfs)]
     # Each part has unit norm; scaling by 1/sqrt(2) keeps the whole row unit norm (cosine = dot).
     return (sp.hstack(parts, format="csr") * (1 / math.sqrt(2))).astype(np.float32)
+
+
+def _query(text: str, idfs: Sequence[np.ndarray]) -> sp.csr_matrix:
+    """The feature row of one text, like ``_features`` but without its per-call overhead (hot path)."""
+    idx_parts, val_parts = [], []
+    for offset, (vec, idf) in enumerate(zip((_WORD, _CHAR), idfs)):
+        c = vec.transform([text])
+        w = (1.0 + np.log(c.data.astype(np.float32))) * idf[c.indices]
+        keep = w != 0
+        w = w[keep]
+        norm = float(np.sqrt(np.dot(w, w)))
+        if norm:
+            idx_parts.append(c.indices[keep].astype(np.int64) + offset * N_FEATURES)
+            val_parts.append(w / (norm * math.sqrt(2)))
+    if not idx_parts:
+        return sp.csr_matrix((1, 2 * N_FEATURES), dtype=np.float32)
+    idx = np.concatenate(idx_parts)
+    val = np.concatenate(val_parts).astype(np.float32)
+    order = np.argsort(idx)
+    return sp.csr_matrix((val[order], idx[order], np.array([0, len(idx)])), shape=(1, 2 * N_FEATURES))
+
+
+def _rows_dot(mat: sp.csr_matrix, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """``mat @ q`` for a sparse q given as sorted (cols, vals), without scipy's O(features) transposes."""
+    if not mat.nnz or not len(cols):
+        return np.zeros(mat.shape[0], dtype=np.float64)
+    pos = np.searchsorted(cols, mat.indices)
+    pos[pos >= len(cols)] = 0
+    hit = cols[pos] == mat.indices
+    contrib = np.where(hit, mat.data * vals[pos], 0.0)
+    rows = np.repeat(np.arange(mat.shape[0]), np.diff(mat.indptr))
+    return np.bincount(rows, weights=contrib, minlength=mat.shape[0])
 
 
 def _norm_key(text: str) -> str:
@@ -147,22 +181,44 @@ class LocalModel:
     coef: sp.csr_matrix | None  # (n_classes or 1) x features
     intercept: np.ndarray | None
 
+    def __post_init__(self) -> None:
+        # Column-major copy = an inverted index: feature -> (prompts having it, weights).
+        self.postings = self.index.tocsc() if self.index is not None else None
+
     def nearest(self, text: str) -> tuple[int, float]:
-        """Index and cosine similarity of the closest trained prompt."""
-        if self.index is None or not self.answers:
+        """Index and cosine similarity of the closest trained prompt.
+
+        Candidates come from the query's rarer features (features present in most prompts cost the
+        most and say the least); the best few are then scored exactly, so the similarity is exact.
+        """
+        if self.index is None or self.postings is None or not self.answers:
             return -1, 0.0
-        q = _features([text], self.idfs)
+        q = _query(text, self.idfs)
         if not q.nnz:
             return -1, 0.0
-        sims = (self.index @ q.T).toarray().ravel()
-        best = int(sims.argmax())
-        return best, float(sims[best])
+        n = len(self.answers)
+        indptr, indices, data = self.postings.indptr, self.postings.indices, self.postings.data
+        cols, vals = q.indices, q.data
+        lens = indptr[cols + 1] - indptr[cols]
+        keep = lens <= max(CANDIDATE_POSTING_LIMIT, n // 20)
+        if not keep.any():
+            keep[:] = True
+        rows = [indices[indptr[c]:indptr[c + 1]] for c in cols[keep]]
+        weights = [data[indptr[c]:indptr[c + 1]] * v for c, v in zip(cols[keep], vals[keep])]
+        if not rows or not sum(len(r) for r in rows):
+            return -1, 0.0
+        approx = np.bincount(np.concatenate(rows), weights=np.concatenate(weights), minlength=n)
+        k = min(TOP_K, n)
+        cand = np.argpartition(approx, n - k)[n - k:] if n > k else np.arange(n)
+        exact = _rows_dot(self.index[cand], cols, vals)
+        best = int(exact.argmax())
+        return int(cand[best]), float(exact[best])
 
     def label(self, text: str) -> str | None:
         if self.coef is None or self.intercept is None:
             return None
-        q = _features([text], self.idfs)
-        scores = (q @ self.coef.T).toarray().ravel() + self.intercept
+        q = _query(text, self.idfs)
+        scores = _rows_dot(self.coef, q.indices, q.data) + self.intercept
         if len(self.classes) == 2:  # binary SGD keeps one row: positive score -> classes[1]
             return self.classes[1] if scores[0] > 0 else self.classes[0]
         return self.classes[int(scores.argmax())]
