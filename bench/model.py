@@ -63,7 +63,7 @@ def bench(n: int, queries: int = 500) -> dict[str, float]:
             lat.append((time.perf_counter() - t0) * 1000)
             hits += ans == expected
         return {"n": n, "train_s": train_s, "load_s": load_s, "size_mb": size_mb,
-                "p50_ms": statistics.median(lat), "p99_ms": percentile(lat, 0.99), "answered": hits / queries}
+                "p50_ms": statistics.median(lat), "p99_ms": percentile(lat, 0.99), "correct": hits / queries}
 
 
 def main(argv: list[str]) -> int:
