@@ -51,7 +51,7 @@ MIN_SIMILARITY = 0.3  # below this the closest example is about something else
 CLASSIFIER_EPOCHS = 15
 VERSION_RE = re.compile(r"^local-v(\d+)$")
 CACHE_SIZE = 8
-CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 5% of prompts) are skipped
+CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
 TOP_K = 16  # candidates scored exactly
 THREAD_ABOVE = 20_000  # answer in a worker thread when the index is this big (keeps the loop free)
 
@@ -200,7 +200,7 @@ class LocalModel:
         indptr, indices, data = self.postings.indptr, self.postings.indices, self.postings.data
         cols, vals = q.indices, q.data
         lens = indptr[cols + 1] - indptr[cols]
-        keep = lens <= max(CANDIDATE_POSTING_LIMIT, n // 20)
+        keep = lens <= max(CANDIDATE_POSTING_LIMIT, n // 100)
         if not keep.any():
             keep[:] = True
         rows = [indices[indptr[c]:indptr[c + 1]] for c in cols[keep]]
@@ -208,8 +208,13 @@ class LocalModel:
         if not rows or not sum(len(r) for r in rows):
             return -1, 0.0
         approx = np.bincount(np.concatenate(rows), weights=np.concatenate(weights), minlength=n)
-        k = min(TOP_K, n)
-        cand = np.argpartition(approx, n - k)[n - k:] if n > k else np.arange(n)
+        # Partition only the touched prompts: argpartition over a mostly-zero array is very slow.
+        touched = np.flatnonzero(approx)
+        k = min(TOP_K, len(touched))
+        if len(touched) > k:
+            cand = touched[np.argpartition(approx[touched], len(touched) - k)[len(touched) - k:]]
+        else:
+            cand = touched
         exact = _rows_dot(self.index[cand], cols, vals)
         best = int(exact.argmax())
         return int(cand[best]), float(exact[best])
