@@ -1,0 +1,567 @@
+"""The offline default backend: trains in seconds on CPU, no network, no pickle.
+
+Answers come from TF-IDF nearest-neighbour retrieval (word 1-2-grams + char 2-4-grams, hashed)
+over the trained prompt -> answer pairs; labelled texts train a linear classifier (logistic
+loss, SGD epochs so there is a real loss curve to show) when there are at least two labels.
+
+Every training writes a new numbered version ``space.models/local-v<N>/`` built in a hidden
+temp folder and renamed into place, so a crash never leaves half a model and older versions
+stay for rollback. Models are stored as ``.npz``/``.npy``/JSON and loaded with
+``allow_pickle=False``: a file dropped into the data folder cannot run code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import normalize
+
+from backends.base import History, JobRecord, JobUpdate, Method, TrainingBackend
+from errors import BackendError, InvalidInput, NotFound
+from storage import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from datasets import Compiled
+
+    from storage import GuildSpace
+
+log = logging.getLogger(__name__)
+
+N_FEATURES = 2**20  # per analyzer; hashed, so no vocabulary has to be stored
+MIN_SIMILARITY = 0.3  # below this the closest example is about something else
+CLASSIFIER_EPOCHS = 15
+VERSION_RE = re.compile(r"^local-v(\d+)$")
+CACHE_SIZE = 8
+CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
+TOP_K = 16  # candidates scored exactly
+THREAD_ABOVE = 20_000  # answer in a worker thread when the index is this big (keeps the loop free)
+
+_WORD = HashingVectorizer(
+    analyzer="word", ngram_range=(1, 2), n_features=N_FEATURES, alternate_sign=False, norm=None,
+    token_pattern=r"(?u)\b\w+\b", strip_accents="unicode",
+)
+_CHAR = HashingVectorizer(
+    analyzer="char_wb", ngram_range=(2, 4), n_features=N_FEATURES, alternate_sign=False, norm=None,
+    strip_accents="unicode",
+)
+_save_lock = threading.Lock()  # version numbers are chosen and claimed under this lock
+
+
+class _Cancelled(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- features
+
+def _counts(texts: Sequence[str]) -> list[sp.csr_matrix]:
+    return [_WORD.transform(texts).tocsr(), _CHAR.transform(texts).tocsr()]
+
+
+def _idf(counts: sp.csr_matrix) -> np.ndarray:
+    """Smoothed idf like scikit-learn's; 0 for features never seen (they are ignored)."""
+    n = counts.shape[0]
+    df = np.bincount(counts.indices, minlength=counts.shape[1])
+    idf = np.zeros(counts.shape[1], dtype=np.float32)
+    seen = df > 0
+    idf[seen] = np.log((1 + n) / (1 + df[seen])) + 1
+    return idf
+
+
+def _weigh(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+    m = counts.astype(np.float32, copy=True)
+    m.data = (1.0 + np.log(m.data)) * idf[m.indices]
+    m.eliminate_zeros()
+    return normalize(m, copy=False)
+
+
+def _features(texts: Sequence[str], idfs: Sequence[np.ndarray]) -> sp.csr_matrix:
+    parts = [_weigh(c, idf) for c, idf in zip(_counts(texts), idfs)]
+    # Each part has unit norm; scaling by 1/sqrt(2) keeps the whole row unit norm (cosine = dot).
+    return (sp.hstack(parts, format="csr") * (1 / math.sqrt(2))).astype(np.float32)
+
+
+def _query(text: str, idfs: Sequence[np.ndarray]) -> sp.csr_matrix:
+    """The feature row of one text, like ``_features`` but without its per-call overhead (hot path)."""
+    idx_parts, val_parts = [], []
+    for offset, (vec, idf) in enumerate(zip((_WORD, _CHAR), idfs)):
+        c = vec.transform([text])
+        w = (1.0 + np.log(c.data.astype(np.float32))) * idf[c.indices]
+        keep = w != 0
+        w = w[keep]
+        norm = float(np.sqrt(np.dot(w, w)))
+        if norm:
+            idx_parts.append(c.indices[keep].astype(np.int64) + offset * N_FEATURES)
+            val_parts.append(w / (norm * math.sqrt(2)))
+    if not idx_parts:
+        return sp.csr_matrix((1, 2 * N_FEATURES), dtype=np.float32)
+    idx = np.concatenate(idx_parts)
+    val = np.concatenate(val_parts).astype(np.float32)
+    order = np.argsort(idx)
+    return sp.csr_matrix((val[order], idx[order], np.array([0, len(idx)])), shape=(1, 2 * N_FEATURES))
+
+
+def _rows_dot(mat: sp.csr_matrix, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """``mat @ q`` for a sparse q given as sorted (cols, vals), without scipy's O(features) transposes."""
+    if not mat.nnz or not len(cols):
+        return np.zeros(mat.shape[0], dtype=np.float64)
+    pos = np.searchsorted(cols, mat.indices)
+    pos[pos >= len(cols)] = 0
+    hit = cols[pos] == mat.indices
+    contrib = np.where(hit, mat.data * vals[pos], 0.0)
+    rows = np.repeat(np.arange(mat.shape[0]), np.diff(mat.indptr))
+    return np.bincount(rows, weights=contrib, minlength=mat.shape[0])
+
+
+def _norm_key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+# ---------------------------------------------------------------- data from the compiled dataset
+
+def pairs_from(compiled: Compiled) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from chat lines and DPO preferred outputs; later duplicates win."""
+    found: list[tuple[str, str]] = []
+    for line in compiled.supervised:
+        last_user: str | None = None
+        for msg in line.get("messages") or []:
+            role, content = msg.get("role"), msg.get("content")
+            if not isinstance(content, str) or not content.strip():
+                continue
+            if role == "user":
+                last_user = content
+            elif role == "assistant" and last_user:
+                found.append((last_user, content))
+    for line in compiled.preference:
+        users = [m.get("content") for m in (line.get("input") or {}).get("messages") or []
+                 if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        preferred = [m.get("content") for m in line.get("preferred_output") or []
+                     if isinstance(m.get("content"), str)]
+        if users and preferred:
+            found.append((users[-1], preferred[0]))
+    # Corrections come after the data they correct, so the last answer for a prompt wins.
+    latest: dict[str, tuple[str, str]] = {}
+    for prompt, answer in found:
+        key = _norm_key(prompt)
+        latest.pop(key, None)
+        latest[key] = (prompt, answer)
+    return list(latest.values())
+
+
+# ---------------------------------------------------------------- a trained version
+
+@dataclass
+class LocalModel:
+    """A loaded version: what answering needs, nothing else."""
+
+    name: str
+    idfs: list[np.ndarray]
+    index: sp.csr_matrix | None  # rows = prompts
+    answers: list[str]
+    prompts: list[str]
+    classes: list[str]
+    coef: sp.csr_matrix | None  # (n_classes or 1) x features
+    intercept: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        # Column-major copy = an inverted index: feature -> (prompts having it, weights).
+        self.postings = self.index.tocsc() if self.index is not None else None
+
+    def nearest(self, text: str) -> tuple[int, float]:
+        """Index and cosine similarity of the closest trained prompt.
+
+        Candidates come from the query's rarer features (features present in most prompts cost the
+        most and say the least); the best few are then scored exactly, so the similarity is exact.
+        """
+        if self.index is None or self.postings is None or not self.answers:
+            return -1, 0.0
+        q = _query(text, self.idfs)
+        if not q.nnz:
+            return -1, 0.0
+        n = len(self.answers)
+        indptr, indices, data = self.postings.indptr, self.postings.indices, self.postings.data
+        cols, vals = q.indices, q.data
+        lens = indptr[cols + 1] - indptr[cols]
+        keep = lens <= max(CANDIDATE_POSTING_LIMIT, n // 100)
+        if not keep.any():
+            keep[:] = True
+        rows = [indices[indptr[c]:indptr[c + 1]] for c in cols[keep]]
+        weights = [data[indptr[c]:indptr[c + 1]] * v for c, v in zip(cols[keep], vals[keep])]
+        if not rows or not sum(len(r) for r in rows):
+            return -1, 0.0
+        approx = np.bincount(np.concatenate(rows), weights=np.concatenate(weights), minlength=n)
+        # Partition only the touched prompts: argpartition over a mostly-zero array is very slow.
+        touched = np.flatnonzero(approx)
+        k = min(TOP_K, len(touched))
+        if len(touched) > k:
+            cand = touched[np.argpartition(approx[touched], len(touched) - k)[len(touched) - k:]]
+        else:
+            cand = touched
+        exact = _rows_dot(self.index[cand], cols, vals)
+        best = int(exact.argmax())
+        return int(cand[best]), float(exact[best])
+
+    def label(self, text: str) -> str | None:
+        if self.coef is None or self.intercept is None:
+            return None
+        q = _query(text, self.idfs)
+        scores = _rows_dot(self.coef, q.indices, q.data) + self.intercept
+        if len(self.classes) == 2:  # binary SGD keeps one row: positive score -> classes[1]
+            return self.classes[1] if scores[0] > 0 else self.classes[0]
+        return self.classes[int(scores.argmax())]
+
+
+def _sparse_idf(idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.flatnonzero(idf).astype(np.int64)
+    return idx, idf[idx]
+
+
+def _dense_idf(idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+    idf = np.zeros(N_FEATURES, dtype=np.float32)
+    idf[idx] = val
+    return idf
+
+
+def version_numbers(space: GuildSpace) -> list[int]:
+    """Numbers of the finished local versions on disk, ascending."""
+    try:
+        names = os.listdir(space.models)
+    except FileNotFoundError:
+        return []
+    nums = []
+    for name in names:
+        m = VERSION_RE.match(name)
+        if m and (space.models / name / "meta.json").is_file():
+            nums.append(int(m.group(1)))
+    return sorted(nums)
+
+
+def read_meta(space: GuildSpace, name: str) -> dict[str, Any]:
+    """meta.json of a version; NotFound if there is no such version."""
+    if not VERSION_RE.match(name):
+        raise NotFound(f"`{name}` is not a local model name (they look like `local-v3`).")
+    meta = read_json(space.models / name / "meta.json")
+    if not isinstance(meta, dict):
+        raise NotFound(f"There is no model `{name}` on this server.")
+    return meta
+
+
+def load_version(space: GuildSpace, name: str) -> LocalModel:
+    """Load a version from disk (sync; run in a thread)."""
+    meta = read_meta(space, name)
+    folder = space.models / name
+    with np.load(folder / "idf.npz", allow_pickle=False) as z:
+        idfs = [_dense_idf(z["w_idx"], z["w_val"]), _dense_idf(z["c_idx"], z["c_val"])]
+    pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+    index = sp.load_npz(folder / "index.npz").tocsr() if pairs else None
+    coef = intercept = None
+    classes: list[str] = []
+    if (folder / "classifier.json").is_file():
+        info = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+        classes = list(info["classes"])
+        intercept = np.asarray(info["intercept"], dtype=np.float32)
+        coef = sp.load_npz(folder / "classifier.npz").tocsr()
+    log.info("loaded %s for guild %s (%d pairs, %d labels)", name, space.guild_id, meta.get("pairs"), len(classes))
+    return LocalModel(name, idfs, index, [p["answer"] for p in pairs], [p["prompt"] for p in pairs],
+                      classes, coef, intercept)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def train_version(
+    space: GuildSpace,
+    pairs: list[tuple[str, str]],
+    labelled: list[tuple[str, str]],
+    *,
+    job_id: str,
+    method: str,
+    progress: Callable[[int, float | None, str | None], None] = lambda step, loss, event: None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> str:
+    """Fit and save a new version; returns its name (sync and CPU-bound: run in a thread)."""
+    started = time.time()
+    labels = sorted({label for _, label in labelled})
+    use_classifier = len(labels) >= 2
+    step = 0
+
+    def tick(loss: float | None = None, event: str | None = None) -> None:
+        nonlocal step
+        if cancelled():
+            raise _Cancelled()
+        step += 1
+        progress(step, loss, event)
+
+    texts = [p for p, _ in pairs] + [t for t, _ in labelled]
+    counts = _counts(texts)
+    idfs = [_idf(c) for c in counts]
+    tick(event=f"Vectorised {len(texts)} texts")
+    n_pairs = len(pairs)
+    index = None
+    if n_pairs:
+        parts = [_weigh(c[:n_pairs], idf) for c, idf in zip(counts, idfs)]
+        index = (sp.hstack(parts, format="csr") * (1 / math.sqrt(2))).astype(np.float32)
+    tick(event=f"Indexed {n_pairs} prompt/answer pairs")
+
+    coef = intercept = None
+    if use_classifier:
+        x = _features([t for t, _ in labelled], idfs)
+        y = np.array([label for _, label in labelled])
+        clf = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0)
+        rng = np.random.default_rng(0)
+        for epoch in range(CLASSIFIER_EPOCHS):
+            order = rng.permutation(len(y))
+            clf.partial_fit(x[order], y[order], classes=np.array(labels))
+            loss = float(log_loss(y, clf.predict_proba(x), labels=labels))
+            tick(loss, f"Epoch {epoch + 1}/{CLASSIFIER_EPOCHS}: training loss={loss:.4f}")
+        coef = sp.csr_matrix(clf.coef_.astype(np.float32))
+        intercept = clf.intercept_.astype(np.float32)
+    elif labelled:
+        progress(step, None, f"Only one label ({labels[0]!r}): no classifier trained, two are needed")
+
+    space.models.mkdir(parents=True, exist_ok=True)
+    tmp = space.models / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        w_idx, w_val = _sparse_idf(idfs[0])
+        c_idx, c_val = _sparse_idf(idfs[1])
+        np.savez(tmp / "idf.npz", w_idx=w_idx, w_val=w_val, c_idx=c_idx, c_val=c_val)
+        atomic_write_json(tmp / "answers.json", [{"prompt": p, "answer": a} for p, a in pairs])
+        if index is not None:
+            sp.save_npz(tmp / "index.npz", index)
+        if coef is not None and intercept is not None:
+            sp.save_npz(tmp / "classifier.npz", coef)
+            atomic_write_json(tmp / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        if cancelled():
+            raise _Cancelled()
+        with _save_lock:
+            number = (version_numbers(space) or [0])[-1] + 1
+            while True:
+                name = f"local-v{number}"
+                meta = {
+                    "version": number, "name": name, "job_id": job_id, "method": method,
+                    "created_at": time.time(), "seconds": round(time.time() - started, 3),
+                    "pairs": n_pairs, "labelled": len(labelled), "labels": labels if use_classifier else [],
+                    "dataset": f"guild {space.guild_id}: compiled data, corrections and feedback",
+                }
+                atomic_write_json(tmp / "meta.json", meta)
+                try:
+                    os.rename(tmp, space.models / name)  # fails if another process took the number
+                    break
+                except OSError:
+                    number += 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tick(event=f"Saved model {name}")
+    return name
+
+
+# ---------------------------------------------------------------- the backend
+
+@dataclass
+class _Run:
+    job_id: str
+    total_steps: int
+    status: str = "running"
+    step: int = 0
+    model: str | None = None
+    error: str | None = None
+    cancel: threading.Event | None = None
+    task: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+        self.events: list[str] = []
+        self.reported_events = 0
+        self.cancel = threading.Event()
+
+
+class LocalBackend(TrainingBackend):
+    """Offline retrieval + classifier models, one numbered version per training."""
+
+    name = "local"
+
+    def __init__(self, prefix: str = "!") -> None:
+        self.prefix = prefix
+        self._runs: dict[str, _Run] = {}
+        self._cache: OrderedDict[tuple[int, str], LocalModel] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    async def close(self) -> None:
+        for run in self._runs.values():
+            if run.task and not run.task.done():
+                run.cancel.set() if run.cancel else None
+                run.task.cancel()
+
+    async def start_job(
+        self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str
+    ) -> JobRecord:
+        """Start training in a worker thread; returns at once with a running job."""
+        pairs = pairs_from(compiled)
+        labelled = [(t, lab) for t, lab in compiled.labelled if t.strip() and lab.strip()]
+        if method == "dpo" and not compiled.preference:
+            raise InvalidInput("DPO needs preference pairs (a preferred and a rejected answer); there are none yet.")
+        if not pairs and len({lab for _, lab in labelled}) < 2:
+            raise InvalidInput("Nothing to train on: add prompt/answer examples or texts with at least two labels.")
+        classifier = len({lab for _, lab in labelled}) >= 2
+        run = _Run(job_id=f"local-{uuid.uuid4().hex[:12]}", total_steps=3 + (CLASSIFIER_EPOCHS if classifier else 0))
+        self._runs[run.job_id] = run
+
+        def progress(step: int, loss: float | None, event: str | None) -> None:
+            # Called from the worker thread; plain attribute writes are atomic under the GIL.
+            run.step = step
+            if loss is not None:
+                run.losses.append((step, loss))
+            if event:
+                run.events.append(event)
+
+        async def work() -> None:
+            try:
+                run.model = await asyncio.to_thread(
+                    train_version, space, pairs, labelled, job_id=run.job_id, method=method,
+                    progress=progress, cancelled=run.cancel.is_set if run.cancel else (lambda: False),
+                )
+                run.step, run.status = run.total_steps, "succeeded"
+            except _Cancelled:
+                run.status = "cancelled"
+            except asyncio.CancelledError:
+                run.status, run.error = "cancelled", "The bot shut down during training."
+                raise
+            except Exception as exc:  # a bug or a disk error: report it on the job, keep the bot alive
+                log.exception("local training %s failed", run.job_id)
+                run.status, run.error = "failed", f"Local training failed: {exc}"
+
+        run.task = asyncio.get_running_loop().create_task(work(), name=f"train-{run.job_id}")
+        return {
+            "id": run.job_id, "backend": self.name, "method": method, "status": "running",
+            "step": 0, "total_steps": run.total_steps, "pairs": len(pairs), "labelled": len(labelled),
+        }
+
+    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+        """Progress of a training started by this process; after a restart, what the disk says."""
+        run = self._runs.get(job["id"])
+        if run is None:
+            for number in reversed(version_numbers(space)):
+                meta = read_json(space.models / f"local-v{number}" / "meta.json") or {}
+                if meta.get("job_id") == job["id"]:
+                    return JobUpdate("succeeded", step=job.get("total_steps"), fine_tuned_model=meta["name"])
+            return JobUpdate("failed", error="The bot restarted while this training ran; start it again.")
+        events = run.events[run.reported_events:]
+        run.reported_events += len(events)
+        return JobUpdate(
+            status=run.status, step=run.step, total_steps=run.total_steps,
+            train_loss=run.losses[-1][1] if run.losses else None, losses=list(run.losses),
+            events=events, fine_tuned_model=run.model, error=run.error,
+        )
+
+    async def wait(self, job_id: str) -> None:
+        """Wait until a job started by this process ends (tests, benchmarks)."""
+        run = self._runs.get(job_id)
+        if run and run.task:
+            await asyncio.shield(run.task)
+
+    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+        run = self._runs.get(job["id"])
+        if run is None or run.status != "running":
+            return await self.poll(space, job)
+        if run.cancel:
+            run.cancel.set()
+        if run.task:
+            await asyncio.wait({run.task})
+        return await self.poll(space, job)
+
+    # ------------------------------------------------------------ answering
+
+    def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
+        try:
+            read_meta(space, name)
+        except NotFound:
+            return False
+        return True
+
+    def list_models(self, space: GuildSpace, jobs: Sequence[JobRecord]) -> list[str]:
+        return [f"local-v{n}" for n in version_numbers(space)]
+
+    def loaded(self, space: GuildSpace, name: str) -> LocalModel:
+        """The cached model for (guild, version), loading it if needed (sync; may hit the disk)."""
+        key = (space.guild_id, name)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        model = load_version(space, name)
+        with self._cache_lock:
+            self._cache[key] = model
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return model
+
+    async def _model(self, space: GuildSpace, name: str) -> LocalModel:
+        with self._cache_lock:
+            cached = self._cache.get((space.guild_id, name))
+        if cached is not None:
+            return cached
+        try:
+            return await asyncio.to_thread(self.loaded, space, name)
+        except NotFound:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise BackendError(f"Model `{name}` could not be loaded ({exc}); train again or pick another.") from None
+
+    def not_trained(self) -> str:
+        return (f"I haven't been trained on this server yet. A trainer can add examples and run "
+                f"`{self.prefix}train` to teach me.")
+
+    def dont_know(self) -> str:
+        return (f"I don't know that one yet. If you know the answer, teach me with "
+                f"`{self.prefix}correct <the right answer>`.")
+
+    def answer_sync(self, model: LocalModel, prompt: str) -> str:
+        """The trained answer closest to ``prompt``, or an honest "I don't know yet"."""
+        best, sim = model.nearest(prompt)
+        if best < 0 or sim < MIN_SIMILARITY:
+            return self.dont_know()
+        return model.answers[best]
+
+    async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
+        """Retrieval answer; ``history`` is not used by this backend (each prompt stands alone)."""
+        if not model_name:
+            return self.not_trained()
+        model = await self._model(space, model_name)
+        if len(model.answers) > THREAD_ABOVE:
+            return await asyncio.to_thread(self.answer_sync, model, prompt)
+        return self.answer_sync(model, prompt)
+
+    async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
+        """The classifier's label; falls back to the retrieval answer when no classifier was trained."""
+        if not model_name:
+            return self.not_trained()
+        model = await self._model(space, model_name)
+        label = model.label(text)
+        return label if label is not None else self.answer_sync(model, text)

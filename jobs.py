@@ -1,0 +1,219 @@
+"""Durable training-job records and the guild's current model.
+
+Jobs live in ``space.jobs_file`` (JSON Lines, append-only; the latest record per job id
+wins), so a restart can pick up unfinished jobs and a crash loses at most the last update.
+Record fields: id, backend, method, status, created_at, updated_at, finished_at, started_by,
+channel_id, status_message_id, model (the result), estimate {examples, tokens, epochs,
+billed_tokens}, step, total_steps, losses [[step, loss], ...], events (last few), error,
+plus backend bookkeeping (e.g. training_file, last_event_id).
+
+The current model is the key ``"model"`` of ``space.state_file``, per backend:
+``{"local": {"current": "local-v3", "history": ["local-v1", "local-v2"]}, "openai": {...}}``.
+Other keys of state.json belong to other modules and are preserved.
+
+All functions here are sync and cheap (small files); ``loss_curve_png`` is CPU-bound: run it
+with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from typing import Any
+
+from backends.base import TERMINAL
+from errors import InvalidInput, NotFound
+from storage import GuildSpace, append_record, atomic_write_json, read_json, read_records
+
+log = logging.getLogger(__name__)
+
+BAR_WIDTH = 14
+KEEP_EVENTS = 5
+_state_lock = threading.Lock()  # read-modify-write of state.json within this process
+
+
+# ---------------------------------------------------------------- job records
+
+def save_job(space: GuildSpace, record: dict[str, Any]) -> dict[str, Any]:
+    """Append the full record (it becomes the latest version of that job); returns it."""
+    if not record.get("id"):
+        raise ValueError("a job record needs an id")
+    record["updated_at"] = time.time()
+    record["events"] = list(record.get("events") or [])[-KEEP_EVENTS:]
+    append_record(space.jobs_file, record)
+    return record
+
+
+def _latest(space: GuildSpace) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in read_records(space.jobs_file).records:
+        if isinstance(rec.get("id"), str):
+            latest[rec["id"]] = rec
+    return latest
+
+
+def list_jobs(space: GuildSpace, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest ``limit`` jobs, newest first."""
+    jobs = sorted(_latest(space).values(), key=lambda j: j.get("created_at") or 0, reverse=True)
+    return jobs[:limit] if limit else jobs
+
+
+def get_job(space: GuildSpace, job_id: str) -> dict[str, Any]:
+    """A job by id or by a unique start of its id; NotFound otherwise."""
+    job_id = (job_id or "").strip().strip("`")
+    latest = _latest(space)
+    if job_id in latest:
+        return latest[job_id]
+    matches = [j for i, j in latest.items() if job_id and i.startswith(job_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidInput(f"`{job_id}` matches {len(matches)} jobs; give more of the id.")
+    raise NotFound(f"There is no training job `{job_id}` on this server.")
+
+
+def unfinished_jobs(space: GuildSpace) -> list[dict[str, Any]]:
+    """Jobs not yet succeeded/failed/cancelled, oldest first (the watcher resumes these)."""
+    jobs = [j for j in _latest(space).values() if j.get("status") not in TERMINAL]
+    return sorted(jobs, key=lambda j: j.get("created_at") or 0)
+
+
+# ---------------------------------------------------------------- rendering
+
+def progress_bar(step: int | None, total: int | None, width: int = BAR_WIDTH) -> str:
+    """``[#######-------] 7/14``; unknown total gives an empty bar."""
+    if not total:
+        return f"[{'-' * width}] ?/?"
+    step = max(0, min(step or 0, total))
+    filled = round(width * step / total)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {step}/{total}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h {m:02d}m"
+    if m:
+        return f"{m}m {s:02d}s"
+    return f"{s}s"
+
+
+def render_status(job: dict[str, Any], now: float | None = None) -> str:
+    """A few lines for the status message the watcher edits."""
+    now = time.time() if now is None else now
+    status = job.get("status", "?")
+    head = f"Training job `{job.get('id')}` ({job.get('backend')}, {job.get('method', 'supervised')}): **{status}**"
+    lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
+    losses = job.get("losses") or []
+    if losses:
+        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
+    end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
+    if job.get("created_at"):
+        lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
+    est = job.get("estimate") or {}
+    if est:
+        lines.append(f"Estimate: {est.get('examples', '?')} examples, ~{est.get('tokens', '?')} tokens, "
+                     f"{est.get('epochs', '?')} epochs")
+    if job.get("model"):
+        lines.append(f"Model: `{job['model']}`")
+    if job.get("error"):
+        lines.append(f"Error: {job['error']}")
+    return "\n".join(lines)
+
+
+def loss_curve_png(job: dict[str, Any]) -> bytes | None:
+    """PNG of training loss by step, or None without loss points (sync, CPU: use to_thread)."""
+    points = [(int(s), float(v)) for s, v in job.get("losses") or []]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; must precede pyplot
+    from matplotlib.figure import Figure
+
+    # A bare Figure (not pyplot) keeps no global state, so threads don't step on each other.
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{job.get('id')} ({job.get('status')})")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def merge_losses(old: list, new: list) -> list[list[float]]:
+    """Union of (step, loss) points, the newer value winning for a step, sorted by step."""
+    by_step = {int(s): float(v) for s, v in old or []}
+    by_step.update({int(s): float(v) for s, v in new or []})
+    return [[s, by_step[s]] for s in sorted(by_step)]
+
+
+# ---------------------------------------------------------------- current model (state.json)
+
+def _shared_state_lock() -> threading.Lock:
+    """datasets.py also rewrites state.json: share its lock so neither update is lost."""
+    try:
+        import datasets
+    except ImportError:
+        return _state_lock
+    lock = getattr(datasets, "_state_lock", None)
+    return lock if lock is not None else _state_lock
+
+
+def _model_state(state: dict[str, Any], backend: str) -> dict[str, Any]:
+    models = state.get("model")
+    if not isinstance(models, dict):
+        models = {}
+    entry = models.get(backend)
+    if not isinstance(entry, dict):
+        entry = {"current": None, "history": []}
+    entry.setdefault("current", None)
+    entry.setdefault("history", [])
+    return entry
+
+
+def current_model(space: GuildSpace, backend: str) -> str | None:
+    """The model this guild answers with on ``backend``, or None (not trained yet)."""
+    state = read_json(space.state_file, {}) or {}
+    return _model_state(state if isinstance(state, dict) else {}, backend)["current"]
+
+
+def model_history(space: GuildSpace, backend: str) -> list[str]:
+    """Earlier current models, oldest first (``previous`` goes back through these)."""
+    state = read_json(space.state_file, {}) or {}
+    return list(_model_state(state if isinstance(state, dict) else {}, backend)["history"])
+
+
+def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back: bool = False) -> str | None:
+    """Make ``name`` current (old current goes to history), or with ``back`` pop the last history entry.
+
+    Returns the new current model. Other keys of state.json are kept.
+    """
+    with _shared_state_lock():
+        state = read_json(space.state_file, {}) or {}
+        if not isinstance(state, dict):
+            state = {}
+        entry = _model_state(state, backend)
+        if back:
+            if not entry["history"]:
+                raise NotFound("There is no previous model to go back to.")
+            entry["current"] = entry["history"].pop()
+        elif name != entry["current"]:
+            if entry["current"]:
+                entry["history"].append(entry["current"])
+                entry["history"] = entry["history"][-50:]
+            entry["current"] = name
+        models = state.get("model") if isinstance(state.get("model"), dict) else {}
+        models[backend] = entry
+        state["model"] = models
+        space.data.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(space.state_file, state)
+        return entry["current"]

@@ -1,0 +1,88 @@
+"""Job records, status rendering, loss curve and the current model in state.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest
+
+import jobs
+from errors import InvalidInput, NotFound
+from storage import GuildSpace
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> GuildSpace:
+    return GuildSpace(5, tmp_path / "data", tmp_path / "corrections").ensure()
+
+
+def test_latest_record_wins_and_unfinished(space: GuildSpace) -> None:
+    jobs.save_job(space, {"id": "ftjob-a1", "status": "running", "created_at": 1.0})
+    jobs.save_job(space, {"id": "ftjob-b2", "status": "queued", "created_at": 2.0})
+    jobs.save_job(space, {"id": "ftjob-a1", "status": "succeeded", "created_at": 1.0, "model": "m1"})
+    assert [j["id"] for j in jobs.list_jobs(space)] == ["ftjob-b2", "ftjob-a1"]
+    assert jobs.get_job(space, "ftjob-a1")["model"] == "m1"
+    assert jobs.get_job(space, "ftjob-b")["id"] == "ftjob-b2"  # unique prefix
+    with pytest.raises(InvalidInput):
+        jobs.get_job(space, "ftjob-")
+    with pytest.raises(NotFound):
+        jobs.get_job(space, "nope")
+    assert [j["id"] for j in jobs.unfinished_jobs(space)] == ["ftjob-b2"]
+    assert jobs.list_jobs(space, 1)[0]["id"] == "ftjob-b2"
+
+
+def test_damaged_line_is_skipped(space: GuildSpace) -> None:
+    jobs.save_job(space, {"id": "j1", "status": "running", "created_at": 1.0})
+    with open(space.jobs_file, "ab") as fh:
+        fh.write(b'{"id": "j2", "sta')  # torn write from a crash
+    jobs.save_job(space, {"id": "j1", "status": "failed", "created_at": 1.0})
+    assert [(j["id"], j["status"]) for j in jobs.list_jobs(space)] == [("j1", "failed")]
+
+
+def test_progress_bar() -> None:
+    assert jobs.progress_bar(7, 14) == "[#######-------] 7/14"
+    assert jobs.progress_bar(0, 14) == "[--------------] 0/14"
+    assert jobs.progress_bar(20, 14) == "[##############] 14/14"
+    assert jobs.progress_bar(3, None) == "[--------------] ?/?"
+
+
+def test_render_status() -> None:
+    job = {"id": "ftjob-x", "backend": "openai", "method": "supervised", "status": "running", "step": 7,
+           "total_steps": 14, "losses": [[1, 2.0], [7, 0.4123]], "created_at": 1000.0,
+           "estimate": {"examples": 12, "tokens": 480, "epochs": 3}}
+    text = jobs.render_status(job, now=1000.0 + 192)
+    assert "**running**" in text and "[#######-------] 7/14" in text
+    assert "0.4123" in text and "3m 12s" in text and "12 examples" in text
+    done = dict(job, status="failed", error="bad file", finished_at=1010.0)
+    text = jobs.render_status(done, now=99999.0)
+    assert "Error: bad file" in text and "Elapsed: 10s" in text
+
+
+def test_loss_curve_png() -> None:
+    png = jobs.loss_curve_png({"id": "j", "status": "running", "losses": [[1, 2.0], [2, 1.0], [3, 0.5]]})
+    assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert jobs.loss_curve_png({"id": "j", "losses": []}) is None
+
+
+def test_merge_losses() -> None:
+    assert jobs.merge_losses([[1, 2.0], [2, 1.5]], [(2, 1.4), (3, 1.0)]) == [[1, 2.0], [2, 1.4], [3, 1.0]]
+
+
+def test_current_model_history_and_other_state_keys_kept(space: GuildSpace) -> None:
+    space.state_file.write_text(json.dumps({"dataset": "datasets/main", "system_prompt": "hi"}))
+    assert jobs.current_model(space, "local") is None
+    jobs.set_current_model(space, "local", "local-v1")
+    jobs.set_current_model(space, "local", "local-v2")
+    jobs.set_current_model(space, "openai", "ft:x")
+    assert jobs.current_model(space, "local") == "local-v2"
+    assert jobs.current_model(space, "openai") == "ft:x"
+    assert jobs.model_history(space, "local") == ["local-v1"]
+    assert jobs.set_current_model(space, "local", None, back=True) == "local-v1"
+    with pytest.raises(NotFound):
+        jobs.set_current_model(space, "local", None, back=True)
+    state = json.loads(space.state_file.read_text())
+    assert state["dataset"] == "datasets/main" and state["system_prompt"] == "hi"

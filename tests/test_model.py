@@ -1,0 +1,205 @@
+"""Model, the facade cogs use: train -> poll -> current model -> answer, tests, rollback."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import openai
+import pytest
+
+from backends.openai_backend import MISSING_KEY
+from config import Settings
+from errors import BackendError, Busy, InvalidInput, NotFound
+from model import Model
+from tests.fakes import FAQ, FakeReport, compiled
+from tests.fakes.openai_server import FakeOpenAI
+
+KEY = "sk-test-fake-key-123456"
+GUILD = 1234
+
+
+def settings(tmp_path: Path, backend: str = "local", **kw) -> Settings:
+    return Settings(data_dir=tmp_path / "data", corrections_dir=tmp_path / "corrections", model_backend=backend,
+                    **kw)
+
+
+@pytest.fixture
+def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Stand-ins for datasets.compile_guild and records.add_test_errors (written by another helper)."""
+    state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
+
+    def compile_guild(space, *, min_examples=10):
+        state["min_examples"].append(min_examples)
+        return state["compiled"]
+
+    def add_test_errors(space, mismatches):
+        state["kept"].extend(mismatches)
+        return len(mismatches)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(compile_guild=compile_guild))
+    monkeypatch.setitem(sys.modules, "records", types.SimpleNamespace(add_test_errors=add_test_errors))
+    return state
+
+
+async def run_local_job(model: Model, **kw) -> dict:
+    job, report = await model.train(GUILD, started_by="alice", channel_id=99, **kw)
+    assert report.ok and job["status"] == "running" and job["started_by"] == "alice"
+    await model.backend.wait(job["id"])  # type: ignore[attr-defined]
+    return await model.poll_job(GUILD, job["id"])
+
+
+@pytest.mark.asyncio
+async def test_local_train_poll_answer_and_rollback(tmp_path: Path, fake_data: dict) -> None:
+    model = Model(settings(tmp_path))
+    await model.start()
+    assert model.current_model(GUILD) is None
+    assert "haven't been trained" in await model.answer(GUILD, "When does the shop open?")
+    job = await run_local_job(model)
+    assert fake_data["min_examples"] == [1]
+    assert job["status"] == "succeeded" and job["model"] == "local-v1" and job["activated"]
+    assert job["estimate"] == {"examples": len(FAQ), "tokens": 40 * len(FAQ), "epochs": 3,
+                               "billed_tokens": 120 * len(FAQ)}
+    assert model.current_model(GUILD) == "local-v1"
+    assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
+    fake_data["compiled"] = compiled([(q, "v2: " + a) for q, a in FAQ])
+    job2 = await run_local_job(model)
+    assert job2["model"] == "local-v2" and model.current_model(GUILD) == "local-v2"
+    assert await model.answer(GUILD, "when does the shop open") == "v2: The shop opens at 9 am."
+    assert model.set_model(GUILD, "previous") == "local-v1"
+    assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
+    assert model.set_model(GUILD, "local-v2") == "local-v2"
+    with pytest.raises(NotFound, match="local-v9"):
+        model.set_model(GUILD, "local-v9")
+    assert model.list_models(GUILD) == ["local-v1", "local-v2"]
+    assert [j["id"] for j in model.list_jobs(GUILD)] == [job2["id"], job["id"]]
+    text = model.render_status(model.get_job(GUILD, job["id"]))
+    assert "succeeded" in text and "local-v1" in text
+    await model.close()
+
+
+@pytest.mark.asyncio
+async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) -> None:
+    fake_data["compiled"] = compiled()
+    fake_data["compiled"].report = FakeReport(errors=["line 3: missing assistant message"])
+    model = Model(settings(tmp_path))
+    with pytest.raises(InvalidInput, match="missing assistant message"):
+        await model.train(GUILD, started_by="a", channel_id=1)
+    assert model.list_jobs(GUILD) == []
+    with pytest.raises(InvalidInput, match="Unknown training method"):
+        await model.train(GUILD, method="rlhf", started_by="a", channel_id=1)
+
+
+@pytest.mark.asyncio
+async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> None:
+    model = Model(settings(tmp_path))
+    await run_local_job(model)
+    cases = (
+        '{"input": "When does the shop open", "expected": "the shop opens at 9 AM"}\n'
+        '{"input": "Where is the office?", "expected": "In the attic."}\n'
+    )
+    result = await model.run_tests(GUILD, cases)
+    assert (result.total, result.correct) == (2, 1)
+    assert fake_data["kept"] == [{"input": "Where is the office?", "expected": "In the attic.",
+                                  "got": "The office is on the second floor.", "kind": "answer", "line": 2,
+                                  "model": "local-v1"}]
+
+
+def openai_model(tmp_path: Path, fake: FakeOpenAI, **kw) -> Model:
+    client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
+                                _strict_response_validation=True)
+    return Model(settings(tmp_path, "openai", openai_api_key=KEY, openai_base_url=fake.base_url, **kw),
+                 openai_client=client)
+
+
+@pytest.mark.asyncio
+async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> None:
+    async with FakeOpenAI(KEY) as fake:
+        model = openai_model(tmp_path, fake)
+        await model.start()
+        job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
+        assert fake_data["min_examples"] == [10] and job["status"] == "validating_files"
+        model.set_status_message(GUILD, job["id"], 777)
+        assert [(g, j["id"]) for g, j in model.unfinished_jobs()] == [(GUILD, job["id"])]
+        with pytest.raises(Busy, match="still"):
+            await model.train(GUILD, started_by="bob", channel_id=5)
+        for _ in range(20):
+            fake.advance(job["id"])
+            job = await model.poll_job(GUILD, job["id"])
+            if job["status"] == "succeeded":
+                break
+        assert job["status"] == "succeeded" and job["status_message_id"] == 777
+        fj = fake.jobs[job["id"]]
+        assert job["model"] == fj.fine_tuned_model == model.current_model(GUILD)
+        assert [s for s, _ in job["losses"]] == list(range(1, fj.total_steps + 1))
+        assert job["step"] == job["total_steps"] == fj.total_steps
+        assert model.unfinished_jobs() == []
+        png = await model.loss_curve_png(job)
+        assert png and png.startswith(b"\x89PNG")
+        assert await model.answer(GUILD, "who is the admin?", [("user", "hi"), ("assistant", "hello")]) \
+            == "Alice is the admin."
+        assert fake.chat_requests[-1]["model"] == fj.fine_tuned_model
+        assert model.set_model(GUILD, fj.fine_tuned_model) == fj.fine_tuned_model
+        with pytest.raises(NotFound):
+            model.set_model(GUILD, "ft:someone-else")
+        await model.close()
+
+
+@pytest.mark.asyncio
+async def test_openai_refused_job_saves_nothing(tmp_path: Path, fake_data: dict) -> None:
+    async with FakeOpenAI(KEY) as fake:
+        model = openai_model(tmp_path, fake)
+        await model.start()
+        fake.refuse_jobs(400, "Fine-tuning is no longer available for this account.", "invalid_request")
+        with pytest.raises(BackendError, match="no longer available for this account"):
+            await model.train(GUILD, started_by="bob", channel_id=5)
+        assert model.list_jobs(GUILD) == [] and not fake.jobs
+
+
+@pytest.mark.asyncio
+async def test_openai_cancel_and_failure(tmp_path: Path, fake_data: dict) -> None:
+    async with FakeOpenAI(KEY) as fake:
+        model = openai_model(tmp_path, fake)
+        await model.start()
+        job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
+        job = await model.cancel_job(GUILD, job["id"])
+        assert job["status"] == "cancelled" and job["finished_at"]
+        with pytest.raises(InvalidInput, match="already cancelled"):
+            await model.cancel_job(GUILD, job["id"])
+        job2, _ = await model.train(GUILD, started_by="bob", channel_id=5)
+        fake.fail(job2["id"], "Training file is invalid.")
+        job2 = await model.poll_job(GUILD, job2["id"])
+        assert job2["status"] == "failed" and job2["error"] == "Training file is invalid."
+        assert model.current_model(GUILD) is None
+        assert "Error: Training file is invalid." in model.render_status(job2)
+
+
+@pytest.mark.asyncio
+async def test_openai_without_key(tmp_path: Path, fake_data: dict) -> None:
+    model = Model(settings(tmp_path, "openai"))
+    await model.start()
+    with pytest.raises(BackendError) as info:
+        await model.train(GUILD, started_by="a", channel_id=1)
+    assert str(info.value) == MISSING_KEY
+    assert model.list_jobs(GUILD) == []
+    await model.close()
+
+
+@pytest.mark.asyncio
+async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
+    """Runs once datasets.py is merged: real compile -> local training -> answer."""
+    datasets = pytest.importorskip("datasets")
+    if not hasattr(datasets, "compile_guild"):
+        pytest.skip("another 'datasets' module is on the path")
+    model = Model(settings(tmp_path))
+    space = model.space(GUILD).ensure()
+    datasets.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
+    job, report = await model.train(GUILD, started_by="alice", channel_id=1)
+    assert report.ok and report.n_examples == len(FAQ)
+    await model.backend.wait(job["id"])  # type: ignore[attr-defined]
+    job = await model.poll_job(GUILD, job["id"])
+    assert job["status"] == "succeeded"
+    assert await model.answer(GUILD, "where do I park my bike") == "Bikes go in the basement rack."
