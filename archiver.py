@@ -104,7 +104,8 @@ def archive_folder(space: GuildSpace, user_dir: str) -> ArchiveResult:
             with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
                 for path, arcname in files:
                     try:
-                        info = zipfile.ZipInfo.from_file(path, arcname)
+                        # strict_timestamps=False: a file dated before 1980 is stored as 1980, not refused.
+                        info = zipfile.ZipInfo.from_file(path, arcname, strict_timestamps=False)
                         with open(path, "rb") as src:
                             info.compress_type = zipfile.ZIP_DEFLATED
                             with zf.open(info, "w", force_zip64=True) as dst:
@@ -161,4 +162,3 @@ def list_archives(space: GuildSpace) -> list[Path]:
         return []
     zips = [p for p in space.archives.glob("*.zip") if p.is_file() and not p.name.startswith(".")]
     return sorted(zips, key=lambda p: p.stat().st_mtime, reverse=True)
-

@@ -88,6 +88,7 @@ def utc_now() -> str:
 # Checker
 # =============================================================================================
 
+
 @dataclass
 class Issue:
     line: int | None  # 1-based line of the JSONL, None for the whole dataset
@@ -118,7 +119,8 @@ class CheckReport:
         out = [
             (
                 f"{head} · {self.n_examples:,} examples · ~{self.est_tokens:,} tokens "
-                f"(largest ~{self.max_tokens:,}) · {self.epochs} epochs · ~{self.billed_tokens:,} billed tokens"
+                f"(largest ~{self.max_tokens:,}) · {self.epochs} epochs · "
+                f"~{self.billed_tokens:,} billed tokens"
             )
         ]
         for title, issues in (("Errors", self.errors), ("Warnings", self.warnings)):
@@ -186,14 +188,13 @@ def _check_messages(msgs: Any, where: str, problems: list[tuple[str, str]]) -> t
         elif role == "system":
             bits |= 1
         content = m.get("content")
-        if type(content) is str:
-            if content.strip():
-                tokens += (len(content) + 3) >> 2
-            else:
-                problems.append(("missing_content", f"message {i} ({role}) has empty content"))
+        if type(content) is str and content.strip():
+            tokens += (len(content) + 3) >> 2
         else:
             call = m.get("function_call") or m.get("tool_calls")
-            if call and content is None:
+            if type(content) is str and not call:
+                problems.append(("missing_content", f"message {i} ({role}) has empty content"))
+            elif call and (content is None or type(content) is str):
                 tokens += (len(json.dumps(call)) + 3) >> 2
             elif "content" not in m and not call:
                 problems.append(("message_missing_key", f"message {i} ({role}) has no `content`"))
@@ -267,7 +268,9 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
             continue
         except UnicodeDecodeError as exc:
             n += 1
-            errors.append(Issue(number, "invalid_json", f"not UTF-8 text (bad byte at column {exc.start + 1})"))
+            errors.append(
+                Issue(number, "invalid_json", f"not UTF-8 text (bad byte at column {exc.start + 1})")
+            )
             continue
         n += 1
         key = hash(raw.strip())
@@ -277,7 +280,9 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
         else:
             warnings.append(Issue(number, "duplicate", f"same example as line {first}"))
         if type(obj) is not dict:
-            errors.append(Issue(number, "data_type", f"each line must be a JSON object, got {_type_name(obj)}"))
+            errors.append(
+                Issue(number, "data_type", f"each line must be a JSON object, got {_type_name(obj)}")
+            )
             continue
         problems, tokens, bits = _check_example(obj)
         if problems:
@@ -295,19 +300,34 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
         biggest = max(biggest, tokens)
         if tokens > TOKEN_LIMIT_PER_EXAMPLE:
             warnings.append(
-                Issue(number, "too_many_tokens",
-                      f"~{tokens:,} tokens: over the {TOKEN_LIMIT_PER_EXAMPLE:,} limit, it will be truncated")
+                Issue(
+                    number,
+                    "too_many_tokens",
+                    f"~{tokens:,} tokens: over the {TOKEN_LIMIT_PER_EXAMPLE:,} limit, it will be truncated",
+                )
             )
     if n < min_examples:
         errors.append(
-            Issue(None, "too_few_examples", f"{n} example{'s' * (n != 1)}: OpenAI needs at least {min_examples}")
+            Issue(
+                None, "too_few_examples", f"{n} example{'s' * (n != 1)}: OpenAI needs at least {min_examples}"
+            )
         )
     if no_system:
-        warnings.append(Issue(None, "missing_system_message",
-                              f"{no_system:,} example(s) have no system message (first: line {first_no_system})"))
+        warnings.append(
+            Issue(
+                None,
+                "missing_system_message",
+                f"{no_system:,} example(s) have no system message (first: line {first_no_system})",
+            )
+        )
     if no_user:
-        warnings.append(Issue(None, "missing_user_message",
-                              f"{no_user:,} example(s) have no user message (first: line {first_no_user})"))
+        warnings.append(
+            Issue(
+                None,
+                "missing_user_message",
+                f"{no_user:,} example(s) have no user message (first: line {first_no_user})",
+            )
+        )
     epochs = default_epochs(n)
     return CheckReport(errors, warnings, n, total, biggest, epochs, billed * epochs)
 
@@ -315,6 +335,7 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
 # =============================================================================================
 # Ingestion
 # =============================================================================================
+
 
 @dataclass
 class IngestReport:
@@ -349,7 +370,9 @@ def _label_for(positive: bool) -> str:
     return "positive" if positive else "negative"
 
 
-def _pair(prompt: Any, completion: Any, names: tuple[str, str], positive: bool) -> tuple[list[Core], str | None]:
+def _pair(
+    prompt: Any, completion: Any, names: tuple[str, str], positive: bool
+) -> tuple[list[Core], str | None]:
     for value, name in ((prompt, names[0]), (completion, names[1])):
         if value is None:
             return [], f"no `{name}`"
@@ -554,7 +577,7 @@ class _JsonStream:
         if not data:
             self.eof = True
             return False
-        self.buf = self.buf[self.pos:] + data
+        self.buf = self.buf[self.pos :] + data
         self.pos = 0
         return True
 
@@ -641,7 +664,9 @@ def _parse_file(path: Path, positive: bool, shown: str) -> Iterator[Parsed]:
     """Parsed lines of one file; raises InvalidInput for empty, non-UTF-8 or unsupported files."""
     ext = path.suffix.lower()
     if ext not in SUPPORTED:
-        raise InvalidInput(f"`{shown}`: unsupported file type `{ext or 'none'}`; use .jsonl, .json, .csv or .txt.")
+        raise InvalidInput(
+            f"`{shown}`: unsupported file type `{ext or 'none'}`; use .jsonl, .json, .csv or .txt."
+        )
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -738,8 +763,9 @@ def _finish(core: Core, *, source: str, author: str, now: str) -> dict[str, Any]
     return record
 
 
-def _collect(items: Iterable[tuple[int, list[Core], str | None, str]], report: IngestReport,
-             author: str) -> IngestReport:
+def _collect(
+    items: Iterable[tuple[int, list[Core], str | None, str]], report: IngestReport, author: str
+) -> IngestReport:
     now = utc_now()
     for number, cores, reason, source in items:
         if reason:
@@ -756,11 +782,15 @@ def parse_text(text: str, *, positive: bool = True, source: str = "inline", auth
     if not text or not text.strip():
         raise InvalidInput("There is no text to add: write examples after the command, one per line.")
     lines = enumerate(text.splitlines(), 1)
-    items = ((n, c, f"line {n}: {r}" if r else None, source) for n, c, r in _parse_inline_lines(lines, positive))
+    items = (
+        (n, c, f"line {n}: {r}" if r else None, source) for n, c, r in _parse_inline_lines(lines, positive)
+    )
     return _collect(items, IngestReport(files=0), author)
 
 
-def parse_file(path: Path, *, positive: bool = True, source: str | None = None, author: str = "") -> IngestReport:
+def parse_file(
+    path: Path, *, positive: bool = True, source: str | None = None, author: str = ""
+) -> IngestReport:
     """Parse one file anywhere (e.g. a stored upload) into normalized examples, kept in memory."""
     report = IngestReport()
     shown = source or path.name
@@ -831,8 +861,13 @@ class _NothingNew(Exception):
     """Raised inside atomic_open to drop a file that would hold no example."""
 
 
-def _ingest(space: GuildSpace, items: Iterable[tuple[int, list[Core], str | None, str]], shown: str,
-            report: IngestReport, author: str) -> IngestReport:
+def _ingest(
+    space: GuildSpace,
+    items: Iterable[tuple[int, list[Core], str | None, str]],
+    shown: str,
+    report: IngestReport,
+    author: str,
+) -> IngestReport:
     """Stream parsed examples into a new file of the current dataset, skipping duplicates."""
     folder = current_dataset(space)
     now = utc_now()
@@ -855,7 +890,9 @@ def _ingest(space: GuildSpace, items: Iterable[tuple[int, list[Core], str | None
                             report.skipped.append((number, f"{where}: already in the dataset"))
                             continue
                         known.add(record["hash"])
-                        fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+                        fh.write(
+                            json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                        )
                         fh.write(b"\n")
                         added += 1
                 if not added:
@@ -874,21 +911,25 @@ def add_examples(space: GuildSpace, examples: Iterable[dict[str, Any]], *, sourc
     return _ingest(space, items, source, IngestReport(), author).added
 
 
-def ingest_text(space: GuildSpace, text: str, *, positive: bool = True, author: str,
-                source: str = "inline") -> IngestReport:
+def ingest_text(
+    space: GuildSpace, text: str, *, positive: bool = True, author: str, source: str = "inline"
+) -> IngestReport:
     """Add inline text (see :func:`parse_text`) to the current dataset; returns what was added/skipped."""
     if not text or not text.strip():
         raise InvalidInput("There is no text to add: write examples after the command, one per line.")
     lines = enumerate(text.splitlines(), 1)
-    items = ((n, c, f"line {n}: {r}" if r else None, source) for n, c, r in _parse_inline_lines(lines, positive))
+    items = (
+        (n, c, f"line {n}: {r}" if r else None, source) for n, c, r in _parse_inline_lines(lines, positive)
+    )
     report = _ingest(space, items, source, IngestReport(), author)
     if not report.added and not report.skipped:
         raise InvalidInput("There is no text to add: write examples after the command, one per line.")
     return report
 
 
-def ingest_file(space: GuildSpace, path: Path, *, positive: bool = True, author: str,
-                source: str | None = None) -> IngestReport:
+def ingest_file(
+    space: GuildSpace, path: Path, *, positive: bool = True, author: str, source: str | None = None
+) -> IngestReport:
     """Stream one file (e.g. from :func:`store_upload`) into the current dataset; constant memory."""
     report = IngestReport()
     shown = source or path.name
@@ -999,6 +1040,7 @@ def select_dataset(space: GuildSpace, user_dir: str, *, positive: bool = True) -
 # Compiler
 # =============================================================================================
 
+
 @dataclass
 class Compiled:
     supervised: list[dict[str, Any]]  # {"messages": [...]} lines
@@ -1011,12 +1053,15 @@ class Compiled:
 def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
     """JSON Lines bytes, UTF-8, one compact object per line."""
     dumps = json.dumps
-    return "".join(dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode("utf-8")
+    return "".join(dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode(
+        "utf-8"
+    )
 
 
 def _prompt_key(messages: list[dict[str, Any]]) -> str:
-    return json.dumps([(m.get("role"), m.get("content")) for m in messages if m.get("role") != "system"],
-                      ensure_ascii=False)
+    return json.dumps(
+        [(m.get("role"), m.get("content")) for m in messages if m.get("role") != "system"], ensure_ascii=False
+    )
 
 
 def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Compiled:
@@ -1048,11 +1093,13 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Com
         key = json.dumps([prompt, good, bad], ensure_ascii=False, sort_keys=True)
         if key not in seen_pref:
             seen_pref.add(key)
-            preference.append({
-                "input": {"messages": with_system(prompt)},
-                "preferred_output": [{"role": "assistant", "content": good}],
-                "non_preferred_output": [{"role": "assistant", "content": bad}],
-            })
+            preference.append(
+                {
+                    "input": {"messages": with_system(prompt)},
+                    "preferred_output": [{"role": "assistant", "content": good}],
+                    "non_preferred_output": [{"role": "assistant", "content": bad}],
+                }
+            )
 
     good_for: dict[str, str] = {}  # prompt key -> a preferred answer
     corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
@@ -1075,8 +1122,13 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Com
             corrected.setdefault(key, set()).add(bad.strip())
             add_pref(user, fix, bad)
     if unusable:
-        notes.append(Issue(None, "correction_without_prompt",
-                           f"{unusable} correction(s)/test error(s) have no prompt or no answer; not used"))
+        notes.append(
+            Issue(
+                None,
+                "correction_without_prompt",
+                f"{unusable} correction(s)/test error(s) have no prompt or no answer; not used",
+            )
+        )
 
     negatives: list[tuple[list[dict[str, Any]], str]] = []
     for ex in loaded.examples:
@@ -1105,28 +1157,45 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Com
         else:
             unmatched += 1
     if unmatched:
-        notes.append(Issue(None, "negative_without_positive",
-                           f"{unmatched} negative example(s) have no good answer for the same prompt; not used"))
+        notes.append(
+            Issue(
+                None,
+                "negative_without_positive",
+                f"{unmatched} negative example(s) have no good answer for the same prompt; not used",
+            )
+        )
     if loaded.skipped:
         first = "; ".join(reason for _, reason in loaded.skipped[:3])
-        notes.append(Issue(None, "skipped_source_lines",
-                           f"{len(loaded.skipped)} line(s) of the dataset could not be used ({first})"))
+        notes.append(
+            Issue(
+                None,
+                "skipped_source_lines",
+                f"{len(loaded.skipped)} line(s) of the dataset could not be used ({first})",
+            )
+        )
 
     dumps = json.dumps
     report = check_lines((dumps(line, ensure_ascii=False) for line in supervised), min_examples=min_examples)
     report.warnings.extend(notes)
     pref_report = None
     if preference:
-        pref_report = check_lines((dumps(line, ensure_ascii=False) for line in preference),
-                                  min_examples=min_examples)
-    log.info("guild %s compiled: %d supervised, %d preference, %d labelled",
-             space.guild_id, len(supervised), len(preference), len(labelled))
+        pref_report = check_lines(
+            (dumps(line, ensure_ascii=False) for line in preference), min_examples=min_examples
+        )
+    log.info(
+        "guild %s compiled: %d supervised, %d preference, %d labelled",
+        space.guild_id,
+        len(supervised),
+        len(preference),
+        len(labelled),
+    )
     return Compiled(supervised, preference, labelled, report, pref_report)
 
 
 # =============================================================================================
 # Command line
 # =============================================================================================
+
 
 def main(argv: list[str] | None = None) -> int:
     """``check FILE.jsonl``: print the report; exit 0 when OpenAI would accept it, 1 on errors, 2 on usage."""

@@ -44,6 +44,7 @@ def _text(value: Any, what: str, *, required: bool) -> str:
 
 # --- bot answers --------------------------------------------------------------------------
 
+
 class _AnswerIndex:
     """message_id -> byte offset of its record in one answers file, read incrementally.
 
@@ -137,11 +138,21 @@ def record_answer(
 
 
 def find_answer(space: GuildSpace, message_id: int) -> dict[str, Any] | None:
-    """The logged answer for a bot message id, or None; O(1) after the first call (sync)."""
-    return _index_for(space.answers_file).get(int(message_id))
+    """The logged answer for a bot message id, or None; O(1) after the first call (sync).
+
+    ``message_id`` may be the text a user typed; anything but a number raises InvalidInput.
+    """
+    try:
+        mid = int(str(message_id).strip())
+    except ValueError:
+        raise InvalidInput(
+            f"`{str(message_id)[:40]}` is not a message id: copy the id of the bot's message."
+        ) from None
+    return _index_for(space.answers_file).get(mid)
 
 
 # --- corrections, feedback, test errors --------------------------------------------------
+
 
 def add_correction(
     space: GuildSpace,

@@ -31,10 +31,46 @@ import datasets
 log = logging.getLogger(__name__)
 
 WORDS = [
-    "the", "model", "answer", "question", "data", "train", "server", "guild", "example", "correct",
-    "feedback", "voice", "text", "label", "positive", "negative", "dataset", "archive", "token", "epoch",
-    "file", "folder", "user", "assistant", "system", "message", "prompt", "completion", "hello", "world",
-    "python", "discord", "bot", "learning", "rate", "batch", "loss", "accuracy", "validation", "test",
+    "the",
+    "model",
+    "answer",
+    "question",
+    "data",
+    "train",
+    "server",
+    "guild",
+    "example",
+    "correct",
+    "feedback",
+    "voice",
+    "text",
+    "label",
+    "positive",
+    "negative",
+    "dataset",
+    "archive",
+    "token",
+    "epoch",
+    "file",
+    "folder",
+    "user",
+    "assistant",
+    "system",
+    "message",
+    "prompt",
+    "completion",
+    "hello",
+    "world",
+    "python",
+    "discord",
+    "bot",
+    "learning",
+    "rate",
+    "batch",
+    "loss",
+    "accuracy",
+    "validation",
+    "test",
 ]
 
 
@@ -43,9 +79,13 @@ def make_examples(n: int, rng: random.Random, start: int = 0) -> list[str]:
     for i in range(start, start + n):
         user = " ".join(rng.choices(WORDS, k=rng.randint(5, 25)))
         answer = " ".join(rng.choices(WORDS, k=rng.randint(5, 40)))
-        ex = {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                           {"role": "user", "content": f"{i}: {user}"},
-                           {"role": "assistant", "content": answer}]}
+        ex = {
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"{i}: {user}"},
+                {"role": "assistant", "content": answer},
+            ]
+        }
         lines.append(json.dumps(ex))
     return lines
 
@@ -60,8 +100,10 @@ def bench_check(n: int) -> None:
         report = datasets.check_lines(lines)
         best = min(best, time.perf_counter() - start)
     assert report.ok, report.format()
-    print(f"check_lines (str list): {n:,} examples, {size / 1e6:.1f} MB in {best:.3f} s "
-          f"-> {n / best:,.0f} examples/s")
+    print(
+        f"check_lines (str list): {n:,} examples, {size / 1e6:.1f} MB in {best:.3f} s "
+        f"-> {n / best:,.0f} examples/s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.jsonl"
         path.write_text("\n".join(lines) + "\n")
@@ -128,12 +170,16 @@ def bench_upload(mb: int) -> None:
             "r = datasets.ingest_file(sp, Path(sys.argv[2]), author='bench');"
             "print(r.added, len(r.skipped))"
         )
-        _, base_rss, _ = child_rss("import sys, time; sys.path.insert(0, '.'); import datasets; time.sleep(0.2)")
+        _, base_rss, _ = child_rss(
+            "import sys, time; sys.path.insert(0, '.'); import datasets; time.sleep(0.2)"
+        )
         took, rss, out = child_rss(code, tmp, str(path))
         added = out.split()[0]
-        print(f"ingest_file: {written / 1e6:.0f} MB upload, {int(added):,} examples in {took:.1f} s "
-              f"({written / 1e6 / took:.1f} MB/s); peak RSS {rss / 1024:.0f} MiB "
-              f"(bare interpreter {base_rss / 1024:.0f} MiB)")
+        print(
+            f"ingest_file: {written / 1e6:.0f} MB upload, {int(added):,} examples in {took:.1f} s "
+            f"({written / 1e6 / took:.1f} MB/s); peak RSS {rss / 1024:.0f} MiB "
+            f"(bare interpreter {base_rss / 1024:.0f} MiB)"
+        )
 
 
 def make_tree(root: Path, total_mb: int, rng: random.Random) -> int:
@@ -148,10 +194,12 @@ def make_tree(root: Path, total_mb: int, rng: random.Random) -> int:
         kind = n % 3
         words = rng.choices(vocab, k=size // 6 + 1)
         if kind == 0:
-            text = "\n".join(json.dumps({"text": " ".join(words[i:i + 12])}) for i in range(0, len(words), 12))
+            text = "\n".join(
+                json.dumps({"text": " ".join(words[i : i + 12])}) for i in range(0, len(words), 12)
+            )
             name = f"data{n}.jsonl"
         elif kind == 1:
-            text = "\n".join(",".join(words[i:i + 8]) for i in range(0, len(words), 8))
+            text = "\n".join(",".join(words[i : i + 8]) for i in range(0, len(words), 8))
             name = f"table{n}.csv"
         else:
             text = " ".join(words)
@@ -194,10 +242,14 @@ def bench_archive(mb: int) -> None:
             ours.append(took)
             ours_size = int(out.split()[1])
         z, o = min(zips), min(ours)
-        print(f"zip -r:         {z:.2f} s -> {total / 1e6 / z:.0f} MB/s, zip {zip_size / 1e6:.1f} MB "
-              f"(peak RSS {zip_rss / 1024:.0f} MiB)")
-        print(f"archive_folder: {o:.2f} s -> {total / 1e6 / o:.0f} MB/s, zip {ours_size / 1e6:.1f} MB "
-              f"(incl. interpreter start; peak RSS {ours_rss / 1024:.0f} MiB)")
+        print(
+            f"zip -r:         {z:.2f} s -> {total / 1e6 / z:.0f} MB/s, zip {zip_size / 1e6:.1f} MB "
+            f"(peak RSS {zip_rss / 1024:.0f} MiB)"
+        )
+        print(
+            f"archive_folder: {o:.2f} s -> {total / 1e6 / o:.0f} MB/s, zip {ours_size / 1e6:.1f} MB "
+            f"(incl. interpreter start; peak RSS {ours_rss / 1024:.0f} MiB)"
+        )
         print(f"archive_folder / zip -r throughput: {z / o:.2f}x")
 
 

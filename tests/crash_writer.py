@@ -23,8 +23,14 @@ def main() -> None:
         n += 1
         prompt = f"question {n} " + "x" * (n % 300)  # varied sizes so kills land mid-write too
         record = records.add_correction(
-            space, message_id=n, prompt=prompt, answer="wrong", correction=f"fix {prompt}",
-            author_id=1, author_name="tester", channel_id=2,
+            space,
+            message_id=n,
+            prompt=prompt,
+            answer="wrong",
+            correction=f"fix {prompt}",
+            author_id=1,
+            author_name="tester",
+            channel_id=2,
         )
         # append_record returned: the record is fsynced. Only now is it acknowledged.
         out.write(record["ref"].encode() + b"\n")

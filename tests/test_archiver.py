@@ -113,3 +113,14 @@ def test_archive_large_file_streams(space: GuildSpace) -> None:
     with zipfile.ZipFile(result.path) as zf:
         assert zf.read("blob.bin") == blob
     assert result.source_bytes == len(blob)
+
+
+def test_archive_file_older_than_1980(space: GuildSpace) -> None:
+    folder = space.data / "old"
+    folder.mkdir()
+    (folder / "epoch.txt").write_text("from 1970")
+    os.utime(folder / "epoch.txt", (0, 0))
+    result = archiver.archive_folder(space, "old")
+    with zipfile.ZipFile(result.path) as zf:
+        assert zf.read("epoch.txt") == b"from 1970"
+        assert zf.getinfo("epoch.txt").date_time[0] == 1980

@@ -38,6 +38,7 @@ def codes(issues: list[datasets.Issue]) -> list[tuple[int | None, str]]:
 
 # --- checker -------------------------------------------------------------------------------
 
+
 def test_check_clean_file() -> None:
     report = datasets.check_lines(good_lines(10))
     assert report.ok and report.errors == [] and report.warnings == []
@@ -57,15 +58,33 @@ def test_check_clean_file() -> None:
         ('{"messages": []}', "missing_messages_list"),
         ('{"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}', "message_missing_key"),
         ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}', "message_missing_key"),
-        ('{"messages": [{"role": "user", "content": "x", "mood": 1}, {"role": "assistant", "content": "y"}]}',
-         "message_unrecognized_key"),
-        ('{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}',
-         "unrecognized_role"),
-        ('{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}', "missing_content"),
-        ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}', "missing_content"),
+        (
+            (
+                '{"messages": [{"role": "user", "content": "x", "mood": 1}, '
+                '{"role": "assistant", "content": "y"}]}'
+            ),
+            "message_unrecognized_key",
+        ),
+        (
+            '{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+            "unrecognized_role",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}',
+            "missing_content",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}',
+            "missing_content",
+        ),
         ('{"messages": [{"role": "user", "content": "x"}]}', "example_missing_assistant_message"),
-        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 2}]}',
-         "invalid_weight"),
+        (
+            (
+                '{"messages": [{"role": "user", "content": "x"}, '
+                '{"role": "assistant", "content": "y", "weight": 2}]}'
+            ),
+            "invalid_weight",
+        ),
     ],
 )
 def test_check_each_error_kind(line: str, code: str) -> None:
@@ -87,9 +106,11 @@ def test_check_invalid_json_message_has_column() -> None:
 
 
 def test_check_too_few_and_warnings() -> None:
-    lines = [json.dumps(chat(system=None))] * 2 + [json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})]
+    lines = [json.dumps(chat(system=None))] * 2 + [
+        json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})
+    ]
     report = datasets.check_lines(lines)
-    assert ("too_few_examples" in [c for _, c in codes(report.errors)])
+    assert "too_few_examples" in [c for _, c in codes(report.errors)]
     warn = codes(report.warnings)
     assert (2, "duplicate") in warn
     assert (None, "missing_system_message") in warn and (None, "missing_user_message") in warn
@@ -97,12 +118,28 @@ def test_check_too_few_and_warnings() -> None:
 
 
 def test_check_tool_and_function_messages_are_fine() -> None:
-    call = {"role": "assistant", "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
-    ex = {"messages": [{"role": "user", "content": "do"}, call,
-                       {"role": "tool", "tool_call_id": "c1", "content": "done"},
-                       {"role": "assistant", "content": "ok", "weight": 1}]}
-    report = datasets.check_lines([json.dumps(ex)] + good_lines(10))
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+    }
+    ex = {
+        "messages": [
+            {"role": "user", "content": "do"},
+            call,
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            {"role": "assistant", "content": "ok", "weight": 1},
+        ]
+    }
+    legacy = {
+        "messages": [
+            {"role": "user", "content": "f?"},
+            {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}},
+            {"role": "function", "name": "f", "content": "42"},
+            {"role": "assistant", "content": "42"},
+        ]
+    }
+    report = datasets.check_lines([json.dumps(ex), json.dumps(legacy)] + good_lines(10))
     assert report.ok, report.format()
 
 
@@ -125,11 +162,15 @@ def test_check_bytes_blank_and_non_utf8_lines() -> None:
 
 
 def test_check_dpo_lines() -> None:
-    good = {"input": {"messages": [{"role": "user", "content": "q"}]},
-            "preferred_output": [{"role": "assistant", "content": "good"}],
-            "non_preferred_output": [{"role": "assistant", "content": "bad"}]}
+    good = {
+        "input": {"messages": [{"role": "user", "content": "q"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
     bad = dict(good, preferred_output=[])
-    lines = [json.dumps(dict(good, input={"messages": [{"role": "user", "content": f"q{i}"}]})) for i in range(10)]
+    lines = [
+        json.dumps(dict(good, input={"messages": [{"role": "user", "content": f"q{i}"}]})) for i in range(10)
+    ]
     assert datasets.check_lines(lines).ok
     report = datasets.check_lines([*lines, json.dumps(bad)])
     assert (11, "preferred_output") in codes(report.errors)
@@ -167,6 +208,7 @@ def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- ingestion ------------------------------------------------------------------------------
+
 
 def write(space: GuildSpace, name: str, content: str | bytes) -> Path:
     path = space.data / "uploads" / name
@@ -247,7 +289,10 @@ def test_parse_csv(space: GuildSpace) -> None:
 def test_parse_txt_and_inline(space: GuildSpace) -> None:
     report = datasets.parse_file(write(space, "a.txt", "first line\n\n  second  \r\nthird\n"), positive=False)
     assert [(e["text"], e["label"], e["positive"]) for e in report.examples] == [
-        ("first line", "negative", False), ("second", "negative", False), ("third", "negative", False)]
+        ("first line", "negative", False),
+        ("second", "negative", False),
+        ("third", "negative", False),
+    ]
     inline = datasets.parse_text("what is 2+2? => 4\njust text\n => nothing\nq =>   ")
     assert inline.added == 2
     assert inline.examples[0]["messages"][1]["content"] == "4"
@@ -304,6 +349,7 @@ def test_parse_path_folder_skips_hidden_symlinks_and_bad_files(space: GuildSpace
 
 # --- the dataset ----------------------------------------------------------------------------
 
+
 def test_ingest_writes_new_files_and_skips_duplicates(space: GuildSpace) -> None:
     assert datasets.dataset_name(space) == "datasets/main"
     first = datasets.ingest_text(space, "a => b\nhello\nhello", author="ann")
@@ -334,7 +380,9 @@ def test_ingest_file_and_add_examples(space: GuildSpace) -> None:
     report = datasets.ingest_file(space, path, author="ann", source="evil name.jsonl")
     assert report.added == 1
     parsed = datasets.parse_text("x => y\np => c")
-    assert datasets.add_examples(space, parsed.examples, source="inline", author="bob") == 1  # p => c is known
+    assert (
+        datasets.add_examples(space, parsed.examples, source="inline", author="bob") == 1
+    )  # p => c is known
 
 
 def test_ingest_non_utf8_writes_nothing(space: GuildSpace) -> None:
@@ -383,6 +431,7 @@ def test_state_with_bad_dataset_path_falls_back(space: GuildSpace) -> None:
 
 # --- compiler -------------------------------------------------------------------------------
 
+
 def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
     examples = "\n".join(f"question {i} => answer {i}" for i in range(8)) + "\nnice text"
     datasets.ingest_text(space, examples, author="ann")
@@ -391,8 +440,16 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
     datasets.ingest_text(space, "unmatched => bad", author="ann", positive=False)
     datasets.update_state(space, system_prompt="You are helpful.")
     for i in range(3):
-        records.add_correction(space, message_id=i, prompt=f"asked {i}", answer=f"bot said {i}",
-                               correction=f"should be {i}", author_id=1, author_name="ann", channel_id=2)
+        records.add_correction(
+            space,
+            message_id=i,
+            prompt=f"asked {i}",
+            answer=f"bot said {i}",
+            correction=f"should be {i}",
+            author_id=1,
+            author_name="ann",
+            channel_id=2,
+        )
     records.add_test_errors(space, [{"input": "test q", "expected": "test a", "got": "test wrong"}])
     compiled = datasets.compile_guild(space)
     assert len(compiled.supervised) == 8 + 1 + 3 + 1
@@ -403,8 +460,10 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
     assert corrected[0]["messages"][2] == {"role": "assistant", "content": "should be 0"}
     assert len(compiled.preference) == 3 + 1 + 1
     dpo = compiled.preference[0]
-    assert dpo["input"]["messages"] == [{"role": "system", "content": "You are helpful."},
-                                        {"role": "user", "content": "asked 0"}]
+    assert dpo["input"]["messages"] == [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "asked 0"},
+    ]
     assert dpo["preferred_output"] == [{"role": "assistant", "content": "should be 0"}]
     assert dpo["non_preferred_output"] == [{"role": "assistant", "content": "bot said 0"}]
     neg = [p for p in compiled.preference if p["non_preferred_output"][0]["content"] == "wrong answer"]
@@ -420,8 +479,16 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
 
 def test_compile_corrected_answer_replaces_dataset_example(space: GuildSpace) -> None:
     datasets.ingest_text(space, "\n".join(f"q{i} => a{i}" for i in range(12)), author="ann")
-    records.add_correction(space, message_id=1, prompt="q3", answer="a3", correction="better a3",
-                           author_id=1, author_name="ann", channel_id=2)
+    records.add_correction(
+        space,
+        message_id=1,
+        prompt="q3",
+        answer="a3",
+        correction="better a3",
+        author_id=1,
+        author_name="ann",
+        channel_id=2,
+    )
     compiled = datasets.compile_guild(space)
     answers = [line["messages"][-1]["content"] for line in compiled.supervised]
     assert "a3" not in answers and "better a3" in answers

@@ -26,8 +26,16 @@ def space(tmp_path: Path) -> GuildSpace:
 
 
 def _answer(space: GuildSpace, mid: int, prompt: str = "p", answer: str = "a") -> None:
-    records.record_answer(space, message_id=mid, channel_id=9, prompt=prompt, answer=answer,
-                          prompt_message_id=mid - 1, author_id=3, model="m")
+    records.record_answer(
+        space,
+        message_id=mid,
+        channel_id=9,
+        prompt=prompt,
+        answer=answer,
+        prompt_message_id=mid - 1,
+        author_id=3,
+        model="m",
+    )
 
 
 def test_record_and_find_answer(space: GuildSpace) -> None:
@@ -83,22 +91,39 @@ def test_find_answer_threads(space: GuildSpace) -> None:
 
 
 def test_correction(space: GuildSpace) -> None:
-    rec = records.add_correction(space, message_id=100, prompt="2+2?", answer="5", correction=" 4 ",
-                                 author_id=7, author_name="ann", channel_id=9)
+    rec = records.add_correction(
+        space,
+        message_id=100,
+        prompt="2+2?",
+        answer="5",
+        correction=" 4 ",
+        author_id=7,
+        author_name="ann",
+        channel_id=9,
+    )
     assert re.fullmatch(r"C-[0-9a-f]{6}", rec["ref"])
     assert rec["correction"] == "4" and ISO_UTC.match(rec["time"])
     listed = records.list_corrections(space)
     assert listed == [rec]
     with pytest.raises(InvalidInput):
-        records.add_correction(space, message_id=1, prompt="p", answer="a", correction="   ",
-                               author_id=7, author_name="ann", channel_id=9)
+        records.add_correction(
+            space,
+            message_id=1,
+            prompt="p",
+            answer="a",
+            correction="   ",
+            author_id=7,
+            author_name="ann",
+            channel_id=9,
+        )
     assert len(records.list_corrections(space)) == 1
 
 
 def test_feedback(space: GuildSpace) -> None:
     reply = {"message_id": 5, "author": "bot", "content": "hello"}
-    rec = records.add_feedback(space, text="nice bot", author_id=1, author_name="bo", channel_id=2,
-                               reply_to=reply)
+    rec = records.add_feedback(
+        space, text="nice bot", author_id=1, author_name="bo", channel_id=2, reply_to=reply
+    )
     assert re.fullmatch(r"F-[0-9a-f]{6}", rec["ref"])
     assert records.list_feedback(space) == [rec]
     assert records.list_feedback(space)[0]["reply_to"] == reply
@@ -109,10 +134,19 @@ def test_feedback(space: GuildSpace) -> None:
 
 
 def test_test_errors(space: GuildSpace) -> None:
-    n = records.add_test_errors(space, [{"input": "q", "expected": "a", "got": "b"}, {"input": "r", "expected": "c"}])
+    n = records.add_test_errors(
+        space, [{"input": "q", "expected": "a", "got": "b"}, {"input": "r", "expected": "c"}]
+    )
     assert n == 2
     stored = records.list_test_errors(space)
     assert [s["input"] for s in stored] == ["q", "r"]
     assert all(ISO_UTC.match(s["time"]) for s in stored)
     with pytest.raises(InvalidInput):
         records.add_test_errors(space, ["not a dict"])  # type: ignore[list-item]
+
+
+def test_find_answer_typed_id(space: GuildSpace) -> None:
+    _answer(space, 123456789012345678, answer="typed")
+    assert records.find_answer(space, " 123456789012345678 ")["answer"] == "typed"  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        records.find_answer(space, "abc")  # type: ignore[arg-type]

@@ -29,8 +29,20 @@ def space(tmp_path: Path) -> GuildSpace:
 
 @pytest.mark.parametrize(
     "bad",
-    ["../x", "/etc/passwd", "%2e%2e/x", "..%2fx", ".env", "sub/.env", "a/../../x", "~/x", "C:\\x",
-     "sub/%2eenv", "..\\x", "x\x00y"],
+    [
+        "../x",
+        "/etc/passwd",
+        "%2e%2e/x",
+        "..%2fx",
+        ".env",
+        "sub/.env",
+        "a/../../x",
+        "~/x",
+        "C:\\x",
+        "sub/%2eenv",
+        "..\\x",
+        "x\x00y",
+    ],
 )
 def test_resolve_refuses(space: GuildSpace, bad: str) -> None:
     with pytest.raises(PathRefused) as info:
