@@ -16,9 +16,10 @@ import logging
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 from urllib.parse import unquote
 
 from errors import NotFound, PathRefused
@@ -63,6 +64,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """Stream a new version of ``path``: written to a hidden temp file, fsynced, then renamed.
+
+    If the ``with`` body raises, the temp file is removed and ``path`` is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -232,6 +256,9 @@ class GuildSpace:
         real = target.resolve()  # follows symlinks
         if real != root and root not in real.parents:
             raise PathRefused("That path leads outside this server's data folder.")
+        # A symlink inside the space may still point at a hidden file (``link -> .env``).
+        if any(p.startswith(".") for p in real.relative_to(root).parts):
+            raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
         if must_exist and not real.exists():
             shown = "/".join(parts) or "."
             raise NotFound(f"`{shown}` does not exist in this server's data folder.")
