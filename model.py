@@ -25,9 +25,9 @@ from storage import GuildSpace
 
 if TYPE_CHECKING:
     import openai
-    from datasets import CheckReport
 
     from config import Settings
+    from datasets import CheckReport
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the datasets module is written elsewhere and imported lazily at run time
     from datasets import Compiled
-
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,6 @@ from storage import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from datasets import Compiled
-
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

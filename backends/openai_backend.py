@@ -25,9 +25,8 @@ from backends.base import History, JobRecord, JobUpdate, Method, TrainingBackend
 from errors import BackendError, InvalidInput
 
 if TYPE_CHECKING:
-    from datasets import Compiled
-
     from config import Settings
+    from datasets import Compiled
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import archiver
 from errors import InvalidInput, NotFound, PathRefused

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import re
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import records
 from errors import InvalidInput
