@@ -156,6 +156,10 @@ class TrainerBot(commands.Bot):
         self.failed_cogs: dict[str, str] = {}
 
     async def setup_hook(self) -> None:
+        from model import Model  # heavy (scikit-learn): only when a bot is really built
+
+        self.model = Model(self.settings)
+        await self.model.start()
         for module in sorted(pkgutil.iter_modules([str(COGS_DIR)]), key=lambda m: m.name):
             if module.name.startswith("_"):
                 continue
@@ -167,6 +171,12 @@ class TrainerBot(commands.Bot):
                 self.failed_cogs[name] = f"{type(exc).__name__}: {exc}"
             else:
                 log.debug("loaded %s", name)
+
+    async def close(self) -> None:
+        await super().close()
+        model = getattr(self, "model", None)
+        if model is not None:
+            await model.close()
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),

@@ -17,7 +17,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import jobs
+import records
 from backends.base import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend
 from errors import Busy, InvalidInput, NotFound
 from evaluation import Case, EvalResult, parse_cases, run_cases
@@ -84,7 +86,6 @@ class Model:
                 job = await self.poll_job(guild_id, job["id"])
                 if job["status"] not in TERMINAL:
                     raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
-            import datasets  # written by another module owner; imported late on purpose
 
             # OpenAI needs 10 examples; the local backend learns from any number.
             min_examples = 10 if self.backend.name == "openai" else 1
@@ -243,11 +244,6 @@ class Model:
 
     async def _keep_mismatches(self, space: GuildSpace, mismatches: Sequence[dict[str, Any]],
                                model_name: str | None) -> None:
-        try:
-            import records  # written by another module owner; imported late on purpose
-        except ImportError:
-            log.warning("records module missing: %d test mismatches not kept", len(mismatches))
-            return
         rows = [dict(m, model=model_name) for m in mismatches]
         await asyncio.to_thread(records.add_test_errors, space, rows)
 

@@ -35,6 +35,7 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
@@ -74,7 +75,7 @@ class Chat(commands.Cog):
         if guild is None:
             text = "I answer in DMs for members of exactly one server I'm in; please talk to me in your server."
             return [await message.reply(text, mention_author=False)]
-        turns = self.history.setdefault(message.channel.id, deque(maxlen=HISTORY_TURNS))
+        turns = self.history.setdefault(message.channel.id, deque(maxlen=2 * HISTORY_TURNS))
         try:
             async with message.channel.typing():
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
@@ -92,9 +93,9 @@ class Chat(commands.Cog):
                 sent.append(await message.reply(chunk, mention_author=False))
             else:
                 sent.append(await message.channel.send(chunk))
-        turns.append((prompt, answer))
+        turns.extend((("user", prompt), ("assistant", answer)))
         space = GuildSpace(guild.id, self.bot.settings.data_dir, self.bot.settings.corrections_dir)
-        model_name = await self.bot.model.current_model(guild.id)
+        model_name = self.bot.model.current_model(guild.id)
         for msg in sent:  # any part of a long answer can be the one someone corrects
             await asyncio.to_thread(
                 records.record_answer, space, message_id=msg.id, channel_id=message.channel.id, prompt=prompt,
