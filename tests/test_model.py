@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import openai
 import pytest
 
+import datasets
+import records
 from backends.openai_backend import MISSING_KEY
 from config import Settings
 from errors import BackendError, Busy, InvalidInput, NotFound
@@ -27,7 +27,7 @@ def settings(tmp_path: Path, backend: str = "local", **kw) -> Settings:
 
 @pytest.fixture
 def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Stand-ins for datasets.compile_guild and records.add_test_errors (written by another helper)."""
+    """Stand-ins for datasets.compile_guild and records.add_test_errors: the Model alone is under test."""
     state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
 
     def compile_guild(space, *, min_examples=10):
@@ -38,8 +38,8 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
         state["kept"].extend(mismatches)
         return len(mismatches)
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(compile_guild=compile_guild))
-    monkeypatch.setitem(sys.modules, "records", types.SimpleNamespace(add_test_errors=add_test_errors))
+    monkeypatch.setattr(datasets, "compile_guild", compile_guild)
+    monkeypatch.setattr(records, "add_test_errors", add_test_errors)
     return state
 
 
@@ -188,10 +188,7 @@ async def test_openai_without_key(tmp_path: Path, fake_data: dict) -> None:
 
 @pytest.mark.asyncio
 async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
-    """Runs once datasets.py is merged: real compile -> local training -> answer."""
-    datasets = pytest.importorskip("datasets")
-    if not hasattr(datasets, "compile_guild"):
-        pytest.skip("another 'datasets' module is on the path")
+    """Real compile -> local training -> answer."""
     model = Model(settings(tmp_path))
     space = model.space(GUILD).ensure()
     datasets.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
