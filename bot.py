@@ -91,14 +91,26 @@ async def use_api_base(api_base: str, token: str) -> None:
     log.info("using Discord-compatible server at %s (gateway %s)", base, data["url"])
 
 
+BACKEND_BLURB = {
+    "local": "Model: the built-in **local** backend — it learns from this server's examples and corrections "
+             "in seconds, answers with the closest example it was trained on and classifies labelled texts. "
+             "It retrieves, it does not generate new text.",
+    "openai": "Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
+              "and answers come from the fine-tuned model.",
+}
+
+
 class TrainerHelp(commands.HelpCommand):
     """A compact ``!help``: commands grouped by area, then details per command."""
 
     def __init__(self) -> None:
-        super().__init__(command_attrs={"help": "Show what the bot can do, or details of one command."})
+        # Everyone sees every command (admin ones marked), so members know what to ask an admin for.
+        super().__init__(verify_checks=False,
+                         command_attrs={"help": "Show what the bot can do, or details of one command."})
 
     def _line(self, command: commands.Command) -> str:
-        return f"`{self.context.clean_prefix}{command.qualified_name}` — {command.short_doc or ''}"
+        admin = " *(admins)*" if checks.is_trainer_admin in command.checks else ""
+        return f"`{self.context.clean_prefix}{command.qualified_name}` — {command.short_doc or ''}{admin}"
 
     async def _send(self, text: str) -> None:
         for chunk in split_message(text):
@@ -114,6 +126,9 @@ class TrainerHelp(commands.HelpCommand):
             name = getattr(cog, "qualified_name", "Other")
             lines.append(f"\n__{name}__")
             lines.extend(self._line(c) for c in shown)
+        backend = getattr(getattr(self.context.bot, "model", None), "backend", None)
+        if backend is not None:
+            lines.append("\n" + BACKEND_BLURB.get(backend.name, f"Model backend: {backend.name}."))
         lines.append(f"\nType `{p}help <command>` for details, or `{p}instruction` for the full guide.")
         await self._send("\n".join(lines))
 

@@ -94,6 +94,7 @@ class Chat(commands.Cog):
             else:
                 sent.append(await message.channel.send(chunk))
         turns.extend((("user", prompt), ("assistant", answer)))
+        self.bot.dispatch("chat_answer", message, answer)  # the voice cog speaks it when in a call
         space = GuildSpace(guild.id, self.bot.settings.data_dir, self.bot.settings.corrections_dir)
         model_name = self.bot.model.current_model(guild.id)
         for msg in sent:  # any part of a long answer can be the one someone corrects
