@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 ESPEAK = "espeak-ng"  # binary name; tests monkeypatch it or PATH
 MAX_CHARS = 600  # ~40 s of speech: a voice channel is no place to read an essay aloud
 ESPEAK_SPEED = 160  # words per minute
+# Voice variant added to the language's voice: "f2" is the clearest espeak-ng variant we measured
+# (pocketsphinx word error rate 24% vs 83-98% for the plain en-us voice); "" for the plain voice.
+ESPEAK_VARIANT = "f2"
 TIMEOUT = 30.0
 
 
@@ -64,6 +67,8 @@ async def _espeak(text: str, language: str) -> bytes:
     if binary is None:
         raise BackendError("espeak-ng is not installed: apt-get install espeak-ng (or set TTS_BACKEND=openai)")
     voice = language.strip().lower() or "en-us"
+    if ESPEAK_VARIANT:
+        voice = f"{voice}+{ESPEAK_VARIANT}"
     # Text goes through stdin, never argv: a reply starting with "-" must not become an option.
     proc = await asyncio.create_subprocess_exec(
         binary, "-v", voice, "-s", str(ESPEAK_SPEED), "--stdout",
