@@ -1,0 +1,192 @@
+"""A loopback Discord voice server for discord.py 2.7.1 tests (voice websocket + UDP media).
+
+discord.py always connects to ``wss://{endpoint}/?v=8``, so the server speaks TLS with a
+self-signed certificate made at start (``openssl`` CLI: the ``cryptography`` package is not
+installed here). The bot trusts it through its own aiohttp connector::
+
+    server = VoiceServer()
+    endpoint = await server.start()                      # "127.0.0.1:PORT"
+    bot = Bot(..., connector=aiohttp.TCPConnector(limit=0, ssl=server.client_ssl_context()))
+    # the sandbox gateway answers op 4 with VOICE_STATE_UPDATE (session_id) and
+    # VOICE_SERVER_UPDATE {"token": server.token, "guild_id": ..., "endpoint": endpoint}
+
+Flow served: HELLO on connect → IDENTIFY (token checked, else close 4004) → READY {ssrc, ip,
+port, modes} → UDP IP discovery (74-byte packets) → SELECT_PROTOCOL → SESSION_DESCRIPTION {mode,
+secret_key, dave_protocol_version: 0} (no DAVE session) → HEARTBEAT/ACK, SPEAKING. RTP packets are
+decrypted with ``nacl.secret.Aead`` (``aead_xchacha20_poly1305_rtpsize``) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+import ssl
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nacl.exceptions
+import nacl.secret
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+MODE = "aead_xchacha20_poly1305_rtpsize"
+OPUS_SILENCE = b"\xf8\xff\xfe"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: VoiceServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) == 74 and data[:2] == b"\x00\x01":  # IP discovery request
+            ssrc = struct.unpack_from(">I", data, 4)[0]
+            reply = struct.pack(">HHI", 2, 70, ssrc) + addr[0].encode().ljust(64, b"\x00") + struct.pack(">H", addr[1])
+            assert self.transport is not None
+            self.transport.sendto(reply, addr)
+            self.server.discovered.append(addr)
+            return
+        self.server._rtp(data)
+
+
+class VoiceServer:
+    """Loopback voice endpoint; counters and captured Opus frames are plain attributes."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.token = secrets.token_hex(16)
+        self.secret_key = os.urandom(32)
+        self.ssrc = random.randint(1, 2**31)
+        self.received_packets = 0  # every non-discovery UDP datagram
+        self.decrypted_frames = 0  # RTP packets that decrypted with the session key
+        self.audio_frames = 0  # decrypted frames that are not Opus silence
+        self.frames: list[bytes] = []  # decrypted Opus payloads
+        self.discovered: list[tuple[str, int]] = []
+        self.identify: dict[str, Any] | None = None
+        self.selected: dict[str, Any] | None = None
+        self.speaking: list[dict[str, Any]] = []
+        self.connections = 0
+        self.errors: list[str] = []
+        self._cert_pem = ""
+        self._runner: web.AppRunner | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self.udp_port = 0
+        self.port = 0
+        self.endpoint = ""
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context that trusts this server's certificate (give it to the bot's connector)."""
+        return ssl.create_default_context(cadata=self._cert_pem)
+
+    async def start(self) -> str:
+        """Start the UDP and wss listeners on ephemeral ports; returns the endpoint "host:port"."""
+        loop = asyncio.get_running_loop()
+        with tempfile.TemporaryDirectory(prefix="voice-cert-") as tmp:
+            cert, key = await asyncio.to_thread(_self_signed, Path(tmp))
+            server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_ctx.load_cert_chain(cert, key)
+            self._cert_pem = cert.read_text()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, 0))
+        self._udp = transport  # type: ignore[assignment]
+        self.udp_port = transport.get_extra_info("sockname")[1]
+        app = web.Application()
+        app.router.add_get("/", self._ws)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0, ssl_context=server_ctx)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.endpoint = f"{self.host}:{self.port}"
+        return self.endpoint
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=True)
+        await ws.prepare(request)
+        self.connections += 1
+        seq = 0
+
+        async def send(op: int, d: Any) -> None:
+            nonlocal seq
+            seq += 1
+            await ws.send_str(json.dumps({"op": op, "d": d, "seq": seq}))
+
+        await send(8, {"heartbeat_interval": 41250.0, "v": 8})  # HELLO
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue  # binary frames are DAVE/MLS; with protocol version 0 none are expected
+            payload = json.loads(msg.data)
+            op, d = payload.get("op"), payload.get("d") or {}
+            if op == 0:  # IDENTIFY
+                self.identify = d
+                if d.get("token") != self.token:
+                    self.errors.append("IDENTIFY with a wrong token")
+                    await ws.close(code=4004, message=b"Authentication failed")
+                    break
+                await send(2, {"ssrc": self.ssrc, "ip": self.host, "port": self.udp_port,
+                               "modes": [MODE], "experiments": []})
+            elif op == 1:  # SELECT_PROTOCOL
+                self.selected = d
+                mode = d.get("data", {}).get("mode")
+                if mode != MODE:
+                    self.errors.append(f"SELECT_PROTOCOL with mode {mode!r}")
+                await send(4, {"mode": mode, "secret_key": list(self.secret_key), "dave_protocol_version": 0,
+                               "audio_codec": "opus", "media_session_id": secrets.token_hex(8)})
+            elif op == 3:  # HEARTBEAT → HEARTBEAT_ACK
+                await send(6, {"t": d.get("t") if isinstance(d, dict) else d})
+            elif op == 5:  # SPEAKING
+                self.speaking.append(d)
+            elif op == 7:  # RESUME
+                if d.get("token") != self.token:
+                    await ws.close(code=4006, message=b"Session no longer valid")
+                    break
+                await send(9, None)  # RESUMED
+        return ws
+
+    def _rtp(self, packet: bytes) -> None:
+        self.received_packets += 1
+        if len(packet) < 12 + 16 + 4 or packet[0] & 0xC0 != 0x80:
+            self.errors.append(f"not an RTP packet ({len(packet)} bytes)")
+            return
+        header_len = 12 + 4 * (packet[0] & 0x0F)  # CSRCs
+        if packet[0] & 0x10:  # extension: its 4-byte header is authenticated data, the rest is encrypted
+            header_len += 4
+        header, body, nonce = packet[:header_len], packet[header_len:-4], packet[-4:]
+        try:
+            opus = nacl.secret.Aead(self.secret_key).decrypt(body, header, nonce + b"\x00" * 20)
+        except nacl.exceptions.CryptoError:
+            self.errors.append("an RTP packet did not decrypt")
+            return
+        self.decrypted_frames += 1
+        self.frames.append(opus)
+        if opus != OPUS_SILENCE:
+            self.audio_frames += 1
