@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import logging
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -63,6 +64,15 @@ def recognize_sphinx_seconds(wav: bytes) -> float:
     return time.perf_counter() - start
 
 
+def peak_kib(pid: int) -> int:
+    """A live process's peak resident memory (VmHWM) in KiB, 0 if unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="approximate clip length")
@@ -103,22 +113,14 @@ async def main() -> None:
         c, r, t = statistics.median(conv), statistics.median(raws), statistics.median(total)
         print(f"{fmt:6} {len(data):>9} {c:>7.2f}s {r:>6.2f}s {t:>8.2f}s {t / result.duration:>6.3f} "
               f"{t / r:>6.2f}x")
-    worker_peaks = []
-    for proc in list((pipe._executor._processes or {}).values()) if pipe._executor else []:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            worker_peaks.append(int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1]))
-        except (OSError, StopIteration):
-            pass
+    worker_peaks = [peak_kib(proc.pid) for proc in (pipe._executor._processes or {}).values()]
     await pipe.close()
 
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: this process {me:.0f} MB (two in-process decoders: kept + recognize_sphinx), "
           f"worker process {max(worker_peaks, default=0) / 1024:.0f} MB")
     # (RUSAGE_CHILDREN is not shown: a forked child inherits the parent's peak, so it misleads.)
-    for f in folder.iterdir():
-        f.unlink()
-    folder.rmdir()
+    shutil.rmtree(folder)
 
 
 if __name__ == "__main__":  # required: the worker pool uses the "spawn" start method

@@ -97,9 +97,7 @@ async def test_handshake_and_encrypted_audio_with_discord_py() -> None:
         assert state.ip == "127.0.0.1" and state.port == state.socket.getsockname()[1]
         assert server.selected == {"protocol": "udp", "data": {"address": "127.0.0.1", "port": state.port,
                                                                "mode": MODE}}
-        async with asyncio.timeout(5):
-            while not server.speaking:  # load_secret_key sends SPEAKING(none) with our ssrc
-                await asyncio.sleep(0.01)
+        await server.wait_until(lambda: bool(server.speaking))  # load_secret_key sends SPEAKING(none)
         assert server.speaking[0]["ssrc"] == server.ssrc
 
         # Packets exactly as VoiceClient.send_audio_packet builds them.
@@ -118,9 +116,7 @@ async def test_handshake_and_encrypted_audio_with_discord_py() -> None:
             client.sequence, client.timestamp = i, i * 960
             packet = discord.VoiceClient._get_voice_packet(client, frame)  # type: ignore[arg-type]
             state.socket.sendto(packet, ("127.0.0.1", server.udp_port))
-        async with asyncio.timeout(5):
-            while server.received_packets < len(frames):
-                await asyncio.sleep(0.01)
+        await server.wait_until(lambda: server.received_packets >= len(frames))
         assert server.decrypted_frames == 25 and server.audio_frames == 20
         assert server.frames == frames
         assert server.errors == []
@@ -152,9 +148,7 @@ async def test_wrong_token_is_refused_and_bad_packets_are_counted() -> None:
                     await ws.poll_event()
         assert info.value.code == 4004
         state.socket.sendto(b"\x80\x78" + b"\x00" * 40, ("127.0.0.1", server.udp_port))
-        async with asyncio.timeout(5):
-            while server.received_packets < 1:
-                await asyncio.sleep(0.01)
+        await server.wait_until(lambda: server.received_packets >= 1)
         assert server.decrypted_frames == 0 and server.errors[-1] == "an RTP packet did not decrypt"
     finally:
         state.close()

@@ -28,6 +28,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ class _Udp(asyncio.DatagramProtocol):
             assert self.transport is not None
             self.transport.sendto(reply, addr)
             self.server.discovered.append(addr)
-            return
-        self.server._rtp(data)
+        else:
+            self.server._rtp(data)
+        self.server._notify()
 
 
 class VoiceServer:
@@ -95,6 +97,7 @@ class VoiceServer:
         self.udp_port = 0
         self.port = 0
         self.endpoint = ""
+        self._changed: asyncio.Event | None = None
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """An SSL context that trusts this server's certificate (give it to the bot's connector)."""
@@ -103,6 +106,7 @@ class VoiceServer:
     async def start(self) -> str:
         """Start the UDP and wss listeners on ephemeral ports; returns the endpoint "host:port"."""
         loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
         with tempfile.TemporaryDirectory(prefix="voice-cert-") as tmp:
             cert, key = await asyncio.to_thread(_self_signed, Path(tmp))
             server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -120,6 +124,18 @@ class VoiceServer:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.endpoint = f"{self.host}:{self.port}"
         return self.endpoint
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds (checked after every event the server sees)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                assert self._changed is not None, "start() the server first"
+                await self._changed.wait()
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -170,6 +186,8 @@ class VoiceServer:
                     await ws.close(code=4006, message=b"Session no longer valid")
                     break
                 await send(9, None)  # RESUMED
+            self._notify()
+        self._notify()
         return ws
 
     def _rtp(self, packet: bytes) -> None:
