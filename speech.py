@@ -233,11 +233,11 @@ class AudioPipeline:
             raise Busy(BUSY)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        executor = self._pool()
         try:
-            cfut = self._pool().submit(_worker_job, data, filename, self.settings.audio_max_seconds,
-                                       self._language)
+            cfut = executor.submit(_worker_job, data, filename, self.settings.audio_max_seconds, self._language)
         except BrokenProcessPool:
-            self._reset_pool()
+            self._reset_pool(executor)
             raise BackendError("The speech worker crashed; please try again.") from None
         self._active += 1
         # The slot is freed when the work really ends, even if this coroutine is cancelled first.
@@ -248,7 +248,7 @@ class AudioPipeline:
             raise
         except BrokenProcessPool:
             log.error("an audio worker process died while handling %s", filename)
-            self._reset_pool()
+            self._reset_pool(executor)
             raise BackendError("The speech worker crashed; please try again.") from None
         except Exception:
             log.exception("audio job for %s failed", filename)
@@ -262,10 +262,11 @@ class AudioPipeline:
                 self._active -= 1
         return Transcript(text=text, duration=duration, seconds_taken=time.perf_counter() - started)
 
-    def _reset_pool(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+    def _reset_pool(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        # Only the pool that broke: other jobs from it fail too and must not kill its replacement.
+        if self._executor is broken:
+            self._executor = None
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         """Stop accepting work, cancel queued jobs and wait for running ones (off the loop)."""

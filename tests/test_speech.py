@@ -288,3 +288,26 @@ def test_openai_backend_without_key_or_client_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         AudioPipeline(dataclasses.replace(Settings(), speech_backend="openai"))
+
+
+@pytest.mark.asyncio
+async def test_a_killed_worker_is_one_clear_error_and_the_pool_recovers(
+    tmpdir_env: Path, corpus: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    import signal
+
+    pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
+    # ~28 s of speech: about 7 s of recognition, so the kill surely lands mid-job
+    clip = samples.speak(" ".join(samples.SENTENCES * 2), tmp_path, "ogg", name="twelve")
+    try:
+        task = asyncio.create_task(pipe.transcribe(clip.read_bytes(), clip.name))
+        await asyncio.sleep(1.5)  # spawned, model loaded, recognising
+        assert not task.done()
+        for proc in list(pipe._executor._processes.values()):  # type: ignore[union-attr]
+            os.kill(proc.pid, signal.SIGKILL)
+        with pytest.raises(BackendError, match="speech worker crashed"):
+            await task
+        result = await pipe.transcribe(corpus["ogg"][2].read_bytes(), "v.ogg")
+        assert samples.wer(samples.SENTENCES[2], result.text) < 0.5
+    finally:
+        await pipe.close()
