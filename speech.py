@@ -4,6 +4,7 @@
 ``OpenAIRecognizer`` is async. Cogs use only :class:`AudioPipeline`::
 
     pipeline = AudioPipeline(settings)               # at bot start; raises ConfigError/BackendError
+    await pipeline.warm_up()                         # optional: spawn workers, load models (~1 s)
     t = await pipeline.transcribe(data, filename)    # Transcript(text, duration, seconds_taken)
     await pipeline.close()                           # at bot shutdown
 
@@ -154,6 +155,11 @@ def _worker_recognizer(language: str) -> SphinxRecognizer:
     return rec
 
 
+def _worker_pid() -> int:
+    """A no-op job: makes the pool start a worker (which loads its model) and says which one."""
+    return os.getpid()
+
+
 def _worker_job(data: bytes, filename: str, max_seconds: float, language: str | None) -> tuple[str, float]:
     """Convert (and with ``language``, recognise) one file; returns (text or "", duration)."""
     converted = convert_to_wav(data, max_seconds=max_seconds, filename_hint=filename)
@@ -221,6 +227,14 @@ class AudioPipeline:
                 initargs=(self._language,),
             )
         return self._executor
+
+    async def warm_up(self) -> int:
+        """Start every worker and load its model now (call once at bot start); returns how many run."""
+        executor = self._pool()
+        pids = await asyncio.gather(
+            *(asyncio.wrap_future(executor.submit(_worker_pid)) for _ in range(self.workers))
+        )
+        return len(executor._processes or {}) or len(set(pids))
 
     def _release(self, _future: object) -> None:
         self._active -= 1

@@ -141,6 +141,7 @@ async def test_full_queue_says_busy_at_once(tmpdir_env: Path, corpus: dict[str, 
     pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
+        assert await pipe.warm_up() == 1
         started = time.perf_counter()
         results = await asyncio.gather(
             *(pipe.transcribe(data, "v.ogg") for _ in range(4)), return_exceptions=True
