@@ -151,8 +151,10 @@ class Data(commands.Cog):
     async def archive(self, ctx: commands.Context, *, folder: str) -> None:
         """Zip a folder of the data space into archives/."""
         async with ctx.typing():
-            result = await asyncio.to_thread(archiver.archive_folder, self.space(ctx), folder)
-        text = (f"Archived `{folder.strip()}` as `archives/{result.name}`: {result.files:,} files, "
+            space = self.space(ctx)
+            result = await asyncio.to_thread(archiver.archive_folder, space, folder)
+        shown = space.relative(space.resolve(folder))  # as stored, not as typed (quotes, trailing slash)
+        text = (f"Archived `{shown}` as `archives/{result.name}`: {result.files:,} files, "
                 f"{fmt_bytes(result.source_bytes)} → {fmt_bytes(result.bytes)}.")
         if result.skipped_symlinks or result.skipped_hidden:
             text += f" Skipped {result.skipped_symlinks} link(s) and {result.skipped_hidden} hidden file(s)."

@@ -499,7 +499,7 @@ async def test_archive_sends_the_zip(harness: BotHarness, tmp_path: Path) -> Non
     (corpus / ".hidden").write_text("secret")
     (tmp_path / "outside.txt").write_text("outside")
     (corpus / "out.txt").symlink_to(tmp_path / "outside.txt")
-    msgs = await harness.send("!archive corpus", user="admin")
+    msgs = await harness.send("!archive `corpus/`", user="admin")
     [msg] = msgs
     assert msg.content.startswith("Archived `corpus` as `archives/corpus-")
     assert ": 2 files, " in msg.content and "Skipped 1 link(s) and 1 hidden file(s)." in msg.content
