@@ -239,16 +239,18 @@ class GuildSpace:
         """
         raw = (user_path or "").strip().strip("`\"'")
         decoded = unquote(raw)
-        for candidate in {raw, decoded}:
-            if "\x00" in candidate:
-                raise PathRefused("That path contains a NUL byte.")
-            if candidate.startswith(("/", "\\", "~")) or (len(candidate) > 1 and candidate[1] == ":"):
-                raise PathRefused("Absolute paths are not allowed: give a path inside this server's data folder.")
-            parts = [p for p in candidate.replace("\\", "/").split("/") if p not in ("", ".")]
-            if any(p == ".." for p in parts):
-                raise PathRefused("`..` is not allowed: paths stay inside this server's data folder.")
-            if any(p.startswith(".") for p in parts):
-                raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
+        # Checked on the typed and the decoded form, each check on both before the next, so the reason
+        # given is the most serious one (``..%2fx`` is a `..`, not a hidden name ``..%2fx``).
+        candidates = (raw, decoded)
+        split = [[p for p in c.replace("\\", "/").split("/") if p not in ("", ".")] for c in candidates]
+        if any("\x00" in c for c in candidates):
+            raise PathRefused("That path contains a NUL byte.")
+        if any(c.startswith(("/", "\\", "~")) or (len(c) > 1 and c[1] == ":") for c in candidates):
+            raise PathRefused("Absolute paths are not allowed: give a path inside this server's data folder.")
+        if any(p == ".." for parts in split for p in parts):
+            raise PathRefused("`..` is not allowed: paths stay inside this server's data folder.")
+        if any(p.startswith(".") for parts in split for p in parts):
+            raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
         parts = [p for p in decoded.replace("\\", "/").split("/") if p not in ("", ".")]
         self.data.mkdir(parents=True, exist_ok=True)
         root = self.data.resolve()

@@ -77,14 +77,20 @@ class Data(commands.Cog):
             message_id, correction = int(first), rest.strip()
         elif ref is not None and ref.message_id:
             message_id, correction = ref.message_id, text.strip()
-        elif first.isdigit():
+        elif first.isdigit() and len(first) >= 15:
             raise commands.BadArgument("Give the correction after the message id")
+        elif first.isdigit():
+            raise InvalidInput(f"`{first}` is not a message id (they are long numbers: use Copy Message ID "
+                               f"on my answer), or reply to my answer with "
+                               f"`{ctx.clean_prefix}correct <correction>`.")
         else:
             raise commands.BadArgument("Give the id of my answer first, or reply to my answer")
         space = self.space(ctx)
         answer = await asyncio.to_thread(records.find_answer, space, message_id)
         if answer is None:
             resolved = ref.resolved if ref is not None and ref.message_id == message_id else None
+            if not isinstance(resolved, discord.Message):
+                resolved = await self._fetch(ctx, message_id)
             if isinstance(resolved, discord.Message) and resolved.author.id != self.bot.user.id:
                 await ctx.send("That message isn't one of my answers: reply to my answer to correct it.")
             else:
@@ -97,6 +103,14 @@ class Data(commands.Cog):
             author_name=str(ctx.author), channel_id=ctx.channel.id,
         )
         await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
+
+    @staticmethod
+    async def _fetch(ctx: commands.Context, message_id: int) -> discord.Message | None:
+        """The message with this id in this channel, if it is there and readable (for a precise refusal)."""
+        try:
+            return await ctx.channel.fetch_message(message_id)
+        except discord.HTTPException:
+            return None
 
     @commands.command(usage="<text...>")
     @commands.cooldown(5, 60.0, commands.BucketType.user)
@@ -126,7 +140,8 @@ class Data(commands.Cog):
         async with ctx.typing():
             result = await asyncio.to_thread(datasets.select_dataset, self.space(ctx), folder,
                                              positive=flags.get("positive", True))
-        skipped = f" ({len(result.report.skipped):,} lines skipped)" if result.report.skipped else ""
+        n = len(result.report.skipped)
+        skipped = f" ({n:,} line{'s' * (n != 1)} skipped)" if n else ""
         await ctx.send(f"Dataset for the next training: `{result.name}` with **{result.examples:,}** "
                        f"examples{skipped}. Archived as `archives/{result.archive.name}`.")
 
@@ -136,8 +151,10 @@ class Data(commands.Cog):
     async def archive(self, ctx: commands.Context, *, folder: str) -> None:
         """Zip a folder of the data space into archives/."""
         async with ctx.typing():
-            result = await asyncio.to_thread(archiver.archive_folder, self.space(ctx), folder)
-        text = (f"Archived `{folder.strip()}` as `archives/{result.name}`: {result.files:,} files, "
+            space = self.space(ctx)
+            result = await asyncio.to_thread(archiver.archive_folder, space, folder)
+        shown = space.relative(space.resolve(folder))  # as stored, not as typed (quotes, trailing slash)
+        text = (f"Archived `{shown}` as `archives/{result.name}`: {result.files:,} files, "
                 f"{fmt_bytes(result.source_bytes)} → {fmt_bytes(result.bytes)}.")
         if result.skipped_symlinks or result.skipped_hidden:
             text += f" Skipped {result.skipped_symlinks} link(s) and {result.skipped_hidden} hidden file(s)."
@@ -160,7 +177,10 @@ class Data(commands.Cog):
         size = target.stat().st_size
         limit = upload_limit(ctx)
         if size > limit:
-            raise TooLarge(f"`{shown}` is {fmt_bytes(size)}, over this server's upload limit of {fmt_bytes(limit)}.")
+            said, cap = fmt_bytes(size), fmt_bytes(limit)
+            if said == cap:  # "10.0 MB, over the limit of 10.0 MB" would make no sense
+                said, cap = f"{size:,} bytes", f"{limit:,} bytes"
+            raise TooLarge(f"`{shown}` is {said}, over this server's upload limit of {cap}.")
         try:
             data = await asyncio.to_thread(target.read_bytes)
         except FileNotFoundError:

@@ -75,47 +75,90 @@ class Training(commands.Cog):
         author = f"{ctx.author} ({ctx.author.id})"
         if ctx.message.attachments or text:
             reports = await self._ingest(ctx, space, text, positive, author)
-            added = sum(r.added for _, r in reports)
-            lines = [f"**{name}**: {r.summary()}" if len(reports) > 1 else r.summary() for name, r in reports]
+            if len(reports) == 1 and isinstance(reports[0][1], TrainerError):
+                raise reports[0][1]  # one source that could not be read: its message says it all
+            added = sum(r.added for _, r in reports if isinstance(r, datasets.IngestReport))
+            lines = []
+            for name, r in reports:
+                said = r.summary() if isinstance(r, datasets.IngestReport) else f"not read: {r}"
+                lines.append(f"**{name}**: {said}" if len(reports) > 1 else said)
             lines.append(f"Dataset `{await asyncio.to_thread(datasets.dataset_name, space)}`.")
+            if not added:
+                # Nothing new: training again would give the same model.
+                lines.append("Nothing new was added, so I did not start training.")
             for chunk in split_message("\n".join(lines)):
                 await ctx.send(chunk)
             if not added:
-                return  # nothing new: training again would give the same model
+                return
         await self._start_job(ctx, method)
 
     async def _ingest(self, ctx: commands.Context, space: GuildSpace, text: str, positive: bool,
-                      author: str) -> list[tuple[str, datasets.IngestReport]]:
-        reports = []
+                      author: str) -> list[tuple[str, datasets.IngestReport | TrainerError]]:
+        """Each attachment, then the inline text or path: its report, or the error that stopped it.
+
+        A bad file does not stop the others (their examples are already in the dataset and must be
+        reported); the caller shows every outcome.
+        """
+        reports: list[tuple[str, datasets.IngestReport | TrainerError]] = []
         for att in ctx.message.attachments:
-            if att.size > MAX_DATA_UPLOAD:
-                raise TooLarge(f"`{att.filename}` is {fmt_bytes(att.size)}; training files are limited to "
-                               f"{fmt_bytes(MAX_DATA_UPLOAD)}.")
-            data = await att.read()
-            path = await asyncio.to_thread(datasets.store_upload, space, att.filename, data)
-            del data
-            report = await asyncio.to_thread(datasets.ingest_file, space, path, positive=positive, author=author,
-                                             source=att.filename)
-            reports.append((att.filename, report))
+            try:
+                reports.append((att.filename, await self._ingest_attachment(space, att, positive, author)))
+            except TrainerError as exc:
+                reports.append((att.filename, exc))
         if text:
-            if self._looks_like_path(text, space):
-                report = await asyncio.to_thread(datasets.ingest_path, space, text, positive=positive, author=author)
-            else:
-                report = await asyncio.to_thread(datasets.ingest_text, space, text, positive=positive, author=author)
-            reports.append((text.split("\n")[0][:40], report))
+            name = text.split("\n")[0][:40]
+            try:
+                if self._looks_like_path(text, space):
+                    try:
+                        report = await asyncio.to_thread(datasets.ingest_path, space, text, positive=positive,
+                                                         author=author)
+                    except NotFound as exc:
+                        raise NotFound(f"{exc} To add examples written in the message instead, put one per "
+                                       f"line: `{ctx.clean_prefix}train question => answer`.") from None
+                else:
+                    report = await asyncio.to_thread(datasets.ingest_text, space, text, positive=positive,
+                                                     author=author)
+                reports.append((name, report))
+            except TrainerError as exc:
+                reports.append((name, exc))
         return reports
 
     @staticmethod
+    async def _ingest_attachment(space: GuildSpace, att: discord.Attachment, positive: bool,
+                                 author: str) -> datasets.IngestReport:
+        if att.size > MAX_DATA_UPLOAD:
+            raise TooLarge(f"`{att.filename}` is {fmt_bytes(att.size)}; training files are limited to "
+                           f"{fmt_bytes(MAX_DATA_UPLOAD)}.")
+        if not att.filename.lower().endswith(datasets.SUPPORTED):
+            # Refused before the download: no point fetching (and storing) a file we cannot read.
+            ext = ("." + att.filename.rsplit(".", 1)[1]) if "." in att.filename else "none"
+            raise InvalidInput(f"`{att.filename}`: unsupported file type `{ext}`; "
+                               "use .jsonl, .json, .csv or .txt.")
+        data = await att.read()
+        path = await asyncio.to_thread(datasets.store_upload, space, att.filename, data)
+        del data
+        return await asyncio.to_thread(datasets.ingest_file, space, path, positive=positive, author=author,
+                                       source=att.filename)
+
+    @staticmethod
     def _looks_like_path(text: str, space: GuildSpace) -> bool:
-        """A single word with a slash, a data extension, a leading dot, or naming an existing entry."""
-        if "\n" in text or " " in text.strip() or "=>" in text:
-            return False
+        """Is the argument of !train a path (file or folder in the space) rather than inline examples?
+
+        Several lines or a ``=>`` are examples. One word is a path, whether it exists or not, so a
+        mistyped name is reported as missing instead of being learnt as a text example; several words
+        are a path only when quoted or naming an existing entry (``my data.jsonl``).
+        """
         word = text.strip()
-        if "/" in word or "\\" in word or word.startswith((".", "~", "%")):
+        if "\n" in word or "=>" in word:
+            return False
+        if " " not in word:
             return True
-        if word.lower().endswith(datasets.SUPPORTED):
+        if word[0] in "`\"'" and word[-1] == word[0]:
             return True
-        return (space.data / word).exists()
+        try:
+            return space.resolve(word).exists()
+        except TrainerError:
+            return False
 
     async def _start_job(self, ctx: commands.Context, method: str) -> None:
         try:
