@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := ffmpeg espeak-ng libopus0 zip
+SYSTEM_PACKAGES := ffmpeg espeak-ng libopus0 zip openssl
 
 .PHONY: run test lint bench system-deps deps clean
 
