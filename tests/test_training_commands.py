@@ -7,6 +7,7 @@ response validation, against the fake OpenAI server whose job clock the tests ad
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,13 @@ KEY = "test"
 STARTED = re.compile(r"Started training job `([^`]+)`")
 FAQ_JSONL = "".join(json.dumps(chat_line(q, a)) + "\n" for q, a in FAQ).encode()
 
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaked_clients() -> None:
+    """Unit tests elsewhere leave AsyncOpenAI clients unclosed; collect them before this test's error log
+    is watching, or their "Event loop is closed" clean-up error would be blamed on this test."""
+    gc.collect()
 
 # ---------------------------------------------------------------------------- helpers
 async def wait_bot(sb: Sandbox, predicate: Callable[[Message], Any], *, after: int = 0,
@@ -210,14 +218,19 @@ async def test_restart_mid_job_resumes_the_same_status_message(sandbox: Sandbox,
     finally:
         await stop_bot(bot)
     edits_before = status.edits
-    fake.finish(job_id)  # the job ends while the bot is down
+    fake.advance(job_id)  # progress while the bot is down
     bot = await start_bot(sandbox, openai_settings(settings, fake))
     try:
         h = BotHarness(sandbox, bot)
+        step = fake.jobs[job_id].step
+        await sandbox.wait_for(lambda: f"] {step}/" in status.content)  # the new watcher caught up
+        assert status.edits > edits_before
+        fake.finish(job_id)
         done = await announcement(sandbox, job_id)
         assert done.attachments and done.attachments[0].data.startswith(b"\x89PNG")
-        assert status.edits > edits_before and "**succeeded**" in status.content
+        assert "**succeeded**" in status.content
         assert status_messages(sandbox, job_id) == [status]  # the same message, no new one
+        assert sum(m.content.startswith(f"Training job `{job_id}` succeeded") for m in sandbox.bot_messages()) == 1
         assert bot.model.get_job(h.guild_id, job_id)["status_message_id"] == status.id
         assert (await ask_answer(h, "Where do I park my bike?")).content == "Bikes go in the basement rack."
     finally:
@@ -279,7 +292,7 @@ async def test_too_few_examples_for_openai_is_explained(openai_harness: BotHarne
 
 # ---------------------------------------------------------------------------- !test
 async def train_local(h: BotHarness, examples: str) -> str:
-    job_id, _ = await start_job(h, f"!train {examples}")
+    job_id, _ = await start_job(h, f"!train {examples}".strip())
     done = await announcement(h.sandbox, job_id)
     assert "succeeded" in done.content, done.content
     return job_id
@@ -337,7 +350,10 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     assert (await h.ask("!model")).startswith("No trained model yet (local backend).")
     assert await h.ask("!model previous", user="admin") == "There is no previous model to go back to."
     job1 = await train_local(h, "When does the shop open? => At 9.")
-    job2 = await train_local(h, "When does the shop open? => At 10 now.")
+    first = await ask_answer(h, "when does the shop open")
+    assert first.content == "At 9."
+    await h.ask("!correct At 10 now.", reply_to=first.id)
+    job2 = await train_local(h, "")  # a plain !train: the data is there, the correction is new
     jobs_text = await h.ask("!jobs")
     lines = jobs_text.splitlines()
     assert lines[0] == "**Recent training jobs**"
