@@ -56,6 +56,14 @@ class Training(commands.Cog):
             raise commands.NoPrivateMessage("This command only works in a server.")
         return True
 
+    async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        # discord.py's own text ("Too many people are using this command...") does not say what to do.
+        if isinstance(error, commands.MaxConcurrencyReached) and ctx.command is not None:
+            ctx.error_handled = True
+            what = {"train": "A training is being started", "test": "A test is running"}.get(
+                ctx.command.name, f"`{ctx.clean_prefix}{ctx.command.name}` is already running")
+            await ctx.send(f"{what} in this server right now; try again when it has finished.")
+
     # ----------------------------------------------------------------- !train
     @commands.command(usage="[data | path] [positive=yes] [method=supervised|dpo] (+ attached files)")
     @checks.trainer_admin()

@@ -6,6 +6,7 @@ response validation, against the fake OpenAI server whose job clock the tests ad
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import json
@@ -194,7 +195,19 @@ async def test_openai_failure_and_cancel_with_reasons(openai_harness: BotHarness
     assert "**failed**" in status.content and "Error: The job failed due to an invalid training file" in status.content
     assert h.bot.model.current_model(h.guild_id) is None  # a failed job changes nothing
 
-    job2, status2 = await start_job(h)
+    fake.delay_next(1, 0.8)  # a slow upload keeps this !train at work...
+    job2_task = asyncio.ensure_future(start_job(h))
+    await asyncio.sleep(0.1)
+    busy = await h.ask("!train", user="admin")  # ...so a second one is turned away, clearly
+    assert busy == "A training is being started in this server right now; try again when it has finished."
+    job2, status2 = await job2_task
+    for _ in range(100):  # once it is done, the running job is named
+        if h.bot.model.get_job(h.guild_id, job2).get("status_message_id"):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # the command's concurrency slot is released just after it returns
+    busy = await h.ask("!train", user="admin")
+    assert busy == f"Training job `{job2}` is still validating_files; wait for it or cancel it."
     reply = await h.ask(f"!cancel {job2[:12]}", user="admin")  # a unique prefix of the id is enough
     assert reply == f"Cancelling training job `{job2}`: it is now cancelled and will not change the model."
     done2 = await announcement(sb, job2)
