@@ -111,18 +111,35 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
     losses = job.get("losses") or []
     if losses:
         lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
+    elif status == "succeeded":
+        # Say so rather than leave the line out: people look for the loss of a finished job.
+        lines.append("Training loss: none (nearest-example model)" if job.get("backend") == "local"
+                     else "Training loss: not reported")
     end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
     if job.get("created_at"):
         lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
     est = job.get("estimate") or {}
     if est:
-        lines.append(f"Estimate: {est.get('examples', '?')} examples, ~{est.get('tokens', '?')} tokens, "
-                     f"{est.get('epochs', '?')} epochs")
+        n = est.get("examples", "?")
+        what = f"{n} example{'' if n == 1 else 's'}"
+        if job.get("backend") != "local":  # tokens and epochs are what OpenAI bills; the local backend has none
+            what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
+        lines.append(f"Estimate: {what}")
     if job.get("model"):
         lines.append(f"Model: `{job['model']}`")
+    if status == "cancelled" and job.get("cancelled_by"):
+        lines.append(f"Cancelled by {job['cancelled_by']}.")
     if job.get("error"):
         lines.append(f"Error: {job['error']}")
     return "\n".join(lines)
+
+
+def no_loss_reason(job: dict[str, Any]) -> str:
+    """Why a finished job has no loss curve, in one sentence."""
+    if job.get("backend") == "local":
+        return ("No loss curve: this local model answers by finding the closest trained example, "
+                "which has no training loss (only labelled texts train a classifier with one).")
+    return "No loss curve: the backend reported no training loss for this job."
 
 
 def loss_curve_png(job: dict[str, Any]) -> bytes | None:

@@ -53,6 +53,9 @@ class Model:
 
             self.backend = LocalBackend(prefix=settings.prefix)
         self._train_locks: dict[int, asyncio.Lock] = {}
+        # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
+        # a poll started before a cancel could save its stale copy over the cancelled one.
+        self._job_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
         """Open the backend's connections (the AsyncOpenAI client) once."""
@@ -137,26 +140,42 @@ class Model:
         job = jobs.get_job(space, job_id)
         if job.get("status") in TERMINAL:
             return job
-        if job.get("backend") != self.backend.name:
-            return job  # another backend's job (MODEL_BACKEND changed): nothing can poll it here
-        upd = await self.backend.poll(space, job)
-        if self._apply(space, job, upd):
-            if job["status"] == "succeeded" and job.get("model"):
-                jobs.set_current_model(space, self.backend.name, job["model"])
-                job["activated"] = True
-            jobs.save_job(space, job)
-        return job
+        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
+            job = jobs.get_job(space, job["id"])  # fresh: a cancel may have saved it meanwhile
+            if job.get("status") in TERMINAL:
+                return job
+            if job.get("backend") != self.backend.name:
+                return job  # another backend's job (MODEL_BACKEND changed): nothing can poll it here
+            upd = await self.backend.poll(space, job)
+            if self._apply(space, job, upd):
+                self._activate(space, job)
+                jobs.save_job(space, job)
+            return job
 
-    async def cancel_job(self, guild_id: int, job_id: str) -> dict[str, Any]:
-        """Cancel a running job; returns the saved record."""
+    def _activate(self, space: GuildSpace, job: dict[str, Any]) -> None:
+        """A job that just succeeded makes its model the guild's current one."""
+        if job["status"] == "succeeded" and job.get("model") and not job.get("activated"):
+            jobs.set_current_model(space, self.backend.name, job["model"])
+            job["activated"] = True
+
+    async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> dict[str, Any]:
+        """Cancel a running job (``by``: who asked, shown in its status); returns the saved record.
+
+        A job that finished before the cancel reached the backend keeps its real outcome.
+        """
         space = self.space(guild_id)
         job = jobs.get_job(space, job_id)
-        if job.get("status") in TERMINAL:
-            raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
-        upd = await self.backend.cancel(space, job)
-        self._apply(space, job, upd)
-        jobs.save_job(space, job)
-        return job
+        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
+            job = jobs.get_job(space, job["id"])
+            if job.get("status") in TERMINAL:
+                raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
+            upd = await self.backend.cancel(space, job)
+            self._apply(space, job, upd)
+            if job["status"] == "cancelled" and by:
+                job["cancelled_by"] = by
+            self._activate(space, job)
+            jobs.save_job(space, job)
+            return job
 
     def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
         """Remember which message the watcher edits for this job (survives restarts)."""
@@ -164,6 +183,11 @@ class Model:
         job = jobs.get_job(space, job_id)
         job["status_message_id"] = message_id
         return jobs.save_job(space, job)
+
+    async def remember_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
+        """``set_status_message`` under the job's lock, so a concurrent poll or cancel cannot undo it."""
+        async with self._job_locks.setdefault(job_id, asyncio.Lock()):
+            return await asyncio.to_thread(self.set_status_message, guild_id, job_id, message_id)
 
     def list_jobs(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
         """Newest jobs first."""

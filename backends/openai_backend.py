@@ -76,6 +76,9 @@ class OpenAIBackend(TrainingBackend):
     """Fine-tuning jobs and chat answers through the OpenAI API."""
 
     name = "openai"
+    # Extra keyword arguments for the client this backend builds; tests set
+    # ``{"_strict_response_validation": True}`` so the fake server cannot drift from the SDK's schema.
+    client_options: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class OpenAIBackend(TrainingBackend):
                 base_url=self.settings.openai_base_url,
                 max_retries=self.max_retries,
                 timeout=self.timeout,
+                **self.client_options,
             )
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections import deque
 
@@ -64,6 +65,8 @@ class Chat(commands.Cog):
         prompt = message.content
         if ctx.prefix is not None:  # "@bot question": drop the mention
             prompt = prompt[len(ctx.prefix):]
+        if self.bot.user is not None:  # "hey @bot, question": the model should not see the mention either
+            prompt = re.sub(rf"\s*<@!?{self.bot.user.id}>[,:]?", "", prompt)
         prompt = prompt.strip()
         if not prompt:
             return

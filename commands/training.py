@@ -13,9 +13,10 @@ from discord.ext import commands
 
 import checks
 import datasets
+import jobs
 from backends.base import TERMINAL
 from commands.data import fmt_bytes, split_flags
-from errors import InvalidInput, NotFound, TooLarge, TrainerError
+from errors import BackendError, InvalidInput, NotFound, TooLarge, TrainerError
 from storage import GuildSpace
 from textsplit import split_message
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refused before download
 MAX_TEST_UPLOAD = 5 * 1024 * 1024
 STATUS_EDIT_INTERVAL = 2.0  # Discord rate-limits edits; a job's bar need not move faster than this
+# Dataset warnings about OpenAI's format that do not matter to the local backend.
+OPENAI_ONLY_WARNINGS = frozenset({"missing_system_message", "too_many_tokens"})
 
 
 class Training(commands.Cog):
@@ -52,6 +55,14 @@ class Training(commands.Cog):
         if ctx.guild is None:
             raise commands.NoPrivateMessage("This command only works in a server.")
         return True
+
+    async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        # discord.py's own text ("Too many people are using this command...") does not say what to do.
+        if isinstance(error, commands.MaxConcurrencyReached) and ctx.command is not None:
+            ctx.error_handled = True
+            what = {"train": "A training is being started", "test": "A test is running"}.get(
+                ctx.command.name, f"`{ctx.clean_prefix}{ctx.command.name}` is already running")
+            await ctx.send(f"{what} in this server right now; try again when it has finished.")
 
     # ----------------------------------------------------------------- !train
     @commands.command(usage="[data | path] [positive=yes] [method=supervised|dpo] (+ attached files)")
@@ -170,16 +181,33 @@ class Training(commands.Cog):
             for chunk in split_message(text):
                 await ctx.send(chunk)
             return
-        est = job.get("estimate") or {}
-        lines = [f"Started training job `{job['id']}` on the {self.model.backend.name} backend: "
-                 f"{est.get('examples', report.n_examples):,} examples, ~{est.get('tokens', 0):,} tokens, "
-                 f"{est.get('epochs', '?')} epochs."]
-        if report.warnings:
-            lines.append(f"{len(report.warnings)} warning(s): " + "; ".join(w.message for w in report.warnings[:3]))
-        await ctx.send("\n".join(lines)[:2000])
+        except BackendError as exc:
+            # No job was recorded and the examples stay in the dataset: retrying is all it takes.
+            log.warning("guild %s: could not start training: %s", ctx.guild.id, exc)
+            text = (f"I could not start training: {exc}\nNothing was lost: the examples stay in this server's "
+                    f"dataset. Run `{ctx.clean_prefix}train` again to retry.")
+            for chunk in split_message(text):
+                await ctx.send(chunk)
+            return
+        await ctx.send(self._started_text(job, report))
         status = await ctx.send(self.model.render_status(job))
-        await asyncio.to_thread(self.model.set_status_message, ctx.guild.id, job["id"], status.id)
+        await self.model.remember_status_message(ctx.guild.id, job["id"], status.id)
         self.watch(ctx.guild.id, job["id"], shown=status.content)
+
+    def _started_text(self, job: dict[str, Any], report: Any) -> str:
+        """One line naming the job and what it trains on (tokens and epochs mean something only to OpenAI)."""
+        est = job.get("estimate") or {}
+        n = est.get("examples", report.n_examples)
+        what = f"{n:,} example{'s' * (n != 1)}"
+        warnings = list(report.warnings)
+        if self.model.backend.name == "openai":
+            what += f", ~{est.get('tokens', 0):,} tokens, {est.get('epochs', '?')} epochs"
+        else:
+            warnings = [w for w in warnings if getattr(w, "code", "") not in OPENAI_ONLY_WARNINGS]
+        lines = [f"Started training job `{job['id']}` on the {self.model.backend.name} backend: {what}."]
+        if warnings:
+            lines.append(f"{len(warnings)} warning(s): " + "; ".join(w.message for w in warnings[:3]))
+        return "\n".join(lines)[:2000]
 
     # ----------------------------------------------------------------- the watcher
     def watch(self, guild_id: int, job_id: str, *, shown: str | None = None) -> None:
@@ -195,7 +223,8 @@ class Training(commands.Cog):
         await self.bot.wait_until_ready()
         found = await asyncio.to_thread(self.model.unfinished_jobs)
         for guild_id, job in found:
-            if self.bot.get_guild(guild_id) is not None:
+            # A job of another backend (MODEL_BACKEND changed) cannot be polled from here.
+            if self.bot.get_guild(guild_id) is not None and job.get("backend") == self.model.backend.name:
                 log.info("resuming watch of job %s in guild %s", job["id"], guild_id)
                 self.watch(guild_id, job["id"])
 
@@ -248,7 +277,7 @@ class Training(commands.Cog):
             log.warning("could not edit the status of job %s: %s", job["id"], exc)
             return
         msg = await channel.send(text)
-        await asyncio.to_thread(self.model.set_status_message, guild_id, job["id"], msg.id)
+        await self.model.remember_status_message(guild_id, job["id"], msg.id)
 
     async def _announce(self, guild_id: int, job: dict[str, Any]) -> None:
         channel = self._channel(job)
@@ -257,10 +286,17 @@ class Training(commands.Cog):
         if job["status"] == "succeeded":
             png = await self.model.loss_curve_png(job)
             text = f"Training job `{job['id']}` succeeded. I now answer with `{job.get('model')}`."
-            file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png") if png else None
-            await channel.send(text, file=file) if file else await channel.send(text)
+            if png:
+                file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png")
+                await channel.send(text + " Loss curve attached.", file=file)
+            else:
+                await channel.send(text + " " + jobs.no_loss_reason(job))
+        elif job["status"] == "cancelled":
+            who = f" by {job['cancelled_by']}" if job.get("cancelled_by") else " outside the bot"
+            reason = f": {job['error']}" if job.get("error") else "."
+            await channel.send(f"Training job `{job['id']}` was cancelled{who}{reason}"[:2000])
         else:
-            reason = job.get("error") or "no reason given"
+            reason = job.get("error") or "the backend gave no reason"
             await channel.send(f"Training job `{job['id']}` {job['status']}: {reason}"[:2000])
 
     # ----------------------------------------------------------------- jobs and models
@@ -282,8 +318,12 @@ class Training(commands.Cog):
     @checks.trainer_admin()
     async def cancel(self, ctx: commands.Context, job_id: str) -> None:
         """Cancel a running training job."""
-        job = await self.model.cancel_job(ctx.guild.id, job_id)
-        await ctx.send(f"Cancelled training job `{job['id']}` (now {job['status']}).")
+        job = await self.model.cancel_job(ctx.guild.id, job_id, by=str(ctx.author))
+        if job["status"] == "cancelled":
+            await ctx.send(f"Cancelling training job `{job['id']}`: it is now cancelled and will not change "
+                           f"the model.")
+        else:  # it ended before the cancel reached it
+            await ctx.send(f"Training job `{job['id']}` had already {job['status']}; nothing to cancel.")
         self.watch(ctx.guild.id, job["id"])
 
     @commands.command(name="model", usage="[name | previous]")

@@ -209,6 +209,7 @@ class Sandbox:
         self.users: dict[int, User] = {}
         self.voice_states: dict[int, int] = {}  # user id -> voice channel id
         self.bot_voice_requests: list[dict[str, Any]] = []
+        self.typing: list[int] = []  # channel ids of the bot's typing indicators, in order
         # A loopback voice server (tests) can take over the bot's voice connection.
         self.voice_endpoint: str | None = None
         self.voice_token: str = secrets.token_hex(8)
@@ -640,8 +641,10 @@ class Sandbox:
         return _json([self.message_payload(m) for m in found[:limit]])
 
     async def _typing(self, request: web.Request) -> web.Response:
-        if self._get_channel(request) is None:
+        channel = self._get_channel(request)
+        if channel is None:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        self.typing.append(channel.id)
         return web.Response(status=204)
 
     async def _reaction(self, request: web.Request) -> web.Response:
