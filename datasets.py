@@ -871,7 +871,10 @@ def _ingest(
     """Stream parsed examples into a new file of the current dataset, skipping duplicates."""
     folder = current_dataset(space)
     now = utc_now()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # Nanoseconds in the name: files sort in the order they were added, even within one second,
+    # so a later answer for the same prompt reliably wins.
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
     target = folder / f"ingested-{stamp}-{secrets.token_hex(3)}.jsonl"
     with _folder_lock(folder):
         known = _existing_hashes(space, folder)

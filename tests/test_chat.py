@@ -4,7 +4,6 @@ typing, context and the record each answer leaves for !correct."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import re
 from collections.abc import AsyncIterator
@@ -24,12 +23,6 @@ STARTED = re.compile(r"Started training job `([^`]+)`")
 NOT_TRAINED = "I haven't been trained on this server yet."
 
 
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_clients() -> None:
-    """Unit tests elsewhere leave AsyncOpenAI clients unclosed; collect them before this test's error log
-    is watching, or their "Event loop is closed" clean-up error would be blamed on this test."""
-    gc.collect()
 
 def space(h: BotHarness) -> GuildSpace:
     return GuildSpace(h.guild_id, h.bot.settings.data_dir, h.bot.settings.corrections_dir)

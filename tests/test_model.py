@@ -106,9 +106,25 @@ async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> No
                                   "model": "local-v1"}]
 
 
+_clients: list[openai.AsyncOpenAI] = []
+
+
+def _track(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    """Clients made here are injected (the code under test does not own them): close them here."""
+    yield
+    while _clients:
+        await _clients.pop().close()
+
+
 def openai_model(tmp_path: Path, fake: FakeOpenAI, **kw) -> Model:
-    client = openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
-                                _strict_response_validation=True)
+    client = _track(openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
+                                _strict_response_validation=True))
     return Model(settings(tmp_path, "openai", openai_api_key=KEY, openai_base_url=fake.base_url, **kw),
                  openai_client=client)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -30,12 +29,6 @@ STARTED = re.compile(r"Started training job `([^`]+)`")
 FAQ_JSONL = "".join(json.dumps(chat_line(q, a)) + "\n" for q, a in FAQ).encode()
 
 
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_clients() -> None:
-    """Unit tests elsewhere leave AsyncOpenAI clients unclosed; collect them before this test's error log
-    is watching, or their "Event loop is closed" clean-up error would be blamed on this test."""
-    gc.collect()
 
 # ---------------------------------------------------------------------------- helpers
 async def wait_bot(sb: Sandbox, predicate: Callable[[Message], Any], *, after: int = 0,
