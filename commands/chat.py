@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from collections import deque
 
 import discord
@@ -18,6 +19,8 @@ from textsplit import split_message
 
 log = logging.getLogger(__name__)
 
+DM_GUILD_TTL = 600.0  # seconds a DM author's server is remembered
+MAX_DM_LOOKUPS = 25  # servers asked about a DM author before giving up
 HISTORY_TURNS = 4  # previous (prompt, answer) turns given to the model as context
 AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".webm", ".flac", ".aac")
 
@@ -36,6 +39,7 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.dm_guilds: dict[int, tuple[int, float]] = {}  # user id -> (guild id or 0, when looked up)
         # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
 
@@ -48,12 +52,29 @@ class Chat(commands.Cog):
         name = getattr(message.channel, "name", "") or ""
         return name.lower() in self.bot.settings.chat_channels
 
-    def guild_for(self, message: discord.Message) -> discord.Guild | None:
+    async def guild_for(self, message: discord.Message) -> discord.Guild | None:
         """The server whose model answers: the message's, or for a DM the one server we share."""
         if message.guild is not None:
             return message.guild
-        shared = [g for g in self.bot.guilds if g.get_member(message.author.id) is not None]
-        return shared[0] if len(shared) == 1 else None
+        user_id = message.author.id
+        cached = self.dm_guilds.get(user_id)
+        if cached is not None and time.monotonic() - cached[1] < DM_GUILD_TTL:
+            return self.bot.get_guild(cached[0]) if cached[0] else None
+        shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
+        if not shared and len(self.bot.guilds) <= MAX_DM_LOOKUPS:
+            # Without the members intent the cache rarely holds the author: ask each server.
+            for guild in self.bot.guilds:
+                try:
+                    await guild.fetch_member(user_id)
+                except discord.NotFound:
+                    continue
+                except discord.HTTPException as exc:
+                    log.warning("member lookup in guild %s failed: %s", guild.id, exc)
+                    continue
+                shared.append(guild)
+        guild = shared[0] if len(shared) == 1 else None
+        self.dm_guilds[user_id] = (guild.id if guild else 0, time.monotonic())
+        return guild
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -74,9 +95,10 @@ class Chat(commands.Cog):
 
     async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None) -> list[discord.Message]:
         """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
-        guild = self.guild_for(message)
+        guild = await self.guild_for(message)
         if guild is None:
-            text = "I answer in DMs for members of exactly one server I'm in; please talk to me in your server."
+            text = ("In DMs I answer with the model of the one server we share; we share none or several, "
+                    "so please talk to me in your server.")
             return [await message.reply(text, mention_author=False)]
         turns = self.history.setdefault(message.channel.id, deque(maxlen=2 * HISTORY_TURNS))
         try:

@@ -80,6 +80,7 @@ class User:
     name: str
     bot: bool = False
     roles: list[int] = field(default_factory=list)
+    in_guild: bool = True  # False: a Discord user who is not a member of the sandbox guild
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -233,8 +234,9 @@ class Sandbox:
         self.second_guild_id: int | None = None
 
     # ----------------------------------------------------------------- state helpers
-    def add_user(self, name: str, *, bot: bool = False, roles: list[int] | None = None) -> User:
-        user = User(self.ids.next(), name, bot=bot, roles=list(roles or []))
+    def add_user(self, name: str, *, bot: bool = False, roles: list[int] | None = None,
+                 in_guild: bool = True) -> User:
+        user = User(self.ids.next(), name, bot=bot, roles=list(roles or []), in_guild=in_guild)
         self.users[user.id] = user
         return user
 
@@ -268,7 +270,7 @@ class Sandbox:
         return f"ws://{self.host}:{self.port}/gateway"
 
     def guild_payload(self) -> dict[str, Any]:
-        members = [u for u in self.users.values()]
+        members = [u for u in self.users.values() if u.in_guild]
         return {
             "id": str(self.guild_id), "name": self.guild_name, "icon": None, "splash": None,
             "discovery_splash": None, "owner_id": str(self.owner.id), "afk_channel_id": None,
@@ -654,7 +656,7 @@ class Sandbox:
 
     async def _member(self, request: web.Request) -> web.Response:
         user = self.users.get(int(request.match_info["user_id"]))
-        if user is None:
+        if user is None or not user.in_guild:
             return _json({"message": "Unknown Member", "code": 10007}, 404)
         return _json(user.member_payload())
 
@@ -666,17 +668,23 @@ class Sandbox:
             data.pop(key, None)
         return _json(data)
 
+    def dm_channel(self, user: User | str) -> Channel:
+        """The DM channel between ``user`` and the bot (created on first use)."""
+        if isinstance(user, str):
+            user = self.user_named(user)
+        for channel in self.channels.values():
+            if channel.type == 1 and channel.recipient is user:
+                return channel
+        channel = Channel(self.ids.next(), "", 1, None, recipient=user)
+        self.channels[channel.id] = channel
+        return channel
+
     async def _dm(self, request: web.Request) -> web.Response:
         body = await request.json()
         user = self.users.get(int(body["recipient_id"]))
         if user is None:
             return _json({"message": "Unknown User", "code": 10013}, 404)
-        for channel in self.channels.values():
-            if channel.type == 1 and channel.recipient is user:
-                return _json(channel.payload())
-        channel = Channel(self.ids.next(), "", 1, None, recipient=user)
-        self.channels[channel.id] = channel
-        return _json(channel.payload())
+        return _json(self.dm_channel(user).payload())
 
     async def _cdn(self, request: web.Request) -> web.Response:
         att_id = int(request.match_info["attachment_id"])

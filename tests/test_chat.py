@@ -153,3 +153,18 @@ async def test_a_backend_failure_is_answered_clearly(openai_chat: tuple[BotHarne
     # The failed turn is not context for the next one.
     await h.ask("Where is the office?")
     assert [m["content"] for m in fake.chat_requests[-1]["messages"][1:]] == ["Where is the office?"]
+
+
+async def test_dm_is_answered_with_the_shared_servers_model(harness: BotHarness) -> None:
+    await train(harness, [("When does the shop open?", "At 9 am, every weekday.")])
+    dm = harness.sandbox.dm_channel("member")
+    reply = await harness.send("when does the shop open", channel=dm)
+    assert reply[0].content == "At 9 am, every weekday." and reply[0].channel_id == dm.id
+    # The turn is recorded in the shared server's space, so it can be corrected there.
+    assert records.find_answer(space(harness), reply[0].id)["prompt"] == "when does the shop open"
+
+
+async def test_dm_from_someone_sharing_no_server_is_told_why(harness: BotHarness) -> None:
+    stranger = harness.sandbox.add_user("stranger", in_guild=False)
+    text = await harness.ask("hello?", user=stranger, channel=harness.sandbox.dm_channel(stranger))
+    assert "we share none or several" in text
