@@ -78,7 +78,9 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or has_audio(message) or not self.wants_answer(message):
+        if message.author.bot or message.content.startswith(self.bot.settings.prefix):
+            return  # bots are never answered; prefixed messages are commands (or another bot's)
+        if has_audio(message) or not self.wants_answer(message):
             return
         ctx = await self.bot.get_context(message)
         if ctx.prefix is not None and (ctx.prefix == self.bot.settings.prefix or ctx.command is not None):
