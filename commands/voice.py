@@ -70,8 +70,10 @@ class Speaker:
                 log.warning("guild %s: playback error: %s", self.guild_id, error)
             loop.call_soon_threadsafe(done.set)
 
-        # ffmpeg reads the WAV from a pipe: no temp file to clean up.
-        vc.play(discord.FFmpegPCMAudio(io.BytesIO(audio), pipe=True), after=after)
+        # ffmpeg reads the WAV from a pipe: no temp file to clean up. "-loglevel error" overrides
+        # discord.py's "warning": ffmpeg's stderr is the bot's, and its notes about guessed channel
+        # layouts would land in the terminal (the sandbox chat) for every answer spoken.
+        vc.play(discord.FFmpegPCMAudio(io.BytesIO(audio), pipe=True, options="-loglevel error"), after=after)
         await done.wait()
 
     def close(self) -> None:

@@ -16,12 +16,17 @@ import itertools
 import json
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import aiohttp
 from aiohttp import WSMsgType, web
+
+if TYPE_CHECKING:
+    from sandbox.voice import VoiceServer
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +214,12 @@ class Sandbox:
         self.users: dict[int, User] = {}
         self.voice_states: dict[int, int] = {}  # user id -> voice channel id
         self.bot_voice_requests: list[dict[str, Any]] = []
-        # A loopback voice server (tests) can take over the bot's voice connection.
+        # The loopback voice server (opt-in: start(voice=True) or enable_voice()) takes the bot's
+        # voice connection; without it the endpoint points at this HTTP server and joining fails.
         self.voice_endpoint: str | None = None
         self.voice_token: str = secrets.token_hex(8)
+        self.voice_server: VoiceServer | None = None
+        self.voice_unavailable: str | None = None  # why enable_voice() could not start it
         self._listeners: list[Callable[[str, Message], None]] = []
         self._cond = asyncio.Condition()
 
@@ -707,7 +715,41 @@ class Sandbox:
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "Sandbox":
+    async def enable_voice(self) -> bool:
+        """Start the loopback voice server and route the bot's voice there; False (reason in
+        :attr:`voice_unavailable`) when it cannot run here, e.g. without openssl."""
+        if self.voice_server is not None:
+            return True
+        from sandbox.voice import VoiceServer, VoiceUnavailable
+
+        server = VoiceServer(self.host)
+        try:
+            endpoint = await server.start()
+        except VoiceUnavailable as exc:
+            await server.close()
+            self.voice_unavailable = str(exc)
+            log.warning("sandbox: voice channels unavailable: %s", exc)
+            return False
+        self.voice_server = server
+        self.voice_endpoint = endpoint
+        self.voice_token = server.token
+        self.voice_unavailable = None
+        return True
+
+    @property
+    def voice_ssl_context(self) -> ssl.SSLContext | None:
+        """An SSL context trusting the voice server's self-signed certificate (None without voice)."""
+        return self.voice_server.client_ssl_context() if self.voice_server is not None else None
+
+    def bot_kwargs(self) -> dict[str, Any]:
+        """Extra ``commands.Bot`` arguments for a bot logging in here: trust the voice server.
+
+        Call it inside the running event loop (it makes an aiohttp connector)."""
+        ctx = self.voice_ssl_context
+        return {"connector": aiohttp.TCPConnector(ssl=ctx)} if ctx is not None else {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, voice: bool = False) -> "Sandbox":
+        """Listen on ``host:port`` (0: any free port); ``voice=True`` also runs the voice server."""
         self.host = host
         self._runner = web.AppRunner(self.make_app(), access_log=None)
         await self._runner.setup()
@@ -718,6 +760,8 @@ class Sandbox:
             for att in msg.attachments:
                 att.url = f"{self.base_url}/attachments/{msg.channel_id}/{att.id}/{att.filename}"
         log.info("sandbox listening on %s", self.base_url)
+        if voice:
+            await self.enable_voice()
         return self
 
     async def close(self) -> None:
@@ -727,3 +771,6 @@ class Sandbox:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.voice_server is not None:
+            await self.voice_server.close()
+            self.voice_server = None
