@@ -153,6 +153,8 @@ class Channel:
     guild_id: int | None
     position: int = 0
     recipient: User | None = None
+    # Discord's permission overwrites: {"id": role/user id, "type": 0 role | 1 member, "allow", "deny"}.
+    overwrites: list[dict[str, Any]] = field(default_factory=list)
 
     def payload(self) -> dict[str, Any]:
         if self.type == 1:
@@ -160,7 +162,10 @@ class Channel:
                     "recipients": [self.recipient.payload()] if self.recipient else []}
         data: dict[str, Any] = {
             "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id), "name": self.name,
-            "position": self.position, "permission_overwrites": [], "nsfw": False, "parent_id": None,
+            "position": self.position, "permission_overwrites": [
+                {"id": str(o["id"]), "type": o.get("type", 0), "allow": str(o.get("allow", 0)),
+                 "deny": str(o.get("deny", 0))} for o in self.overwrites
+            ], "nsfw": False, "parent_id": None,
         }
         if self.type == 0:
             data.update(topic=None, last_message_id=None, rate_limit_per_user=0)
@@ -245,8 +250,12 @@ class Sandbox:
         self.users[user.id] = user
         return user
 
-    def add_channel(self, name: str, type_: int, guild_id: int | None = None) -> Channel:
-        channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels))
+    def add_channel(self, name: str, type_: int, guild_id: int | None = None, *,
+                    overwrites: list[dict[str, Any]] | None = None) -> Channel:
+        """A channel (0 text, 2 voice); ``overwrites`` as Discord's, e.g. ``[{"id": sandbox.guild_id,
+        "deny": CONNECT}]`` locks it for @everyone. Add channels before the bot logs in."""
+        channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels),
+                          overwrites=list(overwrites or []))
         self.channels[channel.id] = channel
         return channel
 
