@@ -219,6 +219,7 @@ class Sandbox:
         self.users: dict[int, User] = {}
         self.voice_states: dict[int, int] = {}  # user id -> voice channel id
         self.bot_voice_requests: list[dict[str, Any]] = []
+        self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
         # The loopback voice server (opt-in: start(voice=True) or enable_voice()) takes the bot's
         # voice connection; without it the endpoint points at this HTTP server and joining fails.
         self.voice_endpoint: str | None = None
@@ -694,6 +695,7 @@ class Sandbox:
 
     async def _cdn(self, request: web.Request) -> web.Response:
         att_id = int(request.match_info["attachment_id"])
+        self.downloads.append(att_id)
         for msg in self.messages.values():
             for att in msg.attachments:
                 if att.id == att_id:
