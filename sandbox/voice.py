@@ -54,12 +54,18 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     if openssl is None:
         raise VoiceUnavailable("openssl is not installed (apt-get install openssl)")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )
+    try:
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )
+    except subprocess.CalledProcessError as exc:  # e.g. an openssl too old for -addext
+        detail = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
+        raise VoiceUnavailable(f"openssl could not make a certificate ({detail[0] if detail else exc})") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VoiceUnavailable(f"openssl could not make a certificate ({exc})") from None
     return cert, key
 
 
