@@ -1,20 +1,28 @@
-"""Audio pipeline benchmark: real-time factor per format against raw pocketsphinx, and peak memory.
+"""Audio pipeline benchmark: real-time factor per format against raw pocketsphinx, peak memory, and
+``!hi`` latency through the sandbox while the bot transcribes voice messages.
 
-    /work/main/.venv/bin/python bench/audio.py [--seconds 30] [--runs 3]
+    /work/main/.venv/bin/python bench/audio.py [--seconds 30] [--runs 3] [--voice-messages 8] [--only-latency]
 
 For each format a ~30 s espeak-ng recording goes through ``AudioPipeline`` (ffprobe + ffmpeg +
 recognition in a worker process); the baseline is a kept-loaded pocketsphinx decoder on the
 same 16 kHz WAV, in this process. RTF = processing time / audio duration; the ratio
 pipeline/raw is the pipeline's overhead (goal <= 1.1x). Peak memory is ru_maxrss of this process
 and of the worker processes. The old per-call path (``recognize_sphinx``) is shown for reference.
+
+Latency: the real bot (prod mode: workers warmed up at start, default AUDIO_WORKERS) logs into the
+sandbox; ``--voice-messages`` voice messages (~10 s of speech each) are posted at once, and
+sequential ``!hi`` round trips run until the last one is answered (goal: p99 < 50 ms), next to the
+same round trips with nothing else going on.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
+import os
 import resource
 import shutil
 import statistics
@@ -34,6 +42,7 @@ Settings = importlib.import_module("config").Settings
 _speech = importlib.import_module("speech")
 AudioPipeline, SphinxRecognizer, _import_sr = _speech.AudioPipeline, _speech.SphinxRecognizer, _speech._import_sr
 InvalidInput = importlib.import_module("errors").InvalidInput
+roundtrip = importlib.import_module("bench.roundtrip")
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +82,71 @@ def peak_kib(pid: int) -> int:
         return 0
 
 
+async def hi_latency(folder: Path, voice_messages: int) -> None:
+    """``!hi`` p50/p99 through the sandbox, idle and while ``voice_messages`` are being transcribed."""
+    from bot import TrainerBot, use_api_base
+    from sandbox.server import Sandbox
+
+    text = ". ".join(samples.SENTENCES[:4])  # ~10 s of speech
+    clip = samples.speak(text, folder, "ogg", name="voice-message").read_bytes()
+    settings = Settings.from_env({"DATA_DIR": str(folder / "d"), "CORRECTIONS_DIR": str(folder / "c"),
+                                  "MODE": "prod", "DISCORD_TOKEN": "x"})
+    sb = await Sandbox().start()
+    await use_api_base(sb.api_base, sb.bot_token)
+    settings = dataclasses.replace(settings, token=sb.bot_token,
+                                   audio_queue=max(settings.audio_queue, voice_messages))
+    bot = TrainerBot(settings, guild_ready_timeout=0.1)
+    await bot.login(sb.bot_token)
+    runner = asyncio.create_task(bot.connect())
+    await bot.wait_until_ready()
+    await bot.get_cog("Voice").pipeline.warm_up()  # prod mode starts this at load; wait for it here
+    try:
+        await roundtrip.measure(sb, 20)  # warm-up
+        _, idle = await roundtrip.measure(sb, 200)
+        posted = [await sb.post_message("member", "", attachments=[("voice-message.ogg", clip, "audio/ogg")],
+                                        voice_message=True, duration_secs=10.0)
+                  for _ in range(voice_messages)]
+        ids = {m.id for m in posted}
+
+        def answered() -> int:
+            return len({m.reference_id for m in sb.bot_messages() if m.reference_id in ids})
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        busy: list[float] = []
+        while answered() < len(posted):
+            busy += (await roundtrip.measure(sb, 10))[1]
+        elapsed = loop.time() - start
+        refused = sum(1 for m in sb.bot_messages() if m.reference_id in ids and not m.content.startswith("> "))
+    finally:
+        await bot.close()
+        await asyncio.wait_for(runner, 10)
+        await sb.close()
+    print(f"\n!hi through the sandbox (prod mode, AUDIO_WORKERS={settings.audio_workers}, {os.cpu_count()} CPUs)")
+    print(f"{'while':<34}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(f"{'idle':<34}{len(idle):>6}{roundtrip.pct(idle, 0.5):>9.2f}{roundtrip.pct(idle, 0.99):>9.2f}"
+          f"{max(idle) * 1000:>9.2f}")
+    label = f"{voice_messages} voice messages transcribing"
+    print(f"{label:<34}{len(busy):>6}{roundtrip.pct(busy, 0.5):>9.2f}{roundtrip.pct(busy, 0.99):>9.2f}"
+          f"{max(busy) * 1000:>9.2f}")
+    print(f"the {voice_messages} voice messages (~10 s each) were answered in {elapsed:.1f} s "
+          f"({refused} refused as busy); goal p99 < 50 ms")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="approximate clip length")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--voice-messages", type=int, default=8)
+    parser.add_argument("--only-latency", action="store_true", help="skip the RTF and memory figures")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-audio-"))
+    if args.only_latency:
+        await hi_latency(folder, args.voice_messages)
+        shutil.rmtree(folder)
+        return
     # Repeat the sentences until the clip is about as long as asked (espeak: ~2.4 s per sentence).
     repeats = max(1, round(args.seconds / 2.4))
     text = ". ".join((samples.SENTENCES * (repeats // len(samples.SENTENCES) + 1))[:repeats])
@@ -120,6 +187,7 @@ async def main() -> None:
     print(f"peak RSS: this process {me:.0f} MB (two in-process decoders: kept + recognize_sphinx), "
           f"worker process {max(worker_peaks, default=0) / 1024:.0f} MB")
     # (RUSAGE_CHILDREN is not shown: a forked child inherits the parent's peak, so it misleads.)
+    await hi_latency(folder, args.voice_messages)
     shutil.rmtree(folder)
 
 

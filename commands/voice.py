@@ -70,8 +70,10 @@ class Speaker:
                 log.warning("guild %s: playback error: %s", self.guild_id, error)
             loop.call_soon_threadsafe(done.set)
 
-        # ffmpeg reads the WAV from a pipe: no temp file to clean up.
-        vc.play(discord.FFmpegPCMAudio(io.BytesIO(audio), pipe=True), after=after)
+        # ffmpeg reads the WAV from a pipe: no temp file to clean up. "-loglevel error" overrides
+        # discord.py's "warning": ffmpeg's stderr is the bot's, and its notes about guessed channel
+        # layouts would land in the terminal (the sandbox chat) for every answer spoken.
+        vc.play(discord.FFmpegPCMAudio(io.BytesIO(audio), pipe=True, options="-loglevel error"), after=after)
         await done.wait()
 
     def close(self) -> None:
@@ -169,9 +171,11 @@ class Voice(commands.Cog):
             return
         channel = voice.channel
         perms = channel.permissions_for(ctx.guild.me)
-        missing = [name for name, ok in (("Connect", perms.connect), ("Speak", perms.speak)) if not ok]
+        # Without Connect, Discord (and discord.py) clears every other voice permission too, so
+        # naming Speak as well would send an admin to fix a setting that is not the problem.
+        missing = "Connect" if not perms.connect else "Speak" if not perms.speak else None
         if missing:
-            await ctx.send(f"I need the **{' and '.join(missing)}** permission in {channel.mention}.")
+            await ctx.send(f"I need the **{missing}** permission in {channel.mention}.")
             return
         vc = ctx.guild.voice_client
         if vc is not None and vc.is_connected():
@@ -236,7 +240,7 @@ class Voice(commands.Cog):
     async def _leave_when_idle(self, guild: discord.Guild) -> None:
         await asyncio.sleep(self.bot.settings.voice_idle_seconds)
         if guild.voice_client is not None:
-            log.info("guild %s: voice channel empty for %.0fs; leaving", guild.id, self.bot.settings.voice_idle_seconds)
+            log.info("guild %s: voice channel empty for %gs; leaving", guild.id, self.bot.settings.voice_idle_seconds)
             self.idle_timers.pop(guild.id, None)
             await self._disconnect(guild)
 

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import mimetypes
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -50,7 +51,10 @@ class TerminalChat:
         self._last_activity = asyncio.get_running_loop().time()
         self._activity = asyncio.Event()
         self.posted = False  # did the last input line post a message?
+        self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
+        if sandbox.voice_server is not None:
+            sandbox.voice_server.add_listener(self._on_voice)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -62,7 +66,7 @@ class TerminalChat:
         self._activity.set()
         tag = " (edited)" if event == "update" else ""
         reply = f" ↪{msg.reference_id}" if msg.reference_id and event == "create" else ""
-        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {msg.content}")
+        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {self._readable(msg.content)}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
         if event == "create":
@@ -71,6 +75,36 @@ class TerminalChat:
                 path = self.files_dir / f"{msg.id}-{Path(att.filename).name}"
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
+
+    def _readable(self, text: str) -> str:
+        """Channel and user mentions as a Discord client shows them (#general, @member)."""
+        def name(match: re.Match[str]) -> str:
+            ident = int(match.group(2))
+            if match.group(1) == "#" and ident in self.sandbox.channels:
+                return "#" + self.sandbox.channels[ident].name
+            if match.group(1) != "#" and ident in self.sandbox.users:
+                return "@" + self.sandbox.users[ident].name
+            return match.group(0)
+
+        return re.sub(r"<(#|@!?)(\d+)>", name, text)
+
+    def _on_voice(self, event: str) -> None:
+        """Nobody can hear the sandbox's voice channel: say what the bot does there instead."""
+        server = self.sandbox.voice_server
+        assert server is not None
+        name, channel = self.sandbox.bot_user.name, self.sandbox.voice_channel.name
+        if event == "connected":
+            self.say(f"* {name} connected to voice channel {channel}")
+        elif event == "disconnected":
+            self.say(f"* {name} disconnected from voice channel {channel}")
+        elif event == "speaking":
+            self._frames_at_start = server.audio_frames
+            self.say(f"* {name} is speaking in {channel}")
+        elif event == "silent":
+            from sandbox.voice import FRAME_SECONDS
+
+            seconds = (server.audio_frames - self._frames_at_start) * FRAME_SECONDS
+            self.say(f"* {name} stopped speaking ({seconds:.1f} s of audio)")
 
     async def settle(self) -> None:
         """Wait until the bot has answered and gone quiet, or stayed silent for ``silence`` s."""
@@ -169,7 +203,8 @@ class TerminalChat:
                 return True
             joining = args[0] == "join"
             await sb.set_voice(self.user, sb.voice_channel if joining else None)
-            self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {sb.voice_channel.name}")
+            self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {sb.voice_channel.name}"
+                     + (f"; then {self.prefix}join brings the bot" if joining and sb.voice_server else ""))
         elif cmd == "/wait":
             try:
                 seconds = float(args[0]) if args else 1.0
@@ -197,11 +232,12 @@ async def chat_main(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir
     """Start the sandbox and the bot, then run the chat until /quit or end of input."""
     from bot import TrainerBot, use_api_base
 
-    sandbox = await Sandbox().start()
+    sandbox = await Sandbox().start(voice=True)
     settings = dataclasses.replace(settings, token=sandbox.bot_token)
     await use_api_base(sandbox.api_base, sandbox.bot_token)
     # The sandbox sends its one guild right after READY: no need to wait 2 s for more.
-    bot = TrainerBot(settings, guild_ready_timeout=0.1)
+    # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.
+    bot = TrainerBot(settings, guild_ready_timeout=0.1, **sandbox.bot_kwargs())
     runner = asyncio.create_task(bot.start(sandbox.bot_token), name="bot")
     interactive = stdin.isatty()
     try:
@@ -215,6 +251,9 @@ async def chat_main(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir
         chat = TerminalChat(sandbox, out=out, files_dir=files_dir, prefix=settings.prefix, silence=silence)
         chat.say(f"Sandbox chat with the trainer bot in #{sandbox.text_channel.name}. "
                  f"You are {chat.user.name}. /help lists chat commands; try {settings.prefix}hi")
+        if sandbox.voice_unavailable:
+            chat.say(f"* Voice channels are off in this sandbox: {sandbox.voice_unavailable}. "
+                     f"Everything else works; {settings.prefix}join will not connect.")
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         reader = asyncio.create_task(_read_lines(stdin, queue))
         try:

@@ -16,12 +16,17 @@ import itertools
 import json
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import aiohttp
 from aiohttp import WSMsgType, web
+
+if TYPE_CHECKING:
+    from sandbox.voice import VoiceServer
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +154,8 @@ class Channel:
     guild_id: int | None
     position: int = 0
     recipient: User | None = None
+    # Discord's permission overwrites: {"id": role/user id, "type": 0 role | 1 member, "allow", "deny"}.
+    overwrites: list[dict[str, Any]] = field(default_factory=list)
 
     def payload(self) -> dict[str, Any]:
         if self.type == 1:
@@ -156,7 +163,10 @@ class Channel:
                     "recipients": [self.recipient.payload()] if self.recipient else []}
         data: dict[str, Any] = {
             "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id), "name": self.name,
-            "position": self.position, "permission_overwrites": [], "nsfw": False, "parent_id": None,
+            "position": self.position, "permission_overwrites": [
+                {"id": str(o["id"]), "type": o.get("type", 0), "allow": str(o.get("allow", 0)),
+                 "deny": str(o.get("deny", 0))} for o in self.overwrites
+            ], "nsfw": False, "parent_id": None,
         }
         if self.type == 0:
             data.update(topic=None, last_message_id=None, rate_limit_per_user=0)
@@ -211,9 +221,13 @@ class Sandbox:
         self.voice_states: dict[int, int] = {}  # user id -> voice channel id
         self.bot_voice_requests: list[dict[str, Any]] = []
         self.typing: list[int] = []  # channel ids of the bot's typing indicators, in order
-        # A loopback voice server (tests) can take over the bot's voice connection.
+        self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
+        # The loopback voice server (opt-in: start(voice=True) or enable_voice()) takes the bot's
+        # voice connection; without it the endpoint points at this HTTP server and joining fails.
         self.voice_endpoint: str | None = None
         self.voice_token: str = secrets.token_hex(8)
+        self.voice_server: VoiceServer | None = None
+        self.voice_unavailable: str | None = None  # why enable_voice() could not start it
         self._listeners: list[Callable[[str, Message], None]] = []
         self._cond = asyncio.Condition()
 
@@ -240,8 +254,12 @@ class Sandbox:
         self.users[user.id] = user
         return user
 
-    def add_channel(self, name: str, type_: int, guild_id: int | None = None) -> Channel:
-        channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels))
+    def add_channel(self, name: str, type_: int, guild_id: int | None = None, *,
+                    overwrites: list[dict[str, Any]] | None = None) -> Channel:
+        """A channel (0 text, 2 voice); ``overwrites`` as Discord's, e.g. ``[{"id": sandbox.guild_id,
+        "deny": CONNECT}]`` locks it for @everyone. Add channels before the bot logs in."""
+        channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels),
+                          overwrites=list(overwrites or []))
         self.channels[channel.id] = channel
         return channel
 
@@ -688,6 +706,7 @@ class Sandbox:
 
     async def _cdn(self, request: web.Request) -> web.Response:
         att_id = int(request.match_info["attachment_id"])
+        self.downloads.append(att_id)
         for msg in self.messages.values():
             for att in msg.attachments:
                 if att.id == att_id:
@@ -718,7 +737,41 @@ class Sandbox:
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "Sandbox":
+    async def enable_voice(self) -> bool:
+        """Start the loopback voice server and route the bot's voice there; False (reason in
+        :attr:`voice_unavailable`) when it cannot run here, e.g. without openssl."""
+        if self.voice_server is not None:
+            return True
+        from sandbox.voice import VoiceServer, VoiceUnavailable
+
+        server = VoiceServer(self.host)
+        try:
+            endpoint = await server.start()
+        except VoiceUnavailable as exc:
+            await server.close()
+            self.voice_unavailable = str(exc)
+            log.warning("sandbox: voice channels unavailable: %s", exc)
+            return False
+        self.voice_server = server
+        self.voice_endpoint = endpoint
+        self.voice_token = server.token
+        self.voice_unavailable = None
+        return True
+
+    @property
+    def voice_ssl_context(self) -> ssl.SSLContext | None:
+        """An SSL context trusting the voice server's self-signed certificate (None without voice)."""
+        return self.voice_server.client_ssl_context() if self.voice_server is not None else None
+
+    def bot_kwargs(self) -> dict[str, Any]:
+        """Extra ``commands.Bot`` arguments for a bot logging in here: trust the voice server.
+
+        Call it inside the running event loop (it makes an aiohttp connector)."""
+        ctx = self.voice_ssl_context
+        return {"connector": aiohttp.TCPConnector(ssl=ctx)} if ctx is not None else {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, voice: bool = False) -> "Sandbox":
+        """Listen on ``host:port`` (0: any free port); ``voice=True`` also runs the voice server."""
         self.host = host
         self._runner = web.AppRunner(self.make_app(), access_log=None)
         await self._runner.setup()
@@ -729,6 +782,8 @@ class Sandbox:
             for att in msg.attachments:
                 att.url = f"{self.base_url}/attachments/{msg.channel_id}/{att.id}/{att.filename}"
         log.info("sandbox listening on %s", self.base_url)
+        if voice:
+            await self.enable_voice()
         return self
 
     async def close(self) -> None:
@@ -738,3 +793,6 @@ class Sandbox:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.voice_server is not None:
+            await self.voice_server.close()
+            self.voice_server = None

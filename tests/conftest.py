@@ -127,12 +127,14 @@ class BotHarness:
         assert not said, f"expected silence, bot said: {[m.content for m in said]}"
 
 
-async def start_bot(sandbox: Sandbox, settings: Settings) -> Any:
+async def start_bot(sandbox: Sandbox, settings: Settings, **bot_kwargs: Any) -> Any:
+    """Start the real bot against ``sandbox``; ``bot_kwargs`` go to ``commands.Bot`` (by default it
+    trusts the sandbox's voice server when that runs, as ``sandbox.bot_kwargs()`` says)."""
     from bot import TrainerBot, use_api_base
 
     settings = dataclasses.replace(settings, token=sandbox.bot_token)
     await use_api_base(sandbox.api_base, sandbox.bot_token)
-    bot = TrainerBot(settings, guild_ready_timeout=0.1)
+    bot = TrainerBot(settings, **{"guild_ready_timeout": 0.1, **sandbox.bot_kwargs(), **bot_kwargs})
     bot._test_runner = asyncio.create_task(bot.start(sandbox.bot_token))
     ready = asyncio.create_task(bot.wait_until_ready())
     done, _ = await asyncio.wait({ready, bot._test_runner}, timeout=20, return_when=asyncio.FIRST_COMPLETED)

@@ -20,7 +20,8 @@ import discord
 import pytest
 from discord.gateway import DiscordVoiceWebSocket
 from discord.http import HTTPClient
-from fakes.voice_server import MODE, OPUS_SILENCE, VoiceServer
+
+from sandbox.voice import MODE, OPUS_SILENCE, VoiceServer
 
 
 class StubState:

@@ -1,14 +1,14 @@
-"""A loopback Discord voice server for discord.py 2.7.1 tests (voice websocket + UDP media).
+"""The sandbox's loopback Discord voice server for discord.py 2.7.1 (voice websocket + UDP media).
 
 discord.py always connects to ``wss://{endpoint}/?v=8``, so the server speaks TLS with a
 self-signed certificate made at start (``openssl`` CLI: the ``cryptography`` package is not
-installed here). The bot trusts it through its own aiohttp connector::
+installed here; without openssl :meth:`VoiceServer.start` raises :class:`VoiceUnavailable`).
+The sandbox starts it on request and the bot trusts it through its own aiohttp connector::
 
-    server = VoiceServer()
-    endpoint = await server.start()                      # "127.0.0.1:PORT"
-    bot = Bot(..., connector=aiohttp.TCPConnector(limit=0, ssl=server.client_ssl_context()))
+    sandbox = await Sandbox().start(voice=True)          # or: await sandbox.enable_voice()
+    bot = TrainerBot(settings, **sandbox.bot_kwargs())   # connector=TCPConnector(ssl=<trusts the cert>)
     # the sandbox gateway answers op 4 with VOICE_STATE_UPDATE (session_id) and
-    # VOICE_SERVER_UPDATE {"token": server.token, "guild_id": ..., "endpoint": endpoint}
+    # VOICE_SERVER_UPDATE {"token": server.token, "guild_id": ..., "endpoint": server.endpoint}
 
 Flow served: HELLO on connect → IDENTIFY (token checked, else close 4004) → READY {ssrc, ip,
 port, modes} → UDP IP discovery (74-byte packets) → SELECT_PROTOCOL → SESSION_DESCRIPTION {mode,
@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 import ssl
 import struct
 import subprocess
@@ -39,17 +40,32 @@ from aiohttp import WSMsgType, web
 log = logging.getLogger(__name__)
 
 MODE = "aead_xchacha20_poly1305_rtpsize"
+OPENSSL = "openssl"  # binary name; tests monkeypatch it to simulate a machine without openssl
+FRAME_SECONDS = 0.02  # discord.py sends one 20 ms Opus frame per packet
 OPUS_SILENCE = b"\xf8\xff\xfe"
 
 
+class VoiceUnavailable(RuntimeError):
+    """The voice server cannot run here (no ``openssl`` to make its certificate)."""
+
+
 def _self_signed(folder: Path) -> tuple[Path, Path]:
+    openssl = shutil.which(OPENSSL)
+    if openssl is None:
+        raise VoiceUnavailable("openssl is not installed (apt-get install openssl)")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
-    )
+    try:
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=30,
+        )
+    except subprocess.CalledProcessError as exc:  # e.g. an openssl too old for -addext
+        detail = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
+        raise VoiceUnavailable(f"openssl could not make a certificate ({detail[0] if detail else exc})") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VoiceUnavailable(f"openssl could not make a certificate ({exc})") from None
     return cert, key
 
 
@@ -88,7 +104,12 @@ class VoiceServer:
         self.discovered: list[tuple[str, int]] = []
         self.identify: dict[str, Any] | None = None
         self.selected: dict[str, Any] | None = None
-        self.speaking: list[dict[str, Any]] = []
+        self.speaking: list[dict[str, Any]] = []  # every SPEAKING payload, in order
+        self.speaking_starts = 0  # SPEAKING with a non-zero flag after a zero one (or first)
+        self.speaking_stops = 0
+        self._speaking_now = False
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._listeners: list[Callable[[str], None]] = []
         self.connections = 0
         self.errors: list[str] = []
         self._cert_pem = ""
@@ -98,6 +119,11 @@ class VoiceServer:
         self.port = 0
         self.endpoint = ""
         self._changed: asyncio.Event | None = None
+
+    @property
+    def connected(self) -> int:
+        """Voice websockets open right now."""
+        return len(self._sockets)
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """An SSL context that trusts this server's certificate (give it to the bot's connector)."""
@@ -125,6 +151,14 @@ class VoiceServer:
         self.endpoint = f"{self.host}:{self.port}"
         return self.endpoint
 
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        """``callback(event)`` for "connected", "speaking", "silent" and "disconnected" (the terminal chat)."""
+        self._listeners.append(callback)
+
+    def _event(self, event: str) -> None:
+        for callback in list(self._listeners):
+            callback(event)
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -138,6 +172,8 @@ class VoiceServer:
                 await self._changed.wait()
 
     async def close(self) -> None:
+        for ws in list(self._sockets):  # aiohttp would wait for open websockets on cleanup
+            await ws.close(code=1001)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -149,6 +185,20 @@ class VoiceServer:
         ws = web.WebSocketResponse(compress=True)
         await ws.prepare(request)
         self.connections += 1
+        self._sockets.add(ws)
+        self._event("connected")
+        try:
+            return await self._serve(ws)
+        finally:
+            self._sockets.discard(ws)
+            if self._speaking_now:
+                self._speaking_now = False
+                self.speaking_stops += 1
+                self._event("silent")
+            self._event("disconnected")
+            self._notify()
+
+    async def _serve(self, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         seq = 0
 
         async def send(op: int, d: Any) -> None:
@@ -181,13 +231,21 @@ class VoiceServer:
                 await send(6, {"t": d.get("t") if isinstance(d, dict) else d})
             elif op == 5:  # SPEAKING
                 self.speaking.append(d)
+                now = bool(d.get("speaking"))
+                if now and not self._speaking_now:
+                    self.speaking_starts += 1
+                    self._speaking_now = now
+                    self._event("speaking")
+                elif self._speaking_now and not now:
+                    self.speaking_stops += 1
+                    self._speaking_now = now
+                    self._event("silent")
             elif op == 7:  # RESUME
                 if d.get("token") != self.token:
                     await ws.close(code=4006, message=b"Session no longer valid")
                     break
                 await send(9, None)  # RESUMED
             self._notify()
-        self._notify()
         return ws
 
     def _rtp(self, packet: bytes) -> None:
