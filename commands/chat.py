@@ -13,6 +13,7 @@ import discord
 from discord.ext import commands
 
 import records
+from audio import is_audio
 from errors import TrainerError
 from storage import GuildSpace
 from textsplit import split_message
@@ -22,16 +23,11 @@ log = logging.getLogger(__name__)
 DM_GUILD_TTL = 600.0  # seconds a DM author's server is remembered
 MAX_DM_LOOKUPS = 25  # servers asked about a DM author before giving up
 HISTORY_TURNS = 4  # previous (prompt, answer) turns given to the model as context
-AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".webm", ".flac", ".aac")
 
 
 def has_audio(message: discord.Message) -> bool:
-    """Voice messages and audio files are the voice cog's to answer."""
-    return any(
-        a.is_voice_message() or (a.content_type or "").startswith("audio/")
-        or a.filename.lower().endswith(AUDIO_EXTENSIONS)
-        for a in message.attachments
-    )
+    """A voice message or an audio file: transcribed first, by the voice cog."""
+    return any(a.is_voice_message() or is_audio(a.content_type, a.filename) for a in message.attachments)
 
 
 class Chat(commands.Cog):
@@ -80,7 +76,14 @@ class Chat(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.content.startswith(self.bot.settings.prefix):
             return  # bots are never answered; prefixed messages are commands (or another bot's)
-        if has_audio(message) or not self.wants_answer(message):
+        if not self.wants_answer(message):
+            return
+        if has_audio(message):
+            # One listener for every message (a task per listener per message adds up): audio goes on
+            # to the voice cog from here.
+            voice = self.bot.get_cog("Voice")
+            if voice is not None:
+                await voice.answer_audio(message, self)
             return
         ctx = await self.bot.get_context(message)
         if ctx.prefix is not None and (ctx.prefix == self.bot.settings.prefix or ctx.command is not None):

@@ -103,13 +103,10 @@ class Voice(commands.Cog):
         await self.pipeline.close()
 
     # ----------------------------------------------------------------- audio in
-    @commands.Cog.listener()
-    async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot:
-            return
+    async def answer_audio(self, message: discord.Message, chat: Any) -> None:
+        """Transcribe a message's audio and answer it through the chat cog (called by Chat.on_message)."""
         att = audio_attachment(message)
-        chat = self.bot.get_cog("Chat")
-        if att is None or chat is None or not chat.wants_answer(message):
+        if att is None:
             return
         limit = self.bot.settings.audio_max_bytes
         if att.size > limit:
