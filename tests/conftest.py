@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 
 from config import Settings  # noqa: E402
 from sandbox.server import Message, Sandbox, User  # noqa: E402
+from tests.fakes import close_tracked_clients  # noqa: E402
 
 
 class ErrorLog(logging.Handler):
@@ -60,6 +61,27 @@ def error_log() -> Any:
     root.removeHandler(handler)
     if handler.records:
         pytest.fail("errors were logged:\n" + handler.describe())
+
+
+@pytest.fixture(scope="module")
+def worker_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private TMPDIR for audio worker processes (spawned after it is set, they inherit it), so a
+    test can check that no temp file is left behind."""
+    tmp = tmp_path_factory.mktemp("worker-tmp")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)
+    yield tmp
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+
+
+@pytest.fixture(autouse=True)
+async def _close_injected_clients() -> AsyncIterator[None]:
+    """Clients that tests inject into the code under test (which does not own them) are closed here."""
+    yield
+    await close_tracked_clients()
 
 
 @pytest.fixture

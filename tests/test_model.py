@@ -13,7 +13,7 @@ from backends.openai_backend import MISSING_KEY
 from config import Settings
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
-from tests.fakes import FAQ, FakeReport, compiled
+from tests.fakes import FAQ, FakeReport, compiled, track_client
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-fake-key-123456"
@@ -106,24 +106,8 @@ async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> No
                                   "model": "local-v1"}]
 
 
-_clients: list[openai.AsyncOpenAI] = []
-
-
-def _track(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    """Clients made here are injected (the code under test does not own them): close them here."""
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
 def openai_model(tmp_path: Path, fake: FakeOpenAI, **kw) -> Model:
-    client = _track(openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
+    client = track_client(openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
                                 _strict_response_validation=True))
     return Model(settings(tmp_path, "openai", openai_api_key=KEY, openai_base_url=fake.base_url, **kw),
                  openai_client=client)

@@ -11,7 +11,7 @@ from backends.openai_backend import MISSING_KEY, OpenAIBackend, parse_result_csv
 from config import Settings
 from errors import BackendError, InvalidInput
 from storage import GuildSpace
-from tests.fakes import FAQ, compiled, dpo_line
+from tests.fakes import FAQ, compiled, dpo_line, track_client
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-fake-key-123456"
@@ -22,25 +22,9 @@ def space(tmp_path: Path) -> GuildSpace:
     return GuildSpace(42, tmp_path / "data", tmp_path / "corrections").ensure()
 
 
-_clients: list[openai.AsyncOpenAI] = []
-
-
-def _track(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-async def _close_clients():
-    """Clients made here are injected (the code under test does not own them): close them here."""
-    yield
-    while _clients:
-        await _clients.pop().close()
-
-
 def make_backend(fake: FakeOpenAI, *, max_retries: int = 2, timeout: float = 5.0, key: str = KEY) -> OpenAIBackend:
     settings = Settings(openai_api_key=key, openai_base_url=fake.base_url, model_backend="openai")
-    client = _track(openai.AsyncOpenAI(api_key=key, base_url=fake.base_url, max_retries=max_retries, timeout=timeout,
+    client = track_client(openai.AsyncOpenAI(api_key=key, base_url=fake.base_url, max_retries=max_retries, timeout=timeout,
                                 _strict_response_validation=True))
     return OpenAIBackend(settings, client=client, max_retries=max_retries, timeout=timeout)
 

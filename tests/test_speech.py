@@ -34,20 +34,7 @@ SUBSET_WER_BOUND = 0.30  # measured 8.3% in every format over sentences 3-5
 
 
 @pytest.fixture(scope="module")
-def tmpdir_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private TMPDIR the worker processes inherit (they are spawned after this is set)."""
-    tmp = tmp_path_factory.mktemp("worker-tmp")
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp)
-    yield tmp
-    if old is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = old
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmpdir_env: Path) -> Iterator[AudioPipeline]:
+def pipeline(worker_tmpdir: Path) -> Iterator[AudioPipeline]:
     pipe = AudioPipeline(Settings(audio_workers=2, audio_queue=16, audio_max_seconds=20.0))
     yield pipe
     asyncio.run(pipe.close())
@@ -75,7 +62,7 @@ def corpus_wer(refs: tuple[str, ...], hyps: list[str]) -> float:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fmt", list(samples.FORMATS))
 async def test_recognises_speech_in_every_format(
-    pipeline: AudioPipeline, corpus: dict[str, list[Path]], tmpdir_env: Path, fmt: str
+    pipeline: AudioPipeline, corpus: dict[str, list[Path]], worker_tmpdir: Path, fmt: str
 ) -> None:
     files, refs, bound = corpus[fmt], samples.SENTENCES, OGG_WER_BOUND
     if fmt != "ogg":
@@ -85,13 +72,13 @@ async def test_recognises_speech_in_every_format(
     rate = corpus_wer(refs, [r.text for r in results])
     assert rate < bound, f"{fmt}: WER {rate:.0%}: {[r.text for r in results]}"
     assert all(1.0 < r.duration < 5.0 and r.seconds_taken > 0 for r in results)
-    assert leftovers(tmpdir_env) == []
+    assert leftovers(worker_tmpdir) == []
     assert pipeline.active == 0
 
 
 @pytest.mark.asyncio
 async def test_bad_audio_through_the_pool_gives_one_clear_error_each(
-    pipeline: AudioPipeline, corpus: dict[str, list[Path]], tmpdir_env: Path, tmp_path: Path
+    pipeline: AudioPipeline, corpus: dict[str, list[Path]], worker_tmpdir: Path, tmp_path: Path
 ) -> None:
     ogg = corpus["ogg"][0].read_bytes()
     long_clip = samples.speak(" ".join(samples.SENTENCES * 2), tmp_path, "ogg", name="long")
@@ -108,7 +95,7 @@ async def test_bad_audio_through_the_pool_gives_one_clear_error_each(
             await pipeline.transcribe(data, filename)
         assert text in str(info.value), name
         assert "\n" not in str(info.value)
-    assert leftovers(tmpdir_env) == []
+    assert leftovers(worker_tmpdir) == []
     # the pool is still healthy afterwards
     ok = await pipeline.transcribe(ogg, "voice-message.ogg")
     assert samples.wer(samples.SENTENCES[0], ok.text) < 0.8
@@ -137,7 +124,7 @@ async def test_loop_is_not_blocked_while_recognising(pipeline: AudioPipeline, tm
 
 
 @pytest.mark.asyncio
-async def test_full_queue_says_busy_at_once(tmpdir_env: Path, corpus: dict[str, list[Path]]) -> None:
+async def test_full_queue_says_busy_at_once(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
     pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
@@ -161,7 +148,7 @@ async def test_full_queue_says_busy_at_once(tmpdir_env: Path, corpus: dict[str, 
 
 
 @pytest.mark.asyncio
-async def test_slot_is_freed_when_the_caller_gives_up(tmpdir_env: Path, corpus: dict[str, list[Path]]) -> None:
+async def test_slot_is_freed_when_the_caller_gives_up(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
     pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
@@ -260,7 +247,7 @@ async def test_openai_recognizer_errors() -> None:
 
 @pytest.mark.asyncio
 async def test_openai_pipeline_validates_locally_before_calling_the_api(
-    tmpdir_env: Path, corpus: dict[str, list[Path]]
+    worker_tmpdir: Path, corpus: dict[str, list[Path]]
 ) -> None:
     calls: list[dict] = []
 
@@ -293,7 +280,7 @@ def test_openai_backend_without_key_or_client_is_a_config_error() -> None:
 
 @pytest.mark.asyncio
 async def test_a_killed_worker_is_one_clear_error_and_the_pool_recovers(
-    tmpdir_env: Path, corpus: dict[str, list[Path]], tmp_path: Path
+    worker_tmpdir: Path, corpus: dict[str, list[Path]], tmp_path: Path
 ) -> None:
     import signal
 

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import audio_samples as samples
 import pytest
@@ -27,19 +27,6 @@ from storage import GuildSpace
 CTYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "m4a": "audio/mp4", "wav": "audio/wav"}
 # The local model answers with the closest example it was trained on: one answer per sentence.
 TRAINED = {s: f"Answer number {i}." for i, s in enumerate(samples.SENTENCES, 1)}
-
-
-@pytest.fixture(scope="module")
-def worker_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private TMPDIR for the bot's audio workers (spawned processes read it at start)."""
-    tmp = tmp_path_factory.mktemp("worker-tmp")
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp)
-    yield tmp
-    if old is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = old
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def split_reply(text: str) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def voice_bot(sandbox: Sandbox, settings: Settings, error_log, worker_tmp: Path) -> AsyncIterator[Any]:
+async def voice_bot(sandbox: Sandbox, settings: Settings, error_log, worker_tmpdir: Path) -> AsyncIterator[Any]:
     """``await voice_bot(**settings_changes)`` starts the bot with those settings; stopped at the end."""
     bots = []
 
@@ -102,7 +89,7 @@ async def voice_bot(sandbox: Sandbox, settings: Settings, error_log, worker_tmp:
     yield start
     for bot in bots:
         await stop_bot(bot)
-    assert leftovers(worker_tmp) == [], "temp files left behind"
+    assert leftovers(worker_tmpdir) == [], "temp files left behind"
 
 
 async def test_voice_messages_and_audio_files_are_answered_and_recorded(voice_bot, clips) -> None:

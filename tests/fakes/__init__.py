@@ -72,3 +72,19 @@ def compiled(faq: list[tuple[str, str]] | None = None, *, labelled: list[tuple[s
     return FakeCompiled(lines, preference or [], labelled or [],
                         FakeReport(n_examples=len(lines), est_tokens=40 * len(lines), epochs=3,
                                    billed_tokens=120 * len(lines)))
+
+
+# Clients a test injects into the code under test are not closed by that code (it does not own them):
+# tests register them here and conftest closes them after each test.
+_tracked_clients: list[Any] = []
+
+
+def track_client(client: Any) -> Any:
+    """Register an injected client (anything with an async close()) to be closed after the test."""
+    _tracked_clients.append(client)
+    return client
+
+
+async def close_tracked_clients() -> None:
+    while _tracked_clients:
+        await _tracked_clients.pop().close()
