@@ -12,6 +12,7 @@ import difflib
 import logging
 import pkgutil
 import secrets
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -266,6 +267,11 @@ async def run_bot(settings: Settings) -> None:
     if settings.api_base:
         await use_api_base(settings.api_base, settings.token)
     async with TrainerBot(settings) as bot:
+        # SIGTERM (systemd, docker stop) closes the bot like Ctrl-C does: cogs unload, the speech
+        # workers and the OpenAI client shut down, nothing is left running.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
         await bot.start(settings.token)
 
 

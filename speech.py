@@ -142,8 +142,17 @@ class OpenAIRecognizer:
 _worker_recognizers: dict[str, SphinxRecognizer] = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    # A pool worker outlives a bot killed with SIGKILL (it waits on its queue forever): leave with it.
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def _worker_init(language: str | None) -> None:
     """Runs once in each worker process: load the decoder before the first job arrives."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
     if language:
         _worker_recognizer(language).warm_up()
 

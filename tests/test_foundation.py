@@ -294,3 +294,26 @@ async def test_bot_starts_without_a_broken_cog(sandbox, settings, error_log, tmp
     finally:
         await stop_bot(bot)
         await asyncio.sleep(0)
+
+
+async def test_prod_bot_runs_against_a_discord_compatible_server(sandbox, tmp_path: Path) -> None:
+    """`python bot.py` with a token and DISCORD_API_BASE: REST there, gateway from its /gateway/bot."""
+    env = subprocess_env(tmp_path, MODE="prod", DISCORD_TOKEN=sandbox.bot_token, DISCORD_API_BASE=sandbox.base_url)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "bot.py", cwd=ROOT, env=env,
+                                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            if sandbox.identify_count:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # GUILD_CREATE handled, on_ready
+        h = BotHarness(sandbox, None)
+        assert "Hi member!" in await h.ask("!hi", timeout=30)
+    finally:
+        proc.terminate()  # a clean stop: speech workers and all must go, or stdout never closes
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    log_text = out.decode()
+    assert "has connected to Gateway" in log_text and " DEBUG " not in log_text  # prod logs at INFO
+    assert sandbox.bot_token not in log_text

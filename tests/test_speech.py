@@ -299,3 +299,47 @@ async def test_a_killed_worker_is_one_clear_error_and_the_pool_recovers(
         assert samples.wer(samples.SENTENCES[2], result.text) < 0.5
     finally:
         await pipe.close()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper does not count)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
+    """SIGKILL gives the bot no chance to stop its pool: the workers must notice and exit by themselves."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (
+        "import asyncio, time\n"
+        "from config import Settings\n"
+        "from speech import AudioPipeline\n"
+        "async def main():\n"
+        "    p = AudioPipeline(Settings())\n"
+        "    await p.warm_up()\n"
+        "    print(' '.join(str(pid) for pid in p._executor._processes), flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    (tmp_path / "pool_victim.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "pool_victim.py")], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "speech workers outlived the killed bot"
