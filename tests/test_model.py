@@ -11,9 +11,10 @@ import datasets
 import records
 from backends.openai_backend import MISSING_KEY
 from config import Settings
+from datasets import Issue
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
-from tests.fakes import FAQ, FakeReport, compiled, track_client
+from tests.fakes import FAQ, compiled, report, track_client
 from tests.fakes.openai_server import FakeOpenAI
 
 KEY = "sk-test-fake-key-123456"
@@ -82,7 +83,8 @@ async def test_local_train_poll_answer_and_rollback(tmp_path: Path, fake_data: d
 @pytest.mark.asyncio
 async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) -> None:
     fake_data["compiled"] = compiled()
-    fake_data["compiled"].report = FakeReport(errors=["line 3: missing assistant message"])
+    fake_data["compiled"].report = report(errors=[Issue(3, "example_missing_assistant_message",
+                                                        "line 3: missing assistant message")])
     model = Model(settings(tmp_path))
     with pytest.raises(InvalidInput, match="missing assistant message"):
         await model.train(GUILD, started_by="a", channel_id=1)

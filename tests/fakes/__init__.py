@@ -1,10 +1,11 @@
-"""Test doubles: a fake OpenAI server and stand-ins for the dataset compiler's output."""
+"""Test doubles: a fake OpenAI server, sample data and compiled datasets made without the compiler."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
+
+from datasets import CheckReport, Compiled
 
 log = logging.getLogger(__name__)
 
@@ -35,43 +36,20 @@ def dpo_line(user: str, good: str, bad: str) -> dict[str, Any]:
             "non_preferred_output": [{"role": "assistant", "content": bad}]}
 
 
-@dataclass
-class FakeReport:
-    """Shaped like datasets.CheckReport (the fields Model and the backends read)."""
-
-    errors: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-    n_examples: int = 0
-    est_tokens: int = 0
-    max_tokens: int = 0
-    epochs: int = 3
-    billed_tokens: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def format(self, limit: int = 10) -> str:
-        return "\n".join(str(e) for e in self.errors[:limit]) or "ok"
-
-
-@dataclass
-class FakeCompiled:
-    """Shaped like datasets.Compiled."""
-
-    supervised: list = field(default_factory=list)
-    preference: list = field(default_factory=list)
-    labelled: list = field(default_factory=list)
-    report: FakeReport = field(default_factory=FakeReport)
+def report(**fields: Any) -> CheckReport:
+    """A dataset check report with the given fields (the rest empty)."""
+    base: dict[str, Any] = {"errors": [], "warnings": [], "n_examples": 0, "est_tokens": 0, "max_tokens": 0,
+                            "epochs": 3, "billed_tokens": 0}
+    return CheckReport(**{**base, **fields})
 
 
 def compiled(faq: list[tuple[str, str]] | None = None, *, labelled: list[tuple[str, str]] | None = None,
-             preference: list[dict] | None = None) -> FakeCompiled:
+             preference: list[dict] | None = None) -> Compiled:
     faq = FAQ if faq is None else faq
     lines = [chat_line(u, a) for u, a in faq]
-    return FakeCompiled(lines, preference or [], labelled or [],
-                        FakeReport(n_examples=len(lines), est_tokens=40 * len(lines), epochs=3,
-                                   billed_tokens=120 * len(lines)))
+    return Compiled(lines, preference or [], labelled or [],
+                    report(n_examples=len(lines), est_tokens=40 * len(lines), epochs=3,
+                           billed_tokens=120 * len(lines)))
 
 
 # Clients a test injects into the code under test are not closed by that code (it does not own them):
