@@ -50,7 +50,7 @@ from typing import Any, TextIO
 import archiver
 import records
 from errors import InvalidInput, NotFound, PathRefused
-from storage import GuildSpace, atomic_open, atomic_write_json, read_json
+from storage import GuildSpace, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -955,30 +955,20 @@ def ingest_path(space: GuildSpace, user_path: str, *, positive: bool = True, aut
 
 # --- the guild's current dataset ------------------------------------------------------------
 
-_state_lock = threading.Lock()
-
-
 def read_state(space: GuildSpace) -> dict[str, Any]:
     """The guild's state.json (empty dict when missing or unreadable)."""
-    try:
-        state = read_json(space.state_file, {})
-    except ValueError:
-        log.warning("%s is damaged; using defaults", space.state_file)
-        return {}
-    return state if isinstance(state, dict) else {}
+    return space.read_state()
 
 
 def update_state(space: GuildSpace, **changes: Any) -> dict[str, Any]:
     """Read-modify-write state.json atomically (a key set to None is removed)."""
-    with _state_lock:
-        state = read_state(space)
+    with space.edit_state() as state:
         for key, value in changes.items():
             if value is None:
                 state.pop(key, None)
             else:
                 state[key] = value
-        atomic_write_json(space.state_file, state)
-        return state
+    return state
 
 
 def current_dataset(space: GuildSpace) -> Path:

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 from typing import Any
 
 from backends.base import TERMINAL
 from errors import InvalidInput, NotFound
-from storage import GuildSpace, append_record, atomic_write_json, read_json, read_records
+from storage import GuildSpace, append_record, read_records
 
 log = logging.getLogger(__name__)
 
 BAR_WIDTH = 14
 KEEP_EVENTS = 5
-_state_lock = threading.Lock()  # read-modify-write of state.json within this process
 
 
 # ---------------------------------------------------------------- job records
@@ -175,16 +173,6 @@ def merge_losses(old: list, new: list) -> list[list[float]]:
 
 # ---------------------------------------------------------------- current model (state.json)
 
-def _shared_state_lock() -> threading.Lock:
-    """datasets.py also rewrites state.json: share its lock so neither update is lost."""
-    try:
-        import datasets
-    except ImportError:
-        return _state_lock
-    lock = getattr(datasets, "_state_lock", None)
-    return lock if lock is not None else _state_lock
-
-
 def _model_state(state: dict[str, Any], backend: str) -> dict[str, Any]:
     models = state.get("model")
     if not isinstance(models, dict):
@@ -199,14 +187,12 @@ def _model_state(state: dict[str, Any], backend: str) -> dict[str, Any]:
 
 def current_model(space: GuildSpace, backend: str) -> str | None:
     """The model this guild answers with on ``backend``, or None (not trained yet)."""
-    state = read_json(space.state_file, {}) or {}
-    return _model_state(state if isinstance(state, dict) else {}, backend)["current"]
+    return _model_state(space.read_state(), backend)["current"]
 
 
 def model_history(space: GuildSpace, backend: str) -> list[str]:
     """Earlier current models, oldest first (``previous`` goes back through these)."""
-    state = read_json(space.state_file, {}) or {}
-    return list(_model_state(state if isinstance(state, dict) else {}, backend)["history"])
+    return list(_model_state(space.read_state(), backend)["history"])
 
 
 def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back: bool = False) -> str | None:
@@ -214,10 +200,7 @@ def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back
 
     Returns the new current model. Other keys of state.json are kept.
     """
-    with _shared_state_lock():
-        state = read_json(space.state_file, {}) or {}
-        if not isinstance(state, dict):
-            state = {}
+    with space.edit_state() as state:
         entry = _model_state(state, backend)
         if back:
             if not entry["history"]:
@@ -231,6 +214,4 @@ def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back
         models = state.get("model") if isinstance(state.get("model"), dict) else {}
         models[backend] = entry
         state["model"] = models
-        space.data.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(space.state_file, state)
-        return entry["current"]
+    return entry["current"]

@@ -32,6 +32,7 @@ DEFAULT_CORRECTIONS_DIR = "corrections"
 # One lock per log file path: appends from worker threads must not interleave.
 _append_locks: dict[str, threading.Lock] = {}
 _append_locks_guard = threading.Lock()
+_state_locks: dict[str, threading.Lock] = {}
 
 
 def data_root() -> Path:
@@ -212,6 +213,29 @@ class GuildSpace:
     @property
     def errors_file(self) -> Path:
         return self.corrections / "test_errors.jsonl"
+
+    def read_state(self) -> dict[str, Any]:
+        """The guild's state.json (settings such as the dataset and models); {} when missing or damaged."""
+        try:
+            state = read_json(self.state_file, {})
+        except ValueError:
+            log.warning("%s is damaged; using defaults", self.state_file)
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    @contextmanager
+    def edit_state(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write state.json: the block changes the dict, which is then written atomically.
+
+        One lock per file, so two writers (the dataset and the model code) never lose each other's keys.
+        """
+        key = str(self.state_file)
+        with _append_locks_guard:
+            lock = _state_locks.setdefault(key, threading.Lock())
+        with lock:
+            state = self.read_state()
+            yield state
+            atomic_write_json(self.state_file, state)
 
     def ensure(self) -> "GuildSpace":
         self.data.mkdir(parents=True, exist_ok=True)
