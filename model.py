@@ -85,7 +85,7 @@ class Model:
             raise Busy("A training is being started for this server right now; wait a moment.")
         async with lock:
             space = self.space(guild_id).ensure()
-            for job in jobs.unfinished_jobs(space):
+            for job in await asyncio.to_thread(jobs.unfinished_jobs, space):
                 job = await self.poll_job(guild_id, job["id"])
                 if job["status"] not in TERMINAL:
                     raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
@@ -109,7 +109,7 @@ class Model:
                              "epochs": report.epochs, "billed_tokens": report.billed_tokens},
             })
             record.setdefault("step", 0)
-            jobs.save_job(space, record)
+            await asyncio.to_thread(jobs.save_job, space, record)
             log.info("guild %s: %s started %s job %s", guild_id, started_by, self.backend.name, record["id"])
             return record, report
 
@@ -137,20 +137,24 @@ class Model:
     async def poll_job(self, guild_id: int, job_id: str) -> dict[str, Any]:
         """Refresh a job from its backend and save it; on success the guild switches to the new model."""
         space = self.space(guild_id)
-        job = jobs.get_job(space, job_id)
+        # The jobs log is read and written off the loop: it grows with every status change.
+        job = await asyncio.to_thread(jobs.get_job, space, job_id)
         if job.get("status") in TERMINAL:
             return job
         async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            job = jobs.get_job(space, job["id"])  # fresh: a cancel may have saved it meanwhile
+            job = await asyncio.to_thread(jobs.get_job, space, job["id"])  # fresh: a cancel may have saved it
             if job.get("status") in TERMINAL:
                 return job
             if job.get("backend") != self.backend.name:
                 return job  # another backend's job (MODEL_BACKEND changed): nothing can poll it here
             upd = await self.backend.poll(space, job)
             if self._apply(space, job, upd):
-                self._activate(space, job)
-                jobs.save_job(space, job)
+                await asyncio.to_thread(self._save, space, job)
             return job
+
+    def _save(self, space: GuildSpace, job: dict[str, Any]) -> None:
+        self._activate(space, job)
+        jobs.save_job(space, job)
 
     def _activate(self, space: GuildSpace, job: dict[str, Any]) -> None:
         """A job that just succeeded makes its model the guild's current one."""
@@ -164,17 +168,16 @@ class Model:
         A job that finished before the cancel reached the backend keeps its real outcome.
         """
         space = self.space(guild_id)
-        job = jobs.get_job(space, job_id)
+        job = await asyncio.to_thread(jobs.get_job, space, job_id)
         async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            job = jobs.get_job(space, job["id"])
+            job = await asyncio.to_thread(jobs.get_job, space, job["id"])
             if job.get("status") in TERMINAL:
                 raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
             upd = await self.backend.cancel(space, job)
             self._apply(space, job, upd)
             if job["status"] == "cancelled" and by:
                 job["cancelled_by"] = by
-            self._activate(space, job)
-            jobs.save_job(space, job)
+            await asyncio.to_thread(self._save, space, job)
             return job
 
     def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
