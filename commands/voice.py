@@ -85,10 +85,24 @@ class Voice(commands.Cog):
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
-        self.openai_client = getattr(bot, "openai_client", None)
+        self.openai_client, self._own_client = self._openai_client(bot)
         self.pipeline = AudioPipeline(bot.settings, openai_client=self.openai_client)
         self.speakers: dict[int, Speaker] = {}
         self.idle_timers: dict[int, asyncio.Task[None]] = {}
+
+    @staticmethod
+    def _openai_client(bot: commands.Bot) -> tuple[Any, Any]:
+        """One client for OpenAI speech/transcription: the model's when it has one, else our own."""
+        settings = bot.settings
+        if "openai" not in (settings.speech_backend, settings.tts_backend) or not settings.openai_api_key:
+            return None, None
+        backend = bot.model.backend
+        if backend.name == "openai":
+            return backend.client, None
+        import openai
+
+        client = openai.AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+        return client, client
 
     async def cog_load(self) -> None:
         if not self.bot.settings.dev:
@@ -101,6 +115,8 @@ class Voice(commands.Cog):
         for timer in self.idle_timers.values():
             timer.cancel()
         await self.pipeline.close()
+        if self._own_client is not None:
+            await self._own_client.close()
 
     # ----------------------------------------------------------------- audio in
     async def answer_audio(self, message: discord.Message, chat: Any) -> None:

@@ -220,3 +220,18 @@ async def test_terminal_chat_without_openssl_works_without_voice(settings: Setti
     assert out.count("Voice channels are off in this sandbox: openssl is not installed") == 1
     assert out.count("trainer: Hi member!") == 2
     assert "* member joined voice channel Voice" in out and "then !join" not in out
+
+
+async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> None:
+    """Speech and TTS use the model's OpenAI client, or one of the voice cog's own that it closes."""
+    for backend in ("local", "openai"):
+        s = dataclasses.replace(settings, model_backend=backend, speech_backend="openai", tts_backend="openai",
+                                openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1")
+        bot = await start_bot(sandbox, s)
+        voice = bot.get_cog("Voice")
+        assert voice.openai_client is not None
+        assert (voice._own_client is None) == (backend == "openai")
+        own = voice._own_client
+        await stop_bot(bot)
+        if own is not None:
+            assert own.is_closed()
