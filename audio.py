@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -224,12 +223,3 @@ def loudest_dbfs(pcm: bytes) -> float:
     windows = samples[:usable].reshape(-1, _WINDOW) if usable else samples.reshape(1, -1)
     rms = float(np.sqrt(np.mean(windows * windows, axis=1)).max())
     return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
-
-
-def temp_dir_leftovers() -> list[str]:
-    """Names of this module's temp folders still in the temp dir (for tests and health checks)."""
-    root = tempfile.gettempdir()
-    try:
-        return sorted(n for n in os.listdir(root) if n.startswith("trainer-audio-"))
-    except OSError:
-        return []

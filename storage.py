@@ -159,10 +159,6 @@ def read_records(path: Path) -> ReadResult:
     return ReadResult(records, damaged)
 
 
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    yield from read_records(path).records
-
-
 class GuildSpace:
     """The folders of one guild, and the only way to turn a typed path into a real one."""
 

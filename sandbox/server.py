@@ -269,12 +269,6 @@ class Sandbox:
                 return user
         raise KeyError(name)
 
-    def role_named(self, name: str) -> Role:
-        for role in self.roles.values():
-            if role.name == name:
-                return role
-        raise KeyError(name)
-
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
