@@ -17,19 +17,20 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import datasets
-import jobs
-import records
-from backends.base import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend
+from dataset import check
+from dataset import compile as compiler
+from dataset import corrections as records
 from errors import Busy, InvalidInput, NotFound
-from evaluation import Case, EvalResult, parse_cases, run_cases
 from storage import GuildSpace
+from training import jobs
+from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend
+from training.evaluation import Case, EvalResult, parse_cases, run_cases
 
 if TYPE_CHECKING:
     import openai
 
     from config import Settings
-    from datasets import CheckReport
+    from dataset.check import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ class Model:
         if backend is not None:
             self.backend = backend
         elif settings.model_backend == "openai":
-            from backends.openai_backend import OpenAIBackend
+            from training.openai_api import OpenAIBackend
 
             self.backend = OpenAIBackend(settings, client=openai_client)
         else:
-            from backends.local import LocalBackend
+            from training.local import LocalBackend
 
             self.backend = LocalBackend(prefix=settings.prefix)
         self._train_locks: dict[int, asyncio.Lock] = {}
@@ -92,7 +93,7 @@ class Model:
 
             # OpenAI needs 10 examples; the local backend learns from any number.
             min_examples = 10 if self.backend.name == "openai" else 1
-            compiled = await asyncio.to_thread(datasets.compile_guild, space, min_examples=min_examples)
+            compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=min_examples)
             report = compiled.report
             if method == "dpo" and getattr(compiled, "preference_report", None) is not None:
                 report = compiled.preference_report  # DPO uploads the preference lines, so check those
@@ -276,6 +277,4 @@ class Model:
 
 
 if __name__ == "__main__":
-    import datasets
-
-    sys.exit(datasets.main(sys.argv[1:]))
+    sys.exit(check.main(sys.argv[1:]))

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import unquote
@@ -33,6 +34,11 @@ DEFAULT_CORRECTIONS_DIR = "corrections"
 _append_locks: dict[str, threading.Lock] = {}
 _append_locks_guard = threading.Lock()
 _state_locks: dict[str, threading.Lock] = {}
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2025-11-25T22:12:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def data_root() -> Path:

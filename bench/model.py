@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.local import LocalBackend, load_version, train_version
 from storage import GuildSpace
+from training.local import LocalBackend, load_version, train_version
 
 log = logging.getLogger(__name__)
 

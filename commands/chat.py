@@ -12,9 +12,9 @@ from collections import deque
 import discord
 from discord.ext import commands
 
-import records
-from audio import is_audio
+from dataset import corrections as records
 from errors import TrainerError
+from speech.audio import is_audio
 from storage import GuildSpace
 from textsplit import split_message
 

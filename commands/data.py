@@ -9,10 +9,10 @@ import logging
 import discord
 from discord.ext import commands
 
-import archiver
 import checks
-import datasets
-import records
+from dataset import archive as archiver
+from dataset import corrections as records
+from dataset import folder as dataset_folder
 from errors import InvalidInput, NotFound, TooLarge
 from storage import GuildSpace
 
@@ -138,7 +138,7 @@ class Data(commands.Cog):
         if not folder:
             raise commands.BadArgument("Name the folder to use")
         async with ctx.typing():
-            result = await asyncio.to_thread(datasets.select_dataset, self.space(ctx), folder,
+            result = await asyncio.to_thread(dataset_folder.select_dataset, self.space(ctx), folder,
                                              positive=flags.get("positive", True))
         n = len(result.report.skipped)
         skipped = f" ({n:,} line{'s' * (n != 1)} skipped)" if n else ""

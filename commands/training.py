@@ -12,13 +12,14 @@ import discord
 from discord.ext import commands
 
 import checks
-import datasets
-import jobs
-from backends.base import TERMINAL
 from commands.data import fmt_bytes, split_flags
+from dataset import folder as dataset_folder
+from dataset import formats
 from errors import BackendError, InvalidInput, NotFound, TooLarge, TrainerError
 from storage import GuildSpace
 from textsplit import split_message
+from training import jobs
+from training.backend import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,12 @@ class Training(commands.Cog):
             reports = await self._ingest(ctx, space, text, positive, author)
             if len(reports) == 1 and isinstance(reports[0][1], TrainerError):
                 raise reports[0][1]  # one source that could not be read: its message says it all
-            added = sum(r.added for _, r in reports if isinstance(r, datasets.IngestReport))
+            added = sum(r.added for _, r in reports if isinstance(r, formats.IngestReport))
             lines = []
             for name, r in reports:
-                said = r.summary() if isinstance(r, datasets.IngestReport) else f"not read: {r}"
+                said = r.summary() if isinstance(r, formats.IngestReport) else f"not read: {r}"
                 lines.append(f"**{name}**: {said}" if len(reports) > 1 else said)
-            lines.append(f"Dataset `{await asyncio.to_thread(datasets.dataset_name, space)}`.")
+            lines.append(f"Dataset `{await asyncio.to_thread(dataset_folder.dataset_name, space)}`.")
             if not added:
                 # Nothing new: training again would give the same model.
                 lines.append("Nothing new was added, so I did not start training.")
@@ -104,13 +105,13 @@ class Training(commands.Cog):
         await self._start_job(ctx, method)
 
     async def _ingest(self, ctx: commands.Context, space: GuildSpace, text: str, positive: bool,
-                      author: str) -> list[tuple[str, datasets.IngestReport | TrainerError]]:
+                      author: str) -> list[tuple[str, formats.IngestReport | TrainerError]]:
         """Each attachment, then the inline text or path: its report, or the error that stopped it.
 
         A bad file does not stop the others (their examples are already in the dataset and must be
         reported); the caller shows every outcome.
         """
-        reports: list[tuple[str, datasets.IngestReport | TrainerError]] = []
+        reports: list[tuple[str, formats.IngestReport | TrainerError]] = []
         for att in ctx.message.attachments:
             try:
                 reports.append((att.filename, await self._ingest_attachment(space, att, positive, author)))
@@ -121,13 +122,13 @@ class Training(commands.Cog):
             try:
                 if self._looks_like_path(text, space):
                     try:
-                        report = await asyncio.to_thread(datasets.ingest_path, space, text, positive=positive,
+                        report = await asyncio.to_thread(dataset_folder.ingest_path, space, text, positive=positive,
                                                          author=author)
                     except NotFound as exc:
                         raise NotFound(f"{exc} To add examples written in the message instead, put one per "
                                        f"line: `{ctx.clean_prefix}train question => answer`.") from None
                 else:
-                    report = await asyncio.to_thread(datasets.ingest_text, space, text, positive=positive,
+                    report = await asyncio.to_thread(dataset_folder.ingest_text, space, text, positive=positive,
                                                      author=author)
                 reports.append((name, report))
             except TrainerError as exc:
@@ -136,19 +137,19 @@ class Training(commands.Cog):
 
     @staticmethod
     async def _ingest_attachment(space: GuildSpace, att: discord.Attachment, positive: bool,
-                                 author: str) -> datasets.IngestReport:
+                                 author: str) -> formats.IngestReport:
         if att.size > MAX_DATA_UPLOAD:
             raise TooLarge(f"`{att.filename}` is {fmt_bytes(att.size)}; training files are limited to "
                            f"{fmt_bytes(MAX_DATA_UPLOAD)}.")
-        if not att.filename.lower().endswith(datasets.SUPPORTED):
+        if not att.filename.lower().endswith(formats.SUPPORTED):
             # Refused before the download: no point fetching (and storing) a file we cannot read.
             ext = ("." + att.filename.rsplit(".", 1)[1]) if "." in att.filename else "none"
             raise InvalidInput(f"`{att.filename}`: unsupported file type `{ext}`; "
                                "use .jsonl, .json, .csv or .txt.")
         data = await att.read()
-        path = await asyncio.to_thread(datasets.store_upload, space, att.filename, data)
+        path = await asyncio.to_thread(dataset_folder.store_upload, space, att.filename, data)
         del data
-        return await asyncio.to_thread(datasets.ingest_file, space, path, positive=positive, author=author,
+        return await asyncio.to_thread(dataset_folder.ingest_file, space, path, positive=positive, author=author,
                                        source=att.filename)
 
     @staticmethod

@@ -11,10 +11,10 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-import tts
-from audio import is_audio
 from errors import Busy, TrainerError
-from speech import AudioPipeline
+from speech import synthesize as tts
+from speech.audio import is_audio
+from speech.recognize import AudioPipeline
 
 log = logging.getLogger(__name__)
 

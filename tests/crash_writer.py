@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import records
+from dataset import corrections as records
 from storage import GuildSpace
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import archiver
+from dataset import archive as archiver
 from errors import InvalidInput, NotFound, PathRefused
 from storage import GuildSpace
 

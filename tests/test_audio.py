@@ -11,8 +11,8 @@ from pathlib import Path
 import audio_samples as samples
 import pytest
 
-import audio
 from errors import BackendError, InvalidInput, TooLarge
+from speech import audio
 
 SENTENCE = samples.SENTENCES[1]
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from conftest import BotHarness, start_bot, stop_bot
 
-import records
-from backends.openai_backend import OpenAIBackend
 from config import Settings
+from dataset import corrections as records
 from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
+from training.openai_api import OpenAIBackend
 
 STARTED = re.compile(r"Started training job `([^`]+)`")
 NOT_TRAINED = "I haven't been trained on this server yet."

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import BotHarness
 
-import datasets
-import records
+from dataset import corrections as records
+from dataset import folder as dataset_folder
 from sandbox.server import Message
 from storage import GuildSpace, read_json, read_records
 
@@ -36,7 +36,7 @@ def space_of(harness: BotHarness) -> GuildSpace:
 
 def dataset_records(space: GuildSpace) -> list[dict]:
     """Every example stored in the guild's current dataset folder."""
-    folder = datasets.current_dataset(space)
+    folder = dataset_folder.current_dataset(space)
     out: list[dict] = []
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         result = read_records(path)
@@ -265,7 +265,7 @@ async def test_train_50_mb_attachment(harness: BotHarness, started: list[str]) -
     space = space_of(harness)
     [upload] = list(space.uploads.iterdir())
     assert upload.stat().st_size == len(data)
-    [ingested] = datasets.current_dataset(space).glob("ingested-*.jsonl")
+    [ingested] = dataset_folder.current_dataset(space).glob("ingested-*.jsonl")
     assert ingested.read_bytes().count(b"\n") == len(lines)
     assert started == ["supervised"]
     print(f"50 MB attachment ingested in {elapsed:.1f}s")  # a figure, not an assertion

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import BotHarness
 
-import archiver
-import datasets
-import records
+from dataset import archive as archiver
+from dataset import corrections as records
+from dataset import folder as dataset_folder
 from errors import NotFound, PathRefused
 from storage import GuildSpace
 
@@ -52,18 +52,18 @@ def test_records_stay_in_their_guild(spaces: tuple[GuildSpace, GuildSpace]) -> N
 
 def test_datasets_and_archives_stay_in_their_guild(spaces: tuple[GuildSpace, GuildSpace]) -> None:
     a, b = spaces
-    report = datasets.ingest_text(a, "q1 => a1\nq2 => a2", author="x")
+    report = dataset_folder.ingest_text(a, "q1 => a1\nq2 => a2", author="x")
     assert report.added == 2
-    assert datasets.load_dataset(b, datasets.current_dataset(b)).examples == []
+    assert dataset_folder.load_dataset(b, dataset_folder.current_dataset(b)).examples == []
     # The same examples are new for B: duplicates are per guild.
-    assert datasets.ingest_text(b, "q1 => a1", author="y").added == 1
-    assert len(datasets.load_dataset(a, datasets.current_dataset(a)).examples) == 2
+    assert dataset_folder.ingest_text(b, "q1 => a1", author="y").added == 1
+    assert len(dataset_folder.load_dataset(a, dataset_folder.current_dataset(a)).examples) == 2
 
     result = archiver.archive_folder(a, "datasets")
     assert result.path.parent == a.archives.resolve()
     assert archiver.list_archives(b) == []
     with pytest.raises(NotFound):
-        datasets.select_dataset(b, "archives")  # B has no archives folder, and never sees A's
+        dataset_folder.select_dataset(b, "archives")  # B has no archives folder, and never sees A's
 
 
 @pytest.mark.parametrize("path", [
@@ -72,13 +72,13 @@ def test_datasets_and_archives_stay_in_their_guild(spaces: tuple[GuildSpace, Gui
 ])
 def test_a_guild_cannot_reach_another_guilds_folder(spaces: tuple[GuildSpace, GuildSpace], path: str) -> None:
     a, b = spaces
-    datasets.ingest_text(a, "secret q => secret a", author="x")
+    dataset_folder.ingest_text(a, "secret q => secret a", author="x")
     (b.data / "link_to_a").symlink_to(a.data, target_is_directory=True)
-    for call in (lambda: b.resolve(path), lambda: datasets.ingest_path(b, path, author="y"),
-                 lambda: archiver.archive_folder(b, path), lambda: datasets.select_dataset(b, path)):
+    for call in (lambda: b.resolve(path), lambda: dataset_folder.ingest_path(b, path, author="y"),
+                 lambda: archiver.archive_folder(b, path), lambda: dataset_folder.select_dataset(b, path)):
         with pytest.raises(PathRefused):
             call()
-    assert datasets.load_dataset(b, datasets.current_dataset(b)).examples == []
+    assert dataset_folder.load_dataset(b, dataset_folder.current_dataset(b)).examples == []
 
 
 def test_a_guilds_folder_is_named_by_its_id_only() -> None:

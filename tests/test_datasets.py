@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import datasets
-import records
+from dataset import check, formats
+from dataset import compile as compiler
+from dataset import corrections as records
+from dataset import folder as dataset_folder
 from errors import InvalidInput, NotFound, PathRefused
 from storage import GuildSpace, read_json
 
@@ -27,7 +29,7 @@ def good_lines(n: int = 10) -> list[str]:
     return [json.dumps(chat(f"question {i}", f"answer {i}")) for i in range(n)]
 
 
-def codes(issues: list[datasets.Issue]) -> list[tuple[int | None, str]]:
+def codes(issues: list[check.Issue]) -> list[tuple[int | None, str]]:
     return [(i.line, i.code) for i in issues]
 
 
@@ -35,7 +37,7 @@ def codes(issues: list[datasets.Issue]) -> list[tuple[int | None, str]]:
 
 
 def test_check_clean_file() -> None:
-    report = datasets.check_lines(good_lines(10))
+    report = check.check_lines(good_lines(10))
     assert report.ok and report.errors == [] and report.warnings == []
     assert report.n_examples == 10
     assert report.epochs == 10  # 10 * 3 < 100 -> 100 // 10
@@ -85,7 +87,7 @@ def test_check_clean_file() -> None:
 def test_check_each_error_kind(line: str, code: str) -> None:
     lines = good_lines(10)
     lines.insert(3, line)
-    report = datasets.check_lines(lines)
+    report = check.check_lines(lines)
     assert not report.ok
     assert (4, code) in codes(report.errors), report.format()
     assert all(issue.line == 4 for issue in report.errors)
@@ -94,7 +96,7 @@ def test_check_each_error_kind(line: str, code: str) -> None:
 
 
 def test_check_invalid_json_message_has_column() -> None:
-    report = datasets.check_lines(['{"messages": [{"role": "user" "content": "x"}]}'] + good_lines(10))
+    report = check.check_lines(['{"messages": [{"role": "user" "content": "x"}]}'] + good_lines(10))
     issue = report.errors[0]
     assert issue.line == 1 and issue.code == "invalid_json"
     assert "Expecting ',' delimiter" in issue.message and "column" in issue.message
@@ -104,7 +106,7 @@ def test_check_too_few_and_warnings() -> None:
     lines = [json.dumps(chat(system=None))] * 2 + [
         json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})
     ]
-    report = datasets.check_lines(lines)
+    report = check.check_lines(lines)
     assert "too_few_examples" in [c for _, c in codes(report.errors)]
     warn = codes(report.warnings)
     assert (2, "duplicate") in warn
@@ -134,23 +136,23 @@ def test_check_tool_and_function_messages_are_fine() -> None:
             {"role": "assistant", "content": "42"},
         ]
     }
-    report = datasets.check_lines([json.dumps(ex), json.dumps(legacy)] + good_lines(10))
+    report = check.check_lines([json.dumps(ex), json.dumps(legacy)] + good_lines(10))
     assert report.ok, report.format()
 
 
 def test_check_too_many_tokens_warning() -> None:
-    big = json.dumps(chat("x" * (datasets.TOKEN_LIMIT_PER_EXAMPLE * 4 + 100)))
-    report = datasets.check_lines(good_lines(10) + [big])
+    big = json.dumps(chat("x" * (check.TOKEN_LIMIT_PER_EXAMPLE * 4 + 100)))
+    report = check.check_lines(good_lines(10) + [big])
     assert report.ok
     assert (11, "too_many_tokens") in codes(report.warnings)
-    assert report.max_tokens > datasets.TOKEN_LIMIT_PER_EXAMPLE
+    assert report.max_tokens > check.TOKEN_LIMIT_PER_EXAMPLE
     # Billing caps each example at the cookbook's MAX_TOKENS_PER_EXAMPLE.
     assert report.billed_tokens < report.est_tokens * report.epochs
 
 
 def test_check_bytes_blank_and_non_utf8_lines() -> None:
     lines = [line.encode() + b"\n" for line in good_lines(10)] + [b"\n", b'{"x": "\xff"}\n']
-    report = datasets.check_lines(lines)
+    report = check.check_lines(lines)
     assert (11, "blank_line") in codes(report.warnings)
     assert (12, "invalid_json") in codes(report.errors)
     assert report.n_examples == 11
@@ -166,23 +168,23 @@ def test_check_dpo_lines() -> None:
     lines = [
         json.dumps(dict(good, input={"messages": [{"role": "user", "content": f"q{i}"}]})) for i in range(10)
     ]
-    assert datasets.check_lines(lines).ok
-    report = datasets.check_lines([*lines, json.dumps(bad)])
+    assert check.check_lines(lines).ok
+    report = check.check_lines([*lines, json.dumps(bad)])
     assert (11, "preferred_output") in codes(report.errors)
 
 
 def test_default_epochs_match_cookbook() -> None:
-    assert datasets.default_epochs(5) == 20  # the cookbook's own example output
-    assert datasets.default_epochs(3) == 25
-    assert datasets.default_epochs(34) == 3
-    assert datasets.default_epochs(100) == 3
-    assert datasets.default_epochs(10_000) == 2
-    assert datasets.default_epochs(30_000) == 1
-    assert datasets.default_epochs(0) == 0
+    assert check.default_epochs(5) == 20  # the cookbook's own example output
+    assert check.default_epochs(3) == 25
+    assert check.default_epochs(34) == 3
+    assert check.default_epochs(100) == 3
+    assert check.default_epochs(10_000) == 2
+    assert check.default_epochs(30_000) == 1
+    assert check.default_epochs(0) == 0
 
 
 def test_format_limits_and_is_short() -> None:
-    report = datasets.check_lines(["nope"] * 200)
+    report = check.check_lines(["nope"] * 200)
     text = report.format(limit=5)
     assert text.count("\n- line") == 5 and "195 more" in text
     assert len(text) < 2000  # fits one Discord message
@@ -191,15 +193,15 @@ def test_format_limits_and_is_short() -> None:
 def test_main_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(good_lines(12)) + "\n")
-    assert datasets.main(["check", str(good)]) == 0
+    assert check.main(["check", str(good)]) == 0
     assert "Check passed" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(good_lines(12)) + '\n{"messages": [{"role": "user", "content": "x"}]}\n')
-    assert datasets.main(["check", str(bad)]) == 1
+    assert check.main(["check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "line 13" in out and "example_missing_assistant_message" in out
-    assert datasets.main(["check", str(tmp_path / "missing.jsonl")]) == 2
-    assert datasets.main([]) == 2
+    assert check.main(["check", str(tmp_path / "missing.jsonl")]) == 2
+    assert check.main([]) == 2
 
 
 # --- ingestion ------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def test_parse_jsonl_formats_and_bad_lines(space: GuildSpace) -> None:
         json.dumps({"foo": 1}),
         json.dumps(["a"]),
     ]
-    report = datasets.parse_file(write(space, "a.jsonl", "\n".join(lines)))
+    report = formats.parse_file(write(space, "a.jsonl", "\n".join(lines)))
     assert report.added == 4
     reasons = dict(report.skipped)
     assert reasons[4].startswith("line 4: not valid JSON (Expecting ',' delimiter, column ")
@@ -249,46 +251,46 @@ def test_parse_jsonl_formats_and_bad_lines(space: GuildSpace) -> None:
 
 def test_parse_json_array_and_concatenated(space: GuildSpace) -> None:
     array = '[\n  {"prompt": "a", "completion": "b"},\n  {"text": "t"},\n  {"bad": 1}\n]\n'
-    report = datasets.parse_file(write(space, "x.json", array), positive=False)
+    report = formats.parse_file(write(space, "x.json", array), positive=False)
     assert report.added == 2
     assert report.skipped[0][0] == 4 and report.skipped[0][1].startswith("line 4: no `messages`")
     assert report.examples[1]["label"] == "negative" and report.examples[0]["positive"] is False
     pretty = json.dumps(chat("q1", "a1"), indent=2) + "\n" + json.dumps(chat("q2", "a2"), indent=2)
-    report = datasets.parse_file(write(space, "y.json", pretty))
+    report = formats.parse_file(write(space, "y.json", pretty))
     assert report.added == 2 and report.skipped == []
     broken = '[{"prompt": "a", "completion": "b"},\n {"prompt": "c" "completion": "d"}]'
-    report = datasets.parse_file(write(space, "z.json", broken))
+    report = formats.parse_file(write(space, "z.json", broken))
     assert report.added == 1 and report.skipped[0][0] == 2
 
 
 def test_parse_json_array_bigger_than_a_chunk(space: GuildSpace) -> None:
     items = [{"prompt": f"p{i} " + "z" * 300, "completion": f"c{i}"} for i in range(8000)]  # ~2.6 MB
     text = "[\n" + ",\n".join(json.dumps(i) for i in items) + "\n]"
-    report = datasets.parse_file(write(space, "big.json", text))
+    report = formats.parse_file(write(space, "big.json", text))
     assert report.added == 8000 and report.skipped == []
     assert report.examples[-1]["messages"][1]["content"] == "c7999"
 
 
 def test_parse_csv(space: GuildSpace) -> None:
     content = 'Prompt,Completion\nhello,hi there\n"multi\nline prompt","ok, fine"\n,missing\n\nlast,one\n'
-    report = datasets.parse_file(write(space, "a.csv", content))
+    report = formats.parse_file(write(space, "a.csv", content))
     assert report.added == 3
     assert report.skipped == [(5, "line 5: empty prompt")]
     assert report.examples[1]["messages"][0]["content"] == "multi\nline prompt"
-    labelled = datasets.parse_file(write(space, "b.csv", "text,label\nnice,pos\nbad,\n"))
+    labelled = formats.parse_file(write(space, "b.csv", "text,label\nnice,pos\nbad,\n"))
     assert [(e["text"], e["label"]) for e in labelled.examples] == [("nice", "pos"), ("bad", "positive")]
     with pytest.raises(InvalidInput, match="header row"):
-        datasets.parse_file(write(space, "c.csv", "a,b\n1,2\n"))
+        formats.parse_file(write(space, "c.csv", "a,b\n1,2\n"))
 
 
 def test_parse_txt_and_inline(space: GuildSpace) -> None:
-    report = datasets.parse_file(write(space, "a.txt", "first line\n\n  second  \r\nthird\n"), positive=False)
+    report = formats.parse_file(write(space, "a.txt", "first line\n\n  second  \r\nthird\n"), positive=False)
     assert [(e["text"], e["label"], e["positive"]) for e in report.examples] == [
         ("first line", "negative", False),
         ("second", "negative", False),
         ("third", "negative", False),
     ]
-    inline = datasets.parse_text("what is 2+2? => 4\njust text\n => nothing\nq =>   ")
+    inline = formats.parse_text("what is 2+2? => 4\njust text\n => nothing\nq =>   ")
     assert inline.added == 2
     assert inline.examples[0]["messages"][1]["content"] == "4"
     assert inline.examples[1]["kind"] == "text"
@@ -298,22 +300,22 @@ def test_parse_txt_and_inline(space: GuildSpace) -> None:
 
 def test_parse_refusals(space: GuildSpace) -> None:
     with pytest.raises(InvalidInput, match="empty"):
-        datasets.parse_file(write(space, "e.jsonl", ""))
+        formats.parse_file(write(space, "e.jsonl", ""))
     with pytest.raises(InvalidInput, match="only blank"):
-        datasets.parse_file(write(space, "b.txt", "\n \n"))
+        formats.parse_file(write(space, "b.txt", "\n \n"))
     with pytest.raises(InvalidInput, match="UTF-8.*line 2"):
-        datasets.parse_file(write(space, "l.txt", b"fine\ncaf\xe9\n"))
+        formats.parse_file(write(space, "l.txt", b"fine\ncaf\xe9\n"))
     with pytest.raises(InvalidInput, match="UTF-8"):
-        datasets.parse_file(write(space, "l.json", b'[{"text": "caf\xe9"}]'))
+        formats.parse_file(write(space, "l.json", b'[{"text": "caf\xe9"}]'))
     with pytest.raises(InvalidInput, match="unsupported file type"):
-        datasets.parse_file(write(space, "x.pdf", "%PDF"))
+        formats.parse_file(write(space, "x.pdf", "%PDF"))
     with pytest.raises(InvalidInput):
-        datasets.parse_text("  \n ")
+        formats.parse_text("  \n ")
 
 
 def test_parse_unicode_and_bom(space: GuildSpace) -> None:
     content = "\ufeff" + json.dumps({"prompt": "Привет 👋", "completion": "你好"}, ensure_ascii=False) + "\n"
-    report = datasets.parse_file(write(space, "u.jsonl", content))
+    report = formats.parse_file(write(space, "u.jsonl", content))
     assert report.added == 1
     assert report.examples[0]["messages"][0]["content"] == "Привет 👋"
 
@@ -329,7 +331,7 @@ def test_parse_path_folder_skips_hidden_symlinks_and_bad_files(space: GuildSpace
     outside = tmp_path / "outside.txt"
     outside.write_text("leaked\n")
     (folder / "link.txt").symlink_to(outside)
-    report = datasets.parse_path(space, "incoming")
+    report = formats.parse_path(space, "incoming")
     texts = sorted(e.get("text", "") for e in report.examples)
     assert texts == ["", "one", "two"]
     reasons = [r for _, r in report.skipped]
@@ -337,91 +339,91 @@ def test_parse_path_folder_skips_hidden_symlinks_and_bad_files(space: GuildSpace
     assert any("empty.txt" in r and "empty" in r for r in reasons)
     assert not any("leaked" in json.dumps(e) for e in report.examples)
     with pytest.raises(PathRefused):
-        datasets.parse_path(space, "../outside.txt")
+        formats.parse_path(space, "../outside.txt")
     with pytest.raises(NotFound):
-        datasets.parse_path(space, "nothing-here")
+        formats.parse_path(space, "nothing-here")
 
 
 # --- the dataset ----------------------------------------------------------------------------
 
 
 def test_ingest_writes_new_files_and_skips_duplicates(space: GuildSpace) -> None:
-    assert datasets.dataset_name(space) == "datasets/main"
-    first = datasets.ingest_text(space, "a => b\nhello\nhello", author="ann")
+    assert dataset_folder.dataset_name(space) == "datasets/main"
+    first = dataset_folder.ingest_text(space, "a => b\nhello\nhello", author="ann")
     assert first.added == 2 and first.duplicates == 1
     assert first.skipped == [(3, "line 3: already in the dataset")]
-    files = sorted(datasets.current_dataset(space).glob("ingested-*.jsonl"))
+    files = sorted(dataset_folder.current_dataset(space).glob("ingested-*.jsonl"))
     assert len(files) == 1
     before = files[0].read_bytes()
-    second = datasets.ingest_text(space, "hello\nnew", author="bob")
+    second = dataset_folder.ingest_text(space, "hello\nnew", author="bob")
     assert second.added == 1 and second.duplicates == 1
-    files = sorted(datasets.current_dataset(space).glob("ingested-*.jsonl"))
+    files = sorted(dataset_folder.current_dataset(space).glob("ingested-*.jsonl"))
     assert len(files) == 2 and before in (files[0].read_bytes(), files[1].read_bytes())  # never rewritten
     # Same text with the other flag is a different example.
-    assert datasets.ingest_text(space, "hello", author="c", positive=False).added == 1
+    assert dataset_folder.ingest_text(space, "hello", author="c", positive=False).added == 1
     # Nothing new: no empty file is created.
-    assert datasets.ingest_text(space, "hello", author="c").added == 0
-    assert len(list(datasets.current_dataset(space).glob("*.jsonl"))) == 3
-    loaded = datasets.load_dataset(space, datasets.current_dataset(space))
+    assert dataset_folder.ingest_text(space, "hello", author="c").added == 0
+    assert len(list(dataset_folder.current_dataset(space).glob("*.jsonl"))) == 3
+    loaded = dataset_folder.load_dataset(space, dataset_folder.current_dataset(space))
     assert loaded.added == 4 and loaded.skipped == []
     record = next(e for e in loaded.examples if e.get("text") == "new")
     assert record["added_by"] == "bob" and record["source"] == "inline"
-    assert not any(p.name.startswith(".") for p in datasets.current_dataset(space).iterdir())
+    assert not any(p.name.startswith(".") for p in dataset_folder.current_dataset(space).iterdir())
 
 
 def test_ingest_file_and_add_examples(space: GuildSpace) -> None:
-    path = datasets.store_upload(space, "../../evil name.jsonl", b'{"prompt": "p", "completion": "c"}\n')
+    path = dataset_folder.store_upload(space, "../../evil name.jsonl", b'{"prompt": "p", "completion": "c"}\n')
     assert path.parent == space.uploads and ".." not in path.name and path.name.endswith("evil_name.jsonl")
-    report = datasets.ingest_file(space, path, author="ann", source="evil name.jsonl")
+    report = dataset_folder.ingest_file(space, path, author="ann", source="evil name.jsonl")
     assert report.added == 1
-    parsed = datasets.parse_text("x => y\np => c")
+    parsed = formats.parse_text("x => y\np => c")
     assert (
-        datasets.add_examples(space, parsed.examples, source="inline", author="bob") == 1
+        dataset_folder.add_examples(space, parsed.examples, source="inline", author="bob") == 1
     )  # p => c is known
 
 
 def test_ingest_non_utf8_writes_nothing(space: GuildSpace) -> None:
     path = write(space, "bad.txt", b"ok\n" * 100 + b"\xff\xfe\n")
     with pytest.raises(InvalidInput):
-        datasets.ingest_file(space, path, author="ann")
-    assert not datasets.current_dataset(space).exists() or not any(datasets.current_dataset(space).iterdir())
+        dataset_folder.ingest_file(space, path, author="ann")
+    assert not dataset_folder.current_dataset(space).exists() or not any(dataset_folder.current_dataset(space).iterdir())
 
 
 def test_ingest_path_into_dataset(space: GuildSpace) -> None:
     (space.data / "raw").mkdir()
     (space.data / "raw" / "a.txt").write_text("x\ny\n")
-    report = datasets.ingest_path(space, "raw", author="ann")
+    report = dataset_folder.ingest_path(space, "raw", author="ann")
     assert report.added == 2 and report.files == 1
-    assert datasets.ingest_path(space, "raw", author="ann").duplicates == 2
+    assert dataset_folder.ingest_path(space, "raw", author="ann").duplicates == 2
     (space.data / "nothing").mkdir()
     with pytest.raises(InvalidInput):
-        datasets.ingest_path(space, "nothing", author="ann")
+        dataset_folder.ingest_path(space, "nothing", author="ann")
 
 
 def test_select_dataset(space: GuildSpace) -> None:
     folder = space.data / "datasets" / "reviews"
     folder.mkdir(parents=True)
     (folder / "good.txt").write_text("love it\ngreat\n")
-    result = datasets.select_dataset(space, "datasets/reviews", positive=False)
+    result = dataset_folder.select_dataset(space, "datasets/reviews", positive=False)
     assert result.name == "datasets/reviews" and result.examples == 2
     assert result.archive.path.is_file() and result.archive.files == 1
     state = read_json(space.state_file)
     assert state["dataset"] == "datasets/reviews" and state["dataset_positive"] is False
-    assert datasets.current_dataset(space) == folder.resolve()
-    loaded = datasets.load_dataset(space, datasets.current_dataset(space))
+    assert dataset_folder.current_dataset(space) == folder.resolve()
+    loaded = dataset_folder.load_dataset(space, dataset_folder.current_dataset(space))
     assert {e["label"] for e in loaded.examples} == {"negative"}
     (space.data / "datasets" / "empty").mkdir()
     with pytest.raises(InvalidInput):
-        datasets.select_dataset(space, "datasets/empty")
+        dataset_folder.select_dataset(space, "datasets/empty")
     with pytest.raises(PathRefused):
-        datasets.select_dataset(space, "../x")
+        dataset_folder.select_dataset(space, "../x")
 
 
 def test_state_with_bad_dataset_path_falls_back(space: GuildSpace) -> None:
-    datasets.update_state(space, dataset="../../etc")
-    assert datasets.dataset_name(space) == "datasets/main"
-    datasets.update_state(space, dataset=None, system_prompt="hi")
-    assert datasets.read_state(space) == {"system_prompt": "hi"}
+    dataset_folder.update_state(space, dataset="../../etc")
+    assert dataset_folder.dataset_name(space) == "datasets/main"
+    dataset_folder.update_state(space, dataset=None, system_prompt="hi")
+    assert dataset_folder.read_state(space) == {"system_prompt": "hi"}
 
 
 # --- compiler -------------------------------------------------------------------------------
@@ -429,11 +431,11 @@ def test_state_with_bad_dataset_path_falls_back(space: GuildSpace) -> None:
 
 def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
     examples = "\n".join(f"question {i} => answer {i}" for i in range(8)) + "\nnice text"
-    datasets.ingest_text(space, examples, author="ann")
+    dataset_folder.ingest_text(space, examples, author="ann")
     # A bad answer stored as a negative example, with a good one for the same prompt.
-    datasets.ingest_text(space, "question 1 => wrong answer", author="ann", positive=False)
-    datasets.ingest_text(space, "unmatched => bad", author="ann", positive=False)
-    datasets.update_state(space, system_prompt="You are helpful.")
+    dataset_folder.ingest_text(space, "question 1 => wrong answer", author="ann", positive=False)
+    dataset_folder.ingest_text(space, "unmatched => bad", author="ann", positive=False)
+    dataset_folder.update_state(space, system_prompt="You are helpful.")
     for i in range(3):
         records.add_correction(
             space,
@@ -446,7 +448,7 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
             channel_id=2,
         )
     records.add_test_errors(space, [{"input": "test q", "expected": "test a", "got": "test wrong"}])
-    compiled = datasets.compile_guild(space)
+    compiled = compiler.compile_guild(space)
     assert len(compiled.supervised) == 8 + 1 + 3 + 1
     assert compiled.labelled == [("nice text", "positive")]
     for line in compiled.supervised:
@@ -467,13 +469,13 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
     assert (None, "negative_without_positive") in codes(compiled.report.warnings)
     assert compiled.preference_report is not None
     assert (None, "too_few_examples") in codes(compiled.preference_report.errors)  # only 5 pairs
-    blob = datasets.to_jsonl(compiled.supervised)
+    blob = compiler.to_jsonl(compiled.supervised)
     assert blob.endswith(b"\n") and len(blob.splitlines()) == len(compiled.supervised)
-    assert datasets.check_lines(blob.splitlines()).ok
+    assert check.check_lines(blob.splitlines()).ok
 
 
 def test_compile_corrected_answer_replaces_dataset_example(space: GuildSpace) -> None:
-    datasets.ingest_text(space, "\n".join(f"q{i} => a{i}" for i in range(12)), author="ann")
+    dataset_folder.ingest_text(space, "\n".join(f"q{i} => a{i}" for i in range(12)), author="ann")
     records.add_correction(
         space,
         message_id=1,
@@ -484,14 +486,14 @@ def test_compile_corrected_answer_replaces_dataset_example(space: GuildSpace) ->
         author_name="ann",
         channel_id=2,
     )
-    compiled = datasets.compile_guild(space)
+    compiled = compiler.compile_guild(space)
     answers = [line["messages"][-1]["content"] for line in compiled.supervised]
     assert "a3" not in answers and "better a3" in answers
     assert len(compiled.preference) == 1
 
 
 def test_compile_empty_guild_reports_too_few(space: GuildSpace) -> None:
-    compiled = datasets.compile_guild(space)
+    compiled = compiler.compile_guild(space)
     assert compiled.supervised == [] and compiled.preference == [] and compiled.preference_report is None
     assert not compiled.report.ok
     assert codes(compiled.report.errors) == [(None, "too_few_examples")]

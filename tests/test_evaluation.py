@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from errors import BackendError, InvalidInput
-from evaluation import Case, matches, normalize, parse_cases, run_cases
+from training.evaluation import Case, matches, normalize, parse_cases, run_cases
 
 
 def test_parse_array_and_lines() -> None:

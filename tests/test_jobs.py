@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import jobs
 from errors import InvalidInput, NotFound
 from storage import GuildSpace
+from training import jobs
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backends.local import LocalBackend, load_version, pairs_from, version_numbers
 from errors import InvalidInput, NotFound
 from storage import GuildSpace
 from tests.fakes import FAQ, compiled, dpo_line
+from training.local import LocalBackend, load_version, pairs_from, version_numbers
 
 LABELLED = [
     ("I love this bot", "positive"), ("great answer, thanks", "positive"), ("this is wonderful", "positive"),

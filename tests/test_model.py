@@ -7,15 +7,16 @@ from pathlib import Path
 import openai
 import pytest
 
-import datasets
-import records
-from backends.openai_backend import MISSING_KEY
 from config import Settings
-from datasets import Issue
+from dataset import compile as compiler
+from dataset import corrections as records
+from dataset import folder as dataset_folder
+from dataset.check import Issue
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
 from tests.fakes import FAQ, compiled, report, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from training.openai_api import MISSING_KEY
 
 KEY = "sk-test-fake-key-123456"
 GUILD = 1234
@@ -28,7 +29,7 @@ def settings(tmp_path: Path, backend: str = "local", **kw) -> Settings:
 
 @pytest.fixture
 def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Stand-ins for datasets.compile_guild and records.add_test_errors: the Model alone is under test."""
+    """Stand-ins for compiler.compile_guild and records.add_test_errors: the Model alone is under test."""
     state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
 
     def compile_guild(space, *, min_examples=10):
@@ -39,7 +40,7 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
         state["kept"].extend(mismatches)
         return len(mismatches)
 
-    monkeypatch.setattr(datasets, "compile_guild", compile_guild)
+    monkeypatch.setattr(compiler, "compile_guild", compile_guild)
     monkeypatch.setattr(records, "add_test_errors", add_test_errors)
     return state
 
@@ -193,7 +194,7 @@ async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
     """Real compile -> local training -> answer."""
     model = Model(settings(tmp_path))
     space = model.space(GUILD).ensure()
-    datasets.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
+    dataset_folder.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
     job, report = await model.train(GUILD, started_by="alice", channel_id=1)
     assert report.ok and report.n_examples == len(FAQ)
     await model.backend.wait(job["id"])  # type: ignore[attr-defined]

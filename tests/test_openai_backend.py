@@ -7,12 +7,12 @@ from pathlib import Path
 import openai
 import pytest
 
-from backends.openai_backend import MISSING_KEY, OpenAIBackend, parse_result_csv
 from config import Settings
 from errors import BackendError, InvalidInput
 from storage import GuildSpace
 from tests.fakes import FAQ, compiled, dpo_line, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from training.openai_api import MISSING_KEY, OpenAIBackend, parse_result_csv
 
 KEY = "sk-test-fake-key-123456"
 

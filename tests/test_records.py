@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import records
+from dataset import corrections as records
 from errors import InvalidInput
 from storage import GuildSpace, read_records
 

@@ -26,7 +26,7 @@ import pytest
 
 from config import Settings
 from errors import BackendError, Busy, InvalidInput, TooLarge
-from speech import BUSY, NO_WORDS, AudioPipeline, OpenAIRecognizer, SphinxRecognizer, Transcript
+from speech.recognize import BUSY, NO_WORDS, AudioPipeline, OpenAIRecognizer, SphinxRecognizer, Transcript
 
 OGG_WER_BOUND = 0.35  # measured 19.6% over all six sentences
 SUBSET = slice(2, 5)
@@ -173,7 +173,7 @@ def test_unknown_language_names_the_setting() -> None:
 
 
 def test_sphinx_keeps_one_decoder_per_thread(corpus: dict[str, list[Path]]) -> None:
-    import audio
+    from speech import audio
 
     rec = SphinxRecognizer("en-US")
     wav = audio.convert_to_wav(corpus["wav"][2].read_bytes(), max_seconds=30).wav
@@ -321,7 +321,7 @@ def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
     script = (
         "import asyncio, time\n"
         "from config import Settings\n"
-        "from speech import AudioPipeline\n"
+        "from speech.recognize import AudioPipeline\n"
         "async def main():\n"
         "    p = AudioPipeline(Settings())\n"
         "    await p.warm_up()\n"

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from conftest import BotHarness, start_bot, stop_bot
 
-import records
-from backends.openai_backend import OpenAIBackend
 from config import Settings
+from dataset import corrections as records
 from sandbox.server import Message, Sandbox
 from storage import GuildSpace
 from tests.fakes import FAQ, chat_line
 from tests.fakes.openai_server import FakeOpenAI
+from training.openai_api import OpenAIBackend
 
 KEY = "test"
 STARTED = re.compile(r"Started training job `([^`]+)`")

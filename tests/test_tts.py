@@ -15,11 +15,11 @@ import httpx2
 import openai
 import pytest
 
-import audio
-import tts
 from config import Settings
 from errors import BackendError, InvalidInput
-from speech import SphinxRecognizer
+from speech import audio
+from speech import synthesize as tts
+from speech.recognize import SphinxRecognizer
 
 
 def ffmpeg_pcm_audio_decode(data: bytes) -> bytes:

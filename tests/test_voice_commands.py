@@ -23,11 +23,11 @@ import pytest
 from conftest import BotHarness, start_bot, stop_bot
 
 import sandbox.voice as sandbox_voice
-import tts
 from config import Settings
 from sandbox.chat import chat_main
 from sandbox.server import CONNECT, SPEAK, Sandbox
 from sandbox.voice import FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
+from speech import synthesize as tts
 
 # Short answers keep the real-time playback short (about a second each).
 ANSWERS = {"good morning": "Morning to you.", "how are you": "I am fine."}

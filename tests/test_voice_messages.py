@@ -18,10 +18,10 @@ import pytest
 from conftest import BotHarness, start_bot, stop_bot
 from test_speech import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, corpus_wer
 
-import records
 from config import Settings
+from dataset import corrections as records
 from sandbox.server import Message, Sandbox
-from speech import BUSY
+from speech.recognize import BUSY
 from storage import GuildSpace
 
 CTYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "m4a": "audio/mp4", "wav": "audio/wav"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from datasets import CheckReport, Compiled
+from dataset.check import CheckReport
+from dataset.compile import Compiled
 
 log = logging.getLogger(__name__)
 

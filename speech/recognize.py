@@ -29,8 +29,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from audio import convert_to_wav
 from errors import BackendError, Busy, ConfigError, InvalidInput, TrainerError
+from speech.audio import convert_to_wav
 
 if TYPE_CHECKING:
     import openai

@@ -47,7 +47,7 @@ def _safe_name(name: str) -> str:
     return cleaned[:80]
 
 
-def _collect(root: Path, exclude: Path) -> tuple[list[tuple[Path, str]], int, int]:
+def collect(root: Path, exclude: Path) -> tuple[list[tuple[Path, str]], int, int]:
     """Files under ``root`` as (path, archive name); skips hidden names, symlinks and ``exclude``."""
     files: list[tuple[Path, str]] = []
     symlinks = hidden = 0
@@ -90,7 +90,7 @@ def archive_folder(space: GuildSpace, user_dir: str) -> ArchiveResult:
         raise InvalidInput(f"`{shown}` is a file, not a folder: give a folder to archive.")
     if source == archives or archives in source.parents:
         raise InvalidInput("The archives folder itself cannot be archived.")
-    files, symlinks, hidden = _collect(source, archives)
+    files, symlinks, hidden = collect(source, archives)
     if not files:
         raise InvalidInput(f"`{shown}` has no files to archive.")
 

@@ -35,12 +35,12 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import normalize
 
-from backends.base import History, JobRecord, JobUpdate, Method, TrainingBackend
 from errors import BackendError, InvalidInput, NotFound
 from storage import atomic_write_json, read_json
+from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 
 if TYPE_CHECKING:
-    from datasets import Compiled
+    from dataset.compile import Compiled
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

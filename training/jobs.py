@@ -22,9 +22,9 @@ import logging
 import time
 from typing import Any
 
-from backends.base import TERMINAL
 from errors import InvalidInput, NotFound
 from storage import GuildSpace, append_record, read_records
+from training.backend import TERMINAL
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-if TYPE_CHECKING:  # the datasets module is written elsewhere and imported lazily at run time
-    from datasets import Compiled
+if TYPE_CHECKING:
+    from dataset.compile import Compiled
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Benchmarks of the data domain; prints figures, asserts nothing.
 
-    python bench/datasets.py [--archive-mb 200] [--examples 100000] [--upload-mb 50]
+    python bench/data.py [--archive-mb 200] [--examples 100000] [--upload-mb 50]
 
 1. check_lines: examples/s on 100k generated chat examples (goal >= 50,000/s).
 2. ingest_file: a 50 MB JSONL upload streamed into a dataset (time, peak RSS of a child process).
@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# This file is called datasets.py too: make sure ``import datasets`` finds the module, not us.
+# Import the project, not this folder (a script's folder comes first on sys.path).
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
-import datasets
+from dataset import check
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def bench_check(n: int) -> None:
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        report = datasets.check_lines(lines)
+        report = check.check_lines(lines)
         best = min(best, time.perf_counter() - start)
     assert report.ok, report.format()
     print(
@@ -109,7 +109,7 @@ def bench_check(n: int) -> None:
         path.write_text("\n".join(lines) + "\n")
         start = time.perf_counter()
         with open(path, "rb") as fh:
-            datasets.check_lines(fh)
+            check.check_lines(fh)
         took = time.perf_counter() - start
         print(f"check_lines (binary file, like `model.py check`): {n / took:,.0f} examples/s")
 
@@ -165,13 +165,13 @@ def bench_upload(mb: int) -> None:
                 written += len(text)
         code = (
             "import sys; from pathlib import Path; sys.path.insert(0, '.');"
-            "import datasets; from storage import GuildSpace;"
+            "from dataset import folder as dataset_folder; from storage import GuildSpace;"
             "sp = GuildSpace(1, Path(sys.argv[1]) / 'd', Path(sys.argv[1]) / 'c');"
-            "r = datasets.ingest_file(sp, Path(sys.argv[2]), author='bench');"
+            "r = dataset_folder.ingest_file(sp, Path(sys.argv[2]), author='bench');"
             "print(r.added, len(r.skipped))"
         )
         _, base_rss, _ = child_rss(
-            "import sys, time; sys.path.insert(0, '.'); import datasets; time.sleep(0.2)"
+            "import sys, time; sys.path.insert(0, '.'); from dataset import folder; time.sleep(0.2)"
         )
         took, rss, out = child_rss(code, tmp, str(path))
         added = out.split()[0]
@@ -223,7 +223,7 @@ def bench_archive(mb: int) -> None:
         print(f"archive: generated {total / 1e6:.0f} MB in {files} files ({time.perf_counter() - t0:.0f} s)")
         code = (
             "import sys; from pathlib import Path; sys.path.insert(0, '.');"
-            "import archiver; from storage import GuildSpace;"
+            "from dataset import archive as archiver; from storage import GuildSpace;"
             "sp = GuildSpace(1, Path(sys.argv[1]), Path(sys.argv[1]) / 'c');"
             "r = archiver.archive_folder(sp, 'datasets/big'); r.path.unlink();"
             "print(r.files, r.bytes)"

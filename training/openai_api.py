@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
-from backends.base import History, JobRecord, JobUpdate, Method, TrainingBackend
 from errors import BackendError, InvalidInput
+from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 
 if TYPE_CHECKING:
     from config import Settings
-    from datasets import Compiled
+    from dataset.compile import Compiled
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,173 @@
+"""Dataset + corrections + !test mismatches -> checked OpenAI-format supervised and DPO lines (sync)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dataset import corrections as records
+from dataset.check import MIN_EXAMPLES, CheckReport, Issue, check_lines
+from dataset.folder import current_dataset, load_dataset, read_state
+from storage import GuildSpace
+
+log = logging.getLogger(__name__)
+
+
+# =============================================================================================
+# Compiler
+# =============================================================================================
+
+
+@dataclass
+class Compiled:
+    supervised: list[dict[str, Any]]  # {"messages": [...]} lines
+    preference: list[dict[str, Any]]  # DPO lines (empty without corrections/negatives)
+    labelled: list[tuple[str, str]]  # (text, label) of text examples
+    report: CheckReport  # check of the supervised lines (+ notes on what was left out)
+    preference_report: CheckReport | None = None  # check of the DPO lines, when there are any
+
+
+def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
+    """JSON Lines bytes, UTF-8, one compact object per line."""
+    dumps = json.dumps
+    return "".join(dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode(
+        "utf-8"
+    )
+
+
+def _prompt_key(messages: list[dict[str, Any]]) -> str:
+    return json.dumps(
+        [(m.get("role"), m.get("content")) for m in messages if m.get("role") != "system"], ensure_ascii=False
+    )
+
+
+def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Compiled:
+    """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked."""
+    state = read_state(space)
+    system = str(state.get("system_prompt") or "").strip() or None
+    loaded = load_dataset(space, current_dataset(space))
+    supervised: list[dict[str, Any]] = []
+    preference: list[dict[str, Any]] = []
+    labelled: list[tuple[str, str]] = []
+    seen_sup: set[str] = set()
+    seen_pref: set[str] = set()
+    notes: list[Issue] = []
+
+    def with_system(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if system and not any(m.get("role") == "system" for m in msgs):
+            return [{"role": "system", "content": system}, *msgs]
+        return list(msgs)
+
+    def add_sup(msgs: list[dict[str, Any]]) -> None:
+        key = json.dumps(msgs, ensure_ascii=False, sort_keys=True)
+        if key not in seen_sup:
+            seen_sup.add(key)
+            supervised.append({"messages": with_system(msgs)})
+
+    def add_pref(prompt: list[dict[str, Any]], good: str, bad: str) -> None:
+        if not good.strip() or not bad.strip() or good.strip() == bad.strip():
+            return
+        key = json.dumps([prompt, good, bad], ensure_ascii=False, sort_keys=True)
+        if key not in seen_pref:
+            seen_pref.add(key)
+            preference.append(
+                {
+                    "input": {"messages": with_system(prompt)},
+                    "preferred_output": [{"role": "assistant", "content": good}],
+                    "non_preferred_output": [{"role": "assistant", "content": bad}],
+                }
+            )
+
+    good_for: dict[str, str] = {}  # prompt key -> a preferred answer
+    corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
+    unusable = 0
+    fixes: list[tuple[str, str, str]] = []
+    for c in records.list_corrections(space):
+        fixes.append((str(c.get("prompt") or ""), str(c.get("correction") or ""), str(c.get("answer") or "")))
+    for t in records.list_test_errors(space):
+        got = t.get("got", t.get("actual", t.get("output")))
+        fixes.append((str(t.get("input") or ""), str(t.get("expected") or ""), str(got or "")))
+    for prompt, fix, bad in fixes:
+        if not prompt.strip() or not fix.strip():
+            unusable += 1
+            continue
+        user = [{"role": "user", "content": prompt}]
+        add_sup([*user, {"role": "assistant", "content": fix}])
+        key = _prompt_key(user)
+        good_for[key] = fix
+        if bad.strip():
+            corrected.setdefault(key, set()).add(bad.strip())
+            add_pref(user, fix, bad)
+    if unusable:
+        notes.append(
+            Issue(
+                None,
+                "correction_without_prompt",
+                f"{unusable} correction(s)/test error(s) have no prompt or no answer; not used",
+            )
+        )
+
+    negatives: list[tuple[list[dict[str, Any]], str]] = []
+    for ex in loaded.examples:
+        if ex["kind"] == "text":
+            labelled.append((ex["text"], ex["label"]))
+            add_sup([{"role": "user", "content": ex["text"]}, {"role": "assistant", "content": ex["label"]}])
+            continue
+        msgs = ex["messages"]
+        last = max(i for i, m in enumerate(msgs) if m.get("role") == "assistant")
+        prompt, answer = msgs[:last], msgs[last].get("content")
+        key = _prompt_key(prompt)
+        if not ex["positive"]:
+            if isinstance(answer, str):
+                negatives.append((prompt, answer))
+            continue
+        if isinstance(answer, str) and answer.strip() in corrected.get(key, ()):
+            continue  # this answer was corrected: train on the correction instead
+        if isinstance(answer, str):
+            good_for.setdefault(key, answer)
+        add_sup(msgs)
+    unmatched = 0
+    for prompt, bad in negatives:
+        good = good_for.get(_prompt_key(prompt))
+        if good:
+            add_pref(prompt, good, bad)
+        else:
+            unmatched += 1
+    if unmatched:
+        notes.append(
+            Issue(
+                None,
+                "negative_without_positive",
+                f"{unmatched} negative example(s) have no good answer for the same prompt; not used",
+            )
+        )
+    if loaded.skipped:
+        first = "; ".join(reason for _, reason in loaded.skipped[:3])
+        notes.append(
+            Issue(
+                None,
+                "skipped_source_lines",
+                f"{len(loaded.skipped)} line(s) of the dataset could not be used ({first})",
+            )
+        )
+
+    dumps = json.dumps
+    report = check_lines((dumps(line, ensure_ascii=False) for line in supervised), min_examples=min_examples)
+    report.warnings.extend(notes)
+    pref_report = None
+    if preference:
+        pref_report = check_lines(
+            (dumps(line, ensure_ascii=False) for line in preference), min_examples=min_examples
+        )
+    log.info(
+        "guild %s compiled: %d supervised, %d preference, %d labelled",
+        space.guild_id,
+        len(supervised),
+        len(preference),
+        len(labelled),
+    )
+    return Compiled(supervised, preference, labelled, report, pref_report)
+
+
