@@ -8,6 +8,7 @@ token, starts the local sandbox and opens a chat with the bot in this terminal.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import logging
 import pkgutil
@@ -16,7 +17,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 import discord
@@ -169,6 +170,7 @@ class TrainerBot(commands.Bot):
             **kwargs,
         )
         self.settings = settings
+        self.runner: asyncio.Task[None] | None = None  # set by start_bot
         self.failed_cogs: dict[str, str] = {}
 
     async def setup_hook(self) -> None:
@@ -275,6 +277,110 @@ async def run_bot(settings: Settings) -> None:
         await bot.start(settings.token)
 
 
+async def start_bot(settings: Settings, *, api_base: str, token: str, ready_timeout: float = 30.0,
+                    **bot_kwargs: Any) -> TrainerBot:
+    """Start the real bot against a Discord-compatible server and wait until it is ready.
+
+    The one start-up path shared by the dev chat, the tests and the benchmarks. ``bot_kwargs`` go to
+    ``commands.Bot`` (the sandbox passes a connector that trusts its voice server). Stop it with
+    :func:`stop_bot`.
+    """
+    settings = dataclasses.replace(settings, token=token)
+    await use_api_base(api_base, token)
+    # A sandbox sends its one guild right after READY: no need to wait 2 s for more.
+    bot = TrainerBot(settings, **{"guild_ready_timeout": 0.1, **bot_kwargs})
+    bot.runner = asyncio.create_task(bot.start(token), name="bot")
+    ready = asyncio.create_task(bot.wait_until_ready())
+    done, _ = await asyncio.wait({ready, bot.runner}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if bot.runner in done:
+        ready.cancel()
+        bot.runner.result()  # re-raise why the bot stopped
+    if ready not in done:
+        ready.cancel()
+        await stop_bot(bot)
+        raise TimeoutError(f"the bot did not come online within {ready_timeout:.0f} s")
+    return bot
+
+
+async def stop_bot(bot: TrainerBot) -> None:
+    """Close a bot started by :func:`start_bot` and wait for it to finish."""
+    await bot.close()
+    if bot.runner is None:
+        return
+    try:
+        await asyncio.wait_for(bot.runner, 10)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass
+    except Exception:
+        log.exception("bot stopped with an error")
+
+
+async def _read_lines(stream: TextIO, queue: asyncio.Queue[str | None]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, stream.readline)
+        if not line:
+            await queue.put(None)
+            return
+        await queue.put(line)
+
+
+async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path, silence: float = 6.0) -> int:
+    """Start the sandbox and the bot, then run the terminal chat until /quit or end of input."""
+    from sandbox.chat import TerminalChat
+    from sandbox.server import Sandbox
+
+    sandbox = await Sandbox().start(voice=True)
+    interactive = stdin.isatty()
+    try:
+        try:
+            # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.
+            bot = await start_bot(settings, api_base=sandbox.api_base, token=sandbox.bot_token,
+                                  **sandbox.bot_kwargs())
+        except TimeoutError as exc:
+            print(f"{exc}; see the log", file=sys.stderr)
+            return 1
+        try:
+            chat = TerminalChat(sandbox, out=out, files_dir=files_dir, prefix=settings.prefix, silence=silence)
+            chat.say(f"Sandbox chat with the trainer bot in #{sandbox.text_channel.name}. "
+                     f"You are {chat.user.name}. /help lists chat commands; try {settings.prefix}hi")
+            if sandbox.voice_unavailable:
+                chat.say(f"* Voice channels are off in this sandbox: {sandbox.voice_unavailable}. "
+                         f"Everything else works; {settings.prefix}join will not connect.")
+            queue: asyncio.Queue[str | None] = asyncio.Queue()
+            reader = asyncio.create_task(_read_lines(stdin, queue))
+            try:
+                while True:
+                    if interactive:
+                        out.write(f"{chat.user.name}> ")
+                        out.flush()
+                    line = await queue.get()
+                    if line is None or not await chat.handle(line):
+                        break
+                    if not interactive and chat.posted:
+                        await chat.settle()
+                await chat.settle()
+            finally:
+                reader.cancel()
+            return 0
+        finally:
+            await stop_bot(bot)
+    finally:
+        await sandbox.close()
+
+
+def run_dev(settings: Settings) -> int:
+    """``python bot.py`` in dev mode without a token: the sandbox and a chat in this terminal."""
+    workdir = ROOT / "sandbox_files"
+    log_file = workdir / "bot.log"
+    setup_logging(settings, log_file=log_file)
+    print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)
+    try:
+        return asyncio.run(dev_chat(settings, stdin=sys.stdin, out=sys.stdout, files_dir=workdir / "attachments"))
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
@@ -283,9 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.token is None:
         # dev without a token: the sandbox chat is the whole point of `python bot.py` on a fresh machine.
-        from sandbox.chat import run_chat
-
-        return run_chat(settings)
+        return run_dev(settings)
     setup_logging(settings)
     try:
         asyncio.run(run_bot(settings))

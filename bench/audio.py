@@ -84,7 +84,7 @@ def peak_kib(pid: int) -> int:
 
 async def hi_latency(folder: Path, voice_messages: int) -> None:
     """``!hi`` p50/p99 through the sandbox, idle and while ``voice_messages`` are being transcribed."""
-    from bot import TrainerBot, use_api_base
+    from bot import start_bot, stop_bot
     from sandbox.server import Sandbox
 
     text = ". ".join(samples.SENTENCES[:4])  # ~10 s of speech
@@ -92,13 +92,8 @@ async def hi_latency(folder: Path, voice_messages: int) -> None:
     settings = Settings.from_env({"DATA_DIR": str(folder / "d"), "CORRECTIONS_DIR": str(folder / "c"),
                                   "MODE": "prod", "DISCORD_TOKEN": "x"})
     sb = await Sandbox().start()
-    await use_api_base(sb.api_base, sb.bot_token)
-    settings = dataclasses.replace(settings, token=sb.bot_token,
-                                   audio_queue=max(settings.audio_queue, voice_messages))
-    bot = TrainerBot(settings, guild_ready_timeout=0.1)
-    await bot.login(sb.bot_token)
-    runner = asyncio.create_task(bot.connect())
-    await bot.wait_until_ready()
+    settings = dataclasses.replace(settings, audio_queue=max(settings.audio_queue, voice_messages))
+    bot = await start_bot(settings, api_base=sb.api_base, token=sb.bot_token)
     await bot.get_cog("Voice").pipeline.warm_up()  # prod mode starts this at load; wait for it here
     try:
         await roundtrip.measure(sb, 20)  # warm-up
@@ -119,8 +114,7 @@ async def hi_latency(folder: Path, voice_messages: int) -> None:
         elapsed = loop.time() - start
         refused = sum(1 for m in sb.bot_messages() if m.reference_id in ids and not m.content.startswith("> "))
     finally:
-        await bot.close()
-        await asyncio.wait_for(runner, 10)
+        await stop_bot(bot)
         await sb.close()
     print(f"\n!hi through the sandbox (prod mode, AUDIO_WORKERS={settings.audio_workers}, {os.cpu_count()} CPUs)")
     print(f"{'while':<34}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import statistics
 import sys
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 import discord  # noqa: E402
 from discord.ext import commands  # noqa: E402
 
-from bot import TrainerBot, use_api_base  # noqa: E402
+from bot import start_bot  # noqa: E402
 from config import Settings  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
 
@@ -68,11 +67,16 @@ async def measure(sb: Sandbox, n: int) -> tuple[float, list[float]]:
     return n / (loop.time() - start), latencies
 
 
-async def run_one(sb: Sandbox, make_bot, n: int) -> tuple[float, list[float]]:
-    bot = make_bot()
+async def start_bare(sb: Sandbox) -> commands.Bot:
+    bot = bare_bot()
     await bot.login(sb.bot_token)
-    task = asyncio.create_task(bot.connect())
+    bot.runner = asyncio.create_task(bot.connect())
     await bot.wait_until_ready()
+    return bot
+
+
+async def run_one(sb: Sandbox, start, n: int) -> tuple[float, list[float]]:
+    bot = await start()
     voice = bot.get_cog("Voice")
     if voice is not None:
         # prod warms the speech workers up at start; measure the steady state, not that start-up burst.
@@ -82,7 +86,7 @@ async def run_one(sb: Sandbox, make_bot, n: int) -> tuple[float, list[float]]:
         return await measure(sb, n)
     finally:
         await bot.close()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(bot.runner, 10)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -96,12 +100,11 @@ async def main(n: int, rounds: int) -> None:
     settings = Settings.from_env({"DATA_DIR": str(tmp / "d"), "CORRECTIONS_DIR": str(tmp / "c"), "MODE": "prod",
                                   "DISCORD_TOKEN": "x"})
     sb = await Sandbox().start()
-    await use_api_base(sb.api_base, sb.bot_token)
-    settings = dataclasses.replace(settings, token=sb.bot_token)
     results: dict[str, list[tuple[float, list[float]]]] = {"trainer": [], "bare": []}
     for _ in range(rounds):  # interleaved so drift in machine load hits both alike
-        results["trainer"].append(await run_one(sb, lambda: TrainerBot(settings, guild_ready_timeout=0.1), n))
-        results["bare"].append(await run_one(sb, bare_bot, n))
+        results["trainer"].append(await run_one(
+            sb, lambda: start_bot(settings, api_base=sb.api_base, token=sb.bot_token), n))
+        results["bare"].append(await run_one(sb, lambda: start_bare(sb), n))
     await sb.close()
     print(f"!hi round trips through the sandbox: {rounds} rounds x {n} sequential commands")
     print(f"{'bot':<10}{'cmd/s':>10}{'p50 ms':>10}{'p99 ms':>10}")

@@ -10,16 +10,13 @@ at end of input the chat waits for outstanding replies and exits 0.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import mimetypes
 import re
 import shlex
-import sys
 from pathlib import Path
 from typing import TextIO
 
-from config import Settings
 from sandbox.server import Message, Sandbox
 
 log = logging.getLogger(__name__)
@@ -215,83 +212,3 @@ class TerminalChat:
         else:
             self.say(f"! unknown chat command {cmd}; /help lists them")
         return True
-
-
-async def _read_lines(stream: TextIO, queue: asyncio.Queue[str | None]) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, stream.readline)
-        if not line:
-            await queue.put(None)
-            return
-        await queue.put(line)
-
-
-async def chat_main(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path,
-                    silence: float = 6.0) -> int:
-    """Start the sandbox and the bot, then run the chat until /quit or end of input."""
-    from bot import TrainerBot, use_api_base
-
-    sandbox = await Sandbox().start(voice=True)
-    settings = dataclasses.replace(settings, token=sandbox.bot_token)
-    await use_api_base(sandbox.api_base, sandbox.bot_token)
-    # The sandbox sends its one guild right after READY: no need to wait 2 s for more.
-    # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.
-    bot = TrainerBot(settings, guild_ready_timeout=0.1, **sandbox.bot_kwargs())
-    runner = asyncio.create_task(bot.start(sandbox.bot_token), name="bot")
-    interactive = stdin.isatty()
-    try:
-        ready = asyncio.create_task(bot.wait_until_ready())
-        done, _ = await asyncio.wait({ready, runner}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done:
-            runner.result()  # re-raise why the bot stopped
-        if ready not in done:
-            print("the bot did not come online within 30 s; see the log", file=sys.stderr)
-            return 1
-        chat = TerminalChat(sandbox, out=out, files_dir=files_dir, prefix=settings.prefix, silence=silence)
-        chat.say(f"Sandbox chat with the trainer bot in #{sandbox.text_channel.name}. "
-                 f"You are {chat.user.name}. /help lists chat commands; try {settings.prefix}hi")
-        if sandbox.voice_unavailable:
-            chat.say(f"* Voice channels are off in this sandbox: {sandbox.voice_unavailable}. "
-                     f"Everything else works; {settings.prefix}join will not connect.")
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        reader = asyncio.create_task(_read_lines(stdin, queue))
-        try:
-            while True:
-                if interactive:
-                    out.write(f"{chat.user.name}> ")
-                    out.flush()
-                line = await queue.get()
-                if line is None:
-                    break
-                if not await chat.handle(line):
-                    break
-                if not interactive and chat.posted:
-                    await chat.settle()
-            await chat.settle()
-        finally:
-            reader.cancel()
-        return 0
-    finally:
-        await bot.close()
-        try:
-            await asyncio.wait_for(runner, 10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("bot stopped with an error")
-        await sandbox.close()
-
-
-def run_chat(settings: Settings) -> int:
-    """``python bot.py`` in dev mode without a token lands here."""
-    from bot import ROOT, setup_logging
-
-    workdir = ROOT / "sandbox_files"
-    log_file = workdir / "bot.log"
-    setup_logging(settings, log_file=log_file)
-    print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)
-    try:
-        return asyncio.run(chat_main(settings, stdin=sys.stdin, out=sys.stdout, files_dir=workdir / "attachments"))
-    except KeyboardInterrupt:
-        return 0

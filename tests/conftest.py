@@ -9,7 +9,6 @@ implement.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -150,28 +149,18 @@ class BotHarness:
 
 
 async def start_bot(sandbox: Sandbox, settings: Settings, **bot_kwargs: Any) -> Any:
-    """Start the real bot against ``sandbox``; ``bot_kwargs`` go to ``commands.Bot`` (by default it
-    trusts the sandbox's voice server when that runs, as ``sandbox.bot_kwargs()`` says)."""
-    from bot import TrainerBot, use_api_base
+    """Start the real bot against ``sandbox`` with ``bot.start_bot``; ``bot_kwargs`` go to ``commands.Bot``
+    (by default it trusts the sandbox's voice server when that runs, as ``sandbox.bot_kwargs()`` says)."""
+    import bot as bot_module
 
-    settings = dataclasses.replace(settings, token=sandbox.bot_token)
-    await use_api_base(sandbox.api_base, sandbox.bot_token)
-    bot = TrainerBot(settings, **{"guild_ready_timeout": 0.1, **sandbox.bot_kwargs(), **bot_kwargs})
-    bot._test_runner = asyncio.create_task(bot.start(sandbox.bot_token))
-    ready = asyncio.create_task(bot.wait_until_ready())
-    done, _ = await asyncio.wait({ready, bot._test_runner}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if bot._test_runner in done:
-        bot._test_runner.result()
-    assert ready in done, "bot did not become ready"
-    return bot
+    return await bot_module.start_bot(settings, api_base=sandbox.api_base, token=sandbox.bot_token,
+                                      ready_timeout=20, **{**sandbox.bot_kwargs(), **bot_kwargs})
 
 
 async def stop_bot(bot: Any) -> None:
-    await bot.close()
-    try:
-        await asyncio.wait_for(bot._test_runner, 10)
-    except asyncio.CancelledError:
-        pass
+    import bot as bot_module
+
+    await bot_module.stop_bot(bot)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import pytest
 from conftest import BotHarness, start_bot, stop_bot
 
 import sandbox.voice as sandbox_voice
+from bot import dev_chat
 from config import Settings
-from sandbox.chat import chat_main
 from sandbox.server import CONNECT, SPEAK, Sandbox
 from sandbox.voice import FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
 from speech import synthesize as tts
@@ -194,7 +194,7 @@ async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox,
 # ---------------------------------------------------------------------------- the terminal chat
 async def run_chat(settings: Settings, script: list[str], tmp_path: Path) -> str:
     out = io.StringIO()
-    rc = await chat_main(settings, stdin=io.StringIO("\n".join(script) + "\n"), out=out,
+    rc = await dev_chat(settings, stdin=io.StringIO("\n".join(script) + "\n"), out=out,
                          files_dir=tmp_path / "files", silence=1.0)
     assert rc == 0, out.getvalue()
     return out.getvalue()
