@@ -11,13 +11,11 @@ import asyncio
 import dataclasses
 import difflib
 import logging
-import pkgutil
-import secrets
 import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 import discord
@@ -25,15 +23,22 @@ import yarl
 from discord.ext import commands
 from dotenv import load_dotenv
 
-import checks
+from commands._shared import NotTrainerAdmin, TrainerContext, report_unexpected
 from config import Settings
 from errors import ConfigError, TrainerError
-from textsplit import split_message
+
+if TYPE_CHECKING:
+    import openai
+
+    from model import Model
+    from speech.recognize import Transcriber
 
 log = logging.getLogger("trainer")
 
 ROOT = Path(__file__).resolve().parent
-COGS_DIR = ROOT / "commands"
+# The cogs, in load order; commands/_shared.py is a helper module, not a cog.
+EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
+              "commands.training")
 
 
 class RedactSecrets(logging.Filter):
@@ -93,95 +98,45 @@ async def use_api_base(api_base: str, token: str) -> None:
     log.info("using Discord-compatible server at %s (gateway %s)", base, data["url"])
 
 
-BACKEND_BLURB = {
-    "local": "Model: the built-in **local** backend — it learns from this server's examples and corrections "
-             "in seconds, answers with the closest example it was trained on and classifies labelled texts. "
-             "It retrieves, it does not generate new text.",
-    "openai": "Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
-              "and answers come from the fine-tuned model.",
-}
-
-
-class TrainerHelp(commands.HelpCommand):
-    """A compact ``!help``: commands grouped by area, then details per command."""
-
-    def __init__(self) -> None:
-        # Everyone sees every command (admin ones marked), so members know what to ask an admin for.
-        super().__init__(verify_checks=False,
-                         command_attrs={"help": "Show what the bot can do, or details of one command."})
-
-    def _line(self, command: commands.Command) -> str:
-        admin = " *(admins)*" if checks.is_trainer_admin in command.checks else ""
-        return f"`{self.context.clean_prefix}{command.qualified_name}` — {command.short_doc or ''}{admin}"
-
-    async def _send(self, text: str) -> None:
-        for chunk in split_message(text):
-            await self.get_destination().send(chunk)
-
-    async def send_bot_help(self, mapping: dict[Any, list[commands.Command]]) -> None:
-        p = self.context.clean_prefix
-        lines = ["**Trainer bot** — chat with me, correct me, and train me on your own data."]
-        for cog, cmds in sorted(mapping.items(), key=lambda kv: getattr(kv[0], "qualified_name", "~")):
-            shown = await self.filter_commands(cmds, sort=True)
-            if not shown:
-                continue
-            name = getattr(cog, "qualified_name", "Other")
-            lines.append(f"\n__{name}__")
-            lines.extend(self._line(c) for c in shown)
-        backend = getattr(getattr(self.context.bot, "model", None), "backend", None)
-        if backend is not None:
-            lines.append("\n" + BACKEND_BLURB.get(backend.name, f"Model backend: {backend.name}."))
-        lines.append(f"\nType `{p}help <command>` for details, or `{p}instruction` for the full guide.")
-        await self._send("\n".join(lines))
-
-    async def send_cog_help(self, cog: commands.Cog) -> None:
-        shown = await self.filter_commands(cog.get_commands(), sort=True)
-        await self._send("\n".join([f"__{cog.qualified_name}__", *(self._line(c) for c in shown)]))
-
-    async def send_command_help(self, command: commands.Command) -> None:
-        lines = [f"**Usage:** `{self.get_command_signature(command).strip()}`"]
-        if command.help:
-            lines.append(command.help)
-        if command.aliases:
-            lines.append("Also: " + ", ".join(f"`{a}`" for a in command.aliases))
-        await self._send("\n".join(lines))
-
-    async def send_group_help(self, group: commands.Group) -> None:
-        await self.send_command_help(group)
-
-    def command_not_found(self, string: str) -> str:
-        return f"No command called `{string}`. Type `{self.context.clean_prefix}help` to see them all."
-
-
 class TrainerBot(commands.Bot):
-    """The bot: loads every cog in ``commands/`` and turns errors into one friendly line."""
+    """The bot: builds the shared clients once, loads the cogs and turns errors into one friendly line."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, openai_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         intents.voice_states = True
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.prefix),
             intents=intents,
-            help_command=TrainerHelp(),
             case_insensitive=True,
             strip_after_prefix=True,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, replied_user=False),
+            # Nothing the bot repeats from users may ping anyone; a ping must be asked for per message.
+            allowed_mentions=discord.AllowedMentions.none(),
             **kwargs,
         )
         self.settings = settings
+        # Extra options for the one OpenAI client (tests ask for strict response validation).
+        self.openai_options = openai_options or {}
         self.runner: asyncio.Task[None] | None = None  # set by start_bot
         self.failed_cogs: dict[str, str] = {}
+        self.openai_client: openai.AsyncOpenAI | None = None
+        self.model: Model
+        self.transcriber: Transcriber
 
     async def setup_hook(self) -> None:
-        from model import Model  # heavy (scikit-learn): only when a bot is really built
+        # Heavy imports (scikit-learn, the speech stack) only when a bot is really built.
+        from model import Model
+        from speech.recognize import Transcriber
+        from training.openai_api import make_client
 
-        self.model = Model(self.settings)
+        self.openai_client = make_client(self.settings, **self.openai_options)
+        self.model = Model(self.settings, openai_client=self.openai_client)
         await self.model.start()
-        for module in sorted(pkgutil.iter_modules([str(COGS_DIR)]), key=lambda m: m.name):
-            if module.name.startswith("_"):
-                continue
-            name = f"commands.{module.name}"
+        self.transcriber = Transcriber(self.settings, openai_client=self.openai_client)
+        if not self.settings.dev:
+            # Start the speech workers and load the recogniser now, not on the first voice message.
+            self._warm_up = asyncio.create_task(self.transcriber.warm_up(), name="speech-warm-up")
+        for name in EXTENSIONS:
             try:
                 await self.load_extension(name)
             except Exception as exc:  # one broken cog must not take the bot down
@@ -190,11 +145,19 @@ class TrainerBot(commands.Bot):
             else:
                 log.debug("loaded %s", name)
 
+    async def get_context(self, origin: discord.Message | discord.Interaction, /, *,
+                          cls: type[commands.Context] = TrainerContext) -> Any:
+        return await super().get_context(origin, cls=cls)
+
     async def close(self) -> None:
         await super().close()
-        model = getattr(self, "model", None)
-        if model is not None:
-            await model.close()
+        for name, closer in (("transcriber", "close"), ("model", "close"), ("openai_client", "close")):
+            thing = getattr(self, name, None)
+            if thing is not None:
+                try:
+                    await getattr(thing, closer)()
+                except Exception:
+                    log.exception("closing the %s failed", name)
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),
@@ -240,7 +203,10 @@ class TrainerBot(commands.Bot):
             perms = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
             await ctx.send(f"I need the **{perms}** permission here to do that.")
             return
-        if isinstance(error, (checks.NotTrainerAdmin, commands.NoPrivateMessage, commands.MaxConcurrencyReached)):
+        if isinstance(error, commands.NoPrivateMessage):
+            await ctx.send("This command only works in a server.")
+            return
+        if isinstance(error, (NotTrainerAdmin, commands.MaxConcurrencyReached)):
             await ctx.send(str(error))
             return
         if isinstance(error, commands.CheckFailure):
@@ -249,9 +215,7 @@ class TrainerBot(commands.Bot):
         if isinstance(error, TrainerError):
             await ctx.send(str(error)[:1990])
             return
-        error_id = secrets.token_hex(3)
-        log.error("error %s in command %s (message %s)", error_id, ctx.command, ctx.message.id,
-                  exc_info=(type(error), error, error.__traceback__))
+        error_id = report_unexpected(f"in command {ctx.command} (message {ctx.message.id})", error)
         try:
             await ctx.send(f"Something went wrong on my side (error id `{error_id}`); it has been logged.")
         except discord.HTTPException:

@@ -1,11 +1,11 @@
-"""The Model: the one object cogs talk to for training, job tracking, testing and answering.
+"""The Model: the one door from the cogs to the domain (data in, training jobs, models, tests, answers).
 
-Methods are thin: compiling is ``datasets``, jobs are ``jobs``, training/answering is a backend
-(``backends.local`` or ``backends.openai_backend``, chosen by ``MODEL_BACKEND``), tests are
-``evaluation``. Async methods never block the loop with CPU or big-disk work; the sync ones
-only read or write small JSON files.
+Every public method is async: disk and CPU work runs in a thread inside, so a cog never decides what
+blocks. Methods are thin: data is ``dataset``, jobs are ``training.jobs``, training and answering is
+a backend (chosen by ``MODEL_BACKEND``, see ``training.backend.BACKENDS``), tests are
+``training.evaluation``. ``Model.space`` is the only place a guild's folders are built.
 
-``python model.py check FILE.jsonl`` checks a fine-tuning file (delegates to ``datasets``).
+``python model.py check FILE.jsonl`` checks a fine-tuning file (delegates to ``dataset.check``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dataset import check
+from dataset import archive, check, corrections
 from dataset import compile as compiler
-from dataset import corrections as records
-from errors import Busy, InvalidInput, NotFound
-from storage import GuildSpace
-from training import jobs
-from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend
+from dataset import folder as dataset_folder
+from dataset.archive import ArchiveResult
+from dataset.folder import SelectResult
+from dataset.formats import SUPPORTED, IngestReport
+from errors import Busy, InvalidInput, NotFound, TooLarge, TrainerError
+from storage import GuildSpace, fmt_bytes
+from training import jobs, status
+from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend, create_backend
 from training.evaluation import Case, EvalResult, parse_cases, run_cases
 
 if TYPE_CHECKING:
@@ -35,40 +38,159 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEST_CONCURRENCY = 4
+MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refused before download
+MAX_TEST_UPLOAD = 5 * 1024 * 1024
 
 
 class Model:
-    """Training backends, job records, the current model per guild, tests and answers."""
+    """Data in, training jobs, the current model per guild, tests and answers: one async API for the cogs."""
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None,
                  backend: TrainingBackend | None = None) -> None:
         self.settings = settings
-        if backend is not None:
-            self.backend = backend
-        elif settings.model_backend == "openai":
-            from training.openai_api import OpenAIBackend
-
-            self.backend = OpenAIBackend(settings, client=openai_client)
-        else:
-            from training.local import LocalBackend
-
-            self.backend = LocalBackend(prefix=settings.prefix)
+        self.backend = backend if backend is not None else create_backend(settings, openai_client=openai_client)
         self._train_locks: dict[int, asyncio.Lock] = {}
         # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
         # a poll started before a cancel could save its stale copy over the cancelled one.
         self._job_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
-        """Open the backend's connections (the AsyncOpenAI client) once."""
+        """Start the backend (once, from the bot's setup_hook)."""
         await self.backend.start()
 
     async def close(self) -> None:
-        """Close connections and stop local trainings started by this process."""
+        """Stop local trainings started by this process and release the backend."""
         await self.backend.close()
 
     def space(self, guild_id: int) -> GuildSpace:
-        """The guild's folders."""
+        """The guild's folders: the only place a GuildSpace is built."""
         return GuildSpace(guild_id, self.settings.data_dir, self.settings.corrections_dir)
+
+    # ------------------------------------------------------------ data in
+
+    @staticmethod
+    def check_upload(filename: str, size: int) -> None:
+        """Refuse a training file before it is downloaded: too big, or a type we cannot read."""
+        if size > MAX_DATA_UPLOAD:
+            raise TooLarge(f"`{filename}` is {fmt_bytes(size)}; training files are limited to "
+                           f"{fmt_bytes(MAX_DATA_UPLOAD)}.")
+        if not filename.lower().endswith(SUPPORTED):
+            ext = ("." + filename.rsplit(".", 1)[1]) if "." in filename else "none"
+            raise InvalidInput(f"`{filename}`: unsupported file type `{ext}`; use .jsonl, .json, .csv or .txt.")
+
+    async def add_upload(self, guild_id: int, filename: str, data: bytes, *, positive: bool,
+                         author: str) -> IngestReport:
+        """Store an uploaded file and add its examples to the current dataset."""
+        space = self.space(guild_id)
+
+        def work() -> IngestReport:
+            path = dataset_folder.store_upload(space, filename, data)
+            return dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename)
+
+        return await asyncio.to_thread(work)
+
+    async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str) -> IngestReport:
+        """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
+        return await asyncio.to_thread(dataset_folder.ingest_text, self.space(guild_id), text, positive=positive,
+                                       author=author)
+
+    async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str) -> IngestReport:
+        """Add a file or folder of the guild's data space (a path the user typed)."""
+        return await asyncio.to_thread(dataset_folder.ingest_path, self.space(guild_id), user_path,
+                                       positive=positive, author=author)
+
+    async def path_exists(self, guild_id: int, user_path: str) -> bool:
+        """Whether a typed path names an entry of the guild's data space (False when refused)."""
+        space = self.space(guild_id)
+
+        def exists() -> bool:
+            try:
+                return space.resolve(user_path).exists()
+            except (TrainerError, OSError):
+                return False
+
+        return await asyncio.to_thread(exists)
+
+    async def dataset_name(self, guild_id: int) -> str:
+        """The current dataset as users see it, e.g. ``datasets/main``."""
+        return await asyncio.to_thread(dataset_folder.dataset_name, self.space(guild_id))
+
+    async def select_dataset(self, guild_id: int, user_dir: str, *, positive: bool) -> SelectResult:
+        """Make a folder the dataset for the next training; it is archived first."""
+        return await asyncio.to_thread(dataset_folder.select_dataset, self.space(guild_id), user_dir,
+                                       positive=positive)
+
+    async def archive(self, guild_id: int, user_dir: str, *, read_limit: int) -> tuple[ArchiveResult, str, bytes | None]:
+        """Zip a folder of the data space; returns the result, the folder as stored, and the zip's bytes
+        when it is at most ``read_limit`` bytes (to attach), else None."""
+        space = self.space(guild_id)
+
+        def work() -> tuple[ArchiveResult, str, bytes | None]:
+            result = archive.archive_folder(space, user_dir)
+            shown = space.relative(space.resolve(user_dir))  # as stored, not as typed (quotes, trailing slash)
+            data = result.path.read_bytes() if result.bytes <= read_limit else None
+            return result, shown, data
+
+        return await asyncio.to_thread(work)
+
+    async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
+        """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
+        space = self.space(guild_id)
+
+        def work() -> tuple[str, str, bytes]:
+            target = space.resolve(user_path, must_exist=True)
+            shown = space.relative(target)
+            if not target.is_file():
+                raise InvalidInput(f"`{shown}` is a folder; `{self.settings.prefix}archive {shown}` zips it.")
+            size = target.stat().st_size
+            if size > limit:
+                said, cap = fmt_bytes(size), fmt_bytes(limit)
+                if said == cap:  # "10.0 MB, over the limit of 10.0 MB" would make no sense
+                    said, cap = f"{size:,} bytes", f"{limit:,} bytes"
+                raise TooLarge(f"`{shown}` is {said}, over this server's upload limit of {cap}.")
+            try:
+                return shown, target.name, target.read_bytes()
+            except FileNotFoundError:
+                raise NotFound(f"`{shown}` does not exist in this server's data folder.") from None
+
+        return await asyncio.to_thread(work)
+
+    # ------------------------------------------------------------ what members give
+
+    async def record_answer(self, guild_id: int, *, message_ids: Sequence[int], channel_id: int, prompt: str,
+                            answer: str, prompt_message_id: int | None, author_id: int | None) -> None:
+        """Log an answer (every message it was sent as) so ``!correct`` can find it."""
+        space = self.space(guild_id)
+        model_name = await self.current_model(guild_id)
+
+        def work() -> None:
+            for message_id in message_ids:  # any part of a long answer can be the one someone corrects
+                corrections.record_answer(space, message_id=message_id, channel_id=channel_id, prompt=prompt,
+                                          answer=answer, prompt_message_id=prompt_message_id,
+                                          author_id=author_id, model=model_name)
+
+        await asyncio.to_thread(work)
+
+    async def find_answer(self, guild_id: int, message_id: int) -> dict[str, Any] | None:
+        """The logged answer for one of the bot's message ids, or None."""
+        return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id)
+
+    async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
+                      author_name: str, channel_id: int) -> dict[str, Any]:
+        """Store a correction of a logged answer; returns the record (with its ``ref``)."""
+        return await asyncio.to_thread(
+            corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
+            prompt=answer.get("prompt", ""), answer=answer.get("answer", ""), correction=correction,
+            author_id=author_id, author_name=author_name, channel_id=channel_id,
+        )
+
+    async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
+                       reply_to: dict[str, Any] | None) -> dict[str, Any]:
+        """Store feedback; returns the record (with its ``ref``)."""
+        return await asyncio.to_thread(
+            corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
+            author_name=author_name, channel_id=channel_id, reply_to=reply_to,
+        )
 
     # ------------------------------------------------------------ training
 
@@ -90,12 +212,10 @@ class Model:
                 job = await self.poll_job(guild_id, job["id"])
                 if job["status"] not in TERMINAL:
                     raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
-
-            # OpenAI needs 10 examples; the local backend learns from any number.
-            min_examples = 10 if self.backend.name == "openai" else 1
-            compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=min_examples)
+            compiled = await asyncio.to_thread(compiler.compile_guild, space,
+                                               min_examples=self.backend.min_examples)
             report = compiled.report
-            if method == "dpo" and getattr(compiled, "preference_report", None) is not None:
+            if method == "dpo" and compiled.preference_report is not None:
                 report = compiled.preference_report  # DPO uploads the preference lines, so check those
             if not report.ok:
                 raise InvalidInput(report.format())
@@ -114,7 +234,11 @@ class Model:
             log.info("guild %s: %s started %s job %s", guild_id, started_by, self.backend.name, record["id"])
             return record, report
 
-    def _apply(self, space: GuildSpace, job: dict[str, Any], upd: JobUpdate) -> bool:
+    def relevant_warnings(self, report: CheckReport) -> list[Any]:
+        """The checker's warnings that matter to the backend in use."""
+        return [w for w in report.warnings if getattr(w, "code", "") not in self.backend.ignored_check_codes]
+
+    def _apply(self, job: dict[str, Any], upd: JobUpdate) -> bool:
         """Merge an update into the record; True if anything changed."""
         before = dict(job)
         job["status"] = upd.status
@@ -135,6 +259,10 @@ class Model:
             job["finished_at"] = time.time()
         return job != before
 
+    def owns(self, job: dict[str, Any]) -> bool:
+        """Whether this process's backend can follow ``job`` (MODEL_BACKEND may have changed since)."""
+        return job.get("backend") == self.backend.name
+
     async def poll_job(self, guild_id: int, job_id: str) -> dict[str, Any]:
         """Refresh a job from its backend and save it; on success the guild switches to the new model."""
         space = self.space(guild_id)
@@ -144,12 +272,10 @@ class Model:
             return job
         async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
             job = await asyncio.to_thread(jobs.get_job, space, job["id"])  # fresh: a cancel may have saved it
-            if job.get("status") in TERMINAL:
-                return job
-            if job.get("backend") != self.backend.name:
-                return job  # another backend's job (MODEL_BACKEND changed): nothing can poll it here
+            if job.get("status") in TERMINAL or not self.owns(job):
+                return job  # another backend's job: nothing can poll it here
             upd = await self.backend.poll(space, job)
-            if self._apply(space, job, upd):
+            if self._apply(job, upd):
                 await asyncio.to_thread(self._save, space, job)
             return job
 
@@ -175,90 +301,108 @@ class Model:
             if job.get("status") in TERMINAL:
                 raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
             upd = await self.backend.cancel(space, job)
-            self._apply(space, job, upd)
+            self._apply(job, upd)
             if job["status"] == "cancelled" and by:
                 job["cancelled_by"] = by
             await asyncio.to_thread(self._save, space, job)
             return job
 
-    def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
-        """Remember which message the watcher edits for this job (survives restarts)."""
+    async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
+        """Remember which message the watcher edits for this job (survives restarts), under the job's lock
+        so a concurrent poll or cancel cannot undo it."""
         space = self.space(guild_id)
-        job = jobs.get_job(space, job_id)
-        job["status_message_id"] = message_id
-        return jobs.save_job(space, job)
 
-    async def remember_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
-        """``set_status_message`` under the job's lock, so a concurrent poll or cancel cannot undo it."""
+        def work() -> dict[str, Any]:
+            job = jobs.get_job(space, job_id)
+            job["status_message_id"] = message_id
+            return jobs.save_job(space, job)
+
         async with self._job_locks.setdefault(job_id, asyncio.Lock()):
-            return await asyncio.to_thread(self.set_status_message, guild_id, job_id, message_id)
+            return await asyncio.to_thread(work)
 
-    def list_jobs(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
+    async def list_jobs(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
         """Newest jobs first."""
-        return jobs.list_jobs(self.space(guild_id), limit)
+        return await asyncio.to_thread(jobs.list_jobs, self.space(guild_id), limit)
 
-    def get_job(self, guild_id: int, job_id: str) -> dict[str, Any]:
-        """A job by id or unique id prefix; NotFound otherwise."""
-        return jobs.get_job(self.space(guild_id), job_id)
-
-    def unfinished_jobs(self) -> list[tuple[int, dict[str, Any]]]:
-        """(guild_id, job) for every unfinished job on disk: what the watcher resumes at start-up."""
-        found: list[tuple[int, dict[str, Any]]] = []
-        try:
-            entries = list(self.settings.data_dir.iterdir())
-        except FileNotFoundError:
+    async def unfinished_jobs(self) -> list[tuple[int, dict[str, Any]]]:
+        """(guild_id, job) for every unfinished job of this backend on disk: what the watcher resumes."""
+        def work() -> list[tuple[int, dict[str, Any]]]:
+            found: list[tuple[int, dict[str, Any]]] = []
+            try:
+                entries = list(self.settings.data_dir.iterdir())
+            except FileNotFoundError:
+                return found
+            for entry in entries:
+                if entry.name.isdigit() and int(entry.name) > 0 and (entry / "jobs.jsonl").is_file():
+                    guild_id = int(entry.name)
+                    found.extend((guild_id, job) for job in jobs.unfinished_jobs(self.space(guild_id))
+                                 if self.owns(job))
             return found
-        for entry in entries:
-            if entry.name.isdigit() and int(entry.name) > 0 and (entry / "jobs.jsonl").is_file():
-                guild_id = int(entry.name)
-                found.extend((guild_id, job) for job in jobs.unfinished_jobs(self.space(guild_id)))
-        return found
+
+        return await asyncio.to_thread(work)
 
     @staticmethod
-    def render_status(job: dict[str, Any]) -> str:
-        """The text of a job's status message."""
-        return jobs.render_status(job)
+    def status_text(job: dict[str, Any]) -> str:
+        """The text of a job's status message (pure and cheap)."""
+        return status.render_status(job)
+
+    @staticmethod
+    def no_loss_reason(job: dict[str, Any]) -> str:
+        """Why a finished job has no loss curve, in one sentence."""
+        return status.no_loss_reason(job)
 
     @staticmethod
     async def loss_curve_png(job: dict[str, Any]) -> bytes | None:
         """The loss curve as PNG (rendered in a thread), None without loss points."""
-        return await asyncio.to_thread(jobs.loss_curve_png, job)
+        return await asyncio.to_thread(status.loss_curve_png, job)
 
     # ------------------------------------------------------------ models
 
-    def current_model(self, guild_id: int) -> str | None:
+    async def current_model(self, guild_id: int) -> str | None:
         """The model this guild answers with, None before the first training."""
-        return jobs.current_model(self.space(guild_id), self.backend.name)
+        return await asyncio.to_thread(jobs.current_model, self.space(guild_id), self.backend.name)
 
-    def list_models(self, guild_id: int) -> list[str]:
+    async def list_models(self, guild_id: int) -> list[str]:
         """Models that can be selected, oldest first."""
         space = self.space(guild_id)
-        return self.backend.list_models(space, jobs.list_jobs(space, 0))
+        return await asyncio.to_thread(lambda: self.backend.list_models(space, jobs.list_jobs(space, 0)))
 
-    def set_model(self, guild_id: int, name: str) -> str:
+    async def set_model(self, guild_id: int, name: str) -> str:
         """Switch to ``name`` (must exist) or ``"previous"``; returns the new current model."""
         space = self.space(guild_id)
         name = (name or "").strip().strip("`")
-        if name.lower() == "previous":
-            new = jobs.set_current_model(space, self.backend.name, None, back=True)
-            return new or ""
-        if not self.backend.model_exists(space, name, jobs.list_jobs(space, 0)):
-            known = ", ".join(f"`{m}`" for m in self.list_models(guild_id)[-5:]) or "none yet"
-            raise NotFound(f"There is no model `{name}` on this server. Known: {known}.")
-        return jobs.set_current_model(space, self.backend.name, name) or name
+
+        def work() -> str:
+            if name.lower() == "previous":
+                return jobs.set_current_model(space, self.backend.name, None, back=True) or ""
+            if not self.backend.model_exists(space, name, jobs.list_jobs(space, 0)):
+                known = self.backend.list_models(space, jobs.list_jobs(space, 0))
+                shown = ", ".join(f"`{m}`" for m in known[-5:]) or "none yet"
+                raise NotFound(f"There is no model `{name}` on this server. Known: {shown}.")
+            return jobs.set_current_model(space, self.backend.name, name) or name
+
+        return await asyncio.to_thread(work)
 
     # ------------------------------------------------------------ answering and testing
 
     async def answer(self, guild_id: int, prompt: str, history: History = ()) -> str:
         """Answer with the guild's current model; ``history`` is (role, content) pairs, oldest first."""
-        space = self.space(guild_id)
-        return await self.backend.answer(space, self.current_model(guild_id), prompt, history)
+        return await self.backend.answer(self.space(guild_id), await self.current_model(guild_id), prompt, history)
+
+    @staticmethod
+    def check_test_upload(filename: str, size: int) -> None:
+        """Refuse a test file before it is downloaded."""
+        if not filename.lower().endswith((".json", ".jsonl")):
+            raise InvalidInput(f"`{filename}` is not a .json or .jsonl file.")
+        if size > MAX_TEST_UPLOAD:
+            raise TooLarge(f"`{filename}` is {fmt_bytes(size)}; test files are limited to "
+                           f"{fmt_bytes(MAX_TEST_UPLOAD)}.")
 
     async def run_tests(self, guild_id: int, text: str, *, concurrency: int = TEST_CONCURRENCY) -> EvalResult:
         """Run test cases (JSON array or lines) against the current model; mismatches are kept as errors."""
-        cases = parse_cases(text)
+        cases = await asyncio.to_thread(parse_cases, text)
         space = self.space(guild_id)
-        model_name = self.current_model(guild_id)
+        model_name = await self.current_model(guild_id)
 
         async def ask(case: Case) -> str:
             if case.kind == "label":
@@ -267,13 +411,9 @@ class Model:
 
         result = await run_cases(ask, cases, concurrency=concurrency)
         if result.mismatches:
-            await self._keep_mismatches(space, result.mismatches, model_name)
+            rows = [dict(m, model=model_name) for m in result.mismatches]
+            await asyncio.to_thread(corrections.add_test_errors, space, rows)
         return result
-
-    async def _keep_mismatches(self, space: GuildSpace, mismatches: Sequence[dict[str, Any]],
-                               model_name: str | None) -> None:
-        rows = [dict(m, model=model_name) for m in mismatches]
-        await asyncio.to_thread(records.add_test_errors, space, rows)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,15 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def fmt_bytes(n: float) -> str:
+    """1,234 bytes / 1.2 KB / 3.4 MB / 1.0 GB."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{int(n):,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
 def data_root() -> Path:
     """The data folder: ``DATA_DIR`` or ``./data`` (tests point it at a temp dir)."""
     return Path(os.environ.get("DATA_DIR", "").strip() or DEFAULT_DATA_DIR).resolve()

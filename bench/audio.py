@@ -3,7 +3,7 @@
 
     /work/main/.venv/bin/python bench/audio.py [--seconds 30] [--runs 3] [--voice-messages 8] [--only-latency]
 
-For each format a ~30 s espeak-ng recording goes through ``AudioPipeline`` (ffprobe + ffmpeg +
+For each format a ~30 s espeak-ng recording goes through ``Transcriber`` (ffprobe + ffmpeg +
 recognition in a worker process); the baseline is a kept-loaded pocketsphinx decoder on the
 same 16 kHz WAV, in this process. RTF = processing time / audio duration; the ratio
 pipeline/raw is the pipeline's overhead (goal <= 1.1x). Peak memory is ru_maxrss of this process
@@ -40,7 +40,7 @@ samples = importlib.import_module("audio_samples")
 audio = importlib.import_module("audio")
 Settings = importlib.import_module("config").Settings
 _speech = importlib.import_module("speech")
-AudioPipeline, SphinxRecognizer, _import_sr = _speech.AudioPipeline, _speech.SphinxRecognizer, _speech._import_sr
+Transcriber, SphinxRecognizer, _import_sr = _speech.Transcriber, _speech.SphinxRecognizer, _speech._import_sr
 InvalidInput = importlib.import_module("errors").InvalidInput
 roundtrip = importlib.import_module("bench.roundtrip")
 
@@ -94,7 +94,7 @@ async def hi_latency(folder: Path, voice_messages: int) -> None:
     sb = await Sandbox().start()
     settings = dataclasses.replace(settings, audio_queue=max(settings.audio_queue, voice_messages))
     bot = await start_bot(settings, api_base=sb.api_base, token=sb.bot_token)
-    await bot.get_cog("Voice").pipeline.warm_up()  # prod mode starts this at load; wait for it here
+    await bot.transcriber.warm_up()  # prod mode starts this at load; wait for it here
     try:
         await roundtrip.measure(sb, 20)  # warm-up
         _, idle = await roundtrip.measure(sb, 200)
@@ -155,7 +155,7 @@ async def main() -> None:
     legacy = recognize_sphinx_seconds(wav16.wav)
     print(f"recognize_sphinx (decoder rebuilt per call):  {legacy:.2f} s  RTF {legacy / wav16.duration:.3f}")
 
-    pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=4, audio_max_seconds=600))
+    pipe = Transcriber(Settings(audio_workers=1, audio_queue=4, audio_max_seconds=600))
     await pipe.transcribe(wav16.wav, "warm.wav")  # spawn the worker and load its model first
     print("per format: raw = kept decoder on that format's own converted WAV (search effort depends")
     print("on the audio, so each format gets its own baseline); runs interleaved raw/pipeline")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config import Settings  # noqa: E402
 from storage import GuildSpace
 from training.local import LocalBackend, load_version, train_version
 
@@ -50,7 +51,7 @@ def bench(n: int, queries: int = 500) -> dict[str, float]:
         model = load_version(space, name)
         load_s = time.perf_counter() - t0
         size_mb = sum(f.stat().st_size for f in (space.models / name).iterdir()) / 1e6
-        backend = LocalBackend()
+        backend = LocalBackend(Settings())
         rnd = random.Random(1)
         # Paraphrased questions: the right answer must still come back.
         picks = [pairs[rnd.randrange(n)] for _ in range(queries)]

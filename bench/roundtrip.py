@@ -77,10 +77,10 @@ async def start_bare(sb: Sandbox) -> commands.Bot:
 
 async def run_one(sb: Sandbox, start, n: int) -> tuple[float, list[float]]:
     bot = await start()
-    voice = bot.get_cog("Voice")
-    if voice is not None:
+    transcriber = getattr(bot, "transcriber", None)
+    if transcriber is not None:
         # prod warms the speech workers up at start; measure the steady state, not that start-up burst.
-        await voice.pipeline.warm_up()
+        await transcriber.warm_up()
     try:
         await measure(sb, 20)  # warm-up
         return await measure(sb, n)

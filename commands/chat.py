@@ -1,22 +1,22 @@
-"""Answers: ordinary messages get a reply from the server's current model."""
+"""Answers: ordinary messages (text, voice messages and audio files) get a reply from the server's model."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import secrets
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from dataset import corrections as records
-from errors import TrainerError
+from commands._shared import report_unexpected, split_message
+from errors import Busy, TrainerError
 from speech.audio import is_audio
-from storage import GuildSpace
-from textsplit import split_message
+
+if TYPE_CHECKING:
+    from bot import TrainerBot
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,18 @@ MAX_DM_LOOKUPS = 25  # servers asked about a DM author before giving up
 HISTORY_TURNS = 4  # previous (prompt, answer) turns given to the model as context
 
 
-def has_audio(message: discord.Message) -> bool:
-    """A voice message or an audio file: transcribed first, by the voice cog."""
-    return any(a.is_voice_message() or is_audio(a.content_type, a.filename) for a in message.attachments)
+def audio_attachment(message: discord.Message) -> discord.Attachment | None:
+    """The first voice message or audio file of a message, if any."""
+    for att in message.attachments:
+        if att.is_voice_message() or is_audio(att.content_type, att.filename):
+            return att
+    return None
 
 
 class Chat(commands.Cog):
     """Talk with the server's model."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
         self.dm_guilds: dict[int, tuple[int, float]] = {}  # user id -> (guild id or 0, when looked up)
         # Recent (role, content) turns per channel, given to the model as context.
@@ -74,29 +77,60 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
+        # 1. Filter: bots are never answered; prefixed messages are commands (or another bot's).
         if message.author.bot or message.content.startswith(self.bot.settings.prefix):
-            return  # bots are never answered; prefixed messages are commands (or another bot's)
+            return
         if not self.wants_answer(message):
             return
-        if has_audio(message):
-            # One listener for every message (a task per listener per message adds up): audio goes on
-            # to the voice cog from here.
-            voice = self.bot.get_cog("Voice")
-            if voice is not None:
-                await voice.answer_audio(message, self)
+        # 2. What was said: the text, or the words of a voice message / audio file.
+        att = audio_attachment(message)
+        if att is not None:
+            prompt = await self.transcribe(message, att)
+            heard = prompt
+        else:
+            prompt, heard = await self.prompt_of(message), None
+        if not prompt:
             return
+        # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
+        await self.reply_to(message, prompt, heard=heard)
+
+    async def prompt_of(self, message: discord.Message) -> str | None:
+        """The question in a text message, without the bot's mention; None for commands."""
         ctx = await self.bot.get_context(message)
         if ctx.prefix is not None and (ctx.prefix == self.bot.settings.prefix or ctx.command is not None):
-            return  # a command: the command machinery answers it
+            return None  # a command: the command machinery answers it
         prompt = message.content
         if ctx.prefix is not None:  # "@bot question": drop the mention
             prompt = prompt[len(ctx.prefix):]
         if self.bot.user is not None:  # "hey @bot, question": the model should not see the mention either
             prompt = re.sub(rf"\s*<@!?{self.bot.user.id}>[,:]?", "", prompt)
-        prompt = prompt.strip()
-        if not prompt:
-            return
-        await self.reply_to(message, prompt)
+        return prompt.strip() or None
+
+    async def transcribe(self, message: discord.Message, att: discord.Attachment) -> str | None:
+        """The words of an audio attachment, or None after telling the author why there are none."""
+        limit = self.bot.settings.audio_max_bytes
+        if att.size > limit:
+            await message.reply(f"That audio file is {att.size / 1e6:.1f} MB; I take up to {limit / 1e6:.1f} MB.",
+                                mention_author=False)
+            return None
+        try:
+            async with message.channel.typing():
+                data = await att.read()
+                transcript = await self.bot.transcriber.transcribe(data, att.filename)
+        except Busy as exc:
+            await message.reply(str(exc), mention_author=False)
+        except TrainerError as exc:
+            await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
+        except discord.HTTPException as exc:
+            log.warning("could not download attachment %s: %s", att.id, exc)
+            await message.reply("I couldn't download that audio file; please send it again.", mention_author=False)
+        except Exception as exc:
+            error_id = report_unexpected(f"transcribing {att.filename}", exc)
+            await message.reply(f"Something went wrong with that audio (error id `{error_id}`).",
+                                mention_author=False)
+        else:
+            return transcript.text
+        return None
 
     async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None) -> list[discord.Message]:
         """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
@@ -111,9 +145,8 @@ class Chat(commands.Cog):
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
         except TrainerError as exc:
             return [await message.reply(str(exc)[:2000], mention_author=False)]
-        except Exception:
-            error_id = secrets.token_hex(3)
-            log.exception("error %s answering message %s", error_id, message.id)
+        except Exception as exc:
+            error_id = report_unexpected(f"answering message {message.id}", exc)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
                                         mention_author=False)]
         text = f"> {heard}\n{answer}" if heard else answer
@@ -125,15 +158,12 @@ class Chat(commands.Cog):
                 sent.append(await message.channel.send(chunk))
         turns.extend((("user", prompt), ("assistant", answer)))
         self.bot.dispatch("chat_answer", message, answer)  # the voice cog speaks it when in a call
-        space = GuildSpace(guild.id, self.bot.settings.data_dir, self.bot.settings.corrections_dir)
-        model_name = self.bot.model.current_model(guild.id)
-        for msg in sent:  # any part of a long answer can be the one someone corrects
-            await asyncio.to_thread(
-                records.record_answer, space, message_id=msg.id, channel_id=message.channel.id, prompt=prompt,
-                answer=answer, prompt_message_id=message.id, author_id=message.author.id, model=model_name,
-            )
+        await self.bot.model.record_answer(
+            guild.id, message_ids=[m.id for m in sent], channel_id=message.channel.id, prompt=prompt,
+            answer=answer, prompt_message_id=message.id, author_id=message.author.id,
+        )
         return sent
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: TrainerBot) -> None:
     await bot.add_cog(Chat(bot))

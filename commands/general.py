@@ -1,52 +1,111 @@
-"""Greeting and the user guide."""
+"""Greeting, the user guide and ``!help``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from discord.ext import commands
 
-from textsplit import split_message
+from commands._shared import TrainerContext, is_trainer_admin, split_message
+
+if TYPE_CHECKING:
+    from bot import TrainerBot
 
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "instructions.txt"
 
 
+class TrainerHelp(commands.HelpCommand):
+    """A compact ``!help``: commands grouped by area, then details per command."""
+
+    def __init__(self) -> None:
+        # Everyone sees every command (admin ones marked), so members know what to ask an admin for.
+        super().__init__(verify_checks=False,
+                         command_attrs={"help": "Show what the bot can do, or details of one command."})
+
+    def _line(self, command: commands.Command) -> str:
+        admin = " *(admins)*" if is_trainer_admin in command.checks else ""
+        return f"`{self.context.clean_prefix}{command.qualified_name}` — {command.short_doc or ''}{admin}"
+
+    async def _send(self, text: str) -> None:
+        for chunk in split_message(text):
+            await self.get_destination().send(chunk)
+
+    async def send_bot_help(self, mapping: dict[Any, list[commands.Command]]) -> None:
+        p = self.context.clean_prefix
+        lines = ["**Trainer bot** — chat with me, correct me, and train me on your own data."]
+        for cog, cmds in sorted(mapping.items(), key=lambda kv: getattr(kv[0], "qualified_name", "~")):
+            shown = await self.filter_commands(cmds, sort=True)
+            if not shown:
+                continue
+            name = getattr(cog, "qualified_name", "Other")
+            lines.append(f"\n__{name}__")
+            lines.extend(self._line(c) for c in shown)
+        backend = getattr(getattr(self.context.bot, "model", None), "backend", None)
+        if backend is not None:
+            lines.append("\n" + (backend.blurb or f"Model backend: {backend.name}."))
+        lines.append(f"\nType `{p}help <command>` for details, or `{p}instruction` for the full guide.")
+        await self._send("\n".join(lines))
+
+    async def send_cog_help(self, cog: commands.Cog) -> None:
+        shown = await self.filter_commands(cog.get_commands(), sort=True)
+        await self._send("\n".join([f"__{cog.qualified_name}__", *(self._line(c) for c in shown)]))
+
+    async def send_command_help(self, command: commands.Command) -> None:
+        lines = [f"**Usage:** `{self.get_command_signature(command).strip()}`"]
+        if command.help:
+            lines.append(command.help)
+        if command.aliases:
+            lines.append("Also: " + ", ".join(f"`{a}`" for a in command.aliases))
+        await self._send("\n".join(lines))
+
+    async def send_group_help(self, group: commands.Group) -> None:
+        await self.send_command_help(group)
+
+    def command_not_found(self, string: str) -> str:
+        return f"No command called `{string}`. Type `{self.context.clean_prefix}help` to see them all."
+
+
 class General(commands.Cog):
     """Say hello and read the guide."""
 
-    def __init__(self, bot: commands.Bot, instructions: Path = INSTRUCTIONS) -> None:
+    def __init__(self, bot: TrainerBot, instructions: Path = INSTRUCTIONS) -> None:
         self.bot = bot
         self.instructions = instructions
-        # Show !help under this cog rather than in an "Other" section.
+        # This cog owns !help: it installs it and puts the old one back when unloaded.
+        self._old_help = bot.help_command
+        bot.help_command = TrainerHelp()
         bot.help_command.cog = self
 
+    async def cog_load(self) -> None:
+        # Read once at start (a few KB): the guide changes with the code, not while the bot runs.
+        try:
+            self.guide: str | None = self.instructions.read_text(encoding="utf-8")
+        except OSError:
+            log.exception("cannot read %s", self.instructions)
+            self.guide = None
+
     async def cog_unload(self) -> None:
-        self.bot.help_command.cog = None
+        self.bot.help_command = self._old_help
 
     @commands.command()
-    async def hi(self, ctx: commands.Context) -> None:
+    async def hi(self, ctx: TrainerContext) -> None:
         """Say hello."""
         await ctx.send(f"Hi {ctx.author.display_name}! I'm the trainer bot. "
                        f"Talk to me here, or type `{ctx.clean_prefix}help` to see what I can do.")
 
     @commands.command()
     @commands.cooldown(2, 30.0, commands.BucketType.channel)
-    async def instruction(self, ctx: commands.Context) -> None:
+    async def instruction(self, ctx: TrainerContext) -> None:
         """Send the full user guide."""
-        try:
-            text = await asyncio.to_thread(self.instructions.read_text, encoding="utf-8")
-        except OSError:
-            log.exception("cannot read %s", self.instructions)
+        if self.guide is None:
             await ctx.send("The user guide is missing on the server; ask an admin to restore `instructions.txt`.")
             return
-        text = text.replace("{prefix}", ctx.clean_prefix)
-        for chunk in split_message(text):
-            await ctx.send(chunk)
+        await ctx.send_long(self.guide.replace("{prefix}", ctx.clean_prefix))
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: TrainerBot) -> None:
     await bot.add_cog(General(bot))

@@ -6,43 +6,32 @@ import asyncio
 import io
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
-import checks
-from commands.data import fmt_bytes, split_flags
-from dataset import folder as dataset_folder
-from dataset import formats
-from errors import BackendError, InvalidInput, NotFound, TooLarge, TrainerError
-from storage import GuildSpace
-from textsplit import split_message
-from training import jobs
+from commands._shared import TrainerContext, is_trainer_admin, split_flags, take_option, trainer_admin
+from dataset.formats import IngestReport
+from errors import BackendError, InvalidInput, NotFound, TrainerError
 from training.backend import TERMINAL
+
+if TYPE_CHECKING:
+    from bot import TrainerBot
+    from dataset.check import CheckReport
 
 log = logging.getLogger(__name__)
 
-MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refused before download
-MAX_TEST_UPLOAD = 5 * 1024 * 1024
 STATUS_EDIT_INTERVAL = 2.0  # Discord rate-limits edits; a job's bar need not move faster than this
-# Dataset warnings about OpenAI's format that do not matter to the local backend.
-OPENAI_ONLY_WARNINGS = frozenset({"missing_system_message", "too_many_tokens"})
 
 
 class Training(commands.Cog):
     """Train the model, follow jobs, switch and test models."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
+        self.model = bot.model
         self.watchers: dict[str, asyncio.Task[None]] = {}
-
-    @property
-    def model(self) -> Any:
-        return self.bot.model
-
-    def space(self, guild_id: int) -> GuildSpace:
-        return GuildSpace(guild_id, self.bot.settings.data_dir, self.bot.settings.corrections_dir)
 
     async def cog_load(self) -> None:
         self._resumer = asyncio.create_task(self._resume_watchers())
@@ -52,12 +41,12 @@ class Training(commands.Cog):
         for task in self.watchers.values():
             task.cancel()
 
-    async def cog_check(self, ctx: commands.Context) -> bool:
+    async def cog_check(self, ctx: TrainerContext) -> bool:
         if ctx.guild is None:
-            raise commands.NoPrivateMessage("This command only works in a server.")
+            raise commands.NoPrivateMessage()
         return True
 
-    async def cog_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+    async def cog_command_error(self, ctx: TrainerContext, error: commands.CommandError) -> None:
         # discord.py's own text ("Too many people are using this command...") does not say what to do.
         if isinstance(error, commands.MaxConcurrencyReached) and ctx.command is not None:
             ctx.error_handled = True
@@ -67,93 +56,65 @@ class Training(commands.Cog):
 
     # ----------------------------------------------------------------- !train
     @commands.command(usage="[data | path] [positive=yes] [method=supervised|dpo] (+ attached files)")
-    @checks.trainer_admin()
+    @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
-    async def train(self, ctx: commands.Context, *, args: str = "") -> None:
+    async def train(self, ctx: TrainerContext, *, args: str = "") -> None:
         """Add data (attached files, inline examples or a path), then train a new model."""
-        text, flags = split_flags(args, ("positive",))
-        method = "supervised"
-        words = []
-        for word in text.split(" "):
-            if word.lower().startswith("method="):
-                method = word.split("=", 1)[1].lower()
-                if method not in ("supervised", "dpo"):
-                    raise InvalidInput("`method=` takes supervised or dpo.")
-            else:
-                words.append(word)
-        text = " ".join(words).strip()
+        text, method = take_option(args, "method", ("supervised", "dpo"))
+        text, flags = split_flags(text, ("positive",))
         positive = flags.get("positive", True)
-        space = self.space(ctx.guild.id)
-        author = f"{ctx.author} ({ctx.author.id})"
         if ctx.message.attachments or text:
-            reports = await self._ingest(ctx, space, text, positive, author)
+            reports = await self._ingest(ctx, text, positive, f"{ctx.author} ({ctx.author.id})")
             if len(reports) == 1 and isinstance(reports[0][1], TrainerError):
                 raise reports[0][1]  # one source that could not be read: its message says it all
-            added = sum(r.added for _, r in reports if isinstance(r, formats.IngestReport))
+            added = sum(r.added for _, r in reports if isinstance(r, IngestReport))
             lines = []
             for name, r in reports:
-                said = r.summary() if isinstance(r, formats.IngestReport) else f"not read: {r}"
+                said = r.summary() if isinstance(r, IngestReport) else f"not read: {r}"
                 lines.append(f"**{name}**: {said}" if len(reports) > 1 else said)
-            lines.append(f"Dataset `{await asyncio.to_thread(dataset_folder.dataset_name, space)}`.")
+            lines.append(f"Dataset `{await ctx.model.dataset_name(ctx.guild_id)}`.")
             if not added:
                 # Nothing new: training again would give the same model.
                 lines.append("Nothing new was added, so I did not start training.")
-            for chunk in split_message("\n".join(lines)):
-                await ctx.send(chunk)
+            await ctx.send_long("\n".join(lines))
             if not added:
                 return
-        await self._start_job(ctx, method)
+        await self._start_job(ctx, method or "supervised")
 
-    async def _ingest(self, ctx: commands.Context, space: GuildSpace, text: str, positive: bool,
-                      author: str) -> list[tuple[str, formats.IngestReport | TrainerError]]:
+    async def _ingest(self, ctx: TrainerContext, text: str, positive: bool,
+                      author: str) -> list[tuple[str, IngestReport | TrainerError]]:
         """Each attachment, then the inline text or path: its report, or the error that stopped it.
 
         A bad file does not stop the others (their examples are already in the dataset and must be
         reported); the caller shows every outcome.
         """
-        reports: list[tuple[str, formats.IngestReport | TrainerError]] = []
+        reports: list[tuple[str, IngestReport | TrainerError]] = []
         for att in ctx.message.attachments:
             try:
-                reports.append((att.filename, await self._ingest_attachment(space, att, positive, author)))
+                ctx.model.check_upload(att.filename, att.size)  # before the download
+                data = await att.read()
+                reports.append((att.filename, await ctx.model.add_upload(ctx.guild_id, att.filename, data,
+                                                                         positive=positive, author=author)))
             except TrainerError as exc:
                 reports.append((att.filename, exc))
         if text:
             name = text.split("\n")[0][:40]
             try:
-                if self._looks_like_path(text, space):
+                if await self._looks_like_path(ctx, text):
                     try:
-                        report = await asyncio.to_thread(dataset_folder.ingest_path, space, text, positive=positive,
-                                                         author=author)
+                        report = await ctx.model.add_path(ctx.guild_id, text, positive=positive, author=author)
                     except NotFound as exc:
                         raise NotFound(f"{exc} To add examples written in the message instead, put one per "
                                        f"line: `{ctx.clean_prefix}train question => answer`.") from None
                 else:
-                    report = await asyncio.to_thread(dataset_folder.ingest_text, space, text, positive=positive,
-                                                     author=author)
+                    report = await ctx.model.add_text(ctx.guild_id, text, positive=positive, author=author)
                 reports.append((name, report))
             except TrainerError as exc:
                 reports.append((name, exc))
         return reports
 
     @staticmethod
-    async def _ingest_attachment(space: GuildSpace, att: discord.Attachment, positive: bool,
-                                 author: str) -> formats.IngestReport:
-        if att.size > MAX_DATA_UPLOAD:
-            raise TooLarge(f"`{att.filename}` is {fmt_bytes(att.size)}; training files are limited to "
-                           f"{fmt_bytes(MAX_DATA_UPLOAD)}.")
-        if not att.filename.lower().endswith(formats.SUPPORTED):
-            # Refused before the download: no point fetching (and storing) a file we cannot read.
-            ext = ("." + att.filename.rsplit(".", 1)[1]) if "." in att.filename else "none"
-            raise InvalidInput(f"`{att.filename}`: unsupported file type `{ext}`; "
-                               "use .jsonl, .json, .csv or .txt.")
-        data = await att.read()
-        path = await asyncio.to_thread(dataset_folder.store_upload, space, att.filename, data)
-        del data
-        return await asyncio.to_thread(dataset_folder.ingest_file, space, path, positive=positive, author=author,
-                                       source=att.filename)
-
-    @staticmethod
-    def _looks_like_path(text: str, space: GuildSpace) -> bool:
+    async def _looks_like_path(ctx: TrainerContext, text: str) -> bool:
         """Is the argument of !train a path (file or folder in the space) rather than inline examples?
 
         Several lines or a ``=>`` are examples. One word is a path, whether it exists or not, so a
@@ -167,44 +128,35 @@ class Training(commands.Cog):
             return True
         if word[0] in "`\"'" and word[-1] == word[0]:
             return True
-        try:
-            return space.resolve(word).exists()
-        except TrainerError:
-            return False
+        return await ctx.model.path_exists(ctx.guild_id, word)
 
-    async def _start_job(self, ctx: commands.Context, method: str) -> None:
+    async def _start_job(self, ctx: TrainerContext, method: str) -> None:
         try:
             async with ctx.typing():
                 job, report = await self.model.train(ctx.guild.id, method=method, started_by=str(ctx.author),
                                                      channel_id=ctx.channel.id)
         except InvalidInput as exc:
-            text = f"I did not start training: the dataset has problems.\n{exc}"
-            for chunk in split_message(text):
-                await ctx.send(chunk)
+            await ctx.send_long(f"I did not start training: the dataset has problems.\n{exc}")
             return
         except BackendError as exc:
             # No job was recorded and the examples stay in the dataset: retrying is all it takes.
             log.warning("guild %s: could not start training: %s", ctx.guild.id, exc)
-            text = (f"I could not start training: {exc}\nNothing was lost: the examples stay in this server's "
-                    f"dataset. Run `{ctx.clean_prefix}train` again to retry.")
-            for chunk in split_message(text):
-                await ctx.send(chunk)
+            await ctx.send_long(f"I could not start training: {exc}\nNothing was lost: the examples stay in this "
+                                f"server's dataset. Run `{ctx.clean_prefix}train` again to retry.")
             return
         await ctx.send(self._started_text(job, report))
-        status = await ctx.send(self.model.render_status(job))
-        await self.model.remember_status_message(ctx.guild.id, job["id"], status.id)
+        status = await ctx.send(self.model.status_text(job))
+        await self.model.set_status_message(ctx.guild.id, job["id"], status.id)
         self.watch(ctx.guild.id, job["id"], shown=status.content)
 
-    def _started_text(self, job: dict[str, Any], report: Any) -> str:
-        """One line naming the job and what it trains on (tokens and epochs mean something only to OpenAI)."""
+    def _started_text(self, job: dict[str, Any], report: CheckReport) -> str:
+        """One line naming the job and what it trains on (tokens and epochs mean something only when billed)."""
         est = job.get("estimate") or {}
         n = est.get("examples", report.n_examples)
         what = f"{n:,} example{'s' * (n != 1)}"
-        warnings = list(report.warnings)
-        if self.model.backend.name == "openai":
+        if self.model.backend.bills_tokens:
             what += f", ~{est.get('tokens', 0):,} tokens, {est.get('epochs', '?')} epochs"
-        else:
-            warnings = [w for w in warnings if getattr(w, "code", "") not in OPENAI_ONLY_WARNINGS]
+        warnings = self.model.relevant_warnings(report)
         lines = [f"Started training job `{job['id']}` on the {self.model.backend.name} backend: {what}."]
         if warnings:
             lines.append(f"{len(warnings)} warning(s): " + "; ".join(w.message for w in warnings[:3]))
@@ -222,17 +174,15 @@ class Training(commands.Cog):
     async def _resume_watchers(self) -> None:
         """After a restart, pick up every unfinished job and keep editing its status message."""
         await self.bot.wait_until_ready()
-        found = await asyncio.to_thread(self.model.unfinished_jobs)
-        for guild_id, job in found:
-            # A job of another backend (MODEL_BACKEND changed) cannot be polled from here.
-            if self.bot.get_guild(guild_id) is not None and job.get("backend") == self.model.backend.name:
+        for guild_id, job in await self.model.unfinished_jobs():
+            if self.bot.get_guild(guild_id) is not None:
                 log.info("resuming watch of job %s in guild %s", job["id"], guild_id)
                 self.watch(guild_id, job["id"])
 
     async def _watch(self, guild_id: int, job_id: str, shown: str | None) -> None:
         poll = self.bot.settings.job_poll_seconds
-        if self.model.backend.name == "local":
-            poll = min(poll, 0.5)  # local jobs run in this process and finish in seconds
+        if self.model.backend.poll_seconds is not None:
+            poll = min(poll, self.model.backend.poll_seconds)
         last_edit = 0.0
         failures = 0
         while True:
@@ -249,7 +199,7 @@ class Training(commands.Cog):
             except Exception:
                 log.exception("watcher for job %s stopped", job_id)
                 return
-            text = self.model.render_status(job)
+            text = self.model.status_text(job)
             finished = job.get("status") in TERMINAL
             if text != shown and (finished or time.monotonic() - last_edit >= min(STATUS_EDIT_INTERVAL, poll * 4)):
                 await self._show_status(guild_id, job, text)
@@ -278,7 +228,7 @@ class Training(commands.Cog):
             log.warning("could not edit the status of job %s: %s", job["id"], exc)
             return
         msg = await channel.send(text)
-        await self.model.remember_status_message(guild_id, job["id"], msg.id)
+        await self.model.set_status_message(guild_id, job["id"], msg.id)
 
     async def _announce(self, guild_id: int, job: dict[str, Any]) -> None:
         channel = self._channel(job)
@@ -291,7 +241,7 @@ class Training(commands.Cog):
                 file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png")
                 await channel.send(text + " Loss curve attached.", file=file)
             else:
-                await channel.send(text + " " + jobs.no_loss_reason(job))
+                await channel.send(text + " " + self.model.no_loss_reason(job))
         elif job["status"] == "cancelled":
             who = f" by {job['cancelled_by']}" if job.get("cancelled_by") else " outside the bot"
             reason = f": {job['error']}" if job.get("error") else "."
@@ -302,9 +252,9 @@ class Training(commands.Cog):
 
     # ----------------------------------------------------------------- jobs and models
     @commands.command()
-    async def jobs(self, ctx: commands.Context) -> None:
+    async def jobs(self, ctx: TrainerContext) -> None:
         """List this server's recent training jobs."""
-        found = await asyncio.to_thread(self.model.list_jobs, ctx.guild.id, 10)
+        found = await ctx.model.list_jobs(ctx.guild_id, 10)
         if not found:
             await ctx.send(f"No training jobs yet. An admin can start one with `{ctx.clean_prefix}train`.")
             return
@@ -316,8 +266,8 @@ class Training(commands.Cog):
         await ctx.send("\n".join(lines)[:2000])
 
     @commands.command(usage="<job_id>")
-    @checks.trainer_admin()
-    async def cancel(self, ctx: commands.Context, job_id: str) -> None:
+    @trainer_admin()
+    async def cancel(self, ctx: TrainerContext, job_id: str) -> None:
         """Cancel a running training job."""
         job = await self.model.cancel_job(ctx.guild.id, job_id, by=str(ctx.author))
         if job["status"] == "cancelled":
@@ -328,11 +278,11 @@ class Training(commands.Cog):
         self.watch(ctx.guild.id, job["id"])
 
     @commands.command(name="model", usage="[name | previous]")
-    async def model_cmd(self, ctx: commands.Context, name: str | None = None) -> None:
+    async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:
         """Show the current model, or switch to another one (admins)."""
         if name is None:
-            current = await asyncio.to_thread(self.model.current_model, ctx.guild.id)
-            known = await asyncio.to_thread(self.model.list_models, ctx.guild.id)
+            current = await ctx.model.current_model(ctx.guild_id)
+            known = await ctx.model.list_models(ctx.guild_id)
             if not current:
                 await ctx.send(f"No trained model yet ({self.model.backend.name} backend). "
                                f"An admin can train one with `{ctx.clean_prefix}train`.")
@@ -341,25 +291,21 @@ class Training(commands.Cog):
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
                            + (f" Others: {others}." if others else ""))
             return
-        await checks.is_trainer_admin(ctx)
-        new = await asyncio.to_thread(self.model.set_model, ctx.guild.id, name)
+        await is_trainer_admin(ctx)
+        new = await ctx.model.set_model(ctx.guild_id, name)
         if not new:
             raise NotFound("There is no earlier model to go back to.")
         await ctx.send(f"Switched to model `{new}`.")
 
     @commands.command(usage="<json cases> (or an attached .json/.jsonl)")
-    @checks.trainer_admin()
+    @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
-    async def test(self, ctx: commands.Context, *, cases: str = "") -> None:
+    async def test(self, ctx: TrainerContext, *, cases: str = "") -> None:
         """Run test cases against the current model and report accuracy."""
         text = cases.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
         if ctx.message.attachments:
             att = ctx.message.attachments[0]
-            if not att.filename.lower().endswith((".json", ".jsonl")):
-                raise InvalidInput(f"`{att.filename}` is not a .json or .jsonl file.")
-            if att.size > MAX_TEST_UPLOAD:
-                raise TooLarge(f"`{att.filename}` is {fmt_bytes(att.size)}; test files are limited to "
-                               f"{fmt_bytes(MAX_TEST_UPLOAD)}.")
+            ctx.model.check_test_upload(att.filename, att.size)
             try:
                 text = (await att.read()).decode("utf-8")
             except UnicodeDecodeError:
@@ -367,7 +313,7 @@ class Training(commands.Cog):
         elif not text.strip():
             raise commands.MissingRequiredArgument(ctx.command.clean_params["cases"])
         async with ctx.typing():
-            result = await self.model.run_tests(ctx.guild.id, text)
+            result = await ctx.model.run_tests(ctx.guild_id, text)
         lines = [f"**Accuracy: {result.accuracy:.0%}** ({result.correct}/{result.total} correct)"]
         for m in result.mismatches[:5]:
             lines.append(f"- input: {str(m['input'])[:200]!r}\n  expected: {str(m['expected'])[:200]!r}\n"
@@ -377,9 +323,8 @@ class Training(commands.Cog):
         if result.mismatches:
             lines.append(f"The {len(result.mismatches)} mismatch(es) are kept as training data for the next "
                          f"`{ctx.clean_prefix}train`.")
-        for chunk in split_message("\n".join(lines)):
-            await ctx.send(chunk)
+        await ctx.send_long("\n".join(lines))
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: TrainerBot) -> None:
     await bot.add_cog(Training(bot))

@@ -1,33 +1,30 @@
-"""Voice: voice messages and audio files understood, voice channels joined, answers spoken."""
+"""Voice channels: join, leave when idle, and speak every chat answer to people in the bot's channel.
+
+Voice *messages* are chat: ``commands/chat.py`` transcribes them with the bot's Transcriber.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import logging
-import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord.ext import commands
 
-from errors import Busy, TrainerError
+from commands._shared import TrainerContext
+from errors import TrainerError
 from speech import synthesize as tts
-from speech.audio import is_audio
-from speech.recognize import AudioPipeline
+
+if TYPE_CHECKING:
+    from bot import TrainerBot
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 20.0
 SPEAK_QUEUE = 8  # answers waiting to be spoken per server; older ones are dropped beyond this
-
-
-def audio_attachment(message: discord.Message) -> discord.Attachment | None:
-    """The first voice message or audio file of a message, if any."""
-    for att in message.attachments:
-        if att.is_voice_message() or is_audio(att.content_type, att.filename):
-            return att
-    return None
 
 
 class Speaker:
@@ -61,7 +58,7 @@ class Speaker:
         vc = guild.voice_client if guild else None
         if not isinstance(vc, discord.VoiceClient) or not vc.is_connected():
             return
-        audio = await tts.synthesize(text, self.cog.bot.settings, self.cog.openai_client)
+        audio = await tts.synthesize(text, self.cog.bot.settings, self.cog.bot.openai_client)
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -81,75 +78,18 @@ class Speaker:
 
 
 class Voice(commands.Cog):
-    """Voice messages, voice channels and spoken answers."""
+    """Voice channels and spoken answers."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
-        self.openai_client, self._own_client = self._openai_client(bot)
-        self.pipeline = AudioPipeline(bot.settings, openai_client=self.openai_client)
         self.speakers: dict[int, Speaker] = {}
         self.idle_timers: dict[int, asyncio.Task[None]] = {}
-
-    @staticmethod
-    def _openai_client(bot: commands.Bot) -> tuple[Any, Any]:
-        """One client for OpenAI speech/transcription: the model's when it has one, else our own."""
-        settings = bot.settings
-        if "openai" not in (settings.speech_backend, settings.tts_backend) or not settings.openai_api_key:
-            return None, None
-        backend = bot.model.backend
-        if backend.name == "openai":
-            return backend.client, None
-        import openai
-
-        client = openai.AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
-        return client, client
-
-    async def cog_load(self) -> None:
-        if not self.bot.settings.dev:
-            # Start the workers and load the speech model now, not on the first voice message.
-            self._warm = asyncio.create_task(self.pipeline.warm_up())
 
     async def cog_unload(self) -> None:
         for speaker in self.speakers.values():
             speaker.close()
         for timer in self.idle_timers.values():
             timer.cancel()
-        await self.pipeline.close()
-        if self._own_client is not None:
-            await self._own_client.close()
-
-    # ----------------------------------------------------------------- audio in
-    async def answer_audio(self, message: discord.Message, chat: Any) -> None:
-        """Transcribe a message's audio and answer it through the chat cog (called by Chat.on_message)."""
-        att = audio_attachment(message)
-        if att is None:
-            return
-        limit = self.bot.settings.audio_max_bytes
-        if att.size > limit:
-            await message.reply(f"That audio file is {att.size / 1e6:.1f} MB; I take up to {limit / 1e6:.1f} MB.",
-                                mention_author=False)
-            return
-        try:
-            async with message.channel.typing():
-                data = await att.read()
-                transcript = await self.pipeline.transcribe(data, att.filename)
-        except Busy as exc:
-            await message.reply(str(exc), mention_author=False)
-            return
-        except TrainerError as exc:
-            await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
-            return
-        except discord.HTTPException as exc:
-            log.warning("could not download attachment %s: %s", att.id, exc)
-            await message.reply("I couldn't download that audio file; please send it again.", mention_author=False)
-            return
-        except Exception:
-            error_id = secrets.token_hex(3)
-            log.exception("error %s transcribing %s", error_id, att.filename)
-            await message.reply(f"Something went wrong with that audio (error id `{error_id}`).",
-                                mention_author=False)
-            return
-        await chat.reply_to(message, transcript.text, heard=transcript.text)
 
     def speak_if_present(self, guild: discord.Guild, author: Any, text: str) -> None:
         """Speak an answer when the bot is in the author's voice channel."""
@@ -176,7 +116,7 @@ class Voice(commands.Cog):
     @commands.command()
     @commands.guild_only()
     @commands.cooldown(3, 30.0, commands.BucketType.guild)
-    async def join(self, ctx: commands.Context) -> None:
+    async def join(self, ctx: TrainerContext) -> None:
         """Join your voice channel and speak my answers there."""
         voice = getattr(ctx.author, "voice", None)
         if voice is None or voice.channel is None:
@@ -200,7 +140,8 @@ class Voice(commands.Cog):
             return
         try:
             await channel.connect(timeout=CONNECT_TIMEOUT, reconnect=True, self_deaf=True)
-        except (asyncio.TimeoutError, discord.ClientException, discord.ConnectionClosed, RuntimeError) as exc:
+        except (asyncio.TimeoutError, OSError, aiohttp.ClientError, discord.ClientException,
+                discord.ConnectionClosed, RuntimeError) as exc:  # OSError: the voice endpoint is unreachable
             log.warning("could not join voice channel %s: %r", channel.id, exc)
             if ctx.guild.voice_client is not None:
                 await ctx.guild.voice_client.disconnect(force=True)
@@ -211,7 +152,7 @@ class Voice(commands.Cog):
 
     @commands.command()
     @commands.guild_only()
-    async def leave(self, ctx: commands.Context) -> None:
+    async def leave(self, ctx: TrainerContext) -> None:
         """Leave the voice channel."""
         vc = ctx.guild.voice_client
         if vc is None:
@@ -258,5 +199,5 @@ class Voice(commands.Cog):
             await self._disconnect(guild)
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: TrainerBot) -> None:
     await bot.add_cog(Voice(bot))

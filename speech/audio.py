@@ -1,7 +1,7 @@
 """Audio attachments in: recognise them, probe them, convert them to 16 kHz mono WAV.
 
 Everything here is synchronous and CPU/subprocess bound: callers run it off the event loop
-(``speech.AudioPipeline`` runs it in its worker pool). Every bad file ends in one project
+(``speech.Transcriber`` runs it in its worker pool). Every bad file ends in one project
 exception whose message is one line a user can read; no temp file outlives a call.
 
 Why ffmpeg/ffprobe through ``subprocess`` and not ``pydub.AudioSegment.from_file``: pydub

@@ -1,9 +1,9 @@
 """Speech recognition: recognisers and the bounded pool that runs audio jobs off the event loop.
 
 ``SphinxRecognizer`` (offline, pocketsphinx through SpeechRecognition's bundled model) is sync;
-``OpenAIRecognizer`` is async. Cogs use only :class:`AudioPipeline`::
+``OpenAIRecognizer`` is async. Cogs use only :class:`Transcriber`::
 
-    pipeline = AudioPipeline(settings)               # at bot start; raises ConfigError/BackendError
+    pipeline = Transcriber(settings)               # at bot start; raises ConfigError/BackendError
     await pipeline.warm_up()                         # optional: spawn workers, load models (~1 s)
     t = await pipeline.transcribe(data, filename)    # Transcript(text, duration, seconds_taken)
     await pipeline.close()                           # at bot shutdown
@@ -195,7 +195,7 @@ class Transcript:
     seconds_taken: float
 
 
-class AudioPipeline:
+class Transcriber:
     """Bounded pool of worker processes + bounded queue; all methods are called on the event loop."""
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
@@ -207,13 +207,8 @@ class AudioPipeline:
         self._openai: OpenAIRecognizer | None = None
         self._language: str | None = None
         if settings.speech_backend == "openai":
-            if openai_client is None:
-                if not settings.openai_api_key:
-                    raise ConfigError("SPEECH_BACKEND=openai needs OPENAI_API_KEY")
-                import openai
-
-                openai_client = openai.AsyncOpenAI(api_key=settings.openai_api_key,
-                                                   base_url=settings.openai_base_url)
+            if openai_client is None:  # the bot builds the one client when OPENAI_API_KEY is set
+                raise ConfigError("SPEECH_BACKEND=openai needs OPENAI_API_KEY")
             self._openai = OpenAIRecognizer(openai_client, settings.openai_transcribe_model)
         else:
             sphinx_model_paths(settings.speech_language)  # BackendError naming SPEECH_LANGUAGE

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import shutil
 import struct
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from errors import BackendError, InvalidInput
@@ -95,10 +92,8 @@ async def _espeak(text: str, language: str) -> bytes:
 async def _openai(text: str, settings: Settings, client: openai.AsyncOpenAI | None) -> bytes:
     import openai
 
-    if client is None:
-        if not settings.openai_api_key:
-            raise BackendError("TTS_BACKEND=openai needs OPENAI_API_KEY")
-        client = openai.AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+    if client is None:  # the bot builds the one client when OPENAI_API_KEY is set
+        raise BackendError("TTS_BACKEND=openai needs OPENAI_API_KEY")
     try:
         response = await client.audio.speech.create(
             model=settings.openai_tts_model, voice=settings.openai_tts_voice, input=text,
@@ -124,15 +119,3 @@ async def synthesize(text: str, settings: Settings, client: openai.AsyncOpenAI |
     if settings.tts_backend == "openai":
         return await _openai(spoken, settings, client)
     return await _espeak(spoken, settings.speech_language)
-
-
-def write_temp_audio(data: bytes, suffix: str = ".wav") -> Path:
-    """Write audio to a new temp file (sync, small) and return its path; the caller deletes it."""
-    fd, name = tempfile.mkstemp(prefix="trainer-tts-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)

@@ -153,8 +153,11 @@ async def start_bot(sandbox: Sandbox, settings: Settings, **bot_kwargs: Any) -> 
     (by default it trusts the sandbox's voice server when that runs, as ``sandbox.bot_kwargs()`` says)."""
     import bot as bot_module
 
+    # The bot's one OpenAI client checks every response against the SDK's schema, so the fake
+    # server cannot drift from what the SDK expects.
+    options = {"openai_options": {"_strict_response_validation": True}, **sandbox.bot_kwargs(), **bot_kwargs}
     return await bot_module.start_bot(settings, api_base=sandbox.api_base, token=sandbox.bot_token,
-                                      ready_timeout=20, **{**sandbox.bot_kwargs(), **bot_kwargs})
+                                      ready_timeout=20, **options)
 
 
 async def stop_bot(bot: Any) -> None:

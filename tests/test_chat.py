@@ -17,7 +17,6 @@ from dataset import corrections as records
 from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
-from training.openai_api import OpenAIBackend
 
 STARTED = re.compile(r"Started training job `([^`]+)`")
 NOT_TRAINED = "I haven't been trained on this server yet."
@@ -121,7 +120,6 @@ async def test_long_answers_are_split_without_breaking_code_blocks(harness: BotH
 @pytest.fixture
 async def openai_chat(sandbox: Sandbox, settings: Settings, error_log: Any,
                       monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[BotHarness, FakeOpenAI]]:
-    monkeypatch.setattr(OpenAIBackend, "client_options", {"_strict_response_validation": True})
     async with FakeOpenAI("test") as fake:
         s = dataclasses.replace(settings, model_backend="openai", openai_api_key="test",
                                 openai_base_url=fake.base_url)

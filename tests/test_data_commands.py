@@ -273,8 +273,7 @@ async def test_train_50_mb_attachment(harness: BotHarness, started: list[str]) -
 
 async def test_train_attachment_over_the_limit(harness: BotHarness, started: list[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    cog = harness.bot.get_cog("Training")
-    monkeypatch.setattr(sys.modules[type(cog).__module__], "MAX_DATA_UPLOAD", 1000)
+    monkeypatch.setattr(sys.modules["model"], "MAX_DATA_UPLOAD", 1000)
     text = await harness.ask("!train", user="admin", attachments=[("big.txt", b"x\n" * 1000, None)])
     assert text == "`big.txt` is 2.0 KB; training files are limited to 1,000 bytes."
     assert not space_of(harness).uploads.exists() and started == []
@@ -288,7 +287,7 @@ async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None
     assert any(m.content.startswith("Started training job `") for m in msgs), text_of(msgs)
     await harness.sandbox.wait_for(
         lambda: any("succeeded" in m.content for m in harness.sandbox.bot_messages()), timeout=20)
-    jobs = harness.bot.model.list_jobs(harness.guild_id, 10)
+    jobs = (await harness.bot.model.list_jobs(harness.guild_id, 10))
     assert len(jobs) == 1
 
     for attempt in range(2):  # the same file again, then the same examples inline
@@ -301,7 +300,7 @@ async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None
         assert msgs[0].content.startswith(f"Added **0** examples, skipped **{n}** ({n} already in the dataset):")
         assert "- line 1: already in the dataset" in msgs[0].content
         assert msgs[0].content.endswith("Nothing new was added, so I did not start training.")
-    assert len(harness.bot.model.list_jobs(harness.guild_id, 10)) == 1
+    assert len((await harness.bot.model.list_jobs(harness.guild_id, 10))) == 1
     assert len(dataset_records(space_of(harness))) == 4
 
 

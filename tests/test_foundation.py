@@ -12,12 +12,11 @@ import pytest
 from conftest import ROOT, BotHarness, subprocess_env
 from discord.ext import commands
 
-import checks
 from bot import RedactSecrets
+from commands._shared import split_message, trainer_admin
 from commands.general import General
 from config import Settings
 from errors import ConfigError, InvalidInput
-from textsplit import split_message
 
 
 class Probe(commands.Cog):
@@ -39,7 +38,7 @@ class Probe(commands.Cog):
         raise InvalidInput("That file is empty.")
 
     @commands.command()
-    @checks.trainer_admin()
+    @trainer_admin()
     async def secret(self, ctx: commands.Context) -> None:
         """Admins only."""
         await ctx.send("admin ok")
@@ -276,14 +275,12 @@ async def test_bot_starts_without_a_broken_cog(sandbox, settings, error_log, tmp
 
     cogs = tmp_path / "cogs"
     cogs.mkdir()
-    (cogs / "general.py").write_text((ROOT / "commands" / "general.py").read_text())
     (cogs / "broken.py").write_text("raise ImportError('missing dependency')\n")
-    monkeypatch.setattr(bot_module, "COGS_DIR", cogs)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    # Load from the temporary folder under the same package name.
+    monkeypatch.setattr(bot_module, "EXTENSIONS", ("commands.general", "commands.broken"))
+    # commands.broken comes from the temporary folder, the rest from the real package.
     import commands as pkg
 
-    monkeypatch.setattr(pkg, "__path__", [str(cogs)])
+    monkeypatch.setattr(pkg, "__path__", [str(cogs), *pkg.__path__])
     bot = await start_bot(sandbox, settings)
     try:
         assert "commands.broken" in bot.failed_cogs

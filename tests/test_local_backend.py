@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from config import Settings
 from errors import InvalidInput, NotFound
 from storage import GuildSpace
 from tests.fakes import FAQ, compiled, dpo_line
@@ -35,7 +36,7 @@ async def train(backend: LocalBackend, space: GuildSpace, data, method: str = "s
 
 @pytest.mark.asyncio
 async def test_trains_and_answers_from_the_data(space: GuildSpace) -> None:
-    backend = LocalBackend(prefix="?")
+    backend = LocalBackend(Settings(prefix="?"))
     name = await train(backend, space, compiled())
     assert name == "local-v1"
     assert await backend.answer(space, name, "when does the shop open", []) == "The shop opens at 9 am."
@@ -47,14 +48,14 @@ async def test_trains_and_answers_from_the_data(space: GuildSpace) -> None:
 
 @pytest.mark.asyncio
 async def test_untrained_guild_gets_an_honest_reply(space: GuildSpace) -> None:
-    backend = LocalBackend(prefix="!")
+    backend = LocalBackend(Settings(prefix="!"))
     reply = await backend.answer(space, None, "hello", [])
     assert "haven't been trained" in reply and "!train" in reply
 
 
 @pytest.mark.asyncio
 async def test_versions_increment_and_old_ones_stay(space: GuildSpace) -> None:
-    backend = LocalBackend()
+    backend = LocalBackend(Settings())
     v1 = await train(backend, space, compiled())
     changed = [(q, "CHANGED " + a) for q, a in FAQ]
     v2 = await train(backend, space, compiled(changed))
@@ -72,7 +73,7 @@ async def test_versions_increment_and_old_ones_stay(space: GuildSpace) -> None:
 
 @pytest.mark.asyncio
 async def test_classifier_labels(space: GuildSpace) -> None:
-    backend = LocalBackend()
+    backend = LocalBackend(Settings())
     job = await backend.start_job(space, compiled(labelled=LABELLED), method="supervised", suffix="t")
     await backend.wait(job["id"])
     upd = await backend.poll(space, job)
@@ -85,7 +86,7 @@ async def test_classifier_labels(space: GuildSpace) -> None:
 
 @pytest.mark.asyncio
 async def test_dpo_uses_preferred_answers_and_corrections_win(space: GuildSpace) -> None:
-    backend = LocalBackend()
+    backend = LocalBackend(Settings())
     prefs = [dpo_line("When does the shop open?", "Corrected: 8 am.", "The shop opens at 9 am.")]
     name = await train(backend, space, compiled(preference=prefs), method="dpo")
     assert await backend.answer(space, name, "when does the shop open?", []) == "Corrected: 8 am."
@@ -96,12 +97,12 @@ async def test_dpo_uses_preferred_answers_and_corrections_win(space: GuildSpace)
 @pytest.mark.asyncio
 async def test_nothing_to_train_is_invalid(space: GuildSpace) -> None:
     with pytest.raises(InvalidInput, match="Nothing to train"):
-        await LocalBackend().start_job(space, compiled([], labelled=[("a", "x")]), method="supervised", suffix="t")
+        await LocalBackend(Settings()).start_job(space, compiled([], labelled=[("a", "x")]), method="supervised", suffix="t")
 
 
 @pytest.mark.asyncio
 async def test_cancel_stops_without_a_version(space: GuildSpace) -> None:
-    backend = LocalBackend()
+    backend = LocalBackend(Settings())
     job = await backend.start_job(space, compiled(labelled=LABELLED), method="supervised", suffix="t")
     upd = await backend.cancel(space, job)  # cancelled before the worker thread gets far
     assert upd.status in ("cancelled", "succeeded")
@@ -111,10 +112,10 @@ async def test_cancel_stops_without_a_version(space: GuildSpace) -> None:
 
 @pytest.mark.asyncio
 async def test_poll_after_restart_reads_the_disk(space: GuildSpace) -> None:
-    backend = LocalBackend()
+    backend = LocalBackend(Settings())
     job = await backend.start_job(space, compiled(), method="supervised", suffix="t")
     await backend.wait(job["id"])
-    fresh = LocalBackend()  # a new process knows nothing of the run
+    fresh = LocalBackend(Settings())  # a new process knows nothing of the run
     upd = await fresh.poll(space, job)
     assert upd.status == "succeeded" and upd.fine_tuned_model == "local-v1"
     lost = await fresh.poll(space, {"id": "local-gone", "total_steps": 3})

@@ -16,6 +16,7 @@ from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
 from tests.fakes import FAQ, compiled, report, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from training import jobs
 from training.openai_api import MISSING_KEY
 
 KEY = "sk-test-fake-key-123456"
@@ -56,27 +57,27 @@ async def run_local_job(model: Model, **kw) -> dict:
 async def test_local_train_poll_answer_and_rollback(tmp_path: Path, fake_data: dict) -> None:
     model = Model(settings(tmp_path))
     await model.start()
-    assert model.current_model(GUILD) is None
+    assert (await model.current_model(GUILD)) is None
     assert "haven't been trained" in await model.answer(GUILD, "When does the shop open?")
     job = await run_local_job(model)
     assert fake_data["min_examples"] == [1]
     assert job["status"] == "succeeded" and job["model"] == "local-v1" and job["activated"]
     assert job["estimate"] == {"examples": len(FAQ), "tokens": 40 * len(FAQ), "epochs": 3,
                                "billed_tokens": 120 * len(FAQ)}
-    assert model.current_model(GUILD) == "local-v1"
+    assert (await model.current_model(GUILD)) == "local-v1"
     assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
     fake_data["compiled"] = compiled([(q, "v2: " + a) for q, a in FAQ])
     job2 = await run_local_job(model)
-    assert job2["model"] == "local-v2" and model.current_model(GUILD) == "local-v2"
+    assert job2["model"] == "local-v2" and (await model.current_model(GUILD)) == "local-v2"
     assert await model.answer(GUILD, "when does the shop open") == "v2: The shop opens at 9 am."
-    assert model.set_model(GUILD, "previous") == "local-v1"
+    assert (await model.set_model(GUILD, "previous")) == "local-v1"
     assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
-    assert model.set_model(GUILD, "local-v2") == "local-v2"
+    assert (await model.set_model(GUILD, "local-v2")) == "local-v2"
     with pytest.raises(NotFound, match="local-v9"):
-        model.set_model(GUILD, "local-v9")
-    assert model.list_models(GUILD) == ["local-v1", "local-v2"]
-    assert [j["id"] for j in model.list_jobs(GUILD)] == [job2["id"], job["id"]]
-    text = model.render_status(model.get_job(GUILD, job["id"]))
+        (await model.set_model(GUILD, "local-v9"))
+    assert (await model.list_models(GUILD)) == ["local-v1", "local-v2"]
+    assert [j["id"] for j in (await model.list_jobs(GUILD))] == [job2["id"], job["id"]]
+    text = model.status_text(jobs.get_job(model.space(GUILD), job["id"]))
     assert "succeeded" in text and "local-v1" in text
     await model.close()
 
@@ -89,7 +90,7 @@ async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) 
     model = Model(settings(tmp_path))
     with pytest.raises(InvalidInput, match="missing assistant message"):
         await model.train(GUILD, started_by="a", channel_id=1)
-    assert model.list_jobs(GUILD) == []
+    assert (await model.list_jobs(GUILD)) == []
     with pytest.raises(InvalidInput, match="Unknown training method"):
         await model.train(GUILD, method="rlhf", started_by="a", channel_id=1)
 
@@ -123,8 +124,8 @@ async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> 
         await model.start()
         job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
         assert fake_data["min_examples"] == [10] and job["status"] == "validating_files"
-        model.set_status_message(GUILD, job["id"], 777)
-        assert [(g, j["id"]) for g, j in model.unfinished_jobs()] == [(GUILD, job["id"])]
+        (await model.set_status_message(GUILD, job["id"], 777))
+        assert [(g, j["id"]) for g, j in (await model.unfinished_jobs())] == [(GUILD, job["id"])]
         with pytest.raises(Busy, match="still"):
             await model.train(GUILD, started_by="bob", channel_id=5)
         for _ in range(20):
@@ -134,18 +135,18 @@ async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> 
                 break
         assert job["status"] == "succeeded" and job["status_message_id"] == 777
         fj = fake.jobs[job["id"]]
-        assert job["model"] == fj.fine_tuned_model == model.current_model(GUILD)
+        assert job["model"] == fj.fine_tuned_model == (await model.current_model(GUILD))
         assert [s for s, _ in job["losses"]] == list(range(1, fj.total_steps + 1))
         assert job["step"] == job["total_steps"] == fj.total_steps
-        assert model.unfinished_jobs() == []
+        assert (await model.unfinished_jobs()) == []
         png = await model.loss_curve_png(job)
         assert png and png.startswith(b"\x89PNG")
         assert await model.answer(GUILD, "who is the admin?", [("user", "hi"), ("assistant", "hello")]) \
             == "Alice is the admin."
         assert fake.chat_requests[-1]["model"] == fj.fine_tuned_model
-        assert model.set_model(GUILD, fj.fine_tuned_model) == fj.fine_tuned_model
+        assert (await model.set_model(GUILD, fj.fine_tuned_model)) == fj.fine_tuned_model
         with pytest.raises(NotFound):
-            model.set_model(GUILD, "ft:someone-else")
+            (await model.set_model(GUILD, "ft:someone-else"))
         await model.close()
 
 
@@ -157,7 +158,7 @@ async def test_openai_refused_job_saves_nothing(tmp_path: Path, fake_data: dict)
         fake.refuse_jobs(400, "Fine-tuning is no longer available for this account.", "invalid_request")
         with pytest.raises(BackendError, match="no longer available for this account"):
             await model.train(GUILD, started_by="bob", channel_id=5)
-        assert model.list_jobs(GUILD) == [] and not fake.jobs
+        assert (await model.list_jobs(GUILD)) == [] and not fake.jobs
 
 
 @pytest.mark.asyncio
@@ -174,8 +175,8 @@ async def test_openai_cancel_and_failure(tmp_path: Path, fake_data: dict) -> Non
         fake.fail(job2["id"], "Training file is invalid.")
         job2 = await model.poll_job(GUILD, job2["id"])
         assert job2["status"] == "failed" and job2["error"] == "Training file is invalid."
-        assert model.current_model(GUILD) is None
-        assert "Error: Training file is invalid." in model.render_status(job2)
+        assert (await model.current_model(GUILD)) is None
+        assert "Error: Training file is invalid." in model.status_text(job2)
 
 
 @pytest.mark.asyncio
@@ -185,7 +186,7 @@ async def test_openai_without_key(tmp_path: Path, fake_data: dict) -> None:
     with pytest.raises(BackendError) as info:
         await model.train(GUILD, started_by="a", channel_id=1)
     assert str(info.value) == MISSING_KEY
-    assert model.list_jobs(GUILD) == []
+    assert (await model.list_jobs(GUILD)) == []
     await model.close()
 
 

@@ -26,7 +26,7 @@ def make_backend(fake: FakeOpenAI, *, max_retries: int = 2, timeout: float = 5.0
     settings = Settings(openai_api_key=key, openai_base_url=fake.base_url, model_backend="openai")
     client = track_client(openai.AsyncOpenAI(api_key=key, base_url=fake.base_url, max_retries=max_retries, timeout=timeout,
                                 _strict_response_validation=True))
-    return OpenAIBackend(settings, client=client, max_retries=max_retries, timeout=timeout)
+    return OpenAIBackend(settings, openai_client=client)
 
 
 async def poll_until_done(backend: OpenAIBackend, fake: FakeOpenAI, space: GuildSpace, job: dict) -> list:

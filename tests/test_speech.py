@@ -26,7 +26,7 @@ import pytest
 
 from config import Settings
 from errors import BackendError, Busy, InvalidInput, TooLarge
-from speech.recognize import BUSY, NO_WORDS, AudioPipeline, OpenAIRecognizer, SphinxRecognizer, Transcript
+from speech.recognize import BUSY, NO_WORDS, OpenAIRecognizer, SphinxRecognizer, Transcriber, Transcript
 
 OGG_WER_BOUND = 0.35  # measured 19.6% over all six sentences
 SUBSET = slice(2, 5)
@@ -34,8 +34,8 @@ SUBSET_WER_BOUND = 0.30  # measured 8.3% in every format over sentences 3-5
 
 
 @pytest.fixture(scope="module")
-def pipeline(worker_tmpdir: Path) -> Iterator[AudioPipeline]:
-    pipe = AudioPipeline(Settings(audio_workers=2, audio_queue=16, audio_max_seconds=20.0))
+def pipeline(worker_tmpdir: Path) -> Iterator[Transcriber]:
+    pipe = Transcriber(Settings(audio_workers=2, audio_queue=16, audio_max_seconds=20.0))
     yield pipe
     asyncio.run(pipe.close())
 
@@ -62,7 +62,7 @@ def corpus_wer(refs: tuple[str, ...], hyps: list[str]) -> float:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fmt", list(samples.FORMATS))
 async def test_recognises_speech_in_every_format(
-    pipeline: AudioPipeline, corpus: dict[str, list[Path]], worker_tmpdir: Path, fmt: str
+    pipeline: Transcriber, corpus: dict[str, list[Path]], worker_tmpdir: Path, fmt: str
 ) -> None:
     files, refs, bound = corpus[fmt], samples.SENTENCES, OGG_WER_BOUND
     if fmt != "ogg":
@@ -78,7 +78,7 @@ async def test_recognises_speech_in_every_format(
 
 @pytest.mark.asyncio
 async def test_bad_audio_through_the_pool_gives_one_clear_error_each(
-    pipeline: AudioPipeline, corpus: dict[str, list[Path]], worker_tmpdir: Path, tmp_path: Path
+    pipeline: Transcriber, corpus: dict[str, list[Path]], worker_tmpdir: Path, tmp_path: Path
 ) -> None:
     ogg = corpus["ogg"][0].read_bytes()
     long_clip = samples.speak(" ".join(samples.SENTENCES * 2), tmp_path, "ogg", name="long")
@@ -102,7 +102,7 @@ async def test_bad_audio_through_the_pool_gives_one_clear_error_each(
 
 
 @pytest.mark.asyncio
-async def test_loop_is_not_blocked_while_recognising(pipeline: AudioPipeline, tmp_path: Path) -> None:
+async def test_loop_is_not_blocked_while_recognising(pipeline: Transcriber, tmp_path: Path) -> None:
     clip = samples.speak(" ".join(samples.SENTENCES[SUBSET]), tmp_path, "ogg", name="three")
     lags: list[float] = []
     done = asyncio.Event()
@@ -125,7 +125,7 @@ async def test_loop_is_not_blocked_while_recognising(pipeline: AudioPipeline, tm
 
 @pytest.mark.asyncio
 async def test_full_queue_says_busy_at_once(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
-    pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
         assert await pipe.warm_up() == 1
@@ -149,7 +149,7 @@ async def test_full_queue_says_busy_at_once(worker_tmpdir: Path, corpus: dict[st
 
 @pytest.mark.asyncio
 async def test_slot_is_freed_when_the_caller_gives_up(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
-    pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
         task = asyncio.create_task(pipe.transcribe(data, "v.ogg"))
@@ -167,7 +167,7 @@ async def test_slot_is_freed_when_the_caller_gives_up(worker_tmpdir: Path, corpu
 
 def test_unknown_language_names_the_setting() -> None:
     with pytest.raises(BackendError, match="SPEECH_LANGUAGE='fr-FR'"):
-        AudioPipeline(Settings(speech_language="fr-FR"))
+        Transcriber(Settings(speech_language="fr-FR"))
     with pytest.raises(BackendError, match="SPEECH_LANGUAGE"):
         SphinxRecognizer("xx")
 
@@ -256,7 +256,7 @@ async def test_openai_pipeline_validates_locally_before_calling_the_api(
         return httpx2.Response(200, json={"text": "from the api"}, headers={"content-type": "application/json"})
 
     settings = dataclasses.replace(Settings(), speech_backend="openai", audio_workers=1, audio_queue=1)
-    pipe = AudioPipeline(settings, openai_client=openai_client(handler))
+    pipe = Transcriber(settings, openai_client=openai_client(handler))
     try:
         with pytest.raises(InvalidInput, match="empty"):
             await pipe.transcribe(b"", "voice-message.ogg")
@@ -275,7 +275,7 @@ def test_openai_backend_without_key_or_client_is_a_config_error() -> None:
     from errors import ConfigError
 
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        AudioPipeline(dataclasses.replace(Settings(), speech_backend="openai"))
+        Transcriber(dataclasses.replace(Settings(), speech_backend="openai"))
 
 
 @pytest.mark.asyncio
@@ -284,7 +284,7 @@ async def test_a_killed_worker_is_one_clear_error_and_the_pool_recovers(
 ) -> None:
     import signal
 
-    pipe = AudioPipeline(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
     # ~28 s of speech: about 7 s of recognition, so the kill surely lands mid-job
     clip = samples.speak(" ".join(samples.SENTENCES * 2), tmp_path, "ogg", name="twelve")
     try:
@@ -321,9 +321,9 @@ def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
     script = (
         "import asyncio, time\n"
         "from config import Settings\n"
-        "from speech.recognize import AudioPipeline\n"
+        "from speech.recognize import Transcriber\n"
         "async def main():\n"
-        "    p = AudioPipeline(Settings())\n"
+        "    p = Transcriber(Settings())\n"
         "    await p.warm_up()\n"
         "    print(' '.join(str(pid) for pid in p._executor._processes), flush=True)\n"
         "    time.sleep(60)\n"

@@ -22,7 +22,7 @@ from sandbox.server import Message, Sandbox
 from storage import GuildSpace
 from tests.fakes import FAQ, chat_line
 from tests.fakes.openai_server import FakeOpenAI
-from training.openai_api import OpenAIBackend
+from training import jobs
 
 KEY = "test"
 STARTED = re.compile(r"Started training job `([^`]+)`")
@@ -71,9 +71,7 @@ def openai_settings(settings: Settings, fake: FakeOpenAI) -> Settings:
 
 
 @pytest.fixture
-async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    # The bot builds its own client: make it check every response against the SDK's schema.
-    monkeypatch.setattr(OpenAIBackend, "client_options", {"_strict_response_validation": True})
+async def fake() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI(KEY, steps_per_advance=8) as server:
         yield server
 
@@ -133,7 +131,7 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
 
     second = await ask_answer(h, "when does the shop open")
     assert second.content == "The shop opens at 9 am."
-    job = h.bot.model.get_job(h.guild_id, job_id)
+    job = jobs.get_job(h.bot.model.space(h.guild_id), job_id)
     assert job["status_message_id"] == status.id and job["activated"]
 
 
@@ -186,7 +184,7 @@ async def test_openai_failure_and_cancel_with_reasons(openai_harness: BotHarness
     assert done.content == (f"Training job `{job_id}` failed: The job failed due to an invalid training file: "
                             "line 4 is too long.")
     assert "**failed**" in status.content and "Error: The job failed due to an invalid training file" in status.content
-    assert h.bot.model.current_model(h.guild_id) is None  # a failed job changes nothing
+    assert (await h.bot.model.current_model(h.guild_id)) is None  # a failed job changes nothing
 
     fake.delay_next(1, 0.8)  # a slow upload keeps this !train at work...
     job2_task = asyncio.ensure_future(start_job(h))
@@ -195,7 +193,7 @@ async def test_openai_failure_and_cancel_with_reasons(openai_harness: BotHarness
     assert busy == "A training is being started in this server right now; try again when it has finished."
     job2, status2 = await job2_task
     for _ in range(100):  # once it is done, the running job is named
-        if h.bot.model.get_job(h.guild_id, job2).get("status_message_id"):
+        if jobs.get_job(h.bot.model.space(h.guild_id), job2).get("status_message_id"):
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)  # the command's concurrency slot is released just after it returns
@@ -237,7 +235,7 @@ async def test_restart_mid_job_resumes_the_same_status_message(sandbox: Sandbox,
         assert "**succeeded**" in status.content
         assert status_messages(sandbox, job_id) == [status]  # the same message, no new one
         assert sum(m.content.startswith(f"Training job `{job_id}` succeeded") for m in sandbox.bot_messages()) == 1
-        assert bot.model.get_job(h.guild_id, job_id)["status_message_id"] == status.id
+        assert jobs.get_job(bot.model.space(h.guild_id), job_id)["status_message_id"] == status.id
         assert (await ask_answer(h, "Where do I park my bike?")).content == "Bikes go in the basement rack."
     finally:
         await stop_bot(bot)
@@ -254,13 +252,13 @@ async def test_rate_limit_and_server_error_storms_lose_nothing(openai_harness: B
     text = msgs[1].content
     assert text.startswith("I could not start training: OpenAI is rate-limiting us (429) after 3 retries")
     assert "Nothing was lost" in text and "`!train` again" in text
-    assert h.bot.model.list_jobs(h.guild_id) == [] and not fake.jobs
+    assert (await h.bot.model.list_jobs(h.guild_id)) == [] and not fake.jobs
     fake._faults.clear()
 
     fake.fail_next(10, 500)
     text = await h.ask("!train", user="admin")
     assert text.startswith("I could not start training: OpenAI had a server error (500) after 3 retries")
-    assert h.bot.model.list_jobs(h.guild_id) == [] and not fake.jobs
+    assert (await h.bot.model.list_jobs(h.guild_id)) == [] and not fake.jobs
     fake._faults.clear()
 
     # A short storm is absorbed by the SDK's retries; the data ingested above is all still there.
@@ -284,7 +282,7 @@ async def test_refused_job_shows_openai_text(openai_harness: BotHarness, fake: F
     text = msgs[1].content
     assert "OpenAI refused to start the fine-tuning job (403): Fine-tuning is no longer available for this " \
            "account." in text
-    assert h.bot.model.list_jobs(h.guild_id) == [] and not fake.jobs
+    assert (await h.bot.model.list_jobs(h.guild_id)) == [] and not fake.jobs
     assert not [f for f in fake.files.values() if f.purpose == "fine-tune"], "the upload was left behind"
     assert "No training jobs yet" in await h.ask("!jobs")
 

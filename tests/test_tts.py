@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import subprocess
-import tempfile
 import wave
 from pathlib import Path
 
@@ -92,16 +91,6 @@ async def test_espeak_missing_and_unknown_voice(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BackendError, match="espeak-ng is not installed: apt-get install espeak-ng"):
         await tts.synthesize("hi", Settings())
-
-
-def test_write_temp_audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    path = tts.write_temp_audio(b"RIFFdata", ".wav")
-    assert path.parent == tmp_path and path.read_bytes() == b"RIFFdata" and path.suffix == ".wav"
-    path.unlink()
-
-
-# ---- OpenAI speech against a mock transport ------------------------------------------------------
 
 
 def client(handler) -> openai.AsyncOpenAI:

@@ -223,15 +223,15 @@ async def test_terminal_chat_without_openssl_works_without_voice(settings: Setti
 
 
 async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> None:
-    """Speech and TTS use the model's OpenAI client, or one of the voice cog's own that it closes."""
+    """The bot builds one OpenAI client; the model, the transcriber and speech share it; it is closed at stop."""
     for backend in ("local", "openai"):
         s = dataclasses.replace(settings, model_backend=backend, speech_backend="openai", tts_backend="openai",
                                 openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1")
         bot = await start_bot(sandbox, s)
-        voice = bot.get_cog("Voice")
-        assert voice.openai_client is not None
-        assert (voice._own_client is None) == (backend == "openai")
-        own = voice._own_client
+        client = bot.openai_client
+        assert client is not None
+        assert bot.transcriber._openai.client is client
+        if backend == "openai":
+            assert bot.model.backend.client is client
         await stop_bot(bot)
-        if own is not None:
-            assert own.is_closed()
+        assert client.is_closed()

@@ -165,7 +165,7 @@ async def test_bad_audio_gets_one_clear_line_each(voice_bot, clips) -> None:
 async def test_busy_and_commands_stay_prompt_while_transcribing(voice_bot, clips) -> None:
     harness = await voice_bot(audio_workers=1, audio_queue=1)
     sb = harness.sandbox
-    await harness.bot.get_cog("Voice").pipeline.warm_up()  # the worker is up: the timing is the job's
+    await harness.bot.transcriber.warm_up()  # the worker is up: the timing is the job's
     # One long message takes the worker, one waits in the queue; the rest are refused at once.
     posted = [await voice_message(sb, clips["long_ogg"], seconds=25.0)]
     posted += [await voice_message(sb, d) for d in clips["ogg"][2:6]]

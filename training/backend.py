@@ -1,18 +1,26 @@
 """What every training backend offers: start/poll/cancel a job, and answer with a model.
 
+Backends state how they differ as class attributes (``min_examples``, ``poll_seconds``,
+``bills_tokens``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``); nobody compares backend
+names. Adding a backend is one module plus one line in :data:`BACKENDS`.
+
 Job records are plain dicts (see ``jobs.py`` for the fields) so they round-trip through
 the JSON Lines job log without conversion.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    import openai
+
+    from config import Settings
     from dataset.compile import Compiled
     from storage import GuildSpace
 
@@ -22,7 +30,6 @@ JobRecord = dict[str, Any]
 Method = Literal["supervised", "dpo"]
 METHODS: tuple[str, ...] = ("supervised", "dpo")
 # The same status words as the OpenAI fine-tuning API, for every backend.
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # History is (role, content) pairs, role "user" or "assistant", oldest first.
 History = Sequence[tuple[str, str]]
@@ -35,7 +42,6 @@ class JobUpdate:
     status: str
     step: int | None = None
     total_steps: int | None = None
-    train_loss: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)  # new (step, loss) points
     events: list[str] = field(default_factory=list)  # new human-readable event messages
     fine_tuned_model: str | None = None
@@ -43,10 +49,48 @@ class JobUpdate:
     extra: dict[str, Any] = field(default_factory=dict)  # backend bookkeeping saved in the record
 
 
+# MODEL_BACKEND name -> "module:Class"; imported on first use so heavy stacks load only when chosen.
+BACKENDS: dict[str, str] = {
+    "local": "training.local:LocalBackend",
+    "openai": "training.openai_api:OpenAIBackend",
+}
+
+
+def backend_class(name: str) -> type[TrainingBackend]:
+    """The backend class registered as ``name`` (a stored job names the backend that ran it)."""
+    try:
+        module, cls = BACKENDS[name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown model backend {name!r}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_backend(settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> TrainingBackend:
+    """The backend chosen by ``MODEL_BACKEND``, sharing the bot's one OpenAI client."""
+    return backend_class(settings.model_backend)(settings, openai_client=openai_client)
+
+
 class TrainingBackend(ABC):
     """A place that trains models from compiled guild data and answers with them."""
 
-    name: str = "?"
+    name: ClassVar[str] = "?"
+    # The fewest examples a training accepts.
+    min_examples: ClassVar[int] = 1
+    # How often the watcher polls a running job; None: JOB_POLL_SECONDS.
+    poll_seconds: ClassVar[float | None] = None
+    # Whether tokens and epochs are billed (shown in the job's estimate).
+    bills_tokens: ClassVar[bool] = False
+    # Checker codes about OpenAI's format that do not matter to this backend.
+    ignored_check_codes: ClassVar[frozenset[str]] = frozenset()
+    # One line for !help: what this model is and does.
+    blurb: ClassVar[str] = ""
+    # Why a finished job has no loss curve, in one sentence.
+    no_loss_reason: ClassVar[str] = "No loss curve: the backend reported no training loss for this job."
+    # What the status message says instead of a loss for a finished job without one.
+    no_loss_status: ClassVar[str] = "not reported"
+
+    def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
+        self.settings = settings
 
     async def start(self) -> None:
         """Open connections (called once by ``Model.start``)."""

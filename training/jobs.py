@@ -11,13 +11,12 @@ The current model is the key ``"model"`` of ``space.state_file``, per backend:
 ``{"local": {"current": "local-v3", "history": ["local-v1", "local-v2"]}, "openai": {...}}``.
 Other keys of state.json belong to other modules and are preserved.
 
-All functions here are sync and cheap (small files); ``loss_curve_png`` is CPU-bound: run it
-with ``asyncio.to_thread``.
+All functions here are sync and cheap (small files). The status text and the loss curve are in
+``training/status.py``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any
@@ -28,7 +27,6 @@ from training.backend import TERMINAL
 
 log = logging.getLogger(__name__)
 
-BAR_WIDTH = 14
 KEEP_EVENTS = 5
 
 
@@ -79,90 +77,6 @@ def unfinished_jobs(space: GuildSpace) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- rendering
-
-def progress_bar(step: int | None, total: int | None, width: int = BAR_WIDTH) -> str:
-    """``[#######-------] 7/14``; unknown total gives an empty bar."""
-    if not total:
-        return f"[{'-' * width}] ?/?"
-    step = max(0, min(step or 0, total))
-    filled = round(width * step / total)
-    return f"[{'#' * filled}{'-' * (width - filled)}] {step}/{total}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h {m:02d}m"
-    if m:
-        return f"{m}m {s:02d}s"
-    return f"{s}s"
-
-
-def render_status(job: dict[str, Any], now: float | None = None) -> str:
-    """A few lines for the status message the watcher edits."""
-    now = time.time() if now is None else now
-    status = job.get("status", "?")
-    head = f"Training job `{job.get('id')}` ({job.get('backend')}, {job.get('method', 'supervised')}): **{status}**"
-    lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
-    losses = job.get("losses") or []
-    if losses:
-        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
-    elif status == "succeeded":
-        # Say so rather than leave the line out: people look for the loss of a finished job.
-        lines.append("Training loss: none (nearest-example model)" if job.get("backend") == "local"
-                     else "Training loss: not reported")
-    end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
-    if job.get("created_at"):
-        lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
-    est = job.get("estimate") or {}
-    if est:
-        n = est.get("examples", "?")
-        what = f"{n} example{'' if n == 1 else 's'}"
-        if job.get("backend") != "local":  # tokens and epochs are what OpenAI bills; the local backend has none
-            what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
-        lines.append(f"Estimate: {what}")
-    if job.get("model"):
-        lines.append(f"Model: `{job['model']}`")
-    if status == "cancelled" and job.get("cancelled_by"):
-        lines.append(f"Cancelled by {job['cancelled_by']}.")
-    if job.get("error"):
-        lines.append(f"Error: {job['error']}")
-    return "\n".join(lines)
-
-
-def no_loss_reason(job: dict[str, Any]) -> str:
-    """Why a finished job has no loss curve, in one sentence."""
-    if job.get("backend") == "local":
-        return ("No loss curve: this local model answers by finding the closest trained example, "
-                "which has no training loss (only labelled texts train a classifier with one).")
-    return "No loss curve: the backend reported no training loss for this job."
-
-
-def loss_curve_png(job: dict[str, Any]) -> bytes | None:
-    """PNG of training loss by step, or None without loss points (sync, CPU: use to_thread)."""
-    points = [(int(s), float(v)) for s, v in job.get("losses") or []]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display here; must precede pyplot
-    from matplotlib.figure import Figure
-
-    # A bare Figure (not pyplot) keeps no global state, so threads don't step on each other.
-    fig = Figure(figsize=(6, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{job.get('id')} ({job.get('status')})")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
 
 def merge_losses(old: list, new: list) -> list[list[float]]:
     """Union of (step, loss) points, the newer value winning for a step, sorted by step."""

@@ -40,6 +40,7 @@ from storage import atomic_write_json, read_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 
 if TYPE_CHECKING:
+    from config import Settings
     from dataset.compile import Compiled
     from storage import GuildSpace
 
@@ -405,9 +406,18 @@ class LocalBackend(TrainingBackend):
     """Offline retrieval + classifier models, one numbered version per training."""
 
     name = "local"
+    poll_seconds = 0.5  # jobs run in this process and finish in seconds
+    ignored_check_codes = frozenset({"missing_system_message", "too_many_tokens"})
+    blurb = ("Model: the built-in **local** backend — it learns from this server's examples and corrections "
+             "in seconds, answers with the closest example it was trained on and classifies labelled texts. "
+             "It retrieves, it does not generate new text.")
+    no_loss_reason = ("No loss curve: this local model answers by finding the closest trained example, "
+                      "which has no training loss (only labelled texts train a classifier with one).")
+    no_loss_status = "none (nearest-example model)"
 
-    def __init__(self, prefix: str = "!") -> None:
-        self.prefix = prefix
+    def __init__(self, settings: Settings, *, openai_client: Any = None) -> None:
+        super().__init__(settings)
+        self.prefix = settings.prefix
         self._runs: dict[str, _Run] = {}
         self._cache: OrderedDict[tuple[int, str], LocalModel] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -475,7 +485,7 @@ class LocalBackend(TrainingBackend):
         run.reported_events += len(events)
         return JobUpdate(
             status=run.status, step=run.step, total_steps=run.total_steps,
-            train_loss=run.losses[-1][1] if run.losses else None, losses=list(run.losses),
+            losses=list(run.losses),
             events=events, fine_tuned_model=run.model, error=run.error,
         )
 

@@ -72,53 +72,44 @@ def parse_result_csv(content: bytes) -> list[tuple[int, float]]:
     return points
 
 
+def make_client(settings: Settings, **options: Any) -> openai.AsyncOpenAI | None:
+    """The bot's one OpenAI client (fine-tuning, chat, transcription, speech), or None without a key.
+
+    ``options`` go to ``AsyncOpenAI`` (tests pass ``_strict_response_validation=True``).
+    """
+    if not settings.openai_api_key:
+        return None
+    return openai.AsyncOpenAI(api_key=settings.openai_api_key, base_url=settings.openai_base_url,
+                              max_retries=options.pop("max_retries", DEFAULT_MAX_RETRIES),
+                              timeout=options.pop("timeout", DEFAULT_TIMEOUT), **options)
+
+
 class OpenAIBackend(TrainingBackend):
     """Fine-tuning jobs and chat answers through the OpenAI API."""
 
     name = "openai"
-    # Extra keyword arguments for the client this backend builds; tests set
-    # ``{"_strict_response_validation": True}`` so the fake server cannot drift from the SDK's schema.
-    client_options: dict[str, Any] = {}
+    min_examples = 10  # the API refuses fewer
+    bills_tokens = True
+    blurb = ("Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
+             "and answers come from the fine-tuned model.")
 
     def __init__(
         self,
         settings: Settings,
         *,
-        client: openai.AsyncOpenAI | None = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        timeout: float = DEFAULT_TIMEOUT,
+        openai_client: openai.AsyncOpenAI | None = None,
         system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.base_model = settings.openai_base_model
-        self.max_retries = max_retries
-        self.timeout = timeout
         self.system_prompt = system_prompt
-        self._client = client
-        self._own_client = client is None
-
-    async def start(self) -> None:
-        """Create the client once; without a key do nothing (every call then explains how to set it)."""
-        if self._client is None and self.settings.openai_api_key:
-            self._client = openai.AsyncOpenAI(
-                api_key=self.settings.openai_api_key,
-                base_url=self.settings.openai_base_url,
-                max_retries=self.max_retries,
-                timeout=self.timeout,
-                **self.client_options,
-            )
-
-    async def close(self) -> None:
-        if self._client is not None and self._own_client:
-            await self._client.close()
-            self._client = None
+        # The bot builds the one client (bot.make_openai_client) and hands it in; it closes it too.
+        self._client = openai_client
 
     @property
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
-            if not self.settings.openai_api_key:
-                raise BackendError(MISSING_KEY)
-            raise BackendError("The OpenAI client is not started yet (Model.start was not called).")
+            raise BackendError(MISSING_KEY)
         return self._client
 
     def _scrub(self, text: str) -> str:
@@ -129,7 +120,8 @@ class OpenAIBackend(TrainingBackend):
 
     async def _call(self, what: str, coro: Awaitable[T]) -> T:
         """Await an SDK call, turning its errors into one safe BackendError line."""
-        retries = f"after {self.max_retries} retries" if self.max_retries else "(retries are off)"
+        max_retries = getattr(self._client, "max_retries", 0)
+        retries = f"after {max_retries} retries" if max_retries else "(retries are off)"
         try:
             return await coro
         except openai.APITimeoutError:
@@ -226,8 +218,7 @@ class OpenAIBackend(TrainingBackend):
                 if data.get("total_steps"):
                     update.total_steps = int(data["total_steps"])
                 if data.get("train_loss") is not None:
-                    update.train_loss = float(data["train_loss"])
-                    update.losses.append((step, update.train_loss))
+                    update.losses.append((step, float(data["train_loss"])))
             else:
                 update.events.append(event.message)
         if info.error is not None and info.error.message:

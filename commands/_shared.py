@@ -1,0 +1,197 @@
+"""What every cog shares: the command Context, the admin check, flags, message splitting, error reports.
+
+Discord glue only: domain work goes through ``ctx.model`` (the one door, see ``model.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from errors import InvalidInput
+
+if TYPE_CHECKING:
+    from bot import TrainerBot  # noqa: F401 (named in TrainerContext's base)
+    from model import Model
+
+log = logging.getLogger(__name__)
+
+
+class TrainerContext(commands.Context["TrainerBot"]):
+    """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message."""
+
+    @property
+    def model(self) -> Model:
+        return self.bot.model
+
+    @property
+    def guild_id(self) -> int:
+        """The server this command runs in (commands that use it are guild-only)."""
+        if self.guild is None:
+            raise commands.NoPrivateMessage("This command only works in a server.")
+        return self.guild.id
+
+    @property
+    def replied_message(self) -> discord.Message | None:
+        """The message this command replies to, when discord.py resolved it."""
+        ref = self.message.reference
+        return ref.resolved if ref is not None and isinstance(ref.resolved, discord.Message) else None
+
+    async def send_long(self, text: str, **kwargs: Any) -> list[discord.Message]:
+        """Send ``text`` in as many messages as Discord's 2000-character limit needs."""
+        return [await self.send(chunk, **kwargs) for chunk in split_message(text)]
+
+    @property
+    def upload_limit(self) -> int:
+        """The largest file the bot may attach here."""
+        return self.guild.filesize_limit if self.guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+
+# ---------------------------------------------------------------- who may train
+
+class NotTrainerAdmin(commands.CheckFailure):
+    """The author is not an admin of the trainer in this server."""
+
+    def __init__(self, role: str | None) -> None:
+        needed = "the **Manage Server** permission"
+        if role:
+            needed += f" or the **{role}** role"
+        super().__init__(f"You need {needed} to use this command.")
+
+
+async def is_trainer_admin(ctx: commands.Context) -> bool:
+    """Manage Server permission, the TRAINER_ROLE role, or the bot owner."""
+    if await ctx.bot.is_owner(ctx.author):
+        return True
+    if ctx.guild is None:
+        raise commands.NoPrivateMessage("This command only works in a server.")
+    perms = ctx.author.guild_permissions
+    if perms.manage_guild or perms.administrator:
+        return True
+    role = ctx.bot.settings.trainer_role
+    if role and any(r.name == role or str(r.id) == role for r in getattr(ctx.author, "roles", [])):
+        return True
+    raise NotTrainerAdmin(role)
+
+
+def trainer_admin() -> Any:
+    """Decorator: only trainer admins may run the command."""
+    return commands.check(is_trainer_admin)
+
+
+# ---------------------------------------------------------------- arguments
+
+def parse_flag(value: str, name: str = "positive") -> bool:
+    """yes/no style flags: ``positive=no``."""
+    lowered = value.strip().lower()
+    if lowered in ("yes", "y", "true", "1", "on", "positive"):
+        return True
+    if lowered in ("no", "n", "false", "0", "off", "negative"):
+        return False
+    raise InvalidInput(f"`{name}=` takes yes or no, not `{value}`.")
+
+
+def split_flags(text: str, names: tuple[str, ...] = ("positive",)) -> tuple[str, dict[str, bool]]:
+    """Take ``name=value`` yes/no words out of ``text``; return the rest and the flags."""
+    rest, flags = [], {}
+    for word in text.split(" "):
+        key, sep, value = word.partition("=")
+        if sep and key.lower() in names:
+            flags[key.lower()] = parse_flag(value, key.lower())
+        else:
+            rest.append(word)
+    return " ".join(rest).strip(), flags
+
+
+def take_option(text: str, name: str, choices: tuple[str, ...]) -> tuple[str, str | None]:
+    """Take one ``name=value`` word out of ``text`` (value one of ``choices``); return the rest and the value."""
+    rest, found = [], None
+    for word in text.split(" "):
+        key, sep, value = word.partition("=")
+        if sep and key.lower() == name:
+            found = value.lower()
+            if found not in choices:
+                raise InvalidInput(f"`{name}=` takes {' or '.join(choices)}.")
+        else:
+            rest.append(word)
+    return " ".join(rest).strip(), found
+
+
+# ---------------------------------------------------------------- errors nobody expected
+
+def report_unexpected(what: str, exc: BaseException | None = None) -> str:
+    """Log an unexpected failure with a short error id and return the id to show the user."""
+    error_id = secrets.token_hex(3)
+    log.error("error %s %s", error_id, what, exc_info=exc if exc is not None else True)
+    return error_id
+
+
+# ---------------------------------------------------------------- long messages
+
+DISCORD_LIMIT = 2000
+
+
+def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
+    """Split ``text`` at line boundaries into chunks of at most ``limit`` characters.
+
+    A chunk that ends inside a fenced code block is closed with ``` and the next chunk reopens
+    the fence (with its language), so every chunk renders on its own. Lines longer than a chunk
+    are cut hard, as a last resort.
+    """
+    if limit < 20:
+        raise ValueError("limit too small")
+    text = text.strip("\n")
+    if not text:
+        return []
+    if len(text) <= limit:
+        return [text]
+
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    fence: str | None = None  # the opening fence line of the block we are inside, e.g. "```py"
+
+    def room() -> int:
+        # Reserve space for a closing fence when we are inside a block.
+        return limit - (4 if fence else 0)
+
+    def flush() -> None:
+        nonlocal current, size
+        body = "\n".join(current)
+        if fence:
+            body += "\n```"
+        if body.strip() and body.strip() != "```":
+            chunks.append(body)
+        current = [fence] if fence else []
+        size = len(fence) if fence else 0
+
+    for line in text.split("\n"):
+        pieces = [line]
+        max_line = limit - 8 - (len(fence) + 1 if fence else 0)
+        if len(line) > max_line:
+            pieces = [line[i:i + max_line] for i in range(0, len(line), max_line)]
+        for piece in pieces:
+            extra = len(piece) + (1 if current else 0)
+            if size + extra > room():
+                flush()
+                extra = len(piece) + (1 if current else 0)
+            current.append(piece)
+            size += extra
+            stripped = piece.strip()
+            if stripped.startswith("```"):
+                # A fence line toggles the block; "```py" opens, a bare "```" closes.
+                if fence is None:
+                    if stripped.count("```") == 1:
+                        fence = stripped
+                elif stripped == "```" or stripped.endswith("```"):
+                    fence = None
+    if current and "\n".join(current).strip() not in ("", fence or ""):
+        body = "\n".join(current)
+        if fence:
+            body += "\n```"
+        chunks.append(body)
+    return chunks

@@ -1,0 +1,105 @@
+"""What a training job looks like to people: the status message text and the loss-curve PNG.
+
+``render_status`` is cheap; ``loss_curve_png`` is CPU-bound (matplotlib): run it in a thread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from training.backend import TERMINAL, TrainingBackend, backend_class
+
+log = logging.getLogger(__name__)
+
+BAR_WIDTH = 14
+
+
+def _backend(job: dict[str, Any]) -> type[TrainingBackend]:
+    """The class of the backend that ran ``job`` (its attributes say what to show); the base if unknown."""
+    try:
+        return backend_class(str(job.get("backend")))
+    except (KeyError, ImportError):
+        return TrainingBackend
+
+
+def progress_bar(step: int | None, total: int | None, width: int = BAR_WIDTH) -> str:
+    """``[#######-------] 7/14``; unknown total gives an empty bar."""
+    if not total:
+        return f"[{'-' * width}] ?/?"
+    step = max(0, min(step or 0, total))
+    filled = round(width * step / total)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {step}/{total}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h {m:02d}m"
+    if m:
+        return f"{m}m {s:02d}s"
+    return f"{s}s"
+
+
+def render_status(job: dict[str, Any], now: float | None = None) -> str:
+    """A few lines for the status message the watcher edits."""
+    now = time.time() if now is None else now
+    status = job.get("status", "?")
+    head = f"Training job `{job.get('id')}` ({job.get('backend')}, {job.get('method', 'supervised')}): **{status}**"
+    lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
+    losses = job.get("losses") or []
+    if losses:
+        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
+    elif status == "succeeded":
+        # Say so rather than leave the line out: people look for the loss of a finished job.
+        lines.append(f"Training loss: {_backend(job).no_loss_status}")
+    end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
+    if job.get("created_at"):
+        lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
+    est = job.get("estimate") or {}
+    if est:
+        n = est.get("examples", "?")
+        what = f"{n} example{'' if n == 1 else 's'}"
+        if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
+            what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
+        lines.append(f"Estimate: {what}")
+    if job.get("model"):
+        lines.append(f"Model: `{job['model']}`")
+    if status == "cancelled" and job.get("cancelled_by"):
+        lines.append(f"Cancelled by {job['cancelled_by']}.")
+    if job.get("error"):
+        lines.append(f"Error: {job['error']}")
+    return "\n".join(lines)
+
+
+def no_loss_reason(job: dict[str, Any]) -> str:
+    """Why a finished job has no loss curve, in one sentence."""
+    return _backend(job).no_loss_reason
+
+
+def loss_curve_png(job: dict[str, Any]) -> bytes | None:
+    """PNG of training loss by step, or None without loss points (sync, CPU: use to_thread)."""
+    points = [(int(s), float(v)) for s, v in job.get("losses") or []]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; must precede pyplot
+    from matplotlib.figure import Figure
+
+    # A bare Figure (not pyplot) keeps no global state, so threads don't step on each other.
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{job.get('id')} ({job.get('status')})")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
