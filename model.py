@@ -53,6 +53,9 @@ class Model:
         # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
         # a poll started before a cancel could save its stale copy over the cancelled one.
         self._job_locks: dict[str, asyncio.Lock] = {}
+        # Caches that make !correct and de-duplication cheap; they live as long as the bot.
+        self._answer_indexes = corrections.AnswerIndexes()
+        self._dataset_hashes: dataset_folder.HashCache = {}
 
     async def start(self) -> None:
         """Start the backend (once, from the bot's setup_hook)."""
@@ -85,19 +88,20 @@ class Model:
 
         def work() -> IngestReport:
             path = dataset_folder.store_upload(space, filename, data)
-            return dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename)
+            return dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
+                                              cache=self._dataset_hashes)
 
         return await asyncio.to_thread(work)
 
     async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str) -> IngestReport:
         """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
         return await asyncio.to_thread(dataset_folder.ingest_text, self.space(guild_id), text, positive=positive,
-                                       author=author)
+                                       author=author, cache=self._dataset_hashes)
 
     async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str) -> IngestReport:
         """Add a file or folder of the guild's data space (a path the user typed)."""
         return await asyncio.to_thread(dataset_folder.ingest_path, self.space(guild_id), user_path,
-                                       positive=positive, author=author)
+                                       positive=positive, author=author, cache=self._dataset_hashes)
 
     async def path_exists(self, guild_id: int, user_path: str) -> bool:
         """Whether a typed path names an entry of the guild's data space (False when refused)."""
@@ -173,7 +177,8 @@ class Model:
 
     async def find_answer(self, guild_id: int, message_id: int) -> dict[str, Any] | None:
         """The logged answer for one of the bot's message ids, or None."""
-        return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id)
+        return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id,
+                                       self._answer_indexes)
 
     async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
                       author_name: str, channel_id: int) -> dict[str, Any]:

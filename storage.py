@@ -27,13 +27,17 @@ from errors import NotFound, PathRefused
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = "data"
-DEFAULT_CORRECTIONS_DIR = "corrections"
 
-# One lock per log file path: appends from worker threads must not interleave.
-_append_locks: dict[str, threading.Lock] = {}
-_append_locks_guard = threading.Lock()
-_state_locks: dict[str, threading.Lock] = {}
+# The one registry of file locks, process-wide by nature (any thread may write any guild's files):
+# the only mutable module-level state of the project.
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def lock_for(path: Path) -> threading.Lock:
+    """The lock of one file or folder path, shared by every thread of this process."""
+    with _locks_guard:
+        return _locks.setdefault(str(path), threading.Lock())
 
 
 def utc_now() -> str:
@@ -48,16 +52,6 @@ def fmt_bytes(n: float) -> str:
             return f"{int(n):,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} bytes"
-
-
-def data_root() -> Path:
-    """The data folder: ``DATA_DIR`` or ``./data`` (tests point it at a temp dir)."""
-    return Path(os.environ.get("DATA_DIR", "").strip() or DEFAULT_DATA_DIR).resolve()
-
-
-def corrections_root() -> Path:
-    """The corrections folder: ``CORRECTIONS_DIR`` or ``./corrections``."""
-    return Path(os.environ.get("CORRECTIONS_DIR", "").strip() or DEFAULT_CORRECTIONS_DIR).resolve()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,10 +115,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON record as a line, flushed and fsynced before returning."""
     line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = str(path)
-    with _append_locks_guard:
-        lock = _append_locks.setdefault(key, threading.Lock())
-    with lock:
+    with lock_for(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # A torn last line (from a crash) must not swallow this record: start on a new line.
@@ -177,12 +168,13 @@ def read_records(path: Path) -> ReadResult:
 class GuildSpace:
     """The folders of one guild, and the only way to turn a typed path into a real one."""
 
-    def __init__(self, guild_id: int, data_dir: Path | None = None, corrections_dir: Path | None = None):
+    def __init__(self, guild_id: int, data_dir: Path, corrections_dir: Path):
         if not isinstance(guild_id, int) or guild_id <= 0:
             raise ValueError(f"bad guild id {guild_id!r}")
         self.guild_id = guild_id
-        self.data = (data_dir or data_root()).resolve() / str(guild_id)
-        self.corrections = (corrections_dir or corrections_root()).resolve() / str(guild_id)
+        # config.Settings is the only reader of DATA_DIR / CORRECTIONS_DIR: the folders are always given.
+        self.data = Path(data_dir).resolve() / str(guild_id)
+        self.corrections = Path(corrections_dir).resolve() / str(guild_id)
 
     # Well-known places inside the space.
     @property
@@ -240,10 +232,7 @@ class GuildSpace:
 
         One lock per file, so two writers (the dataset and the model code) never lose each other's keys.
         """
-        key = str(self.state_file)
-        with _append_locks_guard:
-            lock = _state_locks.setdefault(key, threading.Lock())
-        with lock:
+        with lock_for(self.state_file):
             state = self.read_state()
             yield state
             atomic_write_json(self.state_file, state)

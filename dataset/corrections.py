@@ -13,21 +13,15 @@ import logging
 import os
 import secrets
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from errors import InvalidInput
-from storage import GuildSpace, append_record, read_records
+from storage import GuildSpace, append_record, read_records, utc_now
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 20_000  # characters kept per text field; Discord messages are far shorter
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2025-11-25T22:12:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_ref(prefix: str) -> str:
@@ -98,16 +92,19 @@ class _AnswerIndex:
         return record if isinstance(record, dict) else None
 
 
-_indexes: dict[str, _AnswerIndex] = {}
-_indexes_guard = threading.Lock()
+class AnswerIndexes:
+    """One :class:`_AnswerIndex` per answers file, kept by the caller (the Model) for the bot's life."""
 
+    def __init__(self) -> None:
+        self._indexes: dict[str, _AnswerIndex] = {}
+        self._guard = threading.Lock()
 
-def _index_for(path: Path) -> _AnswerIndex:
-    with _indexes_guard:
-        index = _indexes.get(str(path))
-        if index is None:
-            index = _indexes[str(path)] = _AnswerIndex(path)
-        return index
+    def for_path(self, path: Path) -> _AnswerIndex:
+        with self._guard:
+            index = self._indexes.get(str(path))
+            if index is None:
+                index = self._indexes[str(path)] = _AnswerIndex(path)
+            return index
 
 
 def record_answer(
@@ -137,8 +134,8 @@ def record_answer(
     )
 
 
-def find_answer(space: GuildSpace, message_id: int) -> dict[str, Any] | None:
-    """The logged answer for a bot message id, or None; O(1) after the first call (sync).
+def find_answer(space: GuildSpace, message_id: int, indexes: AnswerIndexes | None = None) -> dict[str, Any] | None:
+    """The logged answer for a bot message id, or None; O(1) after the first call with ``indexes`` (sync).
 
     ``message_id`` may be the text a user typed; anything but a number raises InvalidInput.
     """
@@ -148,7 +145,8 @@ def find_answer(space: GuildSpace, message_id: int) -> dict[str, Any] | None:
         raise InvalidInput(
             f"`{str(message_id)[:40]}` is not a message id: copy the id of the bot's message."
         ) from None
-    return _index_for(space.answers_file).get(mid)
+    index = (indexes or AnswerIndexes()).for_path(space.answers_file)
+    return index.get(mid)
 
 
 # --- corrections, feedback, test errors --------------------------------------------------

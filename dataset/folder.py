@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from dataset.formats import (
     space_files,
 )
 from errors import InvalidInput, PathRefused
-from storage import GuildSpace, atomic_open, utc_now
+from storage import GuildSpace, atomic_open, lock_for, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,14 @@ def store_upload(space: GuildSpace, filename: str, data: bytes) -> Path:
 
 # --- writing into the dataset -----------------------------------------------------------------
 
-_folder_locks: dict[str, threading.Lock] = {}
-_folder_locks_guard = threading.Lock()
-# Per dataset folder: file path -> (mtime_ns, size, hashes) so re-scans only read changed files.
-_hash_cache: dict[str, dict[str, tuple[int, int, frozenset[str]]]] = {}
+# Dataset folder -> {file path -> (mtime_ns, size, hashes)}, so re-scans only read changed files.
+# Owned by the caller (the Model keeps one for the life of the bot); None: no caching.
+HashCache = dict[str, dict[str, tuple[int, int, frozenset[str]]]]
 
 
-def _folder_lock(folder: Path) -> threading.Lock:
-    with _folder_locks_guard:
-        return _folder_locks.setdefault(str(folder), threading.Lock())
-
-
-def _existing_hashes(space: GuildSpace, folder: Path) -> set[str]:
+def _existing_hashes(space: GuildSpace, folder: Path, caches: HashCache | None) -> set[str]:
     """Content hashes of every example already in a dataset folder (caller holds its lock)."""
-    cache = _hash_cache.setdefault(str(folder), {})
+    cache = {} if caches is None else caches.setdefault(str(folder), {})
     hashes: set[str] = set()
     if not folder.is_dir():
         return hashes
@@ -97,6 +90,7 @@ def _ingest(
     shown: str,
     report: IngestReport,
     author: str,
+    cache: HashCache | None = None,
 ) -> IngestReport:
     """Stream parsed examples into a new file of the current dataset, skipping duplicates."""
     folder = current_dataset(space)
@@ -106,8 +100,8 @@ def _ingest(
     ns = time.time_ns()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
     target = folder / f"ingested-{stamp}-{secrets.token_hex(3)}.jsonl"
-    with _folder_lock(folder):
-        known = _existing_hashes(space, folder)
+    with lock_for(folder):
+        known = _existing_hashes(space, folder, cache)
         added = 0
         try:
             with atomic_open(target) as fh:
@@ -145,7 +139,8 @@ def add_examples(space: GuildSpace, examples: Iterable[dict[str, Any]], *, sourc
 
 
 def ingest_text(
-    space: GuildSpace, text: str, *, positive: bool = True, author: str, source: str = "inline"
+    space: GuildSpace, text: str, *, positive: bool = True, author: str, source: str = "inline",
+    cache: HashCache | None = None,
 ) -> IngestReport:
     """Add inline text (see :func:`parse_text`) to the current dataset; returns what was added/skipped."""
     if not text or not text.strip():
@@ -154,30 +149,32 @@ def ingest_text(
     items = (
         (n, c, f"line {n}: {r}" if r else None, source) for n, c, r in parse_inline_lines(lines, positive)
     )
-    report = _ingest(space, items, source, IngestReport(), author)
+    report = _ingest(space, items, source, IngestReport(), author, cache)
     if not report.added and not report.skipped:
         raise InvalidInput("There is no text to add: write examples after the command, one per line.")
     return report
 
 
 def ingest_file(
-    space: GuildSpace, path: Path, *, positive: bool = True, author: str, source: str | None = None
+    space: GuildSpace, path: Path, *, positive: bool = True, author: str, source: str | None = None,
+    cache: HashCache | None = None,
 ) -> IngestReport:
     """Stream one file (e.g. from :func:`store_upload`) into the current dataset; constant memory."""
     report = IngestReport()
     shown = source or path.name
-    report = _ingest(space, iter_source(None, path, positive, shown, report), shown, report, author)
+    report = _ingest(space, iter_source(None, path, positive, shown, report), shown, report, author, cache)
     if not report.added and not report.skipped:
         raise InvalidInput(f"`{shown}` has no examples (only blank lines).")
     return report
 
 
-def ingest_path(space: GuildSpace, user_path: str, *, positive: bool = True, author: str) -> IngestReport:
+def ingest_path(space: GuildSpace, user_path: str, *, positive: bool = True, author: str,
+                cache: HashCache | None = None) -> IngestReport:
     """Add a file or folder of the guild space (a path the user typed) to the current dataset."""
     target = space.resolve(user_path, must_exist=True)
     shown = space.relative(target)
     report = IngestReport()
-    report = _ingest(space, iter_source(space, target, positive, shown, report), shown, report, author)
+    report = _ingest(space, iter_source(space, target, positive, shown, report), shown, report, author, cache)
     if target.is_dir() and not report.files:
         raise InvalidInput(f"`{shown}` has no .jsonl, .json, .csv or .txt files.")
     return report

@@ -81,10 +81,10 @@ def test_a_guild_cannot_reach_another_guilds_folder(spaces: tuple[GuildSpace, Gu
     assert dataset_folder.load_dataset(b, dataset_folder.current_dataset(b)).examples == []
 
 
-def test_a_guilds_folder_is_named_by_its_id_only() -> None:
+def test_a_guilds_folder_is_named_by_its_id_only(tmp_path: Path) -> None:
     for bad in (0, -1, "123", 1.5, None):
         with pytest.raises(ValueError):
-            GuildSpace(bad)  # type: ignore[arg-type]
+            GuildSpace(bad, tmp_path / "d", tmp_path / "c")  # type: ignore[arg-type]
 
 
 async def test_bot_writes_only_into_its_own_guild(harness: BotHarness) -> None:

@@ -36,7 +36,7 @@ from sklearn.metrics import log_loss
 from sklearn.preprocessing import normalize
 
 from errors import BackendError, InvalidInput, NotFound
-from storage import atomic_write_json, read_json
+from storage import atomic_write_json, lock_for, read_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ _CHAR = HashingVectorizer(
     analyzer="char_wb", ngram_range=(2, 4), n_features=N_FEATURES, alternate_sign=False, norm=None,
     strip_accents="unicode",
 )
-_save_lock = threading.Lock()  # version numbers are chosen and claimed under this lock
 
 
 class _Cancelled(Exception):
@@ -359,7 +358,7 @@ def train_version(
             _fsync_file(f)
         if cancelled():
             raise _Cancelled()
-        with _save_lock:
+        with lock_for(space.models):  # version numbers are chosen and claimed under this lock
             number = (version_numbers(space) or [0])[-1] + 1
             while True:
                 name = f"local-v{number}"
