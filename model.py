@@ -52,7 +52,7 @@ class Model:
         else:
             from training.local import LocalBackend
 
-            self.backend = LocalBackend(prefix=settings.prefix)
+            self.backend = LocalBackend(settings)
         self._train_locks: dict[int, asyncio.Lock] = {}
         # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
         # a poll started before a cancel could save its stale copy over the cancelled one.

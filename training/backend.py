@@ -72,6 +72,10 @@ class TrainingBackend(ABC):
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Answer ``prompt`` with ``model_name`` (None: no trained model yet)."""
 
+    def describe(self) -> str:
+        """One line on how this backend answers, for ``!model`` (sync; may load a model once)."""
+        return ""
+
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The label a model gives ``text``; by default the answer text itself."""
         return await self.answer(space, model_name, text, ())
