@@ -102,7 +102,12 @@ class Data(commands.Cog):
             answer=answer.get("answer", ""), correction=correction, author_id=ctx.author.id,
             author_name=str(ctx.author), channel_id=ctx.channel.id,
         )
-        await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
+        if getattr(self.bot.model.backend, "name", "") == "local":
+            # The local backend searches corrections before the trained pairs (training.local).
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
+                           f"that means the same) with it from now on, and it is training data for next time.")
+        else:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
 
     @staticmethod
     async def _fetch(ctx: commands.Context, message_id: int) -> discord.Message | None:
