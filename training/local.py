@@ -71,6 +71,7 @@ CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of pro
 TOP_K = 16  # candidates scored exactly
 THREAD_ABOVE = 5_000  # answer in a worker thread when the index is this big (keeps the loop free)
 EMBED_CHUNK = 2_000  # prompts embedded between two cancel checks
+VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trained answer, embeddings or not
 CORRECTION_SLACK = 0.1  # a correction wins unless a trained pair is this much closer (it is newer)
 
 _WORD = HashingVectorizer(
@@ -688,6 +689,11 @@ class LocalBackend(TrainingBackend):
         if model is not None and model.vectors is not None:
             if key in model.exact and (fixed is None or fixed.row is None):
                 return model.answers[model.exact[key]], 0
+            # A question worded almost like a trained one: word matching tells near-identical trained
+            # questions apart ("... number 17" vs "... number 1723") where an average of word vectors cannot.
+            best, sim = model.nearest(prompt)
+            if best >= 0 and sim >= VERBATIM and (fixed is None or fixed.row is None):
+                return model.answers[best], 0
             rows, scores = top_rows(model.vectors, query)
             trained = decide(rows, scores, model.answers, emb.thresholds)
         if fixed is not None and fixed.row is not None and (
