@@ -127,7 +127,7 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
 
     assert len(status_messages(sb, job_id)) == 1
     assert status.edits >= 1
-    assert "**succeeded**" in status.content and "[##############] 3/3" in status.content
+    assert "**succeeded**" in status.content and "[##############] 4/4" in status.content
     assert "Training loss: none (nearest-example model)" in status.content
     assert "Model: `local-v1`" in status.content and "epochs" not in status.content
 

@@ -47,7 +47,6 @@ from training.embedding import (
     DEFAULT_EMBED_MODEL,
     DISABLED,
     Embedder,
-    Match,
     decide,
     load_embedder,
     load_vectors,
@@ -72,7 +71,6 @@ TOP_K = 16  # candidates scored exactly
 THREAD_ABOVE = 5_000  # answer in a worker thread when the index is this big (keeps the loop free)
 EMBED_CHUNK = 2_000  # prompts embedded between two cancel checks
 VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trained answer, embeddings or not
-CORRECTION_SLACK = 0.1  # a correction wins unless a trained pair is this much closer (it is newer)
 
 _WORD = HashingVectorizer(
     analyzer="word", ngram_range=(1, 2), n_features=N_FEATURES, alternate_sign=False, norm=None,
@@ -681,27 +679,32 @@ class LocalBackend(TrainingBackend):
             best, sim = model.nearest(prompt)
             return (model.answers[best], 0) if best >= 0 and sim >= MIN_SIMILARITY else None
         query = emb.encode([prompt])[0]
-        fixed: Match | None = None
+        # Corrections and trained pairs compete in one list; a trained pair whose question was corrected
+        # is superseded (dropped), so the correction is not measured against the answer it replaces.
+        scored: list[tuple[float, str, int]] = []  # (score, answer, source)
+        corrected = overlay.exact if overlay is not None else {}
         if overlay is not None and overlay.vectors is not None and len(overlay.prompts):
             rows, scores = top_rows(overlay.vectors, query)
-            fixed = decide(rows, scores, overlay.answers, emb.thresholds)
-        trained: Match | None = None
+            scored += [(float(sc), overlay.answers[r], 1) for r, sc in zip(rows, scores)]
         if model is not None and model.vectors is not None:
-            if key in model.exact and (fixed is None or fixed.row is None):
+            if key in model.exact:
                 return model.answers[model.exact[key]], 0
             # A question worded almost like a trained one: word matching tells near-identical trained
             # questions apart ("... number 17" vs "... number 1723") where an average of word vectors cannot.
             best, sim = model.nearest(prompt)
-            if best >= 0 and sim >= VERBATIM and (fixed is None or fixed.row is None):
+            if best >= 0 and sim >= VERBATIM and _norm_key(model.prompts[best]) not in corrected:
                 return model.answers[best], 0
             rows, scores = top_rows(model.vectors, query)
-            trained = decide(rows, scores, model.answers, emb.thresholds)
-        if fixed is not None and fixed.row is not None and (
-                trained is None or fixed.score >= trained.score - CORRECTION_SLACK):
-            return overlay.answers[fixed.row], 1  # type: ignore[union-attr]
-        if trained is not None and trained.row is not None and model is not None:
-            return model.answers[trained.row], 0
-        return None
+            scored += [(float(sc), model.answers[r], 0) for r, sc in zip(rows, scores)
+                       if not corrected or _norm_key(model.prompts[r]) not in corrected]
+        if not scored:
+            return None
+        scored.sort(key=lambda c: -c[0])
+        found = decide(np.arange(len(scored)), np.array([c[0] for c in scored]), [c[1] for c in scored],
+                       emb.thresholds)
+        if found.row is None:
+            return None
+        return scored[found.row][1], scored[found.row][2]
 
     def answer_sync(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> str:
         """The trained (or corrected) answer closest to ``prompt``, or an honest "I don't know yet"."""
