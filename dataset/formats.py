@@ -93,11 +93,8 @@ class IngestReport:
         return "; ".join(parts)
 
     def summary(self, limit: int = 5) -> str:
-        """One short paragraph for a reply: counts, what they became, and the first ``limit`` reasons."""
+        """One short paragraph for a reply: counts, the first ``limit`` reasons, what the examples became."""
         text = f"Added **{self.added:,}** example{'s' * (self.added != 1)}"
-        became = self.became()
-        if became:
-            text += f" ({became})"
         if self.skipped:
             text += f", skipped **{len(self.skipped):,}**"
             if self.duplicates:
@@ -107,6 +104,9 @@ class IngestReport:
                 text += f"\n- … and {len(self.skipped) - limit:,} more"
         else:
             text += "."
+        became = self.became()
+        if became:
+            text += f"\nThey are {became}."
         return text
 
 

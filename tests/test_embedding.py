@@ -164,7 +164,7 @@ async def test_txt_upload_paraphrases_dont_know_and_correction_end_to_end(harnes
     text = "\n".join(f"{q} => {a}" for q, a in s.pairs) + "\nthe office is great\n"
     job_id, _ = await start_job(h, "!train", attachments=[("faq.txt", text.encode(), "text/plain")])
     added = [m.content for m in h.sandbox.bot_messages() if m.content.startswith("Added")][0]
-    assert f"{len(s.pairs)} question/answer pairs: I answer from these" in added
+    assert f"They are {len(s.pairs)} question/answer pairs: I answer from these" in added
     assert "1 labelled text (`positive` ×1)" in added and "not answers" in added
     await announcement(h.sandbox, job_id, timeout=30)
     assert "by meaning" in await h.ask("!model")
