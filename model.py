@@ -388,6 +388,10 @@ class Model:
 
         return await asyncio.to_thread(work)
 
+    async def describe_backend(self) -> str:
+        """One line on how the backend answers (it may load its model the first time)."""
+        return await asyncio.to_thread(self.backend.describe)
+
     # ------------------------------------------------------------ answering and testing
 
     async def answer(self, guild_id: int, prompt: str, history: History = ()) -> str:

@@ -55,7 +55,11 @@ class Feedback(commands.Cog):
             return
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id)
-        await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
+        if ctx.model.backend.applies_corrections_now:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
+                           f"that means the same) with it from now on, and it is training data for next time.")
+        else:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:

@@ -283,13 +283,15 @@ class Training(commands.Cog):
         if name is None:
             current = await ctx.model.current_model(ctx.guild_id)
             known = await ctx.model.list_models(ctx.guild_id)
+            how = await ctx.model.describe_backend()
+            how = f"\nIt {how}." if how else ""
             if not current:
                 await ctx.send(f"No trained model yet ({self.model.backend.name} backend). "
-                               f"An admin can train one with `{ctx.clean_prefix}train`.")
+                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}")
                 return
             others = ", ".join(f"`{m}`" for m in known[-6:] if m != current)
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
-                           + (f" Others: {others}." if others else ""))
+                           + (f" Others: {others}." if others else "") + how)
             return
         await is_trainer_admin(ctx)
         new = await ctx.model.set_model(ctx.guild_id, name)

@@ -16,9 +16,9 @@ never rewritten. A dataset folder may also hold raw ``.jsonl/.json/.csv/.txt`` f
 - ``.json``: a JSON array of such objects, or the same objects one after another.
 - ``.csv`` with a header row: ``prompt,completion`` / ``input,output`` / ``question,answer`` /
   ``text,label`` / ``text``.
-- ``.txt``: one text example per line; its label is ``positive`` or ``negative`` (the flag).
-- Inline text: one example per line; ``prompt => completion`` is a chat pair, any other line is
-  a text example like in ``.txt``. Blank lines are ignored in ``.txt`` and inline text.
+- ``.txt`` and inline text: one example per line; ``question => answer`` is a chat pair (what the
+  bot answers from), any other line is a text example labelled ``positive`` or ``negative`` (the
+  flag; texts train the classifier). Blank lines are ignored.
 
 **Normalized record**: ``{"id", "kind": "chat"|"text", "messages"|("text", "label"), "positive",
 "source", "added_by", "added_at", "hash"}``; ``hash`` identifies the content for de-duplication.
@@ -67,9 +67,33 @@ class IngestReport:
     examples: list[dict[str, Any]] = field(default_factory=list)  # normalized records (parse_*/load)
     duplicates: int = 0  # examples already in the dataset (also listed in skipped)
     files: int = 0  # files read
+    pairs: int = 0  # of ``added``: question/answer (chat) examples
+    texts: dict[str, int] = field(default_factory=dict)  # of ``added``: text examples per label
+
+    def count(self, record: dict[str, Any]) -> None:
+        """Tally one added record by what it became."""
+        if record.get("kind") == "text":
+            label = str(record.get("label") or "")
+            self.texts[label] = self.texts.get(label, 0) + 1
+        else:
+            self.pairs += 1
+
+    def became(self) -> str:
+        """What the added examples became and whether the bot can answer from them (empty if nothing)."""
+        parts = []
+        if self.pairs:
+            parts.append(f"{self.pairs:,} question/answer pair{'s' * (self.pairs != 1)}: I answer from "
+                         f"{'these' if self.pairs != 1 else 'it'} after the next training")
+        n_texts = sum(self.texts.values())
+        if n_texts:
+            labels = ", ".join(f"`{label}` ×{n:,}" for label, n in sorted(self.texts.items()))
+            parts.append(f"{n_texts:,} labelled text{'s' * (n_texts != 1)} ({labels}): "
+                         "they teach the classifier (it needs two labels or more), not answers; "
+                         "write `question => answer` on a line to teach an answer")
+        return "; ".join(parts)
 
     def summary(self, limit: int = 5) -> str:
-        """One short paragraph for a reply: counts and the first ``limit`` reasons."""
+        """One short paragraph for a reply: counts, the first ``limit`` reasons, what the examples became."""
         text = f"Added **{self.added:,}** example{'s' * (self.added != 1)}"
         if self.skipped:
             text += f", skipped **{len(self.skipped):,}**"
@@ -80,6 +104,9 @@ class IngestReport:
                 text += f"\n- … and {len(self.skipped) - limit:,} more"
         else:
             text += "."
+        became = self.became()
+        if became:
+            text += f"\nThey are {became}."
         return text
 
 
@@ -203,14 +230,6 @@ def _parse_jsonl(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[P
             continue
         cores, reason = _from_obj(obj, positive)
         yield number, cores, reason
-
-
-def _parse_txt(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[Parsed]:
-    label = _label_for(positive)
-    for number, line in lines:
-        text = line.strip()
-        if text:
-            yield number, [{"kind": "text", "text": text, "label": label, "positive": positive}], None
 
 
 def parse_inline_lines(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[Parsed]:
@@ -409,8 +428,8 @@ def parse_source_file(path: Path, positive: bool, shown: str) -> Iterator[Parsed
             yield from _parse_jsonl(lines, positive)
         elif ext == ".csv":
             yield from _parse_csv(lines, positive, shown)
-        else:
-            yield from _parse_txt(lines, positive)
+        else:  # .txt follows the inline rules: `question => answer` pairs, other lines are texts
+            yield from parse_inline_lines(lines, positive)
 
 
 def space_files(space: GuildSpace, folder: Path) -> Iterator[Path]:
@@ -496,6 +515,7 @@ def collect(
             continue
         for core in cores:
             report.examples.append(finish_record(core, source=source, author=author, now=now))
+            report.count(report.examples[-1])
     report.added = len(report.examples)
     return report
 

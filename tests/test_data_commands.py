@@ -104,8 +104,10 @@ async def test_train_every_format_as_attachments(harness: BotHarness, started: l
         ("table.csv", table, "text/csv"), ("notes.txt", notes, "text/plain"),
     ])
     text = text_of(msgs)
-    for name in ("chat.jsonl", "pairs.jsonl", "array.json", "table.csv", "notes.txt"):
-        assert f"**{name}**: Added **2** examples." in text, text
+    for name in ("chat.jsonl", "pairs.jsonl", "array.json", "table.csv"):
+        assert f"**{name}**: Added **2** examples.\nThey are 2 question/answer pairs: I answer from these" in text, text
+    # Plain .txt lines are labelled texts, and the reply says they are not answers.
+    assert "**notes.txt**: Added **2** examples.\nThey are 2 labelled texts (`positive` ×2): they teach the classifier" in text
     assert "Dataset `datasets/main`." in text
     assert started == ["supervised"]
 
@@ -209,7 +211,8 @@ async def test_train_bad_files_are_refused_with_reasons(harness: BotHarness, sta
     assert await train("noext", b"a => b") == "`noext`: unsupported file type `none`; use .jsonl, .json, .csv or .txt."
     assert await train("broken.json", b'[{"prompt": "a", "completion": "b"}, {"prompt": ') == (
         "Added **1** example, skipped **1**:\n- line 1: not valid JSON (Expecting value, column 49); "
-        "the rest of the array was not read\nDataset `datasets/main`.")
+        "the rest of the array was not read\nThey are 1 question/answer pair: I answer from it after the next "
+        "training.\nDataset `datasets/main`.")
     space = space_of(harness)
     # Only readable uploads are stored; the unsupported ones were never downloaded.
     assert sorted(p.name.split("-", 2)[2] for p in space.uploads.iterdir()) == [
@@ -283,7 +286,8 @@ async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None
     """The real job part: new data starts a job; the same data again adds nothing and starts none."""
     data = jsonl(*(pair(f"question {i}", f"answer {i}") for i in range(4)))
     msgs = await harness.send("!train", user="admin", attachments=[("qa.jsonl", data, None)])
-    assert msgs[0].content == "Added **4** examples.\nDataset `datasets/main`."
+    assert msgs[0].content == ("Added **4** examples.\nThey are 4 question/answer pairs: I answer from these after "
+                               "the next training.\nDataset `datasets/main`.")
     assert any(m.content.startswith("Started training job `") for m in msgs), text_of(msgs)
     await harness.sandbox.wait_for(
         lambda: any("succeeded" in m.content for m in harness.sandbox.bot_messages()), timeout=20)

@@ -125,7 +125,7 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
 
     assert len(status_messages(sb, job_id)) == 1
     assert status.edits >= 1
-    assert "**succeeded**" in status.content and "[##############] 3/3" in status.content
+    assert "**succeeded**" in status.content and "[##############] 4/4" in status.content
     assert "Training loss: none (nearest-example model)" in status.content
     assert "Model: `local-v1`" in status.content and "epochs" not in status.content
 
@@ -356,14 +356,16 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     job1 = await train_local(h, "When does the shop open? => At 9.")
     first = await ask_answer(h, "when does the shop open")
     assert first.content == "At 9."
-    await h.ask("!correct At 10 now.", reply_to=first.id)
-    job2 = await train_local(h, "")  # a plain !train: the data is there, the correction is new
+    # New data for the same question (a correction would apply at once, whatever the version).
+    job2 = await train_local(h, "When does the shop open? => At 10 now.")
     jobs_text = await h.ask("!jobs")
     lines = jobs_text.splitlines()
     assert lines[0] == "**Recent training jobs**"
     assert lines[1].startswith(f"`{job2}` succeeded") and lines[1].endswith("by admin → `local-v2`")
     assert lines[2].startswith(f"`{job1}` succeeded") and lines[2].endswith("→ `local-v1`")
-    assert await h.ask("!model") == "Current model: `local-v2` (local backend). Others: `local-v1`."
+    shown = (await h.ask("!model")).split("\n")
+    assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
+    assert shown[1] == "It answers by meaning with the `wordllama` embedding model; unsure: says it doesn't know."
     assert (await ask_answer(h, "When does the shop open?")).content == "At 10 now."
 
     assert await h.ask("!model previous", user="admin") == "Switched to model `local-v1`."
@@ -372,7 +374,9 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     assert (await ask_answer(h, "When does the shop open?")).content == "At 10 now."
     nope = await h.ask("!model nonexistent", user="admin")
     assert nope == "There is no model `nonexistent` on this server. Known: `local-v1`, `local-v2`."
-    assert await h.ask("!model") == "Current model: `local-v2` (local backend). Others: `local-v1`."
+    shown = (await h.ask("!model")).split("\n")
+    assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
+    assert shown[1] == "It answers by meaning with the `wordllama` embedding model; unsure: says it doesn't know."
 
 
 async def test_non_admins_are_refused(harness: BotHarness) -> None:

@@ -86,6 +86,8 @@ class TrainingBackend(ABC):
     blurb: ClassVar[str] = ""
     # Why a finished job has no loss curve, in one sentence.
     no_loss_reason: ClassVar[str] = "No loss curve: the backend reported no training loss for this job."
+    # Whether a correction changes answers at once (before the next training).
+    applies_corrections_now: ClassVar[bool] = False
     # What the status message says instead of a loss for a finished job without one.
     no_loss_status: ClassVar[str] = "not reported"
 
@@ -115,6 +117,10 @@ class TrainingBackend(ABC):
     @abstractmethod
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Answer ``prompt`` with ``model_name`` (None: no trained model yet)."""
+
+    def describe(self) -> str:
+        """One line on how this backend answers, for ``!model`` (sync; may load a model once)."""
+        return ""
 
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The label a model gives ``text``; by default the answer text itself."""
