@@ -61,6 +61,7 @@ class Training(commands.Cog):
     async def train(self, ctx: TrainerContext, *, args: str = "") -> None:
         """Add data (attached files, inline examples or a path), then train a new model."""
         text, method = take_option(args, "method", ("supervised", "dpo"))
+        ctx.model.check_method(method or "supervised")  # before any data is added: a refusal changes nothing
         text, flags = split_flags(text, ("positive",))
         positive = flags.get("positive", True)
         if ctx.message.attachments or text:
@@ -97,6 +98,9 @@ class Training(commands.Cog):
                                                                          positive=positive, author=author)))
             except TrainerError as exc:
                 reports.append((att.filename, exc))
+            except discord.HTTPException as exc:
+                log.warning("could not download attachment %s: %s", att.id, exc)
+                reports.append((att.filename, InvalidInput("I couldn't download it from Discord; send it again.")))
         if text:
             name = text.split("\n")[0][:40]
             try:
@@ -310,6 +314,9 @@ class Training(commands.Cog):
             ctx.model.check_test_upload(att.filename, att.size)
             try:
                 text = (await att.read()).decode("utf-8")
+            except discord.HTTPException as exc:
+                log.warning("could not download attachment %s: %s", att.id, exc)
+                raise InvalidInput(f"I couldn't download `{att.filename}` from Discord; send it again.") from None
             except UnicodeDecodeError:
                 raise InvalidInput(f"`{att.filename}` is not UTF-8 text.") from None
         elif not text.strip():

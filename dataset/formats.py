@@ -69,6 +69,7 @@ class IngestReport:
     files: int = 0  # files read
     pairs: int = 0  # of ``added``: question/answer (chat) examples
     texts: dict[str, int] = field(default_factory=dict)  # of ``added``: text examples per label
+    skipped_links: int = 0  # symlinks in a folder that lead out of the data space or to hidden files
 
     def count(self, record: dict[str, Any]) -> None:
         """Tally one added record by what it became."""
@@ -104,6 +105,10 @@ class IngestReport:
                 text += f"\n- … and {len(self.skipped) - limit:,} more"
         else:
             text += "."
+        if self.skipped_links:
+            n = self.skipped_links
+            text += (f"\nSkipped {n} link{'s' * (n != 1)} leading out of this server's data folder "
+                     f"or to hidden files.")
         became = self.became()
         if became:
             text += f"\nThey are {became}."
@@ -228,6 +233,9 @@ def _parse_jsonl(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[P
         except json.JSONDecodeError as exc:
             yield number, [], f"not valid JSON ({exc.msg}, column {exc.colno})"
             continue
+        except RecursionError:
+            yield number, [], "JSON nested too deeply to be an example"
+            continue
         cores, reason = _from_obj(obj, positive)
         yield number, cores, reason
 
@@ -345,6 +353,8 @@ class _JsonStream:
                     continue
                 line = self.line + self.buf.count("\n", self.pos, exc.pos)
                 raise ValueError(line, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+            except RecursionError:
+                raise ValueError(self.line, "JSON nested too deeply to be an example") from None
             if end == len(self.buf) and self.fill():
                 continue  # a number may go on in the next chunk
             self.line += self.buf.count("\n", self.pos, end)
@@ -432,7 +442,7 @@ def parse_source_file(path: Path, positive: bool, shown: str) -> Iterator[Parsed
             yield from parse_inline_lines(lines, positive)
 
 
-def space_files(space: GuildSpace, folder: Path) -> Iterator[Path]:
+def space_files(space: GuildSpace, folder: Path, report: IngestReport | None = None) -> Iterator[Path]:
     """Supported files under ``folder``: no hidden names, no archives, no symlinks leading out."""
     root = space.data.resolve()
     archives = space.archives.resolve()
@@ -448,6 +458,8 @@ def space_files(space: GuildSpace, folder: Path) -> Iterator[Path]:
                 inside = real == root or root in real.parents
                 if not inside or any(p.startswith(".") for p in real.relative_to(root).parts):
                     log.info("skipping symlink leading out of the space or to a hidden file: %s", path)
+                    if report is not None:
+                        report.skipped_links += 1
                     continue
             if path.is_file():
                 yield path
@@ -464,7 +476,7 @@ def iter_source(
     if target.is_dir():
         if space is None:
             raise InvalidInput(f"`{shown}` is a folder.")
-        for path in space_files(space, target):
+        for path in space_files(space, target, report):
             name = space.relative(path)
             report.files += 1
             try:

@@ -214,9 +214,8 @@ async def test_train_bad_files_are_refused_with_reasons(harness: BotHarness, sta
         "the rest of the array was not read\nThey are 1 question/answer pair: I answer from it after the next "
         "training.\nDataset `datasets/main`.")
     space = space_of(harness)
-    # Only readable uploads are stored; the unsupported ones were never downloaded.
-    assert sorted(p.name.split("-", 2)[2] for p in space.uploads.iterdir()) == [
-        "blank.txt", "broken.json", "empty.jsonl", "latin1.txt"]
+    # Refused uploads are not kept (the unsupported ones were never downloaded); one that gave examples is.
+    assert sorted(p.name.split("-", 2)[2] for p in space.uploads.iterdir()) == ["broken.json"]
 
     malformed = b'{"prompt": "p1", "completion": "c1"}\n{"prompt": "p2",\n[1, 2]\n{"foo": 1}\n' \
                 b'{"messages": [{"role": "user", "content": "u"}]}\n\n{"prompt": "p3", "completion": "c3"}\n'
@@ -367,9 +366,9 @@ async def test_admin_commands_refuse_members(harness: BotHarness, started: list[
 
 
 # ---------------------------------------------------------------------------- !correct
-async def ask_model(harness: BotHarness, prompt: str) -> Message:
+async def ask_model(harness: BotHarness, prompt: str, *, user: str = "member") -> Message:
     """Chat in #general: the (untrained) local model answers as a reply."""
-    msgs = await harness.send(prompt)
+    msgs = await harness.send(prompt, user=user)
     assert msgs and msgs[0].reference_id == harness.last_posted.id
     return msgs[0]
 
@@ -419,15 +418,35 @@ async def test_correct_refusals(harness: BotHarness, tmp_path: Path) -> None:
     for mid in (unknown, hi[0].id, foreign_id):  # no such message, a bot message that isn't an answer, foreign
         assert await harness.ask(f"!correct {mid} fixed", user="admin") == (
             f"I have no answer with id `{mid}` in this server. Reply to my answer with the correction instead.")
-    usage = "Usage: `!correct <message_id> <correction...>` (see `!help correct`)"
+    usage = "Usage: `!correct [message_id] <correction...>` (see `!help correct`)"
     assert await harness.ask("!correct", user="owner") == f"Missing `text`. {usage}"
     assert await harness.ask(f"!correct {answer.id}", user="owner") == (
         f"Give the correction after the message id. {usage}")
     assert await harness.ask("!correct better answer", user="owner") == (
-        f"Give the id of my answer first, or reply to my answer. {usage}")
+        "I haven't answered you in this channel yet. Reply to one of my answers with "
+        "`!correct <the right answer>`, or give its message id first.")
     assert (await harness.ask("!correct 123 better", user="owner")).startswith("`123` is not a message id")
     assert not space.corrections_file.exists()
     assert not other.corrections_file.exists()
+
+
+async def test_correct_without_reply_corrects_my_last_answer_to_you(harness: BotHarness) -> None:
+    """The hint "teach me with !correct <the right answer>" works as written: no reply, no id needed."""
+    await ask_model(harness, "first question", user="admin")  # someone else's answer: not the one corrected
+    await ask_model(harness, "what is the wifi password")
+    said = await harness.send("!correct It is on the card by the door.", count=2)
+    assert said[0].content == "Correcting my last answer to you here (to “what is the wifi password”)."
+    assert said[1].content.startswith("Thanks — correction `C-")
+    (stored,) = records.list_corrections(space_of(harness))
+    assert stored["prompt"] == "what is the wifi password"
+    assert stored["correction"] == "It is on the card by the door."
+
+
+async def test_mistyped_correct_does_not_use_the_cooldown(harness: BotHarness) -> None:
+    answer = await ask_model(harness, "when is lunch")
+    for _ in range(12):  # more than the cooldown allows (10 a minute)
+        assert (await harness.ask("!correct 123 x")).startswith("`123` is not a message id")
+    assert (await harness.ask(f"!correct {answer.id} At noon.")).startswith("Thanks — correction")
 
 
 # ---------------------------------------------------------------------------- !feedback

@@ -33,7 +33,7 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Stand-ins for compiler.compile_guild and records.add_test_errors: the Model alone is under test."""
     state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
 
-    def compile_guild(space, *, min_examples=10):
+    def compile_guild(space, *, min_examples=10, trainer="OpenAI"):
         state["min_examples"].append(min_examples)
         return state["compiled"]
 

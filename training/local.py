@@ -476,6 +476,8 @@ class LocalBackend(TrainingBackend):
     """Offline retrieval + classifier models, one numbered version per training."""
 
     name = "local"
+    trainer_title = "The local model"
+    methods = ("supervised",)  # retrieval has no preference training: corrections already win outright
     poll_seconds = 0.5  # jobs run in this process and finish in seconds
     ignored_check_codes = frozenset({"missing_system_message", "too_many_tokens"})
     blurb = ("Model: the built-in **local** backend — it learns from this server's examples and corrections "
@@ -660,6 +662,11 @@ class LocalBackend(TrainingBackend):
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise BackendError(f"Model `{name}` could not be loaded ({exc}); train again or pick another.") from None
+
+    def method_refusal(self, method: str) -> str:
+        return (f"The local model does not train with `{method}`: it answers with corrections as soon as they "
+                f"are made and learns them in a plain `{self.prefix}train`. For preference (DPO) training of a "
+                f"generative model, use `MODEL_BACKEND=hf` or `openai`.")
 
     def not_trained(self) -> str:
         return (f"I haven't been trained on this server yet. A trainer can add examples and run "
