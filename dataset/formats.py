@@ -1,4 +1,4 @@
-"""Datasets: ingestion of user data, the guild's current dataset, and the OpenAI JSONL compiler/checker.
+"""Upload formats: .jsonl/.json/.csv/.txt files and inline text turned into normalized examples.
 
 Everything here is sync and may touch the disk or burn CPU: cogs call it with ``asyncio.to_thread``.
 
@@ -22,11 +22,6 @@ never rewritten. A dataset folder may also hold raw ``.jsonl/.json/.csv/.txt`` f
 
 **Normalized record**: ``{"id", "kind": "chat"|"text", "messages"|("text", "label"), "positive",
 "source", "added_by", "added_at", "hash"}``; ``hash`` identifies the content for de-duplication.
-
-**Checker** (:func:`check_lines`) follows the OpenAI cookbook "Chat fine-tuning data prep".
-Token counts are estimates, since tiktoken needs the network for its encodings: ``ceil(chars / 4)``
-per text (about right for English with cl100k/o200k), plus the cookbook's overheads: 3 per
-message, 1 for the role, 1 per name, and 3 for the reply priming.
 """
 
 from __future__ import annotations
