@@ -1,7 +1,7 @@
 """Durable per-guild logs: bot answers, corrections, feedback and !test mismatches.
 
-All functions are sync and do a small fsynced append or a file read: cogs call them with
-``asyncio.to_thread``. Every record carries ``time`` (ISO 8601, UTC). Logs live in the guild's
+All functions are sync and do a small fsynced append or a file read: the Model calls them in a
+thread. Every record carries ``time`` (ISO 8601, UTC). Logs live in the guild's
 corrections folder (see :class:`storage.GuildSpace`) and are JSON Lines written with
 :func:`storage.append_record`, so a crash leaves every acknowledged record readable.
 """

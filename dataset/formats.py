@@ -1,6 +1,6 @@
 """Upload formats: .jsonl/.json/.csv/.txt files and inline text turned into normalized examples.
 
-Everything here is sync and may touch the disk or burn CPU: cogs call it with ``asyncio.to_thread``.
+Everything here is sync and may touch the disk or burn CPU: the Model calls it in a thread.
 
 **Dataset.** A folder inside the guild's data space; its name (relative to the space) is kept in
 ``state.json`` under ``"dataset"`` (default ``datasets/main``). Ingested examples are written as
