@@ -33,10 +33,10 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 # Project imports come after the sys.path line above; importlib keeps linters from objecting.
-samples = importlib.import_module("audio_samples")
+samples = importlib.import_module("tests.fakes.audio_samples")
 audio = importlib.import_module("audio")
 Settings = importlib.import_module("config").Settings
 _speech = importlib.import_module("speech")

@@ -14,8 +14,8 @@ from dataset import folder as dataset_folder
 from dataset.check import Issue
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
-from tests.fakes import FAQ, compiled, report, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.samples import FAQ, compiled, report, track_client
 from training import jobs
 from training.openai_api import MISSING_KEY
 

@@ -1,4 +1,4 @@
-"""archiver.py: contents, entry names, symlinks, hidden files, empty/missing folders."""
+"""dataset/archive.py: contents, entry names, symlinks, hidden files, empty/missing folders."""
 
 from __future__ import annotations
 

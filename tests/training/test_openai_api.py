@@ -1,4 +1,5 @@
-"""The OpenAI backend against a loopback fake of the API, through the real SDK (strict schemas)."""
+"""training/openai_api.py: the OpenAI backend against a loopback fake of the API, through the real SDK
+(strict schemas)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from config import Settings
 from errors import BackendError, InvalidInput
 from storage import GuildSpace
-from tests.fakes import FAQ, compiled, dpo_line, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.samples import FAQ, compiled, dpo_line, track_client
 from training.openai_api import MISSING_KEY, OpenAIBackend, parse_result_csv
 
 KEY = "sk-test-fake-key-123456"

@@ -1,11 +1,10 @@
-"""speech.py: real recognition of real (espeak-made) speech through the worker pool.
+"""speech/recognize.py: real recognition of real (espeak-made) speech through the worker pool.
 
-Word error rate bounds, measured with espeak-ng ``en-us+f2`` at 160 wpm and SpeechRecognition's
-bundled en-US pocketsphinx model. All six sentences in ``audio_samples``: ogg 19.6%, webm 19.6%,
-m4a 23.9%, wav 23.9%, flac 23.9%, mp3 32.6%. Sentences 3-5 only (the ones espeak says most
-clearly): 8.3% in every format. To keep the file fast, OGG/Opus (what Discord voice messages are)
-runs all six sentences with a 35% bound and the other formats run sentences 3-5 with a 30% bound.
-A broken conversion (wrong rate, channels, clipping) or a broken decoder gives 80-100%.
+Word error rates are held to the bounds in ``tests/fakes/audio_samples.py`` (measured there): to keep
+the file fast, OGG/Opus (what Discord voice messages are) runs all six sentences with a 35% bound and
+the other formats run sentences 3-5 with a 30% bound. A broken conversion (wrong rate, channels,
+clipping) or a broken decoder gives 80-100%. Also: bad audio, the bounded queue, killed workers, and
+the OpenAI recogniser against a mock transport.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import audio_samples as samples
 import httpx2
 import openai
 import pytest
@@ -27,10 +25,8 @@ import pytest
 from config import Settings
 from errors import BackendError, Busy, InvalidInput, TooLarge
 from speech.recognize import BUSY, NO_WORDS, OpenAIRecognizer, SphinxRecognizer, Transcriber, Transcript
-
-OGG_WER_BOUND = 0.35  # measured 19.6% over all six sentences
-SUBSET = slice(2, 5)
-SUBSET_WER_BOUND = 0.30  # measured 8.3% in every format over sentences 3-5
+from tests.fakes import audio_samples as samples
+from tests.fakes.audio_samples import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, corpus_wer
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +48,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 def leftovers(folder: Path) -> list[str]:
     """Files left in the workers' temp dir (sync helper: keeps blocking calls out of async tests)."""
     return sorted(os.listdir(folder))
-
-
-def corpus_wer(refs: tuple[str, ...], hyps: list[str]) -> float:
-    words = sum(len(r.split()) for r in refs)
-    return sum(samples.wer(r, h) * len(r.split()) for r, h in zip(refs, hyps, strict=True)) / words
 
 
 @pytest.mark.asyncio
@@ -316,7 +307,7 @@ def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.harness import ROOT
 
     script = (
         "import asyncio, time\n"

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import BotHarness
 
 from dataset import archive as archiver
 from dataset import corrections as records
 from dataset import folder as dataset_folder
 from errors import NotFound, PathRefused
 from storage import GuildSpace
+from tests.harness import BotHarness
 
 A_ID, B_ID = 111111111111111111, 222222222222222222
 

@@ -1,7 +1,12 @@
-"""Training end to end through the sandbox: chat -> !correct -> !train -> watched job -> new answer.
+"""!train end to end through the sandbox, and !jobs, !cancel, !model, !test.
 
-Both backends: local (trains in-process in milliseconds) and openai (the real SDK, with strict
-response validation, against the fake OpenAI server whose job clock the tests advance).
+Training: chat -> !correct -> !train -> watched job -> new answer, on both backends: local (trains
+in-process in milliseconds) and openai (the real SDK, with strict response validation, against the
+fake OpenAI server whose job clock the tests advance).
+
+Adding data with !train: every format as attachments, inline text, paths, refusals with reasons,
+size limits, duplicates. There the job part is stubbed (the ``started`` fixture) except in the one
+test that checks a real job starts, so ingestion is tested without waiting for training.
 """
 
 from __future__ import annotations
@@ -10,60 +15,30 @@ import asyncio
 import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+import sys
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import BotHarness, start_bot, stop_bot
 
 from config import Settings
 from dataset import corrections as records
+from dataset import folder as dataset_folder
 from sandbox.server import Message, Sandbox
-from storage import GuildSpace
-from tests.fakes import FAQ, chat_line
+from storage import GuildSpace, read_records
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.samples import FAQ, chat_line, jsonl, pair
+from tests.harness import STARTED, BotHarness, announcement, space_of, start_bot, start_job, stop_bot
 from training import jobs
 
 KEY = "test"
-STARTED = re.compile(r"Started training job `([^`]+)`")
 FAQ_JSONL = "".join(json.dumps(chat_line(q, a)) + "\n" for q, a in FAQ).encode()
 
 
-
 # ---------------------------------------------------------------------------- helpers
-async def wait_bot(sb: Sandbox, predicate: Callable[[Message], Any], *, after: int = 0,
-                   timeout: float = 10.0) -> Message:
-    """The first bot message after ``after`` for which ``predicate`` holds (waits for edits too)."""
-    def find() -> Message | None:
-        return next((m for m in sb.bot_messages(after=after) if predicate(m)), None)
-    return await sb.wait_for(find, timeout)
-
-
 def status_messages(sb: Sandbox, job_id: str) -> list[Message]:
     return [m for m in sb.bot_messages() if m.content.startswith(f"Training job `{job_id}` (")]
-
-
-async def start_job(h: BotHarness, content: str = "!train", *, user: str = "admin",
-                    **kwargs: Any) -> tuple[str, Message]:
-    """Post a !train and return the new job's id and its status message."""
-    msg = await h.sandbox.post_message(user, content, **kwargs)
-    started = await wait_bot(h.sandbox, lambda m: STARTED.search(m.content), after=msg.id, timeout=15)
-    job_id = STARTED.search(started.content).group(1)
-    status = await wait_bot(h.sandbox, lambda m: m.content.startswith(f"Training job `{job_id}` ("), after=msg.id)
-    return job_id, status
-
-
-async def announcement(sb: Sandbox, job_id: str, timeout: float = 10.0) -> Message:
-    """The watcher's closing message for a job."""
-    return await wait_bot(sb, lambda m: m.content.startswith((f"Training job `{job_id}` succeeded",
-                                                               f"Training job `{job_id}` failed",
-                                                               f"Training job `{job_id}` was cancelled")),
-                          timeout=timeout)
-
-
-def space(h: BotHarness) -> GuildSpace:
-    s = h.bot.settings
-    return GuildSpace(h.guild_id, s.data_dir, s.corrections_dir)
 
 
 def openai_settings(settings: Settings, fake: FakeOpenAI) -> Settings:
@@ -104,6 +79,21 @@ async def run_fake_job(h: BotHarness, fake: FakeOpenAI, job_id: str, status: Mes
         want = [f"**{job.status}**"] + ([f"] {job.step}/{job.total_steps}"] if job.step else [])
         await h.sandbox.wait_for(lambda want=want: all(w in status.content for w in want), timeout=5)
     return await announcement(h.sandbox, job_id)
+
+
+def dataset_records(space: GuildSpace) -> list[dict]:
+    """Every example stored in the guild's current dataset folder."""
+    folder = dataset_folder.current_dataset(space)
+    out: list[dict] = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        result = read_records(path)
+        assert not result.damaged, path
+        out.extend(result.records)
+    return out
+
+
+def text_of(messages: list[Message]) -> str:
+    return "\n".join(m.content for m in messages)
 
 
 # ---------------------------------------------------------------------------- the main loop, both backends
@@ -305,7 +295,7 @@ async def train_local(h: BotHarness, examples: str) -> str:
 async def test_test_command(harness: BotHarness) -> None:
     h = harness
     await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
-    errors_file = space(h).errors_file
+    errors_file = space_of(h).errors_file
     calls: list[str] = []
     real_answer = h.bot.model.backend.answer
 
@@ -330,15 +320,15 @@ async def test_test_command(harness: BotHarness) -> None:
     assert good.startswith("**Accuracy: 50%** (1/2 correct)")
     assert "expected: 'In the attic.'" in good and "got: 'The office is on the second floor.'" in good
     assert "kept as training data" in good and len(calls) == 2
-    kept = records.list_test_errors(space(h))
+    kept = records.list_test_errors(space_of(h))
     assert [(k["input"], k["expected"], k["got"], k["model"]) for k in kept] == [
         ("Where is the office?", "In the attic.", "The office is on the second floor.", "local-v1")]
-    assert errors_file == space(h).corrections / "test_errors.jsonl"
+    assert errors_file == space_of(h).corrections / "test_errors.jsonl"
 
     cases = "\n".join(json.dumps({"input": q, "expected": a}) for q, a in FAQ[:4]).encode()
     msgs = await h.send("!test", user="admin", attachments=[("cases.json", cases, "application/json")])
     assert msgs[0].content.startswith("**Accuracy: 100%** (4/4 correct)")
-    assert len(records.list_test_errors(space(h))) == 1  # nothing new kept
+    assert len(records.list_test_errors(space_of(h))) == 1  # nothing new kept
     wrong = await h.ask("!test", user="admin", attachments=[("cases.txt", cases, "text/plain")])
     assert wrong == "`cases.txt` is not a .json or .jsonl file."
 
@@ -383,10 +373,230 @@ async def test_non_admins_are_refused(harness: BotHarness) -> None:
     h = harness
     refused = "You need the **Manage Server** permission to use this command."
     assert await h.ask("!train When does the shop open? => At 9.") == refused
-    assert not space(h).jobs_file.exists() and not space(h).datasets.exists()
+    assert not space_of(h).jobs_file.exists() and not space_of(h).datasets.exists()
     assert await h.ask("!cancel local-123") == refused
     assert await h.ask("!model local-v1") == refused
     assert await h.ask("!test [{\"input\": \"a\", \"expected\": \"b\"}]") == refused
     # Looking is allowed.
     assert (await h.ask("!model")).startswith("No trained model yet")
     assert (await h.ask("!jobs")).startswith("No training jobs yet")
+
+
+# ---------------------------------------------------------------------------- !train: attachments
+async def test_train_every_format_as_attachments(harness: BotHarness, started: list[str]) -> None:
+    chat = jsonl(
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]},
+    )
+    pairs = jsonl(pair("2+2?", "4"), pair("capital of Peru?", "Lima"))
+    array = json.dumps([{"input": "colour of the sky?", "output": "blue"},
+                        {"question": "boiling point of water?", "answer": "100 °C"}]).encode()
+    table = b'question,answer\n"Paris, Texas?","A city, in Texas"\nlargest ocean?,Pacific\n'
+    notes = "first note\n\nsecond note ✓\n".encode()
+    msgs = await harness.send("!train", user="admin", attachments=[
+        ("chat.jsonl", chat, "application/jsonl"), ("pairs.jsonl", pairs, None), ("array.json", array, None),
+        ("table.csv", table, "text/csv"), ("notes.txt", notes, "text/plain"),
+    ])
+    text = text_of(msgs)
+    for name in ("chat.jsonl", "pairs.jsonl", "array.json", "table.csv"):
+        assert f"**{name}**: Added **2** examples.\nThey are 2 question/answer pairs: I answer from these" in text, text
+    # Plain .txt lines are labelled texts, and the reply says they are not answers.
+    assert "**notes.txt**: Added **2** examples.\nThey are 2 labelled texts (`positive` ×2): they teach the classifier" in text
+    assert "Dataset `datasets/main`." in text
+    assert started == ["supervised"]
+
+    space = space_of(harness)
+    stored = dataset_records(space)
+    assert len(stored) == 10
+    by_source: dict[str, list[dict]] = {}
+    for r in stored:
+        by_source.setdefault(r["source"], []).append(r)
+        assert r["positive"] is True and "admin" in r["added_by"]
+    assert set(by_source) == {"chat.jsonl", "pairs.jsonl", "array.json", "table.csv", "notes.txt"}
+    assert by_source["chat.jsonl"][0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert [m["content"] for m in by_source["table.csv"][0]["messages"]] == ["Paris, Texas?", "A city, in Texas"]
+    assert [m["content"] for m in by_source["array.json"][1]["messages"]] == ["boiling point of water?", "100 °C"]
+    assert [(r["kind"], r["text"], r["label"]) for r in by_source["notes.txt"]] == [
+        ("text", "first note", "positive"), ("text", "second note ✓", "positive")]
+    # The uploads are kept as sent.
+    uploads = sorted(p.name.split("-", 2)[2] for p in space.uploads.iterdir())
+    assert uploads == ["array.json", "chat.jsonl", "notes.txt", "pairs.jsonl", "table.csv"]
+
+    # positive=no: the examples are stored as negative ones.
+    msgs = await harness.send("!train positive=no", user="admin",
+                              attachments=[("bad.txt", b"rude answer\nwrong answer\n", None)])
+    assert "Added **2** examples." in text_of(msgs)
+    negative = [r for r in dataset_records(space) if r["source"] == "bad.txt"]
+    assert [(r["text"], r["label"], r["positive"]) for r in negative] == [
+        ("rude answer", "negative", False), ("wrong answer", "negative", False)]
+    assert started == ["supervised", "supervised"]
+
+
+async def test_train_inline_text_with_line_numbers(harness: BotHarness, started: list[str]) -> None:
+    text = await harness.ask("!train q1 => a1\n\n=> no prompt\na plain example\nq2 =>\nq3 => a3", user="admin")
+    assert text.startswith("Added **3** examples, skipped **2**:"), text
+    assert "- line 3: empty prompt around `=>`" in text
+    assert "- line 5: empty completion around `=>`" in text
+    stored = dataset_records(space_of(harness))
+    chats = [[m["content"] for m in r["messages"]] for r in stored if r["kind"] == "chat"]
+    assert sorted(chats) == [["q1", "a1"], ["q3", "a3"]]
+    assert [r["text"] for r in stored if r["kind"] == "text"] == ["a plain example"]
+    assert started == ["supervised"]
+    # Inline examples marked negative.
+    assert "Added **1** example." in await harness.ask("!train positive=no bad q => bad a", user="admin")
+    negative = [r for r in dataset_records(space_of(harness)) if not r["positive"]]
+    assert [[m["content"] for m in r["messages"]] for r in negative] == [["bad q", "bad a"]]
+    # A bad flag value is refused before anything is stored.
+    assert await harness.ask("!train positive=maybe x => y", user="admin") == "`positive=` takes yes or no, not `maybe`."
+    assert len(dataset_records(space_of(harness))) == 4
+
+
+async def test_train_path_file_and_folder(harness: BotHarness, started: list[str]) -> None:
+    space = space_of(harness)
+    incoming = space.data / "incoming"
+    (incoming / "sub").mkdir(parents=True)
+    (incoming / "a.jsonl").write_bytes(jsonl(pair("one", "1"), pair("two", "2")))
+    (incoming / "sub" / "b.txt").write_text("note b1\nnote b2\n")
+    (incoming / "bad.csv").write_text("foo,bar\n1,2\n")
+    (incoming / "ignored.bin").write_bytes(b"\x00\x01")
+    (space.data / "my data.jsonl").write_bytes(jsonl(pair("spaced", "name")))
+
+    text = await harness.ask("!train incoming/a.jsonl", user="admin")
+    assert text.startswith("Added **2** examples."), text
+    text = await harness.ask("!train incoming", user="admin")
+    assert text.startswith("Added **2** examples, skipped **3** (2 already in the dataset):"), text
+    assert "incoming/a.jsonl line 1: already in the dataset" in text
+    assert "`incoming/bad.csv` needs a header row" in text
+    assert "ignored.bin" not in text
+    # A name with a space is a path when it names an existing file.
+    assert (await harness.ask("!train my data.jsonl", user="admin")).startswith("Added **1** example.")
+    assert started == ["supervised"] * 3
+    stored = dataset_records(space)
+    assert sorted(r["source"] for r in stored) == [
+        "incoming/a.jsonl", "incoming/a.jsonl", "incoming/sub/b.txt", "incoming/sub/b.txt", "my data.jsonl"]
+    # The files read stay where they were.
+    assert (incoming / "a.jsonl").exists() and (incoming / "sub" / "b.txt").exists()
+
+    empty = space.data / "nothing"
+    empty.mkdir()
+    assert await harness.ask("!train nothing", user="admin") == "`nothing` has no .jsonl, .json, .csv or .txt files."
+    assert started == ["supervised"] * 3
+
+
+@pytest.mark.parametrize("path", ["nosuchdir", "nosuch.jsonl", "sub/none.txt", "`missing file.csv`"])
+async def test_train_missing_path_is_reported_not_learnt(harness: BotHarness, started: list[str], path: str) -> None:
+    text = await harness.ask(f"!train {path}", user="admin")
+    shown = path.strip("`")
+    assert text.startswith(f"`{shown}` does not exist in this server's data folder."), text
+    assert "`!train question => answer`" in text
+    assert dataset_records(space_of(harness)) == [] and started == []
+
+
+async def test_train_bad_files_are_refused_with_reasons(harness: BotHarness, started: list[str]) -> None:
+    async def train(name: str, data: bytes) -> str:
+        return await harness.ask("!train", user="admin", attachments=[(name, data, None)])
+
+    assert await train("empty.jsonl", b"") == "`empty.jsonl` is empty."
+    assert await train("blank.txt", b"\n \n") == "`blank.txt` has no examples (only blank lines)."
+    assert await train("latin1.txt", "café\n".encode("latin-1")) == (
+        "`latin1.txt` is not UTF-8 text (line 1, byte 4): save it as UTF-8.")
+    assert await train("sheet.xlsx", b"PK\x03\x04") == (
+        "`sheet.xlsx`: unsupported file type `.xlsx`; use .jsonl, .json, .csv or .txt.")
+    assert await train("noext", b"a => b") == "`noext`: unsupported file type `none`; use .jsonl, .json, .csv or .txt."
+    assert await train("broken.json", b'[{"prompt": "a", "completion": "b"}, {"prompt": ') == (
+        "Added **1** example, skipped **1**:\n- line 1: not valid JSON (Expecting value, column 49); "
+        "the rest of the array was not read\nThey are 1 question/answer pair: I answer from it after the next "
+        "training.\nDataset `datasets/main`.")
+    space = space_of(harness)
+    # Refused uploads are not kept (the unsupported ones were never downloaded); one that gave examples is.
+    assert sorted(p.name.split("-", 2)[2] for p in space.uploads.iterdir()) == ["broken.json"]
+
+    malformed = b'{"prompt": "p1", "completion": "c1"}\n{"prompt": "p2",\n[1, 2]\n{"foo": 1}\n' \
+                b'{"messages": [{"role": "user", "content": "u"}]}\n\n{"prompt": "p3", "completion": "c3"}\n'
+    text = await train("malformed.jsonl", malformed)
+    assert text.startswith("Added **2** examples, skipped **4**:"), text
+    assert "- line 2: not valid JSON (Expecting property name enclosed in double quotes, column " in text
+    assert "- line 3: expected a JSON object, got an array" in text
+    assert "- line 4: no `messages`, `prompt`/`completion`, `input`/`output` or `text` field" in text
+    assert "- line 5: no assistant message" in text
+    assert started == ["supervised", "supervised"]
+    assert len(dataset_records(space)) == 3
+
+    # A bad file among good ones: the others are still added and reported, and training starts.
+    msgs = await harness.send("!train", user="admin", attachments=[
+        ("good.txt", b"good one\n", None), ("empty.csv", b"", None), ("photo.png", b"\x89PNG", "image/png")])
+    text = text_of(msgs)
+    assert "**good.txt**: Added **1** example." in text
+    assert "**empty.csv**: not read: `empty.csv` is empty." in text
+    assert "**photo.png**: not read: `photo.png`: unsupported file type `.png`" in text
+    assert started == ["supervised"] * 3
+
+
+async def test_train_unicode_file_names(harness: BotHarness, started: list[str]) -> None:
+    name = "données 日本語 ✓.jsonl"
+    text = await harness.ask("!train", user="admin", attachments=[(name, jsonl(pair("こんにちは", "hello")), None)])
+    assert text.startswith("Added **1** example."), text
+    space = space_of(harness)
+    [upload] = list(space.uploads.iterdir())
+    assert upload.name.endswith("-données_日本語_.jsonl") and upload.parent == space.uploads
+    [record] = dataset_records(space)
+    assert record["source"] == name and record["messages"][0]["content"] == "こんにちは"
+    # The same name typed as a path (quoted because of the spaces) works too.
+    folder = space.data / "incoming"
+    folder.mkdir()
+    (folder / name).write_bytes(jsonl(pair("さようなら", "goodbye")))
+    assert (await harness.ask(f"!train `incoming/{name}`", user="admin")).startswith("Added **1** example.")
+    assert started == ["supervised", "supervised"]
+
+
+async def test_train_50_mb_attachment(harness: BotHarness, started: list[str]) -> None:
+    line = b'{"prompt": "question %d ' + b"x" * 160 + b'", "completion": "answer %d"}\n'
+    lines = [line % (i, i) for i in range(260_000)]
+    data = b"".join(lines)
+    assert len(data) >= 50 * 1_000_000
+    t0 = time.monotonic()
+    text = await harness.ask("!train", user="admin", attachments=[("big.jsonl", data, None)], timeout=60)
+    elapsed = time.monotonic() - t0
+    assert text.startswith(f"Added **{len(lines):,}** examples."), text
+    space = space_of(harness)
+    [upload] = list(space.uploads.iterdir())
+    assert upload.stat().st_size == len(data)
+    [ingested] = dataset_folder.current_dataset(space).glob("ingested-*.jsonl")
+    assert ingested.read_bytes().count(b"\n") == len(lines)
+    assert started == ["supervised"]
+    print(f"50 MB attachment ingested in {elapsed:.1f}s")  # a figure, not an assertion
+
+
+async def test_train_attachment_over_the_limit(harness: BotHarness, started: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["model"], "MAX_DATA_UPLOAD", 1000)
+    text = await harness.ask("!train", user="admin", attachments=[("big.txt", b"x\n" * 1000, None)])
+    assert text == "`big.txt` is 2.0 KB; training files are limited to 1,000 bytes."
+    assert not space_of(harness).uploads.exists() and started == []
+
+
+async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None:
+    """The real job part: new data starts a job; the same data again adds nothing and starts none."""
+    data = jsonl(*(pair(f"question {i}", f"answer {i}") for i in range(4)))
+    msgs = await harness.send("!train", user="admin", attachments=[("qa.jsonl", data, None)])
+    assert msgs[0].content == ("Added **4** examples.\nThey are 4 question/answer pairs: I answer from these after "
+                               "the next training.\nDataset `datasets/main`.")
+    assert any(m.content.startswith("Started training job `") for m in msgs), text_of(msgs)
+    await harness.sandbox.wait_for(
+        lambda: any("succeeded" in m.content for m in harness.sandbox.bot_messages()), timeout=20)
+    jobs = (await harness.bot.model.list_jobs(harness.guild_id, 10))
+    assert len(jobs) == 1
+
+    for attempt in range(2):  # the same file again, then the same examples inline
+        if attempt == 0:
+            msgs = await harness.send("!train", user="admin", attachments=[("qa.jsonl", data, None)])
+        else:
+            msgs = await harness.send("!train question 0 => answer 0\nquestion 1 => answer 1", user="admin")
+        n = 4 if attempt == 0 else 2
+        assert len(msgs) == 1, text_of(msgs)
+        assert msgs[0].content.startswith(f"Added **0** examples, skipped **{n}** ({n} already in the dataset):")
+        assert "- line 1: already in the dataset" in msgs[0].content
+        assert msgs[0].content.endswith("Nothing new was added, so I did not start training.")
+    assert len((await harness.bot.model.list_jobs(harness.guild_id, 10))) == 1
+    assert len(dataset_records(space_of(harness))) == 4

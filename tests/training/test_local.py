@@ -1,4 +1,5 @@
-"""The offline backend: trains from the data, answers from it, versions, rollback, classifier."""
+"""training/local.py, the offline backend: trains from the data, answers from it, versions, rollback,
+classifier."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from config import Settings
 from errors import InvalidInput, NotFound
 from storage import GuildSpace
-from tests.fakes import FAQ, compiled, dpo_line
+from tests.fakes.samples import FAQ, compiled, dpo_line
 from training.local import LocalBackend, load_version, pairs_from, version_numbers
 
 LABELLED = [

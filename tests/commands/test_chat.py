@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import BotHarness, start_bot, stop_bot
 
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
-from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import STARTED, BotHarness, space_of, start_bot, stop_bot
 
-STARTED = re.compile(r"Started training job `([^`]+)`")
 NOT_TRAINED = "I haven't been trained on this server yet."
 
-
-
-def space(h: BotHarness) -> GuildSpace:
-    return GuildSpace(h.guild_id, h.bot.settings.data_dir, h.bot.settings.corrections_dir)
 
 
 async def train(h: BotHarness, lines: list[tuple[str, str]]) -> None:
@@ -48,7 +41,7 @@ async def test_answers_in_a_chat_channel_with_typing_and_a_record(harness: BotHa
     assert reply.reference_id == h.last_posted.id and reply.channel_id == sb.text_channel.id
     assert reply.content.startswith(NOT_TRAINED)
     assert sb.typing[typing_before:] == [sb.text_channel.id]
-    rec = records.find_answer(space(h), reply.id)
+    rec = records.find_answer(space_of(h), reply.id)
     assert rec is not None
     assert (rec["prompt"], rec["answer"], rec["prompt_message_id"]) == (
         "When does the shop open?", reply.content, h.last_posted.id)
@@ -56,7 +49,7 @@ async def test_answers_in_a_chat_channel_with_typing_and_a_record(harness: BotHa
     # The record is what lets a reply-correction find the question.
     thanks = await h.ask("!correct It opens at 9.", reply_to=reply.id)
     assert thanks.startswith("Thanks — correction `C-")
-    fixes = records.list_corrections(space(h))
+    fixes = records.list_corrections(space_of(h))
     assert [(c["prompt"], c["correction"]) for c in fixes] == [("When does the shop open?", "It opens at 9.")]
 
 
@@ -74,7 +67,7 @@ async def test_mentions_answer_anywhere_and_other_channels_stay_quiet(sandbox: S
             msgs = await h.send(text, channel=random)
             assert [m.content for m in msgs] == ["At 9 sharp."], text
             assert msgs[0].reference_id == h.last_posted.id and msgs[0].channel_id == random.id
-            rec = records.find_answer(space(h), msgs[0].id)
+            rec = records.find_answer(space_of(h), msgs[0].id)
             assert f"{bot_id}" not in rec["prompt"] and "shop open" in rec["prompt"].lower()
         # A mention with a command runs the command, once, and is not also answered as chat.
         msgs = await h.send(f"<@{bot_id}> hi", channel=random)
@@ -91,7 +84,7 @@ async def test_never_answers_bots_or_commands(harness: BotHarness) -> None:
     msgs = await h.send("!hi")
     assert len(msgs) == 1 and msgs[0].content.startswith("Hi member!")
     assert not h.sandbox.typing, "typing was shown for something the bot did not answer"
-    assert not space(h).answers_file.exists()
+    assert not space_of(h).answers_file.exists()
 
 
 async def test_long_answers_are_split_without_breaking_code_blocks(harness: BotHarness) -> None:
@@ -113,7 +106,7 @@ async def test_long_answers_are_split_without_breaking_code_blocks(harness: BotH
     assert msgs[1].content.startswith("```python")
     # Any part can be the one somebody replies to with a correction.
     for m in msgs:
-        rec = records.find_answer(space(h), m.id)
+        rec = records.find_answer(space_of(h), m.id)
         assert rec and rec["answer"] == long_answer and rec["prompt"] == "show me the deploy script"
 
 
@@ -147,7 +140,7 @@ async def test_a_backend_failure_is_answered_clearly(openai_chat: tuple[BotHarne
     text = await h.ask("When does the shop open?")
     assert text == "OpenAI had a server error (500) after 3 retries while trying to answer; try again later."
     fake._faults.clear()
-    assert not space(h).answers_file.exists(), "an error is not an answer anyone should correct"
+    assert not space_of(h).answers_file.exists(), "an error is not an answer anyone should correct"
     # The failed turn is not context for the next one.
     await h.ask("Where is the office?")
     assert [m["content"] for m in fake.chat_requests[-1]["messages"][1:]] == ["Where is the office?"]
@@ -159,7 +152,7 @@ async def test_dm_is_answered_with_the_shared_servers_model(harness: BotHarness)
     reply = await harness.send("when does the shop open", channel=dm)
     assert reply[0].content == "At 9 am, every weekday." and reply[0].channel_id == dm.id
     # The turn is recorded in the shared server's space, so it can be corrected there.
-    assert records.find_answer(space(harness), reply[0].id)["prompt"] == "when does the shop open"
+    assert records.find_answer(space_of(harness), reply[0].id)["prompt"] == "when does the shop open"
 
 
 async def test_dm_from_someone_sharing_no_server_is_told_why(harness: BotHarness) -> None:

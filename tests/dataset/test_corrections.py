@@ -1,4 +1,4 @@
-"""records.py: answers index, corrections, feedback, test errors."""
+"""dataset/corrections.py: answers index, corrections, feedback, test errors."""
 
 from __future__ import annotations
 

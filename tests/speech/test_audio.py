@@ -1,4 +1,4 @@
-"""audio.py: detection, conversion of real files in every format, and each kind of bad audio."""
+"""speech/audio.py: detection, conversion of real files in every format, and each kind of bad audio."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import tempfile
 import wave
 from pathlib import Path
 
-import audio_samples as samples
 import pytest
 
 from errors import BackendError, InvalidInput, TooLarge
 from speech import audio
+from tests.fakes import audio_samples as samples
 
 SENTENCE = samples.SENTENCES[1]
 

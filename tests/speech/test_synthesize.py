@@ -1,4 +1,4 @@
-"""tts.py: espeak-ng output that ffmpeg (hence FFmpegPCMAudio) plays and pocketsphinx understands."""
+"""speech/synthesize.py: espeak-ng output that ffmpeg (hence FFmpegPCMAudio) plays and pocketsphinx understands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import subprocess
 import wave
 from pathlib import Path
 
-import audio_samples as samples
 import httpx2
 import openai
 import pytest
@@ -19,6 +18,7 @@ from errors import BackendError, InvalidInput
 from speech import audio
 from speech import synthesize as tts
 from speech.recognize import SphinxRecognizer
+from tests.fakes import audio_samples as samples
 
 
 def ffmpeg_pcm_audio_decode(data: bytes) -> bytes:

@@ -1,8 +1,8 @@
 """Voice messages and audio files end to end: posted in the sandbox, transcribed by the bot's worker
 pool (ffmpeg + pocketsphinx), answered by the model, recorded for ``!correct``.
 
-Audio is made once per module with espeak-ng (``tests/audio_samples.py``); word error rates are
-held to the bounds measured in ``tests/test_speech.py``.
+Audio is made once per module with espeak-ng (``tests/fakes/audio_samples.py``); word error rates are
+held to the bounds measured there.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import audio_samples as samples
 import pytest
-from conftest import BotHarness, start_bot, stop_bot
-from test_speech import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, corpus_wer
 
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Message, Sandbox
 from speech.recognize import BUSY
 from storage import GuildSpace
+from tests.fakes import audio_samples as samples
+from tests.fakes.audio_samples import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, corpus_wer
+from tests.harness import BotHarness, start_bot, stop_bot
 
 CTYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "m4a": "audio/mp4", "wav": "audio/wav"}
 # The local model answers with the closest example it was trained on: one answer per sentence.

@@ -1,4 +1,4 @@
-"""Test-case parsing (with line/column errors), comparison and bounded concurrency."""
+"""training/evaluation.py: test-case parsing (with line/column errors), comparison and bounded concurrency."""
 
 from __future__ import annotations
 

@@ -14,20 +14,17 @@ import dataclasses
 import io
 import math
 import wave
-from pathlib import Path
 from typing import AsyncIterator
 
 import discord
 import numpy as np
 import pytest
-from conftest import BotHarness, start_bot, stop_bot
 
-import sandbox.voice as sandbox_voice
-from bot import dev_chat
 from config import Settings
 from sandbox.server import CONNECT, SPEAK, Sandbox
 from sandbox.voice import FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
 from speech import synthesize as tts
+from tests.harness import BotHarness, start_bot, stop_bot
 
 # Short answers keep the real-time playback short (about a second each).
 ANSWERS = {"good morning": "Morning to you.", "how are you": "I am fine."}
@@ -189,37 +186,6 @@ async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox,
         assert vs.connections == 2 and vs.connected == 1 and bot_voice_client(harness) is not None
     finally:
         await stop_bot(bot)
-
-
-# ---------------------------------------------------------------------------- the terminal chat
-async def run_chat(settings: Settings, script: list[str], tmp_path: Path) -> str:
-    out = io.StringIO()
-    rc = await dev_chat(settings, stdin=io.StringIO("\n".join(script) + "\n"), out=out,
-                         files_dir=tmp_path / "files", silence=1.0)
-    assert rc == 0, out.getvalue()
-    return out.getvalue()
-
-
-async def test_terminal_chat_joins_voice(settings: Settings, tmp_path: Path, error_log) -> None:
-    out = await run_chat(settings, ["/voice join", "!join", "hello", "/wait 1.5", "!leave"], tmp_path)
-    assert "* member joined voice channel Voice; then !join brings the bot" in out
-    assert "* trainer connected to voice channel Voice" in out
-    assert "trainer: Joined #Voice. I'll speak my answers to you there." in out
-    assert "* trainer is speaking in Voice" in out
-    assert "* trainer stopped speaking (" in out  # cut short by !leave
-    assert "trainer: Left #Voice." in out and "* trainer disconnected from voice channel Voice" in out
-    assert "Voice channels are off" not in out
-
-
-async def test_terminal_chat_without_openssl_works_without_voice(settings: Settings, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 error_log) -> None:
-    monkeypatch.setattr(sandbox_voice, "OPENSSL", "openssl-is-not-installed")
-    error_log.take("voice channels unavailable")  # a warning, but be sure nothing is logged as an error
-    out = await run_chat(settings, ["!hi", "/voice join", "!hi"], tmp_path)
-    assert out.count("Voice channels are off in this sandbox: openssl is not installed") == 1
-    assert out.count("trainer: Hi member!") == 2
-    assert "* member joined voice channel Voice" in out and "then !join" not in out
 
 
 async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> None:

@@ -1,6 +1,6 @@
 """Helper for the crash test: append corrections forever, printing each id once it is durable.
 
-Usage: crash_writer.py DATA_DIR CORRECTIONS_DIR. The test kills it with SIGKILL at random moments
+Usage: python -m tests.fakes.crash_writer DATA_DIR CORRECTIONS_DIR. The test kills it with SIGKILL at random moments
 and checks that every printed id is still readable afterwards.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataset import corrections as records
 from storage import GuildSpace

@@ -1,4 +1,4 @@
-"""Issue 12: the local model answers paraphrases by meaning, or says it doesn't know.
+"""training/embedding.py and the local backend: answers paraphrases by meaning, or says it doesn't know.
 
 These tests load the real default model (the WordLlama weights inside the installed wordllama
 package), never a stand-in; the small folder-model test builds a real safetensors + tokenizer
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BotHarness
 
 from bench.calibrate import Figures, load_sets, score, trained
 from config import Settings
 from dataset import corrections as records
 from errors import BackendError
 from storage import GuildSpace
+from tests.harness import BotHarness, announcement, start_job
 from training.embedding import Thresholds, decide, load_embedder, top_rows
 from training.local import LocalBackend, correction_applies, load_version, train_version
 
@@ -159,8 +159,6 @@ async def test_an_unloadable_model_falls_back_to_word_matching_and_says_so_once(
 
 # ---------------------------------------------------------------------------- end to end
 async def test_txt_upload_paraphrases_dont_know_and_correction_end_to_end(harness: BotHarness) -> None:
-    from tests.test_training_commands import announcement, start_job
-
     h, s = harness, WORK
     text = "\n".join(f"{q} => {a}" for q, a in s.pairs) + "\nthe office is great\n"
     job_id, _ = await start_job(h, "!train", attachments=[("faq.txt", text.encode(), "text/plain")])
