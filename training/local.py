@@ -762,9 +762,16 @@ class LocalBackend(TrainingBackend):
             st = space.corrections_file.stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # an unreadable corrections folder: answer from the trained model alone
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
+            return None
         if cached is not None and cached.signature == (st.st_mtime_ns, st.st_size):
             return cached
-        return await asyncio.to_thread(self._overlay_sync, space)
+        try:
+            return await asyncio.to_thread(self._overlay_sync, space)
+        except OSError as exc:
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
+            return None
 
     def _with_note(self, text: str) -> str:
         """The one-time note that the embedding model is missing, on the first answer after start."""
