@@ -14,6 +14,8 @@ import logging
 import mimetypes
 import re
 import shlex
+import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
@@ -33,6 +35,66 @@ Chat commands:
 Anything else is posted as a message; bot commands start with {prefix} (try {prefix}help)."""
 
 
+# Discord's timestamp markup: <t:UNIX> or <t:UNIX:STYLE>; other styles stay raw text, as in Discord.
+TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::([tTdDfFR]))?>")
+
+
+def _clock(dt: datetime, seconds: bool = False) -> str:
+    hour = dt.hour % 12 or 12
+    return f"{hour}:{dt.minute:02d}{f':{dt.second:02d}' if seconds else ''} {'AM' if dt.hour < 12 else 'PM'}"
+
+
+def _relative(delta: float) -> str:
+    """Discord's (moment.js) wording: "in a few seconds", "5 minutes ago", "in a day", "2 years ago"."""
+    s = abs(delta)
+    minutes, hours, days = s / 60, s / 3600, s / 86400
+    if s < 45:
+        phrase = "a few seconds"
+    elif s < 90:
+        phrase = "a minute"
+    elif minutes < 45:
+        phrase = f"{round(minutes)} minutes"
+    elif minutes < 90:
+        phrase = "an hour"
+    elif hours < 22:
+        phrase = f"{round(hours)} hours"
+    elif hours < 36:
+        phrase = "a day"
+    elif days < 26:
+        phrase = f"{round(days)} days"
+    elif days < 45:
+        phrase = "a month"
+    elif days < 320:
+        phrase = f"{round(days / 30.4)} months"
+    elif days < 548:
+        phrase = "a year"
+    else:
+        phrase = f"{round(days / 365.25)} years"
+    return f"in {phrase}" if delta > 0 else f"{phrase} ago"
+
+
+def render_timestamp(unix: int, style: str = "f", *, now: float | None = None, tz: tzinfo | None = None) -> str:
+    """A ``<t:UNIX:STYLE>`` timestamp as Discord's English client shows it, in the local time zone."""
+    try:
+        dt = datetime.fromtimestamp(unix, tz) if tz is not None else datetime.fromtimestamp(unix).astimezone()
+    except (OverflowError, OSError, ValueError):
+        return f"<t:{unix}:{style}>"
+    date = f"{dt:%B} {dt.day}, {dt.year}"
+    if style == "t":
+        return _clock(dt)
+    if style == "T":
+        return _clock(dt, seconds=True)
+    if style == "d":
+        return f"{dt.month:02d}/{dt.day:02d}/{dt.year}"
+    if style == "D":
+        return date
+    if style == "F":
+        return f"{dt:%A}, {date} {_clock(dt)}"
+    if style == "R":
+        return _relative(unix - (time.time() if now is None else now))
+    return f"{date} {_clock(dt)}"  # "f", the default
+
+
 class TerminalChat:
     """Drives the sandbox as a person would and prints what the bot says."""
 
@@ -48,6 +110,8 @@ class TerminalChat:
         self._last_activity = asyncio.get_running_loop().time()
         self._activity = asyncio.Event()
         self.posted = False  # did the last input line post a message?
+        self._posted_at: float | None = None  # loop time of the last post that settle() has not seen answered
+        self.quitting = False  # /quit was typed
         self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
         if sandbox.voice_server is not None:
@@ -83,7 +147,8 @@ class TerminalChat:
                 return "@" + self.sandbox.users[ident].name
             return match.group(0)
 
-        return re.sub(r"<(#|@!?)(\d+)>", name, text)
+        text = re.sub(r"<(#|@!?)(\d+)>", name, text)
+        return TIMESTAMP.sub(lambda m: render_timestamp(int(m.group(1)), m.group(2) or "f"), text)
 
     def _on_voice(self, event: str) -> None:
         """Nobody can hear the sandbox's voice channel: say what the bot does there instead."""
@@ -104,20 +169,23 @@ class TerminalChat:
             self.say(f"* {name} stopped speaking ({seconds:.1f} s of audio)")
 
     async def settle(self) -> None:
-        """Wait until the bot has answered and gone quiet, or stayed silent for ``silence`` s."""
+        """Wait until the bot has answered the last message posted and gone quiet for ``quiet`` s,
+        or stayed silent for ``silence`` s after it.
+
+        Returns at once when nothing is outstanding: nothing was posted since the last settle, the
+        answer came and went, or the user typed /quit (a person leaving waits for nothing)."""
+        if self.quitting or self._posted_at is None:
+            return
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        answered = False
         while True:
             self._activity.clear()
             now = loop.time()
-            if self._last_activity > start:
-                answered = True
-            if answered:
+            if self._last_activity > self._posted_at:  # answered: wait until it goes quiet
                 remaining = self.quiet - (now - self._last_activity)
             else:
-                remaining = self.silence - (now - start)
+                remaining = self.silence - (now - self._posted_at)
             if remaining <= 0:
+                self._posted_at = None
                 return
             try:
                 await asyncio.wait_for(self._activity.wait(), remaining)
@@ -142,6 +210,7 @@ class TerminalChat:
         return True
 
     async def _post(self, text: str, **kwargs) -> Message:
+        self._posted_at = asyncio.get_running_loop().time()
         msg = await self.sandbox.post_message(self.user, text, **kwargs)
         self.posted = True
         ref = kwargs.get("reply_to")
@@ -152,6 +221,7 @@ class TerminalChat:
     async def _command(self, cmd: str, args: list[str], line: str) -> bool:
         sb = self.sandbox
         if cmd == "/quit":
+            self.quitting = True
             return False
         if cmd == "/help":
             self.say(CHAT_HELP.format(prefix=self.prefix))
