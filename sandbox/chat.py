@@ -130,6 +130,8 @@ class TerminalChat:
         self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {self._readable(msg.content)}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
+        if (pings := self._pings(msg)) is not None:
+            self.say("    " + pings)
         if event == "create":
             for att in msg.attachments:
                 self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -138,17 +140,28 @@ class TerminalChat:
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
 
     def _readable(self, text: str) -> str:
-        """Channel and user mentions as a Discord client shows them (#general, @member)."""
+        """Channel, user and role mentions and timestamps as a Discord client shows them
+        (#general, @member, @Admins, November 28, 2026 3:28 PM)."""
         def name(match: re.Match[str]) -> str:
-            ident = int(match.group(2))
-            if match.group(1) == "#" and ident in self.sandbox.channels:
+            kind, ident = match.group(1), int(match.group(2))
+            if kind == "#" and ident in self.sandbox.channels:
                 return "#" + self.sandbox.channels[ident].name
-            if match.group(1) != "#" and ident in self.sandbox.users:
+            if kind == "@&" and ident in self.sandbox.roles:
+                return "@" + self.sandbox.roles[ident].name
+            if kind in ("@", "@!") and ident in self.sandbox.users:
                 return "@" + self.sandbox.users[ident].name
             return match.group(0)
 
-        text = re.sub(r"<(#|@!?)(\d+)>", name, text)
+        text = re.sub(r"<(#|@!|@&|@)(\d+)>", name, text)
         return TIMESTAMP.sub(lambda m: render_timestamp(int(m.group(1)), m.group(2) or "f"), text)
+
+    def _pings(self, msg: Message) -> str | None:
+        """``(notifies: @member)`` when the bot's message (or its edit) pings someone: a bot must
+        never ping people with text it repeats, and this makes every ping visible."""
+        if not msg.pinged:
+            return None
+        names = ", ".join(sorted("@" + self.sandbox.users[u].name for u in msg.pinged if u in self.sandbox.users))
+        return f"(notifies @everyone: {names})" if msg.mention_everyone else f"(notifies: {names})"
 
     def _on_voice(self, event: str) -> None:
         """Nobody can hear the sandbox's voice channel: say what the bot does there instead."""

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -44,6 +45,9 @@ CONNECT = 1 << 20
 SPEAK = 1 << 21
 USE_VAD = 1 << 25
 MANAGE_GUILD = 1 << 5
+ADMINISTRATOR = 1 << 3
+MENTION_EVERYONE = 1 << 17
+ALL_PERMISSIONS = (1 << 53) - 1
 EVERYONE_PERMISSIONS = (
     ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
     | CONNECT | SPEAK | USE_VAD
@@ -60,6 +64,12 @@ IS_VOICE_MESSAGE = 1 << 13
 # the sandbox answers after a short, LAN-like round trip instead. A bot whose loop really stalls
 # still measures the stall: the delay only moves the ACK later, never earlier.
 HEARTBEAT_ACK_DELAY = 0.05
+
+# Mentions in message content, as Discord's server parses them (it ignores markdown).
+USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
+ROLE_MENTION = re.compile(r"<@&(\d{15,21})>")
+EVERYONE_MENTION = re.compile(r"@(everyone|here)")
+ALLOWED_PARSE = ("users", "roles", "everyone")
 
 # Gateway opcodes.
 OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_PRESENCE, OP_VOICE_STATE = 0, 1, 2, 3, 4
@@ -149,6 +159,16 @@ class Message:
     edited: float | None = None
     deleted: bool = False
     edits: int = 0
+    # Mentions as Discord resolved them for the current content (allowed_mentions applied):
+    mentions: list[int] = field(default_factory=list)  # user ids, in order of appearance
+    mention_roles: list[int] = field(default_factory=list)
+    mention_everyone: bool = False
+    notifies: set[int] = field(default_factory=set)  # who the current version pings
+    # Everyone the message ever pinged: at creation, plus anyone an edit newly mentions (Discord
+    # sends no push for an edit, but the mention still lands in that person's mentions).
+    notified: set[int] = field(default_factory=set)
+    pinged: set[int] = field(default_factory=set)  # who the last creation/edit newly pinged
+    allowed_mentions: dict[str, Any] | None = None  # as the sender gave it (None: not given)
 
     @property
     def files(self) -> list[Attachment]:
@@ -190,12 +210,13 @@ class Role:
     name: str
     permissions: int
     position: int = 0
+    mentionable: bool = False  # anyone may ping it; otherwise only with Mention Everyone
 
     def payload(self) -> dict[str, Any]:
         return {
             "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
             "hoist": False, "position": self.position, "permissions": str(self.permissions),
-            "managed": False, "mentionable": False, "flags": 0, "icon": None, "unicode_emoji": None,
+            "managed": False, "mentionable": self.mentionable, "flags": 0, "icon": None, "unicode_emoji": None,
         }
 
 
@@ -322,15 +343,19 @@ class Sandbox:
             "id": str(msg.id), "channel_id": str(msg.channel_id), "author": msg.author.payload(),
             "content": msg.content, "timestamp": _iso(msg.timestamp),
             "edited_timestamp": _iso(msg.edited) if msg.edited else None, "tts": False,
-            "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "mention_everyone": msg.mention_everyone, "mentions": [], "mention_roles": [str(r) for r in msg.mention_roles],
             "attachments": [a.payload() for a in msg.attachments], "embeds": msg.embeds,
             "pinned": False, "type": 19 if msg.reference_id else 0, "flags": msg.flags, "components": [],
         }
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
             data["member"] = msg.author.member_payload(with_user=False)
-        mentioned = [u for u in self.users.values() if f"<@{u.id}>" in msg.content or f"<@!{u.id}>" in msg.content]
-        data["mentions"] = [u.payload() for u in mentioned]
+        for user_id in msg.mentions:
+            user = self.users[user_id]
+            mention = user.payload()
+            if msg.guild_id and user.in_guild:  # Discord adds the partial member in servers
+                mention["member"] = user.member_payload(with_user=False)
+            data["mentions"].append(mention)
         if msg.reference_id:
             data["message_reference"] = {
                 "type": 0, "message_id": str(msg.reference_id), "channel_id": str(msg.channel_id),
@@ -342,6 +367,117 @@ class Sandbox:
                     self.message_payload(ref, with_reference=False) if ref and not ref.deleted else None
                 )
         return data
+
+    # ----------------------------------------------------------------- permissions and mentions
+    def permissions_for(self, user: User, channel: Channel) -> int:
+        """``user``'s permissions in ``channel``, computed as Discord does: @everyone and the user's
+        roles, all for the owner and Administrator, then the channel's @everyone, role and member
+        overwrites in that order. In a DM its two participants can talk, nobody else can see it."""
+        if channel.type == 1:
+            if channel.recipient is not None and user.id in (channel.recipient.id, self.bot_user.id):
+                return (VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | ADD_REACTIONS | ATTACH_FILES
+                        | EMBED_LINKS)
+            return 0
+        if not user.in_guild:
+            return 0
+        if user.id == self.owner.id:
+            return ALL_PERMISSIONS
+        perms = self.roles[self.guild_id].permissions
+        for role_id in user.roles:
+            if role_id in self.roles:
+                perms |= self.roles[role_id].permissions
+        if perms & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        roles_allow = roles_deny = 0
+        member_overwrite: dict[str, Any] | None = None
+        for ow in channel.overwrites:
+            target, kind = int(ow["id"]), ow.get("type", 0)
+            if kind == 0 and target == self.guild_id:
+                perms = (perms & ~int(ow.get("deny", 0))) | int(ow.get("allow", 0))
+            elif kind == 0 and target in user.roles:
+                roles_allow |= int(ow.get("allow", 0))
+                roles_deny |= int(ow.get("deny", 0))
+            elif kind == 1 and target == user.id:
+                member_overwrite = ow
+        perms = (perms & ~roles_deny) | roles_allow
+        if member_overwrite is not None:
+            perms = (perms & ~int(member_overwrite.get("deny", 0))) | int(member_overwrite.get("allow", 0))
+        return perms
+
+    def can_see(self, user: User, channel: Channel) -> bool:
+        return bool(self.permissions_for(user, channel) & VIEW_CHANNEL)
+
+    @staticmethod
+    def _allowed_mentions_error(allowed: Any) -> dict[str, Any] | None:
+        """Discord's 400 for an allowed_mentions object it refuses, or None when it is valid."""
+        def invalid(code: str, message: str) -> dict[str, Any]:
+            return {"message": "Invalid Form Body", "code": 50035,
+                    "errors": {"allowed_mentions": {"_errors": [{"code": code, "message": message}]}}}
+
+        if not isinstance(allowed, dict):
+            return invalid("MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+        parse = allowed.get("parse") or []
+        if not isinstance(parse, list) or any(p not in ALLOWED_PARSE for p in parse):
+            return invalid("BASE_TYPE_CHOICES", f"Value must be one of {set(ALLOWED_PARSE)}.")
+        for kind in ("users", "roles"):
+            ids = allowed.get(kind) or []
+            if kind in parse and ids:
+                return invalid("MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                               f'parse:["{kind}"] and {kind}: [ids...] are mutually exclusive.')
+            if not isinstance(ids, list) or len(ids) > 100 or not all(str(i).isdigit() for i in ids):
+                return invalid("BASE_TYPE_MAX_LENGTH", f"{kind}: must be at most 100 snowflakes.")
+        return None
+
+    def _resolve_mentions(self, msg: Message, allowed: dict[str, Any] | None) -> None:
+        """Set who ``msg`` mentions and pings, as Discord does for its current content.
+
+        No ``allowed_mentions`` (``None``): every mention in the content counts and a reply pings
+        the replied-to author. Given: only the ``parse`` kinds and the listed ``users``/``roles``
+        that the content also mentions (no phantom pings), and the replied-to author only with
+        ``replied_user``. Roles ping only when mentionable or the author may Mention Everyone;
+        @everyone/@here only with Mention Everyone. Only people who can see the channel are
+        pinged, never the author."""
+        channel = self.channels[msg.channel_id]
+        author = msg.author
+        if allowed is None:
+            parse, users_ok, roles_ok, replied = set(ALLOWED_PARSE), set(), set(), True
+        else:
+            parse = set(allowed.get("parse") or ())
+            users_ok = {int(u) for u in allowed.get("users") or ()}
+            roles_ok = {int(r) for r in allowed.get("roles") or ()}
+            replied = bool(allowed.get("replied_user", False))
+        in_guild = channel.type != 1
+        may_mention_everyone = bool(self.permissions_for(author, channel) & MENTION_EVERYONE) if in_guild else False
+        mentions: list[int] = []
+        for match in USER_MENTION.finditer(msg.content):
+            user_id = int(match.group(1))
+            if user_id in self.users and user_id not in mentions and ("users" in parse or user_id in users_ok):
+                mentions.append(user_id)
+        roles: list[int] = []
+        if in_guild:
+            for match in ROLE_MENTION.finditer(msg.content):
+                role = self.roles.get(int(match.group(1)))
+                if (role is not None and role.id != self.guild_id and role.id not in roles
+                        and ("roles" in parse or role.id in roles_ok)
+                        and (role.mentionable or may_mention_everyone)):
+                    roles.append(role.id)
+        everyone = (in_guild and "everyone" in parse and may_mention_everyone
+                    and EVERYONE_MENTION.search(msg.content) is not None)
+        if msg.reference_id and replied:
+            ref = self.messages.get(msg.reference_id)
+            if ref is not None and not ref.deleted and ref.author.id != author.id and ref.author.id not in mentions:
+                mentions.append(ref.author.id)
+        audience = [u for u in self.users.values() if self.can_see(u, channel)]
+        pinged = {u.id for u in audience if everyone or u.id in mentions or set(u.roles) & set(roles)}
+        pinged.discard(author.id)
+        msg.mentions, msg.mention_roles, msg.mention_everyone = mentions, roles, everyone
+        msg.notifies = pinged
+        msg.pinged = pinged - msg.notified
+        msg.notified |= pinged
+
+    def notified(self, message_id: int) -> set[int]:
+        """Ids of everyone message ``message_id`` pinged (at creation, or newly mentioned by an edit)."""
+        return set(self.messages[message_id].notified)
 
     def _voice_state_payload(self, user_id: int, channel_id: int | None, with_member: bool = True) -> dict[str, Any]:
         user = self.users[user_id]
@@ -441,6 +577,7 @@ class Sandbox:
         return Attachment(att_id, name, data, ctype, url, duration)
 
     async def _create_message(self, msg: Message) -> None:
+        self._resolve_mentions(msg, msg.allowed_mentions)
         self.messages[msg.id] = msg
         await self.dispatch("MESSAGE_CREATE", self.message_payload(msg))
         await self._notify("create", msg)
@@ -640,10 +777,13 @@ class Sandbox:
                                                                "message": "Must be 2000 or fewer in length."}]}}}, 400)
         if not content and not files and not payload.get("embeds"):
             return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        allowed = payload.get("allowed_mentions")
+        if allowed is not None and (error := self._allowed_mentions_error(allowed)):
+            return _json(error, 400)
         ref = payload.get("message_reference") or {}
         ref_id = int(ref["message_id"]) if ref.get("message_id") else None
         msg = Message(self.ids.next(), channel.id, channel.guild_id, self.bot_user, content, files,
-                      embeds=payload.get("embeds") or [], reference_id=ref_id)
+                      embeds=payload.get("embeds") or [], reference_id=ref_id, allowed_mentions=allowed)
         await self._create_message(msg)
         return _json(self.message_payload(msg))
 
@@ -654,6 +794,9 @@ class Sandbox:
         if msg.author.id != self.bot_user.id:
             return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, 403)
         payload, files = await self._read_message_body(request, msg.channel_id)
+        allowed = payload.get("allowed_mentions")
+        if allowed is not None and (error := self._allowed_mentions_error(allowed)):
+            return _json(error, 400)
         if "content" in payload:
             msg.content = payload["content"] or ""
         if "embeds" in payload:
@@ -662,6 +805,13 @@ class Sandbox:
             keep = {str(a.get("id")) for a in payload["attachments"]}
             msg.attachments = [a for a in msg.attachments if str(a.id) in keep]
         msg.attachments.extend(files)
+        if "content" in payload or "allowed_mentions" in payload:
+            # Discord rebuilds the mentions from the new content with this request's
+            # allowed_mentions, or the defaults when it has none (not the original request's).
+            msg.allowed_mentions = allowed
+            self._resolve_mentions(msg, allowed)
+        else:
+            msg.pinged = set()
         msg.edited = time.time()
         msg.edits += 1
         data = self.message_payload(msg)
