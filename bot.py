@@ -282,23 +282,12 @@ async def stop_bot(bot: TrainerBot) -> None:
         log.exception("bot stopped with an error")
 
 
-async def _read_lines(stream: TextIO, queue: asyncio.Queue[str | None]) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, stream.readline)
-        if not line:
-            await queue.put(None)
-            return
-        await queue.put(line)
-
-
 async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path, silence: float = 6.0) -> int:
     """Start the sandbox and the bot, then run the terminal chat until /quit or end of input."""
     from sandbox.chat import TerminalChat
     from sandbox.server import Sandbox
 
     sandbox = await Sandbox().start(voice=True)
-    interactive = stdin.isatty()
     try:
         try:
             # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.
@@ -314,21 +303,7 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
             if sandbox.voice_unavailable:
                 chat.say(f"* Voice channels are off in this sandbox: {sandbox.voice_unavailable}. "
                          f"Everything else works; {settings.prefix}join will not connect.")
-            queue: asyncio.Queue[str | None] = asyncio.Queue()
-            reader = asyncio.create_task(_read_lines(stdin, queue))
-            try:
-                while True:
-                    if interactive:
-                        out.write(f"{chat.user.name}> ")
-                        out.flush()
-                    line = await queue.get()
-                    if line is None or not await chat.handle(line):
-                        break
-                    if not interactive and chat.posted:
-                        await chat.settle()
-                await chat.settle()
-            finally:
-                reader.cancel()
+            await chat.run(stdin)
             return 0
         finally:
             await stop_bot(bot)

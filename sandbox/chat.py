@@ -10,10 +10,14 @@ at end of input the chat waits for outstanding replies and exits 0.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import io
 import logging
 import mimetypes
+import os
 import re
 import shlex
+import threading
 import time
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -93,6 +97,73 @@ def render_timestamp(unix: int, style: str = "f", *, now: float | None = None, t
     if style == "R":
         return _relative(unix - (time.time() if now is None else now))
     return f"{date} {_clock(dt)}"  # "f", the default
+
+
+class _LineReader:
+    """Lines of a text stream for the event loop; ``get()`` gives None at end of input.
+
+    Terminals and pipes are watched with ``loop.add_reader`` and read with ``os.read`` (nothing
+    blocks, nothing is left waiting after :meth:`close`). Streams the loop cannot watch (regular
+    files, StringIO) are read by a daemon thread: their reads never block for long."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._fd: int | None = None
+        self._decoder = codecs.getincrementaldecoder(getattr(stream, "encoding", None) or "utf-8")("replace")
+        self._pending = ""
+        try:
+            fd = stream.fileno()
+            self._loop.add_reader(fd, self._readable)
+            self._fd = fd
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            # PermissionError (an OSError) for a regular file: epoll cannot watch it.
+            threading.Thread(target=self._pump, args=(stream,), name="terminal-chat-input", daemon=True).start()
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._put_lines(self._decoder.decode(b"", final=True), eof=True)
+            self.close()
+            return
+        self._put_lines(self._decoder.decode(data))
+
+    def _put_lines(self, text: str, *, eof: bool = False) -> None:
+        self._pending += text
+        *complete, self._pending = self._pending.split("\n")
+        for line in complete:
+            self._queue.put_nowait(line + "\n")
+        if eof:
+            if self._pending:
+                self._queue.put_nowait(self._pending)
+                self._pending = ""
+            self._queue.put_nowait(None)
+
+    def _pump(self, stream: TextIO) -> None:
+        try:
+            while True:
+                line = stream.readline()
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, line or None)
+                if not line:
+                    return
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return
+        except (OSError, ValueError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def get(self) -> str | None:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
 
 
 class TerminalChat:
@@ -204,6 +275,30 @@ class TerminalChat:
                 await asyncio.wait_for(self._activity.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+
+    async def run(self, stdin: TextIO, *, interactive: bool | None = None) -> None:
+        """Act on the lines of ``stdin`` until /quit or end of input.
+
+        In a terminal each line gets a prompt and goes out at once; piped, each posted line is
+        settled (answered, or silence) before the next one, and end of input waits for the last
+        answer. A terminal or pipe is read with the event loop's reader, not a thread: a thread
+        blocked in ``readline()`` after /quit would hold up the exit until one more Enter
+        (``asyncio.run`` waits for its executor's threads)."""
+        interactive = stdin.isatty() if interactive is None else interactive
+        lines = _LineReader(stdin)
+        try:
+            while True:
+                if interactive:
+                    self.out.write(f"{self.user.name}> ")
+                    self.out.flush()
+                line = await lines.get()
+                if line is None or not await self.handle(line):
+                    break
+                if not interactive and self.posted:
+                    await self.settle()
+            await self.settle()
+        finally:
+            lines.close()
 
     async def handle(self, line: str) -> bool:
         """Act on one input line; return False to stop."""

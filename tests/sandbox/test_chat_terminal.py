@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
+import select
 import subprocess
 import sys
 import time
@@ -57,21 +60,38 @@ async def test_bot_messages_show_timestamps_mentions_and_ids(tmp_path: Path) -> 
         await sb.close()
 
 
-def test_quit_is_prompt(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "bot.py"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=subprocess_env(tmp_path))
-    assert proc.stdin and proc.stdout
+def test_quit_in_a_terminal_is_prompt(tmp_path: Path) -> None:
+    """`make run` in a terminal: a question, then /quit at once, exits within a second or two
+    (it used to wait 6 s for the answer, then for one more line of input)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "bot.py"], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+                            env=subprocess_env(tmp_path), close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(token: bytes, timeout: float) -> bool:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while token not in seen and time.monotonic() < end:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        return token in seen
+
     try:
-        banner = proc.stdout.readline()
-        assert banner.startswith("Sandbox chat"), banner + proc.stderr.read()
+        assert read_until(b"member> ", 60), seen.decode(errors="replace")
+        os.write(master, b"!hi\n")
+        assert read_until(b"Hi member!", 30), seen.decode(errors="replace")
+        os.write(master, b"are you there?\n/quit\n")
         started = time.monotonic()
-        proc.stdin.write("/quit\n")
-        proc.stdin.flush()
         assert proc.wait(timeout=30) == 0
         took = time.monotonic() - started
     finally:
         proc.kill()
-        proc.communicate()
+        proc.wait()
+        os.close(master)
     assert took < 2.0, f"/quit took {took:.1f} s"
 
 
