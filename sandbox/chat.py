@@ -23,7 +23,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
-from sandbox.server import Message, Sandbox
+from sandbox.server import Message, ReactionError, Sandbox, User, parse_emoji
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ Chat commands:
   /as NAME            switch user (admin, member, owner)
   /attach PATH [text] post a file, with optional text
   /reply ID text      reply to message ID
+  /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
+  /unreact ID EMOJI   take your reaction back
   /voice join|leave   move the current user in or out of the voice channel
   /wait SECONDS       pause
   /help               this list
@@ -185,6 +187,7 @@ class TerminalChat:
         self.quitting = False  # /quit was typed
         self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
+        sandbox.add_reaction_listener(self._on_reaction)
         if sandbox.voice_server is not None:
             sandbox.voice_server.add_listener(self._on_voice)
 
@@ -209,6 +212,19 @@ class TerminalChat:
                 path = self.files_dir / f"{msg.id}-{Path(att.filename).name}"
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
+
+    def _on_reaction(self, event: str, msg: Message, user: User, emoji: str) -> None:
+        """The bot's own reactions (people's are confirmed by /react)."""
+        if user.id != self.sandbox.bot_user.id:
+            return
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity.set()
+        if event == "add":
+            self.say(f"* {user.name} reacted {emoji} to [{msg.id}]")
+        elif event == "remove":
+            self.say(f"* {user.name} removed its {emoji} from [{msg.id}]")
+        else:
+            self.say(f"* {user.name} cleared the {emoji + ' ' if emoji else ''}reactions on [{msg.id}]")
 
     def _readable(self, text: str) -> str:
         """Channel, user and role mentions and timestamps as a Discord client shows them
@@ -372,6 +388,32 @@ class TerminalChat:
                 return True
             text = line.split(None, 2)[2]
             await self._post(text, reply_to=ref)
+        elif cmd in ("/react", "/unreact"):
+            if len(args) != 2 or not args[0].isdigit():
+                self.say(f"! usage: {cmd} ID EMOJI")
+                return True
+            msg_id = int(args[0])
+            target = sb.messages.get(msg_id)
+            if target is None or target.deleted:
+                self.say(f"! no message {msg_id}")
+                return True
+            adding = cmd == "/react"
+            self._posted_at = asyncio.get_running_loop().time()  # the bot may answer a reaction
+            try:
+                done = await (sb.react if adding else sb.unreact)(self.user, target.channel_id, msg_id, args[1])
+            except ReactionError as exc:
+                self.say(f"! cannot react with {args[1]}: {exc}")
+                self._posted_at = None
+                return True
+            emoji = parse_emoji(args[1])
+            if done:
+                self.posted = True
+                self.say(f"* {self.user.name} {'reacted' if adding else 'removed'} {emoji} "
+                         f"{'to' if adding else 'from'} [{msg_id}]")
+            else:
+                self._posted_at = None
+                self.say(f"! you {'already reacted' if adding else 'had not reacted'} {emoji} "
+                         f"{'to' if adding else 'on'} [{msg_id}]")
         elif cmd == "/voice":
             if args not in (["join"], ["leave"]):
                 self.say("! usage: /voice join|leave")

@@ -46,6 +46,7 @@ SPEAK = 1 << 21
 USE_VAD = 1 << 25
 MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
+MANAGE_MESSAGES = 1 << 13
 MENTION_EVERYONE = 1 << 17
 ALL_PERMISSIONS = (1 << 53) - 1
 EVERYONE_PERMISSIONS = (
@@ -64,6 +65,38 @@ IS_VOICE_MESSAGE = 1 << 13
 # the sandbox answers after a short, LAN-like round trip instead. A bot whose loop really stalls
 # still measures the stall: the delay only moves the ACK later, never earlier.
 HEARTBEAT_ACK_DELAY = 0.05
+
+# Gateway intents that gate reaction events (https://discord.com/developers/docs/events/gateway#gateway-intents).
+GUILD_MESSAGE_REACTIONS = 1 << 10
+DIRECT_MESSAGE_REACTIONS = 1 << 13
+MAX_REACTIONS = 20  # distinct emojis on one message
+# A few shortcodes for people typing in a terminal (/react ID :+1:); any Unicode emoji works as is.
+EMOJI_SHORTCODES = {
+    ":+1:": "👍", ":thumbsup:": "👍", ":-1:": "👎", ":thumbsdown:": "👎", ":heart:": "❤️",
+    ":white_check_mark:": "✅", ":x:": "❌", ":eyes:": "👀", ":tada:": "🎉", ":smile:": "😄",
+    ":thinking:": "🤔", ":fire:": "🔥", ":100:": "💯", ":question:": "❓", ":warning:": "⚠️",
+}
+KEYCAP = re.compile("^[0-9#*]\ufe0f?\u20e3$")
+
+
+class ReactionError(ValueError):
+    """A reaction Discord would refuse; ``code`` and ``status`` are Discord's."""
+
+    def __init__(self, message: str, code: int, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+def parse_emoji(text: str) -> str:
+    """The emoji a reaction names, as Discord keys it: the Unicode emoji itself.
+
+    Accepts the emoji, a shortcode from :data:`EMOJI_SHORTCODES`, or what discord.py puts in a
+    URL. Custom emojis (``name:id``) are refused as unknown: the sandbox guild has none."""
+    emoji = EMOJI_SHORTCODES.get(text.strip(), text.strip())
+    if emoji and (KEYCAP.match(emoji) or (len(emoji) <= 16 and all(ord(c) > 0x7F for c in emoji))):
+        return emoji
+    raise ReactionError("Unknown Emoji", 10014)
+
 
 # Mentions in message content, as Discord's server parses them (it ignores markdown).
 USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
@@ -169,6 +202,8 @@ class Message:
     notified: set[int] = field(default_factory=set)
     pinged: set[int] = field(default_factory=set)  # who the last creation/edit newly pinged
     allowed_mentions: dict[str, Any] | None = None  # as the sender gave it (None: not given)
+    # Reactions: emoji -> ids of the users who reacted, both in the order they came.
+    reactions: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Attachment]:
@@ -229,6 +264,7 @@ class _Session:
         self.seq = 0
         self.backlog: list[dict[str, Any]] = []  # sent events kept for RESUME
         self.ws: web.WebSocketResponse | None = None
+        self.intents = 0  # from IDENTIFY: Discord only sends the events a client asked for
 
 
 class Sandbox:
@@ -265,6 +301,7 @@ class Sandbox:
         self.voice_server: VoiceServer | None = None
         self.voice_unavailable: str | None = None  # why enable_voice() could not start it
         self._listeners: list[Callable[[str, Message], None]] = []
+        self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
         self._cond = asyncio.Condition()
 
         self.application_id = self.ids.next()
@@ -350,6 +387,8 @@ class Sandbox:
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
             data["member"] = msg.author.member_payload(with_user=False)
+        if msg.reactions:  # Discord leaves the key out when there are none
+            data["reactions"] = [self._reaction_payload(emoji, users) for emoji, users in msg.reactions.items()]
         for user_id in msg.mentions:
             user = self.users[user_id]
             mention = user.payload()
@@ -583,8 +622,11 @@ class Sandbox:
         await self._notify("create", msg)
 
     # ----------------------------------------------------------------- gateway
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+    async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
+        """Send a gateway event to every bot session (``intent``: only those that identified with it)."""
         for session in list(self.sessions.values()):
+            if intent and not session.intents & intent:
+                continue
             session.seq += 1
             payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
             session.backlog.append(payload)
@@ -625,6 +667,7 @@ class Sandbox:
                     break
                 self.identify_count += 1
                 session = _Session(secrets.token_hex(16), self.bot_user)
+                session.intents = int(d.get("intents") or 0)
                 session.ws = ws
                 self.sessions[session.id] = session
                 ready = {
@@ -854,10 +897,163 @@ class Sandbox:
         self.typing.append(channel.id)
         return web.Response(status=204)
 
-    async def _reaction(self, request: web.Request) -> web.Response:
-        if self._get_message(request) is None:
-            return _json({"message": "Unknown Message", "code": 10008}, 404)
+    # ----------------------------------------------------------------- reactions
+    def _reaction_payload(self, emoji: str, users: list[int]) -> dict[str, Any]:
+        return {
+            "emoji": {"id": None, "name": emoji}, "count": len(users),
+            "count_details": {"burst": 0, "normal": len(users)}, "burst_colors": [],
+            "me_burst": False, "me": self.bot_user.id in users,
+        }
+
+    def _reaction_event(self, msg: Message, user: User, emoji: str, added: bool) -> dict[str, Any]:
+        """MESSAGE_REACTION_ADD / _REMOVE as Discord sends them (the add carries the member,
+        the message's author and burst colours; the remove does not)."""
+        data: dict[str, Any] = {
+            "user_id": str(user.id), "type": 0, "message_id": str(msg.id), "emoji": {"id": None, "name": emoji},
+            "channel_id": str(msg.channel_id), "burst": False,
+        }
+        if msg.guild_id:
+            data["guild_id"] = str(msg.guild_id)
+        if added:
+            data["message_author_id"] = str(msg.author.id)
+            data["burst_colors"] = []
+            if msg.guild_id and user.in_guild:
+                data["member"] = user.member_payload()
+        return data
+
+    def _reaction_intent(self, msg: Message) -> int:
+        return GUILD_MESSAGE_REACTIONS if msg.guild_id else DIRECT_MESSAGE_REACTIONS
+
+    def _message_for_reaction(self, channel_id: int, message_id: int) -> Message:
+        msg = self.messages.get(message_id)
+        if msg is None or msg.deleted or msg.channel_id != channel_id:
+            raise ReactionError("Unknown Message", 10008, 404)
+        return msg
+
+    async def react(self, user: User | str, channel_id: int, message_id: int, emoji: str) -> bool:
+        """``user`` reacts to a message, as Discord checks and announces it (MESSAGE_REACTION_ADD).
+
+        Returns False when that reaction was already there (Discord does nothing then); raises
+        :class:`ReactionError` for an unknown message or emoji, a channel the user cannot see, a
+        new emoji without Add Reactions, or a 21st distinct emoji."""
+        if isinstance(user, str):
+            user = self.user_named(user)
+        msg = self._message_for_reaction(channel_id, message_id)
+        emoji = parse_emoji(emoji)
+        channel = self.channels[msg.channel_id]
+        perms = self.permissions_for(user, channel)
+        if not perms & VIEW_CHANNEL or not perms & READ_MESSAGE_HISTORY:
+            raise ReactionError("Missing Access", 50001, 403)
+        users = msg.reactions.get(emoji)
+        if users is None:
+            if not perms & ADD_REACTIONS:
+                raise ReactionError("Missing Permissions", 50013, 403)
+            if len(msg.reactions) >= MAX_REACTIONS:
+                raise ReactionError(f"Maximum number of reactions reached ({MAX_REACTIONS})", 30010)
+            users = msg.reactions[emoji] = []
+        if user.id in users:
+            return False
+        users.append(user.id)
+        await self.dispatch("MESSAGE_REACTION_ADD", self._reaction_event(msg, user, emoji, True),
+                            intent=self._reaction_intent(msg))
+        await self._notify_reaction("add", msg, user, emoji)
+        return True
+
+    async def unreact(self, user: User | str, channel_id: int, message_id: int, emoji: str) -> bool:
+        """Take ``user``'s reaction off (MESSAGE_REACTION_REMOVE); False when there was none."""
+        if isinstance(user, str):
+            user = self.user_named(user)
+        msg = self._message_for_reaction(channel_id, message_id)
+        emoji = parse_emoji(emoji)
+        users = msg.reactions.get(emoji)
+        if users is None or user.id not in users:
+            return False
+        users.remove(user.id)
+        if not users:
+            del msg.reactions[emoji]
+        await self.dispatch("MESSAGE_REACTION_REMOVE", self._reaction_event(msg, user, emoji, False),
+                            intent=self._reaction_intent(msg))
+        await self._notify_reaction("remove", msg, user, emoji)
+        return True
+
+    def add_reaction_listener(self, callback: Callable[[str, Message, User, str], None]) -> None:
+        """``callback(event, message, user, emoji)`` for every reaction "add" / "remove" (any user),
+        and "clear" when the bot clears one emoji (``emoji``) or all of them (``emoji == ""``)."""
+        self._reaction_listeners.append(callback)
+
+    async def _notify_reaction(self, event: str, msg: Message, user: User, emoji: str) -> None:
+        for callback in list(self._reaction_listeners):
+            callback(event, msg, user, emoji)
+        async with self._cond:
+            self._cond.notify_all()
+
+    def _route_reaction(self, request: web.Request) -> tuple[Message, str | None]:
+        """The message and emoji a reaction route names (Discord's 404/400 as ReactionError)."""
+        msg = self._message_for_reaction(int(request.match_info["channel_id"]),
+                                         int(request.match_info["message_id"]))
+        raw = request.match_info.get("emoji")
+        return msg, (parse_emoji(raw) if raw is not None else None)
+
+    def _bot_may_manage(self, msg: Message) -> None:
+        if not self.permissions_for(self.bot_user, self.channels[msg.channel_id]) & MANAGE_MESSAGES:
+            raise ReactionError("Missing Permissions", 50013, 403)
+
+    async def _reaction_route(self, request: web.Request) -> web.Response:
+        """PUT/DELETE .../reactions/{emoji}/@me|{user_id}, GET .../reactions/{emoji},
+        DELETE .../reactions[/{emoji}]: what discord.py's add_reaction, remove_reaction,
+        Reaction.users(), clear_reaction and clear_reactions call."""
+        try:
+            msg, emoji = self._route_reaction(request)
+            target = request.match_info.get("user")
+            if request.method == "PUT":
+                assert emoji is not None
+                await self.react(self.bot_user, msg.channel_id, msg.id, emoji)
+            elif request.method == "GET":
+                assert emoji is not None
+                return self._reaction_users(request, msg, emoji)
+            elif target is not None:
+                assert emoji is not None
+                user = self.bot_user if target == "@me" else self.users.get(int(target)) if target.isdigit() else None
+                if user is None:
+                    return _json({"message": "Unknown User", "code": 10013}, 404)
+                if user is not self.bot_user:
+                    self._bot_may_manage(msg)
+                await self.unreact(user, msg.channel_id, msg.id, emoji)
+            else:
+                self._bot_may_manage(msg)
+                await self._clear_reactions(msg, emoji)
+        except ReactionError as exc:
+            return _json({"message": str(exc), "code": exc.code}, exc.status)
         return web.Response(status=204)
+
+    def _reaction_users(self, request: web.Request, msg: Message, emoji: str) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", 25))
+            after = int(request.query.get("after", 0))
+            kind = int(request.query.get("type", 0))
+        except ValueError:
+            return _json({"message": "Invalid Form Body", "code": 50035}, 400)
+        if not 1 <= limit <= 100:
+            return _json({"message": "Invalid Form Body", "code": 50035, "errors": {"limit": {"_errors": [
+                {"code": "NUMBER_TYPE_MAX", "message": "int value should be less than or equal to 100."}]}}}, 400)
+        # Discord lists reactors by user id; burst (super) reactions do not exist here.
+        ids = sorted(u for u in msg.reactions.get(emoji, []) if u > after) if kind == 0 else []
+        return _json([self.users[u].payload() for u in ids[:limit]])
+
+    async def _clear_reactions(self, msg: Message, emoji: str | None) -> None:
+        guild = {"guild_id": str(msg.guild_id)} if msg.guild_id else {}
+        where = {"channel_id": str(msg.channel_id), "message_id": str(msg.id), **guild}
+        if emoji is None:
+            if not msg.reactions:
+                return
+            msg.reactions.clear()
+            await self.dispatch("MESSAGE_REACTION_REMOVE_ALL", where, intent=self._reaction_intent(msg))
+        else:
+            if msg.reactions.pop(emoji, None) is None:
+                return
+            await self.dispatch("MESSAGE_REACTION_REMOVE_EMOJI", {**where, "emoji": {"id": None, "name": emoji}},
+                                intent=self._reaction_intent(msg))
+        await self._notify_reaction("clear", msg, self.bot_user, emoji or "")
 
     async def _member(self, request: web.Request) -> web.Response:
         user = self.users.get(int(request.match_info["user_id"]))
@@ -919,7 +1115,12 @@ class Sandbox:
         r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
         r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self._delete_message)
         r.add_post(p + "/channels/{channel_id}/typing", self._typing)
-        r.add_put(p + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me", self._reaction)
+        reactions = p + "/channels/{channel_id}/messages/{message_id}/reactions"
+        r.add_put(reactions + "/{emoji}/@me", self._reaction_route)
+        r.add_delete(reactions + "/{emoji}/{user}", self._reaction_route)
+        r.add_get(reactions + "/{emoji}", self._reaction_route)
+        r.add_delete(reactions + "/{emoji}", self._reaction_route)
+        r.add_delete(reactions, self._reaction_route)
         r.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
