@@ -282,12 +282,19 @@ async def stop_bot(bot: TrainerBot) -> None:
         log.exception("bot stopped with an error")
 
 
+def sandbox_world_file(settings: Settings) -> Path:
+    """Where the dev sandbox keeps its world: ``sandbox_files/world.json`` beside DATA_DIR."""
+    return settings.data_dir.resolve().parent / "sandbox_files" / "world.json"
+
+
 async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path, silence: float = 6.0) -> int:
     """Start the sandbox and the bot, then run the terminal chat until /quit or end of input."""
     from sandbox.chat import TerminalChat
     from sandbox.server import Sandbox
 
-    sandbox = await Sandbox().start(voice=True)
+    # The sandbox keeps its world (server id, users, messages) beside the data it serves, so the
+    # same DATA_DIR finds the same server, model and data on the next `make run`.
+    sandbox = await Sandbox(world_file=sandbox_world_file(settings)).start(voice=True)
     try:
         try:
             # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.

@@ -35,6 +35,7 @@ Chat commands:
   /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
   /unreact ID EMOJI   take your reaction back
   /voice join|leave   move the current user in or out of the voice channel
+  /reset              start a new world: new server (so no data or model yet), users, channels, ids
   /wait SECONDS       pause
   /help               this list
   /quit               leave
@@ -213,6 +214,15 @@ class TerminalChat:
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
 
+    def say_world(self) -> None:
+        """Whether this chat continues a saved world, or why a saved one could not be used."""
+        sb = self.sandbox
+        if sb.world_note:
+            self.say(f"* {sb.world_note}")
+        elif sb.world_loaded:
+            self.say(f"* Continuing the saved sandbox world (server {sb.guild_id}, "
+                     f"{sum(1 for m in sb.messages.values() if not m.deleted)} messages); /reset starts a new one.")
+
     def _on_reaction(self, event: str, msg: Message, user: User, emoji: str) -> None:
         """The bot's own reactions (people's are confirmed by /react)."""
         if user.id != self.sandbox.bot_user.id:
@@ -301,6 +311,7 @@ class TerminalChat:
         blocked in ``readline()`` after /quit would hold up the exit until one more Enter
         (``asyncio.run`` waits for its executor's threads)."""
         interactive = stdin.isatty() if interactive is None else interactive
+        self.say_world()
         lines = _LineReader(stdin)
         try:
             while True:
@@ -341,6 +352,24 @@ class TerminalChat:
         extra = "".join(f" [file {name}, {len(data)} bytes]" for name, data, _ in kwargs.get("attachments", []))
         self.say(f"[{msg.id}]{f' ↪{ref}' if ref else ''} {self.user.name}: {text}{extra}")
         return msg
+
+    async def _reset(self) -> None:
+        sb = self.sandbox
+        old, connected, identified = sb.guild_id, bool(sb.sessions), sb.identify_count
+        await sb.reset_world()
+        try:
+            self.user = sb.user_named(self.user.name)
+        except KeyError:
+            self.user = sb.member
+        self.say(f"* A new world: server {sb.guild_id} (was {old}), with new users, channels and ids. "
+                 "The old server's data stays on disk under its id.")
+        if connected:
+            try:
+                await sb.wait_for(lambda: sb.identify_count > identified, timeout=15)
+            except AssertionError:
+                self.say("! the bot has not reconnected yet")
+                return
+            self.say(f"* {sb.bot_user.name} joined the new server; you are {self.user.name} in #{sb.text_channel.name}")
 
     async def _command(self, cmd: str, args: list[str], line: str) -> bool:
         sb = self.sandbox
@@ -414,6 +443,11 @@ class TerminalChat:
                 self._posted_at = None
                 self.say(f"! you {'already reacted' if adding else 'had not reacted'} {emoji} "
                          f"{'to' if adding else 'on'} [{msg_id}]")
+        elif cmd == "/reset":
+            if args:
+                self.say("! usage: /reset")
+                return True
+            await self._reset()
         elif cmd == "/voice":
             if args not in (["join"], ["leave"]):
                 self.say("! usage: /voice join|leave")

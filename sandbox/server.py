@@ -12,7 +12,6 @@ dispatch the same gateway events Discord would.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import re
@@ -21,10 +20,13 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
+
+from sandbox.world import FORMAT, WorldFile, WorldUnreadable
 
 if TYPE_CHECKING:
     from sandbox.voice import VoiceServer
@@ -65,6 +67,9 @@ IS_VOICE_MESSAGE = 1 << 13
 # the sandbox answers after a short, LAN-like round trip instead. A bot whose loop really stalls
 # still measures the stall: the delay only moves the ACK later, never earlier.
 HEARTBEAT_ACK_DELAY = 0.05
+
+# A world file is rewritten at most this often (seconds): a burst of messages is one write.
+SAVE_DELAY = 0.3
 
 # Gateway intents that gate reaction events (https://discord.com/developers/docs/events/gateway#gateway-intents).
 GUILD_MESSAGE_REACTIONS = 1 << 10
@@ -121,14 +126,18 @@ def _iso(ts: float | None = None) -> str:
 
 
 class Snowflakes:
-    """Discord-style ids: milliseconds since the Discord epoch, shifted, plus a counter."""
+    """Discord-style ids: milliseconds since the Discord epoch shifted left by 22 bits.
 
-    def __init__(self) -> None:
-        self._counter = itertools.count()
+    Strictly increasing, within a run and across runs: ``last`` is the highest id a saved world
+    holds, and an id is never below it even if the clock stepped back."""
+
+    def __init__(self, last: int = 0) -> None:
+        self.last = last
 
     def next(self) -> int:
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
-        return (ms << 22) | (next(self._counter) & 0x3FFFFF)
+        self.last = max(ms << 22, self.last + 1)
+        return self.last
 
 
 @dataclass
@@ -138,6 +147,7 @@ class User:
     bot: bool = False
     roles: list[int] = field(default_factory=list)
     in_guild: bool = True  # False: a Discord user who is not a member of the sandbox guild
+    joined: float = field(default_factory=time.time)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -147,7 +157,7 @@ class User:
 
     def member_payload(self, with_user: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "roles": [str(r) for r in self.roles], "joined_at": _iso(), "deaf": False, "mute": False,
+            "roles": [str(r) for r in self.roles], "joined_at": _iso(self.joined), "deaf": False, "mute": False,
             "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
         }
         if with_user:
@@ -155,18 +165,42 @@ class User:
         return data
 
 
-@dataclass
 class Attachment:
-    id: int
-    filename: str
-    data: bytes
-    content_type: str | None
-    url: str
-    duration_secs: float | None = None
+    """A file on a message. Its bytes are in memory (posted during this run) or, for a world
+    loaded from disk, read from the world's attachment folder when asked for (``loader``)."""
+
+    def __init__(self, id: int, filename: str, data: bytes | None, content_type: str | None, url: str,
+                 duration_secs: float | None = None, *, size: int | None = None,
+                 loader: Callable[[], bytes] | None = None) -> None:
+        self.id = id
+        self.filename = filename
+        self.content_type = content_type
+        self.url = url
+        self.duration_secs = duration_secs
+        self._data = data
+        self._loader = loader
+        self.size = len(data) if data is not None else int(size or 0)
+        self.saved = loader is not None  # its bytes are in the world's attachment folder
+
+    @property
+    def data(self) -> bytes:
+        """The file's bytes (a blocking read for one loaded from disk: use :meth:`read`)."""
+        if self._data is not None:
+            return self._data
+        assert self._loader is not None
+        return self._loader()
+
+    async def read(self) -> bytes:
+        if self._data is not None:
+            return self._data
+        return await asyncio.to_thread(lambda: self.data)
+
+    def __repr__(self) -> str:
+        return f"Attachment(id={self.id}, filename={self.filename!r}, size={self.size})"
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "id": str(self.id), "filename": self.filename, "size": len(self.data), "url": self.url,
+            "id": str(self.id), "filename": self.filename, "size": self.size, "url": self.url,
             "proxy_url": self.url,
         }
         if self.content_type:
@@ -271,7 +305,12 @@ class Sandbox:
     """The server: state, REST, gateway and CDN."""
 
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
-                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY) -> None:
+                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None) -> None:
+        """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
+        attachments) in this JSON file between runs, loading it now if it exists; without it every
+        sandbox is a new world. The first start saves a new world; changes are saved within
+        :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
+        begins; :attr:`world_note` then says so (and the log)."""
         self.ids = Snowflakes()
         self.heartbeat_interval_ms = heartbeat_interval_ms
         # Discord's ACK crosses the network, so it reaches the client well after the client's
@@ -303,9 +342,30 @@ class Sandbox:
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
         self._cond = asyncio.Condition()
+        self.bot_token = "sandbox." + secrets.token_urlsafe(24)
+        self.second_guild_id: int | None = None
 
+        self.world = WorldFile(Path(world_file)) if world_file is not None else None
+        self.world_note: str | None = None  # what happened to a saved world that could not be loaded
+        self.world_loaded = False  # True: this run continues a saved world
+        self._dirty = False
+        self._save_task: asyncio.Task[None] | None = None
+        self._save_lock = asyncio.Lock()
+        self._flush = asyncio.Event()
+        self._new_world(guild_name)
+        if self.world is not None:
+            self._load_world(guild_name)
+
+    def _new_world(self, guild_name: str = "Sandbox") -> None:
+        """A new server with its roles, users (owner, admin, member, the bot, another bot) and
+        channels (#general, Voice), all with new ids."""
+        self.messages = {}
+        self.channels = {}
+        self.users = {}
+        self.voice_states = {}
         self.application_id = self.ids.next()
         self.guild_id = self.ids.next()
+        self.guild_name = guild_name
         everyone = Role(self.guild_id, "@everyone", EVERYONE_PERMISSIONS, 0)
         admin_role = Role(self.ids.next(), "Admins", EVERYONE_PERMISSIONS | MANAGE_GUILD, 1)
         self.roles = {everyone.id: everyone, admin_role.id: admin_role}
@@ -314,17 +374,15 @@ class Sandbox:
         self.member = self.add_user("member")
         self.bot_user = self.add_user("trainer", bot=True)
         self.other_bot = self.add_user("otherbot", bot=True)
-        self.bot_token = "sandbox." + secrets.token_urlsafe(24)
-        self.guild_name = guild_name
         self.text_channel = self.add_channel("general", 0)
         self.voice_channel = self.add_channel("Voice", 2)
-        self.second_guild_id: int | None = None
 
     # ----------------------------------------------------------------- state helpers
     def add_user(self, name: str, *, bot: bool = False, roles: list[int] | None = None,
                  in_guild: bool = True) -> User:
         user = User(self.ids.next(), name, bot=bot, roles=list(roles or []), in_guild=in_guild)
         self.users[user.id] = user
+        self._changed()
         return user
 
     def add_channel(self, name: str, type_: int, guild_id: int | None = None, *,
@@ -334,6 +392,7 @@ class Sandbox:
         channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels),
                           overwrites=list(overwrites or []))
         self.channels[channel.id] = channel
+        self._changed()
         return channel
 
     def user_named(self, name: str) -> User:
@@ -620,6 +679,8 @@ class Sandbox:
         self.messages[msg.id] = msg
         await self.dispatch("MESSAGE_CREATE", self.message_payload(msg))
         await self._notify("create", msg)
+        await self._save_attachments(msg)
+        self._changed()
 
     # ----------------------------------------------------------------- gateway
     async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
@@ -678,6 +739,8 @@ class Sandbox:
                 }
                 await self._send_event(session, "READY", ready)
                 await self._send_event(session, "GUILD_CREATE", self.guild_payload())
+                async with self._cond:  # wait_for(): a bot (re)joined
+                    self._cond.notify_all()
             elif op == OP_RESUME:
                 session = self.sessions.get(d.get("session_id", ""))
                 if session is None or d.get("token") != self.bot_token:
@@ -860,6 +923,8 @@ class Sandbox:
         data = self.message_payload(msg)
         await self.dispatch("MESSAGE_UPDATE", data)
         await self._notify("update", msg)
+        await self._save_attachments(msg)
+        self._changed()
         return _json(data)
 
     async def _delete_message(self, request: web.Request) -> web.Response:
@@ -870,6 +935,7 @@ class Sandbox:
         await self.dispatch("MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id),
                                                **({"guild_id": str(msg.guild_id)} if msg.guild_id else {})})
         await self._notify("delete", msg)
+        self._changed()
         return web.Response(status=204)
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
@@ -887,8 +953,11 @@ class Sandbox:
         after = int(request.query["after"]) if "after" in request.query else None
         found = [m for m in self.messages.values() if m.channel_id == channel.id and not m.deleted
                  and (before is None or m.id < before) and (after is None or m.id > after)]
+        # The page nearest to `after` (or, without it, the newest), listed newest first either
+        # way as Discord does (discord.py reverses an `after` page itself).
         found.sort(key=lambda m: m.id, reverse=after is None)
-        return _json([self.message_payload(m) for m in found[:limit]])
+        page = sorted(found[:limit], key=lambda m: m.id, reverse=True)
+        return _json([self.message_payload(m) for m in page])
 
     async def _typing(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -982,6 +1051,7 @@ class Sandbox:
         self._reaction_listeners.append(callback)
 
     async def _notify_reaction(self, event: str, msg: Message, user: User, emoji: str) -> None:
+        self._changed()
         for callback in list(self._reaction_listeners):
             callback(event, msg, user, emoji)
         async with self._cond:
@@ -1078,6 +1148,7 @@ class Sandbox:
                 return channel
         channel = Channel(self.ids.next(), "", 1, None, recipient=user)
         self.channels[channel.id] = channel
+        self._changed()
         return channel
 
     async def _dm(self, request: web.Request) -> web.Response:
@@ -1093,7 +1164,12 @@ class Sandbox:
         for msg in self.messages.values():
             for att in msg.attachments:
                 if att.id == att_id:
-                    return web.Response(body=att.data, content_type=att.content_type or "application/octet-stream")
+                    try:
+                        body = await att.read()
+                    except OSError as exc:  # its file went missing from the world's folder
+                        log.warning("sandbox: attachment %s unreadable: %s", att_id, exc)
+                        return web.Response(status=404)
+                    return web.Response(body=body, content_type=att.content_type or "application/octet-stream")
         return web.Response(status=404)
 
     def make_app(self) -> web.Application:
@@ -1158,6 +1234,193 @@ class Sandbox:
         ctx = self.voice_ssl_context
         return {"connector": aiohttp.TCPConnector(ssl=ctx)} if ctx is not None else {}
 
+    # ----------------------------------------------------------------- the world on disk
+    def _changed(self) -> None:
+        """Something in the world changed: save it soon (one write for a burst of changes)."""
+        if self.world is None:
+            return
+        self._dirty = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop yet (set-up before start): start() saves
+            return
+        if self._save_task is None or self._save_task.done():
+            self._save_task = loop.create_task(self._save_soon(), name="sandbox-world-save")
+
+    async def _save_soon(self) -> None:
+        while self._dirty:
+            try:
+                await asyncio.wait_for(self._flush.wait(), SAVE_DELAY)
+            except asyncio.TimeoutError:
+                pass
+            await self.save_world()
+
+    async def save_world(self) -> None:
+        """Write the world now (atomically, off the event loop). A write that fails is logged as a
+        warning and retried at the next change: the sandbox keeps running either way."""
+        if self.world is None:
+            return
+        async with self._save_lock:
+            self._dirty = False
+            record = self._world_record()  # a snapshot taken on the loop, written in a thread
+            try:
+                await asyncio.to_thread(self.world.save, record)
+            except OSError as exc:
+                self._dirty = True
+                log.warning("sandbox world: could not save %s: %s", self.world.path, exc)
+
+    async def _save_attachments(self, msg: Message) -> None:
+        """Write the bytes of the message's new attachments beside the world, before the world
+        that refers to them is saved."""
+        if self.world is None:
+            return
+        world = self.world
+        for att in msg.attachments:
+            if not att.saved:
+                try:
+                    await asyncio.to_thread(world.write_blob, att.id, att.data)
+                    att.saved = True
+                except OSError as exc:
+                    log.warning("sandbox world: could not save attachment %s: %s", att.id, exc)
+
+    def _world_record(self) -> dict[str, Any]:
+        """The whole world as JSON-able data (the format :meth:`_restore_world` reads)."""
+        def message(m: Message) -> dict[str, Any]:
+            return {
+                "id": m.id, "channel_id": m.channel_id, "guild_id": m.guild_id, "author_id": m.author.id,
+                "content": m.content, "embeds": m.embeds, "reference_id": m.reference_id, "flags": m.flags,
+                "timestamp": m.timestamp, "edited": m.edited, "deleted": m.deleted, "edits": m.edits,
+                "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type,
+                                 "size": a.size, "duration_secs": a.duration_secs} for a in m.attachments],
+                "mentions": m.mentions, "mention_roles": m.mention_roles, "mention_everyone": m.mention_everyone,
+                "notifies": sorted(m.notifies), "notified": sorted(m.notified), "allowed_mentions": m.allowed_mentions,
+                "reactions": [[emoji, users] for emoji, users in m.reactions.items()],
+            }
+
+        return {
+            "format": FORMAT, "saved_at": _iso(), "last_id": self.ids.last,
+            "application_id": self.application_id, "guild_id": self.guild_id, "guild_name": self.guild_name,
+            "roles": [{"id": r.id, "name": r.name, "permissions": r.permissions, "position": r.position,
+                       "mentionable": r.mentionable} for r in self.roles.values()],
+            "users": [{"id": u.id, "name": u.name, "bot": u.bot, "roles": u.roles, "in_guild": u.in_guild,
+                       "joined": u.joined} for u in self.users.values()],
+            "channels": [{"id": c.id, "name": c.name, "type": c.type, "guild_id": c.guild_id, "position": c.position,
+                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites}
+                         for c in self.channels.values()],
+            "messages": [message(m) for m in self.messages.values()],
+            "special": {"owner": self.owner.id, "admin": self.admin.id, "member": self.member.id,
+                        "bot": self.bot_user.id, "other_bot": self.other_bot.id,
+                        "text_channel": self.text_channel.id, "voice_channel": self.voice_channel.id},
+        }
+
+    def _load_world(self, guild_name: str) -> None:
+        """Continue the saved world if there is one; set an unusable one aside and keep the new one."""
+        assert self.world is not None
+        self.world.clean_leftovers()
+        reason: str | None = None
+        try:
+            record = self.world.load()
+            if record is None:
+                log.info("sandbox world: none at %s yet; a new one begins", self.world.path)
+                return
+            self._restore_world(record)
+            self.world_loaded = True
+            log.info("sandbox world: continued from %s (server %s, %d messages)", self.world.path,
+                     self.guild_id, len(self.messages))
+            return
+        except WorldUnreadable as exc:
+            reason = str(exc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON that does not hang together
+            reason = f"it is damaged ({type(exc).__name__}: {exc})"
+        last = self.ids.last
+        self._new_world(guild_name)  # the half-restored one is dropped; ids keep increasing
+        self.ids.last = max(self.ids.last, last)
+        kept = self.world.set_aside()
+        self.world_note = (f"The saved sandbox world {self.world.path} could not be loaded: {reason}. "
+                           f"A new world (new server) begins"
+                           + (f"; the old file is kept as {kept.name}." if kept else "."))
+        log.warning("sandbox world: %s", self.world_note)
+        self._dirty = True
+
+    def _restore_world(self, record: dict[str, Any]) -> None:
+        world = self.world
+        assert world is not None
+        roles = {int(r["id"]): Role(int(r["id"]), str(r["name"]), int(r["permissions"]), int(r.get("position", 0)),
+                                    bool(r.get("mentionable", False))) for r in record["roles"]}
+        users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
+                                    roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
+                                    joined=float(u.get("joined") or time.time())) for u in record["users"]}
+        channels: dict[int, Channel] = {}
+        for c in record["channels"]:
+            recipient = users[int(c["recipient_id"])] if c.get("recipient_id") else None
+            channels[int(c["id"])] = Channel(
+                int(c["id"]), str(c["name"]), int(c["type"]), int(c["guild_id"]) if c.get("guild_id") else None,
+                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []))
+        messages: dict[int, Message] = {}
+        for m in record["messages"]:
+            channel_id = int(m["channel_id"])
+            if channel_id not in channels:
+                raise ValueError(f"message {m['id']} is in an unknown channel")
+            attachments = [
+                Attachment(int(a["id"]), str(a["filename"]), None, a.get("content_type"), "",
+                           a.get("duration_secs"), size=int(a.get("size") or 0),
+                           loader=lambda att_id=int(a["id"]): world.read_blob(att_id))
+                for a in m.get("attachments", [])
+            ]
+            msg = Message(
+                int(m["id"]), channel_id, int(m["guild_id"]) if m.get("guild_id") else None,
+                users[int(m["author_id"])], str(m.get("content") or ""), attachments,
+                embeds=list(m.get("embeds") or []), reference_id=int(m["reference_id"]) if m.get("reference_id") else None,
+                flags=int(m.get("flags", 0)), timestamp=float(m["timestamp"]),
+                edited=float(m["edited"]) if m.get("edited") else None, deleted=bool(m.get("deleted")),
+                edits=int(m.get("edits", 0)), mentions=[int(u) for u in m.get("mentions", [])],
+                mention_roles=[int(r) for r in m.get("mention_roles", [])],
+                mention_everyone=bool(m.get("mention_everyone")),
+                notifies={int(u) for u in m.get("notifies", [])}, notified={int(u) for u in m.get("notified", [])},
+                allowed_mentions=m.get("allowed_mentions"),
+                reactions={str(emoji): [int(u) for u in who] for emoji, who in m.get("reactions", [])},
+            )
+            messages[msg.id] = msg
+        special = record["special"]
+        guild_id = int(record["guild_id"])
+        if guild_id not in roles:
+            raise ValueError("the server has no @everyone role")
+        # Everything read: now replace the new world with the saved one.
+        self.application_id, self.guild_id = int(record["application_id"]), guild_id
+        self.guild_name = str(record.get("guild_name") or self.guild_name)
+        self.roles, self.users, self.channels, self.messages = roles, users, channels, messages
+        self.voice_states = {}
+        self.owner, self.admin, self.member = (users[int(special[k])] for k in ("owner", "admin", "member"))
+        self.bot_user, self.other_bot = users[int(special["bot"])], users[int(special["other_bot"])]
+        self.text_channel = channels[int(special["text_channel"])]
+        self.voice_channel = channels[int(special["voice_channel"])]
+        highest = max([int(record.get("last_id") or 0), *users, *channels, *messages, *roles,
+                       *(a.id for m in messages.values() for a in m.attachments)])
+        self.ids.last = max(self.ids.last, highest)
+
+    async def reset_world(self) -> None:
+        """Begin a new world: new server, roles, channels, users and ids, no messages. The bot's
+        session is invalidated as Discord does (op 9, not resumable): it identifies again and sees
+        only the new server, as if it had been invited to another one. Saved at once."""
+        if self.voice_states.pop(self.bot_user.id, None) is not None:  # out of the old world's voice first
+            state = self._voice_state_payload(self.bot_user.id, None)
+            state["session_id"] = f"bot-voice-{self.guild_id}"
+            await self.dispatch("VOICE_STATE_UPDATE", state)
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            if session.ws is not None and not session.ws.closed:
+                try:
+                    await session.ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None}))
+                except ConnectionResetError:
+                    pass
+        self._new_world(self.guild_name)
+        if self.world is not None:
+            await asyncio.to_thread(self.world.remove_blobs)
+            self.world_note = None
+            self.world_loaded = False
+            await self.save_world()
+        log.info("sandbox: a new world begins (server %s)", self.guild_id)
+
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, voice: bool = False) -> "Sandbox":
         """Listen on ``host:port`` (0: any free port); ``voice=True`` also runs the voice server."""
         self.host = host
@@ -1170,6 +1433,8 @@ class Sandbox:
             for att in msg.attachments:
                 att.url = f"{self.base_url}/attachments/{msg.channel_id}/{att.id}/{att.filename}"
         log.info("sandbox listening on %s", self.base_url)
+        if self.world is not None and (self._dirty or not self.world_loaded):
+            await self.save_world()  # a new world is on disk from the first start
         if voice:
             await self.enable_voice()
         return self
@@ -1186,3 +1451,9 @@ class Sandbox:
         if self.voice_server is not None:
             await self.voice_server.close()
             self.voice_server = None
+        if self._save_task is not None and not self._save_task.done():
+            self._flush.set()  # write what is pending now rather than after SAVE_DELAY
+            await self._save_task
+            self._flush.clear()
+        if self._dirty:
+            await self.save_world()
