@@ -633,9 +633,10 @@ class Sandbox:
     async def post_message(
         self, author: User | str, content: str = "", *, channel: Channel | int | None = None,
         attachments: list[tuple[str, bytes, str | None]] | None = None, reply_to: int | None = None,
-        voice_message: bool = False, duration_secs: float | None = None,
+        voice_message: bool = False, duration_secs: float | None = None, ping_reply: bool = True,
     ) -> Message:
-        """Post a message as a user; dispatches MESSAGE_CREATE."""
+        """Post a message as a user; dispatches MESSAGE_CREATE. A reply pings the replied-to
+        author as Discord's client does by default; ``ping_reply=False`` is its "@ OFF"."""
         if isinstance(author, str):
             author = self.user_named(author)
         channel_obj = self._channel(channel)
@@ -646,7 +647,9 @@ class Sandbox:
             for name, data, ctype in (attachments or [])
         ]
         msg = Message(msg_id, channel_obj.id, channel_obj.guild_id, author, content, files,
-                      reference_id=reply_to, flags=IS_VOICE_MESSAGE if voice_message else 0)
+                      reference_id=reply_to, flags=IS_VOICE_MESSAGE if voice_message else 0,
+                      allowed_mentions=None if ping_reply or not reply_to else
+                      {"parse": list(ALLOWED_PARSE), "replied_user": False})
         await self._create_message(msg)
         return msg
 

@@ -125,3 +125,13 @@ async def test_refused_allowed_mentions(sb: Sandbox, monkeypatch) -> None:
                 await client.http.request(route, json={"content": "x", "allowed_mentions": bad})
             assert info.value.status == 400 and info.value.code == 50035
         assert not sb.bot_messages()
+
+
+async def test_people_reply_with_or_without_a_ping(sb: Sandbox) -> None:
+    answer = await sb.post_message(sb.bot_user, "an answer")
+    pinging = await sb.post_message("member", f"thanks <@{sb.admin.id}>", reply_to=answer.id)
+    assert sb.messages[pinging.id].mentions == [sb.admin.id, sb.bot_user.id]
+    assert sb.notified(pinging.id) == ids(sb.admin, sb.bot_user)
+    quiet = await sb.post_message("member", "thanks", reply_to=answer.id, ping_reply=False)
+    assert sb.messages[quiet.id].mentions == [] and sb.notified(quiet.id) == set()
+    assert sb.message_payload(sb.messages[quiet.id])["mentions"] == []
