@@ -1419,6 +1419,8 @@ class Sandbox:
             state = self._voice_state_payload(self.bot_user.id, None)
             state["session_id"] = f"bot-voice-{self.guild_id}"
             await self.dispatch("VOICE_STATE_UPDATE", state)
+            if self.voice_server is not None:  # and its call ends, as Discord ends it (4014)
+                await self.voice_server.disconnect_all(4014)
         sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:
             if session.ws is not None and not session.ws.closed:

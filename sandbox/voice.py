@@ -175,6 +175,12 @@ class VoiceServer:
                 assert self._changed is not None, "start() the server first"
                 await self._changed.wait()
 
+    async def disconnect_all(self, code: int = 4014) -> None:
+        """Close every voice websocket as Discord does when the user is taken out of the call
+        (4014: disconnected, e.g. the channel is gone); the server keeps running."""
+        for ws in list(self._sockets):
+            await ws.close(code=code, message=b"Disconnected.")
+
     async def close(self) -> None:
         for task in list(self._acks):
             task.cancel()

@@ -202,3 +202,25 @@ async def test_the_bot_finds_its_training_after_a_restart(tmp_path: Path, settin
         await sb.close()
     assert Sandbox(world_file=path).guild_id == sb.guild_id
 
+
+
+async def test_reset_while_the_bot_is_in_voice(tmp_path: Path, settings: Settings, error_log) -> None:
+    """The old world's call ends as Discord ends it (4014): no voice connection is left behind to
+    fail when the bot stops, and the bot can join the new world's voice channel."""
+    sb = await Sandbox(world_file=tmp_path / "world.json").start(voice=True)
+    assert sb.voice_server is not None, sb.voice_unavailable
+    bot = await start_bot(sb, settings)
+    try:
+        chat = TerminalChat(sb, out=io.StringIO(), files_dir=tmp_path, prefix="!")
+        await sb.set_voice("member", sb.voice_channel)
+        assert (await BotHarness(sb, bot).ask("!join", timeout=30)).startswith("Joined")
+        assert sb.voice_server.connected == 1
+        await chat.handle("/reset")
+        await sb.voice_server.wait_until(lambda: sb.voice_server.connected == 0)
+        assert sb.bot_user.id not in sb.voice_states
+        await sb.set_voice("member", sb.voice_channel)
+        assert (await BotHarness(sb, bot).ask("!join", timeout=30)).startswith("Joined")
+        assert sb.voice_states[sb.bot_user.id] == sb.voice_channel.id and sb.voice_server.connected == 1
+    finally:
+        await stop_bot(bot)
+        await sb.close()
