@@ -17,9 +17,9 @@ from typing import Any
 
 import discord
 import pytest
-from bare_client import bare_client
 
 from sandbox.server import HEARTBEAT_ACK_DELAY, Sandbox
+from tests.fakes.bare_client import bare_client
 
 INTERVAL_MS = 150
 THREAD_DELAY = 0.01  # how long the keep-alive thread is "descheduled" after each send

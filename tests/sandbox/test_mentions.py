@@ -10,10 +10,10 @@ from pathlib import Path
 
 import discord
 import pytest
-from bare_client import bare_client
 
 from sandbox.chat import TerminalChat
 from sandbox.server import MENTION_EVERYONE, VIEW_CHANNEL, Role, Sandbox
+from tests.fakes.bare_client import bare_client
 
 
 @pytest.fixture

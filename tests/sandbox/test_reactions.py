@@ -14,10 +14,10 @@ from typing import Any
 
 import discord
 import pytest
-from bare_client import bare_client
 
 from sandbox.chat import TerminalChat
 from sandbox.server import MANAGE_MESSAGES, ReactionError, Role, Sandbox
+from tests.fakes.bare_client import bare_client
 
 
 class Recorder:

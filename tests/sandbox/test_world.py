@@ -10,14 +10,14 @@ from pathlib import Path
 
 import discord
 import pytest
-from bare_client import bare_client
-from conftest import BotHarness, start_bot, stop_bot
 
 from config import Settings
 from sandbox import world as world_module
 from sandbox.chat import TerminalChat
 from sandbox.server import Sandbox
 from sandbox.world import FORMAT, WorldFile
+from tests.fakes.bare_client import bare_client
+from tests.harness import BotHarness, start_bot, stop_bot
 
 NOT_TRAINED = "I haven't been trained on this server yet."
 
