@@ -212,13 +212,30 @@ class Model:
                                        self._answer_indexes)
 
     async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
-                      author_name: str, channel_id: int) -> dict[str, Any]:
-        """Store a correction of a logged answer; returns the record (with its ``ref``)."""
+                      author_name: str, channel_id: int, source_message_id: int | None = None,
+                      trusted: bool = False) -> dict[str, Any]:
+        """Store a correction of a logged answer; returns the record (with its ``ref`` and ``approved``).
+
+        It is approved at once when ``trusted`` (an admin wrote it) or REVIEW_CORRECTIONS is off; otherwise it
+        waits in the review queue.
+        """
+        approved = trusted or not self.settings.review_corrections
         return await self._write(
             "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
             prompt=answer.get("prompt", ""), answer=answer.get("answer", ""), correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
+            source_message_id=source_message_id, approved=approved,
         )
+
+    async def pending_corrections(self, guild_id: int) -> list[dict[str, Any]]:
+        """Members' corrections waiting for review, oldest first."""
+        return await asyncio.to_thread(corrections.pending_corrections, self.space(guild_id))
+
+    async def review(self, guild_id: int, refs: list[str], *, approve: bool, by_id: int, by_name: str,
+                     reason: str = "") -> list[dict[str, Any]]:
+        """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
+        return await self._write("the review decision", corrections.review, self.space(guild_id), refs,
+                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
                        reply_to: dict[str, Any] | None) -> dict[str, Any]:

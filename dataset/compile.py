@@ -84,7 +84,7 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
     unusable = 0
     fixes: list[tuple[str, str, str]] = []
-    for c in records.list_corrections(space):
+    for c in records.approved_corrections(space):  # pending and rejected ones never reach training
         fixes.append((str(c.get("prompt") or ""), str(c.get("correction") or ""), str(c.get("answer") or "")))
     for t in records.list_test_errors(space):
         got = t.get("got", t.get("actual", t.get("output")))
