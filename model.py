@@ -43,6 +43,17 @@ MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refus
 MAX_TEST_UPLOAD = 5 * 1024 * 1024
 
 
+CONTRIBUTORS_KEPT = 10  # contributors named in a job record; the rest are summed under "others"
+
+
+def _top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
+    """The ``keep`` largest (name, count) pairs, plus ("others", rest) when there are more."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ranked[:keep]
+    rest = sum(n for _, n in ranked[keep:])
+    return top + ([("others", rest)] if rest else [])
+
+
 class Model:
     """Data in, training jobs, the current model per guild, tests and answers: one async API for the cogs."""
 
@@ -99,15 +110,17 @@ class Model:
             raise InvalidInput(f"`{filename}`: unsupported file type `{ext}`; use .jsonl, .json, .csv or .txt.")
 
     async def add_upload(self, guild_id: int, filename: str, data: bytes, *, positive: bool,
-                         author: str) -> IngestReport:
-        """Store an uploaded file and add its examples to the current dataset."""
+                         author: str, author_id: int | None = None, origin: str | None = None) -> IngestReport:
+        """Store an uploaded file and add its examples to the current dataset (their ``origin`` names the
+        stored upload, so forgetting a person finds both)."""
         space = self.space(guild_id)
 
         def work() -> IngestReport:
             path = dataset_folder.store_upload(space, filename, data)
+            where = f"{origin}, upload {space.relative(path)}" if origin else f"upload {space.relative(path)}"
             try:
                 report = dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
-                                                    cache=self._dataset_hashes)
+                                                    cache=self._dataset_hashes, author_id=author_id, origin=where)
             except BaseException:
                 path.unlink(missing_ok=True)  # a refused upload is not kept
                 raise
@@ -117,15 +130,19 @@ class Model:
 
         return await self._write(f"`{filename}`", work)
 
-    async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str) -> IngestReport:
+    async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str, author_id: int | None = None,
+                       origin: str | None = None) -> IngestReport:
         """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
         return await self._write("the examples", dataset_folder.ingest_text, self.space(guild_id), text,
-                                 positive=positive, author=author, cache=self._dataset_hashes)
+                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                                 origin=origin)
 
-    async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str) -> IngestReport:
+    async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str,
+                       author_id: int | None = None, origin: str | None = None) -> IngestReport:
         """Add a file or folder of the guild's data space (a path the user typed)."""
         return await self._write("the examples", dataset_folder.ingest_path, self.space(guild_id), user_path,
-                                 positive=positive, author=author, cache=self._dataset_hashes)
+                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                                 origin=origin)
 
     async def path_exists(self, guild_id: int, user_path: str) -> bool:
         """Whether a typed path names an entry of the guild's data space (False when refused)."""
@@ -188,8 +205,9 @@ class Model:
     # ------------------------------------------------------------ what members give
 
     async def record_answer(self, guild_id: int, *, message_ids: Sequence[int], channel_id: int, prompt: str,
-                            answer: str, prompt_message_id: int | None, author_id: int | None) -> None:
-        """Log an answer (every message it was sent as) so ``!correct`` can find it."""
+                            answer: str, prompt_message_id: int | None, author_id: int | None,
+                            author_name: str | None = None) -> None:
+        """Log an answer (every message it was sent as) so ``!correct`` can find it; ``author_*`` is who asked."""
         space = self.space(guild_id)
         model_name = await self.current_model(guild_id)
 
@@ -197,7 +215,7 @@ class Model:
             for message_id in message_ids:  # any part of a long answer can be the one someone corrects
                 corrections.record_answer(space, message_id=message_id, channel_id=channel_id, prompt=prompt,
                                           answer=answer, prompt_message_id=prompt_message_id,
-                                          author_id=author_id, model=model_name)
+                                          author_id=author_id, author_name=author_name, model=model_name)
 
         await self._write("the answer log", work)
 
@@ -238,11 +256,11 @@ class Model:
                                  approve=approve, by_id=by_id, by_name=by_name, reason=reason)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
-                       reply_to: dict[str, Any] | None) -> dict[str, Any]:
+                       reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> dict[str, Any]:
         """Store feedback; returns the record (with its ``ref``)."""
         return await self._write(
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
-            author_name=author_name, channel_id=channel_id, reply_to=reply_to,
+            author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
 
     # ------------------------------------------------------------ training
@@ -281,6 +299,8 @@ class Model:
                 "finished_at": None,
                 "estimate": {"examples": report.n_examples, "tokens": report.est_tokens,
                              "epochs": report.epochs, "billed_tokens": report.billed_tokens},
+                # Who the examples came from (top few, then the rest counted): provenance for !train and !jobs.
+                "contributors": _top(compiled.contributors, CONTRIBUTORS_KEPT),
             })
             record.setdefault("step", 0)
             await self._write("the training job", jobs.save_job, space, record)

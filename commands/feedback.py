@@ -100,7 +100,8 @@ class Feedback(commands.Cog):
                         "author_id": resolved.author.id if resolved else None,
                         "content": resolved.content if resolved else None}
         record = await ctx.model.feedback(ctx.guild_id, text, author_id=ctx.author.id, author_name=str(ctx.author),
-                                          channel_id=ctx.channel.id, reply_to=reply_to)
+                                          channel_id=ctx.channel.id, reply_to=reply_to,
+                                          source_message_id=ctx.message.id)
         await ctx.send(f"Thanks for the feedback! Reference: `{record['ref']}`.")
 
 

@@ -142,8 +142,12 @@ def record_answer(
     prompt_message_id: int | None,
     author_id: int | None,
     model: str | None,
+    author_name: str | None = None,
 ) -> None:
-    """Log one bot answer so ``!correct <message_id>`` can find its prompt later (sync)."""
+    """Log one bot answer so ``!correct <message_id>`` can find its prompt later (sync).
+
+    ``author_id``/``author_name``: who asked (the prompt is theirs), ``prompt_message_id`` their message.
+    """
     append_record(
         space.answers_file,
         {
@@ -152,6 +156,7 @@ def record_answer(
             "channel_id": int(channel_id),
             "prompt_message_id": prompt_message_id,
             "author_id": author_id,
+            "author_name": author_name,
             "model": model,
             "prompt": _text(prompt, "prompt", required=False),
             "answer": _text(answer, "answer", required=False),
@@ -340,8 +345,11 @@ def add_feedback(
     author_name: str | None,
     channel_id: int | None,
     reply_to: dict[str, Any] | None,
+    source_message_id: int | None = None,
 ) -> dict[str, Any]:
-    """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``."""
+    """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``.
+
+    ``source_message_id``: the message the feedback was written in (provenance)."""
     record = {
         "ref": new_ref("F"),
         "time": utc_now(),
@@ -349,6 +357,7 @@ def add_feedback(
         "author_id": author_id,
         "author_name": author_name,
         "channel_id": channel_id,
+        "source_message_id": source_message_id,
         "reply_to": reply_to,
     }
     append_record(space.feedback_file, record)

@@ -110,7 +110,8 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
     assert job_id.startswith("local-")
     started = [m for m in sb.bot_messages() if STARTED.search(m.content)][0]
     # The local backend has no tokens or epochs; OpenAI-only dataset warnings are not shown.
-    assert started.content == f"Started training job `{job_id}` on the local backend: 1 example."
+    assert started.content == (f"Started training job `{job_id}` on the local backend: 1 example.\n"
+                               f"Examples by contributor: member ({sb.member.id}) 1.")
     done = await announcement(sb, job_id)
     assert done.content.startswith(f"Training job `{job_id}` succeeded. I now answer with `local-v1`.")
     assert "No loss curve" in done.content and not done.attachments  # said, not silently missing
