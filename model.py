@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dataset import archive, check, corrections
+from dataset import archive, check, corrections, forget
 from dataset import compile as compiler
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
@@ -71,6 +71,9 @@ class Model:
 
     async def start(self) -> None:
         """Clean up after a crash, then start the backend (once, from the bot's setup_hook)."""
+        # First: a forget cut short is finished (its journal was written) or rolled back (it was not).
+        for line in await asyncio.to_thread(forget.recover, self.settings.data_dir, self.settings.corrections_dir):
+            log.warning("%s (the bot stopped mid-way)", line)
         removed = await asyncio.to_thread(remove_leftovers, self.settings.data_dir, self.settings.corrections_dir)
         for path, size in removed:
             # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
@@ -262,6 +265,14 @@ class Model:
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
             author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
+
+    async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
+        """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
+        space = self.space(guild_id)
+        try:
+            return await self._write("the removal", forget.forget, space, user_id)
+        finally:
+            self._answer_indexes.drop(space.answers_file)  # the log was rewritten: offsets moved
 
     # ------------------------------------------------------------ training
 

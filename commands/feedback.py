@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from commands._shared import TrainerContext, is_admin, trainer_admin
-from errors import InvalidInput
+from errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from bot import TrainerBot
@@ -159,6 +160,47 @@ class Feedback(commands.Cog):
         shown = ", ".join(f"`{c['ref']}`" for c in done)
         note = f" Reason kept: {_quote(reason)}" if reason else ""
         await ctx.send(f"Rejected {shown}: never used for answers or training.{note}")
+
+
+    # ------------------------------------------------------------ forget-me
+
+    @commands.command(usage="me | @user")
+    @commands.guild_only()
+    @commands.cooldown(3, 60.0, commands.BucketType.user)
+    async def forget(self, ctx: TrainerContext, *, who: str = "") -> None:
+        """Remove everything you gave in this server (`me`), or a member's (`@user`, admins)."""
+        p = ctx.clean_prefix
+        target = who.strip()
+        if target.lower() == "me":
+            user_id, name = ctx.author.id, str(ctx.author)
+        else:
+            found = re.fullmatch(r"<@!?(\d+)>|(\d{15,25})", target)
+            if found is None:
+                raise InvalidInput(f"Say who: `{p}forget me`, or (admins) `{p}forget @user`.")
+            user_id = int(found.group(1) or found.group(2))
+            if user_id != ctx.author.id and not await is_admin(ctx):
+                await ctx.send(f"Only admins can make me forget someone else; `{p}forget me` forgets what you gave.")
+                return
+            member = ctx.guild.get_member(user_id) or next((u for u in ctx.message.mentions if u.id == user_id), None)
+            name = str(member) if member is not None else f"user {user_id}"
+        shown = discord.utils.escape_markdown(name)
+        try:
+            result = await ctx.model.forget_user(ctx.guild_id, user_id)
+        except NotFound:
+            await ctx.send(f"I have nothing stored from {shown} in this server; nothing was changed.")
+            return
+        counts = ", ".join(f"{n:,} {kind}" for kind, n in result.counts.items())
+        lines = [f"Forgot everything {shown} gave in this server: {counts}."]
+        current = await ctx.model.current_model(ctx.guild_id)
+        if current:
+            lines.append(f"The current model (`{current}`) still contains their data until the next training: "
+                         f"an admin can run `{p}train` now to retrain without it.")
+        if result.archives:
+            listed = ", ".join(f"`{a}`" for a in result.archives[:10])
+            more = f" and {len(result.archives) - 10} more" if len(result.archives) > 10 else ""
+            lines.append(f"Archives made before keep their contents: {listed}{more}. An admin can delete them "
+                         f"from the server's data folder.")
+        await ctx.send_long("\n".join(lines))
 
 
 REVIEW_SHOWN = 15  # corrections listed by one !review; the rest are counted

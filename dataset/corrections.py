@@ -124,6 +124,11 @@ class AnswerIndexes:
         self._indexes: dict[str, _AnswerIndex] = {}
         self._guard = threading.Lock()
 
+    def drop(self, path: Path) -> None:
+        """Forget the index of a file that was rewritten (its offsets no longer hold)."""
+        with self._guard:
+            self._indexes.pop(str(path), None)
+
     def for_path(self, path: Path) -> _AnswerIndex:
         with self._guard:
             index = self._indexes.get(str(path))
