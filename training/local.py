@@ -755,11 +755,20 @@ class LocalBackend(TrainingBackend):
 
     async def _overlay(self, space: GuildSpace) -> _Overlay | None:
         cached = self._overlays.get(space.guild_id)
-        if not space.corrections_file.exists():
+        try:
+            if not space.corrections_file.exists():
+                return None
+            signature = records.corrections_signature(space)
+        except OSError as exc:  # an unreadable corrections folder: answer from the trained model alone
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
             return None
-        if cached is not None and cached.signature == records.corrections_signature(space):
+        if cached is not None and cached.signature == signature:
             return cached
-        return await asyncio.to_thread(self._overlay_sync, space)
+        try:
+            return await asyncio.to_thread(self._overlay_sync, space)
+        except OSError as exc:
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
+            return None
 
     def _with_note(self, text: str) -> str:
         """The one-time note that the embedding model is missing, on the first answer after start."""
