@@ -171,6 +171,9 @@ async def test_nothing_repeated_from_users_pings_anyone(harness: BotHarness) -> 
     assert ping in answer.content and sb.notified(answer.id) == set()
     fixed = await h.send(f"!correct Ask {ping} instead.", reply_to=answer.id)
     assert all(sb.notified(m.id) == set() for m in fixed)
+    review = await h.send("!review", user="admin")  # a member's correction waits; the queue shows it, no ping
+    assert ping in review[0].content and all(sb.notified(m.id) == set() for m in review)
+    await h.ask(f"!approve {fixed[0].content.split('`')[1]}", user="admin")
     again = (await h.send("Who is on call?"))[0]
     assert f"Ask {ping} instead." in again.content and sb.notified(again.id) == set()
     cases = json.dumps([{"input": f"{ping} hello", "expected": f"<@{sb.member.id}>"}])

@@ -47,7 +47,10 @@ async def test_correct_by_id_and_by_reply(harness: BotHarness) -> None:
     assert first["message_id"] == second["message_id"] == answer.id
     assert first["channel_id"] == sb.text_channel.id
     assert recent(first["time"]) and recent(second["time"])
-    assert records.list_corrections(space_of(harness)) == stored.records
+    listed = records.list_corrections(space_of(harness))
+    assert [{k: v for k, v in c.items() if k != "approved"} for c in listed] == stored.records
+    assert first["status"] == "pending" and second["status"] == "approved"  # a member's waits for review
+    assert first["source_message_id"] != second["source_message_id"]
 
 
 async def test_correct_refusals(harness: BotHarness, tmp_path: Path) -> None:

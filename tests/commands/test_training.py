@@ -103,13 +103,16 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
     first = await ask_answer(h, "When does the shop open?")
     assert "haven't been trained" in first.content
     thanks = await h.ask("!correct The shop opens at 9 am.", reply_to=first.id)
-    assert thanks.startswith("Thanks — correction `C-")
+    assert thanks.startswith("Thanks — correction `C-") and "awaits review" in thanks
+    # A member's correction reaches training only once an admin approved it.
+    assert (await h.ask(f"!approve {thanks.split('`')[1]}", user="admin")).startswith("Approved `C-")
 
     job_id, status = await start_job(h)
     assert job_id.startswith("local-")
     started = [m for m in sb.bot_messages() if STARTED.search(m.content)][0]
     # The local backend has no tokens or epochs; OpenAI-only dataset warnings are not shown.
-    assert started.content == f"Started training job `{job_id}` on the local backend: 1 example."
+    assert started.content == (f"Started training job `{job_id}` on the local backend: 1 example.\n"
+                               f"Examples by contributor: member ({sb.member.id}) 1.")
     done = await announcement(sb, job_id)
     assert done.content.startswith(f"Training job `{job_id}` succeeded. I now answer with `local-v1`.")
     assert "No loss curve" in done.content and not done.attachments  # said, not silently missing
@@ -149,7 +152,8 @@ async def test_openai_chat_correct_train_changes_answer(openai_harness: BotHarne
     assert answer.content == "The shop opens at 9 am."
     assert fake.chat_requests[-1]["model"] == model1
     thanks = await h.ask("!correct It opens at 10 am on weekdays.", reply_to=answer.id)
-    assert "correction `C-" in thanks
+    assert "correction `C-" in thanks and "awaits review" in thanks
+    assert (await h.ask(f"!approve {thanks.split('`')[1]}", user="admin")).startswith("Approved `C-")
 
     job2, status2 = await start_job(h)
     assert job2 != job_id
