@@ -266,6 +266,45 @@ class Model:
             author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
 
+    async def react(self, guild_id: int, message_id: int, emoji: str, *, added: bool, user_id: int,
+                    user_name: str, channel_id: int | None) -> dict[str, Any] | None:
+        """Record a 👍/👎 put on or taken off one of the bot's answers (with the model that answered).
+
+        Returns None (nothing recorded) for any other emoji or a message that is not a logged answer; else
+        ``{"kind", "answer", "ask"}`` where ``ask`` says the bot should ask this person for the right answer
+        (a new 👎, asked once per person and answer).
+        """
+        kind = corrections.reaction_kind(emoji)
+        if kind is None:
+            return None
+        answer = await self.find_answer(guild_id, message_id)
+        if answer is None:
+            return None
+        space = self.space(guild_id)
+
+        def work() -> dict[str, Any]:
+            corrections.add_reaction(space, message_id=message_id, channel_id=channel_id, kind=kind, added=added,
+                                     author_id=user_id, author_name=user_name, model=answer.get("model"))
+            ask = added and kind == corrections.DOWN and not corrections.was_asked(space, message_id, user_id)
+            return {"kind": kind, "answer": answer, "ask": ask}
+
+        return await self._write("your reaction", work)
+
+    async def record_ask(self, guild_id: int, *, ask_message_id: int, message_id: int, channel_id: int | None,
+                         user_id: int, user_name: str) -> None:
+        """Remember the bot's ask for the right answer to ``message_id`` (sent after ``user_id``'s 👎)."""
+        await self._write("the ask", corrections.add_ask, self.space(guild_id), ask_message_id=ask_message_id,
+                          message_id=message_id, channel_id=channel_id, author_id=user_id, author_name=user_name)
+
+    async def answer_asked_about(self, guild_id: int, ask_message_id: int) -> dict[str, Any] | None:
+        """The logged answer an ask of the bot is about (a reply to that ask corrects it), or None."""
+        ask = await asyncio.to_thread(corrections.find_ask, self.space(guild_id), ask_message_id)
+        return None if ask is None else await self.find_answer(guild_id, int(ask["message_id"]))
+
+    async def reaction_counts(self, guild_id: int) -> dict[str, dict[str, int]]:
+        """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
+        return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
+
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
         space = self.space(guild_id)

@@ -260,6 +260,16 @@ class GuildSpace:
         """Review decisions on corrections (append-only events; the latest per correction wins)."""
         return self.corrections / "reviews.jsonl"
 
+    @property
+    def reactions_file(self) -> Path:
+        """👍/👎 on the bot's answers, added and removed (append-only events; the latest per person wins)."""
+        return self.corrections / "reactions.jsonl"
+
+    @property
+    def asks_file(self) -> Path:
+        """The bot's "what should I have said?" replies to a 👎 (a reply to one is a correction)."""
+        return self.corrections / "asks.jsonl"
+
     def read_state(self) -> dict[str, Any]:
         """The guild's state.json (settings such as the dataset and models); {} when missing or damaged."""
         try:

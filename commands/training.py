@@ -296,7 +296,7 @@ class Training(commands.Cog):
 
     @commands.command(name="model", usage="[name | previous]")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:
-        """Show the current model, or switch to another one (admins)."""
+        """Show the current model and the 👍/👎 on each model's answers, or switch to another one (admins)."""
         if name is None:
             current = await ctx.model.current_model(ctx.guild_id)
             known = await ctx.model.list_models(ctx.guild_id)
@@ -304,11 +304,13 @@ class Training(commands.Cog):
             how = f"\nIt {how}." if how else ""
             if not current:
                 await ctx.send(f"No trained model yet ({self.model.backend.name} backend). "
-                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}")
+                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}"
+                               + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), ""))
                 return
             others = ", ".join(f"`{m}`" for m in known[-6:] if m != current)
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
-                           + (f" Others: {others}." if others else "") + how)
+                           + (f" Others: {others}." if others else "") + how
+                           + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), current))
             return
         await is_trainer_admin(ctx)
         new = await ctx.model.set_model(ctx.guild_id, name)
@@ -346,6 +348,18 @@ class Training(commands.Cog):
             lines.append(f"The {len(result.mismatches)} mismatch(es) are kept as training data for the next "
                          f"`{ctx.clean_prefix}train`.")
         await ctx.send_long("\n".join(lines))
+
+
+REACTION_MODELS_SHOWN = 4  # models whose 👍/👎 counts !model shows (the current one first)
+
+
+def _reactions_line(counts: dict[str, dict[str, int]], current: str) -> str:
+    """"\nReactions on answers: `v2` 👍 3 👎 1, …" (the current model first, then the most reacted), or ""."""
+    if not counts:
+        return ""
+    order = sorted(counts, key=lambda m: (m != current, -sum(counts[m].values()), m))[:REACTION_MODELS_SHOWN]
+    shown = ", ".join(f"`{m}` 👍 {counts[m].get('up', 0)} 👎 {counts[m].get('down', 0)}" for m in order)
+    return f"\nReactions on answers: {shown}."
 
 
 async def setup(bot: TrainerBot) -> None:
