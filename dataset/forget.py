@@ -119,6 +119,7 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
         ("logged questions and answers", space.answers_file, mine),
         ("reactions", space.reactions_file, mine),
         ("asks after their 👎", space.asks_file, mine),
+        ("evaluation cases", space.eval_set_file, mine),
     ]
     with ExitStack() as stack:
         # Logs and dataset folders stay locked until the swap is done: nothing appended meanwhile is lost.

@@ -13,6 +13,7 @@ from errors import NotFound
 from storage import GuildSpace, read_records
 from tests.fakes.samples import jsonl, pair
 from tests.harness import BotHarness, space_of, wait_bot
+from training import evaluation
 
 CANARY = "zebra-canary-4417"
 
@@ -89,6 +90,9 @@ def _space(tmp_path: Path) -> GuildSpace:
     records.add_correction(space, message_id=9, prompt="other", answer="a", correction="fine",
                            author_id=8, author_name="o", channel_id=1)
     records.add_feedback(space, text=CANARY, author_id=7, author_name="m", channel_id=1, reply_to=None)
+    records.add_reaction(space, message_id=1, channel_id=1, kind="down", added=True, author_id=7,
+                         author_name=CANARY, model=None)
+    evaluation.add_to_eval_set(space, [evaluation.Case(f"{CANARY}?", "a")], author_id=7, author_name="m")
     return space
 
 
