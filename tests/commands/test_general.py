@@ -56,3 +56,15 @@ async def test_instruction_splits_5000_chars_on_lines_and_code_blocks(harness: B
     # Every original line arrives once, in order (fence repairs aside).
     got = [ln for m in messages for ln in m.content.split("\n") if not ln.startswith("```")]
     assert got == [ln for ln in lines if not ln.startswith("```")]
+
+
+async def test_instruction_splits_the_real_guide_at_section_boundaries(harness: BotHarness) -> None:
+    """Each message of !instruction starts with a section heading: no section is cut when it fits."""
+    guide = (ROOT / "instructions.txt").read_text(encoding="utf-8").replace("{prefix}", "!")
+    headings = [ln for ln in guide.split("\n") if ln.startswith(("__", "**")) and ln.endswith(("__", "**"))]
+    messages = await harness.send("!instruction", count=2)
+    assert len(messages) >= 2
+    for m in messages:
+        assert len(m.content) <= 2000
+        assert m.content.split("\n")[0] in headings, m.content.split("\n")[0]
+    assert "\n".join(m.content for m in messages).count("\n") >= guide.strip().count("\n") - len(messages)
