@@ -129,6 +129,7 @@ class Settings:
     job_poll_seconds: float = 15.0
     embed_model: str = "wordllama"
     review_corrections: bool = True
+    eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
 
     @property
     def dev(self) -> bool:
@@ -184,4 +185,5 @@ class Settings:
             job_poll_seconds=_float(env, "JOB_POLL_SECONDS", cls.job_poll_seconds, 0.01),
             embed_model=_embed_model(env),
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
+            eval_gate=_on_off(env, "EVAL_GATE", True),
         )

@@ -25,9 +25,9 @@ from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
 from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
 from storage import GuildSpace, fmt_bytes, remove_leftovers
-from training import jobs, status
+from training import evaluation, jobs, status
 from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend, create_backend
-from training.evaluation import Case, EvalResult, parse_cases, run_cases
+from training.evaluation import EVAL_MARGIN, Case, EvalResult, parse_cases, run_cases
 
 if TYPE_CHECKING:
     import openai
@@ -266,6 +266,45 @@ class Model:
             author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
 
+    async def react(self, guild_id: int, message_id: int, emoji: str, *, added: bool, user_id: int,
+                    user_name: str, channel_id: int | None) -> dict[str, Any] | None:
+        """Record a 👍/👎 put on or taken off one of the bot's answers (with the model that answered).
+
+        Returns None (nothing recorded) for any other emoji or a message that is not a logged answer; else
+        ``{"kind", "answer", "ask"}`` where ``ask`` says the bot should ask this person for the right answer
+        (a new 👎, asked once per person and answer).
+        """
+        kind = corrections.reaction_kind(emoji)
+        if kind is None:
+            return None
+        answer = await self.find_answer(guild_id, message_id)
+        if answer is None:
+            return None
+        space = self.space(guild_id)
+
+        def work() -> dict[str, Any]:
+            corrections.add_reaction(space, message_id=message_id, channel_id=channel_id, kind=kind, added=added,
+                                     author_id=user_id, author_name=user_name, model=answer.get("model"))
+            ask = added and kind == corrections.DOWN and not corrections.was_asked(space, message_id, user_id)
+            return {"kind": kind, "answer": answer, "ask": ask}
+
+        return await self._write("your reaction", work)
+
+    async def record_ask(self, guild_id: int, *, ask_message_id: int, message_id: int, channel_id: int | None,
+                         user_id: int, user_name: str) -> None:
+        """Remember the bot's ask for the right answer to ``message_id`` (sent after ``user_id``'s 👎)."""
+        await self._write("the ask", corrections.add_ask, self.space(guild_id), ask_message_id=ask_message_id,
+                          message_id=message_id, channel_id=channel_id, author_id=user_id, author_name=user_name)
+
+    async def answer_asked_about(self, guild_id: int, ask_message_id: int) -> dict[str, Any] | None:
+        """The logged answer an ask of the bot is about (a reply to that ask corrects it), or None."""
+        ask = await asyncio.to_thread(corrections.find_ask, self.space(guild_id), ask_message_id)
+        return None if ask is None else await self.find_answer(guild_id, int(ask["message_id"]))
+
+    async def reaction_counts(self, guild_id: int) -> dict[str, dict[str, int]]:
+        """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
+        return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
+
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
         space = self.space(guild_id)
@@ -314,6 +353,10 @@ class Model:
                 "contributors": _top(compiled.contributors, CONTRIBUTORS_KEPT),
             })
             record.setdefault("step", 0)
+            if self.settings.eval_gate:
+                held = evaluation.holdout(compiled.supervised)
+                if held:
+                    await self._write("the held-out pairs", evaluation.save_holdout, space, record["id"], held)
             await self._write("the training job", jobs.save_job, space, record)
             log.info("guild %s: %s started %s job %s", guild_id, started_by, self.backend.name, record["id"])
             return record, report
@@ -367,18 +410,68 @@ class Model:
                 return job  # another backend's job: nothing can poll it here
             upd = await self.backend.poll(space, job)
             if self._apply(job, upd):
+                if (self.settings.eval_gate and job["status"] == "succeeded" and job.get("model")
+                        and not job.get("activated") and "evaluation" not in job):
+                    job["evaluation"] = await self._evaluate(space, job)
                 await self._write("the job's progress", self._save, space, job)
             return job
 
     def _save(self, space: GuildSpace, job: dict[str, Any]) -> None:
         self._activate(space, job)
         jobs.save_job(space, job)
+        if job.get("status") in TERMINAL:
+            evaluation.drop_holdout(space, job["id"])
 
     def _activate(self, space: GuildSpace, job: dict[str, Any]) -> None:
-        """A job that just succeeded makes its model the guild's current one."""
+        """A job that just succeeded makes its model the guild's current one, unless the evaluation gate kept it
+        as a candidate (then ``!model <name>`` switches to it)."""
         if job["status"] == "succeeded" and job.get("model") and not job.get("activated"):
+            if (job.get("evaluation") or {}).get("candidate"):
+                job["candidate"] = True
+                return
             jobs.set_current_model(space, self.backend.name, job["model"])
             job["activated"] = True
+
+    async def _evaluate(self, space: GuildSpace, job: dict[str, Any]) -> dict[str, Any]:
+        """Score a just-trained model and the current one on the evaluation set and the job's held-out pairs.
+
+        The new model is asked by name, so scoring never makes it current. It becomes a ``candidate`` (not
+        switched to) when it is more than EVAL_MARGIN worse than the current model on the evaluation set. A
+        backend error while scoring is reported in the result and does not hold the model back (the gate
+        guards against worse models, not against an unreachable API).
+        """
+        old = await self.current_model(space.guild_id)
+        new = str(job["model"])
+        result: dict[str, Any] = {"old_model": old if old != new else None, "margin": EVAL_MARGIN}
+        cases = await asyncio.to_thread(evaluation.eval_set, space)
+        held = await asyncio.to_thread(evaluation.load_holdout, space, job["id"])
+        try:
+            for part, chosen in (("set", cases), ("heldout", held)):
+                if not chosen:
+                    continue
+                score = {"n": len(chosen), "new": (await self._score(space, new, chosen)).correct}
+                if result["old_model"]:
+                    score["old"] = (await self._score(space, result["old_model"], chosen)).correct
+                result[part] = score
+        except TrainerError as exc:
+            log.warning("guild %s: could not score %s before switching to it: %s", space.guild_id, new, exc)
+            return {**result, "error": str(exc), "candidate": False}
+        scored = result.get("set")
+        result["candidate"] = bool(scored and "old" in scored
+                                   and (scored["new"] - scored["old"]) / scored["n"] < -EVAL_MARGIN)
+        log.info("guild %s: %s scored %s (candidate: %s)", space.guild_id, new, result, result["candidate"])
+        return result
+
+    def _ask(self, space: GuildSpace, model_name: str | None) -> Callable[[Case], Any]:
+        """How a case is asked of ``model_name`` (by name: asking never changes the current model)."""
+        async def ask(case: Case) -> str:
+            if case.kind == "label":
+                return await self.backend.predict_label(space, model_name, case.input)
+            return await self.backend.answer(space, model_name, case.input, ())
+        return ask
+
+    async def _score(self, space: GuildSpace, model_name: str, cases: list[Case]) -> EvalResult:
+        return await run_cases(self._ask(space, model_name), cases, concurrency=TEST_CONCURRENCY)
 
     async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Cancel a running job (``by``: who asked, shown in its status); returns the saved record.
@@ -493,18 +586,16 @@ class Model:
             raise TooLarge(f"`{filename}` is {fmt_bytes(size)}; test files are limited to "
                            f"{fmt_bytes(MAX_TEST_UPLOAD)}.")
 
-    async def run_tests(self, guild_id: int, text: str, *, concurrency: int = TEST_CONCURRENCY) -> EvalResult:
-        """Run test cases (JSON array or lines) against the current model; mismatches are kept as errors."""
+    async def run_tests(self, guild_id: int, text: str, *, concurrency: int = TEST_CONCURRENCY,
+                        author_id: int | None = None, author_name: str | None = None) -> EvalResult:
+        """Run test cases (JSON array or lines) against the current model; mismatches are kept as errors and
+        the cases join the server's evaluation set (what the evaluation gate scores new models on)."""
         cases = await asyncio.to_thread(parse_cases, text)
         space = self.space(guild_id)
         model_name = await self.current_model(guild_id)
-
-        async def ask(case: Case) -> str:
-            if case.kind == "label":
-                return await self.backend.predict_label(space, model_name, case.input)
-            return await self.backend.answer(space, model_name, case.input, ())
-
-        result = await run_cases(ask, cases, concurrency=concurrency)
+        result = await run_cases(self._ask(space, model_name), cases, concurrency=concurrency)
+        await self._write("the evaluation set", evaluation.add_to_eval_set, space, cases, author_id=author_id,
+                          author_name=author_name)
         if result.mismatches:
             rows = [dict(m, model=model_name) for m in result.mismatches]
             await self._write("the mismatches", corrections.add_test_errors, space, rows)

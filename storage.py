@@ -260,6 +260,26 @@ class GuildSpace:
         """Review decisions on corrections (append-only events; the latest per correction wins)."""
         return self.corrections / "reviews.jsonl"
 
+    @property
+    def reactions_file(self) -> Path:
+        """👍/👎 on the bot's answers, added and removed (append-only events; the latest per person wins)."""
+        return self.corrections / "reactions.jsonl"
+
+    @property
+    def eval_set_file(self) -> Path:
+        """The server's evaluation set: the distinct cases of every !test, newest kept (see training.evaluation)."""
+        return self.corrections / "eval_set.jsonl"
+
+    @property
+    def heldout_dir(self) -> Path:
+        """Each running training's held-out pairs, until its new model has been scored."""
+        return self.data / "models" / "heldout"
+
+    @property
+    def asks_file(self) -> Path:
+        """The bot's "what should I have said?" replies to a 👎 (a reply to one is a correction)."""
+        return self.corrections / "asks.jsonl"
+
     def read_state(self) -> dict[str, Any]:
         """The guild's state.json (settings such as the dataset and models); {} when missing or damaged."""
         try:

@@ -82,6 +82,8 @@ class Chat(commands.Cog):
             return
         if not self.wants_answer(message):
             return
+        if await self.answers_an_ask(message):
+            return  # the right answer after a 👎: the feedback cog takes it as a correction
         # 2. What was said: the text, or the words of a voice message / audio file.
         att = audio_attachment(message)
         if att is not None:
@@ -93,6 +95,15 @@ class Chat(commands.Cog):
             return
         # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
         await self.reply_to(message, prompt, heard=heard)
+
+    async def answers_an_ask(self, message: discord.Message) -> bool:
+        """Whether ``message`` replies to my ask for the right answer (sent after a 👎)."""
+        ref = message.reference
+        if message.guild is None or ref is None or not ref.message_id:
+            return False
+        if isinstance(ref.resolved, discord.Message) and ref.resolved.author.id != getattr(self.bot.user, "id", None):
+            return False
+        return await self.bot.model.answer_asked_about(message.guild.id, ref.message_id) is not None
 
     async def prompt_of(self, message: discord.Message) -> str | None:
         """The question in a text message, without the bot's mention; None for commands."""

@@ -10,7 +10,7 @@ import discord
 from discord.ext import commands
 
 from commands._shared import TrainerContext, is_admin, trainer_admin
-from errors import InvalidInput, NotFound
+from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
     from bot import TrainerBot
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Feedback(commands.Cog):
-    """Correct my answers and tell the admins what works."""
+    """Correct my answers (or reply to my ask after a 👎) and tell the admins what works (or react 👍/👎)."""
 
     def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
@@ -72,8 +72,9 @@ class Feedback(commands.Cog):
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
                                          source_message_id=ctx.message.id, trusted=await is_admin(ctx))
         if not record["approved"]:
+            p = ctx.clean_prefix or self.bot.settings.prefix  # a reply to an ask has no prefix of its own
             await ctx.send(f"Thanks — correction `{record['ref']}` saved. It awaits review: an admin approves it "
-                           f"(`{ctx.clean_prefix}review`) before I use it.")
+                           f"(`{p}review`) before I use it.")
         elif ctx.model.backend.applies_corrections_now:
             await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
                            f"that means the same) with it from now on, and it is training data for next time.")
@@ -105,6 +106,79 @@ class Feedback(commands.Cog):
                                           source_message_id=ctx.message.id)
         await ctx.send(f"Thanks for the feedback! Reference: `{record['ref']}`.")
 
+
+    # ------------------------------------------------------------ 👍 / 👎 on my answers
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, added=True)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, added=False)
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
+        """Record 👍/👎 on one of my answers; after a new 👎, ask in a reply for the right answer.
+
+        Silently ignored: DMs, my own reactions, bots', other emoji, messages that are not my answers.
+        """
+        me = self.bot.user
+        if payload.guild_id is None or me is None or payload.user_id == me.id:
+            return
+        if payload.message_author_id is not None and payload.message_author_id != me.id:
+            return  # someone else's message (only known for an added reaction; a removal is looked up)
+        if payload.member is not None and payload.member.bot:
+            return
+        guild = self.bot.get_guild(payload.guild_id)
+        member = payload.member or (guild.get_member(payload.user_id) if guild is not None else None)
+        name = str(member) if member is not None else f"user {payload.user_id}"
+        try:
+            outcome = await self.bot.model.react(payload.guild_id, payload.message_id, str(payload.emoji),
+                                                 added=added, user_id=payload.user_id, user_name=name,
+                                                 channel_id=payload.channel_id)
+        except TrainerError as exc:  # a full disk: nobody asked for a reply to a reaction, the log says it
+            log.warning("guild %s: reaction on %s not recorded: %s", payload.guild_id, payload.message_id, exc)
+            return
+        if outcome is None or not outcome["ask"]:
+            return
+        channel = self.bot.get_channel(payload.channel_id)
+        if channel is None or not hasattr(channel, "get_partial_message"):
+            return
+        shown = discord.utils.escape_markdown(member.display_name if member is not None else name)
+        review = (" (an admin reviews members' corrections before I use them)"
+                  if self.bot.settings.review_corrections else "")
+        text = (f"Thanks for the 👎, {shown}. What should I have answered? Reply to this message with the right "
+                f"answer and it becomes a correction{review}.")
+        try:
+            ask = await channel.get_partial_message(payload.message_id).reply(
+                text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.warning("could not ask for the right answer to %s: %s", payload.message_id, exc)
+            return
+        try:
+            await self.bot.model.record_ask(payload.guild_id, ask_message_id=ask.id, message_id=payload.message_id,
+                                            channel_id=payload.channel_id, user_id=payload.user_id, user_name=name)
+        except TrainerError as exc:
+            log.warning("guild %s: ask %s not recorded: %s", payload.guild_id, ask.id, exc)
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """A reply to my ask for the right answer (after a 👎) is a correction of that answer, as `!correct`."""
+        ref = message.reference
+        if message.guild is None or message.author.bot or ref is None or not ref.message_id:
+            return
+        if message.content.startswith(self.bot.settings.prefix):
+            return  # a command in reply (e.g. !correct) is the command's
+        if isinstance(ref.resolved, discord.Message) and ref.resolved.author.id != getattr(self.bot.user, "id", None):
+            return
+        answer = await self.bot.model.answer_asked_about(message.guild.id, ref.message_id)
+        if answer is None:
+            return
+        ctx = await self.bot.get_context(message)
+        try:
+            await self._save(ctx, answer, message.content)
+        except TrainerError as exc:
+            await message.reply(str(exc)[:2000], mention_author=False)
 
     # ------------------------------------------------------------ the review queue
 

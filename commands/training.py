@@ -62,7 +62,7 @@ class Training(commands.Cog):
     @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
     async def train(self, ctx: TrainerContext, *, args: str = "") -> None:
-        """Add data (attached files, inline examples or a path), then train a new model."""
+        """Add data (attached files, inline examples or a path), then train a new model (scored before it is used)."""
         text, method = take_option(args, "method", ("supervised", "dpo"))
         ctx.model.check_method(method or "supervised")  # before any data is added: a refusal changes nothing
         text, flags = split_flags(text, ("positive",))
@@ -254,11 +254,20 @@ class Training(commands.Cog):
         if job["status"] == "succeeded":
             png = await self.model.loss_curve_png(job)
             text = f"Training job `{job['id']}` succeeded. I now answer with `{job.get('model')}`."
+            if job.get("candidate"):
+                ev = job.get("evaluation") or {}
+                scored = ev.get("set") or {}
+                text = (f"Training job `{job['id']}` succeeded, but `{job.get('model')}` scored worse than "
+                        f"`{ev.get('old_model')}` on this server's evaluation set ({_pct(scored, 'new')} vs "
+                        f"{_pct(scored, 'old')}; the margin is {round(100 * ev.get('margin', 0))} points), so I "
+                        f"still answer with `{ev.get('old_model')}`. It is kept as a candidate: "
+                        f"`{self.bot.settings.prefix}model {job.get('model')}` switches to it anyway.")
             if png:
                 file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png")
                 await channel.send(text + " Loss curve attached.", file=file)
             else:
-                await channel.send(text + " " + self.model.no_loss_reason(job))
+                # A candidate's line is about the switch it did not make; the loss note would bury it.
+                await channel.send(text if job.get("candidate") else text + " " + self.model.no_loss_reason(job))
         elif job["status"] == "cancelled":
             who = f" by {job['cancelled_by']}" if job.get("cancelled_by") else " outside the bot"
             reason = f": {job['error']}" if job.get("error") else "."
@@ -296,7 +305,7 @@ class Training(commands.Cog):
 
     @commands.command(name="model", usage="[name | previous]")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:
-        """Show the current model, or switch to another one (admins)."""
+        """Show the current model and the 👍/👎 on each model's answers, or switch to another one (admins)."""
         if name is None:
             current = await ctx.model.current_model(ctx.guild_id)
             known = await ctx.model.list_models(ctx.guild_id)
@@ -304,11 +313,13 @@ class Training(commands.Cog):
             how = f"\nIt {how}." if how else ""
             if not current:
                 await ctx.send(f"No trained model yet ({self.model.backend.name} backend). "
-                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}")
+                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}"
+                               + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), ""))
                 return
             others = ", ".join(f"`{m}`" for m in known[-6:] if m != current)
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
-                           + (f" Others: {others}." if others else "") + how)
+                           + (f" Others: {others}." if others else "") + how
+                           + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), current))
             return
         await is_trainer_admin(ctx)
         new = await ctx.model.set_model(ctx.guild_id, name)
@@ -320,7 +331,7 @@ class Training(commands.Cog):
     @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
     async def test(self, ctx: TrainerContext, *, cases: str = "") -> None:
-        """Run test cases against the current model and report accuracy."""
+        """Run test cases against the current model and report accuracy; they join the evaluation set."""
         text = cases.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
         if ctx.message.attachments:
             att = ctx.message.attachments[0]
@@ -335,7 +346,8 @@ class Training(commands.Cog):
         elif not text.strip():
             raise commands.MissingRequiredArgument(ctx.command.clean_params["cases"])
         async with ctx.typing():
-            result = await ctx.model.run_tests(ctx.guild_id, text)
+            result = await ctx.model.run_tests(ctx.guild_id, text, author_id=ctx.author.id,
+                                               author_name=str(ctx.author))
         lines = [f"**Accuracy: {result.accuracy:.0%}** ({result.correct}/{result.total} correct)"]
         for m in result.mismatches[:5]:
             lines.append(f"- input: {str(m['input'])[:200]!r}\n  expected: {str(m['expected'])[:200]!r}\n"
@@ -346,6 +358,24 @@ class Training(commands.Cog):
             lines.append(f"The {len(result.mismatches)} mismatch(es) are kept as training data for the next "
                          f"`{ctx.clean_prefix}train`.")
         await ctx.send_long("\n".join(lines))
+
+
+def _pct(score: dict[str, int], which: str) -> str:
+    """``7/10 (70%)`` for one model's score in an evaluation result."""
+    n, got = score.get("n") or 0, score.get(which) or 0
+    return f"{got}/{n} ({got / n:.0%})" if n else "?"
+
+
+REACTION_MODELS_SHOWN = 4  # models whose 👍/👎 counts !model shows (the current one first)
+
+
+def _reactions_line(counts: dict[str, dict[str, int]], current: str) -> str:
+    """"\nReactions on answers: `v2` 👍 3 👎 1, …" (the current model first, then the most reacted), or ""."""
+    if not counts:
+        return ""
+    order = sorted(counts, key=lambda m: (m != current, -sum(counts[m].values()), m))[:REACTION_MODELS_SHOWN]
+    shown = ", ".join(f"`{m}` 👍 {counts[m].get('up', 0)} 👎 {counts[m].get('down', 0)}" for m in order)
+    return f"\nReactions on answers: {shown}."
 
 
 async def setup(bot: TrainerBot) -> None:

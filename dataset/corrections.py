@@ -393,3 +393,64 @@ def add_test_errors(space: GuildSpace, mismatches: list[dict[str, Any]]) -> int:
 def list_test_errors(space: GuildSpace) -> list[dict[str, Any]]:
     """All stored !test mismatches, oldest first."""
     return read_records(space.errors_file).records
+
+
+# --- reactions on the bot's answers ----------------------------------------------------------
+# Every 👍/👎 put on or taken off one of the bot's answers is an event in reactions.jsonl (who, when, which
+# answer, which model answered); what counts is each person's latest event per answer and kind, so a
+# reaction taken back no longer counts but stays on record. A 👎 makes the bot ask for the right answer
+# (asks.jsonl maps that ask to the answer): a reply to the ask is a correction.
+
+UP, DOWN = "up", "down"
+_REACTION_KINDS = {"👍": UP, "👎": DOWN}
+# Skin tones (U+1F3FB..U+1F3FF) and the emoji variation selector do not change what a thumb means.
+_MODIFIERS = {chr(c) for c in range(0x1F3FB, 0x1F400)} | {"\ufe0f"}
+
+
+def reaction_kind(emoji: str) -> str | None:
+    """``up`` for 👍, ``down`` for 👎 (any skin tone), None for any other emoji."""
+    return _REACTION_KINDS.get("".join(ch for ch in str(emoji) if ch not in _MODIFIERS))
+
+
+def add_reaction(space: GuildSpace, *, message_id: int, channel_id: int | None, kind: str, added: bool,
+                 author_id: int, author_name: str | None, model: str | None) -> dict[str, Any]:
+    """Record a 👍/👎 put on (``added``) or taken off an answer; returns the event."""
+    if kind not in (UP, DOWN):
+        raise InvalidInput(f"`{kind}` is not a reaction kind.")
+    record = {"time": utc_now(), "message_id": int(message_id), "channel_id": channel_id, "kind": kind,
+              "added": bool(added), "author_id": author_id, "author_name": author_name, "model": model}
+    append_record(space.reactions_file, record)
+    return record
+
+
+def reaction_counts(space: GuildSpace) -> dict[str, dict[str, int]]:
+    """model -> {"up": n, "down": n}: reactions standing now (each person's latest event per answer and kind)."""
+    latest: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for event in read_records(space.reactions_file).records:
+        latest[(event.get("message_id"), event.get("author_id"), event.get("kind"))] = event
+    counts: dict[str, dict[str, int]] = {}
+    for event in latest.values():
+        if event.get("added") and event.get("kind") in (UP, DOWN):
+            per = counts.setdefault(str(event.get("model") or "untrained"), {UP: 0, DOWN: 0})
+            per[event["kind"]] += 1
+    return counts
+
+
+def add_ask(space: GuildSpace, *, ask_message_id: int, message_id: int, channel_id: int | None,
+            author_id: int, author_name: str | None) -> None:
+    """Remember that the bot asked ``author_id`` (who gave 👎) for the right answer to ``message_id``."""
+    append_record(space.asks_file, {"time": utc_now(), "ask_message_id": int(ask_message_id),
+                                    "message_id": int(message_id), "channel_id": channel_id,
+                                    "author_id": author_id, "author_name": author_name})
+
+
+def find_ask(space: GuildSpace, ask_message_id: int) -> dict[str, Any] | None:
+    """The ask record of one of the bot's asks, or None."""
+    return next((a for a in read_records(space.asks_file).records if a.get("ask_message_id") == ask_message_id),
+                None)
+
+
+def was_asked(space: GuildSpace, message_id: int, author_id: int) -> bool:
+    """Whether the bot already asked ``author_id`` for the right answer to ``message_id`` (asked once only)."""
+    return any(a.get("message_id") == message_id and a.get("author_id") == author_id
+               for a in read_records(space.asks_file).records)

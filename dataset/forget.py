@@ -1,4 +1,4 @@
-"""Forget a person in one server: their corrections, feedback, logged questions and answers, uploads and the
+"""Forget a person in one server: their corrections, feedback, reactions, logged questions and answers, uploads and the
 examples that came from them, removed durably and crash-safely (sync; call it from a thread).
 
 How it stays crash-safe: every file that changes gets its new version staged next to it
@@ -117,6 +117,9 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
         ("corrections", space.corrections_file, mine),
         ("feedback", space.feedback_file, feedback),
         ("logged questions and answers", space.answers_file, mine),
+        ("reactions", space.reactions_file, mine),
+        ("asks after their 👎", space.asks_file, mine),
+        ("evaluation cases", space.eval_set_file, mine),
     ]
     with ExitStack() as stack:
         # Logs and dataset folders stay locked until the swap is done: nothing appended meanwhile is lost.

@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from errors import InvalidInput, TooLarge
+from storage import GuildSpace, atomic_write_bytes, atomic_write_json, lock_for, read_json, read_records, utc_now
 
 log = logging.getLogger(__name__)
 
 MAX_CASES = 1000
+# The evaluation gate (see Model.poll_job): the server's evaluation set keeps the EVAL_SET_CAP newest distinct
+# cases of every !test; a training holds out every HOLDOUT_EVERY-th pair, at most HOLDOUT_CAP; a new model more
+# than EVAL_MARGIN (accuracy, 0..1) worse than the current one on the evaluation set stays a candidate.
+EVAL_SET_CAP = 500
+HOLDOUT_EVERY = 10
+HOLDOUT_CAP = 50
+EVAL_MARGIN = 0.05
 
 
 @dataclass
@@ -145,3 +153,74 @@ async def run_cases(
     ]
     correct = len(cases) - len(mismatches)
     return EvalResult(len(cases), correct, correct / len(cases) if cases else 0.0, mismatches)
+
+
+# --- the server's evaluation set and a training's held-out pairs (sync: the Model runs these in a thread) ---
+
+
+def _key(kind: str, text: str) -> str:
+    return f"{kind}:{normalize(text)}"
+
+
+def add_to_eval_set(space: GuildSpace, cases: list[Case], *, author_id: int | None,
+                    author_name: str | None) -> int:
+    """Keep ``cases`` in the server's evaluation set: one per (kind, normalized input), the newest wins, the
+    EVAL_SET_CAP newest kept. Returns the set's size. Each line records who gave it (``!forget`` removes it)."""
+    path = space.eval_set_file
+    with lock_for(path):
+        kept: dict[str, dict[str, Any]] = {}
+        for record in read_records(path).records:
+            if isinstance(record.get("input"), str) and isinstance(record.get("expected"), str):
+                kept[_key(str(record.get("kind", "answer")), record["input"])] = record
+        now = utc_now()
+        for case in cases:
+            key = _key(case.kind, case.input)
+            kept.pop(key, None)  # re-added: moves to the newest end
+            kept[key] = {"time": now, "kind": case.kind, "input": case.input, "expected": case.expected,
+                         "author_id": author_id, "author_name": author_name}
+        rows = list(kept.values())[-EVAL_SET_CAP:]
+        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
+                                         for r in rows).encode("utf-8"))
+    return len(rows)
+
+
+def eval_set(space: GuildSpace) -> list[Case]:
+    """The server's evaluation set, oldest first."""
+    return [Case(r["input"], r["expected"], "label" if r.get("kind") == "label" else "answer")
+            for r in read_records(space.eval_set_file).records
+            if isinstance(r.get("input"), str) and isinstance(r.get("expected"), str)]
+
+
+def holdout(lines: list[dict[str, Any]]) -> list[Case]:
+    """Every HOLDOUT_EVERY-th single-turn pair of compiled chat lines (the 10th, 20th, …), at most HOLDOUT_CAP.
+
+    They are still trained on: a small server cannot spare a tenth of its examples, so the held-out score says
+    whether the new model still gives the answers it was taught (a contradicting or broken training fails it),
+    not how it generalizes; the evaluation set (people's !test cases) is the one the gate decides on.
+    """
+    pairs: list[Case] = []
+    for line in lines:
+        turns = [m for m in line.get("messages") or [] if isinstance(m, dict) and m.get("role") != "system"]
+        if (len(turns) == 2 and turns[0].get("role") == "user" and turns[1].get("role") == "assistant"
+                and isinstance(turns[0].get("content"), str) and isinstance(turns[1].get("content"), str)
+                and turns[0]["content"].strip() and turns[1]["content"].strip()):
+            pairs.append(Case(turns[0]["content"], turns[1]["content"]))
+    return pairs[HOLDOUT_EVERY - 1::HOLDOUT_EVERY][:HOLDOUT_CAP]
+
+
+def save_holdout(space: GuildSpace, job_id: str, cases: list[Case]) -> None:
+    """Keep a training's held-out pairs until its model is scored (under models/: they are that training's data)."""
+    atomic_write_json(space.heldout_dir / f"{job_id}.json", [{"input": c.input, "expected": c.expected}
+                                                              for c in cases])
+
+
+def load_holdout(space: GuildSpace, job_id: str) -> list[Case]:
+    """A training's held-out pairs ([] when none were kept)."""
+    rows = read_json(space.heldout_dir / f"{job_id}.json", []) or []
+    return [Case(r["input"], r["expected"]) for r in rows if isinstance(r, dict)
+            and isinstance(r.get("input"), str) and isinstance(r.get("expected"), str)]
+
+
+def drop_holdout(space: GuildSpace, job_id: str) -> None:
+    """The job ended (scored, failed or cancelled): its held-out pairs go."""
+    (space.heldout_dir / f"{job_id}.json").unlink(missing_ok=True)

@@ -69,11 +69,40 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"Estimate: {what}")
     if job.get("model"):
         lines.append(f"Model: `{job['model']}`")
+    lines.extend(_evaluation_lines(job.get("evaluation")))
     if status == "cancelled" and job.get("cancelled_by"):
         lines.append(f"Cancelled by {job['cancelled_by']}.")
     if job.get("error"):
         lines.append(f"Error: {job['error']}")
     return "\n".join(lines)
+
+
+def _evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
+    """The evaluation gate's scores, new model vs the current one (nothing when the gate did not run)."""
+    if not ev:
+        return []
+    old = ev.get("old_model")
+
+    def line(title: str, score: dict[str, int]) -> str:
+        n = score["n"]
+        said = f"{title} ({n} case{'s' * (n != 1)}): new {score['new']}/{n} ({score['new'] / n:.0%})"
+        if "old" in score:
+            said += f" vs `{old}` {score['old']}/{n} ({score['old'] / n:.0%})"
+        return said
+
+    lines = []
+    if ev.get("set"):
+        lines.append(line("Evaluation set", ev["set"]))
+    if ev.get("heldout"):
+        lines.append(line("Held-out pairs (also trained on)", ev["heldout"]))
+    if ev.get("error"):
+        lines.append(f"Not scored: {ev['error']}")
+    elif not lines:
+        lines.append("Evaluation: nothing to score on yet (no test cases, too few pairs to hold out).")
+    if ev.get("candidate"):
+        lines.append(f"Kept as a candidate: more than {round(100 * ev.get('margin', 0))} points worse than "
+                     f"`{old}` on the evaluation set.")
+    return lines
 
 
 def no_loss_reason(job: dict[str, Any]) -> str:

@@ -10,9 +10,10 @@ import pytest
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
-from storage import GuildSpace
+from storage import GuildSpace, read_records
 from tests.fakes.samples import jsonl, pair
-from tests.harness import BotHarness, space_of
+from tests.harness import BotHarness, space_of, wait_bot
+from training import evaluation
 
 CANARY = "zebra-canary-4417"
 
@@ -35,6 +36,9 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
     await h.ask(f"!correct {CANARY} is a striped horse.", reply_to=answer.id)
     await h.ask(f"!feedback I love {CANARY}")
     theirs = h.last_posted
+    await sb.react("member", answer.channel_id, answer.id, "👎")  # recorded, and the bot asks them
+    await wait_bot(sb, lambda m: m.reference_id == answer.id and "What should I have answered?" in m.content)
+    await sb.react("owner", answer.channel_id, answer.id, "👍")  # someone else's reaction stays
     await h.ask("!feedback quoting them", user="owner", reply_to=theirs.id)
     await h.ask("!train kept q => kept a", user="admin")
     await h.ask("!archive datasets", user="admin")  # made before: keeps its contents, must be listed
@@ -45,7 +49,9 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
 
     said = await h.ask("!forget me")
     assert said.startswith("Forgot everything member gave in this server: 1 corrections, 1 feedback, "
-                           "1 logged questions and answers.")
+                           "1 logged questions and answers, 1 reactions, 1 asks after their 👎.")
+    assert [r["author_id"] for r in read_records(space.reactions_file).records] == [sb.owner.id]
+    assert read_records(space.asks_file).records == []
     assert "Archives made before keep their contents: `archives/datasets-" in said
     assert holders(space, CANARY) == []
     assert not records.list_corrections(space) and records.find_answer(space, answer.id) is None
@@ -84,6 +90,9 @@ def _space(tmp_path: Path) -> GuildSpace:
     records.add_correction(space, message_id=9, prompt="other", answer="a", correction="fine",
                            author_id=8, author_name="o", channel_id=1)
     records.add_feedback(space, text=CANARY, author_id=7, author_name="m", channel_id=1, reply_to=None)
+    records.add_reaction(space, message_id=1, channel_id=1, kind="down", added=True, author_id=7,
+                         author_name=CANARY, model=None)
+    evaluation.add_to_eval_set(space, [evaluation.Case(f"{CANARY}?", "a")], author_id=7, author_name="m")
     return space
 
 

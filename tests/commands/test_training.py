@@ -337,8 +337,12 @@ async def test_test_command(harness: BotHarness) -> None:
     wrong = await h.ask("!test", user="admin", attachments=[("cases.txt", cases, "text/plain")])
     assert wrong == "`cases.txt` is not a .json or .jsonl file."
 
-    # The kept mismatch trains the next model.
-    await train_local(h, "Is there coffee in the kitchen? => Yes, fresh coffee every morning.")
+    # The kept mismatch trains the next model. The last !test said the office is on the second floor, so the
+    # evaluation gate keeps that model as a candidate; switching to it anyway gives the kept answer.
+    job_id = await train_local(h, "Is there coffee in the kitchen? => Yes, fresh coffee every morning.")
+    assert "still answer with `local-v1`" in (await announcement(h.sandbox, job_id)).content
+    assert (await ask_answer(h, "Where is the office?")).content == "The office is on the second floor."
+    assert await h.ask("!model local-v2", user="admin") == "Switched to model `local-v2`."
     assert (await ask_answer(h, "Where is the office?")).content == "In the attic."
 
 

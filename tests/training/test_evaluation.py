@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from errors import BackendError, InvalidInput
+from training import evaluation as ev
 from training.evaluation import Case, matches, normalize, parse_cases, run_cases
 
 
@@ -81,3 +82,34 @@ async def test_backend_error_aborts_the_run() -> None:
     with pytest.raises(BackendError, match="down"):
         await run_cases(answer, [Case(str(i), "x") for i in range(50)], concurrency=4)
     assert calls < 50
+
+
+# ---------------------------------------------------------------- the evaluation set and held-out pairs
+
+def test_eval_set_keeps_the_newest_distinct_cases(space, monkeypatch) -> None:
+    monkeypatch.setattr(ev, "EVAL_SET_CAP", 3)
+    first = [ev.Case("Hours?", "9 to 5"), ev.Case("love it", "positive", "label"), ev.Case("Where?", "Here")]
+    assert ev.add_to_eval_set(space, first, author_id=7, author_name="ann") == 3
+    # "  HOURS? " is the same question (normalized): the newer expected answer wins and moves to the end.
+    assert ev.add_to_eval_set(space, [ev.Case("  HOURS? ", "10 to 6"), ev.Case("New?", "Yes")],
+                              author_id=8, author_name="bob") == 3
+    kept = ev.eval_set(space)
+    assert [(c.input, c.expected, c.kind) for c in kept] == [
+        ("Where?", "Here", "answer"), ("  HOURS? ", "10 to 6", "answer"), ("New?", "Yes", "answer")]
+
+
+def test_holdout_takes_every_tenth_single_turn_pair_up_to_the_cap(space) -> None:
+    def line(n: int, turns: int = 1) -> dict:
+        msgs = [{"role": "system", "content": "s"}]
+        for _ in range(turns):
+            msgs += [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": f"a{n}"}]
+        return {"messages": msgs}
+
+    lines = [line(n, turns=2 if n == 19 else 1) for n in range(1, 1000)]
+    held = ev.holdout(lines)
+    assert len(held) == ev.HOLDOUT_CAP
+    assert [c.input for c in held[:3]] == ["q10", "q21", "q31"]  # multi-turn q19 is skipped, so counting shifts
+    ev.save_holdout(space, "job-1", held)
+    assert ev.load_holdout(space, "job-1") == held
+    ev.drop_holdout(space, "job-1")
+    assert ev.load_holdout(space, "job-1") == []

@@ -1,0 +1,69 @@
+"""The evaluation gate end to end: !test cases become the server's evaluation set, a better training becomes
+current, a deliberately worse one (contradicting answers) is kept as a candidate that !model can still switch to,
+and EVAL_GATE=off switches to every new model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.harness import BotHarness, announcement, space_of, start_job, wait_bot
+from training import evaluation
+
+PAIRS = [(f"What is the code of room {n}?", f"Room {n} opens with code {1000 + n}.") for n in range(1, 11)]
+TAUGHT = "\n".join(f"{q} => {a}" for q, a in PAIRS)
+
+
+def cases(*pairs: tuple[str, str]) -> str:
+    return "!test " + "\n".join('{"input": "%s", "expected": "%s"}' % pair for pair in pairs)
+
+
+async def train(h: BotHarness, content: str = "!train") -> tuple[str, str, str]:
+    """Train; (job id, announcement, final status message)."""
+    job_id, status = await start_job(h, content)
+    done = await announcement(h.sandbox, job_id, timeout=20)
+    final = await wait_bot(h.sandbox, lambda m: m.id == status.id and "**succeeded**" in m.content)
+    return job_id, done.content, final.content
+
+
+async def test_a_worse_training_stays_a_candidate_and_a_better_one_becomes_current(harness: BotHarness) -> None:
+    h = harness
+    _, done, status = await train(h, f"!train {TAUGHT}")
+    assert done.startswith("Training job `") and "I now answer with `local-v1`." in done
+    # No !test yet; 10 pairs hold out the 10th (still trained on), scored with no older model to compare.
+    assert "Held-out pairs (also trained on) (1 case): new 1/1 (100%)" in status
+    assert "Evaluation set" not in status
+
+    unknown = ("Which floor is the gym on?", "The gym is on floor 3.")
+    said = await h.ask(cases(PAIRS[0], PAIRS[1], PAIRS[2], unknown), user="admin")
+    assert said.startswith("**Accuracy: 75%** (3/4 correct)")
+    assert [c.input for c in evaluation.eval_set(space_of(h))] == [PAIRS[0][0], PAIRS[1][0], PAIRS[2][0], unknown[0]]
+
+    # Better: the mismatch the test kept is trained on, so the gym question is answered now.
+    _, done, status = await train(h)
+    assert "I now answer with `local-v2`." in done
+    assert "Evaluation set (4 cases): new 4/4 (100%) vs `local-v1` 3/4 (75%)" in status
+
+    # Worse: contradicting answers to two tested questions make the model unsure of both.
+    wrong = "\n".join(f"{q} => Nobody knows the code of that room." for q, _ in PAIRS[:2])
+    job3, done, status = await train(h, f"!train {wrong}")
+    assert done.startswith(f"Training job `{job3}` succeeded, but `local-v3` scored worse than `local-v2` on this "
+                           f"server's evaluation set (")
+    assert done.endswith("the margin is 5 points), so I still answer with `local-v2`. It is kept as a "
+                         "candidate: `!model local-v3` switches to it anyway.")
+    assert "vs `local-v2` 4/4 (100%)" in status and "Kept as a candidate: more than 5 points worse than `local-v2`" \
+        in status
+    assert (await h.ask("!model")).startswith("Current model: `local-v2`")
+    assert await h.ask(PAIRS[2][0]) == PAIRS[2][1]
+    assert not list(space_of(h).heldout_dir.iterdir())  # held-out pairs go once their model is scored
+    assert await h.ask("!model local-v3", user="admin") == "Switched to model `local-v3`."
+    assert (await h.ask("!model")).startswith("Current model: `local-v3`")
+
+
+async def test_eval_gate_off_switches_to_every_model(harness: BotHarness) -> None:
+    h = harness
+    h.bot.model.settings = dataclasses.replace(h.bot.model.settings, eval_gate=False)  # as EVAL_GATE=off
+    await train(h, f"!train {TAUGHT}")
+    await h.ask(cases(PAIRS[0], PAIRS[1]), user="admin")
+    wrong = "\n".join(f"{q} => Nobody knows the code of that room." for q, _ in PAIRS[:2])
+    _, done, status = await train(h, f"!train {wrong}")
+    assert "I now answer with `local-v2`." in done and "Evaluation" not in status and "Held-out" not in status
