@@ -184,3 +184,22 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama chat model built on the spot (tests/fakes/tiny_llama.py), once per test session."""
+    import torch
+
+    from tests.fakes.tiny_llama import build_tiny_llama
+
+    torch.set_num_threads(1)  # the machine is shared; the bot's own children use HF_THREADS
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "base")
+
+
+def hf_env(base: Path, **extra: str) -> dict[str, str]:
+    """HF_* settings that train the tiny model to answer its examples word for word in seconds."""
+    env = {"HF_BASE_MODEL": str(base), "HF_EPOCHS": "40", "HF_LEARNING_RATE": "5e-3", "HF_BATCH_SIZE": "4",
+           "HF_THREADS": "1", "HF_MAX_SEQ_LENGTH": "256", "HF_MAX_NEW_TOKENS": "40", "HF_ANSWER_TIMEOUT": "60"}
+    env.update(extra)
+    return env

@@ -53,6 +53,7 @@ class JobUpdate:
 BACKENDS: dict[str, str] = {
     "local": "training.local:LocalBackend",
     "openai": "training.openai_api:OpenAIBackend",
+    "hf": "training.hf:HFBackend",
 }
 
 
@@ -85,7 +86,7 @@ class TrainingBackend(ABC):
     # One line for !help: what this model is and does.
     blurb: ClassVar[str] = ""
     # Why a finished job has no loss curve, in one sentence.
-    no_loss_reason: ClassVar[str] = "No loss curve: the backend reported no training loss for this job."
+    no_loss_reason: ClassVar[str | None] = "No loss curve: the backend reported no training loss for this job."
     # What the status message says instead of a loss for a finished job without one.
     no_loss_status: ClassVar[str] = "not reported"
 

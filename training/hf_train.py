@@ -36,6 +36,7 @@ from typing import Any
 log = logging.getLogger("training.hf_train")
 
 EMA_BETA = 0.9  # smoothing of the loss shown beside the current one
+REPLAY_PER_PAIR = 8  # DPO: trained chats replayed per preference pair
 
 
 class Stop:
@@ -154,17 +155,47 @@ def supervised_dataset(tok: Any, lines: list[dict[str, Any]], max_length: int) -
     return Dataset.from_list(rows), truncated
 
 
-def preference_dataset(lines: list[dict[str, Any]]) -> Any:
+def preference_dataset(lines: list[dict[str, Any]], replay: list[dict[str, Any]], seed: int = 0) -> tuple[Any, int]:
+    """DPO rows from the preference lines, plus replay rows that keep the rest of what the model knows.
+
+    A few pairs alone pull every answer towards the corrected ones (measured on the tiny test model:
+    the other questions got the correction too). Replay rows take trained chats whose prompt was not
+    corrected: their own answer preferred, another example's answer rejected (at most
+    ``REPLAY_PER_PAIR`` per pair). Returns the dataset and the number of replay rows.
+    """
+    import random
+
     from datasets import Dataset
 
-    rows = []
+    def msgs(items: list[dict[str, Any]]) -> list[dict[str, str]]:
+        return [{"role": m["role"], "content": m["content"]} for m in items if isinstance(m.get("content"), str)]
+
+    rows, corrected = [], set()
     for line in lines:
-        prompt = [{"role": m["role"], "content": m["content"]} for m in (line.get("input") or {}).get("messages") or []]
+        prompt = msgs((line.get("input") or {}).get("messages") or [])
         chosen = [{"role": "assistant", "content": m["content"]} for m in line.get("preferred_output") or []]
         rejected = [{"role": "assistant", "content": m["content"]} for m in line.get("non_preferred_output") or []]
         if prompt and chosen and rejected:
             rows.append({"prompt": prompt, "chosen": chosen[:1], "rejected": rejected[:1]})
-    return Dataset.from_list(rows)
+            corrected.add(json.dumps([m for m in prompt if m["role"] != "system"]))
+    kept = []
+    for line in replay:
+        messages = msgs(line.get("messages") or [])
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            continue
+        prompt = messages[:-1]
+        if json.dumps([m for m in prompt if m["role"] != "system"]) not in corrected:
+            kept.append((prompt, messages[-1]["content"]))
+    rng = random.Random(seed)
+    rng.shuffle(kept)
+    kept = kept[:REPLAY_PER_PAIR * len(rows)]
+    answers = [a for _, a in kept]
+    for i, (prompt, answer) in enumerate(kept):
+        others = [a for a in answers[i + 1:] + answers[:i] if a != answer]
+        if others:
+            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": answer}],
+                         "rejected": [{"role": "assistant", "content": others[0]}]})
+    return Dataset.from_list(rows), len(rows) - len(lines)
 
 
 def train(folder: Path) -> int:
@@ -249,7 +280,13 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        data = preference_dataset(lines)
+        replay_file = folder / "replay.jsonl"
+        replay = [json.loads(raw) for raw in replay_file.read_text(encoding="utf-8").splitlines()
+                  if raw.strip()] if replay_file.is_file() else []
+        data, n_replay = preference_dataset(lines, replay, int(spec.get("seed") or 0))
+        if n_replay:
+            _event(folder, main, t="info", message=f"{len(data) - n_replay} preference pair(s) and {n_replay} "
+                                                    "replayed example(s) so the rest is not forgotten")
         if not len(data):
             raise ValueError("no usable preference pairs")
         args = DPOConfig(**common, loss_type=["sigmoid", "sft"], beta=0.1)

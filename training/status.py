@@ -53,13 +53,24 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
     lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
     losses = job.get("losses") or []
     if losses:
-        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
+        smoothed = job.get("smoothed_loss")
+        also = f", smoothed {float(smoothed):.4f}" if isinstance(smoothed, (int, float)) else ""
+        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]}{also})")
     elif status == "succeeded":
         # Say so rather than leave the line out: people look for the loss of a finished job.
         lines.append(f"Training loss: {_backend(job).no_loss_status}")
     end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
     if job.get("created_at"):
-        lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
+        elapsed = f"Elapsed: {format_duration(end - job['created_at'])}"
+        eta = job.get("eta_s")
+        if status not in TERMINAL and isinstance(eta, (int, float)):
+            elapsed += f", ETA {format_duration(eta)}"
+        lines.append(elapsed)
+    speed, device = job.get("examples_per_s"), job.get("device")
+    if isinstance(speed, (int, float)):
+        lines.append(f"Speed: {float(speed):.1f} examples/s" + (f" on {device}" if device else ""))
+    elif device:
+        lines.append(f"Device: {device}")
     est = job.get("estimate") or {}
     if est:
         n = est.get("examples", "?")
@@ -78,7 +89,7 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
 
 def no_loss_reason(job: dict[str, Any]) -> str:
     """Why a finished job has no loss curve, in one sentence."""
-    return _backend(job).no_loss_reason
+    return _backend(job).no_loss_reason or TrainingBackend.no_loss_reason or ""
 
 
 def loss_curve_png(job: dict[str, Any]) -> bytes | None:
