@@ -181,7 +181,7 @@ async def test_answer_queue_busy_and_timeout(settings: Settings, tiny_base: Path
     try:
         results = await asyncio.gather(*(backend.answer(space, None, f"question {i}", ()) for i in range(3)),
                                        return_exceptions=True)
-        assert sum(isinstance(r, Busy) for r in results) == 2 and isinstance(results[0], str)
+        assert sum(isinstance(r, Busy) for r in results) == 2 and sum(isinstance(r, str) for r in results) == 1
         backend.generator.timeout = 0.0001  # the model is loaded: now only generation counts
         with pytest.raises(BackendError, match="took longer than"):
             await backend.answer(space, None, "one more", ())

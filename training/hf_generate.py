@@ -143,7 +143,7 @@ class Generator:
                        prompt: str, max_new_tokens: int) -> dict[str, Any]:
         """The worker's reply ``{"text", "ttft", "tokens", "seconds"}``; Busy when the queue is full."""
         if self.busy >= self.queue:
-            raise Busy(f"I'm already working on {self.busy} answers; ask again in a moment.")
+            raise Busy(f"I'm busy with other questions ({self.busy} waiting for the model); ask again in a moment.")
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut  # counted from now, also while the worker is still loading
