@@ -1,15 +1,13 @@
-"""The hf backend without Discord: the trainer child, versions, resume, cancel, the answer worker, export.
+"""The hf backend without Discord: what the end-to-end tests (test_hf_commands.py) cannot reach cheaply.
 
-The base is the tiny Llama built once per session (``tiny_base``); every trainer and the answer worker
-are real child processes loading it by path through the product's loading code.
+A trainer that keeps dying fails with its reason; the answer worker's bounded queue and timeout; bad
+HF_* settings. The base is the tiny Llama built once per session (``tiny_base``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ from conftest import hf_env
 from config import Settings
 from errors import BackendError, Busy, ConfigError
 from storage import GuildSpace
-from tests.fakes import FAQ, compiled, dpo_line
-from training import hf_store, jobs
+from tests.fakes import FAQ, compiled
+from training import jobs
 from training.backend import TERMINAL
 from training.hf import HFBackend
 
@@ -67,93 +65,6 @@ async def wait_for_step(backend: HFBackend, space: GuildSpace, job: dict, step: 
 @pytest.fixture
 def space(settings: Settings) -> GuildSpace:
     return GuildSpace(42, settings.data_dir, settings.corrections_dir).ensure()
-
-
-async def test_supervised_training_versions_answers_dpo_and_export(settings: Settings, tiny_base: Path,
-                                                                   space: GuildSpace) -> None:
-    backend = HFBackend(hf_settings(settings, tiny_base))
-    await backend.start()
-    try:
-        job = await backend.start_job(space, compiled(TAUGHT), method="supervised", suffix="t")
-        job = await run_to_end(backend, space, job)
-        assert job["status"] == "succeeded", job
-        assert job["model"] == "hf-v1" and job["step"] == job["total_steps"] == 80
-        losses = [v for _, v in job["losses"]]
-        assert len(losses) == 80 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # it learnt
-        assert job["device"].startswith("CPU") and job["examples_per_s"] > 0
-        assert backend.list_models(space, []) == ["hf-v1"]
-        assert not (hf_store.run_dir(space.models, job["id"]) / "checkpoints").exists()
-
-        for question, answer in TAUGHT:  # word for word, from base + adapter in the worker
-            assert await backend.answer(space, "hf-v1", question, ()) == answer
-        untrained = await backend.answer(space, None, TAUGHT[0][0], ())  # the bare base: no adapter
-        assert untrained != TAUGHT[0][1]
-
-        # A correction as a preference pair: DPO continues hf-v1 into hf-v2, which says the new answer.
-        jobs.set_current_model(space, "hf", "hf-v1")
-        question, old = TAUGHT[0]
-        new = "The shop opens at 10 am on Mondays."
-        pref = compiled(TAUGHT, preference=[dpo_line(question, new, old)])
-        job = await run_to_end(backend, space, await backend.start_job(space, pref, method="dpo", suffix="t"))
-        assert job["status"] == "succeeded" and job["model"] == "hf-v2", job
-        assert job["parent_model"] == "hf-v1"
-        assert await backend.answer(space, "hf-v2", question, ()) == new
-        assert await backend.answer(space, "hf-v2", TAUGHT[1][0], ()) == TAUGHT[1][1]  # the rest stays
-        assert await backend.answer(space, "hf-v1", question, ()) == old  # versions are kept as they were
-
-        path = await backend.export(space, "hf-v2")
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            readme = zf.read("hf-v2/README.md").decode()
-            meta = json.loads(zf.read("hf-v2/meta.json"))
-        assert names == {"hf-v2/adapter_model.safetensors", "hf-v2/adapter_config.json", "hf-v2/meta.json",
-                         "hf-v2/README.md"}
-        assert "--enable-lora" in readme and "ADAPTER ./hf-v2" in readme and "PeftModel.from_pretrained" in readme
-        assert meta["method"] == "dpo" and meta["parent"] == "hf-v1"
-    finally:
-        await backend.close()
-
-
-async def test_cancel_mid_job_saves_nothing(settings: Settings, tiny_base: Path, space: GuildSpace) -> None:
-    backend = HFBackend(hf_settings(settings, tiny_base, HF_EPOCHS="5000"))
-    try:
-        job = await backend.start_job(space, compiled(TAUGHT), method="supervised", suffix="t")
-        await wait_for_step(backend, space, job, 5)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        merge(job, await backend.cancel(space, job))
-        assert job["status"] == "cancelled" and loop.time() - started < 10
-        assert backend.list_models(space, []) == []
-        assert not list(space.models.glob(".tmp-*"))
-        assert not (hf_store.run_dir(space.models, job["id"]) / "checkpoints").exists()
-    finally:
-        await backend.close()
-
-
-async def test_bot_restart_resumes_from_the_checkpoint(settings: Settings, tiny_base: Path,
-                                                       space: GuildSpace) -> None:
-    s = hf_settings(settings, tiny_base, HF_EPOCHS="150")
-    first = HFBackend(s)
-    job = await first.start_job(space, compiled(TAUGHT), method="supervised", suffix="t")
-    await wait_for_step(first, space, job, 10)
-    await first.close()  # the bot stops: the trainer checkpoints at its next step and exits
-    run = hf_store.run_dir(space.models, job["id"])
-    assert not hf_store.lock_held(run)
-    ckpt = hf_store.latest_checkpoint(run)
-    assert ckpt is not None
-    saved_step = int(ckpt.name.split("-")[1])
-    assert saved_step >= 10
-
-    second = HFBackend(s)  # the bot again: the first poll finds no trainer and resumes it
-    try:
-        job = await run_to_end(second, space, job, timeout=120)
-        assert job["status"] == "succeeded", job
-        assert any(f"Resumed from step {saved_step}" in e for e in job["events"]), job["events"]
-        assert job["attempts"] == 2 and job["step"] == job["total_steps"] == 300
-        steps = [s for s, _ in job["losses"]]
-        assert steps == sorted(set(steps)) and steps[-1] == 300
-    finally:
-        await second.close()
 
 
 async def test_a_trainer_that_keeps_dying_fails_with_the_reason(settings: Settings, tiny_base: Path,

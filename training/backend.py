@@ -15,7 +15,10 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from errors import InvalidInput
 
 if TYPE_CHECKING:
     import openai
@@ -120,6 +123,11 @@ class TrainingBackend(ABC):
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The label a model gives ``text``; by default the answer text itself."""
         return await self.answer(space, model_name, text, ())
+
+    async def export(self, space: GuildSpace, model_name: str) -> Path:
+        """Write ``model_name`` as a file people can take elsewhere (a zip in ``space.archives``); its path."""
+        raise InvalidInput(f"The {self.name} backend has no model files to export; `MODEL_BACKEND=hf` trains "
+                           "an open-weights model that can be exported.")
 
     def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
         """Whether ``name`` can be made the current model (a succeeded job produced it)."""

@@ -165,6 +165,10 @@ class HFBackend(TrainingBackend):
     def _launch(self, run: Path, job_id: str) -> None:
         """Start the trainer (sync, quick): its own process group, stdin a pipe only the bot holds."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        spec = json.loads((run / "job.json").read_text(encoding="utf-8"))
+        if spec.get("bot_pid") != os.getpid():  # a resume by a restarted bot: the trainer watches this one
+            spec["bot_pid"] = os.getpid()
+            atomic_write_json(run / "job.json", spec)
         with open(run / "trainer.log", "ab") as logfile:
             proc = subprocess.Popen(self._command(run), cwd=str(ROOT), env=env, stdin=subprocess.PIPE,
                                     stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
