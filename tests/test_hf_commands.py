@@ -136,13 +136,17 @@ use_cpu: true
 
 async def start_bot_process(sandbox: Sandbox, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
     count = sandbox.identify_count
-    with open(log, "ab") as out:
+    out = await asyncio.to_thread(open, log, "ab")
+    try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "bot.py", cwd=ROOT, env=env,
                                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        out.close()
     for _ in range(600):
         if sandbox.identify_count > count:
             break
-        assert proc.returncode is None, log.read_text()[-3000:]
+        if proc.returncode is not None:
+            raise AssertionError((await asyncio.to_thread(log.read_text))[-3000:])
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # GUILD_CREATE handled, on_ready
     return proc
