@@ -65,6 +65,13 @@ def load_base(spec: BaseSpec, device: Device) -> PreTrainedModel:
     if spec.kind == "hub" and not os.environ.get("HF_HUB_OFFLINE"):
         log.info("loading %s (downloaded to the Hugging Face cache on first use)", spec.source)
     model = AutoModelForCausalLM.from_pretrained(spec.source, **kwargs)
+    if spec.gguf_file:
+        # The weights are plain tensors now, but the model still says "GGUF-quantized", which the Trainer
+        # refuses to train (and peft would save as such): drop the marks of a quantization that is gone.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model.to(device.torch_device)
 
 
