@@ -1,7 +1,6 @@
 """The hf backend without Discord: what the end-to-end tests (test_hf_commands.py) cannot reach cheaply.
 
-A trainer that keeps dying fails with its reason; the answer worker's bounded queue and timeout; bad
-HF_* settings. The base is the tiny Llama built once per session (``tiny_base``).
+A trainer that keeps dying fails with its reason; bad HF_* settings. The base is the tiny Llama built once per session (``tiny_base``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import pytest
 from conftest import hf_env
 
 from config import Settings
-from errors import BackendError, Busy, ConfigError
+from errors import ConfigError
 from storage import GuildSpace
 from tests.fakes import FAQ, compiled
 from training import jobs
@@ -82,22 +81,6 @@ async def test_a_trainer_that_keeps_dying_fails_with_the_reason(settings: Settin
         job = await run_to_end(backend, space, job)
         assert job["status"] == "failed"
         assert "stopped 3 times" in job["error"] and "killed by signal 9" in job["error"], job["error"]
-    finally:
-        await backend.close()
-
-
-async def test_answer_queue_busy_and_timeout(settings: Settings, tiny_base: Path, space: GuildSpace) -> None:
-    s = hf_settings(settings, tiny_base, HF_ANSWER_QUEUE="1")
-    backend = HFBackend(s)
-    try:
-        results = await asyncio.gather(*(backend.answer(space, None, f"question {i}", ()) for i in range(3)),
-                                       return_exceptions=True)
-        assert sum(isinstance(r, Busy) for r in results) == 2 and sum(isinstance(r, str) for r in results) == 1
-        backend.generator.timeout = 0.0001  # the model is loaded: now only generation counts
-        with pytest.raises(BackendError, match="took longer than"):
-            await backend.answer(space, None, "one more", ())
-        backend.generator.timeout = 60
-        assert isinstance(await backend.answer(space, None, "and again", ()), str)  # the worker is still fine
     finally:
         await backend.close()
 

@@ -62,7 +62,7 @@ class HFBackend(TrainingBackend):
 
     name = "hf"
     min_examples = 1  # LoRA learns from a handful; DPO from a single correction
-    poll_seconds = 1.0  # progress is a local file: cheap to read often
+    poll_seconds = 0.5  # progress is a local file: cheap to read often
     bills_tokens = False
     # OpenAI's format limits (no system message, its token cap) mean nothing here; HF_MAX_SEQ_LENGTH
     # is the real limit and the trainer reports examples it had to cut.
