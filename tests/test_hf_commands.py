@@ -204,6 +204,8 @@ async def test_accelerate_sigkill_restart_resumes_then_cancel(sandbox: Sandbox, 
                                 if e["t"] == "step")
         assert first_step_after == saved + 1  # it went on from the checkpoint, not from the start
 
+        await sandbox.wait_for(lambda: f"Resumed from its checkpoint at step {saved}" in status.content, 20)
+
         # !cancel mid-job (the resumed one): stopped within seconds, no version, no checkpoint left.
         msg = await h.sandbox.post_message("admin", f"!cancel {job_id}")
         reply = await wait_bot(sandbox, lambda m: m.content.startswith("Cancelling training job"), after=msg.id,

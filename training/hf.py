@@ -202,6 +202,7 @@ class HFBackend(TrainingBackend):
                 upd.extra["device"] = ev.get("device")
                 if ev.get("resumed_from") is not None:
                     upd.events.append(f"Resumed from step {ev['resumed_from']} (checkpoint)")
+                    upd.extra["resumed_from"] = ev["resumed_from"]
                 upd.status = "running"
             elif kind == "step":
                 upd.step = int(ev["step"])

@@ -78,6 +78,8 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
         if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
             what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
         lines.append(f"Estimate: {what}")
+    if job.get("resumed_from") is not None:
+        lines.append(f"Resumed from its checkpoint at step {job['resumed_from']} after a restart.")
     if job.get("model"):
         lines.append(f"Model: `{job['model']}`")
     if status == "cancelled" and job.get("cancelled_by"):
