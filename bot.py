@@ -169,6 +169,9 @@ class TrainerBot(commands.Bot):
             return
         error = getattr(error, "original", error) if isinstance(error, commands.CommandInvokeError) else error
         p = ctx.clean_prefix
+        if ctx.command is not None and isinstance(error, (commands.UserInputError, TrainerError)):
+            # A mistyped attempt must not use up the cooldown the real one needs.
+            ctx.command.reset_cooldown(ctx)
         if isinstance(error, commands.CommandNotFound):
             name = ctx.invoked_with or ""
             names = [c.name for c in self.commands if not c.hidden]

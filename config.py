@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -69,6 +70,25 @@ def _usable_dir(name: str, raw: str) -> Path:
     return path.resolve()
 
 
+def _embed_model(env: Mapping[str, str]) -> str:
+    """EMBED_MODEL: wordllama (default), none/off, a local folder or a Hugging Face id (owner/name).
+
+    Only the form is checked here; a model that cannot be loaded does not stop the bot (it answers
+    by word matching and says so), because a missing download must not take the bot down.
+    """
+    raw = env.get("EMBED_MODEL", "").strip()
+    if not raw:
+        return "wordllama"
+    if raw.lower() in ("wordllama", "none", "off"):
+        return raw.lower()
+    if raw.startswith((".", "/", "~")) or Path(raw).expanduser().exists():
+        return raw  # a local path; whether it holds a model is found out (and reported) at load time
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw):
+        raise ConfigError(f"EMBED_MODEL must be wordllama, none, a local folder or a Hugging Face id "
+                          f"like owner/name; got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated settings; see ``.env.example`` for what each one means."""
@@ -97,6 +117,7 @@ class Settings:
     audio_queue: int = 8
     voice_idle_seconds: float = 300.0
     job_poll_seconds: float = 15.0
+    embed_model: str = "wordllama"
     # MODEL_BACKEND=hf (LoRA fine-tuning of an open-weights model): defaults that work for a 0.1-2B instruct model.
     hf_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     hf_lora_rank: int = 16
@@ -165,6 +186,7 @@ class Settings:
             audio_queue=_int(env, "AUDIO_QUEUE", cls.audio_queue, 1),
             voice_idle_seconds=_float(env, "VOICE_IDLE_SECONDS", cls.voice_idle_seconds, 0.0),
             job_poll_seconds=_float(env, "JOB_POLL_SECONDS", cls.job_poll_seconds, 0.01),
+            embed_model=_embed_model(env),
             **_hf_settings(env, cls),
         )
 

@@ -37,3 +37,7 @@ class BackendError(TrainerError):
 
 class Busy(TrainerError):
     """A bounded queue is full; try again later."""
+
+
+class NotSaved(TrainerError):
+    """A write failed (read-only folder, full disk): nothing of it was kept, and the message says so."""

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dataset import archive, check, corrections
 from dataset import compile as compiler
@@ -23,8 +23,8 @@ from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
-from errors import Busy, InvalidInput, NotFound, TooLarge, TrainerError
-from storage import GuildSpace, fmt_bytes
+from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
+from storage import GuildSpace, fmt_bytes, remove_leftovers
 from training import jobs, status
 from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend, create_backend
 from training.evaluation import Case, EvalResult, parse_cases, run_cases
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from dataset.check import CheckReport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TEST_CONCURRENCY = 4
 MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refused before download
@@ -58,7 +59,12 @@ class Model:
         self._dataset_hashes: dataset_folder.HashCache = {}
 
     async def start(self) -> None:
-        """Start the backend (once, from the bot's setup_hook)."""
+        """Clean up after a crash, then start the backend (once, from the bot's setup_hook)."""
+        removed = await asyncio.to_thread(remove_leftovers, self.settings.data_dir, self.settings.corrections_dir)
+        for path, size in removed:
+            # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
+            log.warning("removed %s (%s) left by an interrupted write (the bot stopped mid-way; that upload, "
+                        "archive or training did not complete)", path, fmt_bytes(size))
         await self.backend.start()
 
     async def close(self) -> None:
@@ -68,6 +74,17 @@ class Model:
     def space(self, guild_id: int) -> GuildSpace:
         """The guild's folders: the only place a GuildSpace is built."""
         return GuildSpace(guild_id, self.settings.data_dir, self.settings.corrections_dir)
+
+    @staticmethod
+    async def _write(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a write in a thread; a refused write (read-only folder, full disk) becomes one plain NotSaved line."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as exc:
+            log.warning("could not save %s: %s", what, exc)
+            raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: I could not write to my data folder "
+                           f"({exc.strerror or type(exc).__name__}). Nothing was changed; an admin can find "
+                           f"the details in the log.") from None
 
     # ------------------------------------------------------------ data in
 
@@ -88,20 +105,27 @@ class Model:
 
         def work() -> IngestReport:
             path = dataset_folder.store_upload(space, filename, data)
-            return dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
-                                              cache=self._dataset_hashes)
+            try:
+                report = dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
+                                                    cache=self._dataset_hashes)
+            except BaseException:
+                path.unlink(missing_ok=True)  # a refused upload is not kept
+                raise
+            if not report.added:
+                path.unlink(missing_ok=True)  # nothing from it went into the dataset: nothing to keep
+            return report
 
-        return await asyncio.to_thread(work)
+        return await self._write(f"`{filename}`", work)
 
     async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str) -> IngestReport:
         """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
-        return await asyncio.to_thread(dataset_folder.ingest_text, self.space(guild_id), text, positive=positive,
-                                       author=author, cache=self._dataset_hashes)
+        return await self._write("the examples", dataset_folder.ingest_text, self.space(guild_id), text,
+                                 positive=positive, author=author, cache=self._dataset_hashes)
 
     async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str) -> IngestReport:
         """Add a file or folder of the guild's data space (a path the user typed)."""
-        return await asyncio.to_thread(dataset_folder.ingest_path, self.space(guild_id), user_path,
-                                       positive=positive, author=author, cache=self._dataset_hashes)
+        return await self._write("the examples", dataset_folder.ingest_path, self.space(guild_id), user_path,
+                                 positive=positive, author=author, cache=self._dataset_hashes)
 
     async def path_exists(self, guild_id: int, user_path: str) -> bool:
         """Whether a typed path names an entry of the guild's data space (False when refused)."""
@@ -121,8 +145,8 @@ class Model:
 
     async def select_dataset(self, guild_id: int, user_dir: str, *, positive: bool) -> SelectResult:
         """Make a folder the dataset for the next training; it is archived first."""
-        return await asyncio.to_thread(dataset_folder.select_dataset, self.space(guild_id), user_dir,
-                                       positive=positive)
+        return await self._write("the dataset choice", dataset_folder.select_dataset, self.space(guild_id), user_dir,
+                                 positive=positive)
 
     async def archive(self, guild_id: int, user_dir: str, *, read_limit: int) -> tuple[ArchiveResult, str, bytes | None]:
         """Zip a folder of the data space; returns the result, the folder as stored, and the zip's bytes
@@ -135,7 +159,7 @@ class Model:
             data = result.path.read_bytes() if result.bytes <= read_limit else None
             return result, shown, data
 
-        return await asyncio.to_thread(work)
+        return await self._write("the archive", work)
 
     async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
         """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
@@ -156,6 +180,8 @@ class Model:
                 return shown, target.name, target.read_bytes()
             except FileNotFoundError:
                 raise NotFound(f"`{shown}` does not exist in this server's data folder.") from None
+            except OSError as exc:
+                raise InvalidInput(f"`{shown}` can't be read: {exc.strerror or type(exc).__name__}.") from None
 
         return await asyncio.to_thread(work)
 
@@ -173,18 +199,23 @@ class Model:
                                           answer=answer, prompt_message_id=prompt_message_id,
                                           author_id=author_id, model=model_name)
 
-        await asyncio.to_thread(work)
+        await self._write("the answer log", work)
 
     async def find_answer(self, guild_id: int, message_id: int) -> dict[str, Any] | None:
         """The logged answer for one of the bot's message ids, or None."""
         return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id,
                                        self._answer_indexes)
 
+    async def latest_answer(self, guild_id: int, channel_id: int, author_id: int) -> dict[str, Any] | None:
+        """The bot's latest answer to ``author_id`` in ``channel_id``, or None."""
+        return await asyncio.to_thread(corrections.latest_answer, self.space(guild_id), channel_id, author_id,
+                                       self._answer_indexes)
+
     async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
                       author_name: str, channel_id: int) -> dict[str, Any]:
         """Store a correction of a logged answer; returns the record (with its ``ref``)."""
-        return await asyncio.to_thread(
-            corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
+        return await self._write(
+            "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
             prompt=answer.get("prompt", ""), answer=answer.get("answer", ""), correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
         )
@@ -192,8 +223,8 @@ class Model:
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
                        reply_to: dict[str, Any] | None) -> dict[str, Any]:
         """Store feedback; returns the record (with its ``ref``)."""
-        return await asyncio.to_thread(
-            corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
+        return await self._write(
+            "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
             author_name=author_name, channel_id=channel_id, reply_to=reply_to,
         )
 
@@ -206,24 +237,24 @@ class Model:
 
         Busy if a job of this guild is still running.
         """
-        if method not in METHODS:
-            raise InvalidInput(f"Unknown training method `{method}`: use one of {', '.join(METHODS)}.")
+        self.check_method(method)
         lock = self._train_locks.setdefault(guild_id, asyncio.Lock())
         if lock.locked():
             raise Busy("A training is being started for this server right now; wait a moment.")
         async with lock:
-            space = self.space(guild_id).ensure()
+            space = await self._write("the training job", self.space(guild_id).ensure)
             for job in await asyncio.to_thread(jobs.unfinished_jobs, space):
                 job = await self.poll_job(guild_id, job["id"])
                 if job["status"] not in TERMINAL:
                     raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
-            compiled = await asyncio.to_thread(compiler.compile_guild, space,
-                                               min_examples=self.backend.min_examples)
+            compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=self.backend.min_examples,
+                                               trainer=self.backend.trainer_title)
             report = compiled.report
             if method == "dpo" and compiled.preference_report is not None:
                 report = compiled.preference_report  # DPO uploads the preference lines, so check those
             if not report.ok:
-                raise InvalidInput(report.format())
+                raise InvalidInput(report.format(billed=self.backend.bills_tokens,
+                                                 ignore=self.backend.ignored_check_codes))
             started = time.time()
             record = await self.backend.start_job(space, compiled, method=method,  # type: ignore[arg-type]
                                                   suffix=f"g{guild_id}")
@@ -235,9 +266,16 @@ class Model:
                              "epochs": report.epochs, "billed_tokens": report.billed_tokens},
             })
             record.setdefault("step", 0)
-            await asyncio.to_thread(jobs.save_job, space, record)
+            await self._write("the training job", jobs.save_job, space, record)
             log.info("guild %s: %s started %s job %s", guild_id, started_by, self.backend.name, record["id"])
             return record, report
+
+    def check_method(self, method: str) -> None:
+        """InvalidInput unless the backend in use trains with ``method`` (pure: checked before any data is added)."""
+        if method not in METHODS:
+            raise InvalidInput(f"Unknown training method `{method}`: use one of {', '.join(METHODS)}.")
+        if method not in self.backend.methods:
+            raise InvalidInput(self.backend.method_refusal(method))
 
     def relevant_warnings(self, report: CheckReport) -> list[Any]:
         """The checker's warnings that matter to the backend in use."""
@@ -281,7 +319,7 @@ class Model:
                 return job  # another backend's job: nothing can poll it here
             upd = await self.backend.poll(space, job)
             if self._apply(job, upd):
-                await asyncio.to_thread(self._save, space, job)
+                await self._write("the job's progress", self._save, space, job)
             return job
 
     def _save(self, space: GuildSpace, job: dict[str, Any]) -> None:
@@ -309,7 +347,7 @@ class Model:
             self._apply(job, upd)
             if job["status"] == "cancelled" and by:
                 job["cancelled_by"] = by
-            await asyncio.to_thread(self._save, space, job)
+            await self._write("the cancellation", self._save, space, job)
             return job
 
     async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
@@ -323,7 +361,7 @@ class Model:
             return jobs.save_job(space, job)
 
         async with self._job_locks.setdefault(job_id, asyncio.Lock()):
-            return await asyncio.to_thread(work)
+            return await self._write("the job's status message", work)
 
     async def list_jobs(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
         """Newest jobs first."""
@@ -386,7 +424,11 @@ class Model:
                 raise NotFound(f"There is no model `{name}` on this server. Known: {shown}.")
             return jobs.set_current_model(space, self.backend.name, name) or name
 
-        return await asyncio.to_thread(work)
+        return await self._write("the model switch", work)
+
+    async def describe_backend(self) -> str:
+        """One line on how the backend answers (it may load its model the first time)."""
+        return await asyncio.to_thread(self.backend.describe)
 
     async def export_model(self, guild_id: int, *, read_limit: int) -> tuple[str, str, int, bytes | None]:
         """Export the current model: (model name, the file as shown in the data space, its size, its bytes
@@ -432,7 +474,7 @@ class Model:
         result = await run_cases(ask, cases, concurrency=concurrency)
         if result.mismatches:
             rows = [dict(m, model=model_name) for m in result.mismatches]
-            await asyncio.to_thread(corrections.add_test_errors, space, rows)
+            await self._write("the mismatches", corrections.add_test_errors, space, rows)
         return result
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -88,6 +90,42 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+# Hidden names our own writers use while a file or folder is being made (atomic_open, archives,
+# model versions): anything left with such a name was cut short by a crash.
+_LEFTOVER = re.compile(r"^\.(?:.+\.tmp|tmp-[0-9a-f]{32})$")
+
+
+def remove_leftovers(*roots: Path) -> list[tuple[Path, int]]:
+    """Delete half-written temp files and folders under ``roots`` (a crash mid-write leaves them).
+
+    Returns (path, bytes) of what was removed. Only names our writers make are touched.
+    """
+    removed: list[tuple[Path, int]] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            here = Path(dirpath)
+            for name in filenames:
+                if _LEFTOVER.match(name):
+                    path = here / name
+                    try:
+                        size = path.lstat().st_size
+                        path.unlink()
+                    except OSError as exc:
+                        log.warning("could not remove leftover %s: %s", path, exc)
+                        continue
+                    removed.append((path, size))
+            for name in list(dirnames):
+                if _LEFTOVER.match(name):
+                    path = here / name
+                    dirnames.remove(name)
+                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append((path, size))
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -263,16 +301,20 @@ class GuildSpace:
         if any(p.startswith(".") for parts in split for p in parts):
             raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
         parts = [p for p in decoded.replace("\\", "/").split("/") if p not in ("", ".")]
-        self.data.mkdir(parents=True, exist_ok=True)
-        root = self.data.resolve()
-        target = root.joinpath(*parts) if parts else root
-        real = target.resolve()  # follows symlinks
+        try:
+            self.data.mkdir(parents=True, exist_ok=True)
+            root = self.data.resolve()
+            target = root.joinpath(*parts) if parts else root
+            real = target.resolve()  # follows symlinks
+            exists = real.exists()
+        except OSError as exc:  # a name too long for the file system, a symlink loop, ...
+            raise PathRefused(f"That path can't be used: {exc.strerror or exc}.") from None
         if real != root and root not in real.parents:
             raise PathRefused("That path leads outside this server's data folder.")
         # A symlink inside the space may still point at a hidden file (``link -> .env``).
         if any(p.startswith(".") for p in real.relative_to(root).parts):
             raise PathRefused("Hidden files and folders (names starting with `.`) are not available.")
-        if must_exist and not real.exists():
+        if must_exist and not exists:
             shown = "/".join(parts) or "."
             raise NotFound(f"`{shown}` does not exist in this server's data folder.")
         return real

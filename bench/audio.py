@@ -33,13 +33,13 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 # Project imports come after the sys.path line above; importlib keeps linters from objecting.
-samples = importlib.import_module("audio_samples")
-audio = importlib.import_module("audio")
+samples = importlib.import_module("tests.fakes.audio_samples")
+audio = importlib.import_module("speech.audio")
 Settings = importlib.import_module("config").Settings
-_speech = importlib.import_module("speech")
+_speech = importlib.import_module("speech.recognize")
 Transcriber, SphinxRecognizer, _import_sr = _speech.Transcriber, _speech.SphinxRecognizer, _speech._import_sr
 InvalidInput = importlib.import_module("errors").InvalidInput
 roundtrip = importlib.import_module("bench.roundtrip")

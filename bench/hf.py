@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes import FAQ  # noqa: E402
+from tests.fakes.samples import FAQ  # noqa: E402
 from training import hf_store  # noqa: E402
 from training.hf_generate import Generator  # noqa: E402
 from training.hf_store import BaseSpec  # noqa: E402

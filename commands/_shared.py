@@ -6,6 +6,7 @@ Discord glue only: domain work goes through ``ctx.model`` (the one door, see ``m
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,47 @@ def report_unexpected(what: str, exc: BaseException | None = None) -> str:
 DISCORD_LIMIT = 2000
 
 
+_HEADING = re.compile(r"^(__[^_].*__|\*\*[^*].*\*\*|#{1,3} .+)$")
+
+
 def split_message(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
+    """Split ``text`` into messages of at most ``limit`` characters, whole sections together when they fit.
+
+    A section starts at a heading line (``__Title__``, ``**Title**`` or ``# Title``) outside code blocks.
+    Sections are packed into as few messages as possible; one longer than a message is split by lines
+    (:func:`split_lines`).
+    """
+    text = text.strip("\n")
+    if len(text) <= limit:
+        return [text] if text else []
+    sections: list[list[str]] = [[]]
+    in_code = False
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and _HEADING.match(line.strip()) and sections[-1]:
+            sections.append([])
+        sections[-1].append(line)
+    chunks: list[str] = []
+    current = ""
+    for section in ("\n".join(s) for s in sections):
+        joined = f"{current}\n{section}" if current else section
+        if len(joined.strip("\n")) <= limit:
+            current = joined
+            continue
+        if current.strip("\n"):
+            chunks.append(current.strip("\n"))
+        if len(section.strip("\n")) <= limit:
+            current = section
+        else:
+            *whole, current = split_lines(section, limit)
+            chunks.extend(whole)
+    if current.strip("\n"):
+        chunks.append(current.strip("\n"))
+    return chunks
+
+
+def split_lines(text: str, limit: int = DISCORD_LIMIT) -> list[str]:
     """Split ``text`` at line boundaries into chunks of at most ``limit`` characters.
 
     A chunk that ends inside a fenced code block is closed with ``` and the next chunk reopens

@@ -12,7 +12,7 @@ import discord
 from discord.ext import commands
 
 from commands._shared import report_unexpected, split_message
-from errors import Busy, TrainerError
+from errors import Busy, NotSaved, TrainerError
 from speech.audio import is_audio
 
 if TYPE_CHECKING:
@@ -158,10 +158,14 @@ class Chat(commands.Cog):
                 sent.append(await message.channel.send(chunk))
         turns.extend((("user", prompt), ("assistant", answer)))
         self.bot.dispatch("chat_answer", message, answer)  # the voice cog speaks it when in a call
-        await self.bot.model.record_answer(
-            guild.id, message_ids=[m.id for m in sent], channel_id=message.channel.id, prompt=prompt,
-            answer=answer, prompt_message_id=message.id, author_id=message.author.id,
-        )
+        try:
+            await self.bot.model.record_answer(
+                guild.id, message_ids=[m.id for m in sent], channel_id=message.channel.id, prompt=prompt,
+                answer=answer, prompt_message_id=message.id, author_id=message.author.id,
+            )
+        except NotSaved:
+            sent.append(await message.channel.send(
+                f"(I couldn't save this answer to my log, so `{self.bot.settings.prefix}correct` won't find it.)"))
         return sent
 
 

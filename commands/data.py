@@ -37,8 +37,11 @@ class Data(commands.Cog):
             result = await ctx.model.select_dataset(ctx.guild_id, folder, positive=flags.get("positive", True))
         n = len(result.report.skipped)
         skipped = f" ({n:,} line{'s' * (n != 1)} skipped)" if n else ""
+        links = result.report.skipped_links
+        linked = (f" Skipped {links} link{'s' * (links != 1)} leading out of this server's data folder or to "
+                  f"hidden files.") if links else ""
         await ctx.send(f"Dataset for the next training: `{result.name}` with **{result.examples:,}** "
-                       f"examples{skipped}. Archived as `archives/{result.archive.name}`.")
+                       f"examples{skipped}. Archived as `archives/{result.archive.name}`.{linked}")
 
     @commands.command(usage="<folder>")
     @commands.guild_only()

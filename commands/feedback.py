@@ -23,11 +23,11 @@ class Feedback(commands.Cog):
     def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
 
-    @commands.command(usage="<message_id> <correction...>")
+    @commands.command(usage="[message_id] <correction...>")
     @commands.guild_only()
     @commands.cooldown(10, 60.0, commands.BucketType.user)
     async def correct(self, ctx: TrainerContext, *, text: str) -> None:
-        """Correct one of my answers (or reply to it with just the correction)."""
+        """Correct my last answer to you here, a reply's answer, or the answer with that message id."""
         ref = ctx.message.reference
         first, _, rest = text.partition(" ")
         if first.isdigit() and len(first) >= 15 and rest.strip():
@@ -41,7 +41,8 @@ class Feedback(commands.Cog):
                                f"on my answer), or reply to my answer with "
                                f"`{ctx.clean_prefix}correct <correction>`.")
         else:
-            raise commands.BadArgument("Give the id of my answer first, or reply to my answer")
+            await self._correct_latest(ctx, text.strip())
+            return
         answer = await ctx.model.find_answer(ctx.guild_id, message_id)
         if answer is None:
             resolved = ctx.replied_message if ref is not None and ref.message_id == message_id else None
@@ -53,9 +54,26 @@ class Feedback(commands.Cog):
                 await ctx.send(f"I have no answer with id `{message_id}` in this server. "
                                "Reply to my answer with the correction instead.")
             return
+        await self._save(ctx, answer, correction)
+
+    async def _correct_latest(self, ctx: TrainerContext, correction: str) -> None:
+        """``!correct <text>`` with no reply and no id: my latest answer to the author in this channel."""
+        answer = await ctx.model.latest_answer(ctx.guild_id, ctx.channel.id, ctx.author.id)
+        if answer is None:
+            raise InvalidInput(f"I haven't answered you in this channel yet. Reply to one of my answers with "
+                               f"`{ctx.clean_prefix}correct <the right answer>`, or give its message id first.")
+        question = discord.utils.escape_markdown(str(answer.get("prompt", "")))[:120]
+        await ctx.send(f"Correcting my last answer to you here (to “{question}”).")
+        await self._save(ctx, answer, correction)
+
+    async def _save(self, ctx: TrainerContext, answer: dict, correction: str) -> None:
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id)
-        await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
+        if ctx.model.backend.applies_corrections_now:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
+                           f"that means the same) with it from now on, and it is training data for next time.")
+        else:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:

@@ -62,6 +62,7 @@ class Training(commands.Cog):
     async def train(self, ctx: TrainerContext, *, args: str = "") -> None:
         """Add data (attached files, inline examples or a path), then train a new model."""
         text, method = take_option(args, "method", ("supervised", "dpo"))
+        ctx.model.check_method(method or "supervised")  # before any data is added: a refusal changes nothing
         text, flags = split_flags(text, ("positive",))
         positive = flags.get("positive", True)
         if ctx.message.attachments or text:
@@ -98,6 +99,9 @@ class Training(commands.Cog):
                                                                          positive=positive, author=author)))
             except TrainerError as exc:
                 reports.append((att.filename, exc))
+            except discord.HTTPException as exc:
+                log.warning("could not download attachment %s: %s", att.id, exc)
+                reports.append((att.filename, InvalidInput("I couldn't download it from Discord; send it again.")))
         if text:
             name = text.split("\n")[0][:40]
             try:
@@ -286,13 +290,15 @@ class Training(commands.Cog):
         if name is None:
             current = await ctx.model.current_model(ctx.guild_id)
             known = await ctx.model.list_models(ctx.guild_id)
+            how = await ctx.model.describe_backend()
+            how = f"\nIt {how}." if how else ""
             if not current:
                 await ctx.send(f"No trained model yet ({self.model.backend.name} backend). "
-                               f"An admin can train one with `{ctx.clean_prefix}train`.")
+                               f"An admin can train one with `{ctx.clean_prefix}train`.{how}")
                 return
             others = ", ".join(f"`{m}`" for m in known[-6:] if m != current)
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
-                           + (f" Others: {others}." if others else ""))
+                           + (f" Others: {others}." if others else "") + how)
             return
         await is_trainer_admin(ctx)
         new = await ctx.model.set_model(ctx.guild_id, name)
@@ -326,6 +332,9 @@ class Training(commands.Cog):
             ctx.model.check_test_upload(att.filename, att.size)
             try:
                 text = (await att.read()).decode("utf-8")
+            except discord.HTTPException as exc:
+                log.warning("could not download attachment %s: %s", att.id, exc)
+                raise InvalidInput(f"I couldn't download `{att.filename}` from Discord; send it again.") from None
             except UnicodeDecodeError:
                 raise InvalidInput(f"`{att.filename}` is not UTF-8 text.") from None
         elif not text.strip():

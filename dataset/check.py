@@ -65,20 +65,23 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def format(self, limit: int = 10) -> str:
-        """A human-readable report (Discord markdown), with line numbers, at most ``limit`` issues each."""
-        e, w = len(self.errors), len(self.warnings)
+    def format(self, limit: int = 10, *, billed: bool = True, ignore: frozenset[str] = frozenset()) -> str:
+        """A human-readable report (Discord markdown), with line numbers, at most ``limit`` issues each.
+
+        ``billed``: show tokens and epochs (they mean something only where training is billed by
+        token); ``ignore``: warning codes that do not matter to the backend in use.
+        """
+        warnings = [w for w in self.warnings if w.code not in ignore]
+        e, w = len(self.errors), len(warnings)
         head = "**Check passed**" if self.ok else f"**Check failed: {e} error{'s' * (e != 1)}**"
         if w:
             head += f" ({w} warning{'s' * (w != 1)})"
-        out = [
-            (
-                f"{head} · {self.n_examples:,} examples · ~{self.est_tokens:,} tokens "
-                f"(largest ~{self.max_tokens:,}) · {self.epochs} epochs · "
-                f"~{self.billed_tokens:,} billed tokens"
-            )
-        ]
-        for title, issues in (("Errors", self.errors), ("Warnings", self.warnings)):
+        head += f" · {self.n_examples:,} example{'s' * (self.n_examples != 1)}"
+        if billed:
+            head += (f" · ~{self.est_tokens:,} tokens (largest ~{self.max_tokens:,}) · {self.epochs} epochs · "
+                     f"~{self.billed_tokens:,} billed tokens")
+        out = [head]
+        for title, issues in (("Errors", self.errors), ("Warnings", warnings)):
             if not issues:
                 continue
             out.append(f"{title}:")
@@ -197,7 +200,8 @@ def type_name(obj: Any) -> str:
     )
 
 
-def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLES) -> CheckReport:
+def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLES,
+                trainer: str = "OpenAI") -> CheckReport:
     """Check raw JSONL lines (supervised or DPO) the way OpenAI does; never raises on bad data."""
     errors: list[Issue] = []
     warnings: list[Issue] = []
@@ -215,6 +219,10 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
                 continue
             n += 1
             errors.append(Issue(number, "invalid_json", f"not valid JSON ({exc.msg}, column {exc.colno})"))
+            continue
+        except RecursionError:
+            n += 1
+            errors.append(Issue(number, "invalid_json", "JSON nested too deeply to be an example"))
             continue
         except UnicodeDecodeError as exc:
             n += 1
@@ -259,7 +267,7 @@ def check_lines(lines: Iterable[str | bytes], *, min_examples: int = MIN_EXAMPLE
     if n < min_examples:
         errors.append(
             Issue(
-                None, "too_few_examples", f"{n} example{'s' * (n != 1)}: OpenAI needs at least {min_examples}"
+                None, "too_few_examples", f"{n} example{'s' * (n != 1)}: {trainer} needs at least {min_examples}"
             )
         )
     if no_system:

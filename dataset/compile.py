@@ -43,7 +43,7 @@ def _prompt_key(messages: list[dict[str, Any]]) -> str:
     )
 
 
-def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Compiled:
+def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI") -> Compiled:
     """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked."""
     state = read_state(space)
     system = str(state.get("system_prompt") or "").strip() or None
@@ -154,12 +154,13 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES) -> Com
         )
 
     dumps = json.dumps
-    report = check_lines((dumps(line, ensure_ascii=False) for line in supervised), min_examples=min_examples)
+    report = check_lines((dumps(line, ensure_ascii=False) for line in supervised), min_examples=min_examples,
+                         trainer=trainer)
     report.warnings.extend(notes)
     pref_report = None
     if preference:
         pref_report = check_lines(
-            (dumps(line, ensure_ascii=False) for line in preference), min_examples=min_examples
+            (dumps(line, ensure_ascii=False) for line in preference), min_examples=min_examples, trainer=trainer
         )
     log.info(
         "guild %s compiled: %d supervised, %d preference, %d labelled",

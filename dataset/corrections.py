@@ -1,7 +1,7 @@
 """Durable per-guild logs: bot answers, corrections, feedback and !test mismatches.
 
-All functions are sync and do a small fsynced append or a file read: cogs call them with
-``asyncio.to_thread``. Every record carries ``time`` (ISO 8601, UTC). Logs live in the guild's
+All functions are sync and do a small fsynced append or a file read: the Model calls them in a
+thread. Every record carries ``time`` (ISO 8601, UTC). Logs live in the guild's
 corrections folder (see :class:`storage.GuildSpace`) and are JSON Lines written with
 :func:`storage.append_record`, so a crash leaves every acknowledged record readable.
 """
@@ -30,9 +30,13 @@ def new_ref(prefix: str) -> str:
 
 
 def _text(value: Any, what: str, *, required: bool) -> str:
+    """A text field. What a user writes (``required``) is refused over MAX_TEXT; logged bot text is capped."""
     text = "" if value is None else str(value).strip()
     if required and not text:
         raise InvalidInput(f"The {what} is empty: write some text after the command.")
+    if required and len(text) > MAX_TEXT:
+        raise InvalidInput(f"The {what} is {len(text):,} characters long; the limit is {MAX_TEXT:,}. "
+                           f"Nothing was saved: shorten it and send it again.")
     return text[:MAX_TEXT]
 
 
@@ -50,6 +54,9 @@ class _AnswerIndex:
         self.path = path
         self.offsets: dict[int, int] = {}
         self.read_upto = 0  # bytes of the file already indexed (always at a line boundary)
+        # (channel id, author id) -> offset of the latest answer to that author there, and its prompt's id.
+        self.last: dict[tuple[Any, Any], int] = {}
+        self.last_prompt: dict[tuple[Any, Any], Any] = {}
         self.lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -60,6 +67,8 @@ class _AnswerIndex:
             size = os.fstat(fh.fileno()).st_size
             if size < self.read_upto:  # file replaced or truncated: start again
                 self.offsets.clear()
+                self.last.clear()
+                self.last_prompt.clear()
                 self.read_upto = 0
             fh.seek(self.read_upto)
             offset = self.read_upto
@@ -67,11 +76,17 @@ class _AnswerIndex:
                 if not raw.endswith(b"\n"):
                     break  # torn or still being written: index it once it is complete
                 try:
-                    message_id = json.loads(raw).get("message_id")
+                    record = json.loads(raw)
+                    message_id = record.get("message_id")
                 except (ValueError, AttributeError):
-                    message_id = None  # damaged line: skipped, as read_records does
+                    record, message_id = {}, None  # damaged line: skipped, as read_records does
                 if isinstance(message_id, int):
                     self.offsets[message_id] = offset
+                    # The first message of an answer (a long one is several) is the one to correct.
+                    key = (record.get("channel_id"), record.get("author_id"))
+                    if record.get("prompt_message_id") != self.last_prompt.get(key):
+                        self.last[key] = offset
+                        self.last_prompt[key] = record.get("prompt_message_id")
                 offset += len(raw)
             self.read_upto = offset
 
@@ -79,12 +94,21 @@ class _AnswerIndex:
         with self.lock:
             if message_id not in self.offsets:
                 self.refresh()
-            offset = self.offsets.get(message_id)
-            if offset is None:
-                return None
-            with open(self.path, "rb") as fh:
-                fh.seek(offset)
-                raw = fh.readline()
+            return self._read(self.offsets.get(message_id))
+
+    def latest(self, channel_id: int, author_id: int) -> dict[str, Any] | None:
+        """The bot's latest answer to ``author_id`` in ``channel_id``, or None."""
+        with self.lock:
+            self.refresh()
+            return self._read(self.last.get((channel_id, author_id)))
+
+    def _read(self, offset: int | None) -> dict[str, Any] | None:
+        """The record at ``offset`` (the caller holds the lock)."""
+        if offset is None:
+            return None
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.readline()
         try:
             record = json.loads(raw)
         except ValueError:
@@ -147,6 +171,12 @@ def find_answer(space: GuildSpace, message_id: int, indexes: AnswerIndexes | Non
         ) from None
     index = (indexes or AnswerIndexes()).for_path(space.answers_file)
     return index.get(mid)
+
+
+def latest_answer(space: GuildSpace, channel_id: int, author_id: int,
+                  indexes: AnswerIndexes | None = None) -> dict[str, Any] | None:
+    """The bot's latest answer to ``author_id`` in ``channel_id`` (what ``!correct <text>`` corrects), or None."""
+    return (indexes or AnswerIndexes()).for_path(space.answers_file).latest(channel_id, author_id)
 
 
 # --- corrections, feedback, test errors --------------------------------------------------

@@ -122,6 +122,7 @@ def _ingest(
                         )
                         fh.write(b"\n")
                         added += 1
+                        report.count(record)
                 if not added:
                     raise _NothingNew
         except _NothingNew:

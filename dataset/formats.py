@@ -1,6 +1,6 @@
-"""Datasets: ingestion of user data, the guild's current dataset, and the OpenAI JSONL compiler/checker.
+"""Upload formats: .jsonl/.json/.csv/.txt files and inline text turned into normalized examples.
 
-Everything here is sync and may touch the disk or burn CPU: cogs call it with ``asyncio.to_thread``.
+Everything here is sync and may touch the disk or burn CPU: the Model calls it in a thread.
 
 **Dataset.** A folder inside the guild's data space; its name (relative to the space) is kept in
 ``state.json`` under ``"dataset"`` (default ``datasets/main``). Ingested examples are written as
@@ -16,17 +16,12 @@ never rewritten. A dataset folder may also hold raw ``.jsonl/.json/.csv/.txt`` f
 - ``.json``: a JSON array of such objects, or the same objects one after another.
 - ``.csv`` with a header row: ``prompt,completion`` / ``input,output`` / ``question,answer`` /
   ``text,label`` / ``text``.
-- ``.txt``: one text example per line; its label is ``positive`` or ``negative`` (the flag).
-- Inline text: one example per line; ``prompt => completion`` is a chat pair, any other line is
-  a text example like in ``.txt``. Blank lines are ignored in ``.txt`` and inline text.
+- ``.txt`` and inline text: one example per line; ``question => answer`` is a chat pair (what the
+  bot answers from), any other line is a text example labelled ``positive`` or ``negative`` (the
+  flag; texts train the classifier). Blank lines are ignored.
 
 **Normalized record**: ``{"id", "kind": "chat"|"text", "messages"|("text", "label"), "positive",
 "source", "added_by", "added_at", "hash"}``; ``hash`` identifies the content for de-duplication.
-
-**Checker** (:func:`check_lines`) follows the OpenAI cookbook "Chat fine-tuning data prep".
-Token counts are estimates, since tiktoken needs the network for its encodings: ``ceil(chars / 4)``
-per text (about right for English with cl100k/o200k), plus the cookbook's overheads: 3 per
-message, 1 for the role, 1 per name, and 3 for the reply priming.
 """
 
 from __future__ import annotations
@@ -67,9 +62,34 @@ class IngestReport:
     examples: list[dict[str, Any]] = field(default_factory=list)  # normalized records (parse_*/load)
     duplicates: int = 0  # examples already in the dataset (also listed in skipped)
     files: int = 0  # files read
+    pairs: int = 0  # of ``added``: question/answer (chat) examples
+    texts: dict[str, int] = field(default_factory=dict)  # of ``added``: text examples per label
+    skipped_links: int = 0  # symlinks in a folder that lead out of the data space or to hidden files
+
+    def count(self, record: dict[str, Any]) -> None:
+        """Tally one added record by what it became."""
+        if record.get("kind") == "text":
+            label = str(record.get("label") or "")
+            self.texts[label] = self.texts.get(label, 0) + 1
+        else:
+            self.pairs += 1
+
+    def became(self) -> str:
+        """What the added examples became and whether the bot can answer from them (empty if nothing)."""
+        parts = []
+        if self.pairs:
+            parts.append(f"{self.pairs:,} question/answer pair{'s' * (self.pairs != 1)}: I answer from "
+                         f"{'these' if self.pairs != 1 else 'it'} after the next training")
+        n_texts = sum(self.texts.values())
+        if n_texts:
+            labels = ", ".join(f"`{label}` ×{n:,}" for label, n in sorted(self.texts.items()))
+            parts.append(f"{n_texts:,} labelled text{'s' * (n_texts != 1)} ({labels}): "
+                         "they teach the classifier (it needs two labels or more), not answers; "
+                         "write `question => answer` on a line to teach an answer")
+        return "; ".join(parts)
 
     def summary(self, limit: int = 5) -> str:
-        """One short paragraph for a reply: counts and the first ``limit`` reasons."""
+        """One short paragraph for a reply: counts, the first ``limit`` reasons, what the examples became."""
         text = f"Added **{self.added:,}** example{'s' * (self.added != 1)}"
         if self.skipped:
             text += f", skipped **{len(self.skipped):,}**"
@@ -80,6 +100,13 @@ class IngestReport:
                 text += f"\n- … and {len(self.skipped) - limit:,} more"
         else:
             text += "."
+        if self.skipped_links:
+            n = self.skipped_links
+            text += (f"\nSkipped {n} link{'s' * (n != 1)} leading out of this server's data folder "
+                     f"or to hidden files.")
+        became = self.became()
+        if became:
+            text += f"\nThey are {became}."
         return text
 
 
@@ -201,16 +228,11 @@ def _parse_jsonl(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[P
         except json.JSONDecodeError as exc:
             yield number, [], f"not valid JSON ({exc.msg}, column {exc.colno})"
             continue
+        except RecursionError:
+            yield number, [], "JSON nested too deeply to be an example"
+            continue
         cores, reason = _from_obj(obj, positive)
         yield number, cores, reason
-
-
-def _parse_txt(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[Parsed]:
-    label = _label_for(positive)
-    for number, line in lines:
-        text = line.strip()
-        if text:
-            yield number, [{"kind": "text", "text": text, "label": label, "positive": positive}], None
 
 
 def parse_inline_lines(lines: Iterator[tuple[int, str]], positive: bool) -> Iterator[Parsed]:
@@ -326,6 +348,8 @@ class _JsonStream:
                     continue
                 line = self.line + self.buf.count("\n", self.pos, exc.pos)
                 raise ValueError(line, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+            except RecursionError:
+                raise ValueError(self.line, "JSON nested too deeply to be an example") from None
             if end == len(self.buf) and self.fill():
                 continue  # a number may go on in the next chunk
             self.line += self.buf.count("\n", self.pos, end)
@@ -409,11 +433,11 @@ def parse_source_file(path: Path, positive: bool, shown: str) -> Iterator[Parsed
             yield from _parse_jsonl(lines, positive)
         elif ext == ".csv":
             yield from _parse_csv(lines, positive, shown)
-        else:
-            yield from _parse_txt(lines, positive)
+        else:  # .txt follows the inline rules: `question => answer` pairs, other lines are texts
+            yield from parse_inline_lines(lines, positive)
 
 
-def space_files(space: GuildSpace, folder: Path) -> Iterator[Path]:
+def space_files(space: GuildSpace, folder: Path, report: IngestReport | None = None) -> Iterator[Path]:
     """Supported files under ``folder``: no hidden names, no archives, no symlinks leading out."""
     root = space.data.resolve()
     archives = space.archives.resolve()
@@ -429,6 +453,8 @@ def space_files(space: GuildSpace, folder: Path) -> Iterator[Path]:
                 inside = real == root or root in real.parents
                 if not inside or any(p.startswith(".") for p in real.relative_to(root).parts):
                     log.info("skipping symlink leading out of the space or to a hidden file: %s", path)
+                    if report is not None:
+                        report.skipped_links += 1
                     continue
             if path.is_file():
                 yield path
@@ -445,7 +471,7 @@ def iter_source(
     if target.is_dir():
         if space is None:
             raise InvalidInput(f"`{shown}` is a folder.")
-        for path in space_files(space, target):
+        for path in space_files(space, target, report):
             name = space.relative(path)
             report.files += 1
             try:
@@ -496,6 +522,7 @@ def collect(
             continue
         for core in cores:
             report.examples.append(finish_record(core, source=source, author=author, now=now))
+            report.count(report.examples[-1])
     report.added = len(report.examples)
     return report
 

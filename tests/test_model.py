@@ -14,8 +14,8 @@ from dataset import folder as dataset_folder
 from dataset.check import Issue
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
-from tests.fakes import FAQ, compiled, report, track_client
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.samples import FAQ, compiled, report, track_client
 from training import jobs
 from training.openai_api import MISSING_KEY
 
@@ -33,7 +33,7 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Stand-ins for compiler.compile_guild and records.add_test_errors: the Model alone is under test."""
     state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
 
-    def compile_guild(space, *, min_examples=10):
+    def compile_guild(space, *, min_examples=10, trainer="OpenAI"):
         state["min_examples"].append(min_examples)
         return state["compiled"]
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 import storage
 from errors import NotFound, PathRefused
 from storage import GuildSpace
+from tests.harness import ROOT
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_crash_never_loses_acknowledged_records(tmp_path: Path) -> None:
     while rounds < 6 and time.monotonic() < deadline:
         rounds += 1
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "crash_writer.py"), str(data), str(corr)],
+            [sys.executable, str(ROOT / "tests" / "fakes" / "crash_writer.py"), str(data), str(corr)],
             stdout=subprocess.PIPE,
             cwd=str(ROOT),
         )
@@ -172,4 +172,4 @@ def test_crash_never_loses_acknowledged_records(tmp_path: Path) -> None:
 
 
 def test_crash_writer_helper_exists() -> None:
-    assert os.access(ROOT / "tests" / "crash_writer.py", os.R_OK)
+    assert os.access(ROOT / "tests" / "fakes" / "crash_writer.py", os.R_OK)

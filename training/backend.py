@@ -78,6 +78,10 @@ class TrainingBackend(ABC):
     """A place that trains models from compiled guild data and answers with them."""
 
     name: ClassVar[str] = "?"
+    # Who trains, as the data checker names it ("OpenAI needs at least 10 examples").
+    trainer_title: ClassVar[str] = "this backend"
+    # Training methods it offers (METHODS order); the others are refused with one line.
+    methods: ClassVar[tuple[str, ...]] = ("supervised",)
     # The fewest examples a training accepts.
     min_examples: ClassVar[int] = 1
     # How often the watcher polls a running job; None: JOB_POLL_SECONDS.
@@ -90,6 +94,8 @@ class TrainingBackend(ABC):
     blurb: ClassVar[str] = ""
     # Why a finished job has no loss curve, in one sentence.
     no_loss_reason: ClassVar[str | None] = "No loss curve: the backend reported no training loss for this job."
+    # Whether a correction changes answers at once (before the next training).
+    applies_corrections_now: ClassVar[bool] = False
     # What the status message says instead of a loss for a finished job without one.
     no_loss_status: ClassVar[str] = "not reported"
 
@@ -119,6 +125,15 @@ class TrainingBackend(ABC):
     @abstractmethod
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Answer ``prompt`` with ``model_name`` (None: no trained model yet)."""
+
+    def method_refusal(self, method: str) -> str:
+        """Why ``method`` is not offered, in one line."""
+        offered = " or ".join(f"`{m}`" for m in self.methods)
+        return f"The {self.name} backend does not train with `{method}`; it offers {offered}."
+
+    def describe(self) -> str:
+        """One line on how this backend answers, for ``!model`` (sync; may load a model once)."""
+        return ""
 
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The label a model gives ``text``; by default the answer text itself."""

@@ -62,6 +62,9 @@ def _case(obj: Any, line: int, number: int) -> Case:
     return Case(values[0], values[1], kind, line)  # type: ignore[arg-type]
 
 
+TOO_DEEP = "The JSON is nested too deeply to be test cases: give {\"input\", \"expected\"} objects."
+
+
 def parse_cases(text: str) -> list[Case]:
     """Cases from a JSON array or JSON Lines; InvalidInput names the line and column of bad JSON."""
     text = text.removeprefix("\ufeff")
@@ -73,6 +76,8 @@ def parse_cases(text: str) -> list[Case]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"Invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+        except RecursionError:
+            raise InvalidInput(TOO_DEEP) from None
         if not isinstance(items, list):
             raise InvalidInput("Expected a JSON array of cases.")
         # Line numbers of array items are not kept by json; count from 1 in order instead.
@@ -88,6 +93,8 @@ def parse_cases(text: str) -> list[Case]:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise InvalidInput(f"Invalid JSON at line {lineno}, column {exc.colno}: {exc.msg}.") from None
+            except RecursionError:
+                raise InvalidInput(f"Line {lineno}: {TOO_DEEP}") from None
             if len(cases) >= MAX_CASES:
                 raise TooLarge(f"Too many test cases: at most {MAX_CASES}.")
             cases.append(_case(obj, lineno, len(cases) + 1))

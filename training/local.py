@@ -1,7 +1,11 @@
 """The offline default backend: trains in seconds on CPU, no network, no pickle.
 
-Answers come from TF-IDF nearest-neighbour retrieval (word 1-2-grams + char 2-4-grams, hashed)
-over the trained prompt -> answer pairs; labelled texts train a linear classifier (logistic
+Answers come from nearest-neighbour retrieval over the trained prompt -> answer pairs: by meaning
+with sentence embeddings (``training.embedding``, ``EMBED_MODEL``), or by word matching (TF-IDF over
+word 1-2-grams + char 2-4-grams, hashed) when no embedding model could be loaded. When the closest
+pair is not close enough, or not clearly ahead of a different answer, the answer is "I don't know"
+and how to teach it. Corrections (``!correct``) count at once: they are searched before the trained
+pairs, without waiting for the next training. Labelled texts train a linear classifier (logistic
 loss, SGD epochs so there is a real loss curve to show) when there are at least two labels.
 
 Every training writes a new numbered version ``space.models/local-v<N>/`` built in a hidden
@@ -35,9 +39,20 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import normalize
 
+from dataset import corrections as records
 from errors import BackendError, InvalidInput, NotFound
 from storage import atomic_write_json, lock_for, read_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
+from training.embedding import (
+    DEFAULT_EMBED_MODEL,
+    DISABLED,
+    Embedder,
+    decide,
+    load_embedder,
+    load_vectors,
+    save_vectors,
+    top_rows,
+)
 
 if TYPE_CHECKING:
     from config import Settings
@@ -53,7 +68,9 @@ VERSION_RE = re.compile(r"^local-v(\d+)$")
 CACHE_SIZE = 8
 CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
 TOP_K = 16  # candidates scored exactly
-THREAD_ABOVE = 20_000  # answer in a worker thread when the index is this big (keeps the loop free)
+THREAD_ABOVE = 5_000  # answer in a worker thread when the index is this big (keeps the loop free)
+EMBED_CHUNK = 2_000  # prompts embedded between two cancel checks
+VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trained answer, embeddings or not
 
 _WORD = HashingVectorizer(
     analyzer="word", ngram_range=(1, 2), n_features=N_FEATURES, alternate_sign=False, norm=None,
@@ -179,10 +196,13 @@ class LocalModel:
     classes: list[str]
     coef: sp.csr_matrix | None  # (n_classes or 1) x features
     intercept: np.ndarray | None
+    vectors: np.ndarray | None = None  # sentence embeddings of the pairs (rows = prompts), None: word matching
 
     def __post_init__(self) -> None:
         # Column-major copy = an inverted index: feature -> (prompts having it, weights).
         self.postings = self.index.tocsc() if self.index is not None else None
+        # Exact questions always get their trained answer, whatever the scores say.
+        self.exact = {_norm_key(p): i for i, p in enumerate(self.prompts)}
 
     def nearest(self, text: str) -> tuple[int, float]:
         """Index and cosine similarity of the closest trained prompt.
@@ -263,8 +283,12 @@ def read_meta(space: GuildSpace, name: str) -> dict[str, Any]:
     return meta
 
 
-def load_version(space: GuildSpace, name: str) -> LocalModel:
-    """Load a version from disk (sync; run in a thread)."""
+def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None) -> LocalModel:
+    """Load a version from disk (sync; run in a thread).
+
+    With an ``embedder``, the saved sentence vectors are used when that model made them; a version
+    trained before embeddings (or with another ``EMBED_MODEL``) is embedded again here, once.
+    """
     meta = read_meta(space, name)
     folder = space.models / name
     with np.load(folder / "idf.npz", allow_pickle=False) as z:
@@ -278,9 +302,17 @@ def load_version(space: GuildSpace, name: str) -> LocalModel:
         classes = list(info["classes"])
         intercept = np.asarray(info["intercept"], dtype=np.float32)
         coef = sp.load_npz(folder / "classifier.npz").tocsr()
-    log.info("loaded %s for guild %s (%d pairs, %d labels)", name, space.guild_id, meta.get("pairs"), len(classes))
-    return LocalModel(name, idfs, index, [p["answer"] for p in pairs], [p["prompt"] for p in pairs],
-                      classes, coef, intercept)
+    prompts, answers = [p["prompt"] for p in pairs], [p["answer"] for p in pairs]
+    vectors = None
+    if embedder is not None and pairs:
+        vectors = load_vectors(folder, embedder, len(pairs))
+        if vectors is None:
+            log.info("%s of guild %s has no %s vectors: embedding its %d prompts now", name, space.guild_id,
+                     embedder.name, len(pairs))
+            vectors = embedder.index_vectors(prompts, answers)
+    log.info("loaded %s for guild %s (%d pairs, %d labels, %s)", name, space.guild_id, meta.get("pairs"),
+             len(classes), f"{embedder.name} embeddings" if vectors is not None else "word matching")
+    return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
 
 
 def _fsync_file(path: Path) -> None:
@@ -300,8 +332,12 @@ def train_version(
     method: str,
     progress: Callable[[int, float | None, str | None], None] = lambda step, loss, event: None,
     cancelled: Callable[[], bool] = lambda: False,
+    embedder: Embedder | None = None,
 ) -> str:
-    """Fit and save a new version; returns its name (sync and CPU-bound: run in a thread)."""
+    """Fit and save a new version; returns its name (sync and CPU-bound: run in a thread).
+
+    With an ``embedder`` the prompts' sentence vectors are saved too (``embeddings.npy``).
+    """
     started = time.time()
     labels = sorted({label for _, label in labelled})
     use_classifier = len(labels) >= 2
@@ -324,6 +360,16 @@ def train_version(
         parts = [_weigh(c[:n_pairs], idf) for c, idf in zip(counts, idfs)]
         index = (sp.hstack(parts, format="csr") * (1 / math.sqrt(2))).astype(np.float32)
     tick(event=f"Indexed {n_pairs} prompt/answer pairs")
+    vectors = None
+    if embedder is not None and n_pairs:
+        parts_v = []
+        for start in range(0, n_pairs, EMBED_CHUNK):
+            if cancelled():
+                raise _Cancelled()
+            chunk = pairs[start:start + EMBED_CHUNK]
+            parts_v.append(embedder.index_vectors([p for p, _ in chunk], [a for _, a in chunk]))
+        vectors = np.concatenate(parts_v)
+        tick(event=f"Embedded {n_pairs} prompts with {embedder.name}")
 
     coef = intercept = None
     if use_classifier:
@@ -351,6 +397,8 @@ def train_version(
         atomic_write_json(tmp / "answers.json", [{"prompt": p, "answer": a} for p, a in pairs])
         if index is not None:
             sp.save_npz(tmp / "index.npz", index)
+        if vectors is not None and embedder is not None:
+            save_vectors(tmp, vectors, embedder)
         if coef is not None and intercept is not None:
             sp.save_npz(tmp / "classifier.npz", coef)
             atomic_write_json(tmp / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
@@ -366,6 +414,7 @@ def train_version(
                     "version": number, "name": name, "job_id": job_id, "method": method,
                     "created_at": time.time(), "seconds": round(time.time() - started, 3),
                     "pairs": n_pairs, "labelled": len(labelled), "labels": labels if use_classifier else [],
+                    "embed_model": embedder.name if vectors is not None and embedder is not None else None,
                     "dataset": f"guild {space.guild_id}: compiled data, corrections and feedback",
                 }
                 atomic_write_json(tmp / "meta.json", meta)
@@ -401,10 +450,34 @@ class _Run:
         self.cancel = threading.Event()
 
 
+def correction_applies(record: dict[str, Any]) -> bool:
+    """Whether a stored correction answers questions now (before the next training).
+
+    Every correction applies until the review queue exists; it will mark a member's correction
+    ``"approved": false`` while it waits, and this is the one place that has to honour it.
+    """
+    return record.get("approved", True) is not False and bool(str(record.get("correction") or "").strip())
+
+
+@dataclass
+class _Overlay:
+    """A guild's applicable corrections, searchable like a trained version."""
+
+    signature: tuple[int, int]  # (mtime_ns, size) of the corrections file it was built from
+    prompts: list[str]
+    answers: list[str]
+    vectors: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        self.exact = {_norm_key(p): i for i, p in enumerate(self.prompts)}
+
+
 class LocalBackend(TrainingBackend):
     """Offline retrieval + classifier models, one numbered version per training."""
 
     name = "local"
+    trainer_title = "The local model"
+    methods = ("supervised",)  # retrieval has no preference training: corrections already win outright
     poll_seconds = 0.5  # jobs run in this process and finish in seconds
     ignored_check_codes = frozenset({"missing_system_message", "too_many_tokens"})
     blurb = ("Model: the built-in **local** backend — it learns from this server's examples and corrections "
@@ -413,13 +486,58 @@ class LocalBackend(TrainingBackend):
     no_loss_reason = ("No loss curve: this local model answers by finding the closest trained example, "
                       "which has no training loss (only labelled texts train a classifier with one).")
     no_loss_status = "none (nearest-example model)"
+    applies_corrections_now = True  # corrections are searched before the trained pairs
 
-    def __init__(self, settings: Settings, *, openai_client: Any = None) -> None:
+    def __init__(self, settings: Settings, *, openai_client: Any = None, embed_model: str | None = None) -> None:
         super().__init__(settings)
         self.prefix = settings.prefix
+        self.embed_model = embed_model or settings.embed_model or DEFAULT_EMBED_MODEL
         self._runs: dict[str, _Run] = {}
         self._cache: OrderedDict[tuple[int, str], LocalModel] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._embedder: Embedder | None = None
+        self._embed_error: str | None = None  # why the embedding model is not in use
+        self._embed_tried = False
+        self._note_pending = False  # the one-time "word matching only" note for users
+        self._overlays: dict[int, _Overlay] = {}
+
+    # ------------------------------------------------------------ the embedding model
+
+    def embedder(self) -> Embedder | None:
+        """The loaded embedding model, loading it on first use (sync); None: word matching."""
+        if self._embed_tried:
+            return self._embedder
+        with self._embed_lock:
+            if not self._embed_tried:
+                if self.embed_model.lower() in DISABLED:
+                    self._embed_error = "EMBED_MODEL is off"
+                    log.info("EMBED_MODEL=%s: answering by word matching", self.embed_model)
+                else:
+                    try:
+                        self._embedder = load_embedder(self.embed_model)
+                        log.info("embedding model %s loaded from %s (%d dimensions)", self.embed_model,
+                                 self._embedder.source, self._embedder.dim)
+                        if not self._embedder.calibrated:
+                            log.warning("EMBED_MODEL=%s has no calibrated thresholds: using strict defaults "
+                                        "(run bench/calibrate.py to measure it)", self.embed_model)
+                    except (BackendError, OSError, ValueError, RuntimeError) as exc:
+                        self._embed_error = f"EMBED_MODEL={self.embed_model} could not be loaded: {exc}"
+                        self._note_pending = True
+                        log.warning("%s; answering by word matching instead", self._embed_error)
+                self._embed_tried = True
+        return self._embedder
+
+    def describe(self) -> str:
+        """One line for ``!model``/``!help``: how this backend answers."""
+        emb = self.embedder()
+        if emb is not None:
+            return f"answers by meaning with the `{emb.name}` embedding model; unsure: says it doesn't know"
+        return f"answers by word matching ({self._embed_error or 'no embedding model'})"
+
+    async def start(self) -> None:
+        """Load the embedding model in a worker thread, before the first message needs it."""
+        await asyncio.to_thread(self.embedder)
 
     async def close(self) -> None:
         for run in self._runs.values():
@@ -438,7 +556,9 @@ class LocalBackend(TrainingBackend):
         if not pairs and len({lab for _, lab in labelled}) < 2:
             raise InvalidInput("Nothing to train on: add prompt/answer examples or texts with at least two labels.")
         classifier = len({lab for _, lab in labelled}) >= 2
-        run = _Run(job_id=f"local-{uuid.uuid4().hex[:12]}", total_steps=3 + (CLASSIFIER_EPOCHS if classifier else 0))
+        embedder = await asyncio.to_thread(self.embedder)
+        steps = 3 + (CLASSIFIER_EPOCHS if classifier else 0) + (1 if embedder is not None and pairs else 0)
+        run = _Run(job_id=f"local-{uuid.uuid4().hex[:12]}", total_steps=steps)
         self._runs[run.job_id] = run
 
         def progress(step: int, loss: float | None, event: str | None) -> None:
@@ -454,6 +574,7 @@ class LocalBackend(TrainingBackend):
                 run.model = await asyncio.to_thread(
                     train_version, space, pairs, labelled, job_id=run.job_id, method=method,
                     progress=progress, cancelled=run.cancel.is_set if run.cancel else (lambda: False),
+                    embedder=embedder,
                 )
                 run.step, run.status = run.total_steps, "succeeded"
             except _Cancelled:
@@ -523,7 +644,7 @@ class LocalBackend(TrainingBackend):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        model = load_version(space, name)
+        model = load_version(space, name, self.embedder())
         with self._cache_lock:
             self._cache[key] = model
             while len(self._cache) > CACHE_SIZE:
@@ -542,29 +663,128 @@ class LocalBackend(TrainingBackend):
         except (OSError, ValueError, KeyError) as exc:
             raise BackendError(f"Model `{name}` could not be loaded ({exc}); train again or pick another.") from None
 
+    def method_refusal(self, method: str) -> str:
+        return (f"The local model does not train with `{method}`: it answers with corrections as soon as they "
+                f"are made and learns them in a plain `{self.prefix}train`. For preference (DPO) training of a "
+                f"generative model, use `MODEL_BACKEND=hf` or `openai`.")
+
     def not_trained(self) -> str:
         return (f"I haven't been trained on this server yet. A trainer can add examples and run "
                 f"`{self.prefix}train` to teach me.")
 
     def dont_know(self) -> str:
-        return (f"I don't know that one yet. If you know the answer, teach me with "
-                f"`{self.prefix}correct <the right answer>`.")
+        return (f"I don't know that one yet. If you know the answer, reply to this message with "
+                f"`{self.prefix}correct <the right answer>` and I'll use it from now on.")
 
-    def answer_sync(self, model: LocalModel, prompt: str) -> str:
-        """The trained answer closest to ``prompt``, or an honest "I don't know yet"."""
-        best, sim = model.nearest(prompt)
-        if best < 0 or sim < MIN_SIMILARITY:
-            return self.dont_know()
-        return model.answers[best]
+    def match(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> tuple[str, int] | None:
+        """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction.
+
+        Sync and CPU-bound for big models: ``answer`` runs it in a thread above ``THREAD_ABOVE`` pairs.
+        """
+        key = _norm_key(prompt)
+        if overlay is not None and key in overlay.exact:
+            return overlay.answers[overlay.exact[key]], 1
+        emb = self.embedder()
+        if emb is None or model is not None and model.vectors is None:
+            # Word matching: corrections count only for the very same question.
+            if model is None:
+                return None
+            if key in model.exact:
+                return model.answers[model.exact[key]], 0
+            best, sim = model.nearest(prompt)
+            return (model.answers[best], 0) if best >= 0 and sim >= MIN_SIMILARITY else None
+        query = emb.encode([prompt])[0]
+        # Corrections and trained pairs compete in one list; a trained pair whose question was corrected
+        # is superseded (dropped), so the correction is not measured against the answer it replaces.
+        scored: list[tuple[float, str, int]] = []  # (score, answer, source)
+        corrected = overlay.exact if overlay is not None else {}
+        if overlay is not None and overlay.vectors is not None and len(overlay.prompts):
+            rows, scores = top_rows(overlay.vectors, query)
+            scored += [(float(sc), overlay.answers[r], 1) for r, sc in zip(rows, scores)]
+        if model is not None and model.vectors is not None:
+            if key in model.exact:
+                return model.answers[model.exact[key]], 0
+            # A question worded almost like a trained one: word matching tells near-identical trained
+            # questions apart ("... number 17" vs "... number 1723") where an average of word vectors cannot.
+            best, sim = model.nearest(prompt)
+            if best >= 0 and sim >= VERBATIM and _norm_key(model.prompts[best]) not in corrected:
+                return model.answers[best], 0
+            rows, scores = top_rows(model.vectors, query)
+            scored += [(float(sc), model.answers[r], 0) for r, sc in zip(rows, scores)
+                       if not corrected or _norm_key(model.prompts[r]) not in corrected]
+        if not scored:
+            return None
+        scored.sort(key=lambda c: -c[0])
+        found = decide(np.arange(len(scored)), np.array([c[0] for c in scored]), [c[1] for c in scored],
+                       emb.thresholds)
+        if found.row is None:
+            return None
+        return scored[found.row][1], scored[found.row][2]
+
+    def answer_sync(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> str:
+        """The trained (or corrected) answer closest to ``prompt``, or an honest "I don't know yet"."""
+        found = self.match(model, prompt, overlay)
+        return found[0] if found is not None else self.dont_know()
+
+    # ------------------------------------------------------------ corrections count at once
+
+    def _overlay_sync(self, space: GuildSpace) -> _Overlay | None:
+        """The guild's corrections as a small index, rebuilt when the corrections file changes."""
+        path = space.corrections_file
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._overlays.pop(space.guild_id, None)
+            return None
+        signature = (st.st_mtime_ns, st.st_size)
+        cached = self._overlays.get(space.guild_id)
+        if cached is not None and cached.signature == signature:
+            return cached
+        latest: dict[str, tuple[str, str]] = {}
+        for record in records.list_corrections(space):
+            prompt = str(record.get("prompt") or "").strip()
+            if prompt and correction_applies(record):
+                key = _norm_key(prompt)
+                latest.pop(key, None)  # the newest correction of a question wins
+                latest[key] = (prompt, str(record["correction"]).strip())
+        prompts = [p for p, _ in latest.values()]
+        answers = [a for _, a in latest.values()]
+        emb = self.embedder()
+        vectors = emb.index_vectors(prompts, answers) if emb is not None and prompts else None
+        overlay = _Overlay(signature, prompts, answers, vectors)
+        self._overlays[space.guild_id] = overlay
+        log.debug("guild %s: %d correction(s) apply before the next training", space.guild_id, len(prompts))
+        return overlay
+
+    async def _overlay(self, space: GuildSpace) -> _Overlay | None:
+        cached = self._overlays.get(space.guild_id)
+        try:
+            st = space.corrections_file.stat()
+        except FileNotFoundError:
+            return None
+        if cached is not None and cached.signature == (st.st_mtime_ns, st.st_size):
+            return cached
+        return await asyncio.to_thread(self._overlay_sync, space)
+
+    def _with_note(self, text: str) -> str:
+        """The one-time note that the embedding model is missing, on the first answer after start."""
+        if self._note_pending:
+            self._note_pending = False
+            text += (f"\n-# Note: my embedding model could not be loaded, so I match words only for now "
+                     f"(an admin can check `EMBED_MODEL` and the log; `{self.prefix}model` says more).")
+        return text
 
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Retrieval answer; ``history`` is not used by this backend (each prompt stands alone)."""
-        if not model_name:
-            return self.not_trained()
-        model = await self._model(space, model_name)
-        if len(model.answers) > THREAD_ABOVE:
-            return await asyncio.to_thread(self.answer_sync, model, prompt)
-        return self.answer_sync(model, prompt)
+        if not self._embed_tried:
+            await asyncio.to_thread(self.embedder)  # loading reads ~20 MB: not on the loop
+        overlay = await self._overlay(space)
+        model = await self._model(space, model_name) if model_name else None
+        if model is None and (overlay is None or not overlay.prompts):
+            return self._with_note(self.not_trained())
+        if model is not None and len(model.answers) > THREAD_ABOVE:
+            return self._with_note(await asyncio.to_thread(self.answer_sync, model, prompt, overlay))
+        return self._with_note(self.answer_sync(model, prompt, overlay))
 
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The classifier's label; falls back to the retrieval answer when no classifier was trained."""
@@ -572,4 +792,8 @@ class LocalBackend(TrainingBackend):
             return self.not_trained()
         model = await self._model(space, model_name)
         label = model.label(text)
-        return label if label is not None else self.answer_sync(model, text)
+        if label is not None:
+            return label
+        if len(model.answers) > THREAD_ABOVE:
+            return await asyncio.to_thread(self.answer_sync, model, text)
+        return self.answer_sync(model, text)

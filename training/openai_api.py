@@ -94,6 +94,8 @@ class OpenAIBackend(TrainingBackend):
 
     name = "openai"
     min_examples = 10  # the API refuses fewer
+    trainer_title = "OpenAI"
+    methods = ("supervised", "dpo")
     bills_tokens = True
     blurb = ("Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
              "and answers come from the fine-tuned model. OpenAI takes no new fine-tuning jobs from 2027-01-06 and "

@@ -1,11 +1,14 @@
 """A tiny chat model built on the spot, for the hf backend's tests and benchmark (no download).
 
 A byte-level BPE tokenizer trained with ``tokenizers`` on generated sentences, a ChatML chat
-template, and a ~150k-parameter ``LlamaConfig`` model. A randomly initialised model cannot be moved
-by LoRA alone, so the whole model is first warmed up for a few hundred steps on generated chats
-whose answers reuse words of their questions: it learns the template and to look at the question,
-not any fact the tests later teach it. Saved with ``save_pretrained`` so the product loads it
-through its real loading code, by path.
+template, and a ~450k-parameter ``LlamaConfig`` model, saved with ``save_pretrained`` so the product
+loads it through its real loading code, by path.
+
+Warm-up: measured here, LoRA (r=16, lr 5e-3, linear decay, 80 steps) makes the *randomly initialised*
+model answer 6/6 taught questions word for word, while the same model warmed up for 30-300 steps on
+generated chats got 0-5/6 in as many steps (its sharper attention resists a small adapter). So the
+default is no warm-up (``warm_steps=0``); ``warm_steps`` trains the whole model first on generated chats
+whose answers reuse words of their questions, if a test wants a model that knows the template.
 
 ``python -m tests.fakes.tiny_llama FOLDER`` builds one by hand.
 """

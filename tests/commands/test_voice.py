@@ -1,0 +1,203 @@
+"""Voice channels end to end: the real bot, the sandbox gateway and the sandbox's loopback voice server.
+
+The bot joins through discord.py's full ``VoiceClient`` path: gateway op 4 → VOICE_STATE_UPDATE +
+VOICE_SERVER_UPDATE → voice websocket over TLS (IDENTIFY, READY, UDP IP discovery, SELECT_PROTOCOL,
+SESSION_DESCRIPTION with DAVE off) → Opus over encrypted RTP, which the voice server decrypts.
+The bot trusts the server's self-signed certificate only through ``connector=`` (``start_bot``
+passes ``sandbox.bot_kwargs()``); discord.py is not patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import math
+import wave
+from typing import AsyncIterator
+
+import discord
+import numpy as np
+import pytest
+
+from config import Settings
+from sandbox.server import CONNECT, SPEAK, Sandbox
+from sandbox.voice import FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
+from speech import synthesize as tts
+from tests.harness import BotHarness, start_bot, stop_bot
+
+# Short answers keep the real-time playback short (about a second each).
+ANSWERS = {"good morning": "Morning to you.", "how are you": "I am fine."}
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    """The sandbox with its voice server, a voice channel the bot may not join and a second one."""
+    sb = await Sandbox().start(voice=True)
+    assert sb.voice_server is not None, sb.voice_unavailable
+    sb.locked = sb.add_channel("Locked", 2, overwrites=[{"id": sb.guild_id, "type": 0, "deny": CONNECT}])
+    sb.muted = sb.add_channel("Muted", 2, overwrites=[{"id": sb.guild_id, "type": 0, "deny": SPEAK}])
+    sb.other_voice = sb.add_channel("Other", 2)
+    yield sb
+    await sb.close()
+    assert not sb.unimplemented, f"the bot used routes the sandbox does not implement: {sb.unimplemented}"
+
+
+def mention(channel) -> str:
+    return f"<#{channel.id}>"
+
+
+def server(harness: BotHarness) -> VoiceServer:
+    assert harness.sandbox.voice_server is not None
+    return harness.sandbox.voice_server
+
+
+async def join(harness: BotHarness, user: str = "member") -> None:
+    sb = harness.sandbox
+    await sb.set_voice(user, sb.voice_channel)
+    assert await harness.ask("!join", user=user, timeout=30) == (
+        f"Joined {mention(sb.voice_channel)}. I'll speak my answers to you there.")
+
+
+async def train_short_answers(harness: BotHarness) -> None:
+    text = "\n".join(f"{q} => {a}" for q, a in ANSWERS.items())
+    msg = await harness.sandbox.post_message("admin", f"!train {text}")
+    await harness.sandbox.wait_for(lambda: any(
+        "I now answer with" in m.content for m in harness.sandbox.bot_messages(after=msg.id)), timeout=30)
+
+
+def bot_voice_client(harness: BotHarness) -> discord.VoiceClient | None:
+    guild = harness.bot.get_guild(harness.guild_id)
+    vc = guild.voice_client if guild else None
+    return vc if isinstance(vc, discord.VoiceClient) else None
+
+
+async def test_join_needs_the_author_in_a_voice_channel(harness: BotHarness) -> None:
+    assert await harness.ask("!join") == "Join a voice channel first, then ask me again."
+    assert harness.sandbox.bot_voice_requests == [] and server(harness).connections == 0
+
+
+@pytest.mark.parametrize(("channel", "permission"), [("locked", "Connect"), ("muted", "Speak")])
+async def test_join_without_permission(harness: BotHarness, channel: str, permission: str) -> None:
+    sb = harness.sandbox
+    target = getattr(sb, channel)
+    await sb.set_voice("member", target)
+    assert await harness.ask("!join") == f"I need the **{permission}** permission in {mention(target)}."
+    assert sb.bot_voice_requests == [] and server(harness).connections == 0
+
+
+async def test_join_handshake_leave(harness: BotHarness) -> None:
+    sb, vs = harness.sandbox, server(harness)
+    await join(harness)
+    # The full handshake happened against the voice server, with the token the sandbox handed out.
+    assert vs.identify is not None and vs.identify["token"] == vs.token == sb.voice_token
+    assert vs.identify["server_id"] == str(sb.guild_id) and vs.identify["user_id"] == str(sb.bot_user.id)
+    assert vs.discovered, "no UDP IP discovery"
+    assert vs.selected == {"protocol": "udp", "data": {"address": "127.0.0.1", "port": vs.discovered[0][1],
+                                                        "mode": MODE}}
+    vc = bot_voice_client(harness)
+    assert vc is not None and vc.is_connected() and vc.channel.id == sb.voice_channel.id
+    assert vc._connection.dave_protocol_version == 0 and vc._connection.dave_session is None
+    assert int(sb.bot_voice_requests[-1]["channel_id"]) == sb.voice_channel.id
+    assert sb.bot_voice_requests[-1]["self_deaf"] is True
+    assert sb.voice_states[sb.bot_user.id] == sb.voice_channel.id
+    assert vs.connected == 1 and vs.errors == []
+
+    assert await harness.ask("!join") == f"I'm already in {mention(sb.voice_channel)}."
+    assert await harness.ask("!leave") == f"Left {mention(sb.voice_channel)}."
+    await vs.wait_until(lambda: vs.connected == 0)
+    assert sb.bot_user.id not in sb.voice_states and sb.bot_voice_requests[-1]["channel_id"] is None
+    assert bot_voice_client(harness) is None
+    assert await harness.ask("!leave") == "I'm not in a voice channel."
+
+
+async def test_join_while_in_another_channel_of_this_server(harness: BotHarness) -> None:
+    sb, vs = harness.sandbox, server(harness)
+    await join(harness)
+    await sb.set_voice("member", sb.other_voice)
+    assert await harness.ask("!join") == (
+        f"I'm already in {mention(sb.voice_channel)} on this server; `!leave` first.")
+    vc = bot_voice_client(harness)
+    assert vc is not None and vc.channel.id == sb.voice_channel.id and vs.connections == 1
+
+
+def decode_opus(frames: list[bytes]) -> np.ndarray:
+    """The 48 kHz stereo s16 samples of Opus frames (what a Discord client would hear)."""
+    decoder = discord.opus.Decoder()
+    pcm = b"".join(decoder.decode(f, fec=False) for f in frames if f != OPUS_SILENCE)
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+
+
+def wav_seconds(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+async def test_answers_are_spoken_in_turn_and_not_cut(harness: BotHarness) -> None:
+    sb, vs = harness.sandbox, server(harness)
+    await train_short_answers(harness)
+    await join(harness)
+    # Someone outside the voice channel gets a text answer only.
+    msg = await sb.post_message("admin", "good morning")
+    await sb.wait_for_bot_message(after=msg.id)
+    await asyncio.sleep(0.5)
+    assert vs.speaking_starts == 0 and vs.audio_frames == 0
+
+    # Two quick messages from the member in the channel: both answers are spoken, one after the other.
+    first = await sb.post_message("member", "good morning")
+    second = await sb.post_message("member", "how are you")
+    replies = await sb.wait_for_bot_message(after=first.id, count=2)
+    assert {m.content for m in replies} == set(ANSWERS.values())
+    assert {m.reference_id for m in replies} == {first.id, second.id}
+    await vs.wait_until(lambda: vs.speaking_stops >= 2, timeout=20)
+    await asyncio.sleep(0.3)  # nothing more should come
+    assert vs.speaking_starts == 2 and vs.speaking_stops == 2 and vs.errors == []
+
+    # Every packet decrypted with the session key; the audio is as long as both answers together.
+    assert vs.decrypted_frames == vs.received_packets and vs.audio_frames > 0
+    expected = sum([wav_seconds(await tts.synthesize(a, harness.bot.settings)) for a in ANSWERS.values()])
+    heard = vs.audio_frames * FRAME_SECONDS
+    assert expected * 0.95 <= heard <= expected + 0.5, f"heard {heard:.2f} s of {expected:.2f} s"
+    samples = decode_opus(vs.frames)
+    rms_dbfs = 20 * math.log10(float(np.sqrt(np.mean(samples * samples))) / 32768)
+    assert rms_dbfs > -40, f"the decoded audio is near silence ({rms_dbfs:.0f} dBFS)"
+
+
+async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox, settings: Settings,
+                                                              error_log) -> None:
+    bot = await start_bot(sandbox, dataclasses.replace(settings, voice_idle_seconds=0.5))
+    harness = BotHarness(sandbox, bot)
+    vs = server(harness)
+    try:
+        await join(harness)
+        await asyncio.sleep(1.0)  # longer than the idle time, but the member is still there
+        assert vs.connected == 1 and bot_voice_client(harness) is not None
+        await sandbox.set_voice("member", None)
+        await vs.wait_until(lambda: vs.connected == 0, timeout=5)
+        await sandbox.wait_for(lambda: sandbox.bot_user.id not in sandbox.voice_states, timeout=5)
+        for _ in range(100):  # discord.py drops the client once the disconnect is confirmed
+            if bot_voice_client(harness) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert bot_voice_client(harness) is None
+        # Back in the channel, !join works again, and no timer left over from leaving disconnects it.
+        await join(harness)
+        await asyncio.sleep(1.0)
+        assert vs.connections == 2 and vs.connected == 1 and bot_voice_client(harness) is not None
+    finally:
+        await stop_bot(bot)
+
+
+async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> None:
+    """The bot builds one OpenAI client; the model, the transcriber and speech share it; it is closed at stop."""
+    for backend in ("local", "openai"):
+        s = dataclasses.replace(settings, model_backend=backend, speech_backend="openai", tts_backend="openai",
+                                openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1")
+        bot = await start_bot(sandbox, s)
+        client = bot.openai_client
+        assert client is not None
+        assert bot.transcriber._openai.client is client
+        if backend == "openai":
+            assert bot.model.backend.client is client
+        await stop_bot(bot)
+        assert client.is_closed()

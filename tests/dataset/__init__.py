@@ -1,0 +1,1 @@
+"""Tests of dataset/: formats, folder, corrections, compile, check, archive."""

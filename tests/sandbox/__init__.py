@@ -1,0 +1,1 @@
+"""Tests of sandbox/: the loopback voice server and the terminal chat."""

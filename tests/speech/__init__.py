@@ -1,0 +1,1 @@
+"""Tests of speech/: audio conversion, recognition, synthesis."""

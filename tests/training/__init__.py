@@ -1,0 +1,1 @@
+"""Tests of training/: the local and OpenAI backends, jobs, status, evaluation."""

@@ -1,0 +1,181 @@
+"""training/embedding.py and the local backend: answers paraphrases by meaning, or says it doesn't know.
+
+These tests load the real default model (the WordLlama weights inside the installed wordllama
+package), never a stand-in; the small folder-model test builds a real safetensors + tokenizer
+model on the spot to exercise the local-folder loading path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.calibrate import Figures, load_sets, score, trained
+from config import Settings
+from dataset import corrections as records
+from errors import BackendError
+from storage import GuildSpace
+from tests.harness import BotHarness, announcement, start_job
+from training.embedding import Thresholds, decide, load_embedder, top_rows
+from training.local import LocalBackend, correction_applies, load_version, train_version
+
+SETS = load_sets()
+WORK = next(s for s in SETS if s.name == "workplace")
+
+
+@pytest.fixture(scope="module")
+def backend() -> LocalBackend:
+    b = LocalBackend(Settings(), embed_model="wordllama")
+    assert b.embedder() is not None, b.describe()
+    return b
+
+
+def test_default_model_loads_from_the_installed_package_and_encodes(backend: LocalBackend) -> None:
+    emb = backend.embedder()
+    assert emb is not None and emb.dim == 256 and "wordllama" in emb.source and emb.calibrated
+    v = emb.encode(["How do I reset my password?", "I forgot my password", "When is the holiday party?", ""])
+    assert v.dtype == np.float32 and v.shape == (4, 256)
+    assert np.allclose(np.linalg.norm(v[:3], axis=1), 1, atol=1e-5) and not v[3].any()
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # a paraphrase is much closer than another topic
+
+
+def test_unloadable_models_raise_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in tests: an uncached id must fail fast
+    for spec, words in ((str(tmp_path / "missing"), "not a folder"), ("nobody/no-such-model", "could not be fetched"),
+                        ("none", "off")):
+        with pytest.raises(BackendError, match=words):
+            load_embedder(spec)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackendError, match="needs model.safetensors"):
+        load_embedder(str(tmp_path / "empty"))
+
+
+def test_a_local_folder_model_loads(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[UNK]", "reset", "password", "party", "holiday", "my"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    table = np.eye(len(words), 8, dtype=np.float32)
+    table[2, 1] = 1.0  # "password" leans towards "reset"
+    save_file({"embeddings": table}, str(tmp_path / "model.safetensors"))
+    emb = load_embedder(str(tmp_path))
+    assert emb.dim == 8 and not emb.calibrated
+    v = emb.encode(["Reset my password", "holiday party"])
+    assert v[0] @ v[1] == pytest.approx(0.0) and np.linalg.norm(v[0]) == pytest.approx(1.0)
+
+
+def test_decide_needs_a_lead_over_a_different_answer() -> None:
+    t = Thresholds(min_score=0.3, min_margin=0.1)
+    answers = ["A", "A", "B"]
+    rows, scores = np.array([0, 1, 2]), np.array([0.9, 0.88, 0.85])
+    assert decide(rows, scores, answers, t).row is None  # B is too close
+    scores = np.array([0.9, 0.88, 0.7])
+    assert decide(rows, scores, answers, t).row == 0  # the second A does not compete
+    assert decide(rows, np.array([0.25, 0.1, 0.0]), answers, t).row is None  # nothing close enough
+    idx, s = top_rows(np.eye(3, dtype=np.float32), np.array([0.1, 0.9, 0.5], dtype=np.float32), k=2)
+    assert idx.tolist() == [1, 2] and s.tolist() == pytest.approx([0.9, 0.5])
+
+
+def test_paraphrase_sets_right_or_dont_know(backend: LocalBackend, tmp_path: Path) -> None:
+    """Figures from bench/calibrate.py, all three sets (one held out of calibration)."""
+    total = Figures()
+    for s in SETS:
+        total.add(score(backend, trained(s, backend.embedder(), tmp_path), s))
+    assert total.paraphrases == 170 and total.unanswerable == 60
+    assert total.wrong <= 0.02 * total.paraphrases, total.line()  # never a confident wrong fact
+    assert total.right >= 0.40 * total.paraphrases, total.line()
+    assert total.unanswerable_answered <= 0.10 * total.unanswerable, total.line()
+    # Word matching on the same sets: what the embeddings replace (confidently wrong, often).
+    words = LocalBackend(Settings(), embed_model="none")
+    s = WORK
+    assert score(words, trained(s, None, tmp_path / "w"), s).wrong >= 0.2 * len(s.paraphrases)
+
+
+def test_trained_questions_always_get_their_answer(backend: LocalBackend, tmp_path: Path) -> None:
+    for s in SETS:
+        model = trained(s, backend.embedder(), tmp_path)
+        assert [backend.match(model, q) for q, _ in s.pairs] == [(a, 0) for _, a in s.pairs]
+
+
+def test_versions_store_vectors_and_old_versions_are_embedded_on_load(backend: LocalBackend, tmp_path: Path) -> None:
+    space = GuildSpace(1, tmp_path / "d", tmp_path / "c").ensure()
+    pairs = WORK.pairs
+    name = train_version(space, pairs, [], job_id="j", method="supervised", embedder=backend.embedder())
+    folder = space.models / name
+    assert np.load(folder / "embeddings.npy", allow_pickle=False).shape == (len(pairs), 256)
+    assert json.loads((folder / "embedding.json").read_text())["model"] == "wordllama"
+    old = train_version(space, pairs, [], job_id="k", method="supervised")  # like a version from before
+    assert not (space.models / old / "embeddings.npy").exists()
+    assert np.allclose(load_version(space, old, backend.embedder()).vectors,
+                       load_version(space, name, backend.embedder()).vectors)
+
+
+def _correct(space: GuildSpace, prompt: str, correction: str, **extra: object) -> None:
+    records.add_correction(space, message_id=None, prompt=prompt, answer="I don't know", correction=correction,
+                           author_id=1, author_name="m", channel_id=1)
+    if extra:  # a later review queue marks records; simulate by rewriting the last line
+        lines = space.corrections_file.read_text().splitlines()
+        lines[-1] = json.dumps({**json.loads(lines[-1]), **extra})
+        space.corrections_file.write_text("\n".join(lines) + "\n")
+
+
+async def test_corrections_count_at_once_for_paraphrases(backend: LocalBackend, tmp_path: Path) -> None:
+    space = GuildSpace(7, tmp_path / "d", tmp_path / "c").ensure()
+    s = WORK
+    name = train_version(space, s.pairs, [], job_id="j", method="supervised", embedder=backend.embedder())
+    unknown = "Is there a shuttle bus from the station?"
+    assert await backend.answer(space, name, unknown, ()) == backend.dont_know()
+    _correct(space, unknown, "A shuttle leaves the station every 20 minutes from 7:40.")
+    assert await backend.answer(space, name, unknown, ()) == "A shuttle leaves the station every 20 minutes from 7:40."
+    assert await backend.answer(space, name, "does a shuttle run from the train station?", ()) == (
+        "A shuttle leaves the station every 20 minutes from 7:40.")
+    # A correction of a trained answer wins over the training for the same question.
+    _correct(space, "When do we get paid?", "From January salaries are paid on the 28th.")
+    assert await backend.answer(space, name, "When do we get paid?", ()) == "From January salaries are paid on the 28th."
+    # Unrelated questions keep their trained answers.
+    assert await backend.answer(space, name, "Is the coffee free?", ()) == s.answer_of("coffee")
+    # A correction the review queue has not approved does not answer yet.
+    _correct(space, "What is the dress code?", "Anything goes.", approved=False)
+    assert not correction_applies({"correction": "x", "approved": False})
+    assert await backend.answer(space, name, "What is the dress code?", ()) == backend.dont_know()
+
+
+async def test_an_unloadable_model_falls_back_to_word_matching_and_says_so_once(tmp_path: Path) -> None:
+    b = LocalBackend(Settings(), embed_model=str(tmp_path / "nowhere"))
+    space = GuildSpace(3, tmp_path / "d", tmp_path / "c").ensure()
+    await b.start()
+    assert b.embedder() is None and "word matching" in b.describe() and "could not be loaded" in b.describe()
+    name = train_version(space, WORK.pairs, [], job_id="j", method="supervised", embedder=None)
+    first = await b.answer(space, name, "Is the coffee free?", ())
+    assert first.startswith(WORK.answer_of("coffee")) and "match words only" in first
+    assert await b.answer(space, name, "Is the coffee free?", ()) == WORK.answer_of("coffee")
+
+
+# ---------------------------------------------------------------------------- end to end
+async def test_txt_upload_paraphrases_dont_know_and_correction_end_to_end(harness: BotHarness) -> None:
+    h, s = harness, WORK
+    text = "\n".join(f"{q} => {a}" for q, a in s.pairs) + "\nthe office is great\n"
+    job_id, _ = await start_job(h, "!train", attachments=[("faq.txt", text.encode(), "text/plain")])
+    added = [m.content for m in h.sandbox.bot_messages() if m.content.startswith("Added")][0]
+    assert f"They are {len(s.pairs)} question/answer pairs: I answer from these" in added
+    assert "1 labelled text (`positive` ×1)" in added and "not answers" in added
+    await announcement(h.sandbox, job_id, timeout=30)
+    assert "by meaning" in await h.ask("!model")
+
+    right = 0
+    for q, pid in s.paraphrases[:20]:
+        said = (await h.send(q))[0].content
+        assert said in (s.answer_of(pid), h.bot.model.backend.dont_know()), (q, said)
+        right += said == s.answer_of(pid)
+    assert right >= 8
+    reply = (await h.send("Is there a shuttle bus from the station?"))[0]
+    assert reply.content.startswith("I don't know that one yet") and "!correct" in reply.content
+    thanks = await h.ask("!correct A shuttle leaves every 20 minutes.", reply_to=reply.id)
+    assert "from now on" in thanks
+    assert (await h.send("does a shuttle run from the train station?"))[0].content == "A shuttle leaves every 20 minutes."

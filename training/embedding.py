@@ -1,0 +1,279 @@
+"""Sentence embeddings for the local model: load ``EMBED_MODEL``, encode texts, search and decide.
+
+The default, ``EMBED_MODEL=wordllama``, is the WordLlama ``l2_supercat`` 256-dimension model whose
+weights (``weights/l2_supercat_256.safetensors``, 16 MB, MIT) and tokenizer ship inside the
+``wordllama`` wheel from PyPI, so it works on a machine that reaches only the package registries.
+It is a static model: one vector per token, averaged over the text. We read its two files
+ourselves (safetensors + tokenizers) rather than through ``wordllama.WordLlama.load``: 0.4.0.post1
+looks for its tokenizer under the wrong folder name and then tries to download it, and importing
+``wordllama`` calls ``logging.basicConfig`` (it would take over the bot's logging).
+
+``EMBED_MODEL`` may also be a local folder or a Hugging Face id of a model in the same layout
+(a safetensors token table + ``tokenizer.json``, e.g. model2vec's ``minishlab/potion-base-8M``);
+a Hugging Face id is fetched once with ``huggingface_hub`` into its cache (set ``HF_HUB_OFFLINE=1``
+to use only the cache). ``none`` turns embeddings off (word matching only).
+
+Answering is nearest-neighbour search over the trained prompts (each row mixes the prompt's
+vector with the vector of prompt + answer, which carries the answer's words) followed by a
+decision: answer only when the best score reaches a calibrated minimum *and* beats the best
+*different* answer by a calibrated margin; otherwise say "don't know". The thresholds come from
+``bench/calibrate.py`` on the two tuning paraphrase sets (``tests/fakes/paraphrases``), never the
+held-out one. Nothing here imports discord.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from errors import BackendError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMBED_MODEL = "wordllama"
+DISABLED = ("none", "off")
+WORDLLAMA_WEIGHTS = "weights/l2_supercat_256.safetensors"
+WORDLLAMA_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_TOKENS = 256  # longer texts are cut: an average over more tokens says nothing new
+ENCODE_BATCH = 1024
+TOP_K = 32  # rows scored for the margin (the best row of a different answer is almost always among them)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a search result is trusted: best score and lead over the best different answer."""
+
+    min_score: float
+    min_margin: float
+
+
+# Calibrated by bench/calibrate.py on the tuning sets (workplace, it_helpdesk), objective: correct
+# answers minus 4x wrong ones (a confidently wrong answer costs four "don't know"s).
+CALIBRATED: dict[str, Thresholds] = {
+    "wordllama": Thresholds(min_score=0.10, min_margin=0.14),
+}
+# For a model nobody calibrated: strict, so an unknown scale errs towards "don't know".
+UNCALIBRATED = Thresholds(min_score=0.5, min_margin=0.1)
+
+
+class Embedder:
+    """A static embedding model: a token vector table, a tokenizer and mean pooling.
+
+    ``encode`` returns a float32 matrix with one L2-normalised row per text (zeros for a text with
+    no known token). Thread-safe: the tokenizer and the table are only read.
+    """
+
+    def __init__(self, name: str, table: np.ndarray, tokenizer: object, fingerprint: str, source: str) -> None:
+        self.name = name
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.source = source  # where the weights were read from, for the log and !model
+        self.dim = int(self.table.shape[1])
+        self.thresholds = CALIBRATED.get(name, UNCALIBRATED)
+        self.calibrated = name in CALIBRATED
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.name!r}, dim={self.dim}, {self.fingerprint})"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        vocab = self.table.shape[0]
+        for start in range(0, len(texts), ENCODE_BATCH):
+            # Lower-cased: people type "vpn", "Vpn" and "VPN" for the same thing (measured: +2-4 points).
+            chunk = [t.casefold() for t in texts[start:start + ENCODE_BATCH]]
+            encs = self.tokenizer.encode_batch(chunk, add_special_tokens=False)  # type: ignore[attr-defined]
+            lengths = np.fromiter((min(len(e.ids), MAX_TOKENS) for e in encs), dtype=np.int64, count=len(encs))
+            if not lengths.sum():
+                continue
+            ids = np.concatenate([np.asarray(e.ids[:MAX_TOKENS], dtype=np.int64) for e in encs])
+            np.clip(ids, 0, vocab - 1, out=ids)
+            rows = np.repeat(np.arange(len(encs)), lengths)
+            sums = np.zeros((len(encs), self.dim), dtype=np.float32)
+            _add_rows(sums, rows, self.table[ids])
+            out[start:start + len(encs)] = sums
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+    def index_vectors(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Search rows for trained pairs: mean of the prompt's vector and the prompt + answer vector.
+
+        The answer's words catch paraphrases that name what the answer talks about ("reboot" finds
+        "the laptop restarts by itself"); the prompt alone keeps the row about the question.
+        Measured on the tuning sets, this mix beat prompt-only and prompt+answer-only rows.
+        """
+        if not prompts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        both = [f"{p} {a}" for p, a in zip(prompts, answers)]
+        return (0.5 * (self.encode(prompts) + self.encode(both))).astype(np.float32)
+
+
+def _add_rows(sums: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> None:
+    """``sums[rows] += vectors`` for sorted ``rows`` (reduceat: much faster than np.add.at)."""
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    sums[rows[starts]] += np.add.reduceat(vectors, starts, axis=0)
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _read_table(path: Path) -> np.ndarray:
+    """The token table of a safetensors file: its only 2-D tensor, or the one with a known name."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:  # type: ignore[no-untyped-call]
+        keys = list(f.keys())
+        for key in ("embedding.weight", "embeddings"):
+            if key in keys:
+                return f.get_tensor(key)
+        matrices = [k for k in keys if len(f.get_slice(k).get_shape()) == 2]
+        if len(matrices) != 1:
+            raise BackendError(f"{path.name} holds {len(matrices)} matrices; expected one token table.")
+        return f.get_tensor(matrices[0])
+
+
+def _load_files(name: str, weights: Path, tokenizer_file: Path) -> Embedder:
+    from tokenizers import Tokenizer
+
+    for p in (weights, tokenizer_file):
+        if not p.is_file():
+            raise BackendError(f"{p} is missing.")
+    table = _read_table(weights)
+    if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 8:
+        raise BackendError(f"{weights.name}: a token table of shape {table.shape} is not an embedding model.")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    if tokenizer.get_vocab_size() > table.shape[0] + 1024:
+        raise BackendError(f"the tokenizer knows {tokenizer.get_vocab_size()} tokens but the table has "
+                           f"{table.shape[0]}: they do not belong together.")
+    return Embedder(name, table, tokenizer, _sha(weights), str(weights))
+
+
+def _wordllama_dir() -> Path:
+    spec = importlib.util.find_spec("wordllama")  # locate without importing (its import configures logging)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("the wordllama package is not installed (pip install -r requirements.txt).")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _folder_files(folder: Path) -> tuple[Path, Path]:
+    """(weights, tokenizer) of a model folder: model2vec layout, or one safetensors file + tokenizer.json."""
+    tokenizer = folder / "tokenizer.json"
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        found = sorted(folder.glob("*.safetensors"))
+        if len(found) != 1:
+            raise BackendError(f"{folder} needs model.safetensors (or exactly one .safetensors file) "
+                               "and tokenizer.json.")
+        weights = found[0]
+    if not tokenizer.is_file():
+        found = sorted(folder.glob("*tokenizer*.json"))
+        tokenizer = found[0] if len(found) == 1 else tokenizer
+    return weights, tokenizer
+
+
+def load_embedder(spec: str) -> Embedder:
+    """Load ``EMBED_MODEL`` (sync, ~0.5 s for the default; run it in a thread).
+
+    BackendError with a one-line reason when it cannot be loaded.
+    """
+    spec = spec.strip()
+    if spec.lower() in DISABLED:
+        raise BackendError("EMBED_MODEL is off.")
+    if spec.lower() == DEFAULT_EMBED_MODEL:
+        pkg = _wordllama_dir()
+        return _load_files(DEFAULT_EMBED_MODEL, pkg / WORDLLAMA_WEIGHTS, pkg / WORDLLAMA_TOKENIZER)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_files(spec, *_folder_files(path))
+    if path.is_file() and path.suffix == ".safetensors":
+        return _load_files(spec, path, path.parent / "tokenizer.json")
+    if spec.startswith((".", "/", "~")) or not HF_ID_RE.match(spec):
+        raise BackendError(f"{spec} is not a folder (nor a Hugging Face id like owner/name).")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # tokenizers brings it; without it only local folders work
+        raise BackendError("huggingface_hub is not installed, so only local folders can be loaded.") from None
+    try:
+        folder = snapshot_download(spec, allow_patterns=["*.safetensors", "tokenizer.json", "config.json"])
+    except Exception as exc:  # network refused, offline without cache, unknown repo: all mean "not here"
+        raise BackendError(f"{spec} could not be fetched from Hugging Face ({type(exc).__name__}).") from None
+    return _load_files(spec, *_folder_files(Path(folder)))
+
+
+# ---------------------------------------------------------------- search and decision
+
+
+@dataclass(frozen=True)
+class Match:
+    """The outcome of a search: the row to answer with (None: don't know) and why."""
+
+    row: int | None
+    score: float
+    margin: float
+    best_row: int  # the closest row even when it was not trusted (-1 for an empty index)
+
+
+def top_rows(vectors: np.ndarray, query: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the ``k`` best rows, best first (one matrix-vector product)."""
+    if not len(vectors) or not query.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    scores = vectors @ query
+    k = min(k, len(scores))
+    idx = np.argpartition(scores, len(scores) - k)[len(scores) - k:] if len(scores) > k else np.arange(len(scores))
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return idx, scores[idx]
+
+
+def decide(rows: np.ndarray, scores: np.ndarray, answer_of: Sequence[str] | np.ndarray,
+           thresholds: Thresholds) -> Match:
+    """Trust the best row only if it is close enough and clearly ahead of any *different* answer.
+
+    Rows with the same answer (several phrasings of one question) do not compete with each other.
+    """
+    if not len(rows):
+        return Match(None, 0.0, 0.0, -1)
+    best = int(rows[0])
+    score = float(scores[0])
+    runner_up = next((float(s) for r, s in zip(rows[1:], scores[1:]) if answer_of[int(r)] != answer_of[best]), 0.0)
+    margin = score - runner_up
+    trusted = score >= thresholds.min_score and margin >= thresholds.min_margin
+    return Match(best if trusted else None, score, margin, best)
+
+
+def save_vectors(folder: Path, vectors: np.ndarray, embedder: Embedder) -> None:
+    """Write ``embeddings.npy`` and ``embedding.json`` (which model made them) into a version folder."""
+    np.save(folder / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+    info = {"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim, "rows": len(vectors)}
+    (folder / "embedding.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def load_vectors(folder: Path, embedder: Embedder, rows: int) -> np.ndarray | None:
+    """The saved vectors if this embedder made them for ``rows`` pairs, else None (re-embed)."""
+    try:
+        info = json.loads((folder / "embedding.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("fingerprint") != embedder.fingerprint or info.get("rows") != rows:
+        return None
+    vectors = np.load(folder / "embeddings.npy", allow_pickle=False)
+    if vectors.shape != (rows, embedder.dim) or vectors.dtype != np.float32:
+        return None
+    return vectors
