@@ -143,7 +143,6 @@ def report(name: str, tr: dict, ans: dict) -> None:
 
 def main(which: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
         if "tiny" in which:
             import torch
 
@@ -151,11 +150,13 @@ def main(which: list[str]) -> None:
 
             torch.set_num_threads(THREADS)
             base = BaseSpec.parse(str(build_tiny_llama(Path(tmp) / "tiny")))
+            models = Path(tmp) / "tiny-models"
             tr = train(base, models, epochs=40, lr=5e-3)
             report("tiny test Llama (450k parameters)", tr, asyncio.run(answers(base, models / tr["model"])))
         if "smollm2" in which:
             cache = Path(os.environ.get("HF_BENCH_CACHE") or ROOT / "bench" / ".cache")
             base = BaseSpec.parse(str(smollm2_gguf(cache)))
+            models = Path(tmp) / "smollm2-models"
             tr = train(base, models, epochs=6, lr=1e-3)  # the HF_* defaults
             report("SmolLM2-135M-Instruct Q4_1 GGUF (defaults: r=16, 6 epochs, batch 4, lr 1e-3)", tr,
                    asyncio.run(answers(base, models / tr["model"])))
