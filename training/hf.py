@@ -61,6 +61,8 @@ class HFBackend(TrainingBackend):
     """LoRA adapters on an open-weights base, trained in child processes, answered by a worker."""
 
     name = "hf"
+    trainer_title = "The hf trainer"
+    methods = ("supervised", "dpo")
     min_examples = 1  # LoRA learns from a handful; DPO from a single correction
     poll_seconds = 0.5  # progress is a local file: cheap to read often
     bills_tokens = False
