@@ -282,14 +282,9 @@ async def stop_bot(bot: TrainerBot) -> None:
         log.exception("bot stopped with an error")
 
 
-async def _read_lines(stream: TextIO, queue: asyncio.Queue[str | None]) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, stream.readline)
-        if not line:
-            await queue.put(None)
-            return
-        await queue.put(line)
+def sandbox_world_file(settings: Settings) -> Path:
+    """Where the dev sandbox keeps its world: ``sandbox_files/world.json`` beside DATA_DIR."""
+    return settings.data_dir.resolve().parent / "sandbox_files" / "world.json"
 
 
 async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir: Path, silence: float = 6.0) -> int:
@@ -297,8 +292,9 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
     from sandbox.chat import TerminalChat
     from sandbox.server import Sandbox
 
-    sandbox = await Sandbox().start(voice=True)
-    interactive = stdin.isatty()
+    # The sandbox keeps its world (server id, users, messages) beside the data it serves, so the
+    # same DATA_DIR finds the same server, model and data on the next `make run`.
+    sandbox = await Sandbox(world_file=sandbox_world_file(settings)).start(voice=True)
     try:
         try:
             # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.
@@ -314,21 +310,7 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
             if sandbox.voice_unavailable:
                 chat.say(f"* Voice channels are off in this sandbox: {sandbox.voice_unavailable}. "
                          f"Everything else works; {settings.prefix}join will not connect.")
-            queue: asyncio.Queue[str | None] = asyncio.Queue()
-            reader = asyncio.create_task(_read_lines(stdin, queue))
-            try:
-                while True:
-                    if interactive:
-                        out.write(f"{chat.user.name}> ")
-                        out.flush()
-                    line = await queue.get()
-                    if line is None or not await chat.handle(line):
-                        break
-                    if not interactive and chat.posted:
-                        await chat.settle()
-                await chat.settle()
-            finally:
-                reader.cancel()
+            await chat.run(stdin)
             return 0
         finally:
             await stop_bot(bot)

@@ -58,6 +58,18 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off switch: on/off, yes/no, true/false, 1/0."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "yes", "true", "1"):
+        return True
+    if raw in ("off", "no", "false", "0"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
 def _usable_dir(name: str, raw: str) -> Path:
     """Create the folder if needed and check we can write to it."""
     path = Path(raw).expanduser()
@@ -118,6 +130,7 @@ class Settings:
     voice_idle_seconds: float = 300.0
     job_poll_seconds: float = 15.0
     embed_model: str = "wordllama"
+    review_corrections: bool = True
     # MODEL_BACKEND=hf (LoRA fine-tuning of an open-weights model): defaults that work for a 0.1-2B instruct model.
     hf_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     hf_lora_rank: int = 16
@@ -187,6 +200,7 @@ class Settings:
             voice_idle_seconds=_float(env, "VOICE_IDLE_SECONDS", cls.voice_idle_seconds, 0.0),
             job_poll_seconds=_float(env, "JOB_POLL_SECONDS", cls.job_poll_seconds, 0.01),
             embed_model=_embed_model(env),
+            review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
             **_hf_settings(env, cls),
         )
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dataset import archive, check, corrections
+from dataset import archive, check, corrections, forget
 from dataset import compile as compiler
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
@@ -43,6 +43,17 @@ MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refus
 MAX_TEST_UPLOAD = 5 * 1024 * 1024
 
 
+CONTRIBUTORS_KEPT = 10  # contributors named in a job record; the rest are summed under "others"
+
+
+def _top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
+    """The ``keep`` largest (name, count) pairs, plus ("others", rest) when there are more."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ranked[:keep]
+    rest = sum(n for _, n in ranked[keep:])
+    return top + ([("others", rest)] if rest else [])
+
+
 class Model:
     """Data in, training jobs, the current model per guild, tests and answers: one async API for the cogs."""
 
@@ -60,6 +71,9 @@ class Model:
 
     async def start(self) -> None:
         """Clean up after a crash, then start the backend (once, from the bot's setup_hook)."""
+        # First: a forget cut short is finished (its journal was written) or rolled back (it was not).
+        for line in await asyncio.to_thread(forget.recover, self.settings.data_dir, self.settings.corrections_dir):
+            log.warning("%s (the bot stopped mid-way)", line)
         removed = await asyncio.to_thread(remove_leftovers, self.settings.data_dir, self.settings.corrections_dir)
         for path, size in removed:
             # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
@@ -99,15 +113,17 @@ class Model:
             raise InvalidInput(f"`{filename}`: unsupported file type `{ext}`; use .jsonl, .json, .csv or .txt.")
 
     async def add_upload(self, guild_id: int, filename: str, data: bytes, *, positive: bool,
-                         author: str) -> IngestReport:
-        """Store an uploaded file and add its examples to the current dataset."""
+                         author: str, author_id: int | None = None, origin: str | None = None) -> IngestReport:
+        """Store an uploaded file and add its examples to the current dataset (their ``origin`` names the
+        stored upload, so forgetting a person finds both)."""
         space = self.space(guild_id)
 
         def work() -> IngestReport:
             path = dataset_folder.store_upload(space, filename, data)
+            where = f"{origin}, upload {space.relative(path)}" if origin else f"upload {space.relative(path)}"
             try:
                 report = dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
-                                                    cache=self._dataset_hashes)
+                                                    cache=self._dataset_hashes, author_id=author_id, origin=where)
             except BaseException:
                 path.unlink(missing_ok=True)  # a refused upload is not kept
                 raise
@@ -117,15 +133,19 @@ class Model:
 
         return await self._write(f"`{filename}`", work)
 
-    async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str) -> IngestReport:
+    async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str, author_id: int | None = None,
+                       origin: str | None = None) -> IngestReport:
         """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
         return await self._write("the examples", dataset_folder.ingest_text, self.space(guild_id), text,
-                                 positive=positive, author=author, cache=self._dataset_hashes)
+                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                                 origin=origin)
 
-    async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str) -> IngestReport:
+    async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str,
+                       author_id: int | None = None, origin: str | None = None) -> IngestReport:
         """Add a file or folder of the guild's data space (a path the user typed)."""
         return await self._write("the examples", dataset_folder.ingest_path, self.space(guild_id), user_path,
-                                 positive=positive, author=author, cache=self._dataset_hashes)
+                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                                 origin=origin)
 
     async def path_exists(self, guild_id: int, user_path: str) -> bool:
         """Whether a typed path names an entry of the guild's data space (False when refused)."""
@@ -188,8 +208,9 @@ class Model:
     # ------------------------------------------------------------ what members give
 
     async def record_answer(self, guild_id: int, *, message_ids: Sequence[int], channel_id: int, prompt: str,
-                            answer: str, prompt_message_id: int | None, author_id: int | None) -> None:
-        """Log an answer (every message it was sent as) so ``!correct`` can find it."""
+                            answer: str, prompt_message_id: int | None, author_id: int | None,
+                            author_name: str | None = None) -> None:
+        """Log an answer (every message it was sent as) so ``!correct`` can find it; ``author_*`` is who asked."""
         space = self.space(guild_id)
         model_name = await self.current_model(guild_id)
 
@@ -197,7 +218,7 @@ class Model:
             for message_id in message_ids:  # any part of a long answer can be the one someone corrects
                 corrections.record_answer(space, message_id=message_id, channel_id=channel_id, prompt=prompt,
                                           answer=answer, prompt_message_id=prompt_message_id,
-                                          author_id=author_id, model=model_name)
+                                          author_id=author_id, author_name=author_name, model=model_name)
 
         await self._write("the answer log", work)
 
@@ -212,21 +233,46 @@ class Model:
                                        self._answer_indexes)
 
     async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
-                      author_name: str, channel_id: int) -> dict[str, Any]:
-        """Store a correction of a logged answer; returns the record (with its ``ref``)."""
+                      author_name: str, channel_id: int, source_message_id: int | None = None,
+                      trusted: bool = False) -> dict[str, Any]:
+        """Store a correction of a logged answer; returns the record (with its ``ref`` and ``approved``).
+
+        It is approved at once when ``trusted`` (an admin wrote it) or REVIEW_CORRECTIONS is off; otherwise it
+        waits in the review queue.
+        """
+        approved = trusted or not self.settings.review_corrections
         return await self._write(
             "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
             prompt=answer.get("prompt", ""), answer=answer.get("answer", ""), correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
+            source_message_id=source_message_id, approved=approved,
         )
 
+    async def pending_corrections(self, guild_id: int) -> list[dict[str, Any]]:
+        """Members' corrections waiting for review, oldest first."""
+        return await asyncio.to_thread(corrections.pending_corrections, self.space(guild_id))
+
+    async def review(self, guild_id: int, refs: list[str], *, approve: bool, by_id: int, by_name: str,
+                     reason: str = "") -> list[dict[str, Any]]:
+        """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
+        return await self._write("the review decision", corrections.review, self.space(guild_id), refs,
+                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason)
+
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
-                       reply_to: dict[str, Any] | None) -> dict[str, Any]:
+                       reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> dict[str, Any]:
         """Store feedback; returns the record (with its ``ref``)."""
         return await self._write(
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
-            author_name=author_name, channel_id=channel_id, reply_to=reply_to,
+            author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
+
+    async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
+        """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
+        space = self.space(guild_id)
+        try:
+            return await self._write("the removal", forget.forget, space, user_id)
+        finally:
+            self._answer_indexes.drop(space.answers_file)  # the log was rewritten: offsets moved
 
     # ------------------------------------------------------------ training
 
@@ -264,6 +310,8 @@ class Model:
                 "finished_at": None,
                 "estimate": {"examples": report.n_examples, "tokens": report.est_tokens,
                              "epochs": report.epochs, "billed_tokens": report.billed_tokens},
+                # Who the examples came from (top few, then the rest counted): provenance for !train and !jobs.
+                "contributors": _top(compiled.contributors, CONTRIBUTORS_KEPT),
             })
             record.setdefault("step", 0)
             await self._write("the training job", jobs.save_job, space, record)

@@ -255,6 +255,11 @@ class GuildSpace:
     def errors_file(self) -> Path:
         return self.corrections / "test_errors.jsonl"
 
+    @property
+    def reviews_file(self) -> Path:
+        """Review decisions on corrections (append-only events; the latest per correction wins)."""
+        return self.corrections / "reviews.jsonl"
+
     def read_state(self) -> dict[str, Any]:
         """The guild's state.json (settings such as the dataset and models); {} when missing or damaged."""
         try:

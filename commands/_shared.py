@@ -79,6 +79,14 @@ async def is_trainer_admin(ctx: commands.Context) -> bool:
     raise NotTrainerAdmin(role)
 
 
+async def is_admin(ctx: commands.Context) -> bool:
+    """Whether the author is a trainer admin here (no error: for commands anyone may use)."""
+    try:
+        return await is_trainer_admin(ctx)
+    except commands.CheckFailure:
+        return False
+
+
 def trainer_admin() -> Any:
     """Decorator: only trainer admins may run the command."""
     return commands.check(is_trainer_admin)

@@ -162,6 +162,7 @@ class Chat(commands.Cog):
             await self.bot.model.record_answer(
                 guild.id, message_ids=[m.id for m in sent], channel_id=message.channel.id, prompt=prompt,
                 answer=answer, prompt_message_id=message.id, author_id=message.author.id,
+                author_name=str(message.author),
             )
         except NotSaved:
             sent.append(await message.channel.send(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from commands._shared import TrainerContext
-from errors import InvalidInput
+from commands._shared import TrainerContext, is_admin, trainer_admin
+from errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from bot import TrainerBot
@@ -68,8 +69,12 @@ class Feedback(commands.Cog):
 
     async def _save(self, ctx: TrainerContext, answer: dict, correction: str) -> None:
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
-                                         author_name=str(ctx.author), channel_id=ctx.channel.id)
-        if ctx.model.backend.applies_corrections_now:
+                                         author_name=str(ctx.author), channel_id=ctx.channel.id,
+                                         source_message_id=ctx.message.id, trusted=await is_admin(ctx))
+        if not record["approved"]:
+            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It awaits review: an admin approves it "
+                           f"(`{ctx.clean_prefix}review`) before I use it.")
+        elif ctx.model.backend.applies_corrections_now:
             await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
                            f"that means the same) with it from now on, and it is training data for next time.")
         else:
@@ -96,8 +101,125 @@ class Feedback(commands.Cog):
                         "author_id": resolved.author.id if resolved else None,
                         "content": resolved.content if resolved else None}
         record = await ctx.model.feedback(ctx.guild_id, text, author_id=ctx.author.id, author_name=str(ctx.author),
-                                          channel_id=ctx.channel.id, reply_to=reply_to)
+                                          channel_id=ctx.channel.id, reply_to=reply_to,
+                                          source_message_id=ctx.message.id)
         await ctx.send(f"Thanks for the feedback! Reference: `{record['ref']}`.")
+
+
+    # ------------------------------------------------------------ the review queue
+
+    @commands.command()
+    @commands.guild_only()
+    @trainer_admin()
+    async def review(self, ctx: TrainerContext) -> None:
+        """★ List members' corrections waiting for review, with their ids."""
+        pending = await ctx.model.pending_corrections(ctx.guild_id)
+        if not pending:
+            await ctx.send("No corrections are waiting for review.")
+            return
+        p = ctx.clean_prefix
+        lines = [f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
+                 f"`{p}reject ID… [reason]`:"]
+        for c in pending[:REVIEW_SHOWN]:
+            who = discord.utils.escape_markdown(str(c.get("author_name") or c.get("author_id") or "someone"))
+            lines.append(f"`{c.get('ref')}` by {who} ({str(c.get('time', ''))[:16].replace('T', ' ')} UTC)\n"
+                         f"> Q: {_quote(c.get('prompt'))}\n> was: {_quote(c.get('answer'))}\n"
+                         f"> now: {_quote(c.get('correction'))}")
+        if len(pending) > REVIEW_SHOWN:
+            lines.append(f"…and {len(pending) - REVIEW_SHOWN} more (the oldest are shown first).")
+        await ctx.send_long("\n".join(lines))
+
+    @commands.command(usage="<id...>")
+    @commands.guild_only()
+    @trainer_admin()
+    async def approve(self, ctx: TrainerContext, *, ids: str) -> None:
+        """★ Approve members' corrections by id: they count in answers and the next training."""
+        done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
+                                      by_name=str(ctx.author))
+        shown = ", ".join(f"`{c['ref']}`" for c in done)
+        when = "now and in" if ctx.model.backend.applies_corrections_now else "in"
+        await ctx.send(f"Approved {shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
+                       f"the next training.")
+
+    @commands.command(usage="<id...> [reason]")
+    @commands.guild_only()
+    @trainer_admin()
+    async def reject(self, ctx: TrainerContext, *, text: str) -> None:
+        """★ Reject members' corrections by id (a reason after the ids is kept): they are never used."""
+        words = text.split()
+        # The ids come first; everything from the first word that is not an id on is the reason
+        # (a word starting with C- is taken as an id, so a mistyped one is refused, not kept as a reason).
+        first_other = next((i for i, w in enumerate(words)
+                            if not (_looks_like_ref(w) or w.strip("`").lower().startswith("c-"))), len(words))
+        ids, reason = words[:first_other], " ".join(words[first_other:])
+        if not ids:
+            raise InvalidInput(f"Give the ids first: `{ctx.clean_prefix}reject C-7f3a2b [reason]` "
+                               f"(`{ctx.clean_prefix}review` lists them). Nothing was changed.")
+        done = await ctx.model.review(ctx.guild_id, ids, approve=False, by_id=ctx.author.id,
+                                      by_name=str(ctx.author), reason=reason)
+        shown = ", ".join(f"`{c['ref']}`" for c in done)
+        note = f" Reason kept: {_quote(reason)}" if reason else ""
+        await ctx.send(f"Rejected {shown}: never used for answers or training.{note}")
+
+
+    # ------------------------------------------------------------ forget-me
+
+    @commands.command(usage="me | @user")
+    @commands.guild_only()
+    @commands.cooldown(3, 60.0, commands.BucketType.user)
+    async def forget(self, ctx: TrainerContext, *, who: str = "") -> None:
+        """Remove everything you gave in this server (`me`), or a member's (`@user`, admins)."""
+        p = ctx.clean_prefix
+        target = who.strip()
+        if target.lower() == "me":
+            user_id, name = ctx.author.id, str(ctx.author)
+        else:
+            found = re.fullmatch(r"<@!?(\d+)>|(\d{15,25})", target)
+            if found is None:
+                raise InvalidInput(f"Say who: `{p}forget me`, or (admins) `{p}forget @user`.")
+            user_id = int(found.group(1) or found.group(2))
+            if user_id != ctx.author.id and not await is_admin(ctx):
+                await ctx.send(f"Only admins can make me forget someone else; `{p}forget me` forgets what you gave.")
+                return
+            member = ctx.guild.get_member(user_id) or next((u for u in ctx.message.mentions if u.id == user_id), None)
+            name = str(member) if member is not None else f"user {user_id}"
+        shown = discord.utils.escape_markdown(name)
+        try:
+            result = await ctx.model.forget_user(ctx.guild_id, user_id)
+        except NotFound:
+            await ctx.send(f"I have nothing stored from {shown} in this server; nothing was changed.")
+            return
+        counts = ", ".join(f"{n:,} {kind}" for kind, n in result.counts.items())
+        lines = [f"Forgot everything {shown} gave in this server: {counts}."]
+        current = await ctx.model.current_model(ctx.guild_id)
+        if current:
+            lines.append(f"The current model (`{current}`) still contains their data until the next training: "
+                         f"an admin can run `{p}train` now to retrain without it.")
+        if result.archives:
+            listed = ", ".join(f"`{a}`" for a in result.archives[:10])
+            more = f" and {len(result.archives) - 10} more" if len(result.archives) > 10 else ""
+            lines.append(f"Archives made before keep their contents: {listed}{more}. An admin can delete them "
+                         f"from the server's data folder.")
+        await ctx.send_long("\n".join(lines))
+
+
+REVIEW_SHOWN = 15  # corrections listed by one !review; the rest are counted
+
+
+def _looks_like_ref(word: str) -> bool:
+    """``C-7f3a2b`` (any case, with or without ``C-``, backticks or a trailing comma)."""
+    word = word.strip("`,")
+    tail = word[2:] if word[:2].lower() == "c-" else word
+    return len(tail) == 6 and all(ch in "0123456789abcdefABCDEF" for ch in tail) and (
+        word[:2].lower() == "c-" or any(ch.isdigit() for ch in tail))
+
+
+def _quote(text: object, limit: int = 200) -> str:
+    """User text shown on one line of a list, shortened, markdown escaped (mentions never ping)."""
+    flat = " ".join(str(text or "").split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return discord.utils.escape_markdown(flat) or "(empty)"
 
 
 async def setup(bot: TrainerBot) -> None:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 STATUS_EDIT_INTERVAL = 2.0  # Discord rate-limits edits; a job's bar need not move faster than this
 
 
+TOP_SHOWN = 3  # contributors named in the !train reply
+
+
 class Training(commands.Cog):
     """Train the model, follow jobs, switch and test models."""
 
@@ -95,8 +98,9 @@ class Training(commands.Cog):
             try:
                 ctx.model.check_upload(att.filename, att.size)  # before the download
                 data = await att.read()
-                reports.append((att.filename, await ctx.model.add_upload(ctx.guild_id, att.filename, data,
-                                                                         positive=positive, author=author)))
+                reports.append((att.filename, await ctx.model.add_upload(
+                    ctx.guild_id, att.filename, data, positive=positive, author=author, author_id=ctx.author.id,
+                    origin=f"message {ctx.message.id}")))
             except TrainerError as exc:
                 reports.append((att.filename, exc))
             except discord.HTTPException as exc:
@@ -107,12 +111,14 @@ class Training(commands.Cog):
             try:
                 if await self._looks_like_path(ctx, text):
                     try:
-                        report = await ctx.model.add_path(ctx.guild_id, text, positive=positive, author=author)
+                        report = await ctx.model.add_path(ctx.guild_id, text, positive=positive, author=author,
+                                                          author_id=ctx.author.id, origin=f"message {ctx.message.id}")
                     except NotFound as exc:
                         raise NotFound(f"{exc} To add examples written in the message instead, put one per "
                                        f"line: `{ctx.clean_prefix}train question => answer`.") from None
                 else:
-                    report = await ctx.model.add_text(ctx.guild_id, text, positive=positive, author=author)
+                    report = await ctx.model.add_text(ctx.guild_id, text, positive=positive, author=author,
+                                                      author_id=ctx.author.id, origin=f"message {ctx.message.id}")
                 reports.append((name, report))
             except TrainerError as exc:
                 reports.append((name, exc))
@@ -163,6 +169,13 @@ class Training(commands.Cog):
             what += f", ~{est.get('tokens', 0):,} tokens, {est.get('epochs', '?')} epochs"
         warnings = self.model.relevant_warnings(report)
         lines = [f"Started training job `{job['id']}` on the {self.model.backend.name} backend: {what}."]
+        contributors = job.get("contributors") or []
+        if contributors:
+            shown = [f"{discord.utils.escape_markdown(str(name))} {n:,}" for name, n in contributors[:TOP_SHOWN]]
+            rest = sum(n for _, n in contributors[TOP_SHOWN:])
+            if rest:
+                shown.append(f"others {rest:,}")
+            lines.append("Examples by contributor: " + ", ".join(shown) + ".")
         if warnings:
             lines.append(f"{len(warnings)} warning(s): " + "; ".join(w.message for w in warnings[:3]))
         return "\n".join(lines)[:2000]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from dataset import corrections as records
@@ -27,6 +28,8 @@ class Compiled:
     labelled: list[tuple[str, str]]  # (text, label) of text examples
     report: CheckReport  # check of the supervised lines (+ notes on what was left out)
     preference_report: CheckReport | None = None  # check of the DPO lines, when there are any
+    # Who the supervised lines came from: contributor (as stored, e.g. "ann (123)") -> lines, most first.
+    contributors: dict[str, int] = field(default_factory=dict)
 
 
 def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
@@ -60,11 +63,14 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
             return [{"role": "system", "content": system}, *msgs]
         return list(msgs)
 
-    def add_sup(msgs: list[dict[str, Any]]) -> None:
+    who: Counter[str] = Counter()
+
+    def add_sup(msgs: list[dict[str, Any]], by: str) -> None:
         key = json.dumps(msgs, ensure_ascii=False, sort_keys=True)
         if key not in seen_sup:
             seen_sup.add(key)
             supervised.append({"messages": with_system(msgs)})
+            who[by or "unknown"] += 1
 
     def add_pref(prompt: list[dict[str, Any]], good: str, bad: str) -> None:
         if not good.strip() or not bad.strip() or good.strip() == bad.strip():
@@ -83,18 +89,19 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     good_for: dict[str, str] = {}  # prompt key -> a preferred answer
     corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
     unusable = 0
-    fixes: list[tuple[str, str, str]] = []
-    for c in records.list_corrections(space):
-        fixes.append((str(c.get("prompt") or ""), str(c.get("correction") or ""), str(c.get("answer") or "")))
+    fixes: list[tuple[str, str, str, str]] = []
+    for c in records.approved_corrections(space):  # pending and rejected ones never reach training
+        by = f"{c.get('author_name') or 'someone'} ({c.get('author_id')})" if c.get("author_id") else ""
+        fixes.append((str(c.get("prompt") or ""), str(c.get("correction") or ""), str(c.get("answer") or ""), by))
     for t in records.list_test_errors(space):
         got = t.get("got", t.get("actual", t.get("output")))
-        fixes.append((str(t.get("input") or ""), str(t.get("expected") or ""), str(got or "")))
-    for prompt, fix, bad in fixes:
+        fixes.append((str(t.get("input") or ""), str(t.get("expected") or ""), str(got or ""), "!test cases"))
+    for prompt, fix, bad, by in fixes:
         if not prompt.strip() or not fix.strip():
             unusable += 1
             continue
         user = [{"role": "user", "content": prompt}]
-        add_sup([*user, {"role": "assistant", "content": fix}])
+        add_sup([*user, {"role": "assistant", "content": fix}], by)
         key = _prompt_key(user)
         good_for[key] = fix
         if bad.strip():
@@ -113,7 +120,8 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     for ex in loaded.examples:
         if ex["kind"] == "text":
             labelled.append((ex["text"], ex["label"]))
-            add_sup([{"role": "user", "content": ex["text"]}, {"role": "assistant", "content": ex["label"]}])
+            add_sup([{"role": "user", "content": ex["text"]}, {"role": "assistant", "content": ex["label"]}],
+                    str(ex.get("added_by") or ""))
             continue
         msgs = ex["messages"]
         last = max(i for i, m in enumerate(msgs) if m.get("role") == "assistant")
@@ -127,7 +135,7 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
             continue  # this answer was corrected: train on the correction instead
         if isinstance(answer, str):
             good_for.setdefault(key, answer)
-        add_sup(msgs)
+        add_sup(msgs, str(ex.get("added_by") or ""))
     unmatched = 0
     for prompt, bad in negatives:
         good = good_for.get(_prompt_key(prompt))
@@ -169,6 +177,6 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         len(preference),
         len(labelled),
     )
-    return Compiled(supervised, preference, labelled, report, pref_report)
+    return Compiled(supervised, preference, labelled, report, pref_report, dict(who.most_common()))
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
 from errors import InvalidInput
-from storage import GuildSpace, append_record, read_records, utc_now
+from storage import GuildSpace, append_record, lock_for, read_records, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,11 @@ class AnswerIndexes:
         self._indexes: dict[str, _AnswerIndex] = {}
         self._guard = threading.Lock()
 
+    def drop(self, path: Path) -> None:
+        """Forget the index of a file that was rewritten (its offsets no longer hold)."""
+        with self._guard:
+            self._indexes.pop(str(path), None)
+
     def for_path(self, path: Path) -> _AnswerIndex:
         with self._guard:
             index = self._indexes.get(str(path))
@@ -141,8 +147,12 @@ def record_answer(
     prompt_message_id: int | None,
     author_id: int | None,
     model: str | None,
+    author_name: str | None = None,
 ) -> None:
-    """Log one bot answer so ``!correct <message_id>`` can find its prompt later (sync)."""
+    """Log one bot answer so ``!correct <message_id>`` can find its prompt later (sync).
+
+    ``author_id``/``author_name``: who asked (the prompt is theirs), ``prompt_message_id`` their message.
+    """
     append_record(
         space.answers_file,
         {
@@ -151,6 +161,7 @@ def record_answer(
             "channel_id": int(channel_id),
             "prompt_message_id": prompt_message_id,
             "author_id": author_id,
+            "author_name": author_name,
             "model": model,
             "prompt": _text(prompt, "prompt", required=False),
             "answer": _text(answer, "answer", required=False),
@@ -192,8 +203,14 @@ def add_correction(
     author_id: int | None,
     author_name: str | None,
     channel_id: int | None,
+    source_message_id: int | None = None,
+    approved: bool = True,
 ) -> dict[str, Any]:
-    """Store a correction of a bot answer; returns the record with its ``ref`` (``C-xxxxxx``)."""
+    """Store a correction of a bot answer; returns the record with its ``ref`` (``C-xxxxxx``).
+
+    ``approved=False`` puts it in the review queue (a member's correction while REVIEW_CORRECTIONS is on);
+    ``source_message_id`` is the message the correction was written in (provenance).
+    """
     record = {
         "ref": new_ref("C"),
         "time": utc_now(),
@@ -201,17 +218,128 @@ def add_correction(
         "channel_id": channel_id,
         "author_id": author_id,
         "author_name": author_name,
+        "source_message_id": source_message_id,
         "prompt": _text(prompt, "prompt", required=False),
         "answer": _text(answer, "answer", required=False),
         "correction": _text(correction, "correction", required=True),
+        "status": APPROVED if approved else PENDING,
     }
     append_record(space.corrections_file, record)
-    return record
+    return {**record, "approved": approved}
+
+
+# --- the review queue ----------------------------------------------------------------------
+# A correction is born "approved" (an admin's, or any while review is off) or "pending". Decisions are
+# events appended to reviews.jsonl ({"refs": [...], "decision", "by_id", "by_name", "reason"}), one line
+# per command so approving several ids is all-or-nothing; the latest decision per correction wins.
+# Records written before the review queue existed carry no status and count as approved.
+
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+
+
+def _decisions(space: GuildSpace) -> dict[str, dict[str, Any]]:
+    """ref -> the latest review event about it."""
+    latest: dict[str, dict[str, Any]] = {}
+    for event in read_records(space.reviews_file).records:
+        refs = event.get("refs")
+        if isinstance(refs, list) and event.get("decision") in (APPROVED, REJECTED):
+            for ref in refs:
+                latest[str(ref)] = event
+    return latest
 
 
 def list_corrections(space: GuildSpace) -> list[dict[str, Any]]:
-    """All stored corrections, oldest first (damaged lines skipped and logged)."""
-    return read_records(space.corrections_file).records
+    """All stored corrections, oldest first (damaged lines skipped and logged), each with its review state:
+    ``status`` (pending/approved/rejected), ``approved`` (bool) and, once decided, ``review`` (the event)."""
+    decisions = _decisions(space)
+    out = []
+    for record in read_records(space.corrections_file).records:
+        record = dict(record)
+        event = decisions.get(str(record.get("ref")))
+        if event is not None:
+            record["status"] = event["decision"]
+            record["review"] = event
+        elif record.get("status") not in (PENDING, APPROVED, REJECTED):
+            record["status"] = APPROVED
+        record["approved"] = record["status"] == APPROVED
+        out.append(record)
+    return out
+
+
+def approved_corrections(space: GuildSpace) -> list[dict[str, Any]]:
+    """The corrections that may reach training data and answers."""
+    return [c for c in list_corrections(space) if c["approved"]]
+
+
+def pending_corrections(space: GuildSpace) -> list[dict[str, Any]]:
+    """Corrections waiting for an admin's decision, oldest first."""
+    return [c for c in list_corrections(space) if c["status"] == PENDING]
+
+
+def corrections_signature(space: GuildSpace) -> tuple[tuple[int, int], ...]:
+    """(mtime_ns, size) of the corrections and reviews files: changes whenever what applies may change."""
+    sig = []
+    for path in (space.corrections_file, space.reviews_file):
+        try:
+            st = path.stat()
+            sig.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            sig.append((0, -1))
+    return tuple(sig)
+
+
+def _parse_refs(raw: list[str]) -> list[str]:
+    """Typed ids -> canonical refs (``c-7f3a2b``, ``C-7F3A2B`` and ``7f3a2b`` all mean ``C-7f3a2b``)."""
+    refs: list[str] = []
+    for word in raw:
+        word = word.strip().strip("`,")
+        if not word:
+            continue
+        tail = word[2:] if word[:2].lower() == "c-" else word
+        if not re.fullmatch(r"[0-9a-fA-F]{6}", tail):
+            raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`; "
+                               f"`!review` lists them). Nothing was changed.")
+        ref = f"C-{tail.lower()}"
+        if ref not in refs:
+            refs.append(ref)
+    if not refs:
+        raise InvalidInput("Give the id of at least one correction (`!review` lists them).")
+    return refs
+
+
+def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int | None, by_name: str | None,
+           reason: str = "") -> list[dict[str, Any]]:
+    """Approve or reject corrections by id, all or none; returns the corrections as they were before.
+
+    Refused (InvalidInput, nothing written): an unknown id, approving an approved one, rejecting a rejected
+    or an approved one (it may already be in a trained model; a newer correction replaces it).
+    """
+    refs = _parse_refs(raw_refs)
+    reason = _text(reason, "reason", required=False)[:500]
+    # Check and write as one step (two admins deciding at once); not the file's own lock, which
+    # append_record takes.
+    with lock_for(space.corrections / "reviews.decide"):
+        known = {str(c.get("ref")): c for c in list_corrections(space)}
+        chosen = []
+        for ref in refs:
+            record = known.get(ref)
+            if record is None:
+                raise InvalidInput(f"There is no correction `{ref}` in this server (`!review` lists the "
+                                   f"pending ones). Nothing was changed.")
+            status = record["status"]
+            if approve and status == APPROVED:
+                raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
+            if not approve and status == REJECTED:
+                raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
+            if not approve and status == APPROVED:
+                raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model; "
+                                   f"send a new `!correct` to replace it. Nothing was changed.")
+            chosen.append(record)
+        append_record(space.reviews_file, {
+            "time": utc_now(), "refs": refs, "decision": APPROVED if approve else REJECTED,
+            "by_id": by_id, "by_name": by_name, "reason": reason,
+        })
+    return chosen
 
 
 def add_feedback(
@@ -222,8 +350,11 @@ def add_feedback(
     author_name: str | None,
     channel_id: int | None,
     reply_to: dict[str, Any] | None,
+    source_message_id: int | None = None,
 ) -> dict[str, Any]:
-    """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``."""
+    """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``.
+
+    ``source_message_id``: the message the feedback was written in (provenance)."""
     record = {
         "ref": new_ref("F"),
         "time": utc_now(),
@@ -231,6 +362,7 @@ def add_feedback(
         "author_id": author_id,
         "author_name": author_name,
         "channel_id": channel_id,
+        "source_message_id": source_message_id,
         "reply_to": reply_to,
     }
     append_record(space.feedback_file, record)

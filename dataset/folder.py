@@ -91,8 +91,13 @@ def _ingest(
     report: IngestReport,
     author: str,
     cache: HashCache | None = None,
+    author_id: int | None = None,
+    origin: str | None = None,
 ) -> IngestReport:
-    """Stream parsed examples into a new file of the current dataset, skipping duplicates."""
+    """Stream parsed examples into a new file of the current dataset, skipping duplicates.
+
+    Every example records who added it (``added_by``, ``added_by_id``) and from where (``origin``).
+    """
     folder = current_dataset(space)
     now = utc_now()
     # Nanoseconds in the name: files sort in the order they were added, even within one second,
@@ -110,7 +115,8 @@ def _ingest(
                         report.skipped.append((number, reason))
                         continue
                     for core in cores:
-                        record = finish_record(core, source=source, author=author, now=now)
+                        record = finish_record(core, source=source, author=author, now=now,
+                                               author_id=author_id, origin=origin)
                         if record["hash"] in known:
                             report.duplicates += 1
                             where = f"line {number}" if source == shown else f"{source} line {number}"
@@ -141,7 +147,7 @@ def add_examples(space: GuildSpace, examples: Iterable[dict[str, Any]], *, sourc
 
 def ingest_text(
     space: GuildSpace, text: str, *, positive: bool = True, author: str, source: str = "inline",
-    cache: HashCache | None = None,
+    cache: HashCache | None = None, author_id: int | None = None, origin: str | None = None,
 ) -> IngestReport:
     """Add inline text (see :func:`parse_text`) to the current dataset; returns what was added/skipped."""
     if not text or not text.strip():
@@ -150,7 +156,7 @@ def ingest_text(
     items = (
         (n, c, f"line {n}: {r}" if r else None, source) for n, c, r in parse_inline_lines(lines, positive)
     )
-    report = _ingest(space, items, source, IngestReport(), author, cache)
+    report = _ingest(space, items, source, IngestReport(), author, cache, author_id, origin)
     if not report.added and not report.skipped:
         raise InvalidInput("There is no text to add: write examples after the command, one per line.")
     return report
@@ -158,24 +164,27 @@ def ingest_text(
 
 def ingest_file(
     space: GuildSpace, path: Path, *, positive: bool = True, author: str, source: str | None = None,
-    cache: HashCache | None = None,
+    cache: HashCache | None = None, author_id: int | None = None, origin: str | None = None,
 ) -> IngestReport:
     """Stream one file (e.g. from :func:`store_upload`) into the current dataset; constant memory."""
     report = IngestReport()
     shown = source or path.name
-    report = _ingest(space, iter_source(None, path, positive, shown, report), shown, report, author, cache)
+    report = _ingest(space, iter_source(None, path, positive, shown, report), shown, report, author, cache,
+                     author_id, origin)
     if not report.added and not report.skipped:
         raise InvalidInput(f"`{shown}` has no examples (only blank lines).")
     return report
 
 
 def ingest_path(space: GuildSpace, user_path: str, *, positive: bool = True, author: str,
-                cache: HashCache | None = None) -> IngestReport:
+                cache: HashCache | None = None, author_id: int | None = None,
+                origin: str | None = None) -> IngestReport:
     """Add a file or folder of the guild space (a path the user typed) to the current dataset."""
     target = space.resolve(user_path, must_exist=True)
     shown = space.relative(target)
     report = IngestReport()
-    report = _ingest(space, iter_source(space, target, positive, shown, report), shown, report, author, cache)
+    report = _ingest(space, iter_source(space, target, positive, shown, report), shown, report, author, cache,
+                     author_id, origin)
     if target.is_dir() and not report.files:
         raise InvalidInput(f"`{shown}` has no .jsonl, .json, .csv or .txt files.")
     return report

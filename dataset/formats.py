@@ -174,7 +174,7 @@ def _from_obj(obj: Any, positive: bool) -> tuple[list[Core], str | None]:
             if problem:
                 return [], problem
             core = cores[0]
-        for key in ("id", "source", "added_by", "added_at", "hash"):
+        for key in ("id", "source", "added_by", "added_by_id", "origin", "added_at", "hash"):
             if key in obj:
                 core[key] = obj[key]
         return [core], None
@@ -495,8 +495,13 @@ def content_hash(core: Core) -> str:
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def finish_record(core: Core, *, source: str, author: str, now: str) -> dict[str, Any]:
-    """A normalized record from a parsed example (keeps provenance a stored record already had)."""
+def finish_record(core: Core, *, source: str, author: str, now: str, author_id: int | None = None,
+                  origin: str | None = None) -> dict[str, Any]:
+    """A normalized record from a parsed example (keeps provenance a stored record already had).
+
+    Provenance: ``added_by`` (name, as shown), ``added_by_id`` (the Discord user id), ``origin`` (the
+    message or stored upload it came from), ``source`` (file or "inline") and ``added_at``.
+    """
     digest = core.get("hash") or content_hash(core)
     record: dict[str, Any] = {"id": core.get("id") or digest[:12], "kind": core["kind"]}
     if core["kind"] == "chat":
@@ -507,6 +512,11 @@ def finish_record(core: Core, *, source: str, author: str, now: str) -> dict[str
     record["positive"] = bool(core["positive"])
     record["source"] = core.get("source") or source
     record["added_by"] = core.get("added_by") or author
+    added_by_id = core.get("added_by_id") if "added_by" in core else author_id
+    if added_by_id is not None:
+        record["added_by_id"] = added_by_id
+    if core.get("origin") or (origin and "added_by" not in core):
+        record["origin"] = core.get("origin") or origin
     record["added_at"] = core.get("added_at") or now
     record["hash"] = digest
     return record

@@ -10,14 +10,20 @@ at end of input the chat waits for outstanding replies and exits 0.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import io
 import logging
 import mimetypes
+import os
 import re
 import shlex
+import threading
+import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
-from sandbox.server import Message, Sandbox
+from sandbox.server import Message, ReactionError, Sandbox, User, parse_emoji
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +32,141 @@ Chat commands:
   /as NAME            switch user (admin, member, owner)
   /attach PATH [text] post a file, with optional text
   /reply ID text      reply to message ID
+  /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
+  /unreact ID EMOJI   take your reaction back
   /voice join|leave   move the current user in or out of the voice channel
+  /reset              start a new world: new server (so no data or model yet), users, channels, ids
   /wait SECONDS       pause
   /help               this list
   /quit               leave
 Anything else is posted as a message; bot commands start with {prefix} (try {prefix}help)."""
+
+
+# Discord's timestamp markup: <t:UNIX> or <t:UNIX:STYLE>; other styles stay raw text, as in Discord.
+TIMESTAMP = re.compile(r"<t:(-?\d{1,13})(?::([tTdDfFR]))?>")
+
+
+def _clock(dt: datetime, seconds: bool = False) -> str:
+    hour = dt.hour % 12 or 12
+    return f"{hour}:{dt.minute:02d}{f':{dt.second:02d}' if seconds else ''} {'AM' if dt.hour < 12 else 'PM'}"
+
+
+def _relative(delta: float) -> str:
+    """Discord's (moment.js) wording: "in a few seconds", "5 minutes ago", "in a day", "2 years ago"."""
+    s = abs(delta)
+    minutes, hours, days = s / 60, s / 3600, s / 86400
+    if s < 45:
+        phrase = "a few seconds"
+    elif s < 90:
+        phrase = "a minute"
+    elif minutes < 45:
+        phrase = f"{round(minutes)} minutes"
+    elif minutes < 90:
+        phrase = "an hour"
+    elif hours < 22:
+        phrase = f"{round(hours)} hours"
+    elif hours < 36:
+        phrase = "a day"
+    elif days < 26:
+        phrase = f"{round(days)} days"
+    elif days < 45:
+        phrase = "a month"
+    elif days < 320:
+        phrase = f"{round(days / 30.4)} months"
+    elif days < 548:
+        phrase = "a year"
+    else:
+        phrase = f"{round(days / 365.25)} years"
+    return f"in {phrase}" if delta > 0 else f"{phrase} ago"
+
+
+def render_timestamp(unix: int, style: str = "f", *, now: float | None = None, tz: tzinfo | None = None) -> str:
+    """A ``<t:UNIX:STYLE>`` timestamp as Discord's English client shows it, in the local time zone."""
+    try:
+        dt = datetime.fromtimestamp(unix, tz) if tz is not None else datetime.fromtimestamp(unix).astimezone()
+    except (OverflowError, OSError, ValueError):
+        return f"<t:{unix}:{style}>"
+    date = f"{dt:%B} {dt.day}, {dt.year}"
+    if style == "t":
+        return _clock(dt)
+    if style == "T":
+        return _clock(dt, seconds=True)
+    if style == "d":
+        return f"{dt.month:02d}/{dt.day:02d}/{dt.year}"
+    if style == "D":
+        return date
+    if style == "F":
+        return f"{dt:%A}, {date} {_clock(dt)}"
+    if style == "R":
+        return _relative(unix - (time.time() if now is None else now))
+    return f"{date} {_clock(dt)}"  # "f", the default
+
+
+class _LineReader:
+    """Lines of a text stream for the event loop; ``get()`` gives None at end of input.
+
+    Terminals and pipes are watched with ``loop.add_reader`` and read with ``os.read`` (nothing
+    blocks, nothing is left waiting after :meth:`close`). Streams the loop cannot watch (regular
+    files, StringIO) are read by a daemon thread: their reads never block for long."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._fd: int | None = None
+        self._decoder = codecs.getincrementaldecoder(getattr(stream, "encoding", None) or "utf-8")("replace")
+        self._pending = ""
+        try:
+            fd = stream.fileno()
+            self._loop.add_reader(fd, self._readable)
+            self._fd = fd
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            # PermissionError (an OSError) for a regular file: epoll cannot watch it.
+            threading.Thread(target=self._pump, args=(stream,), name="terminal-chat-input", daemon=True).start()
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._put_lines(self._decoder.decode(b"", final=True), eof=True)
+            self.close()
+            return
+        self._put_lines(self._decoder.decode(data))
+
+    def _put_lines(self, text: str, *, eof: bool = False) -> None:
+        self._pending += text
+        *complete, self._pending = self._pending.split("\n")
+        for line in complete:
+            self._queue.put_nowait(line + "\n")
+        if eof:
+            if self._pending:
+                self._queue.put_nowait(self._pending)
+                self._pending = ""
+            self._queue.put_nowait(None)
+
+    def _pump(self, stream: TextIO) -> None:
+        try:
+            while True:
+                line = stream.readline()
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, line or None)
+                if not line:
+                    return
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return
+        except (OSError, ValueError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def get(self) -> str | None:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
 
 
 class TerminalChat:
@@ -48,8 +184,11 @@ class TerminalChat:
         self._last_activity = asyncio.get_running_loop().time()
         self._activity = asyncio.Event()
         self.posted = False  # did the last input line post a message?
+        self._posted_at: float | None = None  # loop time of the last post that settle() has not seen answered
+        self.quitting = False  # /quit was typed
         self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
+        sandbox.add_reaction_listener(self._on_reaction)
         if sandbox.voice_server is not None:
             sandbox.voice_server.add_listener(self._on_voice)
 
@@ -66,6 +205,8 @@ class TerminalChat:
         self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {self._readable(msg.content)}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
+        if (pings := self._pings(msg)) is not None:
+            self.say("    " + pings)
         if event == "create":
             for att in msg.attachments:
                 self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -73,17 +214,51 @@ class TerminalChat:
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
 
+    def say_world(self) -> None:
+        """Whether this chat continues a saved world, or why a saved one could not be used."""
+        sb = self.sandbox
+        if sb.world_note:
+            self.say(f"* {sb.world_note}")
+        elif sb.world_loaded:
+            self.say(f"* Continuing the saved sandbox world (server {sb.guild_id}, "
+                     f"{sum(1 for m in sb.messages.values() if not m.deleted)} messages); /reset starts a new one.")
+
+    def _on_reaction(self, event: str, msg: Message, user: User, emoji: str) -> None:
+        """The bot's own reactions (people's are confirmed by /react)."""
+        if user.id != self.sandbox.bot_user.id:
+            return
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity.set()
+        if event == "add":
+            self.say(f"* {user.name} reacted {emoji} to [{msg.id}]")
+        elif event == "remove":
+            self.say(f"* {user.name} removed its {emoji} from [{msg.id}]")
+        else:
+            self.say(f"* {user.name} cleared the {emoji + ' ' if emoji else ''}reactions on [{msg.id}]")
+
     def _readable(self, text: str) -> str:
-        """Channel and user mentions as a Discord client shows them (#general, @member)."""
+        """Channel, user and role mentions and timestamps as a Discord client shows them
+        (#general, @member, @Admins, November 28, 2026 3:28 PM)."""
         def name(match: re.Match[str]) -> str:
-            ident = int(match.group(2))
-            if match.group(1) == "#" and ident in self.sandbox.channels:
+            kind, ident = match.group(1), int(match.group(2))
+            if kind == "#" and ident in self.sandbox.channels:
                 return "#" + self.sandbox.channels[ident].name
-            if match.group(1) != "#" and ident in self.sandbox.users:
+            if kind == "@&" and ident in self.sandbox.roles:
+                return "@" + self.sandbox.roles[ident].name
+            if kind in ("@", "@!") and ident in self.sandbox.users:
                 return "@" + self.sandbox.users[ident].name
             return match.group(0)
 
-        return re.sub(r"<(#|@!?)(\d+)>", name, text)
+        text = re.sub(r"<(#|@!|@&|@)(\d+)>", name, text)
+        return TIMESTAMP.sub(lambda m: render_timestamp(int(m.group(1)), m.group(2) or "f"), text)
+
+    def _pings(self, msg: Message) -> str | None:
+        """``(notifies: @member)`` when the bot's message (or its edit) pings someone: a bot must
+        never ping people with text it repeats, and this makes every ping visible."""
+        if not msg.pinged:
+            return None
+        names = ", ".join(sorted("@" + self.sandbox.users[u].name for u in msg.pinged if u in self.sandbox.users))
+        return f"(notifies @everyone: {names})" if msg.mention_everyone else f"(notifies: {names})"
 
     def _on_voice(self, event: str) -> None:
         """Nobody can hear the sandbox's voice channel: say what the bot does there instead."""
@@ -104,25 +279,53 @@ class TerminalChat:
             self.say(f"* {name} stopped speaking ({seconds:.1f} s of audio)")
 
     async def settle(self) -> None:
-        """Wait until the bot has answered and gone quiet, or stayed silent for ``silence`` s."""
+        """Wait until the bot has answered the last message posted and gone quiet for ``quiet`` s,
+        or stayed silent for ``silence`` s after it.
+
+        Returns at once when nothing is outstanding: nothing was posted since the last settle, the
+        answer came and went, or the user typed /quit (a person leaving waits for nothing)."""
+        if self.quitting or self._posted_at is None:
+            return
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        answered = False
         while True:
             self._activity.clear()
             now = loop.time()
-            if self._last_activity > start:
-                answered = True
-            if answered:
+            if self._last_activity > self._posted_at:  # answered: wait until it goes quiet
                 remaining = self.quiet - (now - self._last_activity)
             else:
-                remaining = self.silence - (now - start)
+                remaining = self.silence - (now - self._posted_at)
             if remaining <= 0:
+                self._posted_at = None
                 return
             try:
                 await asyncio.wait_for(self._activity.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+
+    async def run(self, stdin: TextIO, *, interactive: bool | None = None) -> None:
+        """Act on the lines of ``stdin`` until /quit or end of input.
+
+        In a terminal each line gets a prompt and goes out at once; piped, each posted line is
+        settled (answered, or silence) before the next one, and end of input waits for the last
+        answer. A terminal or pipe is read with the event loop's reader, not a thread: a thread
+        blocked in ``readline()`` after /quit would hold up the exit until one more Enter
+        (``asyncio.run`` waits for its executor's threads)."""
+        interactive = stdin.isatty() if interactive is None else interactive
+        self.say_world()
+        lines = _LineReader(stdin)
+        try:
+            while True:
+                if interactive:
+                    self.out.write(f"{self.user.name}> ")
+                    self.out.flush()
+                line = await lines.get()
+                if line is None or not await self.handle(line):
+                    break
+                if not interactive and self.posted:
+                    await self.settle()
+            await self.settle()
+        finally:
+            lines.close()
 
     async def handle(self, line: str) -> bool:
         """Act on one input line; return False to stop."""
@@ -142,6 +345,7 @@ class TerminalChat:
         return True
 
     async def _post(self, text: str, **kwargs) -> Message:
+        self._posted_at = asyncio.get_running_loop().time()
         msg = await self.sandbox.post_message(self.user, text, **kwargs)
         self.posted = True
         ref = kwargs.get("reply_to")
@@ -149,9 +353,28 @@ class TerminalChat:
         self.say(f"[{msg.id}]{f' ↪{ref}' if ref else ''} {self.user.name}: {text}{extra}")
         return msg
 
+    async def _reset(self) -> None:
+        sb = self.sandbox
+        old, connected, identified = sb.guild_id, bool(sb.sessions), sb.identify_count
+        await sb.reset_world()
+        try:
+            self.user = sb.user_named(self.user.name)
+        except KeyError:
+            self.user = sb.member
+        self.say(f"* A new world: server {sb.guild_id} (was {old}), with new users, channels and ids. "
+                 "The old server's data stays on disk under its id.")
+        if connected:
+            try:
+                await sb.wait_for(lambda: sb.identify_count > identified, timeout=15)
+            except AssertionError:
+                self.say("! the bot has not reconnected yet")
+                return
+            self.say(f"* {sb.bot_user.name} joined the new server; you are {self.user.name} in #{sb.text_channel.name}")
+
     async def _command(self, cmd: str, args: list[str], line: str) -> bool:
         sb = self.sandbox
         if cmd == "/quit":
+            self.quitting = True
             return False
         if cmd == "/help":
             self.say(CHAT_HELP.format(prefix=self.prefix))
@@ -194,6 +417,37 @@ class TerminalChat:
                 return True
             text = line.split(None, 2)[2]
             await self._post(text, reply_to=ref)
+        elif cmd in ("/react", "/unreact"):
+            if len(args) != 2 or not args[0].isdigit():
+                self.say(f"! usage: {cmd} ID EMOJI")
+                return True
+            msg_id = int(args[0])
+            target = sb.messages.get(msg_id)
+            if target is None or target.deleted:
+                self.say(f"! no message {msg_id}")
+                return True
+            adding = cmd == "/react"
+            self._posted_at = asyncio.get_running_loop().time()  # the bot may answer a reaction
+            try:
+                done = await (sb.react if adding else sb.unreact)(self.user, target.channel_id, msg_id, args[1])
+            except ReactionError as exc:
+                self.say(f"! cannot react with {args[1]}: {exc}")
+                self._posted_at = None
+                return True
+            emoji = parse_emoji(args[1])
+            if done:
+                self.posted = True
+                self.say(f"* {self.user.name} {'reacted' if adding else 'removed'} {emoji} "
+                         f"{'to' if adding else 'from'} [{msg_id}]")
+            else:
+                self._posted_at = None
+                self.say(f"! you {'already reacted' if adding else 'had not reacted'} {emoji} "
+                         f"{'to' if adding else 'on'} [{msg_id}]")
+        elif cmd == "/reset":
+            if args:
+                self.say("! usage: /reset")
+                return True
+            await self._reset()
         elif cmd == "/voice":
             if args not in (["join"], ["leave"]):
                 self.say("! usage: /voice join|leave")

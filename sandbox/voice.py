@@ -92,8 +92,12 @@ class _Udp(asyncio.DatagramProtocol):
 class VoiceServer:
     """Loopback voice endpoint; counters and captured Opus frames are plain attributes."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, ack_delay: float = 0.05) -> None:
         self.host = host
+        # As on the gateway (sandbox.server.HEARTBEAT_ACK_DELAY): an instant ACK can beat discord.py's
+        # keep-alive thread to recording its send time, and the latency then reads one interval.
+        self.ack_delay = ack_delay
+        self._acks: set[asyncio.Task[None]] = set()
         self.token = secrets.token_hex(16)
         self.secret_key = os.urandom(32)
         self.ssrc = random.randint(1, 2**31)
@@ -171,7 +175,15 @@ class VoiceServer:
                 assert self._changed is not None, "start() the server first"
                 await self._changed.wait()
 
+    async def disconnect_all(self, code: int = 4014) -> None:
+        """Close every voice websocket as Discord does when the user is taken out of the call
+        (4014: disconnected, e.g. the channel is gone); the server keeps running."""
+        for ws in list(self._sockets):
+            await ws.close(code=code, message=b"Disconnected.")
+
     async def close(self) -> None:
+        for task in list(self._acks):
+            task.cancel()
         for ws in list(self._sockets):  # aiohttp would wait for open websockets on cleanup
             await ws.close(code=1001)
         if self._runner is not None:
@@ -227,8 +239,10 @@ class VoiceServer:
                     self.errors.append(f"SELECT_PROTOCOL with mode {mode!r}")
                 await send(4, {"mode": mode, "secret_key": list(self.secret_key), "dave_protocol_version": 0,
                                "audio_codec": "opus", "media_session_id": secrets.token_hex(8)})
-            elif op == 3:  # HEARTBEAT → HEARTBEAT_ACK
-                await send(6, {"t": d.get("t") if isinstance(d, dict) else d})
+            elif op == 3:  # HEARTBEAT → HEARTBEAT_ACK, after a network-like round trip
+                task = asyncio.create_task(self._ack(send, ws, {"t": d.get("t") if isinstance(d, dict) else d}))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
             elif op == 5:  # SPEAKING
                 self.speaking.append(d)
                 now = bool(d.get("speaking"))
@@ -247,6 +261,14 @@ class VoiceServer:
                 await send(9, None)  # RESUMED
             self._notify()
         return ws
+
+    async def _ack(self, send: Callable[[int, Any], Any], ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
+        await asyncio.sleep(self.ack_delay)
+        if not ws.closed:
+            try:
+                await send(6, d)
+            except ConnectionResetError:
+                pass
 
     def _rtp(self, packet: bytes) -> None:
         self.received_packets += 1

@@ -14,6 +14,7 @@ from dataset import folder as dataset_folder
 from dataset.check import Issue
 from errors import BackendError, Busy, InvalidInput, NotFound
 from model import Model
+from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, report, track_client
 from training import jobs
@@ -202,3 +203,25 @@ async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
     job = await model.poll_job(GUILD, job["id"])
     assert job["status"] == "succeeded"
     assert await model.answer(GUILD, "where do I park my bike") == "Bikes go in the basement rack."
+
+
+async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A SIGKILL mid-upload leaves a hidden temp file: the next start removes it and says so in the log."""
+    s = settings(tmp_path)
+    space = GuildSpace(GUILD, s.data_dir, s.corrections_dir).ensure()
+    space.uploads.mkdir(parents=True)
+    leftover = space.uploads / ".20261128T120000Z-ab12-big.jsonl.k3j2h1.tmp"
+    leftover.write_bytes(b"x" * 40_000)
+    kept = space.uploads / "20261128T120000Z-ab12-small.jsonl"
+    kept.write_text("{}\n")
+    half_model = space.models / ".tmp-0123456789abcdef0123456789abcdef"
+    half_model.mkdir(parents=True)
+    (half_model / "meta.json").write_text("{}")
+    model = Model(s)
+    with caplog.at_level("WARNING", logger="model"):
+        await model.start()
+    await model.close()
+    assert not leftover.exists() and not half_model.exists() and kept.exists()
+    said = caplog.text
+    assert str(leftover) in said and "39.1 KB" in said and str(half_model) in said
+    assert "left by an interrupted write" in said

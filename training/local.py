@@ -453,8 +453,8 @@ class _Run:
 def correction_applies(record: dict[str, Any]) -> bool:
     """Whether a stored correction answers questions now (before the next training).
 
-    Every correction applies until the review queue exists; it will mark a member's correction
-    ``"approved": false`` while it waits, and this is the one place that has to honour it.
+    ``records.list_corrections`` marks each with ``approved`` from the review queue: a member's
+    correction waits (``"approved": false``) until an admin approves it.
     """
     return record.get("approved", True) is not False and bool(str(record.get("correction") or "").strip())
 
@@ -463,7 +463,7 @@ def correction_applies(record: dict[str, Any]) -> bool:
 class _Overlay:
     """A guild's applicable corrections, searchable like a trained version."""
 
-    signature: tuple[int, int]  # (mtime_ns, size) of the corrections file it was built from
+    signature: tuple[tuple[int, int], ...]  # records.corrections_signature when it was built
     prompts: list[str]
     answers: list[str]
     vectors: np.ndarray | None
@@ -730,13 +730,10 @@ class LocalBackend(TrainingBackend):
 
     def _overlay_sync(self, space: GuildSpace) -> _Overlay | None:
         """The guild's corrections as a small index, rebuilt when the corrections file changes."""
-        path = space.corrections_file
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        if not space.corrections_file.exists():
             self._overlays.pop(space.guild_id, None)
             return None
-        signature = (st.st_mtime_ns, st.st_size)
+        signature = records.corrections_signature(space)
         cached = self._overlays.get(space.guild_id)
         if cached is not None and cached.signature == signature:
             return cached
@@ -759,12 +756,19 @@ class LocalBackend(TrainingBackend):
     async def _overlay(self, space: GuildSpace) -> _Overlay | None:
         cached = self._overlays.get(space.guild_id)
         try:
-            st = space.corrections_file.stat()
-        except FileNotFoundError:
+            if not space.corrections_file.exists():
+                return None
+            signature = records.corrections_signature(space)
+        except OSError as exc:  # an unreadable corrections folder: answer from the trained model alone
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
             return None
-        if cached is not None and cached.signature == (st.st_mtime_ns, st.st_size):
+        if cached is not None and cached.signature == signature:
             return cached
-        return await asyncio.to_thread(self._overlay_sync, space)
+        try:
+            return await asyncio.to_thread(self._overlay_sync, space)
+        except OSError as exc:
+            log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
+            return None
 
     def _with_note(self, text: str) -> str:
         """The one-time note that the embedding model is missing, on the first answer after start."""

@@ -201,3 +201,26 @@ async def test_getfile(harness: BotHarness) -> None:
     for path, expected in limit_cases.items():
         assert await harness.ask(f"!getfile {path}", user="admin", quiet=0.05) == expected
     assert not any(m.attachments for m in harness.sandbox.bot_messages(after=first))
+
+
+# ---------------------------------------------------------------------------- what used to crash
+async def test_getfile_with_a_name_too_long_for_the_file_system(harness: BotHarness) -> None:
+    """A 300-character name is one line in the channel, not "something went wrong" with a traceback."""
+    said = await harness.ask("!getfile " + "a" * 300 + ".txt", user="admin")
+    assert said == "That path can't be used: File name too long."
+
+
+async def test_failed_writes_say_they_were_not_saved(harness: BotHarness) -> None:
+    """A folder the bot cannot write to: !archive and !select_dataset say nothing was saved (root ignores
+    file modes, so the folder the write needs is replaced by a file: the OS refuses the same way)."""
+    space = space_of(harness).ensure()
+    (space.data / "datasets" / "faq").mkdir(parents=True)
+    (space.data / "datasets" / "faq" / "a.txt").write_text("q => a\n")
+    space.archives.parent.mkdir(parents=True, exist_ok=True)
+    space.archives.write_text("not a folder")
+    said = await harness.ask("!archive datasets/faq", user="admin")
+    assert said.startswith("The archive was not saved: I could not write to my data folder ("), said
+    assert said.endswith("Nothing was changed; an admin can find the details in the log.")
+    said = await harness.ask("!select_dataset datasets/faq", user="admin")
+    assert said.startswith("The dataset choice was not saved: I could not write to my data folder ("), said
+    assert space.archives.read_text() == "not a folder" and "dataset" not in read_json(space.state_file, {})

@@ -47,7 +47,10 @@ async def test_correct_by_id_and_by_reply(harness: BotHarness) -> None:
     assert first["message_id"] == second["message_id"] == answer.id
     assert first["channel_id"] == sb.text_channel.id
     assert recent(first["time"]) and recent(second["time"])
-    assert records.list_corrections(space_of(harness)) == stored.records
+    listed = records.list_corrections(space_of(harness))
+    assert [{k: v for k, v in c.items() if k != "approved"} for c in listed] == stored.records
+    assert first["status"] == "pending" and second["status"] == "approved"  # a member's waits for review
+    assert first["source_message_id"] != second["source_message_id"]
 
 
 async def test_correct_refusals(harness: BotHarness, tmp_path: Path) -> None:
@@ -119,3 +122,24 @@ async def test_feedback_plain_and_as_reply(harness: BotHarness) -> None:
     assert first["channel_id"] == sb.text_channel.id and first["reply_to"] is None and recent(first["time"])
     assert (second["ref"], second["text"], second["author_id"]) == (ref2, "This one was not funny.", sb.admin.id)
     assert second["reply_to"] == {"message_id": answer.id, "author_id": sb.bot_user.id, "content": answer.content}
+
+
+async def test_feedback_over_the_limit_is_refused_and_failed_writes_say_so(harness: BotHarness) -> None:
+    space = space_of(harness)
+    said = await harness.ask("!feedback " + "x" * 20_001)
+    assert said == ("The feedback is 20,001 characters long; the limit is 20,000. "
+                    "Nothing was saved: shorten it and send it again.")
+    assert not space.feedback_file.exists()
+    # The corrections folder cannot be written (a file stands where the folder should be).
+    space.corrections.parent.mkdir(parents=True, exist_ok=True)
+    space.corrections.write_text("not a folder")
+    said = await harness.ask("!feedback The answers are slow.")
+    assert said.startswith("Your feedback was not saved: I could not write to my data folder ("), said
+
+
+async def test_a_chat_answer_that_could_not_be_logged_says_correct_wont_find_it(harness: BotHarness) -> None:
+    space = space_of(harness)
+    space.corrections.parent.mkdir(parents=True, exist_ok=True)
+    space.corrections.write_text("not a folder")
+    msgs = await harness.send("what is the wifi password", count=2)
+    assert msgs[1].content == "(I couldn't save this answer to my log, so `!correct` won't find it.)"

@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,13 +103,16 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
     first = await ask_answer(h, "When does the shop open?")
     assert "haven't been trained" in first.content
     thanks = await h.ask("!correct The shop opens at 9 am.", reply_to=first.id)
-    assert thanks.startswith("Thanks — correction `C-")
+    assert thanks.startswith("Thanks — correction `C-") and "awaits review" in thanks
+    # A member's correction reaches training only once an admin approved it.
+    assert (await h.ask(f"!approve {thanks.split('`')[1]}", user="admin")).startswith("Approved `C-")
 
     job_id, status = await start_job(h)
     assert job_id.startswith("local-")
     started = [m for m in sb.bot_messages() if STARTED.search(m.content)][0]
     # The local backend has no tokens or epochs; OpenAI-only dataset warnings are not shown.
-    assert started.content == f"Started training job `{job_id}` on the local backend: 1 example."
+    assert started.content == (f"Started training job `{job_id}` on the local backend: 1 example.\n"
+                               f"Examples by contributor: member ({sb.member.id}) 1.")
     done = await announcement(sb, job_id)
     assert done.content.startswith(f"Training job `{job_id}` succeeded. I now answer with `local-v1`.")
     assert "No loss curve" in done.content and not done.attachments  # said, not silently missing
@@ -148,7 +152,8 @@ async def test_openai_chat_correct_train_changes_answer(openai_harness: BotHarne
     assert answer.content == "The shop opens at 9 am."
     assert fake.chat_requests[-1]["model"] == model1
     thanks = await h.ask("!correct It opens at 10 am on weekdays.", reply_to=answer.id)
-    assert "correction `C-" in thanks
+    assert "correction `C-" in thanks and "awaits review" in thanks
+    assert (await h.ask(f"!approve {thanks.split('`')[1]}", user="admin")).startswith("Approved `C-")
 
     job2, status2 = await start_job(h)
     assert job2 != job_id
@@ -601,3 +606,45 @@ async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None
         assert msgs[0].content.endswith("Nothing new was added, so I did not start training.")
     assert len((await harness.bot.model.list_jobs(harness.guild_id, 10))) == 1
     assert len(dataset_records(space_of(harness))) == 4
+
+
+# ---------------------------------------------------------------------------- honest replies, no crashes
+async def test_train_on_the_local_backend_speaks_of_the_local_model(harness: BotHarness) -> None:
+    """After a restart with no data, the refusal is about the backend in use: no OpenAI, no billed tokens."""
+    said = await harness.ask("!train", user="admin")
+    assert said.startswith("I did not start training: the dataset has problems.\n**Check failed: 1 error** · 0 examples")
+    assert "The local model needs at least 1" in said
+    assert "OpenAI" not in said and "billed" not in said and "tokens" not in said
+
+
+async def test_dpo_on_the_local_backend_is_refused_before_anything_is_added(harness: BotHarness) -> None:
+    said = await harness.ask("!train method=dpo What is up? => The sky.", user="admin")
+    assert said.startswith("The local model does not train with `dpo`: it answers with corrections as soon as")
+    assert not space_of(harness).datasets.exists() and not space_of(harness).jobs_file.exists()
+
+
+async def test_test_with_deeply_nested_json_typed_or_attached(harness: BotHarness) -> None:
+    typed = await harness.ask("!test " + "[" * 1900, user="admin")
+    assert typed == 'The JSON is nested too deeply to be test cases: give {"input", "expected"} objects.'
+    deep = b"[" * 100_000 + b"]" * 100_000
+    attached = await harness.ask("!test", user="admin", attachments=[("cases.json", deep, "application/json")])
+    assert attached == typed
+    lines = b'{"input": "a", "expected": "b"}\n' + b"[" * 5000 + b"]" * 5000 + b"\n"
+    attached = await harness.ask("!test", user="admin", attachments=[("cases.jsonl", lines, None)])
+    assert attached == "Line 2: " + typed
+
+
+async def test_symlinks_skipped_in_a_folder_are_reported(harness: BotHarness, started: list[str],
+                                                         tmp_path: Path) -> None:
+    space = space_of(harness).ensure()
+    folder = space.data / "incoming"
+    folder.mkdir()
+    (folder / "faq.txt").write_text("Where is the office? => Upstairs.\n")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret => do not read\n")
+    (folder / "link.txt").symlink_to(outside)
+    said = await harness.ask("!train incoming", user="admin")
+    assert "Skipped 1 link leading out of this server's data folder or to hidden files." in said
+    said = await harness.ask("!select_dataset incoming", user="admin")
+    assert said.endswith("Skipped 1 link leading out of this server's data folder or to hidden files.")
+    assert "do not read" not in json.dumps(dataset_records(space))

@@ -201,3 +201,15 @@ async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> 
             assert bot.model.backend.client is client
         await stop_bot(bot)
         assert client.is_closed()
+
+
+async def test_join_when_the_voice_endpoint_is_unreachable(harness: BotHarness, error_log) -> None:
+    """A voice server nobody answers at (a connection refused is an OSError) gets the cog's own line."""
+    sb = harness.sandbox
+    sb.voice_endpoint = "127.0.0.1:9"  # the discard port: nothing listens there
+    await sb.set_voice("member", sb.voice_channel)
+    said = await harness.ask("!join", timeout=30)
+    assert said == f"I couldn't connect to {mention(sb.voice_channel)} right now; try again later."
+    assert harness.bot.get_guild(sb.guild_id).voice_client is None
+    # discord.py logs the refused connection itself; the bot's own handling logged nothing more.
+    assert error_log.take("Error connecting to voice")

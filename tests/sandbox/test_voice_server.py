@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -122,10 +123,13 @@ async def test_handshake_and_encrypted_audio_with_discord_py() -> None:
         assert server.frames == frames
         assert server.errors == []
 
-        # A heartbeat is acknowledged (the client would otherwise reconnect after 60 s).
+        # A heartbeat is acknowledged (the client would otherwise reconnect after 60 s), after a
+        # network-like delay so that discord.py's keep-alive thread has recorded its send time.
+        sent = time.perf_counter()
         await ws.send_as_json({"op": 3, "d": {"t": 123, "seq_ack": ws.seq_ack}})
         msg = await asyncio.wait_for(ws.ws.receive(), 5)
-        assert '"op": 6' in msg.data
+        assert '"op": 6' in msg.data and '"t": 123' in msg.data
+        assert time.perf_counter() - sent >= server.ack_delay * 0.9
     finally:
         if ws is not None:
             await ws.close()

@@ -116,13 +116,11 @@ def test_versions_store_vectors_and_old_versions_are_embedded_on_load(backend: L
                        load_version(space, name, backend.embedder()).vectors)
 
 
-def _correct(space: GuildSpace, prompt: str, correction: str, **extra: object) -> None:
-    records.add_correction(space, message_id=None, prompt=prompt, answer="I don't know", correction=correction,
-                           author_id=1, author_name="m", channel_id=1)
-    if extra:  # a later review queue marks records; simulate by rewriting the last line
-        lines = space.corrections_file.read_text().splitlines()
-        lines[-1] = json.dumps({**json.loads(lines[-1]), **extra})
-        space.corrections_file.write_text("\n".join(lines) + "\n")
+def _correct(space: GuildSpace, prompt: str, correction: str, *, approved: bool = True) -> str:
+    """Store a correction (``approved=False``: waiting in the review queue); returns its ref."""
+    return records.add_correction(space, message_id=None, prompt=prompt, answer="I don't know",
+                                  correction=correction, author_id=1, author_name="m", channel_id=1,
+                                  approved=approved)["ref"]
 
 
 async def test_corrections_count_at_once_for_paraphrases(backend: LocalBackend, tmp_path: Path) -> None:
@@ -141,9 +139,12 @@ async def test_corrections_count_at_once_for_paraphrases(backend: LocalBackend, 
     # Unrelated questions keep their trained answers.
     assert await backend.answer(space, name, "Is the coffee free?", ()) == s.answer_of("coffee")
     # A correction the review queue has not approved does not answer yet.
-    _correct(space, "What is the dress code?", "Anything goes.", approved=False)
+    ref = _correct(space, "What is the dress code?", "Anything goes.", approved=False)
     assert not correction_applies({"correction": "x", "approved": False})
     assert await backend.answer(space, name, "What is the dress code?", ()) == backend.dont_know()
+    # Approved in the queue (a separate file): the overlay notices and it answers at once.
+    records.review(space, [ref], approve=True, by_id=2, by_name="admin")
+    assert await backend.answer(space, name, "What is the dress code?", ()) == "Anything goes."
 
 
 async def test_an_unloadable_model_falls_back_to_word_matching_and_says_so_once(tmp_path: Path) -> None:
@@ -176,6 +177,7 @@ async def test_txt_upload_paraphrases_dont_know_and_correction_end_to_end(harnes
     assert right >= 8
     reply = (await h.send("Is there a shuttle bus from the station?"))[0]
     assert reply.content.startswith("I don't know that one yet") and "!correct" in reply.content
-    thanks = await h.ask("!correct A shuttle leaves every 20 minutes.", reply_to=reply.id)
+    # An admin's correction counts at once (a member's waits for review: tests/commands/test_review.py).
+    thanks = await h.ask("!correct A shuttle leaves every 20 minutes.", user="admin", reply_to=reply.id)
     assert "from now on" in thanks
     assert (await h.send("does a shuttle run from the train station?"))[0].content == "A shuttle leaves every 20 minutes."
