@@ -107,7 +107,9 @@ async def test_train_answer_correct_dpo_previous_test_export(hf_harness: BotHarn
 
     # A correction, then DPO from it: the corrected answer changes.
     new = "The shop opens at 10 am on Mondays."
-    assert (await h.ask(f"!correct {new}", reply_to=reply.id)).startswith("Thanks — correction")
+    thanks = await h.ask(f"!correct {new}", reply_to=reply.id)
+    assert thanks.startswith("Thanks — correction") and "awaits review" in thanks
+    assert (await h.ask(f"!approve {thanks.split('`')[1]}", user="admin")).startswith("Approved `C-")
     dpo_id, _ = await start_job(h, "!train method=dpo")
     assert (await announcement(sb, dpo_id, timeout=90)).content.startswith(
         f"Training job `{dpo_id}` succeeded. I now answer with `hf-v2`.")
