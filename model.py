@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dataset import archive, check, corrections, forget
+from dataset import archive, check, corrections, export, forget
 from dataset import compile as compiler
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
+from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
 from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
@@ -585,6 +586,24 @@ class Model:
             return name, space.relative(path), size, path.read_bytes() if size <= read_limit else None
 
         return await asyncio.to_thread(read)
+
+    async def export_data(self, guild_id: int, *, read_limit: int) -> tuple[DataExport, list[tuple[str, bytes]],
+                                                                          str | None]:
+        """Export the compiled dataset. Returns the export, the files to attach as (name, bytes) when they fit
+        in ``read_limit`` bytes together (else one zip of them when it fits, else none), and where the zip
+        lies in the data space when one was made."""
+        space = self.space(guild_id)
+
+        def work() -> tuple[DataExport, list[tuple[str, bytes]], str | None]:
+            result = export.export_data(space)
+            if result.bytes <= read_limit:
+                return result, [(f.name, f.read_bytes()) for f in result.files], None
+            zipped = archive.archive_folder(space, space.relative(result.folder))
+            shown = f"archives/{zipped.name}"
+            fits = zipped.bytes <= read_limit
+            return result, ([(zipped.name, zipped.path.read_bytes())] if fits else []), shown
+
+        return await self._write("the export", work)
 
     # ------------------------------------------------------------ answering and testing
 

@@ -330,12 +330,16 @@ class Training(commands.Cog):
             raise NotFound("There is no earlier model to go back to.")
         await ctx.send(f"Switched to model `{new}`.")
 
-    @commands.command(name="export", usage="model")
+    @commands.command(name="export", usage="data | model")
     @trainer_admin()
     async def export_cmd(self, ctx: TrainerContext, what: str) -> None:
-        """Export the current model (an hf adapter, with a README on serving it elsewhere)."""
+        """Export the dataset as OpenAI chat JSONL (data), or the current model with a README on serving it."""
+        if what.lower() == "data":
+            await self._export_data(ctx)
+            return
         if what.lower() != "model":
-            raise InvalidInput(f"I can export `model` (the current model): `{ctx.clean_prefix}export model`.")
+            raise InvalidInput(f"I can export `data` (the compiled dataset) or `model` (the current model): "
+                               f"`{ctx.clean_prefix}export data`.")
         async with ctx.typing():
             name, shown, size, data = await ctx.model.export_model(ctx.guild_id, read_limit=ctx.upload_limit)
         text = f"Model `{name}` exported as `{shown}` ({fmt_bytes(size)}), with a README on serving it elsewhere."
@@ -344,6 +348,22 @@ class Training(commands.Cog):
         else:
             await ctx.send(f"{text} It is over this server's upload limit ({fmt_bytes(ctx.upload_limit)}), so it "
                            "stays in the server's data folder.")
+
+    async def _export_data(self, ctx: TrainerContext) -> None:
+        async with ctx.typing():
+            result, attach, zipped = await ctx.model.export_data(ctx.guild_id, read_limit=ctx.upload_limit)
+        n, pairs = result.examples, result.pairs
+        text = (f"Exported {n:,} training line{'s' * (n != 1)} (OpenAI chat format)"
+                + (f" and {pairs:,} DPO pair{'s' * (pairs != 1)}" if pairs else "")
+                + ", with who gave each example in `provenance.jsonl`.")
+        if zipped is None:
+            text += " Files attached."
+        elif attach:
+            text += f" Zipped ({fmt_bytes(result.bytes)} unzipped) and attached; also kept as `{zipped}`."
+        else:
+            text += (f" Even zipped it is over this server's upload limit ({fmt_bytes(ctx.upload_limit)}): "
+                     f"it is kept as `{zipped}` in the server's data folder.")
+        await ctx.send(text, files=[discord.File(io.BytesIO(data), filename=name) for name, data in attach])
 
     @commands.command(usage="<json cases> (or an attached .json/.jsonl)")
     @trainer_admin()

@@ -652,3 +652,29 @@ async def test_symlinks_skipped_in_a_folder_are_reported(harness: BotHarness, st
     said = await harness.ask("!select_dataset incoming", user="admin")
     assert said.endswith("Skipped 1 link leading out of this server's data folder or to hidden files.")
     assert "do not read" not in json.dumps(dataset_records(space))
+
+
+# ---------------------------------------------------------------------------- !export data
+async def test_export_data(harness: BotHarness) -> None:
+    from dataset.check import check_lines
+
+    h = harness
+    assert await h.ask("!export data", user="admin") == (
+        "There is nothing to export yet: this server's dataset has no examples. "
+        "Add some with `!train` (attach a file or write `question => answer`).")
+    assert await h.ask("!export everything", user="admin") == (
+        "I can export `data` (the compiled dataset) or `model` (the current model): `!export data`.")
+    await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
+    answer = (await h.send(FAQ[0][0]))[0]
+    await h.ask("!correct Ask the front desk.", reply_to=answer.id, user="admin")
+    [msg] = await h.send("!export data", user="admin")
+    assert msg.content == ("Exported 4 training lines (OpenAI chat format) and 1 DPO pair, with who gave each "
+                           "example in `provenance.jsonl`. Files attached.")
+    files = {a.filename: a.data for a in msg.attachments}
+    assert sorted(files) == ["dpo.jsonl", "provenance.jsonl", "train.jsonl"]
+    assert check_lines(files["train.jsonl"].splitlines(), min_examples=1).ok
+    lines = [json.loads(x) for x in files["train.jsonl"].splitlines()]
+    assert {"role": "assistant", "content": "Ask the front desk."} in [m for line in lines for m in line["messages"]]
+    prov = [json.loads(x) for x in files["provenance.jsonl"].splitlines()]
+    assert [p["what"] for p in prov].count("example") == 4 and prov[-1]["what"] == "correction"
+    assert all(p["added_by"].startswith("admin (") for p in prov if p["what"] == "example")

@@ -1,0 +1,78 @@
+"""``!export data``: the server's compiled dataset as OpenAI-format chat JSONL, with provenance beside it.
+
+Sync (the Model runs it in a thread). Files are written line by line into a new folder
+``exports/data-<UTC stamp>/`` of the server's data space, each atomically, so a crash never leaves a
+half file under a real name: ``train.jsonl`` (supervised chat lines), ``dpo.jsonl`` (preference pairs
+made from corrections, when there are any) and ``provenance.jsonl`` (who gave each example and
+correction, from which message or upload).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataset import corrections
+from dataset.compile import compile_guild
+from dataset.folder import current_dataset, load_dataset
+from errors import InvalidInput
+from storage import GuildSpace, atomic_open
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_KEYS = ("id", "hash", "kind", "added_by", "added_by_id", "source", "origin", "added_at")
+
+
+@dataclass
+class DataExport:
+    folder: Path  # exports/data-<stamp>/
+    files: list[Path]  # the files in it, train.jsonl first
+    examples: int  # supervised lines
+    pairs: int  # DPO lines
+    bytes: int  # total size
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+    return path.stat().st_size
+
+
+def export_data(space: GuildSpace) -> DataExport:
+    """Write the compiled dataset (and DPO pairs, and provenance) into a new export folder."""
+    compiled = compile_guild(space, min_examples=1, trainer="The export")
+    if not compiled.supervised and not compiled.preference:
+        raise InvalidInput("There is nothing to export yet: this server's dataset has no examples. "
+                           "Add some with `!train` (attach a file or write `question => answer`).")
+    loaded = load_dataset(space, current_dataset(space))
+    folder = space.data / "exports" / f"data-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    n = 1
+    while folder.exists():  # two exports in one second
+        n += 1
+        folder = folder.with_name(folder.name.split("~")[0] + f"~{n}")
+    folder.mkdir(parents=True)
+    files = [folder / "train.jsonl"]
+    total = _write_jsonl(files[0], compiled.supervised)
+    if compiled.preference:
+        files.append(folder / "dpo.jsonl")
+        total += _write_jsonl(files[-1], compiled.preference)
+
+    def provenance() -> Iterable[dict[str, Any]]:
+        for ex in loaded.examples:
+            yield {"what": "example", **{k: ex.get(k) for k in PROVENANCE_KEYS if ex.get(k) is not None}}
+        for c in corrections.approved_corrections(space):  # only what reached the training lines
+            yield {"what": "correction", "ref": c.get("ref"), "author_id": c.get("author_id"),
+                   "author_name": c.get("author_name"), "message_id": c.get("message_id"),
+                   "source_message_id": c.get("source_message_id"), "time": c.get("time")}
+
+    files.append(folder / "provenance.jsonl")
+    total += _write_jsonl(files[-1], provenance())
+    log.info("guild %s: exported %d lines and %d pairs to %s", space.guild_id, len(compiled.supervised),
+             len(compiled.preference), space.relative(folder))
+    return DataExport(folder, files, len(compiled.supervised), len(compiled.preference), total)
