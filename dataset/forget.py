@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 JOURNAL = "forget-journal.json"
 _STAGED = re.compile(r"^\..+\.forget-[0-9a-f]{8}$")
 # Folders of the data space that hold no examples of a person (or, for archives and models, that are
-# reported instead of rewritten).
-_NOT_DATA = ("archives", "models", "uploads")
+# reported instead of rewritten; exports are copies made for an admin, listed like archives).
+_NOT_DATA = ("archives", "exports", "models", "uploads")
 
 
 @dataclass
@@ -170,6 +170,9 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
         _commit(space, user_id, staged, deletions)
     if space.archives.is_dir():
         result.archives = sorted(space.relative(p) for p in space.archives.glob("*.zip"))
+    exports = space.data / "exports"
+    if exports.is_dir():  # !export data copies: made before, kept like archives and listed
+        result.archives += sorted(space.relative(p) for p in exports.iterdir() if p.is_dir())
     log.info("guild %s: forgot user %s: %s", space.guild_id, user_id, result.counts)
     return result
 
