@@ -92,6 +92,7 @@ class OpenAIBackend(TrainingBackend):
     trainer_title = "OpenAI"
     methods = ("supervised", "dpo")
     bills_tokens = True
+    paid = True  # every answer is a billed chat completion: members' daily budgets apply
     blurb = ("Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
              "and answers come from the fine-tuned model.")
 
