@@ -3,17 +3,38 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+HF_STAMP := $(VENV)/.installed-hf
 SYSTEM_PACKAGES := ffmpeg espeak-ng libopus0 zip openssl
+# MODEL_BACKEND from the environment, else from .env (the bot reads them in the same order): `make run`
+# installs torch and the rest of requirements-hf.txt only for MODEL_BACKEND=hf.
+MODEL_BACKEND_SET := $(shell v="$${MODEL_BACKEND:-$$(sed -n 's/^[[:space:]]*MODEL_BACKEND[[:space:]]*=//p' .env 2>/dev/null | tail -n 1)}"; \
+	echo "$$v" | tr -d "\"' \t\r" | tr '[:upper:]' '[:lower:]')
 
-.PHONY: run test lint bench system-deps deps clean
+.PHONY: run test lint bench system-deps deps dev-deps clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt
-	touch $(STAMP)
 
-deps: system-deps $(STAMP)
+# What the bot needs to run with the default backends.
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+# MODEL_BACKEND=hf: torch, transformers, peft, trl, accelerate (large; see README).
+$(HF_STAMP): requirements-hf.txt $(STAMP)
+	$(BIN)/pip install -q -r requirements-hf.txt
+	touch $@
+
+# Tests and lint need everything, the hf backend included.
+$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-hf.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(STAMP) $(HF_STAMP)
+
+deps: system-deps $(STAMP) $(if $(filter hf,$(MODEL_BACKEND_SET)),$(HF_STAMP))
+
+dev-deps: system-deps $(DEV_STAMP)
 
 # System packages (ffmpeg for audio, espeak-ng for speech, libopus for voice): apt-get when root.
 system-deps:
@@ -27,13 +48,13 @@ system-deps:
 run: deps
 	$(BIN)/python bot.py
 
-test: deps
+test: dev-deps
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-bench: deps
+bench: dev-deps
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -18,7 +18,9 @@ from errors import ConfigError
 log = logging.getLogger(__name__)
 
 MODES = ("dev", "prod")
-MODEL_BACKENDS = ("local", "openai")
+MODEL_BACKENDS = ("local", "openai", "hf")
+HF_LAUNCHERS = ("plain", "accelerate")
+HF_DEVICES = ("auto", "cpu", "cuda")
 SPEECH_BACKENDS = ("sphinx", "openai")
 TTS_BACKENDS = ("espeak", "openai", "none")
 
@@ -133,6 +135,21 @@ class Settings:
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.
     paid_calls_per_user_per_day: int = 200
     budget_exempt_role: str | None = None  # its members (and admins) are never limited
+    # MODEL_BACKEND=hf (LoRA fine-tuning of an open-weights model): defaults that work for a 0.1-2B instruct model.
+    hf_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    hf_lora_rank: int = 16
+    hf_epochs: int = 6
+    hf_learning_rate: float = 1e-3
+    hf_max_seq_length: int = 1024
+    hf_batch_size: int = 4
+    hf_launcher: str = "plain"
+    hf_accelerate_config: Path | None = None
+    hf_device: str = "auto"
+    hf_threads: int = 0
+    hf_checkpoint_seconds: float = 60.0
+    hf_max_new_tokens: int = 256
+    hf_answer_timeout: float = 120.0
+    hf_answer_queue: int = 8
 
     @property
     def dev(self) -> bool:
@@ -191,4 +208,42 @@ class Settings:
             eval_gate=_on_off(env, "EVAL_GATE", True),
             paid_calls_per_user_per_day=_int(env, "PAID_CALLS_PER_USER_PER_DAY", cls.paid_calls_per_user_per_day, 0),
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,
+            **_hf_settings(env, cls),
         )
+
+
+def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> dict[str, object]:
+    """The ``HF_*`` settings (checked whatever MODEL_BACKEND is, so a typo shows before it is needed)."""
+    base = env.get("HF_BASE_MODEL", "").strip() or cls.hf_base_model
+    from training.hf_store import BaseSpec  # light: no torch
+
+    try:
+        BaseSpec.parse(base)
+    except ValueError as exc:
+        raise ConfigError(f"HF_BASE_MODEL {exc}") from None
+    lr = _float(env, "HF_LEARNING_RATE", cls.hf_learning_rate, 0.0)
+    if not 0 < lr <= 1:
+        raise ConfigError(f"HF_LEARNING_RATE must be above 0 and at most 1, got {lr}")
+    accelerate_config = env.get("HF_ACCELERATE_CONFIG", "").strip() or None
+    if accelerate_config and not Path(accelerate_config).expanduser().is_file():
+        raise ConfigError(f"HF_ACCELERATE_CONFIG={accelerate_config!r} is not a file")
+    max_len = _int(env, "HF_MAX_SEQ_LENGTH", cls.hf_max_seq_length, 32)
+    max_new = _int(env, "HF_MAX_NEW_TOKENS", cls.hf_max_new_tokens, 1)
+    if max_new >= max_len:
+        raise ConfigError(f"HF_MAX_NEW_TOKENS ({max_new}) must be below HF_MAX_SEQ_LENGTH ({max_len})")
+    return {
+        "hf_base_model": base,
+        "hf_lora_rank": _int(env, "HF_LORA_RANK", cls.hf_lora_rank, 1),
+        "hf_epochs": _int(env, "HF_EPOCHS", cls.hf_epochs, 1),
+        "hf_learning_rate": lr,
+        "hf_max_seq_length": max_len,
+        "hf_batch_size": _int(env, "HF_BATCH_SIZE", cls.hf_batch_size, 1),
+        "hf_launcher": _choice(env, "HF_LAUNCHER", "plain", HF_LAUNCHERS),
+        "hf_accelerate_config": Path(accelerate_config).expanduser().resolve() if accelerate_config else None,
+        "hf_device": _choice(env, "HF_DEVICE", "auto", HF_DEVICES),
+        "hf_threads": _int(env, "HF_THREADS", cls.hf_threads, 0),
+        "hf_checkpoint_seconds": _float(env, "HF_CHECKPOINT_SECONDS", cls.hf_checkpoint_seconds, 0.0),
+        "hf_max_new_tokens": max_new,
+        "hf_answer_timeout": _float(env, "HF_ANSWER_TIMEOUT", cls.hf_answer_timeout, 1.0),
+        "hf_answer_queue": _int(env, "HF_ANSWER_QUEUE", cls.hf_answer_queue, 1),
+    }

@@ -14,6 +14,7 @@ from discord.ext import commands
 from commands._shared import TrainerContext, is_trainer_admin, split_flags, take_option, trainer_admin
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
+from storage import fmt_bytes
 from training.backend import TERMINAL
 
 if TYPE_CHECKING:
@@ -262,6 +263,8 @@ class Training(commands.Cog):
                         f"{_pct(scored, 'old')}; the margin is {round(100 * ev.get('margin', 0))} points), so I "
                         f"still answer with `{ev.get('old_model')}`. It is kept as a candidate: "
                         f"`{self.bot.settings.prefix}model {job.get('model')}` switches to it anyway.")
+            if job.get("note"):  # e.g. Azure: the model needs a deployment first
+                text += f" {job['note']}"
             if png:
                 file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png")
                 await channel.send(text + " Loss curve attached.", file=file)
@@ -326,6 +329,21 @@ class Training(commands.Cog):
         if not new:
             raise NotFound("There is no earlier model to go back to.")
         await ctx.send(f"Switched to model `{new}`.")
+
+    @commands.command(name="export", usage="model")
+    @trainer_admin()
+    async def export_cmd(self, ctx: TrainerContext, what: str) -> None:
+        """Export the current model (an hf adapter, with a README on serving it elsewhere)."""
+        if what.lower() != "model":
+            raise InvalidInput(f"I can export `model` (the current model): `{ctx.clean_prefix}export model`.")
+        async with ctx.typing():
+            name, shown, size, data = await ctx.model.export_model(ctx.guild_id, read_limit=ctx.upload_limit)
+        text = f"Model `{name}` exported as `{shown}` ({fmt_bytes(size)}), with a README on serving it elsewhere."
+        if data is not None:
+            await ctx.send(text, file=discord.File(io.BytesIO(data), filename=shown.rsplit("/", 1)[-1]))
+        else:
+            await ctx.send(f"{text} It is over this server's upload limit ({fmt_bytes(ctx.upload_limit)}), so it "
+                           "stays in the server's data folder.")
 
     @commands.command(usage="<json cases> (or an attached .json/.jsonl)")
     @trainer_admin()

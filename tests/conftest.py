@@ -108,3 +108,15 @@ def started(harness: BotHarness, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(cog, "_start_job", fake_start)
     return calls
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama chat model built on the spot (tests/fakes/tiny_llama.py), once per test session."""
+    import torch
+
+    from tests.fakes.tiny_llama import build_tiny_llama
+
+    torch.set_num_threads(1)  # the machine is shared; the bot's own children use HF_THREADS
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "base")
+

@@ -149,3 +149,11 @@ async def announcement(sb: Sandbox, job_id: str, timeout: float = 10.0) -> Messa
                                                                f"Training job `{job_id}` failed",
                                                                f"Training job `{job_id}` was cancelled")),
                           timeout=timeout)
+
+
+def hf_env(base: Path, **extra: str) -> dict[str, str]:
+    """HF_* settings that train the tiny model to answer its examples word for word in seconds."""
+    env = {"HF_BASE_MODEL": str(base), "HF_EPOCHS": "40", "HF_LEARNING_RATE": "5e-3", "HF_BATCH_SIZE": "4",
+           "HF_THREADS": "1", "HF_MAX_SEQ_LENGTH": "256", "HF_MAX_NEW_TOKENS": "40", "HF_ANSWER_TIMEOUT": "60"}
+    env.update(extra)
+    return env

@@ -15,7 +15,10 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from errors import InvalidInput
 
 if TYPE_CHECKING:
     import openai
@@ -53,6 +56,7 @@ class JobUpdate:
 BACKENDS: dict[str, str] = {
     "local": "training.local:LocalBackend",
     "openai": "training.openai_api:OpenAIBackend",
+    "hf": "training.hf:HFBackend",
 }
 
 
@@ -91,7 +95,7 @@ class TrainingBackend(ABC):
     # One line for !help: what this model is and does.
     blurb: ClassVar[str] = ""
     # Why a finished job has no loss curve, in one sentence.
-    no_loss_reason: ClassVar[str] = "No loss curve: the backend reported no training loss for this job."
+    no_loss_reason: ClassVar[str | None] = "No loss curve: the backend reported no training loss for this job."
     # Whether a correction changes answers at once (before the next training).
     applies_corrections_now: ClassVar[bool] = False
     # What the status message says instead of a loss for a finished job without one.
@@ -136,6 +140,11 @@ class TrainingBackend(ABC):
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The label a model gives ``text``; by default the answer text itself."""
         return await self.answer(space, model_name, text, ())
+
+    async def export(self, space: GuildSpace, model_name: str) -> Path:
+        """Write ``model_name`` as a file people can take elsewhere (a zip in ``space.archives``); its path."""
+        raise InvalidInput(f"The {self.name} backend has no model files to export; `MODEL_BACKEND=hf` trains "
+                           "an open-weights model that can be exported.")
 
     def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
         """Whether ``name`` can be made the current model (a succeeded job produced it)."""

@@ -43,6 +43,11 @@ MISSING_KEY = (
     "OpenAI is not configured: set OPENAI_API_KEY=sk-... in .env (and OPENAI_BASE_URL for Azure "
     "or a proxy), then restart the bot. Or use MODEL_BACKEND=local to train offline."
 )
+SHUTDOWN_HINT = ("(OpenAI stops new self-serve fine-tuning jobs for everyone on 2027-01-06: set MODEL_BACKEND=hf "
+                 "to fine-tune an open-weights model on this machine instead.)")
+AZURE_DEPLOY_NOTE = ("On Azure OpenAI a fine-tuned model answers only once it is deployed: create a deployment "
+                     "named `{model}` for it (Azure AI Foundry or `az cognitiveservices account deployment "
+                     "create`) before chatting.")
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{3,})")
 
 
@@ -94,7 +99,8 @@ class OpenAIBackend(TrainingBackend):
     bills_tokens = True
     paid = True  # every answer is a billed chat completion: members' daily budgets apply
     blurb = ("Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
-             "and answers come from the fine-tuned model.")
+             "and answers come from the fine-tuned model. OpenAI takes no new fine-tuning jobs from 2027-01-06 and "
+             "its gpt-4o/4.1 fine-tunes stop answering on 2027-01-14; `MODEL_BACKEND=hf` trains a model you keep.")
 
     def __init__(
         self,
@@ -144,8 +150,9 @@ class OpenAIBackend(TrainingBackend):
             raise BackendError(self._scrub(f"OpenAI rejected the API key (401): {self._message(exc)} "
                                            "Check OPENAI_API_KEY in .env.")) from None
         except openai.APIStatusError as exc:
-            raise BackendError(self._scrub(f"OpenAI refused to {what} ({exc.status_code}): "
-                                           f"{self._message(exc)}")) from None
+            err = BackendError(self._scrub(f"OpenAI refused to {what} ({exc.status_code}): {self._message(exc)}"))
+            err.status = exc.status_code  # type: ignore[attr-defined]  (start_job tells a refusal apart)
+            raise err from None
         except openai.OpenAIError as exc:
             raise BackendError(self._scrub(f"OpenAI client error while trying to {what}: {exc}")) from None
 
@@ -184,12 +191,14 @@ class OpenAIBackend(TrainingBackend):
                     suffix=_suffix(suffix),
                 ),
             )
-        except BackendError:
+        except BackendError as exc:
             # Don't leave an orphan upload behind a refused job; best effort only.
             try:
                 await client.files.delete(uploaded.id)
             except openai.OpenAIError:
                 log.info("could not delete upload %s after a refused job", uploaded.id)
+            if getattr(exc, "status", None) in (400, 403, 404):  # refused, not a key or rate problem
+                raise BackendError(f"{exc} {SHUTDOWN_HINT}") from None
             raise
         log.info("guild %s: started OpenAI job %s (%s, %d lines)", space.guild_id, job.id, method, len(lines))
         return {
@@ -238,6 +247,8 @@ class OpenAIBackend(TrainingBackend):
                     log.info("job %s: result file %s unreadable: %s", job["id"], file_id, type(exc).__name__)
             if update.losses and not update.total_steps and not job.get("total_steps"):
                 update.total_steps = update.step = update.losses[-1][0]
+        if info.status == "succeeded" and info.fine_tuned_model and "azure.com" in (self.settings.openai_base_url or ""):
+            update.extra["note"] = AZURE_DEPLOY_NOTE.format(model=info.fine_tuned_model)
         if info.trained_tokens is not None:
             update.extra["trained_tokens"] = info.trained_tokens
         return update

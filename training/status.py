@@ -53,13 +53,24 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
     lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
     losses = job.get("losses") or []
     if losses:
-        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]})")
+        smoothed = job.get("smoothed_loss")
+        also = f", smoothed {float(smoothed):.4f}" if isinstance(smoothed, (int, float)) else ""
+        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]}{also})")
     elif status == "succeeded":
         # Say so rather than leave the line out: people look for the loss of a finished job.
         lines.append(f"Training loss: {_backend(job).no_loss_status}")
     end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
     if job.get("created_at"):
-        lines.append(f"Elapsed: {format_duration(end - job['created_at'])}")
+        elapsed = f"Elapsed: {format_duration(end - job['created_at'])}"
+        eta = job.get("eta_s")
+        if status not in TERMINAL and isinstance(eta, (int, float)):
+            elapsed += f", ETA {format_duration(eta)}"
+        lines.append(elapsed)
+    speed, device = job.get("examples_per_s"), job.get("device")
+    if isinstance(speed, (int, float)):
+        lines.append(f"Speed: {float(speed):.1f} examples/s" + (f" on {device}" if device else ""))
+    elif device:
+        lines.append(f"Device: {device}")
     est = job.get("estimate") or {}
     if est:
         n = est.get("examples", "?")
@@ -67,6 +78,8 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
         if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
             what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
         lines.append(f"Estimate: {what}")
+    if job.get("resumed_from") is not None:
+        lines.append(f"Resumed from its checkpoint at step {job['resumed_from']} after a restart.")
     if job.get("model"):
         lines.append(f"Model: `{job['model']}`")
     lines.extend(_evaluation_lines(job.get("evaluation")))
@@ -107,7 +120,7 @@ def _evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
 
 def no_loss_reason(job: dict[str, Any]) -> str:
     """Why a finished job has no loss curve, in one sentence."""
-    return _backend(job).no_loss_reason
+    return _backend(job).no_loss_reason or TrainingBackend.no_loss_reason or ""
 
 
 def loss_curve_png(job: dict[str, Any]) -> bytes | None:

@@ -279,6 +279,7 @@ async def test_refused_job_shows_openai_text(openai_harness: BotHarness, fake: F
            "account." in text
     assert (await h.bot.model.list_jobs(h.guild_id)) == [] and not fake.jobs
     assert not [f for f in fake.files.values() if f.purpose == "fine-tune"], "the upload was left behind"
+    assert "MODEL_BACKEND=hf" in text and "2027-01-06" in text  # the way on, in the same line
     assert "No training jobs yet" in await h.ask("!jobs")
 
 

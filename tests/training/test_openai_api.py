@@ -217,3 +217,8 @@ def test_parse_result_csv_plain_and_base64() -> None:
     assert parse_result_csv(raw) == [(1, 2.0), (2, 1.5)]
     assert parse_result_csv(base64.b64encode(raw)) == [(1, 2.0), (2, 1.5)]
     assert parse_result_csv(b"\x00\x01garbage") == []
+
+
+def test_help_line_gives_the_shutdown_dates_and_the_way_on() -> None:
+    assert "2027-01-06" in OpenAIBackend.blurb and "2027-01-14" in OpenAIBackend.blurb
+    assert "MODEL_BACKEND=hf" in OpenAIBackend.blurb

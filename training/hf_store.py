@@ -1,0 +1,291 @@
+"""What the hf backend keeps on disk, shared by the bot and its child processes (no heavy imports).
+
+- **Versions**: every finished training is ``space.models/hf-v<N>/`` (a LoRA adapter:
+  ``adapter_model.safetensors`` + ``adapter_config.json``, and ``meta.json``). The trainer writes it
+  into a hidden ``.tmp-*`` folder and renames it into place under a lock, so a crash or a cancel never
+  leaves half a model and two trainings never take the same number.
+- **Runs**: a training job's working folder ``space.models/.runs/<job id>/`` (hidden from ``!getfile``):
+  ``job.json`` (what to train, written by the bot), ``train.jsonl`` (the compiled lines),
+  ``events.jsonl`` (progress the trainer appends and the bot reads), ``checkpoints/`` (for resuming),
+  ``cancel`` (a flag file), ``trainer.log`` (the child's stderr) and ``lock`` (held by a live trainer).
+- **The base model**: ``HF_BASE_MODEL`` is a Hugging Face id, a local model folder, or a local
+  ``.gguf`` file; :class:`BaseSpec` says which and how transformers loads it.
+
+Everything here is sync and cheap (small files).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from errors import NotFound
+from storage import append_record, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+VERSION_PREFIX = "hf-v"
+VERSION_RE = re.compile(r"^hf-v(\d+)$")
+RUNS = ".runs"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+STALE_TMP_SECONDS = 6 * 3600  # a .tmp-* folder this old belongs to no live trainer
+
+
+# ---------------------------------------------------------------- the base model
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Where the base model comes from: ``source`` is an HF id or a folder; ``gguf_file`` a file in it."""
+
+    source: str
+    gguf_file: str | None = None
+    kind: str = "hub"  # hub | folder | gguf
+
+    @classmethod
+    def parse(cls, value: str) -> BaseSpec:
+        """Read ``HF_BASE_MODEL``; ValueError (a sentence) when it is none of the three kinds."""
+        raw = value.strip()
+        if not raw:
+            raise ValueError("is empty")
+        path = Path(raw).expanduser()
+        if raw.lower().endswith(".gguf"):
+            if not path.is_file():
+                raise ValueError(f"names a .gguf file that does not exist: {raw!r}")
+            path = path.resolve()
+            return cls(str(path.parent), path.name, "gguf")
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ValueError(f"is a folder without a config.json (not a saved model): {raw!r}")
+            return cls(str(path.resolve()), None, "folder")
+        looks_like_path = raw.startswith((".", "/", "~")) or os.sep in raw.strip("/").replace("/", "", 1)
+        if looks_like_path or not HF_ID_RE.match(raw):
+            raise ValueError(f"is neither a model folder, a .gguf file nor a Hugging Face id: {raw!r}")
+        return cls(raw, None, "hub")
+
+    @property
+    def label(self) -> str:
+        """How the base is named to people (the id, the folder name or the gguf file name)."""
+        if self.kind == "gguf":
+            return self.gguf_file or self.source
+        if self.kind == "folder":
+            return Path(self.source).name
+        return self.source
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "gguf_file": self.gguf_file, "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BaseSpec:
+        return cls(str(data["source"]), data.get("gguf_file"), str(data.get("kind") or "hub"))
+
+
+# ---------------------------------------------------------------- versions
+
+def version_numbers(models: Path) -> list[int]:
+    """Numbers of the finished hf versions in ``models``, ascending."""
+    try:
+        names = os.listdir(models)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        m = VERSION_RE.match(name)
+        if m and (models / name / "meta.json").is_file():
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def version_names(models: Path) -> list[str]:
+    return [f"{VERSION_PREFIX}{n}" for n in version_numbers(models)]
+
+
+def read_meta(models: Path, name: str) -> dict[str, Any]:
+    """meta.json of a version; NotFound if there is no such version."""
+    if not VERSION_RE.match(name or ""):
+        raise NotFound(f"`{name}` is not a model of this backend (they look like `hf-v3`).")
+    try:
+        meta = read_json(models / name / "meta.json")
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not all((models / name / f).is_file() for f in ADAPTER_FILES):
+        raise NotFound(f"There is no model `{name}` on this server.")
+    return meta
+
+
+def find_version_of_job(models: Path, job_id: str) -> str | None:
+    """The version a job produced, if it got that far (its meta.json names the job)."""
+    for number in reversed(version_numbers(models)):
+        meta = read_json(models / f"{VERSION_PREFIX}{number}" / "meta.json") or {}
+        if meta.get("job_id") == job_id:
+            return f"{VERSION_PREFIX}{number}"
+    return None
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def new_tmp_dir(models: Path) -> Path:
+    """A hidden folder to build a version in before :func:`claim_version` renames it."""
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = models / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    return tmp
+
+
+def claim_version(models: Path, tmp: Path, meta: dict[str, Any]) -> str:
+    """Number the finished adapter in ``tmp``, write its meta.json and rename it into place; its name.
+
+    The number is chosen under a lock file shared by every process that saves versions, so two
+    trainings finishing together never get the same one.
+    """
+    with _file_lock(models / ".versions.lock"):
+        number = (version_numbers(models) or [0])[-1] + 1
+        while (models / f"{VERSION_PREFIX}{number}").exists():
+            number += 1  # a folder without meta.json (damaged by hand): never reuse its name
+        name = f"{VERSION_PREFIX}{number}"
+        atomic_write_json(tmp / "meta.json", {**meta, "name": name, "version": number})
+        _fsync_tree(tmp)
+        os.rename(tmp, models / name)
+        _fsync_dir(models)
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def remove_stale_tmp(models: Path, older_than: float = STALE_TMP_SECONDS) -> int:
+    """Delete ``.tmp-*`` folders left by trainers that died while saving; how many were removed."""
+    removed = 0
+    try:
+        entries = list(models.iterdir())
+    except FileNotFoundError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        if entry.name.startswith(".tmp-") and entry.is_dir():
+            try:
+                if now - entry.stat().st_mtime > older_than:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+# ---------------------------------------------------------------- runs (a job's working folder)
+
+def run_dir(models: Path, job_id: str) -> Path:
+    return models / RUNS / job_id
+
+
+def append_event(folder: Path, event: dict[str, Any]) -> None:
+    """One progress event, appended and fsynced (the bot reads them from its own offset)."""
+    append_record(folder / "events.jsonl", {"time": round(time.time(), 3), **event})
+
+
+def read_events(folder: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete event lines after byte ``offset``, and the offset after the last complete one.
+
+    A line still being written (no newline yet) is left for the next read.
+    """
+    try:
+        with open(folder / "events.jsonl", "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for raw in data[:end].splitlines():
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            log.warning("%s: skipped a damaged event line", folder)
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events, offset + end
+
+
+def lock_held(folder: Path) -> bool:
+    """Whether a live trainer holds the run's lock (a dead one releases it, even when killed)."""
+    path = folder / "lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def hold_lock(folder: Path) -> int:
+    """Take the run's lock for the life of this process (shared: every rank of a launch holds it)."""
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint of a run (one cut short by a kill is skipped)."""
+    ckpts = folder / "checkpoints"
+    try:
+        entries = list(ckpts.iterdir())
+    except FileNotFoundError:
+        return None
+    found = []
+    for entry in entries:
+        m = re.match(r"^checkpoint-(\d+)$", entry.name)
+        if m and all((entry / f).is_file() for f in CHECKPOINT_FILES) and (
+            any(entry.glob("optimizer.*"))
+        ):
+            try:
+                json.loads((entry / "trainer_state.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            found.append((int(m.group(1)), entry))
+    return max(found)[1] if found else None
