@@ -573,6 +573,21 @@ class Model:
         """One line on how the backend answers (it may load its model the first time)."""
         return await asyncio.to_thread(self.backend.describe)
 
+    async def export_model(self, guild_id: int, *, read_limit: int) -> tuple[str, str, int, bytes | None]:
+        """Export the current model: (model name, the file as shown in the data space, its size, its bytes
+        when at most ``read_limit`` so it can be attached, else None)."""
+        name = await self.current_model(guild_id)
+        if not name:
+            raise NotFound(f"There is no trained model to export yet; train one with `{self.settings.prefix}train`.")
+        space = self.space(guild_id)
+        path = await self.backend.export(space, name)
+
+        def read() -> tuple[str, str, int, bytes | None]:
+            size = path.stat().st_size
+            return name, space.relative(path), size, path.read_bytes() if size <= read_limit else None
+
+        return await asyncio.to_thread(read)
+
     # ------------------------------------------------------------ budgets on paid calls
 
     def paid(self, kind: str) -> bool:
@@ -604,21 +619,6 @@ class Model:
             return
         if used.total == limit:
             log.info("guild %s: user %s made the last of their %d paid calls today", guild_id, user_id, limit)
-
-    async def export_model(self, guild_id: int, *, read_limit: int) -> tuple[str, str, int, bytes | None]:
-        """Export the current model: (model name, the file as shown in the data space, its size, its bytes
-        when at most ``read_limit`` so it can be attached, else None)."""
-        name = await self.current_model(guild_id)
-        if not name:
-            raise NotFound(f"There is no trained model to export yet; train one with `{self.settings.prefix}train`.")
-        space = self.space(guild_id)
-        path = await self.backend.export(space, name)
-
-        def read() -> tuple[str, str, int, bytes | None]:
-            size = path.stat().st_size
-            return name, space.relative(path), size, path.read_bytes() if size <= read_limit else None
-
-        return await asyncio.to_thread(read)
 
     # ------------------------------------------------------------ answering and testing
 
