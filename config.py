@@ -132,6 +132,9 @@ class Settings:
     embed_model: str = "wordllama"
     review_corrections: bool = True
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
+    # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.
+    paid_calls_per_user_per_day: int = 200
+    budget_exempt_role: str | None = None  # its members (and admins) are never limited
     # MODEL_BACKEND=hf (LoRA fine-tuning of an open-weights model): defaults that work for a 0.1-2B instruct model.
     hf_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     hf_lora_rank: int = 16
@@ -203,6 +206,8 @@ class Settings:
             embed_model=_embed_model(env),
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
             eval_gate=_on_off(env, "EVAL_GATE", True),
+            paid_calls_per_user_per_day=_int(env, "PAID_CALLS_PER_USER_PER_DAY", cls.paid_calls_per_user_per_day, 0),
+            budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,
             **_hf_settings(env, cls),
         )
 

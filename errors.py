@@ -41,3 +41,7 @@ class Busy(TrainerError):
 
 class NotSaved(TrainerError):
     """A write failed (read-only folder, full disk): nothing of it was kept, and the message says so."""
+
+
+class OverBudget(TrainerError):
+    """A member used today's paid calls (PAID_CALLS_PER_USER_PER_DAY); the message says when they reset."""

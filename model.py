@@ -25,8 +25,10 @@ from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
 from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
+from speech.recognize import recognizer_paid
+from speech.synthesize import synthesizer_paid
 from storage import GuildSpace, fmt_bytes, remove_leftovers
-from training import evaluation, jobs, status
+from training import budget, evaluation, jobs, status
 from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend, create_backend
 from training.evaluation import EVAL_MARGIN, Case, EvalResult, parse_cases, run_cases
 
@@ -604,6 +606,38 @@ class Model:
             return result, ([(zipped.name, zipped.path.read_bytes())] if fits else []), shown
 
         return await self._write("the export", work)
+
+    # ------------------------------------------------------------ budgets on paid calls
+
+    def paid(self, kind: str) -> bool:
+        """Whether a call of ``kind`` (``chat``, ``transcription``, ``speech``) costs money with the backends in
+        use, as their ``paid`` class attributes say (pure and cheap: a cog asks before working out exemption)."""
+        if kind == "chat":
+            return self.backend.paid
+        if kind == "transcription":
+            return recognizer_paid(self.settings)
+        if kind == "speech":
+            return synthesizer_paid(self.settings)
+        raise ValueError(f"unknown paid call kind {kind!r}")
+
+    async def charge(self, guild_id: int, user_id: int, kind: str, *, exempt: bool = False) -> None:
+        """Count one paid call of ``kind`` by a member before it is made; OverBudget (whose text is the line to
+        show, with the reset time) when they already made PAID_CALLS_PER_USER_PER_DAY today in this server.
+
+        Free calls (local backends), exempt members and a limit of 0 are not counted. A count that cannot be
+        written lets the call through (logged): a full disk should not silence the bot.
+        """
+        limit = self.settings.paid_calls_per_user_per_day
+        if exempt or limit == 0 or not self.paid(kind):
+            return
+        try:
+            used = await asyncio.to_thread(budget.charge, self.space(guild_id), user_id, kind, limit=limit)
+        except OSError as exc:
+            log.warning("guild %s: could not count a paid %s call of user %s (%s); letting it through",
+                        guild_id, kind, user_id, exc.strerror or type(exc).__name__)
+            return
+        if used.total == limit:
+            log.info("guild %s: user %s made the last of their %d paid calls today", guild_id, user_id, limit)
 
     # ------------------------------------------------------------ answering and testing
 

@@ -276,6 +276,11 @@ class GuildSpace:
         return self.data / "models" / "heldout"
 
     @property
+    def budget_file(self) -> Path:
+        """Today's paid calls per member (see training.budget); ids and counts, no content."""
+        return self.data / "budget.json"
+
+    @property
     def asks_file(self) -> Path:
         """The bot's "what should I have said?" replies to a 👎 (a reply to one is a correction)."""
         return self.corrections / "asks.jsonl"

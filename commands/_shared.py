@@ -70,13 +70,22 @@ async def is_trainer_admin(ctx: commands.Context) -> bool:
         return True
     if ctx.guild is None:
         raise commands.NoPrivateMessage("This command only works in a server.")
-    perms = ctx.author.guild_permissions
-    if perms.manage_guild or perms.administrator:
+    if _admin_member(ctx.bot, ctx.author):
         return True
-    role = ctx.bot.settings.trainer_role
-    if role and any(r.name == role or str(r.id) == role for r in getattr(ctx.author, "roles", [])):
+    raise NotTrainerAdmin(ctx.bot.settings.trainer_role)
+
+
+def _has_role(member: Any, role: str | None) -> bool:
+    """Whether ``member`` has the role named ``role`` (its name or id), as settings name roles."""
+    return bool(role) and any(r.name == role or str(r.id) == role for r in getattr(member, "roles", []))
+
+
+def _admin_member(bot: TrainerBot, member: Any) -> bool:
+    """Manage Server (or Administrator) or the TRAINER_ROLE role in the member's server."""
+    perms = getattr(member, "guild_permissions", None)
+    if perms is not None and (perms.manage_guild or perms.administrator):
         return True
-    raise NotTrainerAdmin(role)
+    return _has_role(member, bot.settings.trainer_role)
 
 
 async def is_admin(ctx: commands.Context) -> bool:
@@ -90,6 +99,31 @@ async def is_admin(ctx: commands.Context) -> bool:
 def trainer_admin() -> Any:
     """Decorator: only trainer admins may run the command."""
     return commands.check(is_trainer_admin)
+
+
+# ---------------------------------------------------------------- budgets on paid calls
+
+async def budget_exempt(bot: TrainerBot, guild: discord.Guild, user: discord.User | discord.Member) -> bool:
+    """Whether ``user`` is never limited in ``guild``: the bot owner, an admin (Manage Server, TRAINER_ROLE) or a
+    member of BUDGET_EXEMPT_ROLE. In a DM the author is looked up as a member of the server that answers."""
+    if await bot.is_owner(user):
+        return True
+    member: Any = user if isinstance(user, discord.Member) and user.guild.id == guild.id else guild.get_member(user.id)
+    if member is None:
+        try:
+            member = await guild.fetch_member(user.id)
+        except discord.HTTPException:
+            return False  # not (or no longer) a member there: no role can exempt them
+    return _admin_member(bot, member) or _has_role(member, bot.settings.budget_exempt_role)
+
+
+async def charge(bot: TrainerBot, guild: discord.Guild, user: discord.User | discord.Member, kind: str) -> None:
+    """Count a paid call of ``kind`` by ``user`` before it is made; OverBudget when they are over today's limit.
+
+    Exemption (which may need a member lookup) is only worked out when the call is paid at all.
+    """
+    if bot.model.paid(kind):
+        await bot.model.charge(guild.id, user.id, kind, exempt=await budget_exempt(bot, guild, user))
 
 
 # ---------------------------------------------------------------- arguments

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import report_unexpected, split_message
-from errors import Busy, NotSaved, TrainerError
+from commands._shared import charge, report_unexpected, split_message
+from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 DM_GUILD_TTL = 600.0  # seconds a DM author's server is remembered
 MAX_DM_LOOKUPS = 25  # servers asked about a DM author before giving up
 HISTORY_TURNS = 4  # previous (prompt, answer) turns given to the model as context
+NO_SHARED_GUILD = ("In DMs I answer with the model of the one server we share; we share none or several, "
+                   "so please talk to me in your server.")
 
 
 def audio_attachment(message: discord.Message) -> discord.Attachment | None:
@@ -124,11 +126,20 @@ class Chat(commands.Cog):
             await message.reply(f"That audio file is {att.size / 1e6:.1f} MB; I take up to {limit / 1e6:.1f} MB.",
                                 mention_author=False)
             return None
+        guild = await self.guild_for(message)
+        if guild is None:  # nobody's model would answer: don't transcribe (perhaps paid) for nothing
+            await message.reply(NO_SHARED_GUILD, mention_author=False)
+            return None
+
+        async def before_paid() -> None:
+            # An OpenAI transcription is a paid call: counted against the author's daily budget first.
+            await charge(self.bot, guild, message.author, "transcription")
+
         try:
             async with message.channel.typing():
                 data = await att.read()
-                transcript = await self.bot.transcriber.transcribe(data, att.filename)
-        except Busy as exc:
+                transcript = await self.bot.transcriber.transcribe(data, att.filename, before_paid=before_paid)
+        except (Busy, OverBudget) as exc:
             await message.reply(str(exc), mention_author=False)
         except TrainerError as exc:
             await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
@@ -147,12 +158,11 @@ class Chat(commands.Cog):
         """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
         guild = await self.guild_for(message)
         if guild is None:
-            text = ("In DMs I answer with the model of the one server we share; we share none or several, "
-                    "so please talk to me in your server.")
-            return [await message.reply(text, mention_author=False)]
+            return [await message.reply(NO_SHARED_GUILD, mention_author=False)]
         turns = self.history.setdefault(message.channel.id, deque(maxlen=2 * HISTORY_TURNS))
         try:
             async with message.channel.typing():
+                await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
         except TrainerError as exc:
             return [await message.reply(str(exc)[:2000], mention_author=False)]

@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
 from discord.ext import commands
 
-from commands._shared import TrainerContext
-from errors import TrainerError
+from commands._shared import TrainerContext, budget_exempt
+from errors import OverBudget, TrainerError
 from speech import synthesize as tts
 
 if TYPE_CHECKING:
@@ -27,38 +28,53 @@ CONNECT_TIMEOUT = 20.0
 SPEAK_QUEUE = 8  # answers waiting to be spoken per server; older ones are dropped beyond this
 
 
+@dataclass(frozen=True)
+class Spoken:
+    """An answer to speak, and whose question it answered (their daily budget pays for paid speech)."""
+
+    text: str
+    user_id: int
+    exempt: bool  # the asker is never limited (admin, BUDGET_EXEMPT_ROLE)
+
+
 class Speaker:
     """Plays answers one after another in one server's voice channel; they never cut each other off."""
 
     def __init__(self, cog: Voice, guild_id: int) -> None:
         self.cog = cog
         self.guild_id = guild_id
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=SPEAK_QUEUE)
+        self.queue: asyncio.Queue[Spoken] = asyncio.Queue(maxsize=SPEAK_QUEUE)
         self.task = asyncio.create_task(self._run(), name=f"speaker-{guild_id}")
 
-    def say(self, text: str) -> None:
+    def say(self, item: Spoken) -> None:
         if self.queue.full():
             self.queue.get_nowait()  # a backlog of stale answers helps nobody: drop the oldest
-        self.queue.put_nowait(text)
+        self.queue.put_nowait(item)
 
     async def _run(self) -> None:
         while True:
-            text = await self.queue.get()
+            item = await self.queue.get()
             try:
-                await self._play(text)
+                await self._play(item)
             except asyncio.CancelledError:
                 raise
+            except OverBudget:
+                # The text answer was sent; only speaking it would be paid. Nobody needs a second message.
+                log.info("guild %s: not speaking an answer to user %s: over today's paid-call budget",
+                         self.guild_id, item.user_id)
             except TrainerError as exc:
                 log.warning("guild %s: could not speak: %s", self.guild_id, exc)
             except Exception:
                 log.exception("guild %s: speaking failed", self.guild_id)
 
-    async def _play(self, text: str) -> None:
+    async def _play(self, item: Spoken) -> None:
         guild = self.cog.bot.get_guild(self.guild_id)
         vc = guild.voice_client if guild else None
         if not isinstance(vc, discord.VoiceClient) or not vc.is_connected():
             return
-        audio = await tts.synthesize(text, self.cog.bot.settings, self.cog.bot.openai_client)
+        # Charged here, right before the (perhaps paid) speech call: an answer dropped from the queue costs nothing.
+        await self.cog.bot.model.charge(self.guild_id, item.user_id, "speech", exempt=item.exempt)
+        audio = await tts.synthesize(item.text, self.cog.bot.settings, self.cog.bot.openai_client)
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -91,26 +107,28 @@ class Voice(commands.Cog):
         for timer in self.idle_timers.values():
             timer.cancel()
 
-    def speak_if_present(self, guild: discord.Guild, author: Any, text: str) -> None:
-        """Speak an answer when the bot is in the author's voice channel."""
+    def hears(self, guild: discord.Guild, author: Any) -> bool:
+        """Whether the bot speaks in ``guild`` and sits in the author's voice channel."""
         vc = guild.voice_client
         voice = getattr(author, "voice", None)
         if not isinstance(vc, discord.VoiceClient) or not vc.is_connected():
-            return
+            return False
         if voice is None or voice.channel is None or voice.channel.id != vc.channel.id:
-            return
-        if self.bot.settings.tts_backend == "none":
-            return
-        speaker = self.speakers.get(guild.id)
-        if speaker is None or speaker.task.done():
-            speaker = self.speakers[guild.id] = Speaker(self, guild.id)
-        speaker.say(text)
+            return False
+        return self.bot.settings.tts_backend != "none"
 
     @commands.Cog.listener()
     async def on_chat_answer(self, message: discord.Message, answer: str) -> None:
         """Every answer (to text or voice) is spoken while the bot sits in the author's voice channel."""
-        if message.guild is not None:
-            self.speak_if_present(message.guild, message.author, answer)
+        guild = message.guild
+        if guild is None or not self.hears(guild, message.author):
+            return
+        # Exemption is worked out now (the member is at hand); the call is charged when it is spoken.
+        exempt = not self.bot.model.paid("speech") or await budget_exempt(self.bot, guild, message.author)
+        speaker = self.speakers.get(guild.id)
+        if speaker is None or speaker.task.done():
+            speaker = self.speakers[guild.id] = Speaker(self, guild.id)
+        speaker.say(Spoken(answer, message.author.id, exempt))
 
     # ----------------------------------------------------------------- channels
     @commands.command()

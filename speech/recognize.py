@@ -25,9 +25,10 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from errors import BackendError, Busy, ConfigError, InvalidInput, TrainerError
 from speech.audio import convert_to_wav
@@ -73,6 +74,8 @@ def sphinx_model_paths(language: str) -> tuple[str, str, str]:
 class SphinxRecognizer:
     """Offline recogniser; ``transcribe`` is sync, CPU bound and holds the GIL: run it in a process."""
 
+    paid: ClassVar[bool] = False  # runs here: never counted against a member's budget
+
     def __init__(self, language: str = "en-US") -> None:
         self.language = language
         self._paths = sphinx_model_paths(language)  # fail at start-up, not on the first message
@@ -116,6 +119,8 @@ class SphinxRecognizer:
 class OpenAIRecognizer:
     """OpenAI transcription; ``transcribe`` is async and sends the original file bytes."""
 
+    paid: ClassVar[bool] = True  # a billed API call: members' daily budgets apply
+
     def __init__(self, client: openai.AsyncOpenAI, model: str) -> None:
         self.client = client
         self.model = model
@@ -135,6 +140,18 @@ class OpenAIRecognizer:
         if not text:
             raise InvalidInput(NO_WORDS)
         return text
+
+
+# SPEECH_BACKEND name -> recogniser class (their ``paid`` attribute says whether budgets apply).
+RECOGNIZERS: dict[str, type[SphinxRecognizer] | type[OpenAIRecognizer]] = {
+    "sphinx": SphinxRecognizer,
+    "openai": OpenAIRecognizer,
+}
+
+
+def recognizer_paid(settings: Settings) -> bool:
+    """Whether transcribing with SPEECH_BACKEND is a paid call."""
+    return RECOGNIZERS[settings.speech_backend].paid
 
 
 # ---- worker-process side ---------------------------------------------------------------------
@@ -243,8 +260,13 @@ class Transcriber:
     def _release(self, _future: object) -> None:
         self._active -= 1
 
-    async def transcribe(self, data: bytes, filename: str) -> Transcript:
-        """Convert and recognise one audio file off the loop; Busy at once if the queue is full."""
+    async def transcribe(self, data: bytes, filename: str, *,
+                         before_paid: Callable[[], Awaitable[None]] | None = None) -> Transcript:
+        """Convert and recognise one audio file off the loop; Busy at once if the queue is full.
+
+        ``before_paid`` is awaited just before a paid API call (after the audio was checked here), so a
+        budget is charged only for calls really made; whatever it raises (``OverBudget``) stops the call.
+        """
         if self._closed:
             raise BackendError("The speech service is shutting down.")
         if self._active >= self.capacity:
@@ -273,6 +295,8 @@ class Transcriber:
             raise BackendError("Speech recognition failed unexpectedly; the error is in the bot's log.") \
                 from None
         if self._openai is not None:
+            if before_paid is not None:
+                await before_paid()
             self._active += 1  # hold the slot during the API call too
             try:
                 text = await self._openai.transcribe(data, filename)

@@ -17,7 +17,8 @@ import logging
 import re
 import shutil
 import struct
-from typing import TYPE_CHECKING
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
 
 from errors import BackendError, InvalidInput
 
@@ -109,13 +110,51 @@ async def _openai(text: str, settings: Settings, client: openai.AsyncOpenAI | No
     return data
 
 
+class Synthesizer(ABC):
+    """A TTS_BACKEND: how answers are turned into speech. Synthesizers differ by class attributes."""
+
+    paid: ClassVar[bool] = False  # whether each spoken answer is a billed API call (members' budgets apply)
+
+    @staticmethod
+    @abstractmethod
+    async def speak(text: str, settings: Settings, client: openai.AsyncOpenAI | None) -> bytes:
+        """Audio bytes of ``text`` (already cleaned by :func:`speakable`)."""
+
+
+class EspeakSynthesizer(Synthesizer):
+    """espeak-ng on this machine: free, never limited."""
+
+    @staticmethod
+    async def speak(text: str, settings: Settings, client: openai.AsyncOpenAI | None) -> bytes:
+        return await _espeak(text, settings.speech_language)
+
+
+class OpenAISynthesizer(Synthesizer):
+    """The OpenAI speech API: billed per call."""
+
+    paid = True
+
+    @staticmethod
+    async def speak(text: str, settings: Settings, client: openai.AsyncOpenAI | None) -> bytes:
+        return await _openai(text, settings, client)
+
+
+# TTS_BACKEND name -> synthesizer; "none" has none (nothing is spoken).
+SYNTHESIZERS: dict[str, type[Synthesizer]] = {"espeak": EspeakSynthesizer, "openai": OpenAISynthesizer}
+
+
+def synthesizer_paid(settings: Settings) -> bool:
+    """Whether speaking an answer with TTS_BACKEND is a paid call (False when speech is off)."""
+    synthesizer = SYNTHESIZERS.get(settings.tts_backend)
+    return synthesizer is not None and synthesizer.paid
+
+
 async def synthesize(text: str, settings: Settings, client: openai.AsyncOpenAI | None = None) -> bytes:
     """Speak ``text`` with TTS_BACKEND; returns audio bytes ffmpeg can read from a pipe (async)."""
-    if settings.tts_backend == "none":
+    synthesizer = SYNTHESIZERS.get(settings.tts_backend)
+    if synthesizer is None:
         raise BackendError("Text-to-speech is turned off (TTS_BACKEND=none).")
     spoken = speakable(text)
     if not spoken:
         raise InvalidInput("There is nothing to say.")
-    if settings.tts_backend == "openai":
-        return await _openai(spoken, settings, client)
-    return await _espeak(spoken, settings.speech_language)
+    return await synthesizer.speak(spoken, settings, client)

@@ -12,12 +12,12 @@ from dataset import compile as compiler
 from dataset import corrections as records
 from dataset import folder as dataset_folder
 from dataset.check import Issue
-from errors import BackendError, Busy, InvalidInput, NotFound
+from errors import BackendError, Busy, InvalidInput, NotFound, OverBudget
 from model import Model
 from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, report, track_client
-from training import jobs
+from training import budget, jobs
 from training.openai_api import MISSING_KEY
 
 KEY = "sk-test-fake-key-123456"
@@ -225,3 +225,29 @@ async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, capl
     said = caplog.text
     assert str(leftover) in said and "39.1 KB" in said and str(half_model) in said
     assert "left by an interrupted write" in said
+
+
+async def test_only_paid_calls_are_charged(tmp_path: Path) -> None:
+    """Which calls are paid comes from the backends' ``paid`` attributes; free ones, exempt members and a limit
+    of 0 never count, and an over-budget member gets OverBudget before the call."""
+    local = Model(settings(tmp_path, paid_calls_per_user_per_day=1))
+    assert (local.paid("chat"), local.paid("transcription"), local.paid("speech")) == (False, False, False)
+    for _ in range(3):
+        await local.charge(GUILD, 7, "chat")
+        await local.charge(GUILD, 7, "speech")
+    assert not local.space(GUILD).budget_file.exists()
+
+    paid = Model(settings(tmp_path, "openai", speech_backend="openai", tts_backend="openai",
+                          paid_calls_per_user_per_day=2))
+    assert (paid.paid("chat"), paid.paid("transcription"), paid.paid("speech")) == (True, True, True)
+    await paid.charge(GUILD, 7, "transcription")
+    await paid.charge(GUILD, 7, "chat")
+    with pytest.raises(OverBudget, match=r"reset <t:\d+:R>"):
+        await paid.charge(GUILD, 7, "speech")
+    await paid.charge(GUILD, 7, "chat", exempt=True)  # exempt: allowed, and not counted
+    assert budget.usage(paid.space(GUILD), 7).counts == {"transcription": 1, "chat": 1}
+    await paid.charge(GUILD, 8, "chat")  # another member has their own allowance
+    unlimited = Model(settings(tmp_path, "openai", paid_calls_per_user_per_day=0))
+    await unlimited.charge(GUILD, 7, "chat")
+    with pytest.raises(ValueError):
+        paid.paid("images")

@@ -1,7 +1,7 @@
 """What every training backend offers: start/poll/cancel a job, and answer with a model.
 
 Backends state how they differ as class attributes (``min_examples``, ``poll_seconds``,
-``bills_tokens``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``); nobody compares backend
+``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``); nobody compares backend
 names. Adding a backend is one module plus one line in :data:`BACKENDS`.
 
 Job records are plain dicts (see ``jobs.py`` for the fields) so they round-trip through
@@ -88,6 +88,8 @@ class TrainingBackend(ABC):
     poll_seconds: ClassVar[float | None] = None
     # Whether tokens and epochs are billed (shown in the job's estimate).
     bills_tokens: ClassVar[bool] = False
+    # Whether each answer is a paid API call, counted against PAID_CALLS_PER_USER_PER_DAY (training.budget).
+    paid: ClassVar[bool] = False
     # Checker codes about OpenAI's format that do not matter to this backend.
     ignored_check_codes: ClassVar[frozenset[str]] = frozenset()
     # One line for !help: what this model is and does.

@@ -8,18 +8,23 @@ Jobs only move when the test says so: ``fake.advance(job_id)`` steps one phase
 (validating_files -> queued -> running -> steps... -> succeeded), ``fake.finish(job_id)`` runs to
 the end, ``fake.fail(job_id, message)`` fails it. Faults: ``fake.fail_next(n, status)`` (429/5xx
 with a short ``retry-after-ms``), ``fake.delay_next(n, seconds)``, ``fake.refuse_jobs(status,
-message, code)``. ``fake.requests`` lists every (method, path) served.
+message, code)``. ``fake.requests`` lists every (method, path) served; chat, transcription
+(which hears ``fake.transcript``) and speech (a short tone as WAV) requests are kept too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
+import math
 import re
+import struct
 import time
 import uuid
+import wave
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -164,6 +169,9 @@ class FakeOpenAI:
         self.jobs: dict[str, FakeJob] = {}
         self.requests: list[tuple[str, str]] = []
         self.chat_requests: list[dict[str, Any]] = []
+        self.transcription_requests: list[dict[str, Any]] = []  # {"model", "filename", "size"}
+        self.speech_requests: list[dict[str, Any]] = []  # the JSON bodies
+        self.transcript = "When does the shop open?"  # what every transcription hears
         self._faults: list[tuple[int, float]] = []  # (status or 0 for delay, seconds)
         self._refusal: tuple[int, str, str] | None = None
         self._runner: web.AppRunner | None = None
@@ -188,6 +196,8 @@ class FakeOpenAI:
         r.add_post("/v1/fine_tuning/jobs/{id}/cancel", self._cancel_job)
         r.add_get("/v1/fine_tuning/jobs/{id}/events", self._events)
         r.add_post("/v1/chat/completions", self._chat)
+        r.add_post("/v1/audio/transcriptions", self._transcribe)
+        r.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -450,6 +460,35 @@ class FakeOpenAI:
                                      "annotations": []}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         })
+
+    # ------------------------------------------------------------ audio
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            return _err(400, "Missing required parameter: 'file'.", param="file")
+        self.transcription_requests.append({"model": form.get("model"), "filename": upload.filename,
+                                            "size": len(upload.file.read())})
+        return _json({"text": self.transcript})
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not body.get("input"):
+            return _err(400, "Missing required parameter: 'input'.", param="input")
+        self.speech_requests.append(body)
+        # Half a second of a quiet 440 Hz tone as 16-bit mono WAV: real audio ffmpeg plays.
+        rate = 24000
+        tone = bytearray()
+        for i in range(rate // 2):
+            tone += struct.pack("<h", int(3000 * math.sin(2 * math.pi * 440 * i / rate)))
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(bytes(tone))
+        return web.Response(body=out.getvalue(), content_type="audio/wav")
 
     @staticmethod
     def _closest(f: FakeFile, prompt: str) -> str:

@@ -23,8 +23,16 @@ import openai
 import pytest
 
 from config import Settings
-from errors import BackendError, Busy, InvalidInput, TooLarge
-from speech.recognize import BUSY, NO_WORDS, OpenAIRecognizer, SphinxRecognizer, Transcriber, Transcript
+from errors import BackendError, Busy, InvalidInput, OverBudget, TooLarge
+from speech.recognize import (
+    BUSY,
+    NO_WORDS,
+    OpenAIRecognizer,
+    SphinxRecognizer,
+    Transcriber,
+    Transcript,
+    recognizer_paid,
+)
 from tests.fakes import audio_samples as samples
 from tests.fakes.audio_samples import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, corpus_wer
 
@@ -249,13 +257,23 @@ async def test_openai_pipeline_validates_locally_before_calling_the_api(
     settings = dataclasses.replace(Settings(), speech_backend="openai", audio_workers=1, audio_queue=1)
     pipe = Transcriber(settings, openai_client=openai_client(handler))
     try:
+        charged: list[str] = []
+
+        async def before_paid() -> None:  # the budget hook: awaited only right before a paid call
+            charged.append("charge")
+            if len(charged) > 1:
+                raise OverBudget("over")
+
         with pytest.raises(InvalidInput, match="empty"):
-            await pipe.transcribe(b"", "voice-message.ogg")
-        assert calls == []
+            await pipe.transcribe(b"", "voice-message.ogg", before_paid=before_paid)
+        assert calls == [] and charged == [], "audio refused here is neither sent nor charged"
         ogg = corpus["ogg"][0]
-        result = await pipe.transcribe(ogg.read_bytes(), ogg.name)
+        result = await pipe.transcribe(ogg.read_bytes(), ogg.name, before_paid=before_paid)
         assert result.text == "from the api" and result.duration > 1
         assert len(calls) == 1 and calls[0]["size"] > ogg.stat().st_size
+        with pytest.raises(OverBudget):
+            await pipe.transcribe(ogg.read_bytes(), ogg.name, before_paid=before_paid)
+        assert len(calls) == 1 and charged == ["charge", "charge"], "over budget: the API is not called"
         assert pipe.active == 0
     finally:
         await pipe.close()
@@ -334,3 +352,10 @@ def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "speech workers outlived the killed bot"
+
+
+def test_which_recognizers_are_paid() -> None:
+    """Budgets apply to the API recogniser only, as its class attribute says."""
+    assert (SphinxRecognizer.paid, OpenAIRecognizer.paid) == (False, True)
+    assert not recognizer_paid(Settings())
+    assert recognizer_paid(dataclasses.replace(Settings(), speech_backend="openai"))

@@ -123,3 +123,10 @@ async def test_openai_speech_errors() -> None:
         await tts.synthesize("hi", settings, client(failing))
     with pytest.raises(BackendError, match="OPENAI_API_KEY"):
         await tts.synthesize("hi", settings)
+
+
+def test_which_synthesizers_are_paid() -> None:
+    """Budgets apply to OpenAI speech only, as the synthesizers' class attributes say; TTS_BACKEND=none is free."""
+    assert (tts.EspeakSynthesizer.paid, tts.OpenAISynthesizer.paid) == (False, True)
+    assert [tts.synthesizer_paid(dataclasses.replace(Settings(), tts_backend=b))
+            for b in ("espeak", "openai", "none")] == [False, True, False]
