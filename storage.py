@@ -56,7 +56,7 @@ def fmt_bytes(n: float) -> str:
     return f"{n} bytes"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -89,7 +89,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 # Hidden names our own writers use while a file or folder is being made (atomic_open, archives,

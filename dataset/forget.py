@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import NotFound, TrainerError
-from storage import GuildSpace, _fsync_dir, atomic_write_json, lock_for
+from storage import GuildSpace, atomic_write_json, fsync_dir, lock_for
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,11 @@ def _apply(journal: Path) -> None:
     for tmp, target in plan.get("replace", []):
         if Path(tmp).exists():
             os.replace(tmp, target)
-            _fsync_dir(Path(target).parent)
+            fsync_dir(Path(target).parent)
     for path in plan.get("delete", []):
         Path(path).unlink(missing_ok=True)
     journal.unlink()
-    _fsync_dir(journal.parent)
+    fsync_dir(journal.parent)
 
 
 def recover(data_dir: Path, corrections_dir: Path) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import NotFound
-from storage import append_record, atomic_write_json, read_json
+from storage import append_record, atomic_write_json, fsync_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +166,8 @@ def claim_version(models: Path, tmp: Path, meta: dict[str, Any]) -> str:
         atomic_write_json(tmp / "meta.json", {**meta, "name": name, "version": number})
         _fsync_tree(tmp)
         os.rename(tmp, models / name)
-        _fsync_dir(models)
+        fsync_dir(models)
     return name
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -186,7 +178,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def remove_stale_tmp(models: Path, older_than: float = STALE_TMP_SECONDS) -> int:
