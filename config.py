@@ -83,20 +83,22 @@ def _usable_dir(name: str, raw: str) -> Path:
 
 
 def _embed_model(env: Mapping[str, str]) -> str:
-    """EMBED_MODEL: wordllama (default), none/off, a local folder or a Hugging Face id (owner/name).
+    """EMBED_MODEL: all-MiniLM-L6-v2 (default), wordllama, none/off, a local folder or a Hugging Face id.
 
     Only the form is checked here; a model that cannot be loaded does not stop the bot (it answers
     by word matching and says so), because a missing download must not take the bot down.
     """
     raw = env.get("EMBED_MODEL", "").strip()
     if not raw:
-        return "wordllama"
+        return "all-MiniLM-L6-v2"
+    if raw.lower() == "all-minilm-l6-v2":
+        return "all-MiniLM-L6-v2"
     if raw.lower() in ("wordllama", "none", "off"):
         return raw.lower()
     if raw.startswith((".", "/", "~")) or Path(raw).expanduser().exists():
         return raw  # a local path; whether it holds a model is found out (and reported) at load time
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw):
-        raise ConfigError(f"EMBED_MODEL must be wordllama, none, a local folder or a Hugging Face id "
+        raise ConfigError(f"EMBED_MODEL must be all-MiniLM-L6-v2, wordllama, none, a local folder or a Hugging Face id "
                           f"like owner/name; got {raw!r}")
     return raw
 
@@ -129,7 +131,7 @@ class Settings:
     audio_queue: int = 8
     voice_idle_seconds: float = 300.0
     job_poll_seconds: float = 15.0
-    embed_model: str = "wordllama"
+    embed_model: str = "all-MiniLM-L6-v2"
     review_corrections: bool = True
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.

