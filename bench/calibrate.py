@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SETS_DIR = Path(__file__).resolve().parents[1] / "tests" / "fakes" / "paraphrases"
 WRONG_COST = 4  # a confidently wrong answer costs four "don't know"s
+SUGGEST_PRECISION = 0.75  # suggestions must hold the question meant at least this often
 
 
 @dataclass
@@ -85,6 +86,8 @@ class Figures:
     unanswerable_answered: int = 0
     paraphrases: int = 0
     unanswerable: int = 0
+    offered: int = 0  # "don't know" answers to paraphrases that suggested trained questions
+    offered_right: int = 0  # ... of which the suggestions held the question meant
 
     def add(self, other: Figures) -> None:
         for k in self.__dataclass_fields__:
@@ -93,7 +96,8 @@ class Figures:
     def line(self) -> str:
         p = max(self.paraphrases, 1)
         return (f"right {self.right / p:6.1%}  wrong {self.wrong / p:5.1%}  don't know {self.unsure / p:6.1%}  "
-                f"(of {self.paraphrases})  | unanswerable answered {self.unanswerable_answered}/{self.unanswerable}")
+                f"(of {self.paraphrases})  | unanswerable answered {self.unanswerable_answered}/{self.unanswerable}"
+                f"  | don't knows that suggested the right question {self.offered_right}/{self.offered}")
 
 
 def score(backend: LocalBackend, model: LocalModel, s: ParaphraseSet,
@@ -101,10 +105,12 @@ def score(backend: LocalBackend, model: LocalModel, s: ParaphraseSet,
     """Ask every question through ``LocalBackend.match`` (what users get) and count."""
     f = Figures()
     for q, pid in questions if questions is not None else s.paraphrases:
-        found = backend.match(model, q)
+        found, suggested = backend.search(model, q)
         f.paraphrases += 1
         if found is None:
             f.unsure += 1
+            f.offered += bool(suggested)
+            f.offered_right += s.pairs[s.ids.index(pid)][0] in suggested
         elif found[0] == s.answer_of(pid):
             f.right += 1
         else:
@@ -117,8 +123,15 @@ def score(backend: LocalBackend, model: LocalModel, s: ParaphraseSet,
 
 
 def calibrate(embedder: Embedder, sets: list[ParaphraseSet], tmp: Path) -> Thresholds:
-    """Grid search on the tuning sets' raw scores: best (right - WRONG_COST x wrong) over all questions."""
+    """Grid search on the tuning sets' raw scores: best (right - WRONG_COST x wrong) over all questions.
+
+    Then the suggestion minimum: the lowest score such that, among the questions left unanswered
+    that score at least that, the two best different answers' questions hold the one meant at least
+    SUGGEST_PRECISION of the time (unanswerable questions count as misses).
+    """
     raw: list[tuple[bool | None, float, float]] = []  # (top row right? None: unanswerable, score, margin)
+    top2: list[bool] = []  # the question meant is among the two best different answers'
+
     for s in sets:
         if s.role != "tuning":
             continue
@@ -130,6 +143,8 @@ def calibrate(embedder: Embedder, sets: list[ParaphraseSet], tmp: Path) -> Thres
             m = decide(rows, scores, model.answers, Thresholds(-1.0, -1.0))
             ok = None if pid is None else model.answers[m.best_row] == s.answer_of(pid)
             raw.append((ok, m.score, m.margin))
+            distinct = list(dict.fromkeys(model.answers[int(r)] for r in rows))[:2]
+            top2.append(pid is not None and s.answer_of(pid) in distinct)
     best: tuple[float, float, float] | None = None
     for t in np.arange(0.10, 0.90, 0.01):
         for mg in np.arange(0.0, 0.20, 0.01):
@@ -140,7 +155,14 @@ def calibrate(embedder: Embedder, sets: list[ParaphraseSet], tmp: Path) -> Thres
             if best is None or value > best[0]:
                 best = (value, float(t), float(mg))
     assert best is not None
-    return Thresholds(round(best[1], 2), round(best[2], 2))
+    _, t, mg = best
+    unsure = [(hit, sc) for (_, sc, mr), hit in zip(raw, top2) if not (sc >= t and mr >= mg)]
+    suggest = None
+    for low in np.arange(round(t, 2), 0.0, -0.01):
+        offered = [hit for hit, sc in unsure if sc >= low]
+        if offered and sum(offered) >= SUGGEST_PRECISION * len(offered):
+            suggest = float(low)
+    return Thresholds(round(t, 2), round(mg, 2), None if suggest is None else round(suggest, 2))
 
 
 def main(argv: list[str]) -> int:
@@ -150,8 +172,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fitted = calibrate(embedder, sets, Path(tmp))
         print(f"{spec}: calibrated on {', '.join(s.name for s in sets if s.role == 'tuning')}: "
-              f"min_score={fitted.min_score:.2f} min_margin={fitted.min_margin:.2f} "
-              f"(in use: {embedder.thresholds.min_score:.2f}/{embedder.thresholds.min_margin:.2f})")
+              f"min_score={fitted.min_score:.2f} min_margin={fitted.min_margin:.2f} suggest={fitted.suggest} "
+              f"(in use: {embedder.thresholds})")
         embedder.thresholds = fitted
         backend = LocalBackend(Settings(), embed_model=spec)
         backend._embedder, backend._embed_tried = embedder, True

@@ -67,16 +67,21 @@ TOP_K = 32  # rows scored for the margin (the best row of a different answer is 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a search result is trusted: best score and lead over the best different answer."""
+    """When a search result is trusted: best score and lead over the best different answer.
+
+    ``suggest``: when not trusted, trained questions scoring at least this are offered ("Did you
+    mean ...?"); None offers none.
+    """
 
     min_score: float
     min_margin: float
+    suggest: float | None = None
 
 
 # Calibrated by bench/calibrate.py on the tuning sets (workplace, it_helpdesk), objective: correct
 # answers minus 4x wrong ones (a confidently wrong answer costs four "don't know"s).
 CALIBRATED: dict[str, Thresholds] = {
-    DEFAULT_EMBED_MODEL: Thresholds(min_score=0.52, min_margin=0.0),
+    DEFAULT_EMBED_MODEL: Thresholds(min_score=0.52, min_margin=0.0, suggest=0.32),
     WORDLLAMA: Thresholds(min_score=0.10, min_margin=0.14),
 }
 # For a model nobody calibrated: strict, so an unknown scale errs towards "don't know".

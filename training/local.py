@@ -70,6 +70,7 @@ CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of pro
 TOP_K = 16  # candidates scored exactly
 THREAD_ABOVE = 5_000  # word matching answers in a worker thread when the index is this big
 REPORT_SECONDS = 10  # a long embedding reports its progress this often
+SUGGEST = 2  # trained questions offered with a "don't know" (measured: the right one is among 2 in 8 of 10)
 VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trained answer, embeddings or not
 
 _WORD = HashingVectorizer(
@@ -359,6 +360,27 @@ def _embed_pairs(space: GuildSpace, pairs: list[tuple[str, str]], embedder: Embe
             left = (now - started) / (done + len(rows)) * (len(todo) - done - len(rows))
             report(f"Embedded {done + len(rows)}/{len(todo)} pairs (about {left:.0f} s left)")
     return vectors
+
+
+def _suggestions(scored: Sequence[tuple[float, str, int, str]], minimum: float | None) -> list[str]:
+    """Up to ``SUGGEST`` trained questions (of different answers) scoring at least ``minimum``, best first."""
+    if minimum is None:
+        return []
+    picked: list[str] = []
+    answers: set[str] = set()
+    for score, answer, _, question in scored:  # sorted best first
+        if score < minimum or len(picked) == SUGGEST:
+            break
+        if answer not in answers:
+            answers.add(answer)
+            picked.append(question)
+    return picked
+
+
+def _short(question: str, limit: int = 120) -> str:
+    """A trained question on one line, cut to ``limit`` characters, for a suggestion."""
+    flat = " ".join(question.split())
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
 def _fsync_file(path: Path) -> None:
@@ -712,60 +734,70 @@ class LocalBackend(TrainingBackend):
         return (f"I haven't been trained on this server yet. A trainer can add examples and run "
                 f"`{self.prefix}train` to teach me.")
 
-    def dont_know(self) -> str:
-        return (f"I don't know that one yet. If you know the answer, reply to this message with "
+    def dont_know(self, suggestions: Sequence[str] = ()) -> str:
+        """The honest "I don't know", offering the closest trained questions when there are some."""
+        offer = ""
+        if suggestions:
+            quoted = " or ".join(f"“{_short(q)}”" for q in suggestions)
+            offer = f" Did you mean {quoted}? Then ask me that."
+        return (f"I don't know that one yet.{offer} If you know the answer, reply to this message with "
                 f"`{self.prefix}correct <the right answer>` and I'll use it from now on.")
 
     def match(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> tuple[str, int] | None:
-        """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction.
+        """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction."""
+        return self.search(model, prompt, overlay)[0]
+
+    def search(self, model: LocalModel | None, prompt: str,
+               overlay: _Overlay | None = None) -> tuple[tuple[str, int] | None, list[str]]:
+        """``match``'s result, and when it is None the trained questions worth suggesting instead.
 
         Sync and CPU-bound: ``answer`` runs it in a thread (with embeddings always, since embedding
         the question is a forward pass; word matching above ``THREAD_ABOVE`` pairs).
         """
         key = _norm_key(prompt)
         if overlay is not None and key in overlay.exact:
-            return overlay.answers[overlay.exact[key]], 1
+            return (overlay.answers[overlay.exact[key]], 1), []
         emb = self.embedder()
         if emb is None or model is not None and model.vectors is None:
             # Word matching: corrections count only for the very same question.
             if model is None:
-                return None
+                return None, []
             if key in model.exact:
-                return model.answers[model.exact[key]], 0
+                return (model.answers[model.exact[key]], 0), []
             best, sim = model.nearest(prompt)
-            return (model.answers[best], 0) if best >= 0 and sim >= MIN_SIMILARITY else None
+            return ((model.answers[best], 0) if best >= 0 and sim >= MIN_SIMILARITY else None), []
         query = emb.encode([prompt])[0]
         # Corrections and trained pairs compete in one list; a trained pair whose question was corrected
         # is superseded (dropped), so the correction is not measured against the answer it replaces.
-        scored: list[tuple[float, str, int]] = []  # (score, answer, source)
+        scored: list[tuple[float, str, int, str]] = []  # (score, answer, source, question)
         corrected = overlay.exact if overlay is not None else {}
         if overlay is not None and overlay.vectors is not None and len(overlay.prompts):
             rows, scores = top_rows(overlay.vectors, query)
-            scored += [(float(sc), overlay.answers[r], 1) for r, sc in zip(rows, scores)]
+            scored += [(float(sc), overlay.answers[r], 1, overlay.prompts[r]) for r, sc in zip(rows, scores)]
         if model is not None and model.vectors is not None:
             if key in model.exact:
-                return model.answers[model.exact[key]], 0
+                return (model.answers[model.exact[key]], 0), []
             # A question worded almost like a trained one: word matching tells near-identical trained
             # questions apart ("... number 17" vs "... number 1723") where an average of word vectors cannot.
             best, sim = model.nearest(prompt)
             if best >= 0 and sim >= VERBATIM and _norm_key(model.prompts[best]) not in corrected:
-                return model.answers[best], 0
+                return (model.answers[best], 0), []
             rows, scores = top_rows(model.vectors, query)
-            scored += [(float(sc), model.answers[r], 0) for r, sc in zip(rows, scores)
+            scored += [(float(sc), model.answers[r], 0, model.prompts[r]) for r, sc in zip(rows, scores)
                        if not corrected or _norm_key(model.prompts[r]) not in corrected]
         if not scored:
-            return None
+            return None, []
         scored.sort(key=lambda c: -c[0])
         found = decide(np.arange(len(scored)), np.array([c[0] for c in scored]), [c[1] for c in scored],
                        emb.thresholds)
-        if found.row is None:
-            return None
-        return scored[found.row][1], scored[found.row][2]
+        if found.row is not None:
+            return (scored[found.row][1], scored[found.row][2]), []
+        return None, _suggestions(scored, emb.thresholds.suggest)
 
     def answer_sync(self, model: LocalModel | None, prompt: str, overlay: _Overlay | None = None) -> str:
         """The trained (or corrected) answer closest to ``prompt``, or an honest "I don't know yet"."""
-        found = self.match(model, prompt, overlay)
-        return found[0] if found is not None else self.dont_know()
+        found, suggestions = self.search(model, prompt, overlay)
+        return found[0] if found is not None else self.dont_know(suggestions)
 
     # ------------------------------------------------------------ corrections count at once
 

@@ -115,7 +115,7 @@ async def test_voice_messages_and_audio_files_are_answered_and_recorded(voice_bo
             transcript, answer = split_reply(reply.content)
             heard.append(transcript)
             # The model's answer or its honest "don't know" for a badly heard question, not an error line.
-            assert answer in (*TRAINED.values(), harness.bot.model.backend.dont_know()), reply.content
+            assert answer in TRAINED.values() or answer.startswith("I don't know that one yet."), reply.content
             own_answer += answer == TRAINED[ref]
             # One recorded turn: the transcript is the prompt, so !correct finds it.
             record = records.find_answer(space, reply.id)
