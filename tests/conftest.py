@@ -20,6 +20,29 @@ from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.fakes.samples import close_tracked_clients
 from tests.harness import BotHarness, ErrorLog, start_bot, stop_bot
+from training.embedding import DEFAULT_EMBED_MODEL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_default_embedder() -> Iterator[None]:
+    """Each test bot loads the default embedding model through the real code, but once per session:
+    unzipping its 90 MB takes ~0.7 s, and the suite starts a few hundred bots. The model is only
+    read, so bots can share it. (tests/training/test_embedding.py calls the loader itself.)"""
+    import training.local
+
+    real = training.local.load_embedder
+    loaded: dict[str, Any] = {}
+
+    def load_once(spec: str) -> Any:
+        if spec != DEFAULT_EMBED_MODEL:
+            return real(spec)
+        if spec not in loaded:
+            loaded[spec] = real(spec)
+        return loaded[spec]
+
+    training.local.load_embedder = load_once  # type: ignore[assignment]
+    yield
+    training.local.load_embedder = real
 
 
 @pytest.fixture

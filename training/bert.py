@@ -17,10 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from errors import BackendError
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 128  # a question with its answer fits; longer texts are cut (attention is quadratic)
 BATCH = 64  # texts per forward pass, sorted by length so padding stays small
+MAX_THREADS = 4  # encoding threads for many texts (one per core, up to this)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class BertEncoder:
         self.config = config
         self.tokenizer = tokenizer
         self.dim = config.hidden
+        self.threads = min(MAX_THREADS, len(os.sched_getaffinity(0)))
+        self._parallel = threading.Lock()
         try:
             self._load(weights)
         except KeyError as exc:
@@ -114,14 +121,20 @@ class BertEncoder:
         return cls(config, weights, tokenizer)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text, in the order given."""
+        """Unit-length float32 vectors, one row per text, in the order given.
+
+        Many texts (a training) are split over one thread per core, each with a single-threaded
+        BLAS: numpy's element-wise steps (GELU, softmax, layer norm) use one core, so this embeds
+        ~25% more texts a second on two cores than one thread with a two-threaded BLAS.
+        """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         encs = self.tokenizer.encode_batch(list(texts))  # type: ignore[attr-defined]
         order = np.argsort([len(e.ids) for e in encs], kind="stable")
-        for start in range(0, len(order), BATCH):
-            rows = order[start:start + BATCH]
+        batches = [order[start:start + BATCH] for start in range(0, len(order), BATCH)]
+
+        def run(rows: np.ndarray) -> np.ndarray:
             width = max(len(encs[i].ids) for i in rows)
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.float32)
@@ -129,7 +142,21 @@ class BertEncoder:
                 n = len(encs[i].ids)
                 ids[r, :n] = encs[i].ids
                 mask[r, :n] = 1.0
-            out[rows] = self._forward(ids, mask)
+            return self._forward(ids, mask)
+
+        threads = min(self.threads, len(batches))
+        # One parallel encode at a time: the BLAS limit is process-wide, and two overlapping ones
+        # could restore each other's limits in the wrong order.
+        if threads > 1 and self._parallel.acquire(blocking=False):
+            try:
+                with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+                    for rows, vectors in zip(batches, pool.map(run, batches)):
+                        out[rows] = vectors
+            finally:
+                self._parallel.release()
+        else:
+            for rows in batches:
+                out[rows] = run(rows)
         return out
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

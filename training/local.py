@@ -308,9 +308,14 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
     if embedder is not None and pairs:
         vectors = load_vectors(folder, embedder, len(pairs))
         if vectors is None:
-            log.info("%s of guild %s has no %s vectors: embedding its %d prompts now", name, space.guild_id,
+            log.info("%s of guild %s has no %s vectors: embedding its %d pairs now", name, space.guild_id,
                      embedder.name, len(pairs))
             vectors = embedder.index_vectors(prompts, answers)
+            try:  # kept with the version, so the next start (or a retrain) does not embed them again
+                save_vectors(folder, vectors, embedder)
+            except OSError as exc:
+                log.warning("%s of guild %s: the new vectors could not be saved (%s); they are used from memory",
+                            name, space.guild_id, exc)
     log.info("loaded %s for guild %s (%d pairs, %d labels, %s)", name, space.guild_id, meta.get("pairs"),
              len(classes), f"{embedder.name} embeddings" if vectors is not None else "word matching")
     return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
@@ -594,7 +599,8 @@ class LocalBackend(TrainingBackend):
         """One line for ``!model``/``!help``: how this backend answers."""
         emb = self.embedder()
         if emb is not None:
-            return f"answers by meaning with the `{emb.name}` embedding model; unsure: says it doesn't know"
+            offers = " and offers the closest questions it knows" if emb.thresholds.suggest is not None else ""
+            return f"answers by meaning with the `{emb.name}` embedding model; unsure: says it doesn't know{offers}"
         return f"answers by word matching ({self._embed_error or 'no embedding model'})"
 
     async def start(self) -> None:

@@ -365,7 +365,7 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     assert lines[2].startswith(f"`{job1}` succeeded") and lines[2].endswith("→ `local-v1`")
     shown = (await h.ask("!model")).split("\n")
     assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
-    assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know."
+    assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know and offers the closest questions it knows."
     assert (await ask_answer(h, "When does the shop open?")).content == "At 10 now."
 
     assert await h.ask("!model previous", user="admin") == "Switched to model `local-v1`."
@@ -376,7 +376,7 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     assert nope == "There is no model `nonexistent` on this server. Known: `local-v1`, `local-v2`."
     shown = (await h.ask("!model")).split("\n")
     assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
-    assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know."
+    assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know and offers the closest questions it knows."
 
 
 async def test_non_admins_are_refused(harness: BotHarness) -> None:

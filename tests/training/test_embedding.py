@@ -172,6 +172,13 @@ def test_versions_store_vectors_and_old_versions_are_embedded_on_load(backend: L
     assert not (space.models / old / "embeddings.npy").exists()
     assert np.allclose(load_version(space, old, backend.embedder()).vectors,
                        load_version(space, name, backend.embedder()).vectors)
+    # Embedded once: the vectors are now kept with the old version too.
+    assert json.loads((space.models / old / "embedding.json").read_text())["model"] == DEFAULT_EMBED_MODEL
+    # A version indexed by another model (WordLlama, before the default changed) is re-indexed the same way.
+    other = train_version(space, pairs, [], job_id="l", method="supervised", embedder=load_embedder("wordllama"))
+    assert np.load(space.models / other / "embeddings.npy").shape == (len(pairs), 256)
+    assert load_version(space, other, backend.embedder()).vectors.shape == (len(pairs), 384)  # type: ignore[union-attr]
+    assert np.load(space.models / other / "embeddings.npy").shape == (len(pairs), 384)
 
 
 def test_a_retrain_embeds_only_the_new_pairs(backend: LocalBackend, tmp_path: Path) -> None:
