@@ -324,8 +324,8 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
 def _previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, str], np.ndarray]:
     """Rows of the newest version this embedder indexed, by (prompt, answer): a retrain reuses them.
 
-    A transformer embeds ~150 pairs a second here, so re-embedding 10k unchanged pairs for every
-    ``!train`` would take a minute; the vectors of a pair only depend on its text and the model.
+    A transformer embeds ~190 pairs a second here, so re-embedding 10k unchanged pairs for every
+    ``!train`` would take most of a minute; the vectors of a pair only depend on its text and the model.
     """
     for number in reversed(version_numbers(space)):
         folder = space.models / f"local-v{number}"
@@ -339,11 +339,10 @@ def _previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, 
     return {}
 
 
-def _embed_pairs(space: GuildSpace, pairs: list[tuple[str, str]], embedder: Embedder,
-                 cancelled: Callable[[], bool], report: Callable[[str], None]) -> np.ndarray:
-    """Index vectors for ``pairs``, reusing the previous version's rows; checks ``cancelled`` per chunk."""
-    known = _previous_vectors(space, embedder)
-    vectors = np.zeros((len(pairs), embedder.dim), dtype=np.float32)
+def _reuse(pairs: list[tuple[str, str]], known: dict[tuple[str, str], np.ndarray],
+           dim: int) -> tuple[np.ndarray, list[int]]:
+    """Vectors for ``pairs`` with the ``known`` rows filled in, and the indexes still to embed."""
+    vectors = np.zeros((len(pairs), dim), dtype=np.float32)
     todo = []
     for i, pair in enumerate(pairs):
         row = known.get(pair)
@@ -351,6 +350,13 @@ def _embed_pairs(space: GuildSpace, pairs: list[tuple[str, str]], embedder: Embe
             todo.append(i)
         else:
             vectors[i] = row
+    return vectors, todo
+
+
+def _embed_pairs(space: GuildSpace, pairs: list[tuple[str, str]], embedder: Embedder,
+                 cancelled: Callable[[], bool], report: Callable[[str], None]) -> np.ndarray:
+    """Index vectors for ``pairs``, reusing the previous version's rows; checks ``cancelled`` per chunk."""
+    vectors, todo = _reuse(pairs, _previous_vectors(space, embedder), embedder.dim)
     if len(pairs) > len(todo):
         report(f"Reused the vectors of {len(pairs) - len(todo)} unchanged pairs")
     started = last = time.monotonic()
@@ -826,7 +832,14 @@ class LocalBackend(TrainingBackend):
         prompts = [p for p, _ in latest.values()]
         answers = [a for _, a in latest.values()]
         emb = self.embedder()
-        vectors = emb.index_vectors(prompts, answers) if emb is not None and prompts else None
+        vectors = None
+        if emb is not None and prompts:
+            # Only corrections new since the last overlay are embedded (a forward pass each).
+            known = {} if cached is None or cached.vectors is None else dict(
+                zip(zip(cached.prompts, cached.answers), cached.vectors))
+            vectors, todo = _reuse(list(zip(prompts, answers)), known, emb.dim)
+            if todo:
+                vectors[todo] = emb.index_vectors([prompts[i] for i in todo], [answers[i] for i in todo])
         overlay = _Overlay(signature, prompts, answers, vectors)
         self._overlays[space.guild_id] = overlay
         log.debug("guild %s: %d correction(s) apply before the next training", space.guild_id, len(prompts))

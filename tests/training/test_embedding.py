@@ -202,7 +202,9 @@ def _correct(space: GuildSpace, prompt: str, correction: str, *, approved: bool 
                                   approved=approved)["ref"]
 
 
-async def test_corrections_count_at_once_for_paraphrases(backend: LocalBackend, tmp_path: Path) -> None:
+async def test_corrections_count_at_once_for_paraphrases(
+    backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = GuildSpace(7, tmp_path / "d", tmp_path / "c").ensure()
     s = WORK
     name = train_version(space, s.pairs, [], job_id="j", method="supervised", embedder=backend.embedder())
@@ -212,9 +214,15 @@ async def test_corrections_count_at_once_for_paraphrases(backend: LocalBackend, 
     assert await backend.answer(space, name, unknown, ()) == "A shuttle leaves the station every 20 minutes from 7:40."
     assert await backend.answer(space, name, "does a shuttle run from the train station?", ()) == (
         "A shuttle leaves the station every 20 minutes from 7:40.")
-    # A correction of a trained answer wins over the training for the same question.
+    # A correction of a trained answer wins over the training for the same question; only the new
+    # correction is embedded when the overlay is rebuilt.
+    emb = backend.embedder()
+    embedded: list[str] = []
+    real_index = emb.index_vectors  # type: ignore[union-attr]
+    monkeypatch.setattr(emb, "index_vectors", lambda p, a: embedded.extend(p) or real_index(p, a))
     _correct(space, "When do we get paid?", "From January salaries are paid on the 28th.")
     assert await backend.answer(space, name, "When do we get paid?", ()) == "From January salaries are paid on the 28th."
+    assert embedded == ["When do we get paid?"]
     # Unrelated questions keep their trained answers.
     assert await backend.answer(space, name, "Is the coffee free?", ()) == s.answer_of("coffee")
     # A correction the review queue has not approved does not answer yet.
