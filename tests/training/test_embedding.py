@@ -51,7 +51,7 @@ def minilm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_default_model_loads_from_the_installed_package_and_encodes(backend: LocalBackend) -> None:
     emb = backend.embedder()
     assert emb is not None and emb.dim == 384 and "all_minilm_l6_v2" in emb.source and emb.calibrated
-    assert emb.fingerprint == embedding.MINILM_SHA256[:16]
+    assert emb.fingerprint == embedding.MINILM_SHA256["model.safetensors"][:16]
     v = emb.encode(["How do I reset my password?", "I forgot my password", "When is the holiday party?", " "])
     assert v.dtype == np.float32 and v.shape == (4, 384)
     assert np.allclose(np.linalg.norm(v[:3], axis=1), 1, atol=1e-5) and not v[3].any()
@@ -86,9 +86,11 @@ def test_a_bert_folder_loads_and_other_weights_are_refused(
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(BackendError, match="not supported"):
         load_embedder(str(other))
-    monkeypatch.setattr(embedding, "MINILM_SHA256", "0" * 64)  # as if the package held other weights
-    with pytest.raises(BackendError, match="does not hold the published all-MiniLM-L6-v2 weights"):
-        load_embedder(DEFAULT_EMBED_MODEL)
+    for name in embedding.MINILM_SHA256:  # as if the package held another file than upstream's
+        monkeypatch.setitem(embedding.MINILM_SHA256, name, "0" * 64)
+        with pytest.raises(BackendError, match=f"does not hold the published all-MiniLM-L6-v2 {name}"):
+            load_embedder(DEFAULT_EMBED_MODEL)
+        monkeypatch.undo()
 
 
 def test_wordllama_loads_from_its_wheel_and_encodes() -> None:
