@@ -8,14 +8,14 @@ BERT block with exact (erf) GELU, the same as transformers' ``BertModel`` in eva
 suite compares the two on the real weights.
 
 Why not torch: it would add ~1.5 GB to the default install to run a 22M-parameter model whose
-forward pass is a dozen matrix products per layer. numpy's BLAS does those at the same speed.
+forward pass is a handful of matrix products per layer; numpy's BLAS does those well enough here
+(about 190 short texts a second on two cores, 11 ms for one question on one core).
 Nothing here imports discord; it is sync and CPU-bound: callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import threading
@@ -27,8 +27,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from errors import BackendError
-
-log = logging.getLogger(__name__)
 
 MAX_TOKENS = 128  # a question with its answer fits; longer texts are cut (attention is quadratic)
 BATCH = 64  # texts per forward pass, sorted by length so padding stays small
@@ -70,7 +68,8 @@ class BertEncoder:
         self.config = config
         self.tokenizer = tokenizer
         self.dim = config.hidden
-        self.threads = min(MAX_THREADS, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.threads = min(MAX_THREADS, cores)
         self._parallel = threading.Lock()
         try:
             self._load(weights)

