@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -82,10 +82,12 @@ class Chat(commands.Cog):
         # 1. Filter: bots are never answered; prefixed messages are commands (or another bot's).
         if message.author.bot or message.content.startswith(self.bot.settings.prefix):
             return
+        asked = await self.asked_answer(message)
+        if asked is not None:  # the right answer after a 👎, in any channel: the feedback cog corrects with it
+            self.bot.dispatch("ask_reply", message, asked)
+            return
         if not self.wants_answer(message):
             return
-        if await self.answers_an_ask(message):
-            return  # the right answer after a 👎: the feedback cog takes it as a correction
         # 2. What was said: the text, or the words of a voice message / audio file.
         att = audio_attachment(message)
         if att is not None:
@@ -98,14 +100,15 @@ class Chat(commands.Cog):
         # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
         await self.reply_to(message, prompt, heard=heard)
 
-    async def answers_an_ask(self, message: discord.Message) -> bool:
-        """Whether ``message`` replies to my ask for the right answer (sent after a 👎)."""
+    async def asked_answer(self, message: discord.Message) -> dict[str, Any] | None:
+        """The logged answer ``message`` corrects when it replies to my ask for the right answer (sent after
+        a 👎), else None."""
         ref = message.reference
         if message.guild is None or ref is None or not ref.message_id:
-            return False
+            return None
         if isinstance(ref.resolved, discord.Message) and ref.resolved.author.id != getattr(self.bot.user, "id", None):
-            return False
-        return await self.bot.model.answer_asked_about(message.guild.id, ref.message_id) is not None
+            return None
+        return await self.bot.model.answer_asked_about(message.guild.id, ref.message_id)
 
     async def prompt_of(self, message: discord.Message) -> str | None:
         """The question in a text message, without the bot's mention; None for commands."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -162,18 +162,11 @@ class Feedback(commands.Cog):
             log.warning("guild %s: ask %s not recorded: %s", payload.guild_id, ask.id, exc)
 
     @commands.Cog.listener()
-    async def on_message(self, message: discord.Message) -> None:
-        """A reply to my ask for the right answer (after a 👎) is a correction of that answer, as `!correct`."""
-        ref = message.reference
-        if message.guild is None or message.author.bot or ref is None or not ref.message_id:
-            return
-        if message.content.startswith(self.bot.settings.prefix):
-            return  # a command in reply (e.g. !correct) is the command's
-        if isinstance(ref.resolved, discord.Message) and ref.resolved.author.id != getattr(self.bot.user, "id", None):
-            return
-        answer = await self.bot.model.answer_asked_about(message.guild.id, ref.message_id)
-        if answer is None:
-            return
+    async def on_ask_reply(self, message: discord.Message, answer: dict[str, Any]) -> None:
+        """A reply to my ask for the right answer (after a 👎) is a correction of that answer, as `!correct`.
+
+        The chat cog finds such replies (it reads every message anyway) and dispatches them here.
+        """
         ctx = await self.bot.get_context(message)
         try:
             await self._save(ctx, answer, message.content)
