@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 from urllib.parse import unquote
 
 from errors import NotFound, PathRefused
@@ -67,6 +67,19 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file directly in ``folder``, then the folder itself: before a finished folder (a model
+    version) is renamed into place. A file that cannot be flushed raises, unlike ``fsync_dir``."""
+    for f in folder.iterdir():
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(folder)
 
 
 @contextmanager
@@ -140,6 +153,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with one compact JSON object per line, streamed (rows may be a generator)."""
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
 
 
 def read_json(path: Path, default: Any = None) -> Any:

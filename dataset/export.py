@@ -9,7 +9,6 @@ correction, from which message or upload).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from dataset import corrections
 from dataset.compile import compile_guild
 from dataset.folder import current_dataset, load_dataset
 from errors import InvalidInput
-from storage import GuildSpace, atomic_open
+from storage import GuildSpace, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,7 @@ class DataExport:
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    with atomic_open(path) as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+    atomic_write_jsonl(path, rows)
     return path.stat().st_size
 
 

@@ -30,7 +30,7 @@ from dataset.formats import (
     space_files,
 )
 from errors import InvalidInput, PathRefused
-from storage import GuildSpace, atomic_open, lock_for, utc_now
+from storage import GuildSpace, atomic_open, atomic_write_bytes, lock_for, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def store_upload(space: GuildSpace, filename: str, data: bytes) -> Path:
     """Save an uploaded attachment under ``uploads/<UTC stamp>-<safe name>`` atomically; returns the path."""
     name = re.sub(r"[^\w.-]+", "_", Path(filename or "upload").name).lstrip("._") or "upload"
     path = space.uploads / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}-{name}"
-    with atomic_open(path) as fh:
-        fh.write(data)
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from errors import InvalidInput, TooLarge
-from storage import GuildSpace, atomic_write_bytes, atomic_write_json, lock_for, read_json, read_records, utc_now
+from storage import GuildSpace, atomic_write_json, atomic_write_jsonl, lock_for, read_json, read_records, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def add_to_eval_set(space: GuildSpace, cases: list[Case], *, author_id: int | No
             kept[key] = {"time": now, "kind": case.kind, "input": case.input, "expected": case.expected,
                          "author_id": author_id, "author_name": author_name}
         rows = list(kept.values())[-EVAL_SET_CAP:]
-        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
-                                         for r in rows).encode("utf-8"))
+        atomic_write_jsonl(path, rows)
     return len(rows)
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from errors import BackendError, InvalidInput, NotFound
-from storage import atomic_open, atomic_write_json, atomic_write_text
+from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 from training.hf_generate import Generator
@@ -137,13 +137,9 @@ class HFBackend(TrainingBackend):
 
         def prepare() -> None:
             run.mkdir(parents=True, exist_ok=True)
-            with atomic_open(run / "train.jsonl") as fh:
-                for line in lines:
-                    fh.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+            atomic_write_jsonl(run / "train.jsonl", lines)
             if method == "dpo":  # the trainer replays some of these so DPO does not wipe what it knew
-                with atomic_open(run / "replay.jsonl") as fh:
-                    for line in compiled.supervised:
-                        fh.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+                atomic_write_jsonl(run / "replay.jsonl", compiled.supervised)
             atomic_write_json(run / "job.json", spec)
             self._launch(run, job_id)
 

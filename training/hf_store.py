@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import NotFound
-from storage import append_record, atomic_write_json, fsync_dir, read_json
+from storage import append_record, atomic_write_json, fsync_dir, fsync_tree, read_json
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +164,10 @@ def claim_version(models: Path, tmp: Path, meta: dict[str, Any]) -> str:
             number += 1  # a folder without meta.json (damaged by hand): never reuse its name
         name = f"{VERSION_PREFIX}{number}"
         atomic_write_json(tmp / "meta.json", {**meta, "name": name, "version": number})
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         os.rename(tmp, models / name)
         fsync_dir(models)
     return name
-
-
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(folder)
 
 
 def remove_stale_tmp(models: Path, older_than: float = STALE_TMP_SECONDS) -> int:

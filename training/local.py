@@ -29,7 +29,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +40,7 @@ from sklearn.preprocessing import normalize
 
 from dataset import corrections as records
 from errors import BackendError, InvalidInput, NotFound
-from storage import atomic_write_json, lock_for, read_json
+from storage import atomic_write_json, fsync_tree, lock_for, read_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 from training.embedding import (
     DEFAULT_EMBED_MODEL,
@@ -394,14 +393,6 @@ def _short(question: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def train_version(
     space: GuildSpace,
     pairs: list[tuple[str, str]],
@@ -475,8 +466,7 @@ def train_version(
         if coef is not None and intercept is not None:
             sp.save_npz(tmp / "classifier.npz", coef)
             atomic_write_json(tmp / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
-        for f in tmp.iterdir():
-            _fsync_file(f)
+        fsync_tree(tmp)
         if cancelled():
             raise _Cancelled()
         with lock_for(space.models):  # version numbers are chosen and claimed under this lock
