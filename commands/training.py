@@ -16,6 +16,7 @@ from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
 from training.backend import TERMINAL
+from training.status import score_text
 
 if TYPE_CHECKING:
     from bot import TrainerBot
@@ -259,8 +260,8 @@ class Training(commands.Cog):
                 ev = job.get("evaluation") or {}
                 scored = ev.get("set") or {}
                 text = (f"Training job `{job['id']}` succeeded, but `{job.get('model')}` scored worse than "
-                        f"`{ev.get('old_model')}` on this server's evaluation set ({_pct(scored, 'new')} vs "
-                        f"{_pct(scored, 'old')}; the margin is {round(100 * ev.get('margin', 0))} points), so I "
+                        f"`{ev.get('old_model')}` on this server's evaluation set ({score_text(scored, 'new')} vs "
+                        f"{score_text(scored, 'old')}; the margin is {round(100 * ev.get('margin', 0))} points), so I "
                         f"still answer with `{ev.get('old_model')}`. It is kept as a candidate: "
                         f"`{self.bot.settings.prefix}model {job.get('model')}` switches to it anyway.")
             if job.get("note"):  # e.g. Azure: the model needs a deployment first
@@ -396,12 +397,6 @@ class Training(commands.Cog):
             lines.append(f"The {len(result.mismatches)} mismatch(es) are kept as training data for the next "
                          f"`{ctx.clean_prefix}train`.")
         await ctx.send_long("\n".join(lines))
-
-
-def _pct(score: dict[str, int], which: str) -> str:
-    """``7/10 (70%)`` for one model's score in an evaluation result."""
-    n, got = score.get("n") or 0, score.get(which) or 0
-    return f"{got}/{n} ({got / n:.0%})" if n else "?"
 
 
 REACTION_MODELS_SHOWN = 4  # models whose 👍/👎 counts !model shows (the current one first)

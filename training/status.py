@@ -90,6 +90,12 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def score_text(score: dict[str, int], which: str) -> str:
+    """``7/10 (70%)``: one model's (``new`` or ``old``) score in an evaluation result; ``?`` without cases."""
+    n, got = score.get("n") or 0, score.get(which) or 0
+    return f"{got}/{n} ({got / n:.0%})" if n else "?"
+
+
 def _evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
     """The evaluation gate's scores, new model vs the current one (nothing when the gate did not run)."""
     if not ev:
@@ -98,9 +104,9 @@ def _evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
 
     def line(title: str, score: dict[str, int]) -> str:
         n = score["n"]
-        said = f"{title} ({n} case{'s' * (n != 1)}): new {score['new']}/{n} ({score['new'] / n:.0%})"
+        said = f"{title} ({n} case{'s' * (n != 1)}): new {score_text(score, 'new')}"
         if "old" in score:
-            said += f" vs `{old}` {score['old']}/{n} ({score['old'] / n:.0%})"
+            said += f" vs `{old}` {score_text(score, 'old')}"
         return said
 
     lines = []
