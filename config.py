@@ -23,6 +23,7 @@ HF_LAUNCHERS = ("plain", "accelerate")
 HF_DEVICES = ("auto", "cpu", "cuda")
 SPEECH_BACKENDS = ("sphinx", "openai")
 TTS_BACKENDS = ("espeak", "openai", "none")
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"  # training.embedding loads it by this name
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -89,17 +90,15 @@ def _embed_model(env: Mapping[str, str]) -> str:
     by word matching and says so), because a missing download must not take the bot down.
     """
     raw = env.get("EMBED_MODEL", "").strip()
-    if not raw:
-        return "all-MiniLM-L6-v2"
-    if raw.lower() == "all-minilm-l6-v2":
-        return "all-MiniLM-L6-v2"
+    if not raw or raw.lower() == DEFAULT_EMBED_MODEL.lower():
+        return DEFAULT_EMBED_MODEL
     if raw.lower() in ("wordllama", "none", "off"):
         return raw.lower()
     if raw.startswith((".", "/", "~")) or Path(raw).expanduser().exists():
         return raw  # a local path; whether it holds a model is found out (and reported) at load time
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", raw):
-        raise ConfigError(f"EMBED_MODEL must be all-MiniLM-L6-v2, wordllama, none, a local folder or a Hugging Face id "
-                          f"like owner/name; got {raw!r}")
+        raise ConfigError(f"EMBED_MODEL must be {DEFAULT_EMBED_MODEL}, wordllama, none, a local folder or a "
+                          f"Hugging Face id like owner/name; got {raw!r}")
     return raw
 
 
@@ -131,7 +130,7 @@ class Settings:
     audio_queue: int = 8
     voice_idle_seconds: float = 300.0
     job_poll_seconds: float = 15.0
-    embed_model: str = "all-MiniLM-L6-v2"
+    embed_model: str = DEFAULT_EMBED_MODEL
     review_corrections: bool = True
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.

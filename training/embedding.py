@@ -44,13 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
+from config import DEFAULT_EMBED_MODEL
 from errors import BackendError
 from storage import atomic_open, atomic_write_json
 from training.bert import BertEncoder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 WORDLLAMA = "wordllama"
 DISABLED = ("none", "off")
 # The carrier package's zip, and the SHA-256 of the files we read from it as published in
