@@ -26,6 +26,7 @@ from dotenv import load_dotenv
 from commands._shared import NotTrainerAdmin, TrainerContext, report_unexpected
 from config import Settings
 from errors import ConfigError, TrainerError
+from records.db import Database, DatabaseError
 
 if TYPE_CHECKING:
     import openai
@@ -120,6 +121,7 @@ class TrainerBot(commands.Bot):
         self.runner: asyncio.Task[None] | None = None  # set by start_bot
         self.failed_cogs: dict[str, str] = {}
         self.openai_client: openai.AsyncOpenAI | None = None
+        self.db: Database | None = None
         self.model: Model
         self.transcriber: Transcriber
 
@@ -130,7 +132,8 @@ class TrainerBot(commands.Bot):
         from training.openai_api import make_client
 
         self.openai_client = make_client(self.settings, **self.openai_options)
-        self.model = Model(self.settings, openai_client=self.openai_client)
+        self.db = Database.open(self.settings.database_url, self.settings.data_dir)
+        self.model = Model(self.settings, db=self.db, openai_client=self.openai_client)
         await self.model.start()
         self.transcriber = Transcriber(self.settings, openai_client=self.openai_client)
         if not self.settings.dev:
@@ -158,6 +161,8 @@ class TrainerBot(commands.Bot):
                     await getattr(thing, closer)()
                 except Exception:
                     log.exception("closing the %s failed", name)
+        if self.db is not None:
+            self.db.close()
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),
@@ -330,9 +335,26 @@ def run_dev(settings: Settings) -> int:
         return 0
 
 
+def check_database(settings: Settings) -> None:
+    """Open the records' database and bring its schema up to date before anything starts; ConfigError naming
+    the setting when it cannot be reached or was written by a newer bot."""
+    db = Database.open(settings.database_url, settings.data_dir)
+    try:
+        db.migrate()
+    except DatabaseError as exc:
+        where = "DATABASE_URL" if settings.database_url else f"DATA_DIR ({db.where})"
+        reason = getattr(exc, "reason", "")
+        if reason:
+            log.warning("database check failed: %s", reason)
+        raise ConfigError(f"{where}: {exc}") from None
+    finally:
+        db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
+        check_database(settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

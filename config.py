@@ -111,6 +111,8 @@ class Settings:
     mode: str = "dev"
     data_dir: Path = Path("data")
     corrections_dir: Path = Path("corrections")
+    # PostgreSQL for the records (several bot processes share it); None: SQLite at DATA_DIR/trainer.db.
+    database_url: str | None = None
     api_base: str | None = None
     trainer_role: str | None = None
     chat_channels: tuple[str, ...] = ("general", "chat")
@@ -185,6 +187,7 @@ class Settings:
                 "CORRECTIONS_DIR", env.get("CORRECTIONS_DIR", "").strip() or "corrections"
             ),
             api_base=api_base,
+            database_url=_database_url(env),
             trainer_role=env.get("TRAINER_ROLE", "").strip() or None,
             chat_channels=channels,
             model_backend=_choice(env, "MODEL_BACKEND", "local", MODEL_BACKENDS),
@@ -211,6 +214,17 @@ class Settings:
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,
             **_hf_settings(env, cls),
         )
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """``DATABASE_URL``: empty (SQLite under DATA_DIR) or a ``postgresql://`` URL."""
+    url = env.get("DATABASE_URL", "").strip()
+    if not url:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        # Never echo the value: it may hold a password.
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL (or empty for SQLite under DATA_DIR)")
+    return url
 
 
 def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> dict[str, object]:

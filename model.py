@@ -15,16 +15,20 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dataset import archive, check, corrections, export, forget
 from dataset import compile as compiler
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
+from dataset.corrections import Answer, Correction, Feedback, ReactionCounts, TestError
 from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
 from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
+from records import legacy
+from records.db import Database, DatabaseUnavailable
 from speech.recognize import recognizer_paid
 from speech.synthesize import synthesizer_paid
 from storage import GuildSpace, fmt_bytes, remove_leftovers
@@ -57,25 +61,38 @@ def _top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
     return top + ([("others", rest)] if rest else [])
 
 
+@dataclass(frozen=True)
+class ReactionResult:
+    """A 👍/👎 recorded on ``answer``; ``ask``: ask this person for the right answer now."""
+
+    kind: str
+    answer: Answer
+    ask: bool
+
+
 class Model:
     """Data in, training jobs, the current model per guild, tests and answers: one async API for the cogs."""
 
-    def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None,
+    def __init__(self, settings: Settings, *, db: Database, openai_client: openai.AsyncOpenAI | None = None,
                  backend: TrainingBackend | None = None) -> None:
         self.settings = settings
+        self.db = db
         self.backend = backend if backend is not None else create_backend(settings, openai_client=openai_client)
         self._train_locks: dict[int, asyncio.Lock] = {}
         # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
         # a poll started before a cancel could save its stale copy over the cancelled one.
         self._job_locks: dict[str, asyncio.Lock] = {}
-        # Caches that make !correct and de-duplication cheap; they live as long as the bot.
-        self._answer_indexes = corrections.AnswerIndexes()
+        # A cache that makes de-duplication cheap; it lives as long as the bot.
         self._dataset_hashes: dataset_folder.HashCache = {}
 
     async def start(self) -> None:
         """Clean up after a crash, then start the backend (once, from the bot's setup_hook)."""
-        # First: a forget cut short is finished (its journal was written) or rolled back (it was not).
-        for line in await asyncio.to_thread(forget.recover, self.settings.data_dir, self.settings.corrections_dir):
+        data, corr = self.settings.data_dir, self.settings.corrections_dir
+        await asyncio.to_thread(self.db.migrate)
+        # Records written by a version before the database are imported once (the files are kept, hidden).
+        await asyncio.to_thread(legacy.import_legacy, self.db, data, corr)
+        # A forget cut short is finished (its journal row was committed) or rolled back (it was not).
+        for line in await asyncio.to_thread(forget.recover, self.db, data, corr):
             log.warning("%s (the bot stopped mid-way)", line)
         removed = await asyncio.to_thread(remove_leftovers, self.settings.data_dir, self.settings.corrections_dir)
         for path, size in removed:
@@ -90,7 +107,7 @@ class Model:
 
     def space(self, guild_id: int) -> GuildSpace:
         """The guild's folders: the only place a GuildSpace is built."""
-        return GuildSpace(guild_id, self.settings.data_dir, self.settings.corrections_dir)
+        return GuildSpace(guild_id, self.settings.data_dir, self.settings.corrections_dir, self.db)
 
     @staticmethod
     async def _write(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -102,6 +119,10 @@ class Model:
             raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: I could not write to my data folder "
                            f"({exc.strerror or type(exc).__name__}). Nothing was changed; an admin can find "
                            f"the details in the log.") from None
+        except DatabaseUnavailable as exc:
+            log.warning("could not save %s: %s", what, exc.reason or exc)
+            raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: {exc} Nothing was changed; an admin can "
+                           f"find the details in the log.") from None
 
     # ------------------------------------------------------------ data in
 
@@ -214,30 +235,24 @@ class Model:
                             answer: str, prompt_message_id: int | None, author_id: int | None,
                             author_name: str | None = None) -> None:
         """Log an answer (every message it was sent as) so ``!correct`` can find it; ``author_*`` is who asked."""
-        space = self.space(guild_id)
         model_name = await self.current_model(guild_id)
+        # Any part of a long answer can be the one someone corrects.
+        await self._write("the answer log", corrections.record_answer, self.space(guild_id),
+                          message_ids=list(message_ids), channel_id=channel_id, prompt=prompt, answer=answer,
+                          prompt_message_id=prompt_message_id, author_id=author_id, author_name=author_name,
+                          model=model_name)
 
-        def work() -> None:
-            for message_id in message_ids:  # any part of a long answer can be the one someone corrects
-                corrections.record_answer(space, message_id=message_id, channel_id=channel_id, prompt=prompt,
-                                          answer=answer, prompt_message_id=prompt_message_id,
-                                          author_id=author_id, author_name=author_name, model=model_name)
+    async def find_answer(self, guild_id: int, message_id: int | str) -> Answer | None:
+        """The logged answer for one of the bot's message ids (or one a user typed), or None."""
+        return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id)
 
-        await self._write("the answer log", work)
-
-    async def find_answer(self, guild_id: int, message_id: int) -> dict[str, Any] | None:
-        """The logged answer for one of the bot's message ids, or None."""
-        return await asyncio.to_thread(corrections.find_answer, self.space(guild_id), message_id,
-                                       self._answer_indexes)
-
-    async def latest_answer(self, guild_id: int, channel_id: int, author_id: int) -> dict[str, Any] | None:
+    async def latest_answer(self, guild_id: int, channel_id: int, author_id: int) -> Answer | None:
         """The bot's latest answer to ``author_id`` in ``channel_id``, or None."""
-        return await asyncio.to_thread(corrections.latest_answer, self.space(guild_id), channel_id, author_id,
-                                       self._answer_indexes)
+        return await asyncio.to_thread(corrections.latest_answer, self.space(guild_id), channel_id, author_id)
 
-    async def correct(self, guild_id: int, answer: dict[str, Any], correction: str, *, author_id: int,
+    async def correct(self, guild_id: int, answer: Answer, correction: str, *, author_id: int,
                       author_name: str, channel_id: int, source_message_id: int | None = None,
-                      trusted: bool = False) -> dict[str, Any]:
+                      trusted: bool = False) -> Correction:
         """Store a correction of a logged answer; returns the record (with its ``ref`` and ``approved``).
 
         It is approved at once when ``trusted`` (an admin wrote it) or REVIEW_CORRECTIONS is off; otherwise it
@@ -245,24 +260,25 @@ class Model:
         """
         approved = trusted or not self.settings.review_corrections
         return await self._write(
-            "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.get("message_id"),
-            prompt=answer.get("prompt", ""), answer=answer.get("answer", ""), correction=correction,
+            "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.message_id,
+            prompt=answer.prompt, answer=answer.answer, correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
             source_message_id=source_message_id, approved=approved,
         )
 
-    async def pending_corrections(self, guild_id: int) -> list[dict[str, Any]]:
+    async def pending_corrections(self, guild_id: int) -> list[Correction]:
         """Members' corrections waiting for review, oldest first."""
         return await asyncio.to_thread(corrections.pending_corrections, self.space(guild_id))
 
     async def review(self, guild_id: int, refs: list[str], *, approve: bool, by_id: int, by_name: str,
-                     reason: str = "") -> list[dict[str, Any]]:
+                     reason: str = "") -> list[Correction]:
         """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
         return await self._write("the review decision", corrections.review, self.space(guild_id), refs,
-                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason)
+                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason,
+                                 prefix=self.settings.prefix)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
-                       reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> dict[str, Any]:
+                       reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> Feedback:
         """Store feedback; returns the record (with its ``ref``)."""
         return await self._write(
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
@@ -270,12 +286,12 @@ class Model:
         )
 
     async def react(self, guild_id: int, message_id: int, emoji: str, *, added: bool, user_id: int,
-                    user_name: str, channel_id: int | None) -> dict[str, Any] | None:
+                    user_name: str, channel_id: int | None) -> ReactionResult | None:
         """Record a 👍/👎 put on or taken off one of the bot's answers (with the model that answered).
 
         Returns None (nothing recorded) for any other emoji or a message that is not a logged answer; else
-        ``{"kind", "answer", "ask"}`` where ``ask`` says the bot should ask this person for the right answer
-        (a new 👎, asked once per person and answer).
+        what was recorded, with ``ask``: the bot should ask this person for the right answer (a new 👎, asked
+        once per person and answer).
         """
         kind = corrections.reaction_kind(emoji)
         if kind is None:
@@ -283,15 +299,10 @@ class Model:
         answer = await self.find_answer(guild_id, message_id)
         if answer is None:
             return None
-        space = self.space(guild_id)
-
-        def work() -> dict[str, Any]:
-            corrections.add_reaction(space, message_id=message_id, channel_id=channel_id, kind=kind, added=added,
-                                     author_id=user_id, author_name=user_name, model=answer.get("model"))
-            ask = added and kind == corrections.DOWN and not corrections.was_asked(space, message_id, user_id)
-            return {"kind": kind, "answer": answer, "ask": ask}
-
-        return await self._write("your reaction", work)
+        ask = await self._write("your reaction", corrections.add_reaction, self.space(guild_id),
+                                message_id=message_id, channel_id=channel_id, kind=kind, added=added,
+                                author_id=user_id, author_name=user_name, model=answer.model)
+        return ReactionResult(kind, answer, ask)
 
     async def record_ask(self, guild_id: int, *, ask_message_id: int, message_id: int, channel_id: int | None,
                          user_id: int, user_name: str) -> None:
@@ -299,22 +310,18 @@ class Model:
         await self._write("the ask", corrections.add_ask, self.space(guild_id), ask_message_id=ask_message_id,
                           message_id=message_id, channel_id=channel_id, author_id=user_id, author_name=user_name)
 
-    async def answer_asked_about(self, guild_id: int, ask_message_id: int) -> dict[str, Any] | None:
+    async def answer_asked_about(self, guild_id: int, ask_message_id: int) -> Answer | None:
         """The logged answer an ask of the bot is about (a reply to that ask corrects it), or None."""
         ask = await asyncio.to_thread(corrections.find_ask, self.space(guild_id), ask_message_id)
-        return None if ask is None else await self.find_answer(guild_id, int(ask["message_id"]))
+        return None if ask is None else await self.find_answer(guild_id, ask.message_id)
 
-    async def reaction_counts(self, guild_id: int) -> dict[str, dict[str, int]]:
+    async def reaction_counts(self, guild_id: int) -> dict[str, ReactionCounts]:
         """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
         return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
 
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
-        space = self.space(guild_id)
-        try:
-            return await self._write("the removal", forget.forget, space, user_id)
-        finally:
-            self._answer_indexes.drop(space.answers_file)  # the log was rewritten: offsets moved
+        return await self._write("the removal", forget.forget, self.space(guild_id), user_id)
 
     # ------------------------------------------------------------ training
 
@@ -348,7 +355,7 @@ class Model:
                                                   suffix=f"g{guild_id}")
             record.update({
                 "created_at": started, "started_by": started_by, "channel_id": channel_id,
-                "status_message_id": None, "model": None, "losses": [], "events": [], "error": None,
+                "status_message_id": None, "model": None, "events": [], "error": None,
                 "finished_at": None,
                 "estimate": {"examples": report.n_examples, "tokens": report.est_tokens,
                              "epochs": report.epochs, "billed_tokens": report.billed_tokens},
@@ -384,7 +391,9 @@ class Model:
         if upd.total_steps:
             job["total_steps"] = upd.total_steps
         if upd.losses:
-            job["losses"] = jobs.merge_losses(job.get("losses") or [], upd.losses)
+            step, loss = max(upd.losses)
+            if not job.get("last_loss") or step >= job["last_loss"][0]:
+                job["last_loss"] = [int(step), float(loss)]
         if upd.events:
             job["events"] = (list(job.get("events") or []) + upd.events)[-jobs.KEEP_EVENTS:]
         if upd.fine_tuned_model:
@@ -416,12 +425,12 @@ class Model:
                 if (self.settings.eval_gate and job["status"] == "succeeded" and job.get("model")
                         and not job.get("activated") and "evaluation" not in job):
                     job["evaluation"] = await self._evaluate(space, job)
-                await self._write("the job's progress", self._save, space, job)
+                await self._write("the job's progress", self._save, space, job, upd.losses)
             return job
 
-    def _save(self, space: GuildSpace, job: dict[str, Any]) -> None:
+    def _save(self, space: GuildSpace, job: dict[str, Any], losses: Sequence[tuple[int, float]] = ()) -> None:
         self._activate(space, job)
-        jobs.save_job(space, job)
+        jobs.save_job(space, job, losses)
         if job.get("status") in TERMINAL:
             evaluation.drop_holdout(space, job["id"])
 
@@ -491,7 +500,7 @@ class Model:
             self._apply(job, upd)
             if job["status"] == "cancelled" and by:
                 job["cancelled_by"] = by
-            await self._write("the cancellation", self._save, space, job)
+            await self._write("the cancellation", self._save, space, job, upd.losses)
             return job
 
     async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
@@ -514,17 +523,8 @@ class Model:
     async def unfinished_jobs(self) -> list[tuple[int, dict[str, Any]]]:
         """(guild_id, job) for every unfinished job of this backend on disk: what the watcher resumes."""
         def work() -> list[tuple[int, dict[str, Any]]]:
-            found: list[tuple[int, dict[str, Any]]] = []
-            try:
-                entries = list(self.settings.data_dir.iterdir())
-            except FileNotFoundError:
-                return found
-            for entry in entries:
-                if entry.name.isdigit() and int(entry.name) > 0 and (entry / "jobs.jsonl").is_file():
-                    guild_id = int(entry.name)
-                    found.extend((guild_id, job) for job in jobs.unfinished_jobs(self.space(guild_id))
-                                 if self.owns(job))
-            return found
+            return [(guild_id, job) for guild_id in jobs.guilds_with_unfinished_jobs(self.db)
+                    for job in jobs.unfinished_jobs(self.space(guild_id)) if self.owns(job)]
 
         return await asyncio.to_thread(work)
 
@@ -538,10 +538,11 @@ class Model:
         """Why a finished job has no loss curve, in one sentence."""
         return status.no_loss_reason(job)
 
-    @staticmethod
-    async def loss_curve_png(job: dict[str, Any]) -> bytes | None:
+    async def loss_curve_png(self, guild_id: int, job: dict[str, Any]) -> bytes | None:
         """The loss curve as PNG (rendered in a thread), None without loss points."""
-        return await asyncio.to_thread(status.loss_curve_png, job)
+        space = self.space(guild_id)
+        return await asyncio.to_thread(lambda: status.loss_curve_png(
+            jobs.job_losses(space, job["id"]), f"{job.get('id')} ({job.get('status')})"))
 
     # ------------------------------------------------------------ models
 
@@ -665,7 +666,8 @@ class Model:
         await self._write("the evaluation set", evaluation.add_to_eval_set, space, cases, author_id=author_id,
                           author_name=author_name)
         if result.mismatches:
-            rows = [dict(m, model=model_name) for m in result.mismatches]
+            rows = [TestError(m["input"], m["expected"], m.get("got"), m.get("kind", "answer"), m.get("line"),
+                              model_name) for m in result.mismatches]
             await self._write("the mismatches", corrections.add_test_errors, space, rows)
         return result
 

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 from urllib.parse import unquote
 
 from errors import NotFound, PathRefused
+from records.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +225,25 @@ def read_records(path: Path) -> ReadResult:
 
 
 class GuildSpace:
-    """The folders of one guild, and the only way to turn a typed path into a real one."""
+    """The folders and records of one guild, and the only way to turn a typed path into a real one."""
 
-    def __init__(self, guild_id: int, data_dir: Path, corrections_dir: Path):
+    def __init__(self, guild_id: int, data_dir: Path, corrections_dir: Path, db: Database | None = None):
         if not isinstance(guild_id, int) or guild_id <= 0:
             raise ValueError(f"bad guild id {guild_id!r}")
         self.guild_id = guild_id
         # config.Settings is the only reader of DATA_DIR / CORRECTIONS_DIR: the folders are always given.
         self.data = Path(data_dir).resolve() / str(guild_id)
         self.corrections = Path(corrections_dir).resolve() / str(guild_id)
+        # The bot passes its one Database; a space made alone (scripts, tests) opens the SQLite file of DATA_DIR.
+        self._db = db
+        self._data_root = Path(data_dir)
+
+    @property
+    def db(self) -> Database:
+        """Where this server's records are (every query filters on ``guild_id``)."""
+        if self._db is None:
+            self._db = Database.open(None, self._data_root)
+        return self._db
 
     # Well-known places inside the space.
     @property
@@ -252,78 +263,32 @@ class GuildSpace:
         return self.data / "models"
 
     @property
-    def jobs_file(self) -> Path:
-        return self.data / "jobs.jsonl"
-
-    @property
-    def state_file(self) -> Path:
-        return self.data / "state.json"
-
-    @property
-    def corrections_file(self) -> Path:
-        return self.corrections / "corrections.jsonl"
-
-    @property
-    def feedback_file(self) -> Path:
-        return self.corrections / "feedback.jsonl"
-
-    @property
-    def answers_file(self) -> Path:
-        return self.corrections / "answers.jsonl"
-
-    @property
-    def errors_file(self) -> Path:
-        return self.corrections / "test_errors.jsonl"
-
-    @property
-    def reviews_file(self) -> Path:
-        """Review decisions on corrections (append-only events; the latest per correction wins)."""
-        return self.corrections / "reviews.jsonl"
-
-    @property
-    def reactions_file(self) -> Path:
-        """👍/👎 on the bot's answers, added and removed (append-only events; the latest per person wins)."""
-        return self.corrections / "reactions.jsonl"
-
-    @property
-    def eval_set_file(self) -> Path:
-        """The server's evaluation set: the distinct cases of every !test, newest kept (see training.evaluation)."""
-        return self.corrections / "eval_set.jsonl"
-
-    @property
     def heldout_dir(self) -> Path:
         """Each running training's held-out pairs, until its new model has been scored."""
         return self.data / "models" / "heldout"
 
-    @property
-    def budget_file(self) -> Path:
-        """Today's paid calls per member (see training.budget); ids and counts, no content."""
-        return self.data / "budget.json"
-
-    @property
-    def asks_file(self) -> Path:
-        """The bot's "what should I have said?" replies to a 👎 (a reply to one is a correction)."""
-        return self.corrections / "asks.jsonl"
-
     def read_state(self) -> dict[str, Any]:
-        """The guild's state.json (settings such as the dataset and models); {} when missing or damaged."""
-        try:
-            state = read_json(self.state_file, {})
-        except ValueError:
-            log.warning("%s is damaged; using defaults", self.state_file)
-            return {}
-        return state if isinstance(state, dict) else {}
+        """The server's settings (the dataset in use, the system prompt, ...): key -> JSON value."""
+        with self.db.tx(write=False) as tx:
+            rows = tx.all("SELECT key, value FROM guild_state WHERE guild_id = ?", (self.guild_id,))
+        return {key: json.loads(value) for key, value in rows}
 
     @contextmanager
     def edit_state(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write state.json: the block changes the dict, which is then written atomically.
-
-        One lock per file, so two writers (the dataset and the model code) never lose each other's keys.
-        """
-        with lock_for(self.state_file):
-            state = self.read_state()
+        """Read-modify-write the server's settings in one transaction: the block changes the dict; changed and
+        removed keys are written when it ends (nothing, when it raises)."""
+        with self.db.tx() as tx:
+            rows = tx.all("SELECT key, value FROM guild_state WHERE guild_id = ?", (self.guild_id,))
+            before = {key: value for key, value in rows}
+            state = {key: json.loads(value) for key, value in rows}
             yield state
-            atomic_write_json(self.state_file, state)
+            for key in before.keys() - state.keys():
+                tx.execute("DELETE FROM guild_state WHERE guild_id = ? AND key = ?", (self.guild_id, key))
+            for key, value in state.items():
+                text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+                if before.get(key) != text:
+                    tx.execute("INSERT INTO guild_state (guild_id, key, value) VALUES (?, ?, ?) ON CONFLICT "
+                               "(guild_id, key) DO UPDATE SET value = excluded.value", (self.guild_id, str(key), text))
 
     def ensure(self) -> "GuildSpace":
         self.data.mkdir(parents=True, exist_ok=True)

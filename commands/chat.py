@@ -6,12 +6,13 @@ import logging
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from commands._shared import charge, report_unexpected, split_message
+from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
 
@@ -100,7 +101,7 @@ class Chat(commands.Cog):
         # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
         await self.reply_to(message, prompt, heard=heard)
 
-    async def asked_answer(self, message: discord.Message) -> dict[str, Any] | None:
+    async def asked_answer(self, message: discord.Message) -> Answer | None:
         """The logged answer ``message`` corrects when it replies to my ask for the right answer (sent after
         a 👎), else None."""
         ref = message.reference

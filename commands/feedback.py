@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from commands._shared import TrainerContext, is_admin, trainer_admin
+from dataset.corrections import Answer
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -63,23 +64,23 @@ class Feedback(commands.Cog):
         if answer is None:
             raise InvalidInput(f"I haven't answered you in this channel yet. Reply to one of my answers with "
                                f"`{ctx.clean_prefix}correct <the right answer>`, or give its message id first.")
-        question = discord.utils.escape_markdown(str(answer.get("prompt", "")))[:120]
+        question = discord.utils.escape_markdown(answer.prompt)[:120]
         await ctx.send(f"Correcting my last answer to you here (to “{question}”).")
         await self._save(ctx, answer, correction)
 
-    async def _save(self, ctx: TrainerContext, answer: dict, correction: str) -> None:
+    async def _save(self, ctx: TrainerContext, answer: Answer, correction: str) -> None:
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
                                          source_message_id=ctx.message.id, trusted=await is_admin(ctx))
-        if not record["approved"]:
+        if not record.approved:
             p = ctx.clean_prefix or self.bot.settings.prefix  # a reply to an ask has no prefix of its own
-            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It awaits review: an admin approves it "
+            await ctx.send(f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
                            f"(`{p}review`) before I use it.")
         elif ctx.model.backend.applies_corrections_now:
-            await ctx.send(f"Thanks — correction `{record['ref']}` saved. I'll answer that question (or one "
+            await ctx.send(f"Thanks — correction `{record.ref}` saved. I'll answer that question (or one "
                            f"that means the same) with it from now on, and it is training data for next time.")
         else:
-            await ctx.send(f"Thanks — correction `{record['ref']}` saved. It will be used the next time I'm trained.")
+            await ctx.send(f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained.")
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:
@@ -104,7 +105,7 @@ class Feedback(commands.Cog):
         record = await ctx.model.feedback(ctx.guild_id, text, author_id=ctx.author.id, author_name=str(ctx.author),
                                           channel_id=ctx.channel.id, reply_to=reply_to,
                                           source_message_id=ctx.message.id)
-        await ctx.send(f"Thanks for the feedback! Reference: `{record['ref']}`.")
+        await ctx.send(f"Thanks for the feedback! Reference: `{record.ref}`.")
 
 
     # ------------------------------------------------------------ 👍 / 👎 on my answers
@@ -139,7 +140,7 @@ class Feedback(commands.Cog):
         except TrainerError as exc:  # a full disk: nobody asked for a reply to a reaction, the log says it
             log.warning("guild %s: reaction on %s not recorded: %s", payload.guild_id, payload.message_id, exc)
             return
-        if outcome is None or not outcome["ask"]:
+        if outcome is None or not outcome.ask:
             return
         channel = self.bot.get_channel(payload.channel_id)
         if channel is None or not hasattr(channel, "get_partial_message"):
@@ -162,7 +163,7 @@ class Feedback(commands.Cog):
             log.warning("guild %s: ask %s not recorded: %s", payload.guild_id, ask.id, exc)
 
     @commands.Cog.listener()
-    async def on_ask_reply(self, message: discord.Message, answer: dict[str, Any]) -> None:
+    async def on_ask_reply(self, message: discord.Message, answer: Answer) -> None:
         """A reply to my ask for the right answer (after a 👎) is a correction of that answer, as `!correct`.
 
         The chat cog finds such replies (it reads every message anyway) and dispatches them here.
@@ -188,10 +189,10 @@ class Feedback(commands.Cog):
         lines = [f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
                  f"`{p}reject ID… [reason]`:"]
         for c in pending[:REVIEW_SHOWN]:
-            who = discord.utils.escape_markdown(str(c.get("author_name") or c.get("author_id") or "someone"))
-            lines.append(f"`{c.get('ref')}` by {who} ({str(c.get('time', ''))[:16].replace('T', ' ')} UTC)\n"
-                         f"> Q: {_quote(c.get('prompt'))}\n> was: {_quote(c.get('answer'))}\n"
-                         f"> now: {_quote(c.get('correction'))}")
+            who = discord.utils.escape_markdown(str(c.author_name or c.author_id or "someone"))
+            lines.append(f"`{c.ref}` by {who} ({c.time[:16].replace('T', ' ')} UTC)\n"
+                         f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"
+                         f"> now: {_quote(c.correction)}")
         if len(pending) > REVIEW_SHOWN:
             lines.append(f"…and {len(pending) - REVIEW_SHOWN} more (the oldest are shown first).")
         await ctx.send_long("\n".join(lines))

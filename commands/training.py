@@ -12,6 +12,7 @@ import discord
 from discord.ext import commands
 
 from commands._shared import TrainerContext, is_trainer_admin, split_flags, take_option, trainer_admin
+from dataset.corrections import ReactionCounts
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
@@ -254,7 +255,7 @@ class Training(commands.Cog):
         if channel is None:
             return
         if job["status"] == "succeeded":
-            png = await self.model.loss_curve_png(job)
+            png = await self.model.loss_curve_png(guild_id, job)
             text = f"Training job `{job['id']}` succeeded. I now answer with `{job.get('model')}`."
             if job.get("candidate"):
                 ev = job.get("evaluation") or {}
@@ -402,12 +403,12 @@ class Training(commands.Cog):
 REACTION_MODELS_SHOWN = 4  # models whose 👍/👎 counts !model shows (the current one first)
 
 
-def _reactions_line(counts: dict[str, dict[str, int]], current: str) -> str:
+def _reactions_line(counts: dict[str, ReactionCounts], current: str) -> str:
     """"\nReactions on answers: `v2` 👍 3 👎 1, …" (the current model first, then the most reacted), or ""."""
     if not counts:
         return ""
-    order = sorted(counts, key=lambda m: (m != current, -sum(counts[m].values()), m))[:REACTION_MODELS_SHOWN]
-    shown = ", ".join(f"`{m}` 👍 {counts[m].get('up', 0)} 👎 {counts[m].get('down', 0)}" for m in order)
+    order = sorted(counts, key=lambda m: (m != current, -(counts[m].up + counts[m].down), m))[:REACTION_MODELS_SHOWN]
+    shown = ", ".join(f"`{m}` 👍 {counts[m].up} 👎 {counts[m].down}" for m in order)
     return f"\nReactions on answers: {shown}."
 
 

@@ -91,11 +91,10 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     unusable = 0
     fixes: list[tuple[str, str, str, str]] = []
     for c in records.approved_corrections(space):  # pending and rejected ones never reach training
-        by = f"{c.get('author_name') or 'someone'} ({c.get('author_id')})" if c.get("author_id") else ""
-        fixes.append((str(c.get("prompt") or ""), str(c.get("correction") or ""), str(c.get("answer") or ""), by))
+        by = f"{c.author_name or 'someone'} ({c.author_id})" if c.author_id else ""
+        fixes.append((c.prompt, c.correction, c.answer, by))
     for t in records.list_test_errors(space):
-        got = t.get("got", t.get("actual", t.get("output")))
-        fixes.append((str(t.get("input") or ""), str(t.get("expected") or ""), str(got or ""), "!test cases"))
+        fixes.append((t.input, t.expected, t.got or "", "!test cases"))
     for prompt, fix, bad, by in fixes:
         if not prompt.strip() or not fix.strip():
             unusable += 1

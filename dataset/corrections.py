@@ -1,28 +1,29 @@
-"""Durable per-guild logs: bot answers, corrections, feedback and !test mismatches.
+"""What members give in one server, as records in the database: the bot's answers, corrections and their
+reviews, feedback, !test mismatches, 👍/👎 reactions and the bot's asks after a 👎.
 
-All functions are sync and do a small fsynced append or a file read: the Model calls them in a
-thread. Every record carries ``time`` (ISO 8601, UTC). Logs live in the guild's
-corrections folder (see :class:`storage.GuildSpace`) and are JSON Lines written with
-:func:`storage.append_record`, so a crash leaves every acknowledged record readable.
+All functions are sync and run one short transaction (the Model calls them in a thread). Each returns typed
+records (dataclasses), never raw rows. Every query is filtered on the server's id: one server's records are
+never seen by another.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
-import threading
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from errors import InvalidInput
-from storage import GuildSpace, append_record, lock_for, read_records, utc_now
+from records.db import Row
+from storage import GuildSpace, utc_now
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 20_000  # characters kept per text field; Discord messages are far shorter
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+UP, DOWN = "up", "down"
 
 
 def new_ref(prefix: str) -> str:
@@ -41,254 +42,225 @@ def _text(value: Any, what: str, *, required: bool) -> str:
     return text[:MAX_TEXT]
 
 
-# --- bot answers --------------------------------------------------------------------------
+# --- the records ---------------------------------------------------------------------------
 
 
-class _AnswerIndex:
-    """message_id -> byte offset of its record in one answers file, read incrementally.
+@dataclass(frozen=True)
+class Answer:
+    """One of the bot's answers, as sent (``message_id``: one of the messages it was sent as)."""
 
-    Only offsets are kept (not the records), so memory stays small however long the log grows;
-    a lookup is one dict access plus one seek+readline.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offsets: dict[int, int] = {}
-        self.read_upto = 0  # bytes of the file already indexed (always at a line boundary)
-        # (channel id, author id) -> offset of the latest answer to that author there, and its prompt's id.
-        self.last: dict[tuple[Any, Any], int] = {}
-        self.last_prompt: dict[tuple[Any, Any], Any] = {}
-        self.lock = threading.Lock()
-
-    def refresh(self) -> None:
-        """Index the complete lines appended since the last call (caller holds the lock)."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < self.read_upto:  # file replaced or truncated: start again
-                self.offsets.clear()
-                self.last.clear()
-                self.last_prompt.clear()
-                self.read_upto = 0
-            fh.seek(self.read_upto)
-            offset = self.read_upto
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn or still being written: index it once it is complete
-                try:
-                    record = json.loads(raw)
-                    message_id = record.get("message_id")
-                except (ValueError, AttributeError):
-                    record, message_id = {}, None  # damaged line: skipped, as read_records does
-                if isinstance(message_id, int):
-                    self.offsets[message_id] = offset
-                    # The first message of an answer (a long one is several) is the one to correct.
-                    key = (record.get("channel_id"), record.get("author_id"))
-                    if record.get("prompt_message_id") != self.last_prompt.get(key):
-                        self.last[key] = offset
-                        self.last_prompt[key] = record.get("prompt_message_id")
-                offset += len(raw)
-            self.read_upto = offset
-
-    def get(self, message_id: int) -> dict[str, Any] | None:
-        with self.lock:
-            if message_id not in self.offsets:
-                self.refresh()
-            return self._read(self.offsets.get(message_id))
-
-    def latest(self, channel_id: int, author_id: int) -> dict[str, Any] | None:
-        """The bot's latest answer to ``author_id`` in ``channel_id``, or None."""
-        with self.lock:
-            self.refresh()
-            return self._read(self.last.get((channel_id, author_id)))
-
-    def _read(self, offset: int | None) -> dict[str, Any] | None:
-        """The record at ``offset`` (the caller holds the lock)."""
-        if offset is None:
-            return None
-        with open(self.path, "rb") as fh:
-            fh.seek(offset)
-            raw = fh.readline()
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return None
-        return record if isinstance(record, dict) else None
+    message_id: int
+    channel_id: int | None
+    prompt: str
+    answer: str
+    prompt_message_id: int | None = None
+    author_id: int | None = None  # who asked
+    author_name: str | None = None
+    model: str | None = None
+    time: str = ""
 
 
-class AnswerIndexes:
-    """One :class:`_AnswerIndex` per answers file, kept by the caller (the Model) for the bot's life."""
+@dataclass(frozen=True)
+class Correction:
+    """A correction of one answer; ``status`` is pending, approved or rejected."""
 
-    def __init__(self) -> None:
-        self._indexes: dict[str, _AnswerIndex] = {}
-        self._guard = threading.Lock()
+    ref: str
+    prompt: str
+    answer: str
+    correction: str
+    status: str
+    message_id: int | None = None
+    channel_id: int | None = None
+    author_id: int | None = None
+    author_name: str | None = None
+    source_message_id: int | None = None
+    time: str = ""
+    reviewed_by: str | None = None
+    review_reason: str = ""
 
-    def drop(self, path: Path) -> None:
-        """Forget the index of a file that was rewritten (its offsets no longer hold)."""
-        with self._guard:
-            self._indexes.pop(str(path), None)
+    @property
+    def approved(self) -> bool:
+        return self.status == APPROVED
 
-    def for_path(self, path: Path) -> _AnswerIndex:
-        with self._guard:
-            index = self._indexes.get(str(path))
-            if index is None:
-                index = self._indexes[str(path)] = _AnswerIndex(path)
-            return index
-
-
-def record_answer(
-    space: GuildSpace,
-    *,
-    message_id: int,
-    channel_id: int,
-    prompt: str,
-    answer: str,
-    prompt_message_id: int | None,
-    author_id: int | None,
-    model: str | None,
-    author_name: str | None = None,
-) -> None:
-    """Log one bot answer so ``!correct <message_id>`` can find its prompt later (sync).
-
-    ``author_id``/``author_name``: who asked (the prompt is theirs), ``prompt_message_id`` their message.
-    """
-    append_record(
-        space.answers_file,
-        {
-            "time": utc_now(),
-            "message_id": int(message_id),
-            "channel_id": int(channel_id),
-            "prompt_message_id": prompt_message_id,
-            "author_id": author_id,
-            "author_name": author_name,
-            "model": model,
-            "prompt": _text(prompt, "prompt", required=False),
-            "answer": _text(answer, "answer", required=False),
-        },
-    )
+    @property
+    def applies(self) -> bool:
+        """Whether it answers questions now (approved, with text), before the next training."""
+        return self.approved and bool(self.correction.strip())
 
 
-def find_answer(space: GuildSpace, message_id: int, indexes: AnswerIndexes | None = None) -> dict[str, Any] | None:
-    """The logged answer for a bot message id, or None; O(1) after the first call with ``indexes`` (sync).
+@dataclass(frozen=True)
+class Feedback:
+    ref: str
+    text: str
+    author_id: int | None = None
+    author_name: str | None = None
+    channel_id: int | None = None
+    source_message_id: int | None = None
+    reply_to: dict[str, Any] | None = None
+    time: str = ""
 
-    ``message_id`` may be the text a user typed; anything but a number raises InvalidInput.
-    """
+
+@dataclass(frozen=True)
+class TestError:
+    """A !test case the model got wrong: trained on next time (``got`` as the non-preferred answer)."""
+
+    __test__ = False  # not a pytest class
+    input: str
+    expected: str
+    got: str | None = None
+    kind: str = "answer"
+    line: int | None = None
+    model: str | None = None
+    ref: str = ""
+    time: str = ""
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A 👍 (``up``) or 👎 (``down``) put on (``added``) or taken off an answer."""
+
+    message_id: int
+    kind: str
+    added: bool
+    author_id: int
+    channel_id: int | None = None
+    author_name: str | None = None
+    model: str | None = None
+    time: str = ""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """The bot asked ``author_id`` (who gave 👎) for the right answer to ``message_id``."""
+
+    ask_message_id: int
+    message_id: int
+    author_id: int
+    channel_id: int | None = None
+    author_name: str | None = None
+    time: str = ""
+
+
+@dataclass
+class ReactionCounts:
+    up: int = 0
+    down: int = 0
+
+
+# --- the bot's answers ------------------------------------------------------------------------
+
+_ANSWER_COLS = "message_id, channel_id, prompt, answer, prompt_message_id, author_id, author_name, model, created_at"
+
+
+def _answer(row: Row) -> Answer:
+    return Answer(*row[:8], time=row[8])
+
+
+def record_answer(space: GuildSpace, *, message_ids: list[int], channel_id: int, prompt: str, answer: str,
+                  prompt_message_id: int | None, author_id: int | None, model: str | None,
+                  author_name: str | None = None) -> None:
+    """Log one bot answer, sent as ``message_ids`` (a long answer is several; any of them can be corrected)."""
+    now = utc_now()
+    prompt, answer = _text(prompt, "prompt", required=False), _text(answer, "answer", required=False)
+    with space.db.tx() as tx:
+        tx.executemany(
+            "INSERT INTO answers (guild_id, message_id, part, channel_id, prompt_message_id, author_id, author_name,"
+            " model, prompt, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (guild_id, message_id) DO NOTHING",
+            [(space.guild_id, int(mid), part, int(channel_id), prompt_message_id, author_id, author_name, model,
+              prompt, answer, now) for part, mid in enumerate(message_ids)])
+
+
+def parse_message_id(text: Any) -> int:
+    """A message id typed by a user; anything but a number raises InvalidInput."""
     try:
-        mid = int(str(message_id).strip())
+        return int(str(text).strip())
     except ValueError:
-        raise InvalidInput(
-            f"`{str(message_id)[:40]}` is not a message id: copy the id of the bot's message."
-        ) from None
-    index = (indexes or AnswerIndexes()).for_path(space.answers_file)
-    return index.get(mid)
+        raise InvalidInput(f"`{str(text)[:40]}` is not a message id: copy the id of the bot's message.") from None
 
 
-def latest_answer(space: GuildSpace, channel_id: int, author_id: int,
-                  indexes: AnswerIndexes | None = None) -> dict[str, Any] | None:
+def find_answer(space: GuildSpace, message_id: int | str) -> Answer | None:
+    """The logged answer for a bot message id (or the id as a user typed it), or None."""
+    mid = parse_message_id(message_id)
+    with space.db.tx(write=False) as tx:
+        row = tx.one(f"SELECT {_ANSWER_COLS} FROM answers WHERE guild_id = ? AND message_id = ?",
+                     (space.guild_id, mid))
+    return None if row is None else _answer(row)
+
+
+def latest_answer(space: GuildSpace, channel_id: int, author_id: int) -> Answer | None:
     """The bot's latest answer to ``author_id`` in ``channel_id`` (what ``!correct <text>`` corrects), or None."""
-    return (indexes or AnswerIndexes()).for_path(space.answers_file).latest(channel_id, author_id)
+    with space.db.tx(write=False) as tx:
+        row = tx.one(f"SELECT {_ANSWER_COLS} FROM answers WHERE guild_id = ? AND channel_id = ? AND author_id = ?"
+                     " AND part = 0 ORDER BY id DESC LIMIT 1", (space.guild_id, channel_id, author_id))
+    return None if row is None else _answer(row)
 
 
-# --- corrections, feedback, test errors --------------------------------------------------
+# --- corrections and the review queue ---------------------------------------------------------
+# A correction is born approved (an admin's, or any while review is off) or pending; an admin's decision
+# (a row in reviews, naming who and why) moves pending ones to approved or rejected, all or none.
+
+_CORRECTION_COLS = ("c.ref, c.prompt, c.answer, c.correction, c.status, c.message_id, c.channel_id, c.author_id,"
+                    " c.author_name, c.source_message_id, c.created_at, r.by_name, r.reason")
+_CORRECTIONS = f"SELECT {_CORRECTION_COLS} FROM corrections c LEFT JOIN reviews r ON r.id = c.review_id"
 
 
-def add_correction(
-    space: GuildSpace,
-    *,
-    message_id: int | None,
-    prompt: str,
-    answer: str,
-    correction: str,
-    author_id: int | None,
-    author_name: str | None,
-    channel_id: int | None,
-    source_message_id: int | None = None,
-    approved: bool = True,
-) -> dict[str, Any]:
-    """Store a correction of a bot answer; returns the record with its ``ref`` (``C-xxxxxx``).
+def _correction(row: Row) -> Correction:
+    return Correction(*row[:10], time=row[10], reviewed_by=row[11], review_reason=row[12] or "")
+
+
+def add_correction(space: GuildSpace, *, message_id: int | None, prompt: str, answer: str, correction: str,
+                   author_id: int | None, author_name: str | None, channel_id: int | None,
+                   source_message_id: int | None = None, approved: bool = True) -> Correction:
+    """Store a correction of a bot answer; returns it with its ``ref`` (``C-xxxxxx``).
 
     ``approved=False`` puts it in the review queue (a member's correction while REVIEW_CORRECTIONS is on);
     ``source_message_id`` is the message the correction was written in (provenance).
     """
-    record = {
-        "ref": new_ref("C"),
-        "time": utc_now(),
-        "message_id": message_id,
-        "channel_id": channel_id,
-        "author_id": author_id,
-        "author_name": author_name,
-        "source_message_id": source_message_id,
-        "prompt": _text(prompt, "prompt", required=False),
-        "answer": _text(answer, "answer", required=False),
-        "correction": _text(correction, "correction", required=True),
-        "status": APPROVED if approved else PENDING,
-    }
-    append_record(space.corrections_file, record)
-    return {**record, "approved": approved}
+    record = Correction(
+        ref=new_ref("C"), prompt=_text(prompt, "prompt", required=False),
+        answer=_text(answer, "answer", required=False), correction=_text(correction, "correction", required=True),
+        status=APPROVED if approved else PENDING, message_id=message_id, channel_id=channel_id,
+        author_id=author_id, author_name=author_name, source_message_id=source_message_id, time=utc_now())
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO corrections (guild_id, ref, message_id, channel_id, author_id, author_name,"
+                   " source_message_id, prompt, answer, correction, status, created_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (space.guild_id, record.ref, message_id, channel_id, author_id, author_name, source_message_id,
+                    record.prompt, record.answer, record.correction, record.status, record.time))
+    return record
 
 
-# --- the review queue ----------------------------------------------------------------------
-# A correction is born "approved" (an admin's, or any while review is off) or "pending". Decisions are
-# events appended to reviews.jsonl ({"refs": [...], "decision", "by_id", "by_name", "reason"}), one line
-# per command so approving several ids is all-or-nothing; the latest decision per correction wins.
-# Records written before the review queue existed carry no status and count as approved.
-
-PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
-
-
-def _decisions(space: GuildSpace) -> dict[str, dict[str, Any]]:
-    """ref -> the latest review event about it."""
-    latest: dict[str, dict[str, Any]] = {}
-    for event in read_records(space.reviews_file).records:
-        refs = event.get("refs")
-        if isinstance(refs, list) and event.get("decision") in (APPROVED, REJECTED):
-            for ref in refs:
-                latest[str(ref)] = event
-    return latest
+def list_corrections(space: GuildSpace, status: str | None = None) -> list[Correction]:
+    """The server's corrections (only those with ``status`` when given), oldest first."""
+    where, params = "c.guild_id = ?", [space.guild_id]
+    if status is not None:
+        where += " AND c.status = ?"
+        params.append(status)
+    with space.db.tx(write=False) as tx:
+        return [_correction(r) for r in tx.all(f"{_CORRECTIONS} WHERE {where} ORDER BY c.id", params)]
 
 
-def list_corrections(space: GuildSpace) -> list[dict[str, Any]]:
-    """All stored corrections, oldest first (damaged lines skipped and logged), each with its review state:
-    ``status`` (pending/approved/rejected), ``approved`` (bool) and, once decided, ``review`` (the event)."""
-    decisions = _decisions(space)
-    out = []
-    for record in read_records(space.corrections_file).records:
-        record = dict(record)
-        event = decisions.get(str(record.get("ref")))
-        if event is not None:
-            record["status"] = event["decision"]
-            record["review"] = event
-        elif record.get("status") not in (PENDING, APPROVED, REJECTED):
-            record["status"] = APPROVED
-        record["approved"] = record["status"] == APPROVED
-        out.append(record)
-    return out
-
-
-def approved_corrections(space: GuildSpace) -> list[dict[str, Any]]:
+def approved_corrections(space: GuildSpace) -> list[Correction]:
     """The corrections that may reach training data and answers."""
-    return [c for c in list_corrections(space) if c["approved"]]
+    return list_corrections(space, APPROVED)
 
 
-def pending_corrections(space: GuildSpace) -> list[dict[str, Any]]:
+def pending_corrections(space: GuildSpace) -> list[Correction]:
     """Corrections waiting for an admin's decision, oldest first."""
-    return [c for c in list_corrections(space) if c["status"] == PENDING]
+    return list_corrections(space, PENDING)
 
 
-def corrections_signature(space: GuildSpace) -> tuple[tuple[int, int], ...]:
-    """(mtime_ns, size) of the corrections and reviews files: changes whenever what applies may change."""
-    sig = []
-    for path in (space.corrections_file, space.reviews_file):
-        try:
-            st = path.stat()
-            sig.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            sig.append((0, -1))
-    return tuple(sig)
+def corrections_signature(space: GuildSpace) -> tuple[int, int, int]:
+    """Changes whenever the corrections that apply may have changed (added, reviewed or forgotten)."""
+    with space.db.tx(write=False) as tx:
+        row = tx.one("SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(MAX(review_id), 0) FROM corrections"
+                     " WHERE guild_id = ?", (space.guild_id,))
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
 
-def _parse_refs(raw: list[str]) -> list[str]:
+def parse_refs(raw: list[str], *, prefix: str = "!") -> list[str]:
     """Typed ids -> canonical refs (``c-7f3a2b``, ``C-7F3A2B`` and ``7f3a2b`` all mean ``C-7f3a2b``)."""
     refs: list[str] = []
     for word in raw:
@@ -298,110 +270,100 @@ def _parse_refs(raw: list[str]) -> list[str]:
         tail = word[2:] if word[:2].lower() == "c-" else word
         if not re.fullmatch(r"[0-9a-fA-F]{6}", tail):
             raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`; "
-                               f"`!review` lists them). Nothing was changed.")
+                               f"`{prefix}review` lists them). Nothing was changed.")
         ref = f"C-{tail.lower()}"
         if ref not in refs:
             refs.append(ref)
     if not refs:
-        raise InvalidInput("Give the id of at least one correction (`!review` lists them).")
+        raise InvalidInput(f"Give the id of at least one correction (`{prefix}review` lists them).")
     return refs
 
 
 def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int | None, by_name: str | None,
-           reason: str = "") -> list[dict[str, Any]]:
+           reason: str = "", prefix: str = "!") -> list[Correction]:
     """Approve or reject corrections by id, all or none; returns the corrections as they were before.
 
     Refused (InvalidInput, nothing written): an unknown id, approving an approved one, rejecting a rejected
     or an approved one (it may already be in a trained model; a newer correction replaces it).
     """
-    refs = _parse_refs(raw_refs)
+    refs = parse_refs(raw_refs, prefix=prefix)
     reason = _text(reason, "reason", required=False)[:500]
-    # Check and write as one step (two admins deciding at once); not the file's own lock, which
-    # append_record takes.
-    with lock_for(space.corrections / "reviews.decide"):
-        known = {str(c.get("ref")): c for c in list_corrections(space)}
+    decision = APPROVED if approve else REJECTED
+    with space.db.tx() as tx:  # check and write in one transaction: two admins deciding at once
         chosen = []
         for ref in refs:
-            record = known.get(ref)
-            if record is None:
-                raise InvalidInput(f"There is no correction `{ref}` in this server (`!review` lists the "
+            row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
+            if row is None:
+                raise InvalidInput(f"There is no correction `{ref}` in this server (`{prefix}review` lists the "
                                    f"pending ones). Nothing was changed.")
-            status = record["status"]
-            if approve and status == APPROVED:
+            record = _correction(row)
+            if approve and record.status == APPROVED:
                 raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
-            if not approve and status == REJECTED:
+            if not approve and record.status == REJECTED:
                 raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
-            if not approve and status == APPROVED:
+            if not approve and record.status == APPROVED:
                 raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model; "
-                                   f"send a new `!correct` to replace it. Nothing was changed.")
+                                   f"send a new `{prefix}correct` to replace it. Nothing was changed.")
             chosen.append(record)
-        append_record(space.reviews_file, {
-            "time": utc_now(), "refs": refs, "decision": APPROVED if approve else REJECTED,
-            "by_id": by_id, "by_name": by_name, "reason": reason,
-        })
+        review_id = tx.scalar("INSERT INTO reviews (guild_id, decision, by_id, by_name, reason, created_at)"
+                              " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                              (space.guild_id, decision, by_id, by_name, reason, utc_now()))
+        tx.executemany("UPDATE corrections SET status = ?, review_id = ? WHERE guild_id = ? AND ref = ?",
+                       [(decision, review_id, space.guild_id, ref) for ref in refs])
     return chosen
 
 
-def add_feedback(
-    space: GuildSpace,
-    *,
-    text: str,
-    author_id: int | None,
-    author_name: str | None,
-    channel_id: int | None,
-    reply_to: dict[str, Any] | None,
-    source_message_id: int | None = None,
-) -> dict[str, Any]:
+# --- feedback and test mismatches -------------------------------------------------------------
+
+
+def add_feedback(space: GuildSpace, *, text: str, author_id: int | None, author_name: str | None,
+                 channel_id: int | None, reply_to: dict[str, Any] | None,
+                 source_message_id: int | None = None) -> Feedback:
     """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``.
 
     ``source_message_id``: the message the feedback was written in (provenance)."""
-    record = {
-        "ref": new_ref("F"),
-        "time": utc_now(),
-        "text": _text(text, "feedback", required=True),
-        "author_id": author_id,
-        "author_name": author_name,
-        "channel_id": channel_id,
-        "source_message_id": source_message_id,
-        "reply_to": reply_to,
-    }
-    append_record(space.feedback_file, record)
+    record = Feedback(ref=new_ref("F"), text=_text(text, "feedback", required=True), author_id=author_id,
+                      author_name=author_name, channel_id=channel_id, source_message_id=source_message_id,
+                      reply_to=reply_to, time=utc_now())
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO feedback (guild_id, ref, text, author_id, author_name, channel_id, source_message_id,"
+                   " reply_to, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (space.guild_id, record.ref, record.text, author_id, author_name, channel_id, source_message_id,
+                    None if reply_to is None else json.dumps(reply_to, ensure_ascii=False), record.time))
     return record
 
 
-def list_feedback(space: GuildSpace) -> list[dict[str, Any]]:
+def list_feedback(space: GuildSpace) -> list[Feedback]:
     """All stored feedback, oldest first."""
-    return read_records(space.feedback_file).records
+    with space.db.tx(write=False) as tx:
+        rows = tx.all("SELECT ref, text, author_id, author_name, channel_id, source_message_id, reply_to, created_at"
+                      " FROM feedback WHERE guild_id = ? ORDER BY id", (space.guild_id,))
+    return [Feedback(*r[:6], reply_to=None if r[6] is None else json.loads(r[6]), time=r[7]) for r in rows]
 
 
-def add_test_errors(space: GuildSpace, mismatches: list[dict[str, Any]]) -> int:
-    """Keep !test mismatches for the next training; returns how many were stored.
-
-    Each mismatch is a dict; the compiler trains on those with ``input`` and ``expected``
-    (and uses ``got``, the model's wrong answer, as a DPO non-preferred output when present).
-    """
-    stored = 0
-    for item in mismatches:
-        if not isinstance(item, dict):
-            raise InvalidInput("Each test mismatch must be a mapping with input and expected.")
-        record = {**item, "ref": new_ref("T"), "time": utc_now()}
-        append_record(space.errors_file, record)
-        stored += 1
-    return stored
+def add_test_errors(space: GuildSpace, mismatches: list[TestError]) -> int:
+    """Keep !test mismatches for the next training; returns how many were stored."""
+    now = utc_now()
+    with space.db.tx() as tx:
+        tx.executemany("INSERT INTO test_errors (guild_id, ref, kind, input, expected, got, line, model, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(space.guild_id, new_ref("T"), m.kind, m.input, m.expected, m.got, m.line, m.model, now)
+                        for m in mismatches])
+    return len(mismatches)
 
 
-def list_test_errors(space: GuildSpace) -> list[dict[str, Any]]:
+def list_test_errors(space: GuildSpace) -> list[TestError]:
     """All stored !test mismatches, oldest first."""
-    return read_records(space.errors_file).records
+    with space.db.tx(write=False) as tx:
+        rows = tx.all("SELECT input, expected, got, kind, line, model, ref, created_at FROM test_errors"
+                      " WHERE guild_id = ? ORDER BY id", (space.guild_id,))
+    return [TestError(*r) for r in rows]
 
 
-# --- reactions on the bot's answers ----------------------------------------------------------
-# Every 👍/👎 put on or taken off one of the bot's answers is an event in reactions.jsonl (who, when, which
-# answer, which model answered); what counts is each person's latest event per answer and kind, so a
-# reaction taken back no longer counts but stays on record. A 👎 makes the bot ask for the right answer
-# (asks.jsonl maps that ask to the answer): a reply to the ask is a correction.
+# --- reactions on the bot's answers, and the asks after a 👎 -----------------------------------
+# Each person's latest 👍/👎 per answer stands (taken off: kept with added = false). A 👎 makes the bot ask
+# for the right answer, once per person and answer; a reply to that ask is a correction.
 
-UP, DOWN = "up", "down"
 _REACTION_KINDS = {"👍": UP, "👎": DOWN}
 # Skin tones (U+1F3FB..U+1F3FF) and the emoji variation selector do not change what a thumb means.
 _MODIFIERS = {chr(c) for c in range(0x1F3FB, 0x1F400)} | {"\ufe0f"}
@@ -413,44 +375,61 @@ def reaction_kind(emoji: str) -> str | None:
 
 
 def add_reaction(space: GuildSpace, *, message_id: int, channel_id: int | None, kind: str, added: bool,
-                 author_id: int, author_name: str | None, model: str | None) -> dict[str, Any]:
-    """Record a 👍/👎 put on (``added``) or taken off an answer; returns the event."""
+                 author_id: int, author_name: str | None, model: str | None) -> bool:
+    """Record a 👍/👎 put on (``added``) or taken off an answer. True when the bot should now ask this person
+    for the right answer: a 👎 put on, and not asked before about this answer (decided in the same
+    transaction, so two quick 👎 ask once)."""
     if kind not in (UP, DOWN):
         raise InvalidInput(f"`{kind}` is not a reaction kind.")
-    record = {"time": utc_now(), "message_id": int(message_id), "channel_id": channel_id, "kind": kind,
-              "added": bool(added), "author_id": author_id, "author_name": author_name, "model": model}
-    append_record(space.reactions_file, record)
-    return record
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO reactions (guild_id, message_id, author_id, kind, added, channel_id, author_name,"
+                   " model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                   " ON CONFLICT (guild_id, message_id, author_id, kind) DO UPDATE SET added = excluded.added,"
+                   " author_name = excluded.author_name, created_at = excluded.created_at",
+                   (space.guild_id, int(message_id), author_id, kind, bool(added), channel_id, author_name, model,
+                    utc_now()))
+        if not (added and kind == DOWN):
+            return False
+        asked = tx.one("SELECT 1 FROM asks WHERE guild_id = ? AND message_id = ? AND author_id = ?",
+                       (space.guild_id, int(message_id), author_id))
+        return asked is None
 
 
-def reaction_counts(space: GuildSpace) -> dict[str, dict[str, int]]:
-    """model -> {"up": n, "down": n}: reactions standing now (each person's latest event per answer and kind)."""
-    latest: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    for event in read_records(space.reactions_file).records:
-        latest[(event.get("message_id"), event.get("author_id"), event.get("kind"))] = event
-    counts: dict[str, dict[str, int]] = {}
-    for event in latest.values():
-        if event.get("added") and event.get("kind") in (UP, DOWN):
-            per = counts.setdefault(str(event.get("model") or "untrained"), {UP: 0, DOWN: 0})
-            per[event["kind"]] += 1
+def reaction_counts(space: GuildSpace) -> dict[str, ReactionCounts]:
+    """model -> the 👍 and 👎 standing now on its answers."""
+    with space.db.tx(write=False) as tx:
+        rows = tx.all("SELECT model, kind, COUNT(*) FROM reactions WHERE guild_id = ? AND added"
+                      " GROUP BY model, kind", (space.guild_id,))
+    counts: dict[str, ReactionCounts] = {}
+    for model, kind, n in rows:
+        per = counts.setdefault(str(model or "untrained"), ReactionCounts())
+        if kind == UP:
+            per.up += int(n)
+        elif kind == DOWN:
+            per.down += int(n)
     return counts
 
 
 def add_ask(space: GuildSpace, *, ask_message_id: int, message_id: int, channel_id: int | None,
             author_id: int, author_name: str | None) -> None:
     """Remember that the bot asked ``author_id`` (who gave 👎) for the right answer to ``message_id``."""
-    append_record(space.asks_file, {"time": utc_now(), "ask_message_id": int(ask_message_id),
-                                    "message_id": int(message_id), "channel_id": channel_id,
-                                    "author_id": author_id, "author_name": author_name})
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO asks (guild_id, ask_message_id, message_id, channel_id, author_id, author_name,"
+                   " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, ask_message_id) DO NOTHING",
+                   (space.guild_id, int(ask_message_id), int(message_id), channel_id, author_id, author_name,
+                    utc_now()))
 
 
-def find_ask(space: GuildSpace, ask_message_id: int) -> dict[str, Any] | None:
-    """The ask record of one of the bot's asks, or None."""
-    return next((a for a in read_records(space.asks_file).records if a.get("ask_message_id") == ask_message_id),
-                None)
+def find_ask(space: GuildSpace, ask_message_id: int) -> Ask | None:
+    """The ask behind one of the bot's messages, or None."""
+    with space.db.tx(write=False) as tx:
+        row = tx.one("SELECT ask_message_id, message_id, author_id, channel_id, author_name, created_at FROM asks"
+                     " WHERE guild_id = ? AND ask_message_id = ?", (space.guild_id, int(ask_message_id)))
+    return None if row is None else Ask(*row[:5], time=row[5])
 
 
 def was_asked(space: GuildSpace, message_id: int, author_id: int) -> bool:
     """Whether the bot already asked ``author_id`` for the right answer to ``message_id`` (asked once only)."""
-    return any(a.get("message_id") == message_id and a.get("author_id") == author_id
-               for a in read_records(space.asks_file).records)
+    with space.db.tx(write=False) as tx:
+        return tx.one("SELECT 1 FROM asks WHERE guild_id = ? AND message_id = ? AND author_id = ?",
+                      (space.guild_id, int(message_id), author_id)) is not None

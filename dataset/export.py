@@ -64,9 +64,8 @@ def export_data(space: GuildSpace) -> DataExport:
         for ex in loaded.examples:
             yield {"what": "example", **{k: ex.get(k) for k in PROVENANCE_KEYS if ex.get(k) is not None}}
         for c in corrections.approved_corrections(space):  # only what reached the training lines
-            yield {"what": "correction", "ref": c.get("ref"), "author_id": c.get("author_id"),
-                   "author_name": c.get("author_name"), "message_id": c.get("message_id"),
-                   "source_message_id": c.get("source_message_id"), "time": c.get("time")}
+            yield {"what": "correction", "ref": c.ref, "author_id": c.author_id, "author_name": c.author_name,
+                   "message_id": c.message_id, "source_message_id": c.source_message_id, "time": c.time}
 
     files.append(folder / "provenance.jsonl")
     total += _write_jsonl(files[-1], provenance())

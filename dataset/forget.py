@@ -1,13 +1,14 @@
 """Forget a person in one server: their corrections, feedback, reactions, logged questions and answers, uploads and the
 examples that came from them, removed durably and crash-safely (sync; call it from a thread).
 
-How it stays crash-safe: every file that changes gets its new version staged next to it
-(``.<name>.forget-<token>``, fsynced); then one journal (``CORRECTIONS_DIR/<guild>/forget-journal.json``,
-written atomically) lists every staged file and every file to delete: that write is the commit point.
-The staged files then replace the originals and the deletions happen; the journal goes last.
-:func:`recover` (run at start-up) finishes a committed journal, or removes staged files that no journal
-names (a crash before the commit: nothing changed). Logs are locked for the whole operation, so a record
-appended meanwhile cannot be lost by the rewrite.
+How it stays crash-safe: the records (corrections, feedback, reactions, asks, logged answers, evaluation
+cases) are deleted in one database transaction. The dataset files that hold their examples get their new
+versions staged next to them first (``.<name>.forget-<token>``, fsynced); the same transaction writes a row of
+``forget_journal`` listing every staged file and every file to delete: its commit is the one commit point.
+The staged files then replace the originals, the deletions happen, and the journal row goes last.
+:func:`recover` (run at start-up) finishes every journal row, and removes staged files that none names (a crash
+before the commit: nothing changed). Dataset folders stay locked for the whole operation, so an example added
+meanwhile cannot be lost by the rewrite.
 
 What it does not touch: trained models (the current one keeps their data until the next training: the
 caller says so) and archives made before (zips; the result lists them so an admin can delete them).
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from errors import NotFound, TrainerError
-from storage import GuildSpace, atomic_write_json, fsync_dir, lock_for
+from records.db import Database, Tx
+from storage import GuildSpace, fsync_dir, lock_for, utc_now
 
 log = logging.getLogger(__name__)
 
-JOURNAL = "forget-journal.json"
 _STAGED = re.compile(r"^\..+\.forget-[0-9a-f]{8}$")
 # Folders of the data space that hold no examples of a person (or, for archives and models, that are
 # reported instead of rewritten; exports are copies made for an admin, listed like archives).
@@ -91,8 +92,13 @@ def _dataset_files(space: GuildSpace) -> Iterator[Path]:
             dirnames[:] = [d for d in dirnames if d not in _NOT_DATA]
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if name.endswith(".jsonl") and not name.startswith(".") and here / name != space.jobs_file:
+            if name.endswith(".jsonl") and not name.startswith("."):
                 yield here / name
+
+
+# (what the person is told, table): rows whose author_id is theirs.
+_TABLES = (("corrections", "corrections"), ("feedback", "feedback"), ("logged questions and answers", "answers"),
+           ("reactions", "reactions"), ("asks after their 👎", "asks"), ("evaluation cases", "eval_cases"))
 
 
 def forget(space: GuildSpace, user_id: int) -> ForgetResult:
@@ -100,41 +106,11 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
     result = ForgetResult()
     staged: list[tuple[Path, bytes]] = []  # (target, new content)
     deletions: list[Path] = []
-
-    def mine(record: dict[str, Any]) -> dict[str, Any] | None:
-        return None if record.get("author_id") == user_id else record
-
-    def feedback(record: dict[str, Any]) -> dict[str, Any] | None:
-        if record.get("author_id") == user_id:
-            return None
-        reply = record.get("reply_to")
-        if isinstance(reply, dict) and reply.get("author_id") == user_id and reply.get("content"):
-            # Someone else's feedback quoting their message: the quote goes, the feedback stays.
-            return {**record, "reply_to": {**reply, "content": None, "redacted": True}}
-        return record
-
-    logs = [
-        ("corrections", space.corrections_file, mine),
-        ("feedback", space.feedback_file, feedback),
-        ("logged questions and answers", space.answers_file, mine),
-        ("reactions", space.reactions_file, mine),
-        ("asks after their 👎", space.asks_file, mine),
-        ("evaluation cases", space.eval_set_file, mine),
-    ]
     with ExitStack() as stack:
-        # Logs and dataset folders stay locked until the swap is done: nothing appended meanwhile is lost.
-        for _, path, _ in logs:
-            stack.enter_context(lock_for(path))
+        # Dataset folders stay locked until the swap is done: nothing added meanwhile is lost.
         files = sorted(_dataset_files(space))
         for folder in sorted({f.parent for f in files}):
             stack.enter_context(lock_for(folder))
-        for kind, path, keep in logs:
-            if path.is_file():
-                data, dropped = _rewrite_lines(path, keep)
-                if dropped or data != path.read_bytes():
-                    staged.append((path, data))
-                if dropped:
-                    result.counts[kind] = dropped
         uploads: set[str] = set()
         examples = 0
         for path in files:
@@ -154,8 +130,6 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                     staged.append((path, data))
                 else:
                     deletions.append(path)
-        if examples:
-            result.counts["examples"] = examples
         for name in sorted(uploads):
             try:
                 target = space.resolve(name)
@@ -163,11 +137,36 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                 continue
             if target.is_file() and space.uploads.resolve() in target.parents:
                 deletions.append(target)
-        if any(p.parent == space.uploads.resolve() for p in deletions):
-            result.counts["uploads"] = sum(1 for p in deletions if p.parent == space.uploads.resolve())
-        if not staged and not deletions:
-            raise NotFound("nothing stored")
-        _commit(space, user_id, staged, deletions)
+        pairs = _stage(staged)
+        try:
+            with space.db.tx() as tx:
+                for kind, table in _TABLES:
+                    n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
+                                      (space.guild_id, user_id), 0))
+                    if n:
+                        tx.execute(f"DELETE FROM {table} WHERE guild_id = ? AND author_id = ?",
+                                   (space.guild_id, user_id))
+                        result.counts[kind] = n
+                _redact_quotes(tx, space.guild_id, user_id)
+                if examples:
+                    result.counts["examples"] = examples
+                uploaded = sum(1 for p in deletions if p.parent == space.uploads.resolve())
+                if uploaded:
+                    result.counts["uploads"] = uploaded
+                if not result.counts:
+                    raise NotFound("nothing stored")
+                journal = None
+                if pairs or deletions:
+                    plan = {"replace": [[str(a), str(b)] for a, b in pairs], "delete": [str(p) for p in deletions]}
+                    journal = tx.scalar("INSERT INTO forget_journal (guild_id, user_id, plan, created_at) "
+                                        "VALUES (?, ?, ?, ?) RETURNING id",
+                                        (space.guild_id, user_id, json.dumps(plan), utc_now()))
+        except BaseException:
+            for tmp, _ in pairs:  # not committed: nothing changed
+                tmp.unlink(missing_ok=True)
+            raise
+        if journal is not None:
+            _apply(space.db, int(journal))
     if space.archives.is_dir():
         result.archives = sorted(space.relative(p) for p in space.archives.glob("*.zip"))
     exports = space.data / "exports"
@@ -177,8 +176,18 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
     return result
 
 
-def _commit(space: GuildSpace, user_id: int, staged: list[tuple[Path, bytes]], deletions: list[Path]) -> None:
-    """Stage, journal (the commit point), apply, clear the journal."""
+def _redact_quotes(tx: Tx, guild_id: int, user_id: int) -> None:
+    """Someone else's feedback quoting their message: the quote goes, the feedback stays."""
+    for fid, raw in tx.all("SELECT id, reply_to FROM feedback WHERE guild_id = ? AND reply_to IS NOT NULL",
+                           (guild_id,)):
+        reply = json.loads(raw)
+        if isinstance(reply, dict) and reply.get("author_id") == user_id and reply.get("content"):
+            tx.execute("UPDATE feedback SET reply_to = ? WHERE id = ?",
+                       (json.dumps({**reply, "content": None, "redacted": True}, ensure_ascii=False), fid))
+
+
+def _stage(staged: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
+    """Write each new file version beside its target, fsynced; (staged path, target) pairs."""
     token = secrets.token_hex(4)
     pairs: list[tuple[Path, Path]] = []
     try:
@@ -193,41 +202,45 @@ def _commit(space: GuildSpace, user_id: int, staged: list[tuple[Path, bytes]], d
         for tmp, _ in pairs:
             tmp.unlink(missing_ok=True)
         raise
-    journal = space.corrections / JOURNAL
-    atomic_write_json(journal, {"user_id": user_id, "replace": [[str(a), str(b)] for a, b in pairs],
-                                "delete": [str(p) for p in deletions]})
-    _apply(journal)
+    return pairs
 
 
-def _apply(journal: Path) -> None:
-    """Carry out a committed journal (idempotent: a crash mid-way runs it again at start-up)."""
-    plan = json.loads(journal.read_text(encoding="utf-8"))
+def _apply(db: Database, journal_id: int) -> None:
+    """Carry out a committed journal row (idempotent: a crash mid-way runs it again at start-up)."""
+    with db.tx(write=False) as tx:
+        raw = tx.scalar("SELECT plan FROM forget_journal WHERE id = ?", (journal_id,))
+    if raw is None:
+        return
+    plan = json.loads(raw)
     for tmp, target in plan.get("replace", []):
         if Path(tmp).exists():
             os.replace(tmp, target)
             fsync_dir(Path(target).parent)
     for path in plan.get("delete", []):
         Path(path).unlink(missing_ok=True)
-    journal.unlink()
-    fsync_dir(journal.parent)
+    with db.tx() as tx:
+        tx.execute("DELETE FROM forget_journal WHERE id = ?", (journal_id,))
 
 
-def recover(data_dir: Path, corrections_dir: Path) -> list[str]:
+def recover(db: Database, data_dir: Path, corrections_dir: Path) -> list[str]:
     """At start-up: finish every committed forget, remove staged files no journal names; what was done."""
     done: list[str] = []
-    if corrections_dir.is_dir():
-        for journal in sorted(corrections_dir.glob(f"*/{JOURNAL}")):
-            try:
-                _apply(journal)
-                done.append(f"finished forgetting a person in server {journal.parent.name}")
-            except (OSError, ValueError) as exc:
-                log.warning("could not finish %s: %s", journal, exc)
+    with db.tx(write=False) as tx:
+        rows = tx.all("SELECT id, guild_id, plan FROM forget_journal ORDER BY id")
+    named: set[str] = set()
+    for journal_id, guild_id, plan in rows:
+        try:
+            _apply(db, int(journal_id))
+            done.append(f"finished forgetting a person in server {guild_id}")
+        except (OSError, ValueError) as exc:
+            named.update(tmp for tmp, _ in json.loads(plan).get("replace", []))
+            log.warning("could not finish forget journal %s of server %s: %s", journal_id, guild_id, exc)
     for root in (data_dir, corrections_dir):
         if not root.is_dir():
             continue
         for dirpath, _, filenames in os.walk(root, followlinks=False):
             for name in filenames:
-                if _STAGED.match(name):
+                if _STAGED.match(name) and str(Path(dirpath, name)) not in named:
                     Path(dirpath, name).unlink(missing_ok=True)
                     done.append(f"rolled back an unfinished forget ({name})")
     return done

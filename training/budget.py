@@ -5,10 +5,9 @@ answer (which kinds are paid is stated by the backends' ``paid`` class attribute
 reads them). Every member has one daily allowance for all three kinds (``PAID_CALLS_PER_USER_PER_DAY``);
 the day is the UTC day, so the allowance resets at UTC midnight.
 
-The counts live in ``DATA_DIR/<guild id>/budget.json`` (one server's file never counts another's
-calls), written atomically under the file's lock: ``{"day": "2025-06-01", "users": {"<user id>":
-{"chat": 3, "speech": 1}}}``. Only today is kept: the first charge of a new day drops the old day.
-They hold no content (ids and numbers), so ``!forget`` leaves them alone.
+The counts are rows of the ``budget`` table per server, UTC day and member (one server's rows never count
+another's calls). Only today is kept: a charge on a new day drops the days before. They hold no content
+(ids and numbers), so ``!forget`` leaves them alone.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from errors import OverBudget
-from storage import GuildSpace, atomic_write_json, lock_for, read_json
+from storage import GuildSpace
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +56,20 @@ class Usage:
         return sum(self.counts.values())
 
 
-def _read(space: GuildSpace, day: str) -> dict[str, dict[str, int]]:
-    """Today's counts per user id (as a string); empty for a new day, a missing or a damaged file."""
-    try:
-        stored = read_json(space.budget_file, {})
-    except (ValueError, UnicodeDecodeError):
-        # Counting starts again rather than refusing everyone: a few uncounted calls cost less than a mute bot.
-        log.warning("%s is damaged; today's paid-call counts start again from zero", space.budget_file)
-        return {}
-    if not isinstance(stored, dict) or stored.get("day") != day or not isinstance(stored.get("users"), dict):
-        return {}  # another day's counts (or none): they no longer count, and are dropped at the next write
-    users: dict[str, dict[str, int]] = {}
-    for user, counts in stored["users"].items():
-        if isinstance(counts, dict):
-            users[str(user)] = {k: int(v) for k, v in counts.items() if k in KINDS and isinstance(v, int)}
-    return users
-
-
 def usage(space: GuildSpace, user_id: int, *, now: float | None = None) -> Usage:
     """A member's paid calls today in this server."""
     day = utc_day(time.time() if now is None else now)
-    return Usage(day, dict(_read(space, day).get(str(user_id), {})))
+    with space.db.tx(write=False) as tx:
+        row = tx.one(f"SELECT {', '.join(KINDS)} FROM budget WHERE guild_id = ? AND day = ? AND user_id = ?",
+                     (space.guild_id, day, user_id))
+    return Usage(day, {k: int(n) for k, n in zip(KINDS, row or (0,) * len(KINDS), strict=True) if n})
 
 
 def charge(space: GuildSpace, user_id: int, kind: str, *, limit: int, now: float | None = None) -> Usage:
     """Count one paid call of ``kind`` by ``user_id`` today, or raise OverBudget (counting nothing) when the
     member already made ``limit`` paid calls today. Returns the usage after this call.
 
-    Read, check and write happen under the file's lock, so concurrent answers cannot both take the last call.
+    One conditional upsert: concurrent answers (in any process) cannot both take the last call.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown paid call kind {kind!r}")
@@ -92,12 +77,13 @@ def charge(space: GuildSpace, user_id: int, kind: str, *, limit: int, now: float
         raise ValueError("a budget limit is at least 1 (0 means unlimited and is never charged)")
     now = time.time() if now is None else now
     day = utc_day(now)
-    with lock_for(space.budget_file):
-        users = _read(space, day)
-        counts = users.setdefault(str(user_id), {})
-        if sum(counts.values()) >= limit:
+    total = " + ".join(f"budget.{k}" for k in KINDS)
+    with space.db.tx() as tx:
+        row = tx.one(f"INSERT INTO budget (guild_id, day, user_id, {kind}) VALUES (?, ?, ?, 1) "
+                     f"ON CONFLICT (guild_id, day, user_id) DO UPDATE SET {kind} = budget.{kind} + 1 "
+                     f"WHERE {total} < ? RETURNING {', '.join(KINDS)}", (space.guild_id, day, user_id, limit))
+        if row is None:
             raise OverBudget(over_budget_line(limit, now))
-        counts[kind] = counts.get(kind, 0) + 1
-        space.data.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(space.budget_file, {"day": day, "users": users})
-    return Usage(day, dict(counts))
+        # Earlier days no longer count: dropped as a new day starts (ids and numbers only, nothing to keep).
+        tx.execute("DELETE FROM budget WHERE guild_id = ? AND day < ?", (space.guild_id, day))
+    return Usage(day, {k: int(n) for k, n in zip(KINDS, row, strict=True) if n})

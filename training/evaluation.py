@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from errors import InvalidInput, TooLarge
-from storage import GuildSpace, atomic_write_json, atomic_write_jsonl, lock_for, read_json, read_records, utc_now
+from storage import GuildSpace, atomic_write_json, read_json, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -165,29 +165,28 @@ def _key(kind: str, text: str) -> str:
 def add_to_eval_set(space: GuildSpace, cases: list[Case], *, author_id: int | None,
                     author_name: str | None) -> int:
     """Keep ``cases`` in the server's evaluation set: one per (kind, normalized input), the newest wins, the
-    EVAL_SET_CAP newest kept. Returns the set's size. Each line records who gave it (``!forget`` removes it)."""
-    path = space.eval_set_file
-    with lock_for(path):
-        kept: dict[str, dict[str, Any]] = {}
-        for record in read_records(path).records:
-            if isinstance(record.get("input"), str) and isinstance(record.get("expected"), str):
-                kept[_key(str(record.get("kind", "answer")), record["input"])] = record
-        now = utc_now()
-        for case in cases:
-            key = _key(case.kind, case.input)
-            kept.pop(key, None)  # re-added: moves to the newest end
-            kept[key] = {"time": now, "kind": case.kind, "input": case.input, "expected": case.expected,
-                         "author_id": author_id, "author_name": author_name}
-        rows = list(kept.values())[-EVAL_SET_CAP:]
-        atomic_write_jsonl(path, rows)
-    return len(rows)
+    EVAL_SET_CAP newest kept. Returns the set's size. Each case records who gave it (``!forget`` removes it)."""
+    now = utc_now()
+    latest: dict[str, Case] = {_key(c.kind, c.input): c for c in cases}  # the last of a file's duplicates wins
+    with space.db.tx() as tx:
+        # Re-added cases move to the newest end: delete, then insert with a new id.
+        tx.executemany("DELETE FROM eval_cases WHERE guild_id = ? AND key = ?",
+                       [(space.guild_id, key) for key in latest])
+        tx.executemany("INSERT INTO eval_cases (guild_id, key, kind, input, expected, author_id, author_name,"
+                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(space.guild_id, key, c.kind, c.input, c.expected, author_id, author_name, now)
+                        for key, c in latest.items()])
+        tx.execute("DELETE FROM eval_cases WHERE guild_id = ? AND id NOT IN (SELECT id FROM eval_cases"
+                   " WHERE guild_id = ? ORDER BY id DESC LIMIT ?)", (space.guild_id, space.guild_id, EVAL_SET_CAP))
+        return int(tx.scalar("SELECT COUNT(*) FROM eval_cases WHERE guild_id = ?", (space.guild_id,), 0))
 
 
 def eval_set(space: GuildSpace) -> list[Case]:
     """The server's evaluation set, oldest first."""
-    return [Case(r["input"], r["expected"], "label" if r.get("kind") == "label" else "answer")
-            for r in read_records(space.eval_set_file).records
-            if isinstance(r.get("input"), str) and isinstance(r.get("expected"), str)]
+    with space.db.tx(write=False) as tx:
+        rows = tx.all("SELECT input, expected, kind FROM eval_cases WHERE guild_id = ? ORDER BY id",
+                      (space.guild_id,))
+    return [Case(i, e, "label" if k == "label" else "answer") for i, e, k in rows]
 
 
 def holdout(lines: list[dict[str, Any]]) -> list[Case]:

@@ -1,131 +1,180 @@
-"""Durable training-job records and the guild's current model.
+"""Training-job records and each server's current model, in the database.
 
-Jobs live in ``space.jobs_file`` (JSON Lines, append-only; the latest record per job id
-wins), so a restart can pick up unfinished jobs and a crash loses at most the last update.
-Record fields: id, backend, method, status, created_at, updated_at, finished_at, started_by,
-channel_id, status_message_id, model (the result), estimate {examples, tokens, epochs,
-billed_tokens}, step, total_steps, losses [[step, loss], ...], events (last few), error,
-plus backend bookkeeping (e.g. training_file, last_event_id).
+A job is one row of ``jobs``, updated in place (never rewritten whole into a log); its loss points are rows of
+``job_losses``, one per step, so a job's records grow linearly with its steps. Records travel as
+:data:`training.backend.JobRecord` dicts: the columns (id, backend, method, status, created_at, updated_at,
+finished_at, started_by, channel_id, status_message_id, model, step, total_steps, error) plus everything else
+(estimate, events, contributors, evaluation, candidate, activated, backend bookkeeping, ...) kept as JSON;
+``last_loss`` ([step, loss]) is filled in when read.
 
-The current model is the key ``"model"`` of ``space.state_file``, per backend:
-``{"local": {"current": "local-v3", "history": ["local-v1", "local-v2"]}, "openai": {...}}``.
-Other keys of state.json belong to other modules and are preserved.
+The current model is a row of ``current_models`` per server and backend, with the ones before it
+(``!model previous`` goes back through them).
 
-All functions here are sync and cheap (small files). The status text and the loss curve are in
-``training/status.py``.
+All functions here are sync and short; the Model calls them in a thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from errors import InvalidInput, NotFound
-from storage import GuildSpace, append_record, read_records
-from training.backend import TERMINAL
+from records.db import Database, Row, Tx
+from storage import GuildSpace
+from training.backend import TERMINAL, JobRecord
 
 log = logging.getLogger(__name__)
 
 KEEP_EVENTS = 5
+HISTORY_KEPT = 50
+COLUMNS = ("id", "backend", "method", "status", "created_at", "updated_at", "finished_at", "started_by",
+           "channel_id", "status_message_id", "model", "step", "total_steps", "error")
+_NOT_DATA = frozenset(COLUMNS) | {"losses", "last_loss", "guild_id", "data"}
+_SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS)}, j.data, "
+           "(SELECT l.step FROM job_losses l WHERE l.guild_id = j.guild_id AND l.job_id = j.id "
+           "ORDER BY l.step DESC LIMIT 1), "
+           "(SELECT l.loss FROM job_losses l WHERE l.guild_id = j.guild_id AND l.job_id = j.id "
+           "ORDER BY l.step DESC LIMIT 1) FROM jobs j")
+
+
+def _record(row: Row) -> JobRecord:
+    record: JobRecord = dict(zip(COLUMNS, row[:len(COLUMNS)], strict=True))
+    record.update(json.loads(row[len(COLUMNS)] or "{}"))
+    step, loss = row[len(COLUMNS) + 1], row[len(COLUMNS) + 2]
+    record["last_loss"] = None if step is None else [int(step), float(loss)]
+    return record
 
 
 # ---------------------------------------------------------------- job records
 
-def save_job(space: GuildSpace, record: dict[str, Any]) -> dict[str, Any]:
-    """Append the full record (it becomes the latest version of that job); returns it."""
+def save_job(space: GuildSpace, record: JobRecord, losses: Iterable[tuple[int, float]] = ()) -> JobRecord:
+    """Insert or update the job (and add new loss points; a step's newer loss wins); returns the record."""
     if not record.get("id"):
         raise ValueError("a job record needs an id")
     record["updated_at"] = time.time()
     record["events"] = list(record.get("events") or [])[-KEEP_EVENTS:]
-    append_record(space.jobs_file, record)
+    record.setdefault("created_at", record["updated_at"])
+    record.setdefault("method", "supervised")
+    with space.db.tx() as tx:
+        upsert(tx, space.guild_id, record, losses)
+        last = tx.one("SELECT step, loss FROM job_losses WHERE guild_id = ? AND job_id = ? ORDER BY step DESC "
+                      "LIMIT 1", (space.guild_id, record["id"]))
+    record["last_loss"] = None if last is None else [int(last[0]), float(last[1])]
     return record
 
 
-def _latest(space: GuildSpace) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    for rec in read_records(space.jobs_file).records:
-        if isinstance(rec.get("id"), str):
-            latest[rec["id"]] = rec
-    return latest
+def upsert(tx: Tx, guild_id: int, record: JobRecord, losses: Iterable[tuple[int, float]] = (), *,
+           keep_existing: bool = False) -> None:
+    """Write a job row (and loss points) in a transaction; ``keep_existing`` leaves a stored job as it is."""
+    data = json.dumps({k: v for k, v in record.items() if k not in _NOT_DATA}, ensure_ascii=False)
+    values = [record.get(c) for c in COLUMNS]
+    values[COLUMNS.index("step")] = int(record.get("step") or 0)
+    values[COLUMNS.index("method")] = record.get("method") or "supervised"
+    values[COLUMNS.index("updated_at")] = record.get("updated_at") or time.time()
+    values[COLUMNS.index("created_at")] = record.get("created_at") or values[COLUMNS.index("updated_at")]
+    update = "NOTHING" if keep_existing else "UPDATE SET " + ", ".join(
+        f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "data"))
+    tx.execute(f"INSERT INTO jobs (guild_id, {', '.join(COLUMNS)}, data) VALUES ({', '.join('?' * (len(COLUMNS) + 2))})"
+               f" ON CONFLICT (guild_id, id) DO {update}", (guild_id, *values, data))
+    _add_losses(tx, guild_id, record["id"], losses)
 
 
-def list_jobs(space: GuildSpace, limit: int = 10) -> list[dict[str, Any]]:
-    """The newest ``limit`` jobs, newest first."""
-    jobs = sorted(_latest(space).values(), key=lambda j: j.get("created_at") or 0, reverse=True)
-    return jobs[:limit] if limit else jobs
+def _add_losses(tx: Tx, guild_id: int, job_id: str, losses: Iterable[tuple[int, float]]) -> None:
+    tx.executemany("INSERT INTO job_losses (guild_id, job_id, step, loss) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (guild_id, job_id, step) DO UPDATE SET loss = excluded.loss",
+                   [(guild_id, job_id, int(s), float(v)) for s, v in losses])
 
 
-def get_job(space: GuildSpace, job_id: str) -> dict[str, Any]:
+def job_losses(space: GuildSpace, job_id: str) -> list[tuple[int, float]]:
+    """A job's (step, loss) points, by step."""
+    with space.db.tx(write=False) as tx:
+        rows = tx.all("SELECT step, loss FROM job_losses WHERE guild_id = ? AND job_id = ? ORDER BY step",
+                      (space.guild_id, job_id))
+    return [(int(s), float(v)) for s, v in rows]
+
+
+def list_jobs(space: GuildSpace, limit: int = 10) -> list[JobRecord]:
+    """The newest ``limit`` jobs (all with 0), newest first."""
+    sql = f"{_SELECT} WHERE j.guild_id = ? ORDER BY j.created_at DESC"
+    params: tuple[Any, ...] = (space.guild_id,)
+    if limit:
+        sql, params = sql + " LIMIT ?", (space.guild_id, int(limit))
+    with space.db.tx(write=False) as tx:
+        return [_record(r) for r in tx.all(sql, params)]
+
+
+def get_job(space: GuildSpace, job_id: str) -> JobRecord:
     """A job by id or by a unique start of its id; NotFound otherwise."""
     job_id = (job_id or "").strip().strip("`")
-    latest = _latest(space)
-    if job_id in latest:
-        return latest[job_id]
-    matches = [j for i, j in latest.items() if job_id and i.startswith(job_id)]
+    with space.db.tx(write=False) as tx:
+        row = tx.one(f"{_SELECT} WHERE j.guild_id = ? AND j.id = ?", (space.guild_id, job_id))
+        if row is not None:
+            return _record(row)
+        matches = [] if not job_id else tx.all(
+            f"{_SELECT} WHERE j.guild_id = ? AND substr(j.id, 1, ?) = ? LIMIT 2", (space.guild_id, len(job_id), job_id))
     if len(matches) == 1:
-        return matches[0]
+        return _record(matches[0])
     if len(matches) > 1:
-        raise InvalidInput(f"`{job_id}` matches {len(matches)} jobs; give more of the id.")
+        raise InvalidInput(f"`{job_id}` matches several jobs; give more of the id.")
     raise NotFound(f"There is no training job `{job_id}` on this server.")
 
 
-def unfinished_jobs(space: GuildSpace) -> list[dict[str, Any]]:
-    """Jobs not yet succeeded/failed/cancelled, oldest first (the watcher resumes these)."""
-    jobs = [j for j in _latest(space).values() if j.get("status") not in TERMINAL]
-    return sorted(jobs, key=lambda j: j.get("created_at") or 0)
+def unfinished_jobs(space: GuildSpace) -> list[JobRecord]:
+    """This server's jobs not yet succeeded/failed/cancelled, oldest first (the watcher resumes these)."""
+    marks = ", ".join("?" * len(TERMINAL))
+    with space.db.tx(write=False) as tx:
+        rows = tx.all(f"{_SELECT} WHERE j.guild_id = ? AND j.status NOT IN ({marks}) ORDER BY j.created_at",
+                      (space.guild_id, *sorted(TERMINAL)))
+    return [_record(r) for r in rows]
 
 
-# ---------------------------------------------------------------- rendering
+def guilds_with_unfinished_jobs(db: Database) -> list[int]:
+    """Ids of the servers that have an unfinished job (any backend)."""
+    marks = ", ".join("?" * len(TERMINAL))
+    with db.tx(write=False) as tx:
+        return [int(r[0]) for r in tx.all(f"SELECT DISTINCT guild_id FROM jobs WHERE status NOT IN ({marks})",
+                                          tuple(sorted(TERMINAL)))]
 
-def merge_losses(old: list, new: list) -> list[list[float]]:
-    """Union of (step, loss) points, the newer value winning for a step, sorted by step."""
-    by_step = {int(s): float(v) for s, v in old or []}
-    by_step.update({int(s): float(v) for s, v in new or []})
-    return [[s, by_step[s]] for s in sorted(by_step)]
 
+# ---------------------------------------------------------------- current model
 
-# ---------------------------------------------------------------- current model (state.json)
-
-def _model_state(state: dict[str, Any], backend: str) -> dict[str, Any]:
-    models = state.get("model")
-    if not isinstance(models, dict):
-        models = {}
-    entry = models.get(backend)
-    if not isinstance(entry, dict):
-        entry = {"current": None, "history": []}
-    entry.setdefault("current", None)
-    entry.setdefault("history", [])
-    return entry
+def _model_row(tx: Tx, guild_id: int, backend: str) -> tuple[str | None, list[str]]:
+    row = tx.one("SELECT current, history FROM current_models WHERE guild_id = ? AND backend = ?",
+                 (guild_id, backend))
+    return (None, []) if row is None else (row[0], list(json.loads(row[1] or "[]")))
 
 
 def current_model(space: GuildSpace, backend: str) -> str | None:
     """The model this guild answers with on ``backend``, or None (not trained yet)."""
-    return _model_state(space.read_state(), backend)["current"]
+    with space.db.tx(write=False) as tx:
+        return _model_row(tx, space.guild_id, backend)[0]
 
 
 def model_history(space: GuildSpace, backend: str) -> list[str]:
     """Earlier current models, oldest first (``previous`` goes back through these)."""
-    return list(_model_state(space.read_state(), backend)["history"])
+    with space.db.tx(write=False) as tx:
+        return _model_row(tx, space.guild_id, backend)[1]
 
 
 def set_current_model(space: GuildSpace, backend: str, name: str | None, *, back: bool = False) -> str | None:
-    """Make ``name`` current (old current goes to history), or with ``back`` pop the last history entry.
+    """Make ``name`` current (the old current goes to history), or with ``back`` go back to the last one.
 
-    Returns the new current model. Other keys of state.json are kept.
+    Returns the new current model.
     """
-    with space.edit_state() as state:
-        entry = _model_state(state, backend)
+    with space.db.tx() as tx:
+        current, history = _model_row(tx, space.guild_id, backend)
         if back:
-            if not entry["history"]:
+            if not history:
                 raise NotFound("There is no previous model to go back to.")
-            entry["current"] = entry["history"].pop()
-        elif name != entry["current"]:
-            if entry["current"]:
-                entry["history"].append(entry["current"])
-                entry["history"] = entry["history"][-50:]
-            entry["current"] = name
-        models = state.get("model") if isinstance(state.get("model"), dict) else {}
-        models[backend] = entry
-        state["model"] = models
-    return entry["current"]
+            current = history.pop()
+        elif name != current:
+            if current:
+                history = (history + [current])[-HISTORY_KEPT:]
+            current = name
+        tx.execute("INSERT INTO current_models (guild_id, backend, current, history) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (guild_id, backend) DO UPDATE SET current = excluded.current, "
+                   "history = excluded.history", (space.guild_id, backend, current, json.dumps(history)))
+    return current

@@ -39,7 +39,7 @@ from sklearn.metrics import log_loss
 from sklearn.preprocessing import normalize
 
 from dataset import corrections as records
-from errors import BackendError, InvalidInput, NotFound
+from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import atomic_write_json, fsync_tree, lock_for, read_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 from training.embedding import (
@@ -513,20 +513,11 @@ class _Run:
         self.cancel = threading.Event()
 
 
-def correction_applies(record: dict[str, Any]) -> bool:
-    """Whether a stored correction answers questions now (before the next training).
-
-    ``records.list_corrections`` marks each with ``approved`` from the review queue: a member's
-    correction waits (``"approved": false``) until an admin approves it.
-    """
-    return record.get("approved", True) is not False and bool(str(record.get("correction") or "").strip())
-
-
 @dataclass
 class _Overlay:
     """A guild's applicable corrections, searchable like a trained version."""
 
-    signature: tuple[tuple[int, int], ...]  # records.corrections_signature when it was built
+    signature: tuple[int, int, int]  # records.corrections_signature when it was built
     prompts: list[str]
     answers: list[str]
     vectors: np.ndarray | None
@@ -805,20 +796,20 @@ class LocalBackend(TrainingBackend):
 
     def _overlay_sync(self, space: GuildSpace) -> _Overlay | None:
         """The guild's corrections as a small index, rebuilt when the corrections file changes."""
-        if not space.corrections_file.exists():
+        signature = records.corrections_signature(space)
+        if not signature[0]:
             self._overlays.pop(space.guild_id, None)
             return None
-        signature = records.corrections_signature(space)
         cached = self._overlays.get(space.guild_id)
         if cached is not None and cached.signature == signature:
             return cached
         latest: dict[str, tuple[str, str]] = {}
-        for record in records.list_corrections(space):
-            prompt = str(record.get("prompt") or "").strip()
-            if prompt and correction_applies(record):
+        for record in records.approved_corrections(space):
+            prompt = record.prompt.strip()
+            if prompt and record.applies:
                 key = _norm_key(prompt)
                 latest.pop(key, None)  # the newest correction of a question wins
-                latest[key] = (prompt, str(record["correction"]).strip())
+                latest[key] = (prompt, record.correction.strip())
         prompts = [p for p, _ in latest.values()]
         answers = [a for _, a in latest.values()]
         emb = self.embedder()
@@ -838,17 +829,18 @@ class LocalBackend(TrainingBackend):
     async def _overlay(self, space: GuildSpace) -> _Overlay | None:
         cached = self._overlays.get(space.guild_id)
         try:
-            if not space.corrections_file.exists():
+            # In a thread: with PostgreSQL this is a round trip.
+            signature = await asyncio.to_thread(records.corrections_signature, space)
+            if not signature[0]:
                 return None
-            signature = records.corrections_signature(space)
-        except OSError as exc:  # an unreadable corrections folder: answer from the trained model alone
+        except (OSError, TrainerError) as exc:  # an unreachable database: answer from the trained model alone
             log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
             return None
         if cached is not None and cached.signature == signature:
             return cached
         try:
             return await asyncio.to_thread(self._overlay_sync, space)
-        except OSError as exc:
+        except (OSError, TrainerError) as exc:
             log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
             return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from training.backend import TERMINAL, TrainingBackend, backend_class
@@ -51,11 +52,11 @@ def render_status(job: dict[str, Any], now: float | None = None) -> str:
     status = job.get("status", "?")
     head = f"Training job `{job.get('id')}` ({job.get('backend')}, {job.get('method', 'supervised')}): **{status}**"
     lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
-    losses = job.get("losses") or []
-    if losses:
+    last = job.get("last_loss")
+    if last:
         smoothed = job.get("smoothed_loss")
         also = f", smoothed {float(smoothed):.4f}" if isinstance(smoothed, (int, float)) else ""
-        lines.append(f"Training loss: {float(losses[-1][1]):.4f} (step {losses[-1][0]}{also})")
+        lines.append(f"Training loss: {float(last[1]):.4f} (step {last[0]}{also})")
     elif status == "succeeded":
         # Say so rather than leave the line out: people look for the loss of a finished job.
         lines.append(f"Training loss: {_backend(job).no_loss_status}")
@@ -129,9 +130,9 @@ def no_loss_reason(job: dict[str, Any]) -> str:
     return _backend(job).no_loss_reason or TrainingBackend.no_loss_reason or ""
 
 
-def loss_curve_png(job: dict[str, Any]) -> bytes | None:
+def loss_curve_png(losses: Sequence[tuple[int, float]], title: str = "") -> bytes | None:
     """PNG of training loss by step, or None without loss points (sync, CPU: use to_thread)."""
-    points = [(int(s), float(v)) for s, v in job.get("losses") or []]
+    points = [(int(s), float(v)) for s, v in losses]
     if not points:
         return None
     import matplotlib
@@ -145,7 +146,7 @@ def loss_curve_png(job: dict[str, Any]) -> bytes | None:
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"{job.get('id')} ({job.get('status')})")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
