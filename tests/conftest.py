@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
 from config import Settings
+from records.db import Database
 from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.fakes.samples import close_tracked_clients
 from tests.harness import BotHarness, ErrorLog, start_bot, stop_bot
+from tests.postgres import PostgresServer, start_server
 from training.embedding import DEFAULT_EMBED_MODEL
 
 
@@ -94,11 +97,40 @@ def settings(data_dirs: tuple[Path, Path]) -> Settings:
     })
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/postgres.py), started on first use."""
+    server = start_server()
+    if server is None:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (make test does)")
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def space(tmp_path: Path) -> GuildSpace:
-    """An empty data space for guild 11 under tmp_path (a test module that needs another guild id defines
-    its own ``space``)."""
-    return GuildSpace(11, tmp_path / "data", tmp_path / "corrections").ensure()
+def pg_url(pg_server: PostgresServer) -> str:
+    """A new empty database on the session's PostgreSQL server."""
+    return pg_server.create_database(f"t{secrets.token_hex(6)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The records' database on each engine: SQLite under tmp_path, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        database = Database.open(None, tmp_path / "data")
+    else:
+        database = Database.open(request.getfixturevalue("pg_url"), tmp_path / "data")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def space(tmp_path: Path, db: Database) -> GuildSpace:
+    """An empty data space for guild 11 under tmp_path, its records on each engine (a test module that needs
+    another guild id defines its own ``space``)."""
+    return GuildSpace(11, tmp_path / "data", tmp_path / "corrections", db).ensure()
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def space_of(harness: BotHarness) -> GuildSpace:
     """The data space of the harness's guild, as the running bot sees it."""
     s = harness.bot.settings
-    return GuildSpace(harness.guild_id, s.data_dir, s.corrections_dir)
+    return GuildSpace(harness.guild_id, s.data_dir, s.corrections_dir, harness.bot.db)
 
 
 async def wait_bot(sb: Sandbox, predicate: Callable[[Message], Any], *, after: int = 0,

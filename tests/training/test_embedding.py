@@ -24,7 +24,7 @@ from storage import GuildSpace
 from tests.harness import BotHarness, announcement, start_job
 from training import embedding
 from training.embedding import DEFAULT_EMBED_MODEL, Thresholds, decide, load_embedder, top_rows
-from training.local import LocalBackend, correction_applies, load_version, train_version
+from training.local import LocalBackend, load_version, train_version
 
 SETS = load_sets()
 DONT_KNOW = "I don't know that one yet."
@@ -229,9 +229,8 @@ async def test_corrections_count_at_once_for_paraphrases(
     assert await backend.answer(space, name, "Is the coffee free?", ()) == s.answer_of("coffee")
     # A correction the review queue has not approved does not answer yet.
     ref = _correct(space, "What is the dress code?", "Anything goes.", approved=False)
-    assert not correction_applies({"correction": "x", "approved": False})
     assert (await backend.answer(space, name, "What is the dress code?", ())).startswith(DONT_KNOW)
-    # Approved in the queue (a separate file): the overlay notices and it answers at once.
+    # Approved in the queue: the overlay notices and it answers at once.
     records.review(space, [ref], approve=True, by_id=2, by_name="admin")
     assert await backend.answer(space, name, "What is the dress code?", ()) == "Anything goes."
 
