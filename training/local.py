@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import threading
@@ -40,7 +39,7 @@ from sklearn.preprocessing import normalize
 
 from dataset import corrections as records
 from errors import BackendError, InvalidInput, NotFound
-from storage import atomic_write_json, fsync_tree, lock_for, read_json
+from storage import atomic_write_json
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 from training.embedding import (
     DEFAULT_EMBED_MODEL,
@@ -52,6 +51,7 @@ from training.embedding import (
     save_vectors,
     top_rows,
 )
+from training.versions import Versions, new_tmp_dir
 
 if TYPE_CHECKING:
     from config import Settings
@@ -60,10 +60,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+VERSIONS = Versions("local-v", "a local model name")
+
 N_FEATURES = 2**20  # per analyzer; hashed, so no vocabulary has to be stored
 MIN_SIMILARITY = 0.3  # below this the closest example is about something else
 CLASSIFIER_EPOCHS = 15
-VERSION_RE = re.compile(r"^local-v(\d+)$")
 CACHE_SIZE = 8
 CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
 TOP_K = 16  # candidates scored exactly
@@ -261,26 +262,7 @@ def _dense_idf(idx: np.ndarray, val: np.ndarray) -> np.ndarray:
 
 def version_numbers(space: GuildSpace) -> list[int]:
     """Numbers of the finished local versions on disk, ascending."""
-    try:
-        names = os.listdir(space.models)
-    except FileNotFoundError:
-        return []
-    nums = []
-    for name in names:
-        m = VERSION_RE.match(name)
-        if m and (space.models / name / "meta.json").is_file():
-            nums.append(int(m.group(1)))
-    return sorted(nums)
-
-
-def read_meta(space: GuildSpace, name: str) -> dict[str, Any]:
-    """meta.json of a version; NotFound if there is no such version."""
-    if not VERSION_RE.match(name):
-        raise NotFound(f"`{name}` is not a local model name (they look like `local-v3`).")
-    meta = read_json(space.models / name / "meta.json")
-    if not isinstance(meta, dict):
-        raise NotFound(f"There is no model `{name}` on this server.")
-    return meta
+    return VERSIONS.numbers(space.models)
 
 
 def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None) -> LocalModel:
@@ -289,7 +271,7 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
     With an ``embedder``, the saved sentence vectors are used when that model made them; a version
     trained before embeddings (or with another ``EMBED_MODEL``) is embedded again here, once.
     """
-    meta = read_meta(space, name)
+    meta = VERSIONS.read_meta(space.models, name)
     folder = space.models / name
     with np.load(folder / "idf.npz", allow_pickle=False) as z:
         idfs = [_dense_idf(z["w_idx"], z["w_val"]), _dense_idf(z["c_idx"], z["c_val"])]
@@ -327,7 +309,7 @@ def _previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, 
     ``!train`` would take most of a minute; the vectors of a pair only depend on its text and the model.
     """
     for number in reversed(version_numbers(space)):
-        folder = space.models / f"local-v{number}"
+        folder = space.models / VERSIONS.name(number)
         try:
             pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
             vectors = load_vectors(folder, embedder, len(pairs))
@@ -451,9 +433,7 @@ def train_version(
     elif labelled:
         progress(step, None, f"Only one label ({labels[0]!r}): no classifier trained, two are needed")
 
-    space.models.mkdir(parents=True, exist_ok=True)
-    tmp = space.models / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    tmp = new_tmp_dir(space.models)
     try:
         w_idx, w_val = _sparse_idf(idfs[0])
         c_idx, c_val = _sparse_idf(idfs[1])
@@ -466,26 +446,15 @@ def train_version(
         if coef is not None and intercept is not None:
             sp.save_npz(tmp / "classifier.npz", coef)
             atomic_write_json(tmp / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
-        fsync_tree(tmp)
         if cancelled():
             raise _Cancelled()
-        with lock_for(space.models):  # version numbers are chosen and claimed under this lock
-            number = (version_numbers(space) or [0])[-1] + 1
-            while True:
-                name = f"local-v{number}"
-                meta = {
-                    "version": number, "name": name, "job_id": job_id, "method": method,
-                    "created_at": time.time(), "seconds": round(time.time() - started, 3),
-                    "pairs": n_pairs, "labelled": len(labelled), "labels": labels if use_classifier else [],
-                    "embed_model": embedder.name if vectors is not None and embedder is not None else None,
-                    "dataset": f"guild {space.guild_id}: compiled data, corrections and feedback",
-                }
-                atomic_write_json(tmp / "meta.json", meta)
-                try:
-                    os.rename(tmp, space.models / name)  # fails if another process took the number
-                    break
-                except OSError:
-                    number += 1
+        name = VERSIONS.claim(space.models, tmp, {
+            "job_id": job_id, "method": method,
+            "created_at": time.time(), "seconds": round(time.time() - started, 3),
+            "pairs": n_pairs, "labelled": len(labelled), "labels": labels if use_classifier else [],
+            "embed_model": embedder.name if vectors is not None and embedder is not None else None,
+            "dataset": f"guild {space.guild_id}: compiled data, corrections and feedback",
+        })
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -550,6 +519,7 @@ class LocalBackend(TrainingBackend):
                       "which has no training loss (only labelled texts train a classifier with one).")
     no_loss_status = "none (nearest-example model)"
     applies_corrections_now = True  # corrections are searched before the trained pairs
+    versions = VERSIONS  # the models are the local-v<N> folders on disk
 
     def __init__(self, settings: Settings, *, openai_client: Any = None, embed_model: str | None = None) -> None:
         super().__init__(settings)
@@ -660,10 +630,9 @@ class LocalBackend(TrainingBackend):
         """Progress of a training started by this process; after a restart, what the disk says."""
         run = self._runs.get(job["id"])
         if run is None:
-            for number in reversed(version_numbers(space)):
-                meta = read_json(space.models / f"local-v{number}" / "meta.json") or {}
-                if meta.get("job_id") == job["id"]:
-                    return JobUpdate("succeeded", step=job.get("total_steps"), fine_tuned_model=meta["name"])
+            name = VERSIONS.of_job(space.models, job["id"])
+            if name:
+                return JobUpdate("succeeded", step=job.get("total_steps"), fine_tuned_model=name)
             return JobUpdate("failed", error="The bot restarted while this training ran; start it again.")
         events = run.events[run.reported_events:]
         run.reported_events += len(events)
@@ -690,16 +659,6 @@ class LocalBackend(TrainingBackend):
         return await self.poll(space, job)
 
     # ------------------------------------------------------------ answering
-
-    def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
-        try:
-            read_meta(space, name)
-        except NotFound:
-            return False
-        return True
-
-    def list_models(self, space: GuildSpace, jobs: Sequence[JobRecord]) -> list[str]:
-        return [f"local-v{n}" for n in version_numbers(space)]
 
     def loaded(self, space: GuildSpace, name: str) -> LocalModel:
         """The cached model for (guild, version), loading it if needed (sync; may hit the disk)."""
