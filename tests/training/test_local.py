@@ -1,5 +1,6 @@
-"""training/local.py, the offline backend: trains from the data, answers from it, versions, rollback,
-classifier."""
+"""training/local/, the offline backend, through what the package exports: trains from the data, answers
+from it, versions, rollback, classifier. (The answer rule by meaning and the corrections overlay are
+tested with the embedding model in tests/training/test_embedding.py.)"""
 
 from __future__ import annotations
 
@@ -134,3 +135,9 @@ def test_model_files_load_without_pickle(space: GuildSpace) -> None:
 def test_pairs_from_takes_last_answer_for_a_prompt() -> None:
     data = compiled([("Hi there", "old"), ("hi there!", "new"), ("Other", "x")])
     assert pairs_from(data) == [("hi there!", "new"), ("Other", "x")]
+
+
+def test_the_suite_shares_one_default_embedder() -> None:
+    """tests/conftest.py loads the default embedding model once for every bot: its patch must reach
+    ``LocalBackend`` (it patches ``training.local.backend.load_embedder``)."""
+    assert LocalBackend(Settings()).embedder() is LocalBackend(Settings()).embedder()
