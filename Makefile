@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 HF_STAMP := $(VENV)/.installed-hf
 SYSTEM_PACKAGES := ffmpeg espeak-ng libopus0 zip openssl
+# The tests also run the storage tests on a real PostgreSQL server, which they start and stop themselves.
+TEST_SYSTEM_PACKAGES := $(SYSTEM_PACKAGES) postgresql
 # MODEL_BACKEND from the environment, else from .env (the bot reads them in the same order): `make run`
 # installs torch and the rest of requirements-hf.txt only for MODEL_BACKEND=hf.
 MODEL_BACKEND_SET := $(shell v="$${MODEL_BACKEND:-$$(sed -n 's/^[[:space:]]*MODEL_BACKEND[[:space:]]*=//p' .env 2>/dev/null | tail -n 1)}"; \
 	echo "$$v" | tr -d "\"' \t\r" | tr '[:upper:]' '[:lower:]')
 
-.PHONY: run test lint bench system-deps deps dev-deps clean
+.PHONY: run test lint bench system-deps test-system-deps deps dev-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,7 +38,10 @@ $(DEV_STAMP): requirements-dev.txt requirements.txt requirements-weights.txt req
 
 deps: system-deps $(STAMP) $(if $(filter hf,$(MODEL_BACKEND_SET)),$(HF_STAMP))
 
-dev-deps: system-deps $(DEV_STAMP)
+dev-deps: test-system-deps $(DEV_STAMP)
+
+test-system-deps:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 
 # System packages (ffmpeg for audio, espeak-ng for speech, libopus for voice): apt-get when root.
 system-deps:
@@ -51,7 +56,7 @@ run: deps
 	$(BIN)/python bot.py
 
 test: dev-deps
-	$(BIN)/python -m pytest -q
+	REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

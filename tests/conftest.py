@@ -30,10 +30,11 @@ from training.embedding import DEFAULT_EMBED_MODEL
 def _one_default_embedder() -> Iterator[None]:
     """Each test bot loads the default embedding model through the real code, but once per session:
     unzipping its 90 MB takes ~0.7 s, and the suite starts a few hundred bots. The model is only
-    read, so bots can share it. (tests/training/test_embedding.py calls the loader itself.)"""
-    import training.local
+    read, so bots can share it. (tests/training/test_embedding.py calls the loader itself.)
+    Patched where ``LocalBackend.embedder`` looks it up: ``training.local.backend``."""
+    import training.local.backend
 
-    real = training.local.load_embedder
+    real = training.local.backend.load_embedder
     loaded: dict[str, Any] = {}
 
     def load_once(spec: str) -> Any:
@@ -43,9 +44,9 @@ def _one_default_embedder() -> Iterator[None]:
             loaded[spec] = real(spec)
         return loaded[spec]
 
-    training.local.load_embedder = load_once  # type: ignore[assignment]
+    training.local.backend.load_embedder = load_once  # type: ignore[assignment]
     yield
-    training.local.load_embedder = real
+    training.local.backend.load_embedder = real
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """What every training backend offers: start/poll/cancel a job, and answer with a model.
 
 Backends state how they differ as class attributes (``min_examples``, ``poll_seconds``,
-``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``); nobody compares backend
+``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``, ``versions``); nobody compares backend
 names. Adding a backend is one module plus one line in :data:`BACKENDS`.
 
 Job records are plain dicts (see ``jobs.py`` for the fields) so they round-trip through
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from config import Settings
     from dataset.compile import Compiled
     from storage import GuildSpace
+    from training.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class TrainingBackend(ABC):
     applies_corrections_now: ClassVar[bool] = False
     # What the status message says instead of a loss for a finished job without one.
     no_loss_status: ClassVar[str] = "not reported"
+    # The numbered version folders it trains into (training.versions); None: its models are what jobs named.
+    versions: ClassVar[Versions | None] = None
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         self.settings = settings
@@ -147,11 +150,15 @@ class TrainingBackend(ABC):
                            "an open-weights model that can be exported.")
 
     def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
-        """Whether ``name`` can be made the current model (a succeeded job produced it)."""
+        """Whether ``name`` can be made the current model (it is on disk, or a succeeded job produced it)."""
+        if self.versions is not None:
+            return self.versions.exists(space.models, name)
         return any(j.get("status") == "succeeded" and j.get("model") == name for j in jobs)
 
     def list_models(self, space: GuildSpace, jobs: Sequence[JobRecord]) -> list[str]:
         """Models this backend can answer with, oldest first."""
+        if self.versions is not None:
+            return self.versions.names(space.models)
         seen: list[str] = []
         for job in sorted(jobs, key=lambda j: j.get("created_at") or 0):
             name = job.get("model")

@@ -13,7 +13,7 @@ an ending event is started again from its last checkpoint (after a bot restart t
 that the bot went away, saves a checkpoint and stops); after :data:`MAX_ATTEMPTS` it fails with the
 reason. ``!cancel`` writes the run's cancel flag and signals the trainer's process group.
 
-Versions: ``hf-v<N>`` adapters (see ``training/hf_store.py``); switching versions only changes which
+Versions: ``hf-v<N>`` adapters (``training/hf_store.py``, numbered and listed by ``training/versions.py``); switching versions only changes which
 adapter the answer worker activates, the base stays loaded.
 """
 
@@ -31,16 +31,16 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from errors import BackendError, InvalidInput, NotFound
+from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
 from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
 from training.hf_generate import Generator
 from training.hf_store import ADAPTER_FILES, BaseSpec
+from training.versions import remove_stale_tmp
 
 if TYPE_CHECKING:
     import openai
@@ -73,6 +73,7 @@ class HFBackend(TrainingBackend):
              "on the bot's machine (GPU if present, CPU otherwise). It writes new answers; every training is a "
              "version kept for rollback and exportable with `!export model`.")
     no_loss_reason = None  # every finished job has a loss curve
+    versions = hf_store.VERSIONS  # the models are the hf-v<N> folders on disk
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         super().__init__(settings)
@@ -96,7 +97,7 @@ class HFBackend(TrainingBackend):
         except FileNotFoundError:
             return
         for guild in guilds:
-            removed = hf_store.remove_stale_tmp(guild / "models")
+            removed = remove_stale_tmp(guild / "models")
             if removed:
                 log.info("guild %s: removed %d half-saved model folder(s)", guild.name, removed)
 
@@ -230,7 +231,7 @@ class HFBackend(TrainingBackend):
     def _after_exit(self, space: GuildSpace, run: Path, job: JobRecord, upd: JobUpdate, stopped_at: int | None) -> None:
         """The trainer is gone without an ending: finished after all, cancelled, resumed, or failed."""
         proc = self._procs.pop(job["id"], None)
-        name = hf_store.find_version_of_job(space.models, job["id"])
+        name = hf_store.VERSIONS.of_job(space.models, job["id"])
         if name:  # it saved the version but died before saying so
             upd.status, upd.fine_tuned_model = "succeeded", name
             self._finish(run, job["id"])
@@ -306,18 +307,6 @@ class HFBackend(TrainingBackend):
         except (OSError, ValueError):
             return None
 
-    # ------------------------------------------------------------ versions
-
-    def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
-        try:
-            hf_store.read_meta(space.models, name)
-        except NotFound:
-            return False
-        return True
-
-    def list_models(self, space: GuildSpace, jobs: Sequence[JobRecord]) -> list[str]:
-        return hf_store.version_names(space.models)
-
     # ------------------------------------------------------------ answering
 
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
@@ -344,7 +333,7 @@ class HFBackend(TrainingBackend):
         return await asyncio.to_thread(self._export, space, model_name)
 
     def _export(self, space: GuildSpace, name: str) -> Path:
-        meta = hf_store.read_meta(space.models, name)
+        meta = hf_store.VERSIONS.read_meta(space.models, name)
         folder = space.models / name
         target = space.archives / f"{name}-adapter.zip"
         with atomic_open(target) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -1,9 +1,8 @@
 """What the hf backend keeps on disk, shared by the bot and its child processes (no heavy imports).
 
 - **Versions**: every finished training is ``space.models/hf-v<N>/`` (a LoRA adapter:
-  ``adapter_model.safetensors`` + ``adapter_config.json``, and ``meta.json``). The trainer writes it
-  into a hidden ``.tmp-*`` folder and renames it into place under a lock, so a crash or a cancel never
-  leaves half a model and two trainings never take the same number.
+  ``adapter_model.safetensors`` + ``adapter_config.json``, and ``meta.json``), numbered, written and
+  renamed into place by :mod:`training.versions` (:data:`VERSIONS`).
 - **Runs**: a training job's working folder ``space.models/.runs/<job id>/`` (hidden from ``!getfile``):
   ``job.json`` (what to train, written by the bot), ``train.jsonl`` (the compiled lines),
   ``events.jsonl`` (progress the trainer appends and the bot reads), ``checkpoints/`` (for resuming),
@@ -21,26 +20,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from errors import NotFound
-from storage import append_record, atomic_write_json, fsync_dir, fsync_tree, read_json
+from storage import append_record
+from training.versions import Versions
 
 log = logging.getLogger(__name__)
 
-VERSION_PREFIX = "hf-v"
-VERSION_RE = re.compile(r"^hf-v(\d+)$")
 RUNS = ".runs"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-STALE_TMP_SECONDS = 6 * 3600  # a .tmp-* folder this old belongs to no live trainer
 
 
 # ---------------------------------------------------------------- the base model
@@ -93,100 +85,7 @@ class BaseSpec:
 
 # ---------------------------------------------------------------- versions
 
-def version_numbers(models: Path) -> list[int]:
-    """Numbers of the finished hf versions in ``models``, ascending."""
-    try:
-        names = os.listdir(models)
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        m = VERSION_RE.match(name)
-        if m and (models / name / "meta.json").is_file():
-            found.append(int(m.group(1)))
-    return sorted(found)
-
-
-def version_names(models: Path) -> list[str]:
-    return [f"{VERSION_PREFIX}{n}" for n in version_numbers(models)]
-
-
-def read_meta(models: Path, name: str) -> dict[str, Any]:
-    """meta.json of a version; NotFound if there is no such version."""
-    if not VERSION_RE.match(name or ""):
-        raise NotFound(f"`{name}` is not a model of this backend (they look like `hf-v3`).")
-    try:
-        meta = read_json(models / name / "meta.json")
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict) or not all((models / name / f).is_file() for f in ADAPTER_FILES):
-        raise NotFound(f"There is no model `{name}` on this server.")
-    return meta
-
-
-def find_version_of_job(models: Path, job_id: str) -> str | None:
-    """The version a job produced, if it got that far (its meta.json names the job)."""
-    for number in reversed(version_numbers(models)):
-        meta = read_json(models / f"{VERSION_PREFIX}{number}" / "meta.json") or {}
-        if meta.get("job_id") == job_id:
-            return f"{VERSION_PREFIX}{number}"
-    return None
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def new_tmp_dir(models: Path) -> Path:
-    """A hidden folder to build a version in before :func:`claim_version` renames it."""
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = models / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    return tmp
-
-
-def claim_version(models: Path, tmp: Path, meta: dict[str, Any]) -> str:
-    """Number the finished adapter in ``tmp``, write its meta.json and rename it into place; its name.
-
-    The number is chosen under a lock file shared by every process that saves versions, so two
-    trainings finishing together never get the same one.
-    """
-    with _file_lock(models / ".versions.lock"):
-        number = (version_numbers(models) or [0])[-1] + 1
-        while (models / f"{VERSION_PREFIX}{number}").exists():
-            number += 1  # a folder without meta.json (damaged by hand): never reuse its name
-        name = f"{VERSION_PREFIX}{number}"
-        atomic_write_json(tmp / "meta.json", {**meta, "name": name, "version": number})
-        fsync_tree(tmp)
-        os.rename(tmp, models / name)
-        fsync_dir(models)
-    return name
-
-
-def remove_stale_tmp(models: Path, older_than: float = STALE_TMP_SECONDS) -> int:
-    """Delete ``.tmp-*`` folders left by trainers that died while saving; how many were removed."""
-    removed = 0
-    try:
-        entries = list(models.iterdir())
-    except FileNotFoundError:
-        return 0
-    now = time.time()
-    for entry in entries:
-        if entry.name.startswith(".tmp-") and entry.is_dir():
-            try:
-                if now - entry.stat().st_mtime > older_than:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-    return removed
+VERSIONS = Versions("hf-v", "a model of this backend", files=ADAPTER_FILES)
 
 
 # ---------------------------------------------------------------- runs (a job's working folder)

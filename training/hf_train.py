@@ -340,7 +340,8 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
 
 def _save_version(folder: Path, spec: dict[str, Any], trainer: Any, base: Any, n_examples: int) -> str:
     """Write the adapter into a hidden folder, then number and rename it (never half a model)."""
-    from training.hf_store import claim_version, new_tmp_dir
+    from training.hf_store import VERSIONS
+    from training.versions import new_tmp_dir
 
     models = Path(spec["models_dir"])
     tmp = new_tmp_dir(models)
@@ -358,7 +359,7 @@ def _save_version(folder: Path, spec: dict[str, Any], trainer: Any, base: Any, n
         }
         if stop_requested(folder):
             raise Cancelled()
-        return claim_version(models, tmp, meta)
+        return VERSIONS.claim(models, tmp, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

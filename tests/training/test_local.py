@@ -1,5 +1,6 @@
-"""training/local.py, the offline backend: trains from the data, answers from it, versions, rollback,
-classifier."""
+"""training/local/, the offline backend, through what the package exports: trains from the data, answers
+from it, versions, rollback, classifier. (The answer rule by meaning and the corrections overlay are
+tested with the embedding model in tests/training/test_embedding.py.)"""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ async def test_versions_increment_and_old_ones_stay(space: GuildSpace) -> None:
     assert await backend.answer(space, v1, "When does the shop open?", []) == "The shop opens at 9 am."
     meta = json.loads((space.models / v2 / "meta.json").read_text())
     assert meta["pairs"] == len(FAQ) and meta["version"] == 2
-    assert not [p for p in space.models.iterdir() if p.name.startswith(".")]  # no temp folders left
+    # No temp folders left; only the lock file that numbers versions (training.versions).
+    assert [p.name for p in space.models.iterdir() if p.name.startswith(".")] == [".versions.lock"]
     assert backend.list_models(space, []) == ["local-v1", "local-v2"]
     assert backend.model_exists(space, "local-v2", []) and not backend.model_exists(space, "local-v9", [])
 
@@ -133,3 +135,9 @@ def test_model_files_load_without_pickle(space: GuildSpace) -> None:
 def test_pairs_from_takes_last_answer_for_a_prompt() -> None:
     data = compiled([("Hi there", "old"), ("hi there!", "new"), ("Other", "x")])
     assert pairs_from(data) == [("hi there!", "new"), ("Other", "x")]
+
+
+def test_the_suite_shares_one_default_embedder() -> None:
+    """tests/conftest.py loads the default embedding model once for every bot: its patch must reach
+    ``LocalBackend`` (it patches ``training.local.backend.load_embedder``)."""
+    assert LocalBackend(Settings()).embedder() is LocalBackend(Settings()).embedder()

@@ -1,0 +1,142 @@
+"""A local version on disk: ``models/local-v<N>/``, numbered and renamed into place by ``training.versions``.
+
+Files: ``answers.json`` (the trained prompt/answer pairs), ``idf.npz`` and ``index.npz`` (word matching),
+``embeddings.npy`` + ``embedding.json`` (sentence vectors, with the model that made them),
+``classifier.npz`` + ``classifier.json`` (labelled texts) and ``meta.json``. Only ``.npz``/``.npy``/JSON,
+loaded with ``allow_pickle=False``: a file dropped into the data folder cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from storage import atomic_write_json
+from training.embedding import Embedder, load_vectors, save_vectors
+from training.local.retrieval import N_FEATURES, LocalModel
+from training.versions import Versions
+
+if TYPE_CHECKING:
+    from storage import GuildSpace
+
+log = logging.getLogger(__name__)
+
+VERSIONS = Versions("local-v", "a local model name")
+
+
+def version_numbers(space: GuildSpace) -> list[int]:
+    """Numbers of the finished local versions on disk, ascending."""
+    return VERSIONS.numbers(space.models)
+
+
+def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None) -> LocalModel:
+    """Load a version from disk (sync; run in a thread).
+
+    With an ``embedder``, the saved sentence vectors are used when that model made them; a version
+    trained before embeddings (or with another ``EMBED_MODEL``) is embedded again here, once.
+    """
+    meta = VERSIONS.read_meta(space.models, name)
+    folder = space.models / name
+    with np.load(folder / "idf.npz", allow_pickle=False) as z:
+        idfs = [_dense_idf(z["w_idx"], z["w_val"]), _dense_idf(z["c_idx"], z["c_val"])]
+    pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+    index = sp.load_npz(folder / "index.npz").tocsr() if pairs else None
+    coef = intercept = None
+    classes: list[str] = []
+    if (folder / "classifier.json").is_file():
+        info = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+        classes = list(info["classes"])
+        intercept = np.asarray(info["intercept"], dtype=np.float32)
+        coef = sp.load_npz(folder / "classifier.npz").tocsr()
+    prompts, answers = [p["prompt"] for p in pairs], [p["answer"] for p in pairs]
+    vectors = None
+    if embedder is not None and pairs:
+        vectors = load_vectors(folder, embedder, len(pairs))
+        if vectors is None:
+            log.info("%s of guild %s has no %s vectors: embedding its %d pairs now", name, space.guild_id,
+                     embedder.name, len(pairs))
+            vectors = embedder.index_vectors(prompts, answers)
+            try:  # kept with the version, so the next start (or a retrain) does not embed them again
+                save_vectors(folder, vectors, embedder)
+            except OSError as exc:
+                log.warning("%s of guild %s: the new vectors could not be saved (%s); they are used from memory",
+                            name, space.guild_id, exc)
+    log.info("loaded %s for guild %s (%d pairs, %d labels, %s)", name, space.guild_id, meta.get("pairs"),
+             len(classes), f"{embedder.name} embeddings" if vectors is not None else "word matching")
+    return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
+
+
+
+def write_version(
+    folder: Path,
+    pairs: list[tuple[str, str]],
+    idfs: list[np.ndarray],
+    index: sp.csr_matrix | None,
+    *,
+    vectors: np.ndarray | None = None,
+    embedder: Embedder | None = None,
+    classifier: tuple[sp.csr_matrix, np.ndarray, list[str]] | None = None,
+) -> None:
+    """Write a version's files but meta.json into ``folder`` (``VERSIONS.claim`` adds it); ``load_version``
+    reads them. ``classifier`` is (coefficients, intercepts, labels)."""
+    w_idx, w_val = _sparse_idf(idfs[0])
+    c_idx, c_val = _sparse_idf(idfs[1])
+    np.savez(folder / "idf.npz", w_idx=w_idx, w_val=w_val, c_idx=c_idx, c_val=c_val)
+    atomic_write_json(folder / "answers.json", [{"prompt": p, "answer": a} for p, a in pairs])
+    if index is not None:
+        sp.save_npz(folder / "index.npz", index)
+    if vectors is not None and embedder is not None:
+        save_vectors(folder, vectors, embedder)
+    if classifier is not None:
+        coef, intercept, labels = classifier
+        sp.save_npz(folder / "classifier.npz", coef)
+        atomic_write_json(folder / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
+
+
+def previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, str], np.ndarray]:
+    """Rows of the newest version this embedder indexed, by (prompt, answer): a retrain reuses them.
+
+    A transformer embeds ~190 pairs a second here, so re-embedding 10k unchanged pairs for every
+    ``!train`` would take most of a minute; the vectors of a pair only depend on its text and the model.
+    """
+    for number in reversed(version_numbers(space)):
+        folder = space.models / VERSIONS.name(number)
+        try:
+            pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
+            vectors = load_vectors(folder, embedder, len(pairs))
+        except (OSError, ValueError):
+            continue
+        if vectors is not None:
+            return {(p["prompt"], p["answer"]): vectors[i] for i, p in enumerate(pairs)}
+    return {}
+
+
+def reuse_vectors(pairs: list[tuple[str, str]], known: dict[tuple[str, str], np.ndarray],
+                  dim: int) -> tuple[np.ndarray, list[int]]:
+    """Vectors for ``pairs`` with the ``known`` rows filled in, and the indexes still to embed."""
+    vectors = np.zeros((len(pairs), dim), dtype=np.float32)
+    todo = []
+    for i, pair in enumerate(pairs):
+        row = known.get(pair)
+        if row is None:
+            todo.append(i)
+        else:
+            vectors[i] = row
+    return vectors, todo
+
+
+
+def _sparse_idf(idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.flatnonzero(idf).astype(np.int64)
+    return idx, idf[idx]
+
+
+def _dense_idf(idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+    idf = np.zeros(N_FEATURES, dtype=np.float32)
+    idf[idx] = val
+    return idf
