@@ -96,11 +96,11 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     for t in records.list_test_errors(space):
         got = t.get("got", t.get("actual", t.get("output")))
         fixes.append((str(t.get("input") or ""), str(t.get("expected") or ""), str(got or ""), "!test cases"))
-    for prompt, fix, bad, by in fixes:
-        if not prompt.strip() or not fix.strip():
+    for asked, fix, bad, by in fixes:
+        if not asked.strip() or not fix.strip():
             unusable += 1
             continue
-        user = [{"role": "user", "content": prompt}]
+        user = [{"role": "user", "content": asked}]
         add_sup([*user, {"role": "assistant", "content": fix}], by)
         key = _prompt_key(user)
         good_for[key] = fix
