@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 import aiohttp
 import discord
@@ -59,7 +59,7 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(settings: Settings, *, log_file: Path | None = None, extra_secrets: list[str] = ()) -> None:
+def setup_logging(settings: Settings, *, log_file: Path | None = None, extra_secrets: Sequence[str] = ()) -> None:
     """dev: DEBUG in readable lines; prod: INFO. With ``log_file`` only warnings reach stderr."""
     level = logging.DEBUG if settings.dev else logging.INFO
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
@@ -187,6 +187,7 @@ class TrainerBot(commands.Bot):
                 await ctx.send(f"Unknown command `{p}{name}` — did you mean `{p}{close[0]}`?")
             return
         if isinstance(error, commands.UserInputError):
+            assert ctx.command is not None  # arguments are parsed for a command that was found
             usage = f"`{p}{ctx.command.qualified_name} {ctx.command.signature}`".replace(" `", "`")
             if isinstance(error, commands.MissingRequiredArgument):
                 why = f"Missing `{error.param.name}`."
@@ -199,6 +200,7 @@ class TrainerBot(commands.Bot):
             await ctx.send(f"{why} Usage: {usage} (see `{p}help {ctx.command.qualified_name}`)")
             return
         if isinstance(error, commands.CommandOnCooldown):
+            assert ctx.command is not None  # only a command that was found has a cooldown
             await ctx.send(f"Slow down — you can use `{p}{ctx.command.qualified_name}` again in "
                            f"{error.retry_after:.0f}s." if error.retry_after >= 1 else
                            f"Slow down — try `{p}{ctx.command.qualified_name}` again in a moment.")

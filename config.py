@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypedDict
 
 from errors import ConfigError
 
@@ -227,7 +227,26 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     return url
 
 
-def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> dict[str, object]:
+class _HFSettings(TypedDict):
+    """What ``_hf_settings`` returns: the ``hf_*`` fields of :class:`Settings`."""
+
+    hf_base_model: str
+    hf_lora_rank: int
+    hf_epochs: int
+    hf_learning_rate: float
+    hf_max_seq_length: int
+    hf_batch_size: int
+    hf_launcher: str
+    hf_accelerate_config: Path | None
+    hf_device: str
+    hf_threads: int
+    hf_checkpoint_seconds: float
+    hf_max_new_tokens: int
+    hf_answer_timeout: float
+    hf_answer_queue: int
+
+
+def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
     """The ``HF_*`` settings (checked whatever MODEL_BACKEND is, so a typo shows before it is needed)."""
     base = env.get("HF_BASE_MODEL", "").strip() or cls.hf_base_model
     from training.hf_store import BaseSpec  # light: no torch

@@ -34,6 +34,8 @@ class TooLarge(TrainerError):
 class BackendError(TrainerError):
     """A training/answering/speech backend failed; the message is safe to show."""
 
+    status: int | None = None  # the HTTP status of a refused OpenAI call, if that is what failed
+
 
 class Busy(TrainerError):
     """A bounded queue is full; try again later."""

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class TrainerContext(commands.Context["TrainerBot"]):
     """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message."""
 
+    error_handled: bool = False  # a cog's error handler answered already; the bot's global one stays silent
+
     @property
     def model(self) -> Model:
         return self.bot.model

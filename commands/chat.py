@@ -65,15 +65,15 @@ class Chat(commands.Cog):
         shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
         if not shared and len(self.bot.guilds) <= MAX_DM_LOOKUPS:
             # Without the members intent the cache rarely holds the author: ask each server.
-            for guild in self.bot.guilds:
+            for g in self.bot.guilds:
                 try:
-                    await guild.fetch_member(user_id)
+                    await g.fetch_member(user_id)
                 except discord.NotFound:
                     continue
                 except discord.HTTPException as exc:
-                    log.warning("member lookup in guild %s failed: %s", guild.id, exc)
+                    log.warning("member lookup in guild %s failed: %s", g.id, exc)
                     continue
-                shared.append(guild)
+                shared.append(g)
         guild = shared[0] if len(shared) == 1 else None
         self.dm_guilds[user_id] = (guild.id if guild else 0, time.monotonic())
         return guild

@@ -50,6 +50,7 @@ class Feedback(commands.Cog):
             resolved = ctx.replied_message if ref is not None and ref.message_id == message_id else None
             if resolved is None:
                 resolved = await self._fetch(ctx, message_id)
+            assert self.bot.user is not None  # logged in: commands are running
             if resolved is not None and resolved.author.id != self.bot.user.id:
                 await ctx.send("That message isn't one of my answers: reply to my answer to correct it.")
             else:
@@ -249,6 +250,7 @@ class Feedback(commands.Cog):
             if user_id != ctx.author.id and not await is_admin(ctx):
                 await ctx.send(f"Only admins can make me forget someone else; `{p}forget me` forgets what you gave.")
                 return
+            assert ctx.guild is not None  # @guild_only
             member = ctx.guild.get_member(user_id) or next((u for u in ctx.message.mentions if u.id == user_id), None)
             name = str(member) if member is not None else f"user {user_id}"
         shown = discord.utils.escape_markdown(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from discord.ext import commands
 
@@ -34,7 +34,7 @@ class TrainerHelp(commands.HelpCommand):
         for chunk in split_message(text):
             await self.get_destination().send(chunk)
 
-    async def send_bot_help(self, mapping: dict[Any, list[commands.Command]]) -> None:
+    async def send_bot_help(self, mapping: Mapping[commands.Cog | None, list[commands.Command[Any, ..., Any]]]) -> None:
         p = self.context.clean_prefix
         lines = ["**Trainer bot** — chat with me, correct me, and train me on your own data."]
         for cog, cmds in sorted(mapping.items(), key=lambda kv: getattr(kv[0], "qualified_name", "~")):

@@ -29,6 +29,8 @@ STATUS_EDIT_INTERVAL = 2.0  # Discord rate-limits edits; a job's bar need not mo
 
 
 TOP_SHOWN = 3  # contributors named in the !train reply
+# Where a job's status can be posted and edited.
+STATUS_CHANNELS = (discord.TextChannel, discord.VoiceChannel, discord.StageChannel, discord.Thread, discord.DMChannel)
 
 
 class Training(commands.Cog):
@@ -47,14 +49,15 @@ class Training(commands.Cog):
         for task in self.watchers.values():
             task.cancel()
 
-    async def cog_check(self, ctx: TrainerContext) -> bool:
+    async def cog_check(self, ctx: commands.Context[Any]) -> bool:
         if ctx.guild is None:
             raise commands.NoPrivateMessage()
         return True
 
-    async def cog_command_error(self, ctx: TrainerContext, error: commands.CommandError) -> None:
+    async def cog_command_error(self, ctx: commands.Context[Any], error: Exception) -> None:
         # discord.py's own text ("Too many people are using this command...") does not say what to do.
-        if isinstance(error, commands.MaxConcurrencyReached) and ctx.command is not None:
+        if (isinstance(error, commands.MaxConcurrencyReached) and ctx.command is not None
+                and isinstance(ctx, TrainerContext)):  # always: TrainerBot.get_context makes every ctx
             ctx.error_handled = True
             what = {"train": "A training is being started", "test": "A test is running"}.get(
                 ctx.command.name, f"`{ctx.clean_prefix}{ctx.command.name}` is already running")
@@ -146,21 +149,21 @@ class Training(commands.Cog):
     async def _start_job(self, ctx: TrainerContext, method: str) -> None:
         try:
             async with ctx.typing():
-                job, report = await self.model.train(ctx.guild.id, method=method, started_by=str(ctx.author),
+                job, report = await self.model.train(ctx.guild_id, method=method, started_by=str(ctx.author),
                                                      channel_id=ctx.channel.id)
         except InvalidInput as exc:
             await ctx.send_long(f"I did not start training: the dataset has problems.\n{exc}")
             return
         except BackendError as exc:
             # No job was recorded and the examples stay in the dataset: retrying is all it takes.
-            log.warning("guild %s: could not start training: %s", ctx.guild.id, exc)
+            log.warning("guild %s: could not start training: %s", ctx.guild_id, exc)
             await ctx.send_long(f"I could not start training: {exc}\nNothing was lost: the examples stay in this "
                                 f"server's dataset. Run `{ctx.clean_prefix}train` again to retry.")
             return
         await ctx.send(self._started_text(job, report))
         status = await ctx.send(self.model.status_text(job))
-        await self.model.set_status_message(ctx.guild.id, job["id"], status.id)
-        self.watch(ctx.guild.id, job["id"], shown=status.content)
+        await self.model.set_status_message(ctx.guild_id, job["id"], status.id)
+        self.watch(ctx.guild_id, job["id"], shown=status.content)
 
     def _started_text(self, job: dict[str, Any], report: CheckReport) -> str:
         """One line naming the job and what it trains on (tokens and epochs mean something only when billed)."""
@@ -229,9 +232,11 @@ class Training(commands.Cog):
                 return
             await asyncio.sleep(poll)
 
-    def _channel(self, job: dict[str, Any]) -> discord.abc.Messageable | None:
+    def _channel(self, job: dict[str, Any]) -> discord.abc.PartialMessageableChannel | None:
         channel_id = job.get("channel_id")
-        return self.bot.get_channel(int(channel_id)) if channel_id else None
+        channel = self.bot.get_channel(int(channel_id)) if channel_id else None
+        # The channel !train ran in: always one of these (not a category or a forum).
+        return channel if isinstance(channel, STATUS_CHANNELS) else None
 
     async def _show_status(self, guild_id: int, job: dict[str, Any], text: str) -> None:
         channel = self._channel(job)
@@ -300,13 +305,13 @@ class Training(commands.Cog):
     @trainer_admin()
     async def cancel(self, ctx: TrainerContext, job_id: str) -> None:
         """Cancel a running training job."""
-        job = await self.model.cancel_job(ctx.guild.id, job_id, by=str(ctx.author))
+        job = await self.model.cancel_job(ctx.guild_id, job_id, by=str(ctx.author))
         if job["status"] == "cancelled":
             await ctx.send(f"Cancelling training job `{job['id']}`: it is now cancelled and will not change "
                            f"the model.")
         else:  # it ended before the cancel reached it
             await ctx.send(f"Training job `{job['id']}` had already {job['status']}; nothing to cancel.")
-        self.watch(ctx.guild.id, job["id"])
+        self.watch(ctx.guild_id, job["id"])
 
     @commands.command(name="model", usage="[name | previous]")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:
@@ -384,6 +389,7 @@ class Training(commands.Cog):
             except UnicodeDecodeError:
                 raise InvalidInput(f"`{att.filename}` is not UTF-8 text.") from None
         elif not text.strip():
+            assert ctx.command is not None  # set while a command runs
             raise commands.MissingRequiredArgument(ctx.command.clean_params["cases"])
         async with ctx.typing():
             result = await ctx.model.run_tests(ctx.guild_id, text, author_id=ctx.author.id,

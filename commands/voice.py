@@ -136,6 +136,7 @@ class Voice(commands.Cog):
     @commands.cooldown(3, 30.0, commands.BucketType.guild)
     async def join(self, ctx: TrainerContext) -> None:
         """Join your voice channel and speak my answers there."""
+        assert ctx.guild is not None  # @guild_only
         voice = getattr(ctx.author, "voice", None)
         if voice is None or voice.channel is None:
             await ctx.send("Join a voice channel first, then ask me again.")
@@ -149,7 +150,7 @@ class Voice(commands.Cog):
             await ctx.send(f"I need the **{missing}** permission in {channel.mention}.")
             return
         vc = ctx.guild.voice_client
-        if vc is not None and vc.is_connected():
+        if isinstance(vc, discord.VoiceClient) and vc.is_connected():
             if vc.channel.id == channel.id:
                 await ctx.send(f"I'm already in {channel.mention}.")
             else:
@@ -172,8 +173,9 @@ class Voice(commands.Cog):
     @commands.guild_only()
     async def leave(self, ctx: TrainerContext) -> None:
         """Leave the voice channel."""
+        assert ctx.guild is not None  # @guild_only
         vc = ctx.guild.voice_client
-        if vc is None:
+        if not isinstance(vc, discord.VoiceClient):  # None, or never: the bot connects with VoiceClient
             await ctx.send("I'm not in a voice channel.")
             return
         name = vc.channel.mention
@@ -199,7 +201,7 @@ class Voice(commands.Cog):
     def _check_idle(self, guild: discord.Guild) -> None:
         vc = guild.voice_client
         timer = self.idle_timers.get(guild.id)
-        if vc is None or vc.channel is None:
+        if not isinstance(vc, discord.VoiceClient) or vc.channel is None:  # the bot connects with VoiceClient
             return
         humans = [m for m in vc.channel.members if not m.bot]
         if humans:

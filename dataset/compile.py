@@ -95,11 +95,11 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         fixes.append((c.prompt, c.correction, c.answer, by))
     for t in records.list_test_errors(space):
         fixes.append((t.input, t.expected, t.got or "", "!test cases"))
-    for prompt, fix, bad, by in fixes:
-        if not prompt.strip() or not fix.strip():
+    for asked, fix, bad, by in fixes:
+        if not asked.strip() or not fix.strip():
             unusable += 1
             continue
-        user = [{"role": "user", "content": prompt}]
+        user = [{"role": "user", "content": asked}]
         add_sup([*user, {"role": "assistant", "content": fix}], by)
         key = _prompt_key(user)
         good_for[key] = fix

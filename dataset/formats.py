@@ -192,6 +192,7 @@ def _from_obj(obj: Any, positive: bool) -> tuple[list[Core], str | None]:
         check_output(obj.get("non_preferred_output"), "non_preferred_output", problems)
         if problems:
             return [], problems[0][1]
+        assert isinstance(prompt, list)  # check_messages reported anything else
         good = {"kind": "chat", "messages": [*prompt, obj["preferred_output"][0]], "positive": True}
         bad = {"kind": "chat", "messages": [*prompt, obj["non_preferred_output"][0]], "positive": False}
         return [good, bad], None
@@ -330,6 +331,7 @@ class _JsonStream:
         """Skip whitespace; the next character or "" at the end."""
         while True:
             m = self._WS.match(self.buf, self.pos)
+            assert m is not None  # a `*` pattern matches the empty string too
             self.line += self.buf.count("\n", self.pos, m.end())
             self.pos = m.end()
             if self.pos < len(self.buf):

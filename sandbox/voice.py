@@ -143,7 +143,7 @@ class VoiceServer:
             server_ctx.load_cert_chain(cert, key)
             self._cert_pem = cert.read_text()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, 0))
-        self._udp = transport  # type: ignore[assignment]
+        self._udp = transport
         self.udp_port = transport.get_extra_info("sockname")[1]
         app = web.Application()
         app.router.add_get("/", self._ws)

@@ -206,7 +206,7 @@ def _read_table(path: Path) -> np.ndarray:
     """The token table of a safetensors file: its only 2-D tensor, or the one with a known name."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="np") as f:  # type: ignore[no-untyped-call]
+    with safe_open(str(path), framework="np") as f:
         keys = list(f.keys())
         for key in ("embedding.weight", "embeddings"):
             if key in keys:

@@ -68,15 +68,19 @@ def load_base(spec: BaseSpec, device: Device) -> PreTrainedModel:
     if spec.gguf_file:
         # The weights are plain tensors now, but the model still says "GGUF-quantized", which the Trainer
         # refuses to train (and peft would save as such): drop the marks of a quantization that is gone.
-        model.hf_quantizer = None
-        model.is_quantized = False
+        # torch's stubs type Module.__setattr__ for tensors and submodules only; any value works at run time.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-    return model.to(device.torch_device)
+    # transformers wraps `to` with functools.wraps, whose stub makes mypy take the device for `self`.
+    return model.to(device.torch_device)  # type: ignore[arg-type]
 
 
 def render(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert isinstance(text, str)  # tokenize=False renders one chat as one string
+    return text
 
 
 def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> dict[str, Any]:

@@ -31,7 +31,11 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy: imported for real only inside _train
+    from peft import PeftModel
+    from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 log = logging.getLogger("training.hf_train")
 
@@ -256,7 +260,7 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
              if raw.strip()]
     _event(folder, main, t="info", message=f"Loading {base.label} on {device.label}")
     tok = load_tokenizer(base)
-    model = load_base(base, device)
+    model: PreTrainedModel | PeftModel = load_base(base, device)
     if stop.check():
         raise Cancelled()
 
@@ -277,6 +281,8 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
     rank = int(spec["lora_rank"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
+    args: TrainingArguments
+    trainer_cls: type[Trainer]
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 

@@ -151,7 +151,7 @@ class OpenAIBackend(TrainingBackend):
                                            "Check OPENAI_API_KEY in .env.")) from None
         except openai.APIStatusError as exc:
             err = BackendError(self._scrub(f"OpenAI refused to {what} ({exc.status_code}): {self._message(exc)}"))
-            err.status = exc.status_code  # type: ignore[attr-defined]  (start_job tells a refusal apart)
+            err.status = exc.status_code  # start_job tells a refusal apart
             raise err from None
         except openai.OpenAIError as exc:
             raise BackendError(self._scrub(f"OpenAI client error while trying to {what}: {exc}")) from None
