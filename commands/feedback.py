@@ -205,7 +205,7 @@ class Feedback(commands.Cog):
         """★ Approve members' corrections by id: they count in answers and the next training."""
         done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
                                       by_name=str(ctx.author))
-        shown = ", ".join(f"`{c['ref']}`" for c in done)
+        shown = ", ".join(f"`{c.ref}`" for c in done)
         when = "now and in" if ctx.model.backend.applies_corrections_now else "in"
         await ctx.send(f"Approved {shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
                        f"the next training.")
@@ -226,7 +226,7 @@ class Feedback(commands.Cog):
                                f"(`{ctx.clean_prefix}review` lists them). Nothing was changed.")
         done = await ctx.model.review(ctx.guild_id, ids, approve=False, by_id=ctx.author.id,
                                       by_name=str(ctx.author), reason=reason)
-        shown = ", ".join(f"`{c['ref']}`" for c in done)
+        shown = ", ".join(f"`{c.ref}`" for c in done)
         note = f" Reason kept: {_quote(reason)}" if reason else ""
         await ctx.send(f"Rejected {shown}: never used for answers or training.{note}")
 

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from errors import InvalidInput
@@ -153,7 +153,7 @@ _ANSWER_COLS = "message_id, channel_id, prompt, answer, prompt_message_id, autho
 
 
 def _answer(row: Row) -> Answer:
-    return Answer(*row[:8], time=row[8])
+    return Answer(*row)  # the columns in the fields' order
 
 
 def record_answer(space: GuildSpace, *, message_ids: list[int], channel_id: int, prompt: str, answer: str,
@@ -206,7 +206,8 @@ _CORRECTIONS = f"SELECT {_CORRECTION_COLS} FROM corrections c LEFT JOIN reviews 
 
 
 def _correction(row: Row) -> Correction:
-    return Correction(*row[:10], time=row[10], reviewed_by=row[11], review_reason=row[12] or "")
+    record = Correction(*row)  # the columns in the fields' order
+    return record if record.review_reason is not None else replace(record, review_reason="")
 
 
 def add_correction(space: GuildSpace, *, message_id: int | None, prompt: str, answer: str, correction: str,
@@ -234,11 +235,12 @@ def add_correction(space: GuildSpace, *, message_id: int | None, prompt: str, an
 def list_corrections(space: GuildSpace, status: str | None = None) -> list[Correction]:
     """The server's corrections (only those with ``status`` when given), oldest first."""
     where, params = "c.guild_id = ?", [space.guild_id]
+    params_: list[Any] = params
     if status is not None:
         where += " AND c.status = ?"
-        params.append(status)
+        params_.append(status)
     with space.db.tx(write=False) as tx:
-        return [_correction(r) for r in tx.all(f"{_CORRECTIONS} WHERE {where} ORDER BY c.id", params)]
+        return [_correction(r) for r in tx.all(f"{_CORRECTIONS} WHERE {where} ORDER BY c.id", params_)]
 
 
 def approved_corrections(space: GuildSpace) -> list[Correction]:
@@ -338,7 +340,8 @@ def list_feedback(space: GuildSpace) -> list[Feedback]:
     with space.db.tx(write=False) as tx:
         rows = tx.all("SELECT ref, text, author_id, author_name, channel_id, source_message_id, reply_to, created_at"
                       " FROM feedback WHERE guild_id = ? ORDER BY id", (space.guild_id,))
-    return [Feedback(*r[:6], reply_to=None if r[6] is None else json.loads(r[6]), time=r[7]) for r in rows]
+    return [Feedback(ref, text, author_id, author_name, channel_id, source, None if reply is None else json.loads(reply),
+                     time) for ref, text, author_id, author_name, channel_id, source, reply, time in rows]
 
 
 def add_test_errors(space: GuildSpace, mismatches: list[TestError]) -> int:
@@ -425,7 +428,7 @@ def find_ask(space: GuildSpace, ask_message_id: int) -> Ask | None:
     with space.db.tx(write=False) as tx:
         row = tx.one("SELECT ask_message_id, message_id, author_id, channel_id, author_name, created_at FROM asks"
                      " WHERE guild_id = ? AND ask_message_id = ?", (space.guild_id, int(ask_message_id)))
-    return None if row is None else Ask(*row[:5], time=row[5])
+    return None if row is None else Ask(*row)  # the columns in the fields' order
 
 
 def was_asked(space: GuildSpace, message_id: int, author_id: int) -> bool:

@@ -123,6 +123,7 @@ class Database:
         return statement if self.engine == "sqlite" else statement.replace("?", "%s")
 
     def _connect(self) -> Any:
+        conn: Any
         if self.sqlite_path is not None:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.sqlite_path, timeout=30, isolation_level=None, check_same_thread=False)

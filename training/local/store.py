@@ -66,8 +66,9 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
             except OSError as exc:
                 log.warning("%s of guild %s: the new vectors could not be saved (%s); they are used from memory",
                             name, space.guild_id, exc)
+    how = f"{embedder.name} embeddings" if embedder is not None and vectors is not None else "word matching"
     log.info("loaded %s for guild %s (%d pairs, %d labels, %s)", name, space.guild_id, meta.get("pairs"),
-             len(classes), f"{embedder.name} embeddings" if vectors is not None else "word matching")
+             len(classes), how)
     return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
 
 
