@@ -55,9 +55,11 @@ class PostgresServer:
                   "--no-sync")
         return self
 
-    def start(self) -> PostgresServer:
-        opts = (f"-k {self.sockets} -p {PORT} -c listen_addresses='' -c fsync=off -c full_page_writes=off "
-                f"-c synchronous_commit=off -c max_connections=200")
+    def start(self, *, durable: bool = False) -> PostgresServer:
+        """Start (again); the tests run without fsync (a throwaway cluster), ``durable`` as a deployment would."""
+        self.durable = durable = durable or getattr(self, "durable", False)
+        fast = "" if durable else "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
+        opts = f"-k {self.sockets} -p {PORT} -c listen_addresses='' {fast}-c max_connections=200"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
                   "-w", "-t", "60", "start")
         return self
