@@ -1,9 +1,11 @@
-"""The Model: the one door from the cogs to the domain (data in, training jobs, models, tests, answers).
+"""The Model: the one door from the cogs to the domain (data in, what members give, training jobs, models,
+tests, answers, budgets).
 
-Every public method is async: disk and CPU work runs in a thread inside, so a cog never decides what
-blocks. Methods are thin: data is ``dataset``, jobs are ``training.jobs``, training and answering is
-a backend (chosen by ``MODEL_BACKEND``, see ``training.backend.BACKENDS``), tests are
-``training.evaluation``. ``Model.space`` is the only place a guild's folders are built.
+Every public method is async (disk, database and CPU work runs in threads inside), so a cog never decides what
+blocks, and each is a delegation: data is ``dataset``, records are ``dataset.corrections`` and ``training.jobs``
+in the database (``records``), a job's life and the evaluation gate are ``training.lifecycle``, training and
+answering is a backend (``MODEL_BACKEND``, see ``training.backend.BACKENDS``). ``Model.space`` is the only place
+a server's space is built; the Model keeps the locks and caches that live as long as the bot.
 
 ``python model.py check FILE.jsonl`` checks a fine-tuning file (delegates to ``dataset.check``).
 """
@@ -13,52 +15,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from dataset import archive, check, corrections, export, forget
-from dataset import compile as compiler
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
-from dataset.corrections import Answer, Correction, Feedback, ReactionCounts, TestError
+from dataset.corrections import Answer, Correction, Feedback, ReactionCounts
 from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
-from errors import Busy, InvalidInput, NotFound, NotSaved, TooLarge, TrainerError
+from errors import InvalidInput, NotFound, TooLarge
 from records import legacy
-from records.db import Database, DatabaseUnavailable
+from records.db import Database
 from speech.recognize import recognizer_paid
 from speech.synthesize import synthesizer_paid
-from storage import GuildSpace, fmt_bytes, remove_leftovers
-from training import budget, evaluation, jobs, status
-from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend, create_backend
-from training.evaluation import EVAL_MARGIN, Case, EvalResult, parse_cases, run_cases
+from storage import GuildSpace, fmt_bytes, remove_leftovers, saved
+from training import budget, jobs, status
+from training.backend import History, JobRecord, TrainingBackend, create_backend
+from training.evaluation import EvalResult
+from training.lifecycle import TEST_CONCURRENCY, JobRunner
 
 if TYPE_CHECKING:
     import openai
 
     from config import Settings
-    from dataset.check import CheckReport
+    from dataset.check import CheckReport, Issue
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-TEST_CONCURRENCY = 4
 MAX_DATA_UPLOAD = 100 * 1024 * 1024  # a training file bigger than this is refused before download
 MAX_TEST_UPLOAD = 5 * 1024 * 1024
-
-
-CONTRIBUTORS_KEPT = 10  # contributors named in a job record; the rest are summed under "others"
-
-
-def _top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
-    """The ``keep`` largest (name, count) pairs, plus ("others", rest) when there are more."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    top = ranked[:keep]
-    rest = sum(n for _, n in ranked[keep:])
-    return top + ([("others", rest)] if rest else [])
 
 
 @dataclass(frozen=True)
@@ -71,22 +59,20 @@ class ReactionResult:
 
 
 class Model:
-    """Data in, training jobs, the current model per guild, tests and answers: one async API for the cogs."""
+    """Data in, training jobs, the current model per server, tests and answers: one async API for the cogs."""
 
     def __init__(self, settings: Settings, *, db: Database, openai_client: openai.AsyncOpenAI | None = None,
                  backend: TrainingBackend | None = None) -> None:
         self.settings = settings
         self.db = db
         self.backend = backend if backend is not None else create_backend(settings, openai_client=openai_client)
-        self._train_locks: dict[int, asyncio.Lock] = {}
-        # poll_job and cancel_job read a record, await the backend, then save it: without a lock per job
-        # a poll started before a cancel could save its stale copy over the cancelled one.
-        self._job_locks: dict[str, asyncio.Lock] = {}
+        self.jobs = JobRunner(settings, self.backend)
         # A cache that makes de-duplication cheap; it lives as long as the bot.
         self._dataset_hashes: dataset_folder.HashCache = {}
 
     async def start(self) -> None:
-        """Clean up after a crash, then start the backend (once, from the bot's setup_hook)."""
+        """Bring the database up to date, import an older version's records, clean up after a crash, then start
+        the backend (once, from the bot's setup_hook)."""
         data, corr = self.settings.data_dir, self.settings.corrections_dir
         await asyncio.to_thread(self.db.migrate)
         # Records written by a version before the database are imported once (the files are kept, hidden).
@@ -94,8 +80,7 @@ class Model:
         # A forget cut short is finished (its journal row was committed) or rolled back (it was not).
         for line in await asyncio.to_thread(forget.recover, self.db, data, corr):
             log.warning("%s (the bot stopped mid-way)", line)
-        removed = await asyncio.to_thread(remove_leftovers, self.settings.data_dir, self.settings.corrections_dir)
-        for path, size in removed:
+        for path, size in await asyncio.to_thread(remove_leftovers, data, corr):
             # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
             log.warning("removed %s (%s) left by an interrupted write (the bot stopped mid-way; that upload, "
                         "archive or training did not complete)", path, fmt_bytes(size))
@@ -106,23 +91,8 @@ class Model:
         await self.backend.close()
 
     def space(self, guild_id: int) -> GuildSpace:
-        """The guild's folders: the only place a GuildSpace is built."""
+        """The server's folders and records: the only place a GuildSpace is built."""
         return GuildSpace(guild_id, self.settings.data_dir, self.settings.corrections_dir, self.db)
-
-    @staticmethod
-    async def _write(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a write in a thread; a refused write (read-only folder, full disk) becomes one plain NotSaved line."""
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except OSError as exc:
-            log.warning("could not save %s: %s", what, exc)
-            raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: I could not write to my data folder "
-                           f"({exc.strerror or type(exc).__name__}). Nothing was changed; an admin can find "
-                           f"the details in the log.") from None
-        except DatabaseUnavailable as exc:
-            log.warning("could not save %s: %s", what, exc.reason or exc)
-            raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: {exc} Nothing was changed; an admin can "
-                           f"find the details in the log.") from None
 
     # ------------------------------------------------------------ data in
 
@@ -138,50 +108,28 @@ class Model:
 
     async def add_upload(self, guild_id: int, filename: str, data: bytes, *, positive: bool,
                          author: str, author_id: int | None = None, origin: str | None = None) -> IngestReport:
-        """Store an uploaded file and add its examples to the current dataset (their ``origin`` names the
-        stored upload, so forgetting a person finds both)."""
-        space = self.space(guild_id)
-
-        def work() -> IngestReport:
-            path = dataset_folder.store_upload(space, filename, data)
-            where = f"{origin}, upload {space.relative(path)}" if origin else f"upload {space.relative(path)}"
-            try:
-                report = dataset_folder.ingest_file(space, path, positive=positive, author=author, source=filename,
-                                                    cache=self._dataset_hashes, author_id=author_id, origin=where)
-            except BaseException:
-                path.unlink(missing_ok=True)  # a refused upload is not kept
-                raise
-            if not report.added:
-                path.unlink(missing_ok=True)  # nothing from it went into the dataset: nothing to keep
-            return report
-
-        return await self._write(f"`{filename}`", work)
+        """Store an uploaded file and add its examples to the current dataset."""
+        return await saved(f"`{filename}`", dataset_folder.add_upload, self.space(guild_id), filename, data,
+                           positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                           origin=origin)
 
     async def add_text(self, guild_id: int, text: str, *, positive: bool, author: str, author_id: int | None = None,
                        origin: str | None = None) -> IngestReport:
         """Add examples written in a message (one per line, ``question => answer`` for pairs)."""
-        return await self._write("the examples", dataset_folder.ingest_text, self.space(guild_id), text,
-                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
-                                 origin=origin)
+        return await saved("the examples", dataset_folder.ingest_text, self.space(guild_id), text,
+                           positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                           origin=origin)
 
     async def add_path(self, guild_id: int, user_path: str, *, positive: bool, author: str,
                        author_id: int | None = None, origin: str | None = None) -> IngestReport:
-        """Add a file or folder of the guild's data space (a path the user typed)."""
-        return await self._write("the examples", dataset_folder.ingest_path, self.space(guild_id), user_path,
-                                 positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
-                                 origin=origin)
+        """Add a file or folder of the server's data space (a path the user typed)."""
+        return await saved("the examples", dataset_folder.ingest_path, self.space(guild_id), user_path,
+                           positive=positive, author=author, cache=self._dataset_hashes, author_id=author_id,
+                           origin=origin)
 
     async def path_exists(self, guild_id: int, user_path: str) -> bool:
-        """Whether a typed path names an entry of the guild's data space (False when refused)."""
-        space = self.space(guild_id)
-
-        def exists() -> bool:
-            try:
-                return space.resolve(user_path).exists()
-            except (TrainerError, OSError):
-                return False
-
-        return await asyncio.to_thread(exists)
+        """Whether a typed path names an entry of the server's data space (False when refused)."""
+        return await asyncio.to_thread(dataset_folder.path_exists, self.space(guild_id), user_path)
 
     async def dataset_name(self, guild_id: int) -> str:
         """The current dataset as users see it, e.g. ``datasets/main``."""
@@ -189,45 +137,18 @@ class Model:
 
     async def select_dataset(self, guild_id: int, user_dir: str, *, positive: bool) -> SelectResult:
         """Make a folder the dataset for the next training; it is archived first."""
-        return await self._write("the dataset choice", dataset_folder.select_dataset, self.space(guild_id), user_dir,
-                                 positive=positive)
+        return await saved("the dataset choice", dataset_folder.select_dataset, self.space(guild_id), user_dir,
+                           positive=positive)
 
     async def archive(self, guild_id: int, user_dir: str, *, read_limit: int) -> tuple[ArchiveResult, str, bytes | None]:
-        """Zip a folder of the data space; returns the result, the folder as stored, and the zip's bytes
-        when it is at most ``read_limit`` bytes (to attach), else None."""
-        space = self.space(guild_id)
-
-        def work() -> tuple[ArchiveResult, str, bytes | None]:
-            result = archive.archive_folder(space, user_dir)
-            shown = space.relative(space.resolve(user_dir))  # as stored, not as typed (quotes, trailing slash)
-            data = result.path.read_bytes() if result.bytes <= read_limit else None
-            return result, shown, data
-
-        return await self._write("the archive", work)
+        """Zip a folder of the data space: the result, the folder as stored, the zip's bytes when they fit."""
+        return await saved("the archive", archive.archive_for_chat, self.space(guild_id), user_dir,
+                           read_limit=read_limit)
 
     async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
         """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
-        space = self.space(guild_id)
-
-        def work() -> tuple[str, str, bytes]:
-            target = space.resolve(user_path, must_exist=True)
-            shown = space.relative(target)
-            if not target.is_file():
-                raise InvalidInput(f"`{shown}` is a folder; `{self.settings.prefix}archive {shown}` zips it.")
-            size = target.stat().st_size
-            if size > limit:
-                said, cap = fmt_bytes(size), fmt_bytes(limit)
-                if said == cap:  # "10.0 MB, over the limit of 10.0 MB" would make no sense
-                    said, cap = f"{size:,} bytes", f"{limit:,} bytes"
-                raise TooLarge(f"`{shown}` is {said}, over this server's upload limit of {cap}.")
-            try:
-                return shown, target.name, target.read_bytes()
-            except FileNotFoundError:
-                raise NotFound(f"`{shown}` does not exist in this server's data folder.") from None
-            except OSError as exc:
-                raise InvalidInput(f"`{shown}` can't be read: {exc.strerror or type(exc).__name__}.") from None
-
-        return await asyncio.to_thread(work)
+        return await asyncio.to_thread(dataset_folder.read_user_file, self.space(guild_id), user_path, limit=limit,
+                                       prefix=self.settings.prefix)
 
     # ------------------------------------------------------------ what members give
 
@@ -237,7 +158,7 @@ class Model:
         """Log an answer (every message it was sent as) so ``!correct`` can find it; ``author_*`` is who asked."""
         model_name = await self.current_model(guild_id)
         # Any part of a long answer can be the one someone corrects.
-        await self._write("the answer log", corrections.record_answer, self.space(guild_id),
+        await saved("the answer log", corrections.record_answer, self.space(guild_id),
                           message_ids=list(message_ids), channel_id=channel_id, prompt=prompt, answer=answer,
                           prompt_message_id=prompt_message_id, author_id=author_id, author_name=author_name,
                           model=model_name)
@@ -259,7 +180,7 @@ class Model:
         waits in the review queue.
         """
         approved = trusted or not self.settings.review_corrections
-        return await self._write(
+        return await saved(
             "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.message_id,
             prompt=answer.prompt, answer=answer.answer, correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
@@ -273,14 +194,14 @@ class Model:
     async def review(self, guild_id: int, refs: list[str], *, approve: bool, by_id: int, by_name: str,
                      reason: str = "") -> list[Correction]:
         """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
-        return await self._write("the review decision", corrections.review, self.space(guild_id), refs,
+        return await saved("the review decision", corrections.review, self.space(guild_id), refs,
                                  approve=approve, by_id=by_id, by_name=by_name, reason=reason,
                                  prefix=self.settings.prefix)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
                        reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> Feedback:
         """Store feedback; returns the record (with its ``ref``)."""
-        return await self._write(
+        return await saved(
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,
             author_name=author_name, channel_id=channel_id, reply_to=reply_to, source_message_id=source_message_id,
         )
@@ -299,7 +220,7 @@ class Model:
         answer = await self.find_answer(guild_id, message_id)
         if answer is None:
             return None
-        ask = await self._write("your reaction", corrections.add_reaction, self.space(guild_id),
+        ask = await saved("your reaction", corrections.add_reaction, self.space(guild_id),
                                 message_id=message_id, channel_id=channel_id, kind=kind, added=added,
                                 author_id=user_id, author_name=user_name, model=answer.model)
         return ReactionResult(kind, answer, ask)
@@ -307,7 +228,7 @@ class Model:
     async def record_ask(self, guild_id: int, *, ask_message_id: int, message_id: int, channel_id: int | None,
                          user_id: int, user_name: str) -> None:
         """Remember the bot's ask for the right answer to ``message_id`` (sent after ``user_id``'s 👎)."""
-        await self._write("the ask", corrections.add_ask, self.space(guild_id), ask_message_id=ask_message_id,
+        await saved("the ask", corrections.add_ask, self.space(guild_id), ask_message_id=ask_message_id,
                           message_id=message_id, channel_id=channel_id, author_id=user_id, author_name=user_name)
 
     async def answer_asked_about(self, guild_id: int, ask_message_id: int) -> Answer | None:
@@ -321,224 +242,55 @@ class Model:
 
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
-        return await self._write("the removal", forget.forget, self.space(guild_id), user_id)
+        return await saved("the removal", forget.forget, self.space(guild_id), user_id)
 
-    # ------------------------------------------------------------ training
-
-    async def train(
-        self, guild_id: int, *, method: str = "supervised", started_by: str, channel_id: int
-    ) -> tuple[JobRecord, CheckReport]:
-        """Compile the guild's data, check it, and start a job; InvalidInput (the report) before any upload.
-
-        Busy if a job of this guild is still running.
-        """
-        self.check_method(method)
-        lock = self._train_locks.setdefault(guild_id, asyncio.Lock())
-        if lock.locked():
-            raise Busy("A training is being started for this server right now; wait a moment.")
-        async with lock:
-            space = await self._write("the training job", self.space(guild_id).ensure)
-            for job in await asyncio.to_thread(jobs.unfinished_jobs, space):
-                job = await self.poll_job(guild_id, job["id"])
-                if job["status"] not in TERMINAL:
-                    raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
-            compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=self.backend.min_examples,
-                                               trainer=self.backend.trainer_title)
-            report = compiled.report
-            if method == "dpo" and compiled.preference_report is not None:
-                report = compiled.preference_report  # DPO uploads the preference lines, so check those
-            if not report.ok:
-                raise InvalidInput(report.format(billed=self.backend.bills_tokens,
-                                                 ignore=self.backend.ignored_check_codes))
-            started = time.time()
-            record = await self.backend.start_job(space, compiled, method=method,  # type: ignore[arg-type]
-                                                  suffix=f"g{guild_id}")
-            record.update({
-                "created_at": started, "started_by": started_by, "channel_id": channel_id,
-                "status_message_id": None, "model": None, "events": [], "error": None,
-                "finished_at": None,
-                "estimate": {"examples": report.n_examples, "tokens": report.est_tokens,
-                             "epochs": report.epochs, "billed_tokens": report.billed_tokens},
-                # Who the examples came from (top few, then the rest counted): provenance for !train and !jobs.
-                "contributors": _top(compiled.contributors, CONTRIBUTORS_KEPT),
-            })
-            record.setdefault("step", 0)
-            if self.settings.eval_gate:
-                held = evaluation.holdout(compiled.supervised)
-                if held:
-                    await self._write("the held-out pairs", evaluation.save_holdout, space, record["id"], held)
-            await self._write("the training job", jobs.save_job, space, record)
-            log.info("guild %s: %s started %s job %s", guild_id, started_by, self.backend.name, record["id"])
-            return record, report
+    # ------------------------------------------------------------ training (training.lifecycle)
 
     def check_method(self, method: str) -> None:
         """InvalidInput unless the backend in use trains with ``method`` (pure: checked before any data is added)."""
-        if method not in METHODS:
-            raise InvalidInput(f"Unknown training method `{method}`: use one of {', '.join(METHODS)}.")
-        if method not in self.backend.methods:
-            raise InvalidInput(self.backend.method_refusal(method))
+        self.jobs.check_method(method)
 
-    def relevant_warnings(self, report: CheckReport) -> list[Any]:
+    def relevant_warnings(self, report: CheckReport) -> list[Issue]:
         """The checker's warnings that matter to the backend in use."""
-        return [w for w in report.warnings if getattr(w, "code", "") not in self.backend.ignored_check_codes]
+        return self.jobs.relevant_warnings(report)
 
-    def _apply(self, job: dict[str, Any], upd: JobUpdate) -> bool:
-        """Merge an update into the record; True if anything changed."""
-        before = dict(job)
-        job["status"] = upd.status
-        if upd.step is not None:
-            job["step"] = upd.step
-        if upd.total_steps:
-            job["total_steps"] = upd.total_steps
-        if upd.losses:
-            step, loss = max(upd.losses)
-            if not job.get("last_loss") or step >= job["last_loss"][0]:
-                job["last_loss"] = [int(step), float(loss)]
-        if upd.events:
-            job["events"] = (list(job.get("events") or []) + upd.events)[-jobs.KEEP_EVENTS:]
-        if upd.fine_tuned_model:
-            job["model"] = upd.fine_tuned_model
-        if upd.error:
-            job["error"] = upd.error
-        job.update(upd.extra)
-        if upd.status in TERMINAL and not job.get("finished_at"):
-            job["finished_at"] = time.time()
-        return job != before
+    async def train(self, guild_id: int, *, method: str = "supervised", started_by: str,
+                    channel_id: int) -> tuple[JobRecord, CheckReport]:
+        """Compile the server's data, check it, and start a job (Busy while one runs)."""
+        return await self.jobs.train(self.space(guild_id), method=method, started_by=started_by,
+                                     channel_id=channel_id)
 
-    def owns(self, job: dict[str, Any]) -> bool:
-        """Whether this process's backend can follow ``job`` (MODEL_BACKEND may have changed since)."""
-        return job.get("backend") == self.backend.name
+    async def poll_job(self, guild_id: int, job_id: str) -> JobRecord:
+        """Refresh a job from its backend and save it (WatchedElsewhere: another process watches it)."""
+        return await self.jobs.poll_job(self.space(guild_id), job_id)
 
-    async def poll_job(self, guild_id: int, job_id: str) -> dict[str, Any]:
-        """Refresh a job from its backend and save it; on success the guild switches to the new model."""
-        space = self.space(guild_id)
-        # The jobs log is read and written off the loop: it grows with every status change.
-        job = await asyncio.to_thread(jobs.get_job, space, job_id)
-        if job.get("status") in TERMINAL:
-            return job
-        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            job = await asyncio.to_thread(jobs.get_job, space, job["id"])  # fresh: a cancel may have saved it
-            if job.get("status") in TERMINAL or not self.owns(job):
-                return job  # another backend's job: nothing can poll it here
-            upd = await self.backend.poll(space, job)
-            if self._apply(job, upd):
-                if (self.settings.eval_gate and job["status"] == "succeeded" and job.get("model")
-                        and not job.get("activated") and "evaluation" not in job):
-                    job["evaluation"] = await self._evaluate(space, job)
-                await self._write("the job's progress", self._save, space, job, upd.losses)
-            return job
+    async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> JobRecord:
+        """Cancel a running job; returns the saved record."""
+        return await self.jobs.cancel_job(self.space(guild_id), job_id, by=by)
 
-    def _save(self, space: GuildSpace, job: dict[str, Any], losses: Sequence[tuple[int, float]] = ()) -> None:
-        self._activate(space, job)
-        jobs.save_job(space, job, losses)
-        if job.get("status") in TERMINAL:
-            evaluation.drop_holdout(space, job["id"])
+    async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> None:
+        """Remember which message the watcher edits for this job."""
+        await self.jobs.set_status_message(self.space(guild_id), job_id, message_id)
 
-    def _activate(self, space: GuildSpace, job: dict[str, Any]) -> None:
-        """A job that just succeeded makes its model the guild's current one, unless the evaluation gate kept it
-        as a candidate (then ``!model <name>`` switches to it)."""
-        if job["status"] == "succeeded" and job.get("model") and not job.get("activated"):
-            if (job.get("evaluation") or {}).get("candidate"):
-                job["candidate"] = True
-                return
-            jobs.set_current_model(space, self.backend.name, job["model"])
-            job["activated"] = True
-
-    async def _evaluate(self, space: GuildSpace, job: dict[str, Any]) -> dict[str, Any]:
-        """Score a just-trained model and the current one on the evaluation set and the job's held-out pairs.
-
-        The new model is asked by name, so scoring never makes it current. It becomes a ``candidate`` (not
-        switched to) when it is more than EVAL_MARGIN worse than the current model on the evaluation set. A
-        backend error while scoring is reported in the result and does not hold the model back (the gate
-        guards against worse models, not against an unreachable API).
-        """
-        old = await self.current_model(space.guild_id)
-        new = str(job["model"])
-        result: dict[str, Any] = {"old_model": old if old != new else None, "margin": EVAL_MARGIN}
-        cases = await asyncio.to_thread(evaluation.eval_set, space)
-        held = await asyncio.to_thread(evaluation.load_holdout, space, job["id"])
-        try:
-            for part, chosen in (("set", cases), ("heldout", held)):
-                if not chosen:
-                    continue
-                score = {"n": len(chosen), "new": (await self._score(space, new, chosen)).correct}
-                if result["old_model"]:
-                    score["old"] = (await self._score(space, result["old_model"], chosen)).correct
-                result[part] = score
-        except TrainerError as exc:
-            log.warning("guild %s: could not score %s before switching to it: %s", space.guild_id, new, exc)
-            return {**result, "error": str(exc), "candidate": False}
-        scored = result.get("set")
-        result["candidate"] = bool(scored and "old" in scored
-                                   and (scored["new"] - scored["old"]) / scored["n"] < -EVAL_MARGIN)
-        log.info("guild %s: %s scored %s (candidate: %s)", space.guild_id, new, result, result["candidate"])
-        return result
-
-    def _ask(self, space: GuildSpace, model_name: str | None) -> Callable[[Case], Any]:
-        """How a case is asked of ``model_name`` (by name: asking never changes the current model)."""
-        async def ask(case: Case) -> str:
-            if case.kind == "label":
-                return await self.backend.predict_label(space, model_name, case.input)
-            return await self.backend.answer(space, model_name, case.input, ())
-        return ask
-
-    async def _score(self, space: GuildSpace, model_name: str, cases: list[Case]) -> EvalResult:
-        return await run_cases(self._ask(space, model_name), cases, concurrency=TEST_CONCURRENCY)
-
-    async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> dict[str, Any]:
-        """Cancel a running job (``by``: who asked, shown in its status); returns the saved record.
-
-        A job that finished before the cancel reached the backend keeps its real outcome.
-        """
-        space = self.space(guild_id)
-        job = await asyncio.to_thread(jobs.get_job, space, job_id)
-        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            job = await asyncio.to_thread(jobs.get_job, space, job["id"])
-            if job.get("status") in TERMINAL:
-                raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
-            upd = await self.backend.cancel(space, job)
-            self._apply(job, upd)
-            if job["status"] == "cancelled" and by:
-                job["cancelled_by"] = by
-            await self._write("the cancellation", self._save, space, job, upd.losses)
-            return job
-
-    async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> dict[str, Any]:
-        """Remember which message the watcher edits for this job (survives restarts), under the job's lock
-        so a concurrent poll or cancel cannot undo it."""
-        space = self.space(guild_id)
-
-        def work() -> dict[str, Any]:
-            job = jobs.get_job(space, job_id)
-            job["status_message_id"] = message_id
-            return jobs.save_job(space, job)
-
-        async with self._job_locks.setdefault(job_id, asyncio.Lock()):
-            return await self._write("the job's status message", work)
-
-    async def list_jobs(self, guild_id: int, limit: int = 10) -> list[dict[str, Any]]:
+    async def list_jobs(self, guild_id: int, limit: int = 10) -> list[JobRecord]:
         """Newest jobs first."""
         return await asyncio.to_thread(jobs.list_jobs, self.space(guild_id), limit)
 
-    async def unfinished_jobs(self) -> list[tuple[int, dict[str, Any]]]:
-        """(guild_id, job) for every unfinished job of this backend on disk: what the watcher resumes."""
-        def work() -> list[tuple[int, dict[str, Any]]]:
-            return [(guild_id, job) for guild_id in jobs.guilds_with_unfinished_jobs(self.db)
-                    for job in jobs.unfinished_jobs(self.space(guild_id)) if self.owns(job)]
-
-        return await asyncio.to_thread(work)
+    async def unfinished_jobs(self, guild_ids: set[int] | None = None) -> list[tuple[int, JobRecord]]:
+        """(guild id, job) for every unfinished job no other process watches: what the watcher resumes."""
+        return await self.jobs.unfinished_jobs(self.space, guild_ids)
 
     @staticmethod
-    def status_text(job: dict[str, Any]) -> str:
+    def status_text(job: JobRecord) -> str:
         """The text of a job's status message (pure and cheap)."""
         return status.render_status(job)
 
     @staticmethod
-    def no_loss_reason(job: dict[str, Any]) -> str:
+    def no_loss_reason(job: JobRecord) -> str:
         """Why a finished job has no loss curve, in one sentence."""
         return status.no_loss_reason(job)
 
-    async def loss_curve_png(self, guild_id: int, job: dict[str, Any]) -> bytes | None:
+    async def loss_curve_png(self, guild_id: int, job: JobRecord) -> bytes | None:
         """The loss curve as PNG (rendered in a thread), None without loss points."""
         space = self.space(guild_id)
         return await asyncio.to_thread(lambda: status.loss_curve_png(
@@ -547,29 +299,16 @@ class Model:
     # ------------------------------------------------------------ models
 
     async def current_model(self, guild_id: int) -> str | None:
-        """The model this guild answers with, None before the first training."""
-        return await asyncio.to_thread(jobs.current_model, self.space(guild_id), self.backend.name)
+        """The model this server answers with, None before the first training."""
+        return await self.jobs.current_model(self.space(guild_id))
 
     async def list_models(self, guild_id: int) -> list[str]:
         """Models that can be selected, oldest first."""
-        space = self.space(guild_id)
-        return await asyncio.to_thread(lambda: self.backend.list_models(space, jobs.list_jobs(space, 0)))
+        return await self.jobs.list_models(self.space(guild_id))
 
     async def set_model(self, guild_id: int, name: str) -> str:
         """Switch to ``name`` (must exist) or ``"previous"``; returns the new current model."""
-        space = self.space(guild_id)
-        name = (name or "").strip().strip("`")
-
-        def work() -> str:
-            if name.lower() == "previous":
-                return jobs.set_current_model(space, self.backend.name, None, back=True) or ""
-            if not self.backend.model_exists(space, name, jobs.list_jobs(space, 0)):
-                known = self.backend.list_models(space, jobs.list_jobs(space, 0))
-                shown = ", ".join(f"`{m}`" for m in known[-5:]) or "none yet"
-                raise NotFound(f"There is no model `{name}` on this server. Known: {shown}.")
-            return jobs.set_current_model(space, self.backend.name, name) or name
-
-        return await self._write("the model switch", work)
+        return await self.jobs.set_model(self.space(guild_id), name)
 
     async def describe_backend(self) -> str:
         """One line on how the backend answers (it may load its model the first time)."""
@@ -583,30 +322,13 @@ class Model:
             raise NotFound(f"There is no trained model to export yet; train one with `{self.settings.prefix}train`.")
         space = self.space(guild_id)
         path = await self.backend.export(space, name)
-
-        def read() -> tuple[str, str, int, bytes | None]:
-            size = path.stat().st_size
-            return name, space.relative(path), size, path.read_bytes() if size <= read_limit else None
-
-        return await asyncio.to_thread(read)
+        data = await asyncio.to_thread(archive.read_if_small, path, read_limit)
+        return name, space.relative(path), path.stat().st_size, data
 
     async def export_data(self, guild_id: int, *, read_limit: int) -> tuple[DataExport, list[tuple[str, bytes]],
                                                                           str | None]:
-        """Export the compiled dataset. Returns the export, the files to attach as (name, bytes) when they fit
-        in ``read_limit`` bytes together (else one zip of them when it fits, else none), and where the zip
-        lies in the data space when one was made."""
-        space = self.space(guild_id)
-
-        def work() -> tuple[DataExport, list[tuple[str, bytes]], str | None]:
-            result = export.export_data(space)
-            if result.bytes <= read_limit:
-                return result, [(f.name, f.read_bytes()) for f in result.files], None
-            zipped = archive.archive_folder(space, space.relative(result.folder))
-            shown = f"archives/{zipped.name}"
-            fits = zipped.bytes <= read_limit
-            return result, ([(zipped.name, zipped.path.read_bytes())] if fits else []), shown
-
-        return await self._write("the export", work)
+        """Export the compiled dataset: the export, the files to attach, and where a zip of them lies."""
+        return await saved("the export", export.export_for_chat, self.space(guild_id), read_limit=read_limit)
 
     # ------------------------------------------------------------ budgets on paid calls
 
@@ -643,8 +365,8 @@ class Model:
     # ------------------------------------------------------------ answering and testing
 
     async def answer(self, guild_id: int, prompt: str, history: History = ()) -> str:
-        """Answer with the guild's current model; ``history`` is (role, content) pairs, oldest first."""
-        return await self.backend.answer(self.space(guild_id), await self.current_model(guild_id), prompt, history)
+        """Answer with the server's current model; ``history`` is (role, content) pairs, oldest first."""
+        return await self.jobs.answer(self.space(guild_id), prompt, history)
 
     @staticmethod
     def check_test_upload(filename: str, size: int) -> None:
@@ -657,19 +379,9 @@ class Model:
 
     async def run_tests(self, guild_id: int, text: str, *, concurrency: int = TEST_CONCURRENCY,
                         author_id: int | None = None, author_name: str | None = None) -> EvalResult:
-        """Run test cases (JSON array or lines) against the current model; mismatches are kept as errors and
-        the cases join the server's evaluation set (what the evaluation gate scores new models on)."""
-        cases = await asyncio.to_thread(parse_cases, text)
-        space = self.space(guild_id)
-        model_name = await self.current_model(guild_id)
-        result = await run_cases(self._ask(space, model_name), cases, concurrency=concurrency)
-        await self._write("the evaluation set", evaluation.add_to_eval_set, space, cases, author_id=author_id,
-                          author_name=author_name)
-        if result.mismatches:
-            rows = [TestError(m["input"], m["expected"], m.get("got"), m.get("kind", "answer"), m.get("line"),
-                              model_name) for m in result.mismatches]
-            await self._write("the mismatches", corrections.add_test_errors, space, rows)
-        return result
+        """Run test cases against the current model (see ``JobRunner.run_tests``)."""
+        return await self.jobs.run_tests(self.space(guild_id), text, concurrency=concurrency, author_id=author_id,
+                                         author_name=author_name)
 
 
 if __name__ == "__main__":

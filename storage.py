@@ -11,6 +11,7 @@ acknowledged record intact and at worst one torn last line, which readers skip a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -18,17 +19,19 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import unquote
 
-from errors import NotFound, PathRefused
-from records.db import Database
+from errors import NotFound, NotSaved, PathRefused
+from records.db import Database, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # The one registry of file locks, process-wide by nature (any thread may write any guild's files):
@@ -161,6 +164,22 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with atomic_open(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+
+
+async def saved(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a write in a thread; a refused write (read-only folder or database, full disk, database away) becomes
+    one plain NotSaved line that says what was not saved."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except OSError as exc:
+        log.warning("could not save %s: %s", what, exc)
+        raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: I could not write to my data folder "
+                       f"({exc.strerror or type(exc).__name__}). Nothing was changed; an admin can find "
+                       f"the details in the log.") from None
+    except DatabaseUnavailable as exc:
+        log.warning("could not save %s: %s", what, exc.reason or exc)
+        raise NotSaved(f"{what[0].upper()}{what[1:]} was not saved: {exc} Nothing was changed; an admin can "
+                       f"find the details in the log.") from None
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -17,6 +17,7 @@ from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
 from training.backend import TERMINAL
+from training.lifecycle import LEASE_SECONDS, WatchedElsewhere
 from training.status import score_text
 
 if TYPE_CHECKING:
@@ -195,12 +196,20 @@ class Training(commands.Cog):
         task.add_done_callback(lambda t: self.watchers.pop(job_id, None) if self.watchers.get(job_id) is t else None)
 
     async def _resume_watchers(self) -> None:
-        """After a restart, pick up every unfinished job and keep editing its status message."""
+        """After a restart, pick up every unfinished job of this bot's servers and keep editing its status
+        message; then keep looking, so a job whose watcher (another bot process) died is taken over."""
         await self.bot.wait_until_ready()
-        for guild_id, job in await self.model.unfinished_jobs():
-            if self.bot.get_guild(guild_id) is not None:
-                log.info("resuming watch of job %s in guild %s", job["id"], guild_id)
-                self.watch(guild_id, job["id"])
+        while True:
+            try:
+                found = await self.model.unfinished_jobs({g.id for g in self.bot.guilds})
+            except TrainerError as exc:  # the database is away: look again later
+                log.warning("could not look for unfinished jobs: %s", exc)
+                found = []
+            for guild_id, job in found:
+                if job["id"] not in self.watchers:
+                    log.info("watching job %s in guild %s (resumed or taken over)", job["id"], guild_id)
+                    self.watch(guild_id, job["id"])
+            await asyncio.sleep(LEASE_SECONDS / 2)
 
     async def _watch(self, guild_id: int, job_id: str, shown: str | None) -> None:
         poll = self.bot.settings.job_poll_seconds
@@ -214,6 +223,9 @@ class Training(commands.Cog):
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except WatchedElsewhere:
+                log.info("job %s is watched by another bot process", job_id)
+                return
             except TrainerError as exc:
                 failures += 1
                 log.warning("polling job %s failed (%d): %s", job_id, failures, exc)

@@ -162,3 +162,16 @@ def list_archives(space: GuildSpace) -> list[Path]:
         return []
     zips = [p for p in space.archives.glob("*.zip") if p.is_file() and not p.name.startswith(".")]
     return sorted(zips, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def archive_for_chat(space: GuildSpace, user_dir: str, *, read_limit: int) -> tuple[ArchiveResult, str, bytes | None]:
+    """Zip a folder of the data space: the result, the folder as stored (not as typed: quotes, a trailing slash),
+    and the zip's bytes when they fit in ``read_limit`` (to attach), else None."""
+    result = archive_folder(space, user_dir)
+    shown = space.relative(space.resolve(user_dir))
+    return result, shown, result.path.read_bytes() if result.bytes <= read_limit else None
+
+
+def read_if_small(path: Path, limit: int) -> bytes | None:
+    """A file's bytes when it is at most ``limit`` bytes (to attach), else None."""
+    return path.read_bytes() if path.stat().st_size <= limit else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataset import corrections
+from dataset import archive, corrections
 from dataset.compile import compile_guild
 from dataset.folder import current_dataset, load_dataset
 from errors import InvalidInput
@@ -72,3 +72,15 @@ def export_data(space: GuildSpace) -> DataExport:
     log.info("guild %s: exported %d lines and %d pairs to %s", space.guild_id, len(compiled.supervised),
              len(compiled.preference), space.relative(folder))
     return DataExport(folder, files, len(compiled.supervised), len(compiled.preference), total)
+
+
+def export_for_chat(space: GuildSpace, *, read_limit: int) -> tuple[DataExport, list[tuple[str, bytes]], str | None]:
+    """Export the compiled dataset: the export, the files to attach as (name, bytes) when they fit in
+    ``read_limit`` bytes together (else one zip of them when it fits, else none), and where the zip lies in the
+    data space when one was made."""
+    result = export_data(space)
+    if result.bytes <= read_limit:
+        return result, [(f.name, f.read_bytes()) for f in result.files], None
+    zipped = archive.archive_folder(space, space.relative(result.folder))
+    fits = zipped.bytes <= read_limit
+    return result, ([(zipped.name, zipped.path.read_bytes())] if fits else []), f"archives/{zipped.name}"

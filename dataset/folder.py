@@ -29,8 +29,8 @@ from dataset.formats import (
     parse_source_file,
     space_files,
 )
-from errors import InvalidInput, PathRefused
-from storage import GuildSpace, atomic_open, atomic_write_bytes, lock_for, utc_now
+from errors import InvalidInput, NotFound, PathRefused, TooLarge, TrainerError
+from storage import GuildSpace, atomic_open, atomic_write_bytes, fmt_bytes, lock_for, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +265,49 @@ def select_dataset(space: GuildSpace, user_dir: str, *, positive: bool = True) -
     return SelectResult(shown, len(report.examples), report, archive)
 
 
+
+
+def add_upload(space: GuildSpace, filename: str, data: bytes, *, positive: bool, author: str,
+               cache: HashCache | None = None, author_id: int | None = None,
+               origin: str | None = None) -> IngestReport:
+    """Store an uploaded file and add its examples to the current dataset (their ``origin`` names the stored
+    upload, so forgetting a person finds both). A refused upload, or one that added nothing, is not kept."""
+    path = store_upload(space, filename, data)
+    where = f"{origin}, upload {space.relative(path)}" if origin else f"upload {space.relative(path)}"
+    try:
+        report = ingest_file(space, path, positive=positive, author=author, source=filename, cache=cache,
+                             author_id=author_id, origin=where)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if not report.added:
+        path.unlink(missing_ok=True)
+    return report
+
+
+def path_exists(space: GuildSpace, user_path: str) -> bool:
+    """Whether a typed path names an entry of the data space (False when refused)."""
+    try:
+        return space.resolve(user_path).exists()
+    except (TrainerError, OSError):
+        return False
+
+
+def read_user_file(space: GuildSpace, user_path: str, *, limit: int, prefix: str) -> tuple[str, str, bytes]:
+    """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
+    target = space.resolve(user_path, must_exist=True)
+    shown = space.relative(target)
+    if not target.is_file():
+        raise InvalidInput(f"`{shown}` is a folder; `{prefix}archive {shown}` zips it.")
+    size = target.stat().st_size
+    if size > limit:
+        said, cap = fmt_bytes(size), fmt_bytes(limit)
+        if said == cap:  # "10.0 MB, over the limit of 10.0 MB" would make no sense
+            said, cap = f"{size:,} bytes", f"{limit:,} bytes"
+        raise TooLarge(f"`{shown}` is {said}, over this server's upload limit of {cap}.")
+    try:
+        return shown, target.name, target.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"`{shown}` does not exist in this server's data folder.") from None
+    except OSError as exc:
+        raise InvalidInput(f"`{shown}` can't be read: {exc.strerror or type(exc).__name__}.") from None

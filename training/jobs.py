@@ -32,8 +32,9 @@ KEEP_EVENTS = 5
 HISTORY_KEPT = 50
 COLUMNS = ("id", "backend", "method", "status", "created_at", "updated_at", "finished_at", "started_by",
            "channel_id", "status_message_id", "model", "step", "total_steps", "error")
-_NOT_DATA = frozenset(COLUMNS) | {"losses", "last_loss", "guild_id", "data"}
-_SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS)}, j.data, "
+LEASE = ("watcher", "lease_until")  # read with the record, written only by claim and release
+_NOT_DATA = frozenset(COLUMNS) | frozenset(LEASE) | {"losses", "last_loss", "guild_id", "data"}
+_SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS + LEASE)}, j.data, "
            "(SELECT l.step FROM job_losses l WHERE l.guild_id = j.guild_id AND l.job_id = j.id "
            "ORDER BY l.step DESC LIMIT 1), "
            "(SELECT l.loss FROM job_losses l WHERE l.guild_id = j.guild_id AND l.job_id = j.id "
@@ -41,9 +42,10 @@ _SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS)}, j.data, "
 
 
 def _record(row: Row) -> JobRecord:
-    record: JobRecord = dict(zip(COLUMNS, row[:len(COLUMNS)], strict=True))
-    record.update(json.loads(row[len(COLUMNS)] or "{}"))
-    step, loss = row[len(COLUMNS) + 1], row[len(COLUMNS) + 2]
+    n = len(COLUMNS) + len(LEASE)
+    record: JobRecord = dict(zip(COLUMNS + LEASE, row[:n], strict=True))
+    record.update(json.loads(row[n] or "{}"))
+    step, loss = row[n + 1], row[n + 2]
     record["last_loss"] = None if step is None else [int(step), float(loss)]
     return record
 
@@ -137,6 +139,44 @@ def guilds_with_unfinished_jobs(db: Database) -> list[int]:
     with db.tx(write=False) as tx:
         return [int(r[0]) for r in tx.all(f"SELECT DISTINCT guild_id FROM jobs WHERE status NOT IN ({marks})",
                                           tuple(sorted(TERMINAL)))]
+
+
+def set_status_message(space: GuildSpace, job_id: str, message_id: int) -> None:
+    """The message the watcher edits for this job (survives restarts)."""
+    with space.db.tx() as tx:
+        row = tx.one("SELECT data FROM jobs WHERE guild_id = ? AND id = ?", (space.guild_id, job_id))
+        if row is None:
+            raise NotFound(f"There is no training job `{job_id}` on this server.")
+        tx.execute("UPDATE jobs SET status_message_id = ? WHERE guild_id = ? AND id = ?",
+                   (message_id, space.guild_id, job_id))
+
+
+# ---------------------------------------------------------------- who watches a job (several processes)
+
+def claim(space: GuildSpace, job_id: str, watcher: str, seconds: float) -> bool:
+    """Take or renew the lease on watching a job for ``seconds``; False while another watcher holds it.
+
+    One conditional UPDATE, atomic on both engines: two processes can never both hold a lease.
+    """
+    now = time.time()
+    with space.db.tx() as tx:
+        cur = tx.execute("UPDATE jobs SET watcher = ?, lease_until = ? WHERE guild_id = ? AND id = ? AND "
+                         "(watcher IS NULL OR watcher = ? OR lease_until IS NULL OR lease_until < ?)",
+                         (watcher, now + seconds, space.guild_id, job_id, watcher, now))
+        return bool(cur.rowcount)
+
+
+def release(space: GuildSpace, job_id: str, watcher: str) -> None:
+    """Give up watching a job (it ended, or this process stops)."""
+    with space.db.tx() as tx:
+        tx.execute("UPDATE jobs SET watcher = NULL, lease_until = NULL WHERE guild_id = ? AND id = ? AND watcher = ?",
+                   (space.guild_id, job_id, watcher))
+
+
+def free_for(job: JobRecord, watcher: str) -> bool:
+    """Whether ``watcher`` may watch ``job`` now: nobody else holds a lease that still runs."""
+    holder, until = job.get("watcher"), job.get("lease_until")
+    return holder in (None, watcher) or until is None or float(until) < time.time()
 
 
 # ---------------------------------------------------------------- current model
