@@ -99,7 +99,17 @@ async def use_api_base(api_base: str, token: str) -> None:
     log.info("using Discord-compatible server at %s (gateway %s)", base, data["url"])
 
 
-class TrainerBot(commands.Bot):
+def _shard_options(settings: Settings) -> dict[str, Any]:
+    """Several processes (one PostgreSQL): each runs its SHARD_IDS of SHARD_COUNT; unset: Discord's advice."""
+    options: dict[str, Any] = {}
+    if settings.shard_count is not None:
+        options["shard_count"] = settings.shard_count
+    if settings.shard_ids is not None:
+        options["shard_ids"] = list(settings.shard_ids)
+    return options
+
+
+class TrainerBot(commands.AutoShardedBot):
     """The bot: builds the shared clients once, loads the cogs and turns errors into one friendly line."""
 
     def __init__(self, settings: Settings, *, openai_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -113,6 +123,7 @@ class TrainerBot(commands.Bot):
             strip_after_prefix=True,
             # Nothing the bot repeats from users may ping anyone; a ping must be asked for per message.
             allowed_mentions=discord.AllowedMentions.none(),
+            **_shard_options(settings),
             **kwargs,
         )
         self.settings = settings

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, TypedDict
+from typing import Any, Mapping, TypedDict
 
 from errors import ConfigError
 
@@ -113,6 +113,9 @@ class Settings:
     corrections_dir: Path = Path("corrections")
     # PostgreSQL for the records (several bot processes share it); None: SQLite at DATA_DIR/trainer.db.
     database_url: str | None = None
+    # Shards this process runs (SHARD_IDS) out of SHARD_COUNT; None: Discord's recommended count, all of them.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
     api_base: str | None = None
     trainer_role: str | None = None
     chat_channels: tuple[str, ...] = ("general", "chat")
@@ -188,6 +191,7 @@ class Settings:
             ),
             api_base=api_base,
             database_url=_database_url(env),
+            **_shards(env),
             trainer_role=env.get("TRAINER_ROLE", "").strip() or None,
             chat_channels=channels,
             model_backend=_choice(env, "MODEL_BACKEND", "local", MODEL_BACKENDS),
@@ -214,6 +218,23 @@ class Settings:
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,
             **_hf_settings(env, cls),
         )
+
+
+def _shards(env: Mapping[str, str]) -> dict[str, Any]:
+    """``SHARD_COUNT`` (at least 1) and ``SHARD_IDS`` (comma-separated, each below the count; needs the count)."""
+    count = _int(env, "SHARD_COUNT", 0, 1) if env.get("SHARD_COUNT", "").strip() else None
+    raw = env.get("SHARD_IDS", "").strip()
+    if not raw:
+        return {"shard_count": count, "shard_ids": None}
+    if count is None:
+        raise ConfigError("SHARD_IDS needs SHARD_COUNT (the total number of shards of all processes)")
+    try:
+        ids = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError(f"SHARD_IDS must be comma-separated shard numbers, like 0,1; got {raw!r}") from None
+    if not ids or any(not 0 <= i < count for i in ids):
+        raise ConfigError(f"SHARD_IDS must be numbers from 0 to {count - 1} (SHARD_COUNT={count}); got {raw!r}")
+    return {"shard_count": count, "shard_ids": ids}
 
 
 def _database_url(env: Mapping[str, str]) -> str | None:
