@@ -135,6 +135,8 @@ class Settings:
     audio_queue: int = 8
     voice_idle_seconds: float = 300.0
     job_poll_seconds: float = 15.0
+    # A job's watcher renews its lease on every poll; another process takes the job over once it runs out.
+    job_lease_seconds: float = 30.0
     embed_model: str = DEFAULT_EMBED_MODEL
     review_corrections: bool = True
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
@@ -211,6 +213,7 @@ class Settings:
             audio_queue=_int(env, "AUDIO_QUEUE", cls.audio_queue, 1),
             voice_idle_seconds=_float(env, "VOICE_IDLE_SECONDS", cls.voice_idle_seconds, 0.0),
             job_poll_seconds=_float(env, "JOB_POLL_SECONDS", cls.job_poll_seconds, 0.01),
+            job_lease_seconds=_float(env, "JOB_LEASE_SECONDS", cls.job_lease_seconds, 1.0),
             embed_model=_embed_model(env),
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
             eval_gate=_on_off(env, "EVAL_GATE", True),

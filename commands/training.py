@@ -17,7 +17,7 @@ from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
 from training.backend import TERMINAL
-from training.lifecycle import LEASE_SECONDS, WatchedElsewhere
+from training.lifecycle import WatchedElsewhere
 from training.status import score_text
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Training(commands.Cog):
                 if job["id"] not in self.watchers:
                     log.info("watching job %s in guild %s (resumed or taken over)", job["id"], guild_id)
                     self.watch(guild_id, job["id"])
-            await asyncio.sleep(LEASE_SECONDS / 2)
+            await asyncio.sleep(self.bot.settings.job_lease_seconds / 2)
 
     async def _watch(self, guild_id: int, job_id: str, shown: str | None) -> None:
         poll = self.bot.settings.job_poll_seconds
@@ -244,9 +244,15 @@ class Training(commands.Cog):
                 return
             await asyncio.sleep(poll)
 
-    def _channel(self, job: dict[str, Any]) -> discord.abc.PartialMessageableChannel | None:
+    def _channel(self, job: dict[str, Any]) -> discord.abc.PartialMessageableChannel | discord.PartialMessageable | None:
         channel_id = job.get("channel_id")
-        channel = self.bot.get_channel(int(channel_id)) if channel_id else None
+        if not channel_id:
+            return None
+        channel = self.bot.get_channel(int(channel_id))
+        if channel is None:
+            # A job taken over from another bot process whose shard has this server: not in this process's
+            # cache, but its messages can still be sent and edited by id.
+            return self.bot.get_partial_messageable(int(channel_id))
         # The channel !train ran in: always one of these (not a category or a forum).
         return channel if isinstance(channel, STATUS_CHANNELS) else None
 

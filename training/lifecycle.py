@@ -3,8 +3,8 @@ gate, its model made current (or kept as a candidate), cancelled; the models a s
 
 :class:`JobRunner` owns the per-server and per-job locks and the watch lease. Several bot processes may share one
 PostgreSQL: exactly one watches a job at a time, the one holding its lease (``jobs.claim``), which it renews on
-every poll; when that process dies, its lease runs out and another process takes the job over (the Training
-cog looks for such jobs every ``LEASE_SECONDS / 2``).
+every poll; when that process dies, its lease runs out (``JOB_LEASE_SECONDS``) and another process takes the
+job over (the Training cog looks for such jobs every half lease).
 
 Every method is async; disk and database work runs in threads. No discord here.
 """
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 TEST_CONCURRENCY = 4
 CONTRIBUTORS_KEPT = 10  # contributors named in a job record; the rest are summed under "others"
-LEASE_SECONDS = 30.0  # a watcher that stops renewing loses its job to another process after this
 
 
 class WatchedElsewhere(TrainerError):
@@ -93,7 +92,7 @@ class JobRunner:
     def lease_seconds(self) -> float:
         """Long enough for a few polls of the slowest backend, so a live watcher never loses its job."""
         poll = min(self.settings.job_poll_seconds, self.backend.poll_seconds or self.settings.job_poll_seconds)
-        return max(LEASE_SECONDS, 3 * poll)
+        return max(self.settings.job_lease_seconds, 2 * poll)
 
     # ------------------------------------------------------------ start
 
