@@ -1,5 +1,9 @@
 """The sandbox's gateway: the websocket a bot logs in on (HELLO, IDENTIFY/RESUME, heartbeats) and
 the events it is sent (:meth:`Gateway.dispatch`), kept per session so a dropped connection can RESUME.
+
+Sharded as Discord shards: a session that identified with ``shard: [shard_id, shard_count]`` gets
+READY, GUILD_CREATE and the events of the servers with ``(guild_id >> 22) % shard_count == shard_id``
+only, and DMs only on shard 0 (https://discord.com/developers/docs/events/gateway#sharding).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from sandbox.state import User
+from sandbox.state import User, shard_of
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -41,6 +45,12 @@ class Session:
         self.backlog: list[dict[str, Any]] = []  # sent events kept for RESUME
         self.ws: web.WebSocketResponse | None = None
         self.intents = 0  # from IDENTIFY: Discord only sends the events a client asked for
+        self.shard = (0, 1)  # from IDENTIFY: (shard_id, shard_count)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of server ``guild_id`` (None: a DM's, shard 0's)."""
+        shard_id, shard_count = self.shard
+        return (shard_of(guild_id, shard_count) if guild_id is not None else 0) == shard_id
 
 
 class Gateway:
@@ -58,6 +68,7 @@ class Gateway:
         self.identify_count = 0
         self.resume_count = 0
         self.bot_voice_requests: list[dict[str, Any]] = []
+        self.recommended_shards = 1  # the "shards" of GET /gateway/bot, which AutoShardedClient runs
         self._background: set[asyncio.Task[None]] = set()
 
     async def invalidate_sessions(self) -> None:
@@ -79,9 +90,11 @@ class Gateway:
                 await session.ws.close(code=1001)
 
     async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
-        """Send a gateway event to every bot session (``intent``: only those that identified with it)."""
+        """Send a gateway event to every bot session whose shard has the server the event names in
+        its ``guild_id`` (none: a DM's, shard 0) (``intent``: only those that identified with it)."""
+        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
         for session in list(self.sessions.values()):
-            if intent and not session.intents & intent:
+            if (intent and not session.intents & intent) or not session.receives(guild_id):
                 continue
             session.seq += 1
             payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
@@ -120,19 +133,27 @@ class Gateway:
                 if d.get("token") != self.sandbox.bot_token:
                     await ws.close(code=4004, message=b"Authentication failed.")
                     break
+                shard = _shard(d.get("shard"))
+                if shard is None:
+                    await ws.close(code=4010, message=b"Invalid shard.")
+                    break
                 self.identify_count += 1
                 session = Session(secrets.token_hex(16), self.state.bot_user)
                 session.intents = int(d.get("intents") or 0)
+                session.shard = shard
                 session.ws = ws
                 self.sessions[session.id] = session
+                guilds = [g.id for g in self.state.guilds.values() if session.receives(g.id)]
                 ready = {
-                    "v": 10, "user": self.state.bot_user.payload(), "guilds": [{"id": str(self.state.guild_id), "unavailable": True}],
+                    "v": 10, "user": self.state.bot_user.payload(),
+                    "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
                     "session_id": session.id, "resume_gateway_url": self.sandbox.gateway_url, "private_channels": [],
                     "relationships": [], "application": {"id": str(self.state.application_id), "flags": 0},
-                    "session_type": "normal", "shard": [0, 1],
+                    "session_type": "normal", "shard": list(shard),
                 }
                 await self._send_event(session, "READY", ready)
-                await self._send_event(session, "GUILD_CREATE", self.state.guild_payload())
+                for guild_id in guilds:
+                    await self._send_event(session, "GUILD_CREATE", self.state.guild_payload(guild_id))
                 await self.sandbox.wake()  # wait_for(): a bot (re)joined
             elif op == OP_RESUME:
                 session = self.sessions.get(d.get("session_id", ""))
@@ -182,19 +203,33 @@ class Gateway:
         await session.ws.send_str(json.dumps(payload))
 
     async def _bot_voice_state(self, d: dict[str, Any]) -> None:
-        """The bot asked to join/leave voice (op 4): answer as Discord does."""
+        """The bot asked to join/leave voice in a server (op 4): answer as Discord does. A server
+        that is not there (any more: a new world began) gets no answer."""
         self.bot_voice_requests.append(d)
+        guild = self.state.guilds.get(int(d["guild_id"]) if d.get("guild_id") else self.state.guild_id)
+        if guild is None:
+            return
         channel_id = int(d["channel_id"]) if d.get("channel_id") else None
         if channel_id is None:
-            self.state.voice_states.pop(self.state.bot_user.id, None)
+            guild.voice_states.pop(self.state.bot_user.id, None)
         else:
-            self.state.voice_states[self.state.bot_user.id] = channel_id
-        state = self.state.voice_state_payload(self.state.bot_user.id, channel_id)
-        state["session_id"] = f"bot-voice-{self.state.guild_id}"
+            guild.voice_states[self.state.bot_user.id] = channel_id
+        state = self.state.voice_state_payload(self.state.bot_user.id, channel_id, guild_id=guild.id)
+        state["session_id"] = f"bot-voice-{guild.id}"
         await self.dispatch("VOICE_STATE_UPDATE", state)
         if channel_id is not None:
             await self.dispatch("VOICE_SERVER_UPDATE", {
-                "token": self.sandbox.voice_token, "guild_id": str(self.state.guild_id),
+                "token": self.sandbox.voice_token, "guild_id": str(guild.id),
                 "endpoint": self.sandbox.voice_endpoint or f"{self.sandbox.host}:{self.sandbox.port}",
             })
 
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's ``shard`` as (shard_id, shard_count): (0, 1) when it has none, None when invalid."""
+    if value is None:
+        return (0, 1)
+    try:
+        shard_id, shard_count = (int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (shard_id, shard_count) if 0 <= shard_id < shard_count else None

@@ -23,6 +23,7 @@ from sandbox.state import (
     VIEW_CHANNEL,
     Attachment,
     Channel,
+    Guild,
     Message,
     User,
 )
@@ -188,15 +189,15 @@ class Rest:
             "id": str(self.state.application_id), "name": "trainer", "icon": None, "description": "",
             "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
             "owner": self.state.owner.payload(), "team": None, "summary": "", "rpc_origins": [],
-            "approximate_guild_count": 1, "redirect_uris": [], "interactions_endpoint_url": None,
+            "approximate_guild_count": len(self.state.guilds), "redirect_uris": [], "interactions_endpoint_url": None,
             "tags": [], "install_params": None, "custom_install_url": None, "integration_types_config": {},
         })
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
         data: dict[str, Any] = {"url": self.sandbox.gateway_url}
         if request.path.endswith("/bot"):
-            data.update(shards=1, session_start_limit={"total": 1000, "remaining": 1000,
-                                                       "reset_after": 0, "max_concurrency": 1})
+            data.update(shards=self.gateway.recommended_shards,
+                        session_start_limit={"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1})
         return _json(data)
 
     def _get_channel(self, request: web.Request) -> Channel:
@@ -327,7 +328,7 @@ class Rest:
             data["message_author_id"] = str(msg.author.id)
             data["burst_colors"] = []
             if msg.guild_id and user.in_guild:
-                data["member"] = user.member_payload()
+                data["member"] = self.state.member_payload(user, msg.guild_id)
         return data
 
     def _reaction_intent(self, msg: Message) -> int:
@@ -454,13 +455,17 @@ class Rest:
                                         intent=self._reaction_intent(msg))
         await self._notify_reaction("clear", msg, self.state.bot_user, emoji or "")
 
+    def _get_guild(self, request: web.Request) -> Guild:
+        return existing(self.state.guilds.get(int(request.match_info["guild_id"])), "Guild")
+
     async def _member(self, request: web.Request) -> web.Response:
+        guild = self._get_guild(request)
         user = self.state.users.get(int(request.match_info["user_id"]))
-        return _json(existing(user if user is not None and user.in_guild else None, "Member").member_payload())
+        member = existing(user if user is not None and user.in_guild else None, "Member")
+        return _json(self.state.member_payload(member, guild.id))
 
     async def _guild(self, request: web.Request) -> web.Response:
-        existing(self.state.guild_id if int(request.match_info["guild_id"]) == self.state.guild_id else None, "Guild")
-        data = self.state.guild_payload()
+        data = self.state.guild_payload(self._get_guild(request))
         for key in ("members", "channels", "voice_states", "presences", "threads"):
             data.pop(key, None)
         return _json(data)

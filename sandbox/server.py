@@ -1,7 +1,8 @@
 """A small Discord-compatible server on 127.0.0.1 that the real discord.py client logs into.
 
 It speaks the parts of Discord's REST API (``/api/v10/...``), gateway websocket and CDN that the
-bot uses, holds one guild with text and voice channels and users with roles, and stores every
+bot uses, holds one guild with text and voice channels and users with roles (more guilds with
+:meth:`Sandbox.add_guild`, sent to the shards Discord would send them to), and stores every
 message and attachment. Anything it does not implement answers 404 and is recorded in
 :attr:`Sandbox.unimplemented`, so tests can fail on it.
 
@@ -50,10 +51,12 @@ from sandbox.state import (
     VIEW_CHANNEL,
     Attachment,
     Channel,
+    Guild,
     Message,
     Role,
     State,
     User,
+    shard_of,
 )
 from sandbox.world import SAVE_DELAY, WorldStore
 
@@ -66,7 +69,8 @@ __all__ = [
     "ADD_REACTIONS", "ADMINISTRATOR", "ALL_PERMISSIONS", "ATTACH_FILES", "CONNECT", "EMBED_LINKS",
     "EVERYONE_PERMISSIONS", "HEARTBEAT_ACK_DELAY", "MANAGE_GUILD", "MANAGE_MESSAGES", "MENTION_EVERYONE",
     "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
-    "Attachment", "Channel", "Message", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
+    "Attachment", "Channel", "Guild", "Message", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
+    "shard_of",
 ]
 
 
@@ -98,7 +102,7 @@ class Sandbox:
     application_id = _On("state")
     guild_id = _On("state")
     guild_name = _On("state")
-    second_guild_id = _On("state")
+    guilds = _On("state")  # id -> Guild, the first one first
     messages = _On("state")
     channels = _On("state")
     roles = _On("state")
@@ -111,6 +115,7 @@ class Sandbox:
     other_bot = _On("state")
     text_channel = _On("state")
     voice_channel = _On("state")
+    add_guild = _On("state")
     add_user = _On("state")
     add_channel = _On("state")
     user_named = _On("state")
@@ -129,6 +134,7 @@ class Sandbox:
     heartbeat_interval_ms = _On("gateway")
     heartbeat_ack_delay = _On("gateway")
     bot_voice_requests = _On("gateway")
+    recommended_shards = _On("gateway")  # GET /gateway/bot's "shards" (default 1)
     dispatch = _On("gateway")
     drop_bot_connections = _On("gateway")
     request_heartbeat = _On("gateway")
@@ -217,14 +223,15 @@ class Sandbox:
     # ----------------------------------------------------------------- acting as users
     async def post_message(
         self, author: User | str, content: str = "", *, channel: Channel | int | None = None,
-        attachments: list[tuple[str, bytes, str | None]] | None = None, reply_to: int | None = None,
+        guild: Guild | int | None = None, attachments: list[tuple[str, bytes, str | None]] | None = None, reply_to: int | None = None,
         voice_message: bool = False, duration_secs: float | None = None, ping_reply: bool = True,
     ) -> Message:
-        """Post a message as a user; dispatches MESSAGE_CREATE. A reply pings the replied-to
-        author as Discord's client does by default; ``ping_reply=False`` is its "@ OFF"."""
+        """Post a message as a user in ``channel`` (default: #general of ``guild``, default: the
+        first server); dispatches MESSAGE_CREATE. A reply pings the replied-to author as
+        Discord's client does by default; ``ping_reply=False`` is its "@ OFF"."""
         if isinstance(author, str):
             author = self.user_named(author)
-        channel_obj = self.state.channel(channel)
+        channel_obj = self.state.channel(channel, guild)
         msg_id = self.ids.next()
         files = [
             self.rest.store_attachment(channel_obj.id, name, data, ctype,
@@ -238,16 +245,20 @@ class Sandbox:
         await self.rest.create_message(msg)
         return msg
 
-    async def set_voice(self, user: User | str, channel: Channel | int | None) -> None:
-        """Move a user into a voice channel (or out with ``None``); dispatches VOICE_STATE_UPDATE."""
+    async def set_voice(self, user: User | str, channel: Channel | int | None, *,
+                        guild: Guild | int | None = None) -> None:
+        """Move a user into a voice channel (or out of ``guild``'s with ``None``, default: the
+        first server's); dispatches VOICE_STATE_UPDATE."""
         if isinstance(user, str):
             user = self.user_named(user)
-        channel_id = self.state.channel(channel).id if channel is not None else None
-        if channel_id is None:
-            self.voice_states.pop(user.id, None)
+        channel_obj = self.state.channel(channel) if channel is not None else None
+        where = self.state.guild_of(channel_obj.guild_id if channel_obj is not None else guild)
+        if channel_obj is None:
+            where.voice_states.pop(user.id, None)
         else:
-            self.voice_states[user.id] = channel_id
-        await self.dispatch("VOICE_STATE_UPDATE", self.state.voice_state_payload(user.id, channel_id))
+            where.voice_states[user.id] = channel_obj.id
+        await self.dispatch("VOICE_STATE_UPDATE", self.state.voice_state_payload(
+            user.id, channel_obj.id if channel_obj is not None else None, guild_id=where.id))
 
     # ----------------------------------------------------------------- voice
     async def enable_voice(self) -> bool:
@@ -288,12 +299,15 @@ class Sandbox:
         """Begin a new world: new server, roles, channels, users and ids, no messages. The bot's
         session is invalidated as Discord does (op 9, not resumable): it identifies again and sees
         only the new server, as if it had been invited to another one. Saved at once."""
-        if self.voice_states.pop(self.bot_user.id, None) is not None:  # out of the old world's voice first
-            state = self.state.voice_state_payload(self.bot_user.id, None)
-            state["session_id"] = f"bot-voice-{self.guild_id}"
-            await self.dispatch("VOICE_STATE_UPDATE", state)
-            if self.voice_server is not None:  # and its call ends, as Discord ends it (4014)
-                await self.voice_server.disconnect_all(4014)
+        left = False
+        for guild in self.guilds.values():  # out of the old world's voice first
+            if guild.voice_states.pop(self.bot_user.id, None) is not None:
+                state = self.state.voice_state_payload(self.bot_user.id, None, guild_id=guild.id)
+                state["session_id"] = f"bot-voice-{guild.id}"
+                await self.dispatch("VOICE_STATE_UPDATE", state)
+                left = True
+        if left and self.voice_server is not None:  # and its calls end, as Discord ends them (4014)
+            await self.voice_server.disconnect_all(4014)
         await self.gateway.invalidate_sessions()
         self.state.new_world(self.guild_name)
         await self.store.begin_again()

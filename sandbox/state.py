@@ -1,4 +1,4 @@
-"""The sandbox's world: its objects (the server, roles, users and members, channels, messages and
+"""The sandbox's world: its objects (the servers, roles, users and members, channels, messages and
 their attachments), Discord-style ids, the payloads Discord sends for them, permissions and mentions.
 
 :class:`State` holds one world. It does no I/O: :mod:`sandbox.rest` and :mod:`sandbox.gateway` serve
@@ -51,6 +51,11 @@ def iso_time(ts: float | None = None) -> str:
     return datetime.fromtimestamp(ts if ts is not None else time.time(), timezone.utc).isoformat()
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that gets a server's events, as Discord computes it (DMs go to shard 0)."""
+    return (guild_id >> 22) % shard_count
+
+
 class Snowflakes:
     """Discord-style ids: milliseconds since the Discord epoch shifted left by 22 bits.
 
@@ -65,6 +70,17 @@ class Snowflakes:
         self.last = max(ms << 22, self.last + 1)
         return self.last
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """The next id of a server on shard ``shard_id`` of ``shard_count`` (see :func:`shard_of`):
+        its timestamp moves at most ``shard_count - 1`` milliseconds ahead."""
+        if not 0 <= shard_id < shard_count:
+            raise ValueError(f"no shard {shard_id} of {shard_count}")
+        candidate = self.next()
+        ms = candidate >> 22
+        ms += (shard_id - ms) % shard_count
+        self.last = max(candidate, ms << 22)
+        return self.last
+
 
 @dataclass
 class User:
@@ -72,7 +88,7 @@ class User:
     name: str
     bot: bool = False
     roles: list[int] = field(default_factory=list)
-    in_guild: bool = True  # False: a Discord user who is not a member of the sandbox guild
+    in_guild: bool = True  # False: a Discord user who is a member of none of the sandbox's servers
     joined: float = field(default_factory=time.time)
 
     def payload(self) -> dict[str, Any]:
@@ -81,10 +97,11 @@ class User:
             "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0,
         }
 
-    def member_payload(self, with_user: bool = True) -> dict[str, Any]:
+    def member_payload(self, with_user: bool = True, roles: list[int] | None = None) -> dict[str, Any]:
+        """As a member of a server whose roles are ``roles`` (None: all the user's roles)."""
         data: dict[str, Any] = {
-            "roles": [str(r) for r in self.roles], "joined_at": iso_time(self.joined), "deaf": False, "mute": False,
-            "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
+            "roles": [str(r) for r in (self.roles if roles is None else roles)], "joined_at": iso_time(self.joined),
+            "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
         }
         if with_user:
             data["user"] = self.payload()
@@ -206,6 +223,7 @@ class Role:
     permissions: int
     position: int = 0
     mentionable: bool = False  # anyone may ping it; otherwise only with Mention Everyone
+    guild_id: int | None = None  # its server (None: the first one)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -215,33 +233,41 @@ class Role:
         }
 
 
+@dataclass
+class Guild:
+    """A server: its @everyone role has its id; its roles and channels name it as their ``guild_id``."""
+
+    id: int
+    name: str
+    owner_id: int
+    text_channel: Channel  # #general
+    voice_channel: Channel
+    voice_states: dict[int, int] = field(default_factory=dict)  # user id -> voice channel id
+
 
 class State:
-    """One world: a server with its roles, users, channels, messages and voice states."""
+    """One world: its servers (the first one, and any :meth:`add_guild` added), roles, users,
+    channels, messages and voice states. The users are members of every server."""
 
     # Set by new_world (and WorldStore when it restores a saved world):
     application_id: int
-    guild_id: int
-    guild_name: str
-    owner: User
+    guild_id: int  # the first server's
+    owner: User  # owns every server
     admin: User
     member: User
     bot_user: User
     other_bot: User
-    text_channel: Channel
-    voice_channel: Channel
 
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         """An empty world: call :meth:`new_world` to fill it. ``on_change()`` is called whenever
         something in the world changed (the sandbox saves it soon)."""
         self.ids = Snowflakes()
         self.on_change = on_change or (lambda: None)
+        self.guilds: dict[int, Guild] = {}  # the first server first
         self.messages: dict[int, Message] = {}
         self.channels: dict[int, Channel] = {}
         self.roles: dict[int, Role] = {}
         self.users: dict[int, User] = {}
-        self.voice_states: dict[int, int] = {}  # user id -> voice channel id
-        self.second_guild_id: int | None = None
 
     def changed(self) -> None:
         self.on_change()
@@ -252,20 +278,79 @@ class State:
         self.messages = {}
         self.channels = {}
         self.users = {}
-        self.voice_states = {}
+        self.roles = {}
+        self.guilds = {}
         self.application_id = self.ids.next()
         self.guild_id = self.ids.next()
-        self.guild_name = guild_name
-        everyone = Role(self.guild_id, "@everyone", EVERYONE_PERMISSIONS, 0)
-        admin_role = Role(self.ids.next(), "Admins", EVERYONE_PERMISSIONS | MANAGE_GUILD, 1)
-        self.roles = {everyone.id: everyone, admin_role.id: admin_role}
-        self.owner = self.add_user("owner", roles=[admin_role.id])
-        self.admin = self.add_user("admin", roles=[admin_role.id])
+        admins = self._server_roles(self.guild_id)
+        self.owner = self.add_user("owner", roles=[admins.id])
+        self.admin = self.add_user("admin", roles=[admins.id])
         self.member = self.add_user("member")
         self.bot_user = self.add_user("trainer", bot=True)
         self.other_bot = self.add_user("otherbot", bot=True)
-        self.text_channel = self.add_channel("general", 0)
-        self.voice_channel = self.add_channel("Voice", 2)
+        text, voice = self.add_channel("general", 0), self.add_channel("Voice", 2)
+        self.guilds[self.guild_id] = Guild(self.guild_id, guild_name, self.owner.id, text, voice)
+
+    def add_guild(self, name: str = "Second", *, shard: tuple[int, int] | None = None) -> Guild:
+        """Another server with its own @everyone and Admins roles (Admins given to the owner and
+        the admin, as in the first), #general and Voice channels; every user who is a member
+        (``in_guild``) is a member of it too. Add it before the bot logs in.
+
+        Its id puts it on ``shard`` = ``(shard_id, shard_count)`` (see :func:`shard_of`); by
+        default on the other shard of two from the server before it, so that the first two
+        servers go to different shards of a bot that runs two."""
+        if shard is None:
+            shard = (1 - shard_of(list(self.guilds)[-1], 2), 2)
+        guild_id = self.ids.next_on_shard(*shard)
+        admins = self._server_roles(guild_id)
+        for user in (self.owner, self.admin):
+            user.roles.append(admins.id)
+        text, voice = self.add_channel("general", 0, guild_id), self.add_channel("Voice", 2, guild_id)
+        guild = self.guilds[guild_id] = Guild(guild_id, name, self.owner.id, text, voice)
+        self.changed()
+        return guild
+
+    def _server_roles(self, guild_id: int) -> Role:
+        """A new server's @everyone (its id is the server's) and Admins roles; returns Admins."""
+        everyone = Role(guild_id, "@everyone", EVERYONE_PERMISSIONS, 0, guild_id=guild_id)
+        admins = Role(self.ids.next(), "Admins", EVERYONE_PERMISSIONS | MANAGE_GUILD, 1, guild_id=guild_id)
+        self.roles.update({everyone.id: everyone, admins.id: admins})
+        return admins
+
+    # The first server's name, channels and voice states.
+    @property
+    def guild(self) -> Guild:
+        return self.guilds[self.guild_id]
+
+    @property
+    def guild_name(self) -> str:
+        return self.guild.name
+
+    @property
+    def text_channel(self) -> Channel:
+        return self.guild.text_channel
+
+    @property
+    def voice_channel(self) -> Channel:
+        return self.guild.voice_channel
+
+    @property
+    def voice_states(self) -> dict[int, int]:
+        """User id -> voice channel id, in the first server (each server has its own)."""
+        return self.guild.voice_states
+
+    def guild_of(self, guild: Guild | int | None) -> Guild:
+        """A server given as itself or its id; None: the first one."""
+        if guild is None:
+            return self.guild
+        return guild if isinstance(guild, Guild) else self.guilds[guild]
+
+    def role_guild(self, role: Role) -> int:
+        return role.guild_id if role.guild_id is not None else self.guild_id
+
+    def member_roles(self, user: User, guild_id: int) -> list[int]:
+        """The ids of ``user``'s roles in that server."""
+        return [r for r in user.roles if r in self.roles and self.role_guild(self.roles[r]) == guild_id]
 
     # ----------------------------------------------------------------- adding and finding
     def add_user(self, name: str, *, bot: bool = False, roles: list[int] | None = None,
@@ -291,10 +376,10 @@ class State:
                 return user
         raise KeyError(name)
 
-    def channel(self, channel: Channel | int | None) -> Channel:
-        """A channel given as itself or its id; None: #general."""
+    def channel(self, channel: Channel | int | None, guild: Guild | int | None = None) -> Channel:
+        """A channel given as itself or its id; None: #general of ``guild`` (None: the first server)."""
         if channel is None:
-            return self.text_channel
+            return self.guild_of(guild).text_channel
         if isinstance(channel, Channel):
             return channel
         return self.channels[channel]
@@ -319,23 +404,29 @@ class State:
         ]
 
     # ----------------------------------------------------------------- payloads
-    def guild_payload(self) -> dict[str, Any]:
+    def member_payload(self, user: User, guild_id: int, with_user: bool = True) -> dict[str, Any]:
+        return user.member_payload(with_user, roles=self.member_roles(user, guild_id))
+
+    def guild_payload(self, guild: Guild | int | None = None) -> dict[str, Any]:
+        """GUILD_CREATE's server (None: the first one), with its roles, members and channels."""
+        g = self.guild_of(guild)
         members = [u for u in self.users.values() if u.in_guild]
         return {
-            "id": str(self.guild_id), "name": self.guild_name, "icon": None, "splash": None,
-            "discovery_splash": None, "owner_id": str(self.owner.id), "afk_channel_id": None,
+            "id": str(g.id), "name": g.name, "icon": None, "splash": None,
+            "discovery_splash": None, "owner_id": str(g.owner_id), "afk_channel_id": None,
             "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
-            "explicit_content_filter": 0, "roles": [r.payload() for r in self.roles.values()],
+            "explicit_content_filter": 0,
+            "roles": [r.payload() for r in self.roles.values() if self.role_guild(r) == g.id],
             "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
             "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
             "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None,
             "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
             "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
             "joined_at": iso_time(), "large": False, "unavailable": False, "member_count": len(members),
-            "voice_states": [self.voice_state_payload(uid, cid, with_member=False)
-                             for uid, cid in self.voice_states.items()],
-            "members": [u.member_payload() for u in members],
-            "channels": [c.payload() for c in self.channels.values() if c.guild_id == self.guild_id and c.type != 1],
+            "voice_states": [self.voice_state_payload(uid, cid, with_member=False, guild_id=g.id)
+                             for uid, cid in g.voice_states.items()],
+            "members": [self.member_payload(u, g.id) for u in members],
+            "channels": [c.payload() for c in self.channels.values() if c.guild_id == g.id and c.type != 1],
             "threads": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [],
             "soundboard_sounds": [],
         }
@@ -351,14 +442,14 @@ class State:
         }
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
-            data["member"] = msg.author.member_payload(with_user=False)
+            data["member"] = self.member_payload(msg.author, msg.guild_id, with_user=False)
         if msg.reactions:  # Discord leaves the key out when there are none
             data["reactions"] = [self.reaction_payload(emoji, users) for emoji, users in msg.reactions.items()]
         for user_id in msg.mentions:
             user = self.users[user_id]
             mention = user.payload()
             if msg.guild_id and user.in_guild:  # Discord adds the partial member in servers
-                mention["member"] = user.member_payload(with_user=False)
+                mention["member"] = self.member_payload(user, msg.guild_id, with_user=False)
             data["mentions"].append(mention)
         if msg.reference_id:
             data["message_reference"] = {
@@ -372,16 +463,19 @@ class State:
                 )
         return data
 
-    def voice_state_payload(self, user_id: int, channel_id: int | None, with_member: bool = True) -> dict[str, Any]:
+    def voice_state_payload(self, user_id: int, channel_id: int | None, with_member: bool = True,
+                            guild_id: int | None = None) -> dict[str, Any]:
+        """VOICE_STATE_UPDATE in server ``guild_id`` (None: the first one)."""
         user = self.users[user_id]
+        guild_id = guild_id if guild_id is not None else self.guild_id
         data: dict[str, Any] = {
-            "guild_id": str(self.guild_id), "channel_id": str(channel_id) if channel_id else None,
+            "guild_id": str(guild_id), "channel_id": str(channel_id) if channel_id else None,
             "user_id": str(user_id), "session_id": f"voice-{user_id}", "deaf": False, "mute": False,
             "self_deaf": False, "self_mute": False, "self_video": False, "suppress": False,
             "request_to_speak_timestamp": None,
         }
         if with_member:
-            data["member"] = user.member_payload()
+            data["member"] = self.member_payload(user, guild_id)
         return data
 
     def reaction_payload(self, emoji: str, users: list[int]) -> dict[str, Any]:
@@ -403,21 +497,22 @@ class State:
             return 0
         if not user.in_guild:
             return 0
-        if user.id == self.owner.id:
+        guild = self.guild_of(channel.guild_id)
+        if user.id == guild.owner_id:
             return ALL_PERMISSIONS
-        perms = self.roles[self.guild_id].permissions
-        for role_id in user.roles:
-            if role_id in self.roles:
-                perms |= self.roles[role_id].permissions
+        perms = self.roles[guild.id].permissions
+        member_roles = self.member_roles(user, guild.id)
+        for role_id in member_roles:
+            perms |= self.roles[role_id].permissions
         if perms & ADMINISTRATOR:
             return ALL_PERMISSIONS
         roles_allow = roles_deny = 0
         member_overwrite: dict[str, Any] | None = None
         for ow in channel.overwrites:
             target, kind = int(ow["id"]), ow.get("type", 0)
-            if kind == 0 and target == self.guild_id:
+            if kind == 0 and target == guild.id:
                 perms = (perms & ~int(ow.get("deny", 0))) | int(ow.get("allow", 0))
-            elif kind == 0 and target in user.roles:
+            elif kind == 0 and target in member_roles:
                 roles_allow |= int(ow.get("allow", 0))
                 roles_deny |= int(ow.get("deny", 0))
             elif kind == 1 and target == user.id:
@@ -480,7 +575,8 @@ class State:
         if in_guild:
             for match in ROLE_MENTION.finditer(msg.content):
                 role = self.roles.get(int(match.group(1)))
-                if (role is not None and role.id != self.guild_id and role.id not in roles
+                if (role is not None and self.role_guild(role) == channel.guild_id and role.id != channel.guild_id
+                        and role.id not in roles
                         and ("roles" in parse or role.id in roles_ok)
                         and (role.mentionable or may_mention_everyone)):
                     roles.append(role.id)

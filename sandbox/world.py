@@ -1,6 +1,6 @@
 """The sandbox's world on disk: one JSON file and, beside it, a folder with the attachments' bytes.
 
-``world.json`` holds the server, its roles, channels, users, messages and reactions (see
+``world.json`` holds the servers, their roles, channels, users, messages and reactions (see
 :meth:`WorldStore.record`); ``world-attachments/<attachment id>`` hold the files people and the bot
 posted, written once each. Every write goes to a temporary file that is flushed, fsynced and
 renamed over the old one, so a crash leaves either the previous world or the new one, never half.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.state import Attachment, Channel, Message, Role, State, User, iso_time
+from sandbox.state import Attachment, Channel, Guild, Message, Role, State, User, iso_time
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,10 @@ class WorldStore:
         world = {
             "format": FORMAT, "saved_at": iso_time(), "last_id": state.ids.last,
             "application_id": state.application_id, "guild_id": state.guild_id, "guild_name": state.guild_name,
+            "guilds": [{"id": g.id, "name": g.name, "owner_id": g.owner_id, "text_channel": g.text_channel.id,
+                        "voice_channel": g.voice_channel.id} for g in state.guilds.values()],
             "roles": [{"id": r.id, "name": r.name, "permissions": r.permissions, "position": r.position,
-                       "mentionable": r.mentionable} for r in state.roles.values()],
+                       "mentionable": r.mentionable, "guild_id": r.guild_id} for r in state.roles.values()],
             "users": [{"id": u.id, "name": u.name, "bot": u.bot, "roles": u.roles, "in_guild": u.in_guild,
                        "joined": u.joined} for u in state.users.values()],
             "channels": [{"id": c.id, "name": c.name, "type": c.type, "guild_id": c.guild_id, "position": c.position,
@@ -311,7 +313,8 @@ class WorldStore:
         world, state = self.world, self.state
         assert world is not None
         roles = {int(r["id"]): Role(int(r["id"]), str(r["name"]), int(r["permissions"]), int(r.get("position", 0)),
-                                    bool(r.get("mentionable", False))) for r in record["roles"]}
+                                    bool(r.get("mentionable", False)),
+                                    int(r["guild_id"]) if r.get("guild_id") else None) for r in record["roles"]}
         users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
                                     roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
                                     joined=float(u.get("joined") or time.time())) for u in record["users"]}
@@ -348,18 +351,22 @@ class WorldStore:
             messages[msg.id] = msg
         special = record["special"]
         guild_id = int(record["guild_id"])
-        if guild_id not in roles:
-            raise ValueError("the server has no @everyone role")
+        owner = users[int(special["owner"])]
+        # The first server from the fields every saved world has; the others from "guilds" (newer worlds).
+        guilds = {guild_id: Guild(guild_id, str(record.get("guild_name") or state.guild_name), owner.id,
+                                  channels[int(special["text_channel"])], channels[int(special["voice_channel"])])}
+        for g in record.get("guilds", []):
+            if int(g["id"]) != guild_id:
+                guilds[int(g["id"])] = Guild(int(g["id"]), str(g["name"]), int(g.get("owner_id") or owner.id),
+                                             channels[int(g["text_channel"])], channels[int(g["voice_channel"])])
+        if any(g not in roles for g in guilds):
+            raise ValueError("a server has no @everyone role")
         # Everything read: now replace the new world with the saved one.
-        state.application_id, state.guild_id = int(record["application_id"]), guild_id
-        state.guild_name = str(record.get("guild_name") or state.guild_name)
+        state.application_id, state.guild_id, state.guilds = int(record["application_id"]), guild_id, guilds
         state.roles, state.users, state.channels, state.messages = roles, users, channels, messages
-        state.voice_states = {}
-        state.owner, state.admin, state.member = (users[int(special[k])] for k in ("owner", "admin", "member"))
+        state.owner, state.admin, state.member = owner, users[int(special["admin"])], users[int(special["member"])]
         state.bot_user, state.other_bot = users[int(special["bot"])], users[int(special["other_bot"])]
-        state.text_channel = channels[int(special["text_channel"])]
-        state.voice_channel = channels[int(special["voice_channel"])]
-        highest = max([int(record.get("last_id") or 0), *users, *channels, *messages, *roles,
+        highest = max([int(record.get("last_id") or 0), *guilds, *users, *channels, *messages, *roles,
                        *(a.id for m in messages.values() for a in m.attachments)])
         state.ids.last = max(state.ids.last, highest)
 
