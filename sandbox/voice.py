@@ -94,7 +94,7 @@ class VoiceServer:
 
     def __init__(self, host: str = "127.0.0.1", *, ack_delay: float = 0.05) -> None:
         self.host = host
-        # As on the gateway (sandbox.server.HEARTBEAT_ACK_DELAY): an instant ACK can beat discord.py's
+        # As on the gateway (sandbox.gateway.HEARTBEAT_ACK_DELAY): an instant ACK can beat discord.py's
         # keep-alive thread to recording its send time, and the latency then reads one interval.
         self.ack_delay = ack_delay
         self._acks: set[asyncio.Task[None]] = set()

@@ -1,17 +1,20 @@
 """The sandbox's world on disk: one JSON file and, beside it, a folder with the attachments' bytes.
 
-``world.json`` holds the server, its roles, channels, users, messages and reactions (see
-``Sandbox._world_record``); ``world-attachments/<attachment id>`` hold the files people and the bot
+``world.json`` holds the servers, their roles, channels, users, messages and reactions (see
+:meth:`WorldStore.record`); ``world-attachments/<attachment id>`` hold the files people and the bot
 posted, written once each. Every write goes to a temporary file that is flushed, fsynced and
 renamed over the old one, so a crash leaves either the previous world or the new one, never half.
 A world that cannot be read is set aside (``world.json.<time>.bad``) so that nothing is lost, and
 the sandbox starts a new one.
 
-Nothing here knows the sandbox's classes: this module reads and writes bytes and JSON.
+:class:`WorldFile` reads and writes bytes and JSON and knows nothing of the sandbox's classes;
+:class:`WorldStore` turns a :class:`~sandbox.state.State` into that JSON and back, and saves it
+soon after each change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,9 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sandbox.state import Attachment, Channel, Guild, Message, Role, State, User, iso_time
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when a saved world can no longer be read as it is
+
+# A world file is rewritten at most this often (seconds): a burst of messages is one write.
+SAVE_DELAY = 0.5
 
 
 class WorldUnreadable(Exception):
@@ -142,3 +150,223 @@ class WorldFile:
 
     def remove_blobs(self) -> None:
         shutil.rmtree(self.blobs, ignore_errors=True)
+
+
+class WorldStore:
+    """Keeps one sandbox's :class:`~sandbox.state.State` in a :class:`WorldFile` (or nowhere, without
+    a path): saved within :data:`SAVE_DELAY` of a change, loaded back at start-up."""
+
+    def __init__(self, path: Path | None, state: State) -> None:
+        self.world = WorldFile(path) if path is not None else None
+        self.state = state
+        self.world_note: str | None = None  # what happened to a saved world that could not be loaded
+        self.world_loaded = False  # True: this run continues a saved world
+        self._dirty = False
+        self._save_task: asyncio.Task[None] | None = None
+        self._save_lock = asyncio.Lock()
+        self._flush = asyncio.Event()
+
+    async def start(self) -> None:
+        """At the sandbox's start: a new world (or one changed while it was set up) is on disk at once."""
+        if self.world is not None and (self._dirty or not self.world_loaded):
+            await self.save_world()
+
+    async def begin_again(self) -> None:
+        """The state has just become a new world: drop the old one's attachments and save it now."""
+        if self.world is not None:
+            await asyncio.to_thread(self.world.remove_blobs)
+            self.world_note = None
+            self.world_loaded = False
+            await self.save_world()
+
+    async def close(self) -> None:
+        """Write what is pending now rather than after :data:`SAVE_DELAY`."""
+        if self._save_task is not None and not self._save_task.done():
+            self._flush.set()
+            await self._save_task
+            self._flush.clear()
+        if self._dirty:
+            await self.save_world()
+
+    def changed(self) -> None:
+        """Something in the world changed: save it soon (one write for a burst of changes)."""
+        if self.world is None:
+            return
+        self._dirty = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop yet (set-up before start): start() saves
+            return
+        if self._save_task is None or self._save_task.done():
+            self._save_task = loop.create_task(self._save_soon(), name="sandbox-world-save")
+
+    async def _save_soon(self) -> None:
+        while self._dirty:
+            try:
+                await asyncio.wait_for(self._flush.wait(), SAVE_DELAY)
+            except asyncio.TimeoutError:
+                pass
+            await self.save_world()
+
+    async def save_world(self) -> None:
+        """Write the world now (atomically, off the event loop). A write that fails is logged as a
+        warning and retried at the next change: the sandbox keeps running either way."""
+        if self.world is None:
+            return
+        async with self._save_lock:
+            self._dirty = False
+            record = await self.record()  # taken on the loop in slices, written in a thread
+            try:
+                await asyncio.to_thread(self.world.save, record)
+            except OSError as exc:
+                self._dirty = True
+                log.warning("sandbox world: could not save %s: %s", self.world.path, exc)
+
+    async def save_attachments(self, msg: Message) -> None:
+        """Write the bytes of the message's new attachments beside the world, before the world
+        that refers to them is saved."""
+        if self.world is None:
+            return
+        world = self.world
+        for att in msg.attachments:
+            if not att.saved:
+                try:
+                    await asyncio.to_thread(world.write_blob, att.id, att.data)
+                    att.saved = True
+                except OSError as exc:
+                    log.warning("sandbox world: could not save attachment %s: %s", att.id, exc)
+
+    async def record(self) -> dict[str, Any]:
+        """The whole world as JSON-able data (the format :meth:`_restore` reads).
+
+        Messages are copied in slices with a yield between them, so a big world does not hold the
+        event loop (10,000 messages take about 65 ms in all). A message created or changed while
+        this runs has set the dirty flag again and goes into the next save."""
+        state = self.state
+
+        def message(m: Message) -> dict[str, Any]:
+            return {
+                "id": m.id, "channel_id": m.channel_id, "guild_id": m.guild_id, "author_id": m.author.id,
+                "content": m.content, "embeds": m.embeds, "reference_id": m.reference_id, "flags": m.flags,
+                "timestamp": m.timestamp, "edited": m.edited, "deleted": m.deleted, "edits": m.edits,
+                "attachments": [{"id": a.id, "filename": a.filename, "content_type": a.content_type,
+                                 "size": a.size, "duration_secs": a.duration_secs} for a in m.attachments],
+                "mentions": m.mentions, "mention_roles": m.mention_roles, "mention_everyone": m.mention_everyone,
+                "notifies": sorted(m.notifies), "notified": sorted(m.notified), "allowed_mentions": m.allowed_mentions,
+                "reactions": [[emoji, users] for emoji, users in m.reactions.items()],
+            }
+
+        world = {
+            "format": FORMAT, "saved_at": iso_time(), "last_id": state.ids.last,
+            "application_id": state.application_id, "guild_id": state.guild_id, "guild_name": state.guild_name,
+            "guilds": [{"id": g.id, "name": g.name, "owner_id": g.owner_id, "text_channel": g.text_channel.id,
+                        "voice_channel": g.voice_channel.id} for g in state.guilds.values()],
+            "roles": [{"id": r.id, "name": r.name, "permissions": r.permissions, "position": r.position,
+                       "mentionable": r.mentionable, "guild_id": r.guild_id} for r in state.roles.values()],
+            "users": [{"id": u.id, "name": u.name, "bot": u.bot, "roles": u.roles, "in_guild": u.in_guild,
+                       "joined": u.joined} for u in state.users.values()],
+            "channels": [{"id": c.id, "name": c.name, "type": c.type, "guild_id": c.guild_id, "position": c.position,
+                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites}
+                         for c in state.channels.values()],
+            "messages": [],
+            "special": {"owner": state.owner.id, "admin": state.admin.id, "member": state.member.id,
+                        "bot": state.bot_user.id, "other_bot": state.other_bot.id,
+                        "text_channel": state.text_channel.id, "voice_channel": state.voice_channel.id},
+        }
+        messages = list(state.messages.values())
+        for start in range(0, len(messages), 500):
+            if start:
+                await asyncio.sleep(0)
+            world["messages"].extend(message(m) for m in messages[start:start + 500])
+        return world
+
+    def load(self, guild_name: str) -> None:
+        """Continue the saved world if there is one; set an unusable one aside and keep the new one."""
+        assert self.world is not None
+        self.world.clean_leftovers()
+        reason: str | None = None
+        try:
+            record = self.world.load()
+            if record is None:
+                log.info("sandbox world: none at %s yet; a new one begins", self.world.path)
+                return
+            self._restore(record)
+            self.world_loaded = True
+            log.info("sandbox world: continued from %s (server %s, %d messages)", self.world.path,
+                     self.state.guild_id, len(self.state.messages))
+            return
+        except WorldUnreadable as exc:
+            reason = str(exc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON that does not hang together
+            reason = f"it is damaged ({type(exc).__name__}: {exc})"
+        last = self.state.ids.last
+        self.state.new_world(guild_name)  # the half-restored one is dropped; ids keep increasing
+        self.state.ids.last = max(self.state.ids.last, last)
+        kept = self.world.set_aside()
+        self.world_note = (f"The saved sandbox world {self.world.path} could not be loaded: {reason}. "
+                           f"A new world (new server) begins"
+                           + (f"; the old file is kept as {kept.name}." if kept else "."))
+        log.warning("sandbox world: %s", self.world_note)
+        self._dirty = True
+
+    def _restore(self, record: dict[str, Any]) -> None:
+        world, state = self.world, self.state
+        assert world is not None
+        roles = {int(r["id"]): Role(int(r["id"]), str(r["name"]), int(r["permissions"]), int(r.get("position", 0)),
+                                    bool(r.get("mentionable", False)),
+                                    int(r["guild_id"]) if r.get("guild_id") else None) for r in record["roles"]}
+        users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
+                                    roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
+                                    joined=float(u.get("joined") or time.time())) for u in record["users"]}
+        channels: dict[int, Channel] = {}
+        for c in record["channels"]:
+            recipient = users[int(c["recipient_id"])] if c.get("recipient_id") else None
+            channels[int(c["id"])] = Channel(
+                int(c["id"]), str(c["name"]), int(c["type"]), int(c["guild_id"]) if c.get("guild_id") else None,
+                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []))
+        messages: dict[int, Message] = {}
+        for m in record["messages"]:
+            channel_id = int(m["channel_id"])
+            if channel_id not in channels:
+                raise ValueError(f"message {m['id']} is in an unknown channel")
+            attachments = [
+                Attachment(int(a["id"]), str(a["filename"]), None, a.get("content_type"), "",
+                           a.get("duration_secs"), size=int(a.get("size") or 0),
+                           loader=lambda att_id=int(a["id"]): world.read_blob(att_id))
+                for a in m.get("attachments", [])
+            ]
+            msg = Message(
+                int(m["id"]), channel_id, int(m["guild_id"]) if m.get("guild_id") else None,
+                users[int(m["author_id"])], str(m.get("content") or ""), attachments,
+                embeds=list(m.get("embeds") or []), reference_id=int(m["reference_id"]) if m.get("reference_id") else None,
+                flags=int(m.get("flags", 0)), timestamp=float(m["timestamp"]),
+                edited=float(m["edited"]) if m.get("edited") else None, deleted=bool(m.get("deleted")),
+                edits=int(m.get("edits", 0)), mentions=[int(u) for u in m.get("mentions", [])],
+                mention_roles=[int(r) for r in m.get("mention_roles", [])],
+                mention_everyone=bool(m.get("mention_everyone")),
+                notifies={int(u) for u in m.get("notifies", [])}, notified={int(u) for u in m.get("notified", [])},
+                allowed_mentions=m.get("allowed_mentions"),
+                reactions={str(emoji): [int(u) for u in who] for emoji, who in m.get("reactions", [])},
+            )
+            messages[msg.id] = msg
+        special = record["special"]
+        guild_id = int(record["guild_id"])
+        owner = users[int(special["owner"])]
+        # The first server from the fields every saved world has; the others from "guilds" (newer worlds).
+        guilds = {guild_id: Guild(guild_id, str(record.get("guild_name") or state.guild_name), owner.id,
+                                  channels[int(special["text_channel"])], channels[int(special["voice_channel"])])}
+        for g in record.get("guilds", []):
+            if int(g["id"]) != guild_id:
+                guilds[int(g["id"])] = Guild(int(g["id"]), str(g["name"]), int(g.get("owner_id") or owner.id),
+                                             channels[int(g["text_channel"])], channels[int(g["voice_channel"])])
+        if any(g not in roles for g in guilds):
+            raise ValueError("a server has no @everyone role")
+        # Everything read: now replace the new world with the saved one.
+        state.application_id, state.guild_id, state.guilds = int(record["application_id"]), guild_id, guilds
+        state.roles, state.users, state.channels, state.messages = roles, users, channels, messages
+        state.owner, state.admin, state.member = owner, users[int(special["admin"])], users[int(special["member"])]
+        state.bot_user, state.other_bot = users[int(special["bot"])], users[int(special["other_bot"])]
+        highest = max([int(record.get("last_id") or 0), *guilds, *users, *channels, *messages, *roles,
+                       *(a.id for m in messages.values() for a in m.attachments)])
+        state.ids.last = max(state.ids.last, highest)
+

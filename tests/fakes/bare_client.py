@@ -14,15 +14,16 @@ from sandbox.server import Sandbox
 
 
 @asynccontextmanager
-async def bare_client(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, *,
-                      intents: discord.Intents | None = None, **kwargs) -> AsyncIterator[discord.Client]:
-    """``discord.Client`` connected to ``sandbox`` (REST base and gateway patched for the test only)."""
+async def bare_client(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, *, intents: discord.Intents | None = None,
+                      cls: type[discord.Client] = discord.Client, **kwargs) -> AsyncIterator[discord.Client]:
+    """``discord.Client`` (or ``cls``, e.g. an ``AutoShardedClient``) connected to ``sandbox`` (REST base
+    and gateway patched for the test only); ``kwargs`` go to the client."""
     monkeypatch.setattr(discord.http.Route, "BASE", sandbox.api_base)
     monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(sandbox.gateway_url))
     if intents is None:
         intents = discord.Intents.default()
         intents.message_content = True
-    client = discord.Client(intents=intents, guild_ready_timeout=0.1, **kwargs)
+    client = cls(intents=intents, guild_ready_timeout=0.1, **kwargs)
     runner = asyncio.create_task(client.start(sandbox.bot_token))
     try:
         ready = asyncio.create_task(client.wait_until_ready())

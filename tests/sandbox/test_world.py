@@ -106,6 +106,46 @@ async def test_ids_keep_increasing_when_the_clock_steps_back(tmp_path: Path, mon
         await second.close()
 
 
+async def test_a_second_server_comes_back(tmp_path: Path) -> None:
+    path = tmp_path / "world.json"
+    first = Sandbox(world_file=path)
+    second_guild = first.add_guild("Second")
+    await first.start()
+    posted = await first.post_message("admin", "in the second server", guild=second_guild)
+    before = {g.id: (g.name, g.owner_id, g.text_channel.id, g.voice_channel.id) for g in first.guilds.values()}
+    roles = {r.id: first.state.role_guild(r) for r in first.roles.values()}
+    await first.close()
+    again = await Sandbox(world_file=path).start()
+    try:
+        assert again.world_loaded and again.guild_id == first.guild_id
+        assert {g.id: (g.name, g.owner_id, g.text_channel.id, g.voice_channel.id)
+                for g in again.guilds.values()} == before
+        assert {r.id: again.state.role_guild(r) for r in again.roles.values()} == roles
+        msg = again.messages[posted.id]
+        assert msg.guild_id == second_guild.id and msg.channel_id == second_guild.text_channel.id
+        assert again.guild_payload(second_guild.id)["name"] == "Second"
+    finally:
+        await again.close()
+
+
+async def test_a_world_saved_before_there_were_more_servers_loads(tmp_path: Path) -> None:
+    path = tmp_path / "world.json"
+    first = await Sandbox(world_file=path).start()
+    await first.close()
+    record = json.loads(path.read_text())
+    del record["guilds"]
+    for role in record["roles"]:
+        del role["guild_id"]
+    path.write_text(json.dumps(record))
+    again = await Sandbox(world_file=path).start()
+    try:
+        assert again.world_loaded and list(again.guilds) == [first.guild_id]
+        assert again.text_channel.id == first.text_channel.id and again.guild_name == first.guild_name
+        assert {r["name"] for r in again.guild_payload()["roles"]} == {"@everyone", "Admins"}
+    finally:
+        await again.close()
+
+
 def test_without_a_world_file_every_sandbox_is_new() -> None:
     a = Sandbox()
     time.sleep(0.002)  # ids are time-based: another run is another moment

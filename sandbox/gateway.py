@@ -1,0 +1,235 @@
+"""The sandbox's gateway: the websocket a bot logs in on (HELLO, IDENTIFY/RESUME, heartbeats) and
+the events it is sent (:meth:`Gateway.dispatch`), kept per session so a dropped connection can RESUME.
+
+Sharded as Discord shards: a session that identified with ``shard: [shard_id, shard_count]`` gets
+READY, GUILD_CREATE and the events of the servers with ``(guild_id >> 22) % shard_count == shard_id``
+only, and DMs only on shard 0 (https://discord.com/developers/docs/events/gateway#sharding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from sandbox.state import User, shard_of
+
+if TYPE_CHECKING:
+    from sandbox.server import Sandbox
+
+# discord.py's heartbeat thread records its send time only after the event loop has written the
+# heartbeat; an ACK that arrives first (an in-process server on a busy machine answers within
+# microseconds) is measured against the previous send, one whole interval earlier, and discord.py
+# warns "Can't keep up, websocket is 41.3s behind". Measured with a 20 ms interval: about 1% of
+# beats on an idle 2-core machine and 26% with the CPUs busy. Discord's ACK crosses the network;
+# the sandbox answers after a short, LAN-like round trip instead. A bot whose loop really stalls
+# still measures the stall: the delay only moves the ACK later, never earlier.
+HEARTBEAT_ACK_DELAY = 0.05
+
+# Gateway opcodes.
+OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_PRESENCE, OP_VOICE_STATE = 0, 1, 2, 3, 4
+OP_RESUME, OP_RECONNECT, OP_REQUEST_MEMBERS, OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
+
+
+class Session:
+    """One bot gateway session: survives a dropped websocket so it can RESUME."""
+
+    def __init__(self, session_id: str, user: User):
+        self.id = session_id
+        self.user = user
+        self.seq = 0
+        self.backlog: list[dict[str, Any]] = []  # sent events kept for RESUME
+        self.ws: web.WebSocketResponse | None = None
+        self.intents = 0  # from IDENTIFY: Discord only sends the events a client asked for
+        self.shard = (0, 1)  # from IDENTIFY: (shard_id, shard_count)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of server ``guild_id`` (None: a DM's, shard 0's)."""
+        shard_id, shard_count = self.shard
+        return (shard_of(guild_id, shard_count) if guild_id is not None else 0) == shard_id
+
+
+class Gateway:
+    """Every bot session of one sandbox, and the websocket handler they connect to."""
+
+    def __init__(self, sandbox: Sandbox, *, heartbeat_interval_ms: int, heartbeat_ack_delay: float) -> None:
+        self.sandbox = sandbox
+        self.state = sandbox.state
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        # Discord's ACK crosses the network, so it reaches the client well after the client's
+        # heartbeat thread has recorded its send time; see HEARTBEAT_ACK_DELAY.
+        self.heartbeat_ack_delay = heartbeat_ack_delay
+        self.heartbeats: list[tuple[float, Any]] = []  # (monotonic time, d) of every op 1 the bot sent
+        self.sessions: dict[str, Session] = {}
+        self.identify_count = 0
+        self.resume_count = 0
+        self.bot_voice_requests: list[dict[str, Any]] = []
+        self.recommended_shards = 1  # the "shards" of GET /gateway/bot, which AutoShardedClient runs
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def invalidate_sessions(self) -> None:
+        """End every session as Discord does (op 9, not resumable): each bot identifies again."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            if session.ws is not None and not session.ws.closed:
+                try:
+                    await session.ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None}))
+                except ConnectionResetError:
+                    pass
+
+    async def close(self) -> None:
+        """Stop the pending heartbeat ACKs and close every bot websocket (going away)."""
+        for task in list(self._background):
+            task.cancel()
+        for session in self.sessions.values():
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.close(code=1001)
+
+    async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
+        """Send a gateway event to every bot session whose shard has the server the event names in
+        its ``guild_id`` (none: a DM's, shard 0) (``intent``: only those that identified with it)."""
+        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+        for session in list(self.sessions.values()):
+            if (intent and not session.intents & intent) or not session.receives(guild_id):
+                continue
+            session.seq += 1
+            payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+            session.backlog.append(payload)
+            del session.backlog[:-1000]
+            if session.ws is not None and not session.ws.closed:
+                try:
+                    await session.ws.send_str(json.dumps(payload))
+                except ConnectionResetError:
+                    session.ws = None
+
+    async def drop_bot_connections(self, code: int = 4000) -> None:
+        """Close every bot websocket with a resumable code (tests: disconnect + RESUME)."""
+        for session in self.sessions.values():
+            if session.ws is not None and not session.ws.closed:
+                ws, session.ws = session.ws, None
+                await ws.close(code=code, message=b"sandbox: dropped")
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms},
+                                      "s": None, "t": None}))
+        session: Session | None = None
+        async for raw in ws:
+            if raw.type != WSMsgType.TEXT:
+                continue
+            msg = json.loads(raw.data)
+            op, d = msg.get("op"), msg.get("d")
+            if op == OP_HEARTBEAT:
+                # Only a client heartbeat is acknowledged, as Discord does, after the round trip.
+                self.heartbeats.append((time.monotonic(), d))
+                self._spawn(self._heartbeat_ack(ws))
+                await self.sandbox.wake()
+            elif op == OP_IDENTIFY:
+                if d.get("token") != self.sandbox.bot_token:
+                    await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                shard = _shard(d.get("shard"))
+                if shard is None:
+                    await ws.close(code=4010, message=b"Invalid shard.")
+                    break
+                self.identify_count += 1
+                session = Session(secrets.token_hex(16), self.state.bot_user)
+                session.intents = int(d.get("intents") or 0)
+                session.shard = shard
+                session.ws = ws
+                self.sessions[session.id] = session
+                guilds = [g.id for g in self.state.guilds.values() if session.receives(g.id)]
+                ready = {
+                    "v": 10, "user": self.state.bot_user.payload(),
+                    "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
+                    "session_id": session.id, "resume_gateway_url": self.sandbox.gateway_url, "private_channels": [],
+                    "relationships": [], "application": {"id": str(self.state.application_id), "flags": 0},
+                    "session_type": "normal", "shard": list(shard),
+                }
+                await self._send_event(session, "READY", ready)
+                for guild_id in guilds:
+                    await self._send_event(session, "GUILD_CREATE", self.state.guild_payload(guild_id))
+                await self.sandbox.wake()  # wait_for(): a bot (re)joined
+            elif op == OP_RESUME:
+                session = self.sessions.get(d.get("session_id", ""))
+                if session is None or d.get("token") != self.sandbox.bot_token:
+                    await ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None}))
+                    continue
+                self.resume_count += 1
+                session.ws = ws
+                for payload in session.backlog:
+                    if payload["s"] > int(d.get("seq") or 0):
+                        await ws.send_str(json.dumps(payload))
+                await self._send_event(session, "RESUMED", {})
+            elif op == OP_VOICE_STATE:
+                await self._bot_voice_state(d)
+            elif op in (OP_PRESENCE, OP_REQUEST_MEMBERS):
+                pass
+            else:
+                self.sandbox.unimplemented.append(f"gateway op {op}")
+        if session is not None and session.ws is ws:
+            session.ws = None
+        return ws
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _heartbeat_ack(self, ws: web.WebSocketResponse) -> None:
+        await asyncio.sleep(self.heartbeat_ack_delay)
+        if not ws.closed:
+            try:
+                await ws.send_str(json.dumps({"op": OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None}))
+            except ConnectionResetError:
+                pass
+
+    async def request_heartbeat(self) -> None:
+        """Ask every connected bot for an immediate heartbeat (op 1 from the server), as Discord may."""
+        for session in self.sessions.values():
+            if session.ws is not None and not session.ws.closed:
+                await session.ws.send_str(json.dumps({"op": OP_HEARTBEAT, "d": None, "s": None, "t": None}))
+
+    async def _send_event(self, session: Session, event: str, data: dict[str, Any]) -> None:
+        session.seq += 1
+        payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+        session.backlog.append(payload)
+        assert session.ws is not None
+        await session.ws.send_str(json.dumps(payload))
+
+    async def _bot_voice_state(self, d: dict[str, Any]) -> None:
+        """The bot asked to join/leave voice in a server (op 4): answer as Discord does. A server
+        that is not there (any more: a new world began) gets no answer."""
+        self.bot_voice_requests.append(d)
+        guild = self.state.guilds.get(int(d["guild_id"]) if d.get("guild_id") else self.state.guild_id)
+        if guild is None:
+            return
+        channel_id = int(d["channel_id"]) if d.get("channel_id") else None
+        if channel_id is None:
+            guild.voice_states.pop(self.state.bot_user.id, None)
+        else:
+            guild.voice_states[self.state.bot_user.id] = channel_id
+        state = self.state.voice_state_payload(self.state.bot_user.id, channel_id, guild_id=guild.id)
+        state["session_id"] = f"bot-voice-{guild.id}"
+        await self.dispatch("VOICE_STATE_UPDATE", state)
+        if channel_id is not None:
+            await self.dispatch("VOICE_SERVER_UPDATE", {
+                "token": self.sandbox.voice_token, "guild_id": str(guild.id),
+                "endpoint": self.sandbox.voice_endpoint or f"{self.sandbox.host}:{self.sandbox.port}",
+            })
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's ``shard`` as (shard_id, shard_count): (0, 1) when it has none, None when invalid."""
+    if value is None:
+        return (0, 1)
+    try:
+        shard_id, shard_count = (int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (shard_id, shard_count) if 0 <= shard_id < shard_count else None
