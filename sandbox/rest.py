@@ -14,7 +14,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from sandbox.state import (
     ADD_REACTIONS,
@@ -221,6 +221,8 @@ class Rest:
             payload: dict[str, Any] = {}
             reader = await request.multipart()
             async for part in reader:
+                if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's clients send none
+                    continue
                 if part.name == "payload_json":
                     payload = json.loads(await part.text())
                 elif part.name and part.name.startswith("files["):

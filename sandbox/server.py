@@ -230,7 +230,7 @@ class Sandbox:
         first server); dispatches MESSAGE_CREATE. A reply pings the replied-to author as
         Discord's client does by default; ``ping_reply=False`` is its "@ OFF"."""
         if isinstance(author, str):
-            author = self.user_named(author)
+            author = self.state.user_named(author)
         channel_obj = self.state.channel(channel, guild)
         msg_id = self.ids.next()
         files = [
@@ -250,7 +250,7 @@ class Sandbox:
         """Move a user into a voice channel (or out of ``guild``'s with ``None``, default: the
         first server's); dispatches VOICE_STATE_UPDATE."""
         if isinstance(user, str):
-            user = self.user_named(user)
+            user = self.state.user_named(user)
         channel_obj = self.state.channel(channel) if channel is not None else None
         where = self.state.guild_of(channel_obj.guild_id if channel_obj is not None else guild)
         if channel_obj is None:

@@ -15,6 +15,7 @@ soon after each change.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -256,7 +257,7 @@ class WorldStore:
                 "reactions": [[emoji, users] for emoji, users in m.reactions.items()],
             }
 
-        world = {
+        world: dict[str, Any] = {
             "format": FORMAT, "saved_at": iso_time(), "last_id": state.ids.last,
             "application_id": state.application_id, "guild_id": state.guild_id, "guild_name": state.guild_name,
             "guilds": [{"id": g.id, "name": g.name, "owner_id": g.owner_id, "text_channel": g.text_channel.id,
@@ -332,7 +333,7 @@ class WorldStore:
             attachments = [
                 Attachment(int(a["id"]), str(a["filename"]), None, a.get("content_type"), "",
                            a.get("duration_secs"), size=int(a.get("size") or 0),
-                           loader=lambda att_id=int(a["id"]): world.read_blob(att_id))
+                           loader=functools.partial(world.read_blob, int(a["id"])))
                 for a in m.get("attachments", [])
             ]
             msg = Message(
