@@ -308,6 +308,10 @@ class Sandbox:
                 left = True
         if left and self.voice_server is not None:  # and its calls end, as Discord ends them (4014)
             await self.voice_server.disconnect_all(4014)
+        # The old servers are gone for the bot, as when it is removed from a server: a sharded client keeps
+        # other shards' servers across a re-identify, so it must be told.
+        for guild in list(self.guilds.values()):
+            await self.dispatch("GUILD_DELETE", {"id": str(guild.id)})
         await self.gateway.invalidate_sessions()
         self.state.new_world(self.guild_name)
         await self.store.begin_again()
