@@ -196,12 +196,12 @@ class Training(commands.Cog):
         task.add_done_callback(lambda t: self.watchers.pop(job_id, None) if self.watchers.get(job_id) is t else None)
 
     async def _resume_watchers(self) -> None:
-        """After a restart, pick up every unfinished job of this bot's servers and keep editing its status
-        message; then keep looking, so a job whose watcher (another bot process) died is taken over."""
+        """After a restart, pick up every unfinished job and keep editing its status message; then keep looking,
+        so a job whose watcher (another bot process, perhaps with another shard's servers) died is taken over."""
         await self.bot.wait_until_ready()
         while True:
             try:
-                found = await self.model.unfinished_jobs({g.id for g in self.bot.guilds})
+                found = await self.model.unfinished_jobs()
             except TrainerError as exc:  # the database is away: look again later
                 log.warning("could not look for unfinished jobs: %s", exc)
                 found = []
