@@ -16,6 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 import discord
@@ -63,7 +64,9 @@ def setup_logging(settings: Settings, *, log_file: Path | None = None, extra_sec
     """dev: DEBUG in readable lines; prod: INFO. With ``log_file`` only warnings reach stderr."""
     level = logging.DEBUG if settings.dev else logging.INFO
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    redact = RedactSecrets([settings.token or "", settings.openai_api_key or "", *extra_secrets])
+    # DATABASE_URL's password too: a driver's error may quote the URL.
+    db_password = urlsplit(settings.database_url).password if settings.database_url else None
+    redact = RedactSecrets([settings.token or "", settings.openai_api_key or "", db_password or "", *extra_secrets])
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
