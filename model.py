@@ -28,7 +28,7 @@ from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
 from errors import InvalidInput, NotFound, TooLarge
 from records import legacy
-from records.db import Database
+from records.db import Database, DatabaseUnavailable
 from speech.recognize import recognizer_paid
 from speech.synthesize import synthesizer_paid
 from storage import GuildSpace, fmt_bytes, remove_leftovers, saved
@@ -87,7 +87,8 @@ class Model:
         await self.backend.start()
 
     async def close(self) -> None:
-        """Stop local trainings started by this process and release the backend."""
+        """Give back this process's job leases, stop local trainings started by it and release the backend."""
+        await self.jobs.release_leases(self.db)
         await self.backend.close()
 
     def space(self, guild_id: int) -> GuildSpace:
@@ -355,9 +356,9 @@ class Model:
             return
         try:
             used = await asyncio.to_thread(budget.charge, self.space(guild_id), user_id, kind, limit=limit)
-        except OSError as exc:
+        except (OSError, DatabaseUnavailable) as exc:
             log.warning("guild %s: could not count a paid %s call of user %s (%s); letting it through",
-                        guild_id, kind, user_id, exc.strerror or type(exc).__name__)
+                        guild_id, kind, user_id, getattr(exc, "strerror", None) or exc)
             return
         if used.total == limit:
             log.info("guild %s: user %s made the last of their %d paid calls today", guild_id, user_id, limit)

@@ -12,11 +12,12 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from errors import InvalidInput
-from records.db import Row
+from records.db import Row, Tx
 from storage import GuildSpace, utc_now
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,18 @@ UP, DOWN = "up", "down"
 def new_ref(prefix: str) -> str:
     """A short reference id users can quote, e.g. ``C-7f3a2b``."""
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _insert_with_new_ref(tx: Tx, prefix: str, sql: str, params: Callable[[str], tuple[Any, ...]]) -> str:
+    """Run ``sql`` (an INSERT whose params are ``params(ref)``) under a ref not yet used in the server; the ref.
+
+    Refs are short (16.7 million of each kind), so a server with thousands of records draws a used one now and
+    then: it draws again (ON CONFLICT DO NOTHING also holds against another process inserting at once)."""
+    for _ in range(50):
+        ref = new_ref(prefix)
+        if tx.one(f"{sql} ON CONFLICT (guild_id, ref) DO NOTHING RETURNING ref", params(ref)) is not None:
+            return ref
+    raise RuntimeError(f"no free {prefix}- reference after 50 draws")
 
 
 def _text(value: Any, what: str, *, required: bool) -> str:
@@ -219,17 +232,18 @@ def add_correction(space: GuildSpace, *, message_id: int | None, prompt: str, an
     ``source_message_id`` is the message the correction was written in (provenance).
     """
     record = Correction(
-        ref=new_ref("C"), prompt=_text(prompt, "prompt", required=False),
+        ref="", prompt=_text(prompt, "prompt", required=False),
         answer=_text(answer, "answer", required=False), correction=_text(correction, "correction", required=True),
         status=APPROVED if approved else PENDING, message_id=message_id, channel_id=channel_id,
         author_id=author_id, author_name=author_name, source_message_id=source_message_id, time=utc_now())
     with space.db.tx() as tx:
-        tx.execute("INSERT INTO corrections (guild_id, ref, message_id, channel_id, author_id, author_name,"
-                   " source_message_id, prompt, answer, correction, status, created_at)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (space.guild_id, record.ref, message_id, channel_id, author_id, author_name, source_message_id,
-                    record.prompt, record.answer, record.correction, record.status, record.time))
-    return record
+        ref = _insert_with_new_ref(
+            tx, "C", "INSERT INTO corrections (guild_id, ref, message_id, channel_id, author_id, author_name,"
+            " source_message_id, prompt, answer, correction, status, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            lambda ref: (space.guild_id, ref, message_id, channel_id, author_id, author_name, source_message_id,
+                         record.prompt, record.answer, record.correction, record.status, record.time))
+    return replace(record, ref=ref)
 
 
 def list_corrections(space: GuildSpace, status: str | None = None) -> list[Correction]:
@@ -291,27 +305,35 @@ def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int 
     refs = parse_refs(raw_refs, prefix=prefix)
     reason = _text(reason, "reason", required=False)[:500]
     decision = APPROVED if approve else REJECTED
+
+    def checked(tx: Tx, ref: str) -> Correction:
+        row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
+        if row is None:
+            raise InvalidInput(f"There is no correction `{ref}` in this server (`{prefix}review` lists the "
+                               f"pending ones). Nothing was changed.")
+        record = _correction(row)
+        if approve and record.status == APPROVED:
+            raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
+        if not approve and record.status == REJECTED:
+            raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
+        if not approve and record.status == APPROVED:
+            raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model; "
+                               f"send a new `{prefix}correct` to replace it. Nothing was changed.")
+        return record
+
     with space.db.tx() as tx:  # check and write in one transaction: two admins deciding at once
-        chosen = []
-        for ref in refs:
-            row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
-            if row is None:
-                raise InvalidInput(f"There is no correction `{ref}` in this server (`{prefix}review` lists the "
-                                   f"pending ones). Nothing was changed.")
-            record = _correction(row)
-            if approve and record.status == APPROVED:
-                raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
-            if not approve and record.status == REJECTED:
-                raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
-            if not approve and record.status == APPROVED:
-                raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model; "
-                                   f"send a new `{prefix}correct` to replace it. Nothing was changed.")
-            chosen.append(record)
+        chosen = [checked(tx, ref) for ref in refs]
         review_id = tx.scalar("INSERT INTO reviews (guild_id, decision, by_id, by_name, reason, created_at)"
                               " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                               (space.guild_id, decision, by_id, by_name, reason, utc_now()))
-        tx.executemany("UPDATE corrections SET status = ?, review_id = ? WHERE guild_id = ? AND ref = ?",
-                       [(decision, review_id, space.guild_id, ref) for ref in refs])
+        for record in chosen:
+            # Only if it is still as checked: on PostgreSQL another admin's decision may have committed since
+            # the check (the read took no lock); then the check is made again on what is stored now and refuses.
+            changed = tx.execute("UPDATE corrections SET status = ?, review_id = ? WHERE guild_id = ? AND ref = ?"
+                                 " AND status = ?", (decision, review_id, space.guild_id, record.ref, record.status))
+            if changed.rowcount != 1:
+                checked(tx, record.ref)
+                raise InvalidInput(f"Correction `{record.ref}` was just decided by someone else. Nothing was changed.")
     return chosen
 
 
@@ -324,15 +346,16 @@ def add_feedback(space: GuildSpace, *, text: str, author_id: int | None, author_
     """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``.
 
     ``source_message_id``: the message the feedback was written in (provenance)."""
-    record = Feedback(ref=new_ref("F"), text=_text(text, "feedback", required=True), author_id=author_id,
+    record = Feedback(ref="", text=_text(text, "feedback", required=True), author_id=author_id,
                       author_name=author_name, channel_id=channel_id, source_message_id=source_message_id,
                       reply_to=reply_to, time=utc_now())
     with space.db.tx() as tx:
-        tx.execute("INSERT INTO feedback (guild_id, ref, text, author_id, author_name, channel_id, source_message_id,"
-                   " reply_to, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (space.guild_id, record.ref, record.text, author_id, author_name, channel_id, source_message_id,
-                    None if reply_to is None else json.dumps(reply_to, ensure_ascii=False), record.time))
-    return record
+        ref = _insert_with_new_ref(
+            tx, "F", "INSERT INTO feedback (guild_id, ref, text, author_id, author_name, channel_id,"
+            " source_message_id, reply_to, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            lambda ref: (space.guild_id, ref, record.text, author_id, author_name, channel_id, source_message_id,
+                         None if reply_to is None else json.dumps(reply_to, ensure_ascii=False), record.time))
+    return replace(record, ref=ref)
 
 
 def list_feedback(space: GuildSpace) -> list[Feedback]:
@@ -348,10 +371,13 @@ def add_test_errors(space: GuildSpace, mismatches: list[TestError]) -> int:
     """Keep !test mismatches for the next training; returns how many were stored."""
     now = utc_now()
     with space.db.tx() as tx:
-        tx.executemany("INSERT INTO test_errors (guild_id, ref, kind, input, expected, got, line, model, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [(space.guild_id, new_ref("T"), m.kind, m.input, m.expected, m.got, m.line, m.model, now)
-                        for m in mismatches])
+        for m in mismatches:
+
+            def row(ref: str, m: TestError = m) -> tuple[Any, ...]:
+                return space.guild_id, ref, m.kind, m.input, m.expected, m.got, m.line, m.model, now
+
+            _insert_with_new_ref(tx, "T", "INSERT INTO test_errors (guild_id, ref, kind, input, expected, got, line,"
+                                 " model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
     return len(mismatches)
 
 
@@ -388,7 +414,10 @@ def add_reaction(space: GuildSpace, *, message_id: int, channel_id: int | None, 
         tx.execute("INSERT INTO reactions (guild_id, message_id, author_id, kind, added, channel_id, author_name,"
                    " model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                    " ON CONFLICT (guild_id, message_id, author_id, kind) DO UPDATE SET added = excluded.added,"
-                   " author_name = excluded.author_name, created_at = excluded.created_at",
+                   # Taking a thumb off may come with no name (the member is not cached): keep the one we have.
+                   " author_name = CASE WHEN excluded.added THEN excluded.author_name"
+                   " ELSE COALESCE(reactions.author_name, excluded.author_name) END,"
+                   " created_at = excluded.created_at",
                    (space.guild_id, int(message_id), author_id, kind, bool(added), channel_id, author_name, model,
                     utc_now()))
         if not (added and kind == DOWN):

@@ -167,6 +167,7 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
             raise
         if journal is not None:
             _apply(space.db, int(journal))
+    space.db.checkpoint()
     if space.archives.is_dir():
         result.archives = sorted(space.relative(p) for p in space.archives.glob("*.zip"))
     exports = space.data / "exports"

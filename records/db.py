@@ -129,6 +129,8 @@ class Database:
             conn = sqlite3.connect(self.sqlite_path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows are overwritten, so a forgotten person's text does not linger in free pages.
+            conn.execute("PRAGMA secure_delete = ON")
             # WAL: readers never wait for the writer; synchronous=FULL keeps every commit on disk.
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 try:
@@ -254,6 +256,16 @@ class Database:
             return DatabaseUnavailable(f"I could not open my database ({exc.strerror or type(exc).__name__}).",
                                        reason=str(exc))
         return DatabaseError(f"My database failed ({type(exc).__name__}).")
+
+    def checkpoint(self) -> None:
+        """SQLite: fold the write-ahead log into the file and truncate it (after a forget, so deleted text
+        does not linger in the log); PostgreSQL reclaims dead rows itself (autovacuum)."""
+        if self.engine != "sqlite":
+            return
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # busy readers: the next checkpoint folds it
+            log.info("could not checkpoint %s: %s", self.sqlite_path, exc)
 
     # ------------------------------------------------------------ schema
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -12,8 +13,10 @@ from dataset import compile as compiler
 from dataset import corrections as records
 from dataset import folder as dataset_folder
 from dataset.check import Issue
+from dataset.corrections import TestError
 from errors import BackendError, Busy, InvalidInput, NotFound, OverBudget
 from model import Model
+from records.db import Database
 from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, report, track_client
@@ -27,6 +30,15 @@ GUILD = 1234
 def settings(tmp_path: Path, backend: str = "local", **kw) -> Settings:
     return Settings(data_dir=tmp_path / "data", corrections_dir=tmp_path / "corrections", model_backend=backend,
                     **kw)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """The Model's records: SQLite under DATA_DIR, as the bot opens it without DATABASE_URL (the record modules'
+    own tests run on both engines)."""
+    database = Database.open(None, tmp_path / "data")
+    yield database
+    database.close()
 
 
 @pytest.fixture
@@ -55,8 +67,8 @@ async def run_local_job(model: Model, **kw) -> dict:
 
 
 @pytest.mark.asyncio
-async def test_local_train_poll_answer_and_rollback(tmp_path: Path, fake_data: dict) -> None:
-    model = Model(settings(tmp_path))
+async def test_local_train_poll_answer_and_rollback(tmp_path: Path, db: Database, fake_data: dict) -> None:
+    model = Model(settings(tmp_path), db=db)
     await model.start()
     assert (await model.current_model(GUILD)) is None
     assert "haven't been trained" in await model.answer(GUILD, "When does the shop open?")
@@ -84,11 +96,11 @@ async def test_local_train_poll_answer_and_rollback(tmp_path: Path, fake_data: d
 
 
 @pytest.mark.asyncio
-async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) -> None:
+async def test_bad_report_stops_before_any_job(tmp_path: Path, db: Database, fake_data: dict) -> None:
     fake_data["compiled"] = compiled()
     fake_data["compiled"].report = report(errors=[Issue(3, "example_missing_assistant_message",
                                                         "line 3: missing assistant message")])
-    model = Model(settings(tmp_path))
+    model = Model(settings(tmp_path), db=db)
     with pytest.raises(InvalidInput, match="missing assistant message"):
         await model.train(GUILD, started_by="a", channel_id=1)
     assert (await model.list_jobs(GUILD)) == []
@@ -97,8 +109,8 @@ async def test_bad_report_stops_before_any_job(tmp_path: Path, fake_data: dict) 
 
 
 @pytest.mark.asyncio
-async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> None:
-    model = Model(settings(tmp_path))
+async def test_run_tests_keeps_mismatches(tmp_path: Path, db: Database, fake_data: dict) -> None:
+    model = Model(settings(tmp_path), db=db)
     await run_local_job(model)
     cases = (
         '{"input": "When does the shop open", "expected": "the shop opens at 9 AM"}\n'
@@ -106,22 +118,21 @@ async def test_run_tests_keeps_mismatches(tmp_path: Path, fake_data: dict) -> No
     )
     result = await model.run_tests(GUILD, cases)
     assert (result.total, result.correct) == (2, 1)
-    assert fake_data["kept"] == [{"input": "Where is the office?", "expected": "In the attic.",
-                                  "got": "The office is on the second floor.", "kind": "answer", "line": 2,
-                                  "model": "local-v1"}]
+    assert fake_data["kept"] == [TestError("Where is the office?", "In the attic.",
+                                           "The office is on the second floor.", "answer", 2, "local-v1")]
 
 
-def openai_model(tmp_path: Path, fake: FakeOpenAI, **kw) -> Model:
+def openai_model(tmp_path: Path, db: Database, fake: FakeOpenAI, **kw) -> Model:
     client = track_client(openai.AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=1, timeout=5,
                                 _strict_response_validation=True))
-    return Model(settings(tmp_path, "openai", openai_api_key=KEY, openai_base_url=fake.base_url, **kw),
+    return Model(settings(tmp_path, "openai", openai_api_key=KEY, openai_base_url=fake.base_url, **kw), db=db,
                  openai_client=client)
 
 
 @pytest.mark.asyncio
-async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> None:
+async def test_openai_train_poll_to_success(tmp_path: Path, db: Database, fake_data: dict) -> None:
     async with FakeOpenAI(KEY) as fake:
-        model = openai_model(tmp_path, fake)
+        model = openai_model(tmp_path, db, fake)
         await model.start()
         job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
         assert fake_data["min_examples"] == [10] and job["status"] == "validating_files"
@@ -137,10 +148,12 @@ async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> 
         assert job["status"] == "succeeded" and job["status_message_id"] == 777
         fj = fake.jobs[job["id"]]
         assert job["model"] == fj.fine_tuned_model == (await model.current_model(GUILD))
-        assert [s for s, _ in job["losses"]] == list(range(1, fj.total_steps + 1))
+        losses = jobs.job_losses(model.space(GUILD), job["id"])
+        assert [s for s, _ in losses] == list(range(1, fj.total_steps + 1))
+        assert job["last_loss"] == list(losses[-1])
         assert job["step"] == job["total_steps"] == fj.total_steps
         assert (await model.unfinished_jobs()) == []
-        png = await model.loss_curve_png(job)
+        png = await model.loss_curve_png(GUILD, job)
         assert png and png.startswith(b"\x89PNG")
         assert await model.answer(GUILD, "who is the admin?", [("user", "hi"), ("assistant", "hello")]) \
             == "Alice is the admin."
@@ -152,9 +165,9 @@ async def test_openai_train_poll_to_success(tmp_path: Path, fake_data: dict) -> 
 
 
 @pytest.mark.asyncio
-async def test_openai_refused_job_saves_nothing(tmp_path: Path, fake_data: dict) -> None:
+async def test_openai_refused_job_saves_nothing(tmp_path: Path, db: Database, fake_data: dict) -> None:
     async with FakeOpenAI(KEY) as fake:
-        model = openai_model(tmp_path, fake)
+        model = openai_model(tmp_path, db, fake)
         await model.start()
         fake.refuse_jobs(400, "Fine-tuning is no longer available for this account.", "invalid_request")
         with pytest.raises(BackendError, match="no longer available for this account"):
@@ -163,9 +176,9 @@ async def test_openai_refused_job_saves_nothing(tmp_path: Path, fake_data: dict)
 
 
 @pytest.mark.asyncio
-async def test_openai_cancel_and_failure(tmp_path: Path, fake_data: dict) -> None:
+async def test_openai_cancel_and_failure(tmp_path: Path, db: Database, fake_data: dict) -> None:
     async with FakeOpenAI(KEY) as fake:
-        model = openai_model(tmp_path, fake)
+        model = openai_model(tmp_path, db, fake)
         await model.start()
         job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
         job = await model.cancel_job(GUILD, job["id"])
@@ -181,8 +194,8 @@ async def test_openai_cancel_and_failure(tmp_path: Path, fake_data: dict) -> Non
 
 
 @pytest.mark.asyncio
-async def test_openai_without_key(tmp_path: Path, fake_data: dict) -> None:
-    model = Model(settings(tmp_path, "openai"))
+async def test_openai_without_key(tmp_path: Path, db: Database, fake_data: dict) -> None:
+    model = Model(settings(tmp_path, "openai"), db=db)
     await model.start()
     with pytest.raises(BackendError) as info:
         await model.train(GUILD, started_by="a", channel_id=1)
@@ -192,9 +205,9 @@ async def test_openai_without_key(tmp_path: Path, fake_data: dict) -> None:
 
 
 @pytest.mark.asyncio
-async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
+async def test_with_the_real_dataset_compiler(tmp_path: Path, db: Database) -> None:
     """Real compile -> local training -> answer."""
-    model = Model(settings(tmp_path))
+    model = Model(settings(tmp_path), db=db)
     space = model.space(GUILD).ensure()
     dataset_folder.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
     job, report = await model.train(GUILD, started_by="alice", channel_id=1)
@@ -205,10 +218,11 @@ async def test_with_the_real_dataset_compiler(tmp_path: Path) -> None:
     assert await model.answer(GUILD, "where do I park my bike") == "Bikes go in the basement rack."
 
 
-async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, db: Database,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     """A SIGKILL mid-upload leaves a hidden temp file: the next start removes it and says so in the log."""
     s = settings(tmp_path)
-    space = GuildSpace(GUILD, s.data_dir, s.corrections_dir).ensure()
+    space = GuildSpace(GUILD, s.data_dir, s.corrections_dir, db).ensure()
     space.uploads.mkdir(parents=True)
     leftover = space.uploads / ".20261128T120000Z-ab12-big.jsonl.k3j2h1.tmp"
     leftover.write_bytes(b"x" * 40_000)
@@ -217,7 +231,7 @@ async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, capl
     half_model = space.models / ".tmp-0123456789abcdef0123456789abcdef"
     half_model.mkdir(parents=True)
     (half_model / "meta.json").write_text("{}")
-    model = Model(s)
+    model = Model(s, db=db)
     with caplog.at_level("WARNING", logger="model"):
         await model.start()
     await model.close()
@@ -227,18 +241,18 @@ async def test_start_removes_what_an_interrupted_write_left(tmp_path: Path, capl
     assert "left by an interrupted write" in said
 
 
-async def test_only_paid_calls_are_charged(tmp_path: Path) -> None:
+async def test_only_paid_calls_are_charged(tmp_path: Path, db: Database) -> None:
     """Which calls are paid comes from the backends' ``paid`` attributes; free ones, exempt members and a limit
     of 0 never count, and an over-budget member gets OverBudget before the call."""
-    local = Model(settings(tmp_path, paid_calls_per_user_per_day=1))
+    local = Model(settings(tmp_path, paid_calls_per_user_per_day=1), db=db)
     assert (local.paid("chat"), local.paid("transcription"), local.paid("speech")) == (False, False, False)
     for _ in range(3):
         await local.charge(GUILD, 7, "chat")
         await local.charge(GUILD, 7, "speech")
-    assert not local.space(GUILD).budget_file.exists()
+    assert budget.usage(local.space(GUILD), 7).counts == {}
 
     paid = Model(settings(tmp_path, "openai", speech_backend="openai", tts_backend="openai",
-                          paid_calls_per_user_per_day=2))
+                          paid_calls_per_user_per_day=2), db=db)
     assert (paid.paid("chat"), paid.paid("transcription"), paid.paid("speech")) == (True, True, True)
     await paid.charge(GUILD, 7, "transcription")
     await paid.charge(GUILD, 7, "chat")
@@ -247,7 +261,9 @@ async def test_only_paid_calls_are_charged(tmp_path: Path) -> None:
     await paid.charge(GUILD, 7, "chat", exempt=True)  # exempt: allowed, and not counted
     assert budget.usage(paid.space(GUILD), 7).counts == {"transcription": 1, "chat": 1}
     await paid.charge(GUILD, 8, "chat")  # another member has their own allowance
-    unlimited = Model(settings(tmp_path, "openai", paid_calls_per_user_per_day=0))
+    unlimited = Model(settings(tmp_path, "openai", paid_calls_per_user_per_day=0), db=db)
     await unlimited.charge(GUILD, 7, "chat")
+    await unlimited.charge(GUILD, 9, "chat")
+    assert budget.usage(paid.space(GUILD), 7).total == 2 and budget.usage(paid.space(GUILD), 9).total == 0
     with pytest.raises(ValueError):
         paid.paid("images")

@@ -1,8 +1,8 @@
-"""storage.py: path refusals, atomic writes, torn-line tolerance, and a SIGKILL crash test."""
+"""storage.py: path refusals, atomic writes, torn-line tolerance (the legacy logs), the server's settings, and a
+SIGKILL crash test of the records on both engines."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import storage
+from dataset import corrections as records
 from errors import NotFound, PathRefused
+from records.db import Database
 from storage import GuildSpace
 from tests.harness import ROOT
 
@@ -89,6 +91,40 @@ def test_spaces_are_separate(tmp_path: Path) -> None:
         a.resolve("../2/state.json")
 
 
+def test_server_settings_are_per_server_and_written_whole_or_not_at_all(db: Database, tmp_path: Path) -> None:
+    a = GuildSpace(1, tmp_path / "d", tmp_path / "c", db)
+    b = GuildSpace(2, tmp_path / "d", tmp_path / "c", db)
+    assert a.read_state() == {}
+    with a.edit_state() as state:
+        state.update({"dataset": "datasets/main", "system_prompt": "Be brief.", "nested": {"x": [1, "é"]}})
+    with b.edit_state() as state:
+        state["dataset"] = "datasets/theirs"
+    assert a.read_state() == {"dataset": "datasets/main", "system_prompt": "Be brief.", "nested": {"x": [1, "é"]}}
+    assert b.read_state() == {"dataset": "datasets/theirs"}
+    with pytest.raises(RuntimeError), a.edit_state() as state:  # a block that raises writes nothing
+        state["dataset"] = "datasets/half"
+        del state["system_prompt"]
+        raise RuntimeError("stop")
+    assert a.read_state()["dataset"] == "datasets/main" and "system_prompt" in a.read_state()
+    with a.edit_state() as state:  # changed and removed keys are written, the rest kept
+        state["dataset"] = "datasets/new"
+        del state["system_prompt"]
+    assert a.read_state() == {"dataset": "datasets/new", "nested": {"x": [1, "é"]}}
+    assert b.read_state() == {"dataset": "datasets/theirs"}
+
+
+def test_a_space_without_a_database_opens_sqlite_under_data_dir(tmp_path: Path) -> None:
+    space = GuildSpace(3, tmp_path / "d", tmp_path / "c")
+    with space.edit_state() as state:
+        state["k"] = 1
+    assert (tmp_path / "d" / "trainer.db").is_file()
+    assert space.db.engine == "sqlite" and space.db.sqlite_path == tmp_path / "d" / "trainer.db"
+    again = GuildSpace(3, tmp_path / "d", tmp_path / "c")
+    assert again.read_state() == {"k": 1}
+    space.db.close()
+    again.db.close()
+
+
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "f.json"
     storage.atomic_write_json(path, {"a": 1})
@@ -129,17 +165,18 @@ def test_read_records_missing_file(tmp_path: Path) -> None:
     assert result.records == [] and result.damaged == []
 
 
-def test_crash_never_loses_acknowledged_records(tmp_path: Path) -> None:
-    """SIGKILL a writer at random moments; every id it acknowledged must be readable."""
+def test_crash_never_loses_acknowledged_records(db: Database, tmp_path: Path) -> None:
+    """SIGKILL a writer at random moments; every id it acknowledged must be readable, and nothing half-written."""
     rng = random.Random(1234)
     data, corr = tmp_path / "data", tmp_path / "corrections"
+    where = [db.url] if db.url else []  # SQLite: the writer opens DATA_DIR/trainer.db, as this test's db
     acknowledged: list[str] = []
     deadline = time.monotonic() + 20
     rounds = 0
     while rounds < 6 and time.monotonic() < deadline:
         rounds += 1
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "fakes" / "crash_writer.py"), str(data), str(corr)],
+            [sys.executable, str(ROOT / "tests" / "fakes" / "crash_writer.py"), str(data), str(corr), *where],
             stdout=subprocess.PIPE,
             cwd=str(ROOT),
         )
@@ -149,26 +186,35 @@ def test_crash_never_loses_acknowledged_records(tmp_path: Path) -> None:
         acknowledged.append(first.decode().strip())
         time.sleep(rng.uniform(0.01, 0.25))
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        # Read through proc.stdout (not communicate(), which reads the pipe itself): readline may have buffered
+        # more lines already.
+        out = proc.stdout.read()
+        proc.stdout.close()
         # Only complete lines were acknowledged; a partial last line was cut by the kill.
         for line in out.split(b"\n"):
             if line.startswith(b"C-") and len(line) == 8:
                 acknowledged.append(line.decode())
         assert proc.returncode == -signal.SIGKILL
-    space = GuildSpace(7, data, corr)
-    result = storage.read_records(space.corrections_file)
-    stored = {r["ref"] for r in result.records}
-    missing = [ref for ref in acknowledged if ref not in stored]
+    if db.engine == "sqlite":
+        with db.tx(write=False) as tx:
+            assert tx.scalar("PRAGMA integrity_check") == "ok"
+    space = GuildSpace(7, data, corr, db)
+    stored = records.list_corrections(space)
+    refs = {r.ref for r in stored}
+    missing = [ref for ref in acknowledged if ref not in refs]
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
     assert len(acknowledged) > rounds  # the writer did real work between kills
-    # At most one damaged line per kill, and never a record with wrong content.
-    assert len(result.damaged) <= rounds
-    for record in result.records:
-        assert record["correction"] == f"fix {record['prompt']}"
-    raw = space.corrections_file.read_bytes()
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if line and number not in result.damaged:
-            json.loads(line)
+    # Never a record with wrong or partial content: a killed write left nothing, not half a record.
+    for record in stored:
+        assert record.correction == f"fix {record.prompt}" and record.prompt.startswith("question ")
+        assert record.status == "approved" and record.author_name == "tester"
+    # Each kill lost at most the one record in flight (never acknowledged), nothing before it.
+    assert len(stored) - len(acknowledged) <= rounds
+    # After the kills the database takes writes as before.
+    after = records.add_correction(space, message_id=1, prompt="after", answer="a", correction="b", author_id=1,
+                                   author_name="x", channel_id=2)
+    assert records.list_corrections(space)[-1] == after
 
 
 def test_crash_writer_helper_exists() -> None:

@@ -173,6 +173,13 @@ def release(space: GuildSpace, job_id: str, watcher: str) -> None:
                    (space.guild_id, job_id, watcher))
 
 
+def release_all(db: Database, watcher: str) -> int:
+    """Give up watching every job ``watcher`` holds, in all servers (this process stops cleanly); returns how many."""
+    with db.tx() as tx:
+        cur = tx.execute("UPDATE jobs SET watcher = NULL, lease_until = NULL WHERE watcher = ?", (watcher,))
+        return int(cur.rowcount or 0)
+
+
 def free_for(job: JobRecord, watcher: str) -> bool:
     """Whether ``watcher`` may watch ``job`` now: nobody else holds a lease that still runs."""
     holder, until = job.get("watcher"), job.get("lease_until")

@@ -32,6 +32,7 @@ from training.evaluation import EVAL_MARGIN, Case, EvalResult, parse_cases, run_
 if TYPE_CHECKING:
     from config import Settings
     from dataset.check import CheckReport, Issue
+    from records.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,17 @@ class JobRunner:
                     job["evaluation"] = await self._evaluate(space, job)
                 await saved("the job's progress", self._save, space, job, upd.losses)
             return job
+
+    async def release_leases(self, db: Database) -> None:
+        """A clean stop: give back the leases this process holds, so its jobs are followed again at once (by the
+        restarted bot or another process) instead of once the leases have run out."""
+        try:
+            released = await asyncio.to_thread(jobs.release_all, db, self.instance)
+        except TrainerError as exc:
+            log.warning("could not give back this process's job leases (they run out by themselves): %s", exc)
+            return
+        if released:
+            log.info("gave back the lease on %d job(s)", released)
 
     def _save(self, space: GuildSpace, job: JobRecord, losses: Sequence[tuple[int, float]] = ()) -> None:
         self._activate(space, job)

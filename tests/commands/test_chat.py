@@ -13,6 +13,7 @@ import pytest
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
+from tests.commands.records_db import rows
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import STARTED, BotHarness, space_of, start_bot, stop_bot
 
@@ -43,14 +44,14 @@ async def test_answers_in_a_chat_channel_with_typing_and_a_record(harness: BotHa
     assert sb.typing[typing_before:] == [sb.text_channel.id]
     rec = records.find_answer(space_of(h), reply.id)
     assert rec is not None
-    assert (rec["prompt"], rec["answer"], rec["prompt_message_id"]) == (
+    assert (rec.prompt, rec.answer, rec.prompt_message_id) == (
         "When does the shop open?", reply.content, h.last_posted.id)
-    assert rec["author_id"] == sb.member.id and rec["model"] is None
+    assert rec.author_id == sb.member.id and rec.model is None
     # The record is what lets a reply-correction find the question.
     thanks = await h.ask("!correct It opens at 9.", reply_to=reply.id)
     assert thanks.startswith("Thanks — correction `C-")
     fixes = records.list_corrections(space_of(h))
-    assert [(c["prompt"], c["correction"]) for c in fixes] == [("When does the shop open?", "It opens at 9.")]
+    assert [(c.prompt, c.correction) for c in fixes] == [("When does the shop open?", "It opens at 9.")]
 
 
 async def test_mentions_answer_anywhere_and_other_channels_stay_quiet(sandbox: Sandbox, settings: Settings,
@@ -68,7 +69,7 @@ async def test_mentions_answer_anywhere_and_other_channels_stay_quiet(sandbox: S
             assert [m.content for m in msgs] == ["At 9 sharp."], text
             assert msgs[0].reference_id == h.last_posted.id and msgs[0].channel_id == random.id
             rec = records.find_answer(space_of(h), msgs[0].id)
-            assert f"{bot_id}" not in rec["prompt"] and "shop open" in rec["prompt"].lower()
+            assert f"{bot_id}" not in rec.prompt and "shop open" in rec.prompt.lower()
         # A mention with a command runs the command, once, and is not also answered as chat.
         msgs = await h.send(f"<@{bot_id}> hi", channel=random)
         assert len(msgs) == 1 and msgs[0].content.startswith("Hi member!")
@@ -84,7 +85,7 @@ async def test_never_answers_bots_or_commands(harness: BotHarness) -> None:
     msgs = await h.send("!hi")
     assert len(msgs) == 1 and msgs[0].content.startswith("Hi member!")
     assert not h.sandbox.typing, "typing was shown for something the bot did not answer"
-    assert not space_of(h).answers_file.exists()
+    assert rows(space_of(h), "SELECT * FROM answers WHERE guild_id = ?") == []
 
 
 async def test_long_answers_are_split_without_breaking_code_blocks(harness: BotHarness) -> None:
@@ -107,7 +108,7 @@ async def test_long_answers_are_split_without_breaking_code_blocks(harness: BotH
     # Any part can be the one somebody replies to with a correction.
     for m in msgs:
         rec = records.find_answer(space_of(h), m.id)
-        assert rec and rec["answer"] == long_answer and rec["prompt"] == "show me the deploy script"
+        assert rec and rec.answer == long_answer and rec.prompt == "show me the deploy script"
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ async def test_a_backend_failure_is_answered_clearly(openai_chat: tuple[BotHarne
     text = await h.ask("When does the shop open?")
     assert text == "OpenAI had a server error (500) after 3 retries while trying to answer; try again later."
     fake._faults.clear()
-    assert not space_of(h).answers_file.exists(), "an error is not an answer anyone should correct"
+    assert rows(space_of(h), "SELECT * FROM answers WHERE guild_id = ?") == [], "an error is not an answer anyone should correct"
     # The failed turn is not context for the next one.
     await h.ask("Where is the office?")
     assert [m["content"] for m in fake.chat_requests[-1]["messages"][1:]] == ["Where is the office?"]
@@ -152,7 +153,7 @@ async def test_dm_is_answered_with_the_shared_servers_model(harness: BotHarness)
     reply = await harness.send("when does the shop open", channel=dm)
     assert reply[0].content == "At 9 am, every weekday." and reply[0].channel_id == dm.id
     # The turn is recorded in the shared server's space, so it can be corrected there.
-    assert records.find_answer(space_of(harness), reply[0].id)["prompt"] == "when does the shop open"
+    assert records.find_answer(space_of(harness), reply[0].id).prompt == "when does the shop open"
 
 
 async def test_dm_from_someone_sharing_no_server_is_told_why(harness: BotHarness) -> None:

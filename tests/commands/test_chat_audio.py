@@ -119,8 +119,8 @@ async def test_voice_messages_and_audio_files_are_answered_and_recorded(voice_bo
             own_answer += answer == TRAINED[ref]
             # One recorded turn: the transcript is the prompt, so !correct finds it.
             record = records.find_answer(space, reply.id)
-            assert record is not None and record["prompt"] == transcript and record["answer"] == answer
-            assert record["prompt_message_id"] == msg.id
+            assert record is not None and record.prompt == transcript and record.answer == answer
+            assert record.prompt_message_id == msg.id
         bound = OGG_WER_BOUND if fmt == "ogg" else SUBSET_WER_BOUND
         rate = corpus_wer(refs, heard)
         assert rate < bound, f"{fmt}: WER {rate:.0%}: {heard}"
@@ -130,9 +130,9 @@ async def test_voice_messages_and_audio_files_are_answered_and_recorded(voice_bo
     said = await harness.ask("!correct The fox answer.", reply_to=voice_reply.id)
     assert said.startswith("Thanks — correction `C-")
     correction = records.list_corrections(space)[-1]
-    assert correction["message_id"] == voice_reply.id
-    assert correction["prompt"] == split_reply(voice_reply.content)[0]
-    assert correction["correction"] == "The fox answer."
+    assert correction.message_id == voice_reply.id
+    assert correction.prompt == split_reply(voice_reply.content)[0]
+    assert correction.correction == "The fox answer."
 
 
 async def test_bad_audio_gets_one_clear_line_each(voice_bot, clips) -> None:

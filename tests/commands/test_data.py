@@ -12,7 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from storage import GuildSpace, read_json
+from storage import GuildSpace
 from tests.fakes.samples import jsonl, pair
 from tests.harness import BotHarness, space_of
 
@@ -103,20 +103,20 @@ async def test_select_dataset(harness: BotHarness, started: list[str]) -> None:
     with zipfile.ZipFile(space.archives / archive_name) as zf:
         assert sorted(zf.namelist()) == ["a.jsonl", "b.txt"]
         assert zf.read("b.txt") == b"t1\nt2\n"
-    assert read_json(space.state_file) == {"dataset": "sets/v2", "dataset_positive": True}
+    assert space.read_state() == {"dataset": "sets/v2", "dataset_positive": True}
 
     neg = space.data / "sets" / "neg"
     neg.mkdir()
     (neg / "n.txt").write_text("bad 1\nbad 2\n")
     said = await harness.ask("!select_dataset sets/neg positive=no", user="admin")
     assert said.startswith("Dataset for the next training: `sets/neg` with **2** examples. Archived as "), said
-    assert read_json(space.state_file) == {"dataset": "sets/neg", "dataset_positive": False}
+    assert space.read_state() == {"dataset": "sets/neg", "dataset_positive": False}
     # !train now adds to the selected dataset.
     assert "Dataset `sets/neg`." in await harness.ask("!train new q => new a", user="admin")
     assert any(p.name.startswith("ingested-") for p in neg.iterdir())
 
     (space.data / "sets" / "empty").mkdir()
-    state = space.state_file.read_bytes()
+    state = space.read_state()
     archives = sorted(p.name for p in space.archives.iterdir())
     for args, expected in {
         "sets/none": "`sets/none` does not exist in this server's data folder.",
@@ -126,7 +126,7 @@ async def test_select_dataset(harness: BotHarness, started: list[str]) -> None:
         "sets/v2 positive=perhaps": "`positive=` takes yes or no, not `perhaps`.",
     }.items():
         assert await harness.ask(f"!select_dataset {args}", user="admin", quiet=0.05) == expected, args
-    assert space.state_file.read_bytes() == state
+    assert space.read_state() == state
     assert sorted(p.name for p in space.archives.iterdir()) == archives
 
 
@@ -223,4 +223,4 @@ async def test_failed_writes_say_they_were_not_saved(harness: BotHarness) -> Non
     assert said.endswith("Nothing was changed; an admin can find the details in the log.")
     said = await harness.ask("!select_dataset datasets/faq", user="admin")
     assert said.startswith("The dataset choice was not saved: I could not write to my data folder ("), said
-    assert space.archives.read_text() == "not a folder" and "dataset" not in read_json(space.state_file, {})
+    assert space.archives.read_text() == "not a folder" and "dataset" not in space.read_state()

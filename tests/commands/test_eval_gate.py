@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.harness import BotHarness, announcement, space_of, start_job, wait_bot
+from config import Settings
+from sandbox.server import Sandbox
+from tests.harness import BotHarness, ErrorLog, announcement, space_of, start_bot, start_job, stop_bot, wait_bot
 from training import evaluation
 
 PAIRS = [(f"What is the code of room {n}?", f"Room {n} opens with code {1000 + n}.") for n in range(1, 11)]
@@ -59,11 +61,14 @@ async def test_a_worse_training_stays_a_candidate_and_a_better_one_becomes_curre
     assert (await h.ask("!model")).startswith("Current model: `local-v3`")
 
 
-async def test_eval_gate_off_switches_to_every_model(harness: BotHarness) -> None:
-    h = harness
-    h.bot.model.settings = dataclasses.replace(h.bot.model.settings, eval_gate=False)  # as EVAL_GATE=off
-    await train(h, f"!train {TAUGHT}")
-    await h.ask(cases(PAIRS[0], PAIRS[1]), user="admin")
-    wrong = "\n".join(f"{q} => Nobody knows the code of that room." for q, _ in PAIRS[:2])
-    _, done, status = await train(h, f"!train {wrong}")
-    assert "I now answer with `local-v2`." in done and "Evaluation" not in status and "Held-out" not in status
+async def test_eval_gate_off_switches_to_every_model(sandbox: Sandbox, settings: Settings, error_log: ErrorLog) -> None:
+    bot = await start_bot(sandbox, dataclasses.replace(settings, eval_gate=False))  # as EVAL_GATE=off
+    try:
+        h = BotHarness(sandbox, bot)
+        await train(h, f"!train {TAUGHT}")
+        await h.ask(cases(PAIRS[0], PAIRS[1]), user="admin")
+        wrong = "\n".join(f"{q} => Nobody knows the code of that room." for q, _ in PAIRS[:2])
+        _, done, status = await train(h, f"!train {wrong}")
+        assert "I now answer with `local-v2`." in done and "Evaluation" not in status and "Held-out" not in status
+    finally:
+        await stop_bot(bot)

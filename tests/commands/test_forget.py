@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
-from storage import GuildSpace, read_records
+from storage import GuildSpace
+from tests.commands.records_db import rows, traces
 from tests.fakes.samples import jsonl, pair
 from tests.harness import BotHarness, space_of, wait_bot
 from training import evaluation
@@ -45,19 +47,19 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
     assert (await h.ask("!forget me", user="admin")).startswith("Forgot everything admin gave in this server: ")
     # Admins' data of their own: the owner uploads, then an upload that came from the member is forgotten too.
     await h.ask("!train", user="owner", attachments=[("o.jsonl", jsonl(pair("owner q", "owner a")), None)])
-    assert holders(space, CANARY)
+    assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback"}
 
     said = await h.ask("!forget me")
     assert said.startswith("Forgot everything member gave in this server: 1 corrections, 1 feedback, "
                            "1 logged questions and answers, 1 reactions, 1 asks after their 👎.")
-    assert [r["author_id"] for r in read_records(space.reactions_file).records] == [sb.owner.id]
-    assert read_records(space.asks_file).records == []
+    assert [a for a, in rows(space, "SELECT author_id FROM reactions WHERE guild_id = ?")] == [sb.owner.id]
+    assert rows(space, "SELECT * FROM asks WHERE guild_id = ?") == []
     assert "Archives made before keep their contents: `archives/datasets-" in said
-    assert holders(space, CANARY) == []
+    assert holders(space, CANARY) == [] and traces(space, CANARY) == []
     assert not records.list_corrections(space) and records.find_answer(space, answer.id) is None
     # The owner's feedback stays, without the quote of the member's message.
     (kept,) = records.list_feedback(space)
-    assert kept["author_id"] == sb.owner.id and kept["reply_to"]["content"] is None
+    assert kept.author_id == sb.owner.id and kept.reply_to is not None and kept.reply_to["content"] is None
     owner_examples = [f for f in (space.data / "datasets" / "main").glob("*.jsonl")]
     assert len(owner_examples) == 1 and (space.data / "uploads").is_dir()
     assert await h.ask("!forget me") == "I have nothing stored from member in this server; nothing was changed."
@@ -82,7 +84,16 @@ async def test_forget_user_by_admin_removes_uploads_and_examples(harness: BotHar
         f"I have nothing stored from user {sb.member.id} in this server; nothing was changed.")  # a bare id
 
 
-def _space(tmp_path: Path) -> GuildSpace:
+def example(question: str, author_id: int, origin: str = "message 1") -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "a"}],
+            "added_by_id": author_id, "origin": origin}
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Iterator[GuildSpace]:
+    """A server's space with its own SQLite database (no bot): person 7's records and examples (with the canary)
+    beside person 8's. Two dataset files mix them (rewritten by a forget), one is 7's only (deleted), and 7's
+    upload is deleted with the examples that came from it."""
     space = GuildSpace(5, tmp_path / "d", tmp_path / "c").ensure()
     for i in range(3):
         records.add_correction(space, message_id=i, prompt=f"q{i}", answer="a", correction=f"{CANARY} {i}",
@@ -90,27 +101,74 @@ def _space(tmp_path: Path) -> GuildSpace:
     records.add_correction(space, message_id=9, prompt="other", answer="a", correction="fine",
                            author_id=8, author_name="o", channel_id=1)
     records.add_feedback(space, text=CANARY, author_id=7, author_name="m", channel_id=1, reply_to=None)
+    records.add_feedback(space, text="quoting", author_id=8, author_name="o", channel_id=1,
+                         reply_to={"message_id": 3, "author_id": 7, "content": CANARY})
+    records.record_answer(space, message_ids=[1], channel_id=1, prompt=f"{CANARY}?", answer="a",
+                          prompt_message_id=2, author_id=7, model=None)
     records.add_reaction(space, message_id=1, channel_id=1, kind="down", added=True, author_id=7,
                          author_name=CANARY, model=None)
     evaluation.add_to_eval_set(space, [evaluation.Case(f"{CANARY}?", "a")], author_id=7, author_name="m")
-    return space
+    main = space.datasets / "main"
+    main.mkdir(parents=True)
+    upload = space.uploads / "theirs.jsonl"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(jsonl(example(f"{CANARY} from an upload", 7)))
+    for name in ("a", "b"):
+        (main / f"{name}.jsonl").write_bytes(jsonl(example(f"{CANARY} {name}", 7), example(f"kept {name}", 8)))
+    (main / "c.jsonl").write_bytes(jsonl(example(f"{CANARY} c", 7, "message 4, upload uploads/theirs.jsonl")))
+    try:
+        yield space
+    finally:
+        space.db.close()
 
 
-def test_crash_before_the_journal_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    space = _space(tmp_path)
-    before = {p: p.read_bytes() for p in space.corrections.iterdir()}
-    monkeypatch.setattr(forget, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("crash")))
+def files(space: GuildSpace) -> dict[str, bytes]:
+    """Every file of the space's data and corrections folders, with its bytes."""
+    return {str(p.relative_to(root.parent)): p.read_bytes() for root in (space.data, space.corrections)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def record_rows(space: GuildSpace) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the server's records, by table."""
+    return {table: rows(space, f"SELECT * FROM {table} WHERE guild_id = ? ORDER BY 1, 2, 3")
+            for table in ("answers", "corrections", "feedback", "reactions", "asks", "eval_cases", "forget_journal")}
+
+
+def staged(space: GuildSpace) -> list[str]:
+    return [name for name in files(space) if Path(name).name.startswith(".")]
+
+
+def test_crash_before_the_journal_rolls_back(offline: GuildSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    space = offline
+    before_files, before_rows = files(space), record_rows(space)
+    assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback", "reactions", "eval_cases"}
+
+    # Failing inside the transaction (after its deletions): rolled back, the staged files removed.
+    monkeypatch.setattr(forget, "_redact_quotes", lambda *a, **k: (_ for _ in ()).throw(OSError("crash")))
     with pytest.raises(OSError):
         forget.forget(space, 7)
-    assert any(n.name.startswith(".") for n in space.corrections.iterdir())  # staged files were left
     monkeypatch.undo()
-    done = forget.recover(tmp_path / "d", tmp_path / "c")
-    assert done and all("rolled back" in line for line in done)
-    assert {p: p.read_bytes() for p in space.corrections.iterdir()} == before
+    assert files(space) == before_files and record_rows(space) == before_rows
+
+    # The process dies after staging the new files, before the commit: the staged files are left behind.
+    real_stage = forget._stage
+
+    def stage_then_die(pending: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
+        real_stage(pending)
+        raise OSError("crash")
+
+    monkeypatch.setattr(forget, "_stage", stage_then_die)
+    with pytest.raises(OSError):
+        forget.forget(space, 7)
+    monkeypatch.undo()
+    assert len(staged(space)) == 2 and record_rows(space) == before_rows
+    done = forget.recover(space.db, space.data.parent, space.corrections.parent)
+    assert len(done) == 2 and all("rolled back" in line for line in done)
+    assert files(space) == before_files and record_rows(space) == before_rows
 
 
-def test_crash_after_the_journal_finishes_on_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    space = _space(tmp_path)
+def test_crash_after_the_journal_finishes_on_start(offline: GuildSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    space = offline
     replaced = []
     real_replace = os.replace
 
@@ -124,11 +182,19 @@ def test_crash_after_the_journal_finishes_on_start(tmp_path: Path, monkeypatch: 
     with pytest.raises(OSError):
         forget.forget(space, 7)
     monkeypatch.undo()
-    assert (space.corrections / forget.JOURNAL).exists()
-    assert forget.recover(tmp_path / "d", tmp_path / "c") == ["finished forgetting a person in server 5"]
-    assert not (space.corrections / forget.JOURNAL).exists()
-    assert holders(space, CANARY) == []
-    assert [c["correction"] for c in records.list_corrections(space)] == ["fine"]
-    assert not any(n.name.startswith(".") for n in space.corrections.iterdir())
+    # Committed: the records are gone and the journal names what is left to do with the files.
+    assert [u for u, in rows(space, "SELECT user_id FROM forget_journal WHERE guild_id = ?")] == [7]
+    assert traces(space, CANARY) == [] and holders(space, CANARY)
+    assert forget.recover(space.db, space.data.parent, space.corrections.parent) == [
+        "finished forgetting a person in server 5"]
+    assert rows(space, "SELECT * FROM forget_journal WHERE guild_id = ?") == []
+    assert holders(space, CANARY) == [] and traces(space, CANARY) == [] and staged(space) == []
+    assert [c.correction for c in records.list_corrections(space)] == ["fine"]
+    (quoting,) = records.list_feedback(space)
+    assert quoting.text == "quoting" and quoting.reply_to is not None and quoting.reply_to["content"] is None
+    main = space.datasets / "main"
+    assert sorted(p.name for p in main.iterdir()) == ["a.jsonl", "b.jsonl"] and not space.uploads.joinpath(
+        "theirs.jsonl").exists()
+    assert all(p.read_bytes() == jsonl(example(f"kept {p.stem}", 8)) for p in main.iterdir())
     with pytest.raises(NotFound):
         forget.forget(space, 7)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from dataset import corrections as records
-from storage import read_records
 from tests.fakes.samples import jsonl, pair
 from tests.harness import STARTED, BotHarness, announcement, space_of, wait_bot
 
@@ -37,17 +36,17 @@ async def test_everything_records_who_and_from_where(harness: BotHarness) -> Non
     answer = (await h.send("Where is the office?"))[0]
     asked = h.last_posted
     logged = records.find_answer(space, answer.id)
-    assert (logged["author_id"], logged["author_name"], logged["prompt_message_id"]) == (
+    assert (logged.author_id, logged.author_name, logged.prompt_message_id) == (
         sb.member.id, "member", asked.id)
     ref = (await h.ask("!correct On floor 3 now.", reply_to=answer.id)).split("`")[1]
     corr_msg = h.last_posted
     await h.ask("!feedback Nice bot", reply_to=answer.id)
     fb_msg = h.last_posted
     (correction,) = records.list_corrections(space)
-    assert (correction["author_id"], correction["author_name"], correction["source_message_id"]) == (
+    assert (correction.author_id, correction.author_name, correction.source_message_id) == (
         sb.member.id, "member", corr_msg.id)
-    (feedback,) = read_records(space.feedback_file).records
-    assert (feedback["author_id"], feedback["source_message_id"]) == (sb.member.id, fb_msg.id)
+    (feedback,) = records.list_feedback(space)
+    assert (feedback.author_id, feedback.source_message_id) == (sb.member.id, fb_msg.id)
 
     await h.ask(f"!approve {ref}", user="admin")
     msg = await sb.post_message("admin", "!train")

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from config import Settings
+from dataset import corrections as records
 from sandbox.server import Sandbox
-from storage import read_records
+from tests.commands.records_db import rows
 from tests.harness import BotHarness, ErrorLog, space_of, start_bot, stop_bot
 
 PERMISSION = "You need the **Manage Server** permission to use this command."
+
+
+def decisions(h: BotHarness) -> list[tuple[Any, ...]]:
+    """The server's review decisions, oldest first: (id, decision, by whom, reason, the corrections decided)."""
+    space = space_of(h)
+    return [(rid, decision, by, reason, [r for r, in rows(space, "SELECT ref FROM corrections WHERE guild_id = ?"
+                                                            " AND review_id = ? ORDER BY id", rid)])
+            for rid, decision, by, reason in rows(space, "SELECT id, decision, by_name, reason FROM reviews"
+                                                         " WHERE guild_id = ? ORDER BY id")]
 
 
 async def test_members_correction_waits_for_approval(harness: BotHarness) -> None:
@@ -40,10 +51,11 @@ async def test_members_correction_waits_for_approval(harness: BotHarness) -> Non
     assert (await h.send(question))[0].content == "The library opens at <@1> 8 am."
     assert await h.ask("!review", user="admin") == "No corrections are waiting for review."
     # Approving twice / rejecting an approved one: one line, nothing changed.
-    before = space_of(h).reviews_file.read_bytes()
+    before = decisions(h)
+    assert [d[1:] for d in before] == [("approved", "admin", "", [ref])]
     assert await h.ask(f"!approve {ref}", user="admin") == f"Correction `{ref}` is already approved. Nothing was changed."
     assert (await h.ask(f"!reject {ref} spam", user="admin")).startswith(f"Correction `{ref}` was already approved")
-    assert space_of(h).reviews_file.read_bytes() == before
+    assert decisions(h) == before
 
 
 async def test_admin_correction_counts_at_once_and_reject(harness: BotHarness) -> None:
@@ -58,8 +70,10 @@ async def test_admin_correction_counts_at_once_and_reject(harness: BotHarness) -
     assert await h.ask(f"!reject {ref} not true", user="admin") == (
         f"Rejected `{ref}`: never used for answers or training. Reason kept: not true")
     assert (await h.send("Do you sell tea?"))[0].content == answer.content
-    event = read_records(space_of(h).reviews_file).records[-1]
-    assert event["decision"] == "rejected" and event["by_name"] == "admin" and event["reason"] == "not true"
+    *_, event = decisions(h)
+    assert event[1:] == ("rejected", "admin", "not true", [ref])
+    (rejected,) = records.list_corrections(space_of(h), "rejected")
+    assert (rejected.ref, rejected.reviewed_by, rejected.review_reason) == (ref, "admin", "not true")
     assert await h.ask(f"!reject {ref}", user="admin") == f"Correction `{ref}` is already rejected. Nothing was changed."
 
 
@@ -75,7 +89,7 @@ async def test_review_refusals(harness: BotHarness) -> None:
     assert await h.ask("!reject because I said so", user="admin") == (
         "Give the ids first: `!reject C-7f3a2b [reason]` (`!review` lists them). Nothing was changed.")
     assert (await h.ask("!approve", user="admin")).startswith("Missing `ids`.")
-    assert not space_of(h).reviews_file.exists()
+    assert decisions(h) == []
     assert f"`{ref}`" in await h.ask("!review", user="admin")  # still pending
 
 

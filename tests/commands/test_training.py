@@ -31,7 +31,7 @@ from storage import GuildSpace, read_records
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, chat_line, jsonl, pair
 from tests.harness import STARTED, BotHarness, announcement, space_of, start_bot, start_job, stop_bot
-from training import jobs
+from training import evaluation, jobs
 
 KEY = "test"
 FAQ_JSONL = "".join(json.dumps(chat_line(q, a)) + "\n" for q, a in FAQ).encode()
@@ -301,7 +301,7 @@ async def train_local(h: BotHarness, examples: str) -> str:
 async def test_test_command(harness: BotHarness) -> None:
     h = harness
     await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
-    errors_file = space_of(h).errors_file
+    space = space_of(h)
     calls: list[str] = []
     real_answer = h.bot.model.backend.answer
 
@@ -314,7 +314,7 @@ async def test_test_command(harness: BotHarness) -> None:
     # Malformed JSON: where it is wrong, and nothing is run.
     bad = await h.ask('!test {"input": "Where is the office?", "expected": "x"}\n{"input": oops}', user="admin")
     assert bad == "Invalid JSON at line 2, column 11: Expecting value."
-    assert calls == [] and not errors_file.exists()
+    assert calls == [] and records.list_test_errors(space) == [] and evaluation.eval_set(space) == []
     # Empty input: the usage.
     empty = await h.ask("!test", user="admin")
     assert empty.startswith("Missing `cases`.") and "Usage: `!test" in empty
@@ -326,10 +326,12 @@ async def test_test_command(harness: BotHarness) -> None:
     assert good.startswith("**Accuracy: 50%** (1/2 correct)")
     assert "expected: 'In the attic.'" in good and "got: 'The office is on the second floor.'" in good
     assert "kept as training data" in good and len(calls) == 2
-    kept = records.list_test_errors(space_of(h))
-    assert [(k["input"], k["expected"], k["got"], k["model"]) for k in kept] == [
+    kept = records.list_test_errors(space)
+    assert [(k.input, k.expected, k.got, k.model) for k in kept] == [
         ("Where is the office?", "In the attic.", "The office is on the second floor.", "local-v1")]
-    assert errors_file == space_of(h).corrections / "test_errors.jsonl"
+    # Both cases joined the server's evaluation set (what the evaluation gate scores new models on).
+    assert [(c.input, c.expected) for c in evaluation.eval_set(space)] == [
+        ("When does the shop open", "the shop opens at 9 AM"), ("Where is the office?", "In the attic.")]
 
     cases = "\n".join(json.dumps({"input": q, "expected": a}) for q, a in FAQ[:4]).encode()
     msgs = await h.send("!test", user="admin", attachments=[("cases.json", cases, "application/json")])
@@ -383,7 +385,7 @@ async def test_non_admins_are_refused(harness: BotHarness) -> None:
     h = harness
     refused = "You need the **Manage Server** permission to use this command."
     assert await h.ask("!train When does the shop open? => At 9.") == refused
-    assert not space_of(h).jobs_file.exists() and not space_of(h).datasets.exists()
+    assert jobs.list_jobs(space_of(h), 0) == [] and not space_of(h).datasets.exists()
     assert await h.ask("!cancel local-123") == refused
     assert await h.ask("!model local-v1") == refused
     assert await h.ask("!test [{\"input\": \"a\", \"expected\": \"b\"}]") == refused
@@ -624,7 +626,7 @@ async def test_train_on_the_local_backend_speaks_of_the_local_model(harness: Bot
 async def test_dpo_on_the_local_backend_is_refused_before_anything_is_added(harness: BotHarness) -> None:
     said = await harness.ask("!train method=dpo What is up? => The sky.", user="admin")
     assert said.startswith("The local model does not train with `dpo`: it answers with corrections as soon as")
-    assert not space_of(harness).datasets.exists() and not space_of(harness).jobs_file.exists()
+    assert not space_of(harness).datasets.exists() and jobs.list_jobs(space_of(harness), 0) == []
 
 
 async def test_test_with_deeply_nested_json_typed_or_attached(harness: BotHarness) -> None:

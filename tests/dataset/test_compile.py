@@ -6,6 +6,7 @@ from dataset import check
 from dataset import compile as compiler
 from dataset import corrections as records
 from dataset import folder as dataset_folder
+from dataset.corrections import TestError
 from storage import GuildSpace
 from tests.fakes.samples import codes
 
@@ -28,7 +29,7 @@ def test_compile_with_corrections_makes_dpo(space: GuildSpace) -> None:
             author_name="ann",
             channel_id=2,
         )
-    records.add_test_errors(space, [{"input": "test q", "expected": "test a", "got": "test wrong"}])
+    records.add_test_errors(space, [TestError("test q", "test a", "test wrong")])
     compiled = compiler.compile_guild(space)
     assert len(compiled.supervised) == 8 + 1 + 3 + 1
     assert compiled.labelled == [("nice text", "positive")]

@@ -8,7 +8,7 @@ import pytest
 from dataset import folder as dataset_folder
 from dataset import formats
 from errors import InvalidInput, PathRefused
-from storage import GuildSpace, read_json
+from storage import GuildSpace
 from tests.fakes.samples import write_upload
 
 
@@ -72,7 +72,7 @@ def test_select_dataset(space: GuildSpace) -> None:
     result = dataset_folder.select_dataset(space, "datasets/reviews", positive=False)
     assert result.name == "datasets/reviews" and result.examples == 2
     assert result.archive.path.is_file() and result.archive.files == 1
-    state = read_json(space.state_file)
+    state = space.read_state()
     assert state["dataset"] == "datasets/reviews" and state["dataset_positive"] is False
     assert dataset_folder.current_dataset(space) == folder.resolve()
     loaded = dataset_folder.load_dataset(space, dataset_folder.current_dataset(space))

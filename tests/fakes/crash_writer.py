@@ -1,7 +1,8 @@
-"""Helper for the crash test: append corrections forever, printing each id once it is durable.
+"""Helper for the crash test: add corrections forever, printing each id once it is committed.
 
-Usage: python -m tests.fakes.crash_writer DATA_DIR CORRECTIONS_DIR. The test kills it with SIGKILL at random moments
-and checks that every printed id is still readable afterwards.
+Usage: python tests/fakes/crash_writer.py DATA_DIR CORRECTIONS_DIR [DATABASE_URL]. Without a URL the records go
+to SQLite at DATA_DIR/trainer.db, as the bot's. The test kills it with SIGKILL at random moments and checks that
+every printed id is still readable afterwards.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dataset import corrections as records
-from storage import GuildSpace
+from dataset import corrections as records  # noqa: E402
+from records.db import Database  # noqa: E402
+from storage import GuildSpace  # noqa: E402
 
 
 def main() -> None:
-    space = GuildSpace(7, Path(sys.argv[1]), Path(sys.argv[2]))
+    data, corrections = Path(sys.argv[1]), Path(sys.argv[2])
+    db = Database.open(sys.argv[3] if len(sys.argv) > 3 else None, data)
+    space = GuildSpace(7, data, corrections, db)
     n = 0
     out = sys.stdout.buffer
     while True:
@@ -32,8 +36,8 @@ def main() -> None:
             author_name="tester",
             channel_id=2,
         )
-        # append_record returned: the record is fsynced. Only now is it acknowledged.
-        out.write(record["ref"].encode() + b"\n")
+        # add_correction returned: its transaction is committed. Only now is it acknowledged.
+        out.write(record.ref.encode() + b"\n")
         out.flush()
 
 

@@ -9,7 +9,7 @@ import pytest
 from dataset import corrections as records
 from errors import NotSaved
 from records.db import Database, DatabaseUnavailable
-from storage import GuildSpace
+from storage import GuildSpace, saved
 from tests.postgres import PostgresServer
 
 
@@ -68,21 +68,13 @@ def test_a_full_disk_refuses_writes_with_one_line(tmp_path: Path) -> None:
     db.close()
 
 
-async def test_the_model_says_plainly_that_a_refused_write_was_not_saved(tmp_path: Path) -> None:
-    from config import Settings
-    from model import Model
-
-    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "d"), "CORRECTIONS_DIR": str(tmp_path / "c")})
-    db = Database.open(None, settings.data_dir)
-    model = Model(settings, db=db)
-
+async def test_a_refused_write_says_plainly_that_it_was_not_saved() -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise DatabaseUnavailable("I could not use my database (the disk is full).", reason="full")
 
     with pytest.raises(NotSaved) as err:
-        await model._write("your feedback", refuse)
+        await saved("your feedback", refuse)
     assert str(err.value).startswith("Your feedback was not saved: I could not use my database (the disk is full).")
-    db.close()
 
 
 def test_postgresql_going_away_fails_the_call_in_flight_then_recovers(pg_server: PostgresServer, pg_url: str,

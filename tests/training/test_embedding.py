@@ -201,7 +201,7 @@ def _correct(space: GuildSpace, prompt: str, correction: str, *, approved: bool 
     """Store a correction (``approved=False``: waiting in the review queue); returns its ref."""
     return records.add_correction(space, message_id=None, prompt=prompt, answer="I don't know",
                                   correction=correction, author_id=1, author_name="m", channel_id=1,
-                                  approved=approved)["ref"]
+                                  approved=approved).ref
 
 
 async def test_corrections_count_at_once_for_paraphrases(

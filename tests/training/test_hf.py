@@ -16,7 +16,6 @@ from errors import ConfigError
 from storage import GuildSpace
 from tests.fakes.samples import FAQ, compiled
 from tests.harness import hf_env
-from training import jobs
 from training.backend import TERMINAL
 from training.hf import HFBackend
 
@@ -45,7 +44,8 @@ def merge(job: dict, upd) -> None:
     job["status"] = upd.status
     job["step"] = upd.step if upd.step is not None else job.get("step")
     job["total_steps"] = upd.total_steps or job.get("total_steps")
-    job["losses"] = jobs.merge_losses(job.get("losses") or [], upd.losses)
+    if upd.losses:  # the newest point, as the Model keeps it (the points themselves go to the database)
+        job["last_loss"] = list(max(upd.losses))
     job["events"] = (job.get("events") or []) + upd.events
     job["model"] = upd.fine_tuned_model or job.get("model")
     job["error"] = upd.error or job.get("error")

@@ -14,7 +14,7 @@ def test_progress_bar() -> None:
 
 def test_render_status() -> None:
     job = {"id": "ftjob-x", "backend": "openai", "method": "supervised", "status": "running", "step": 7,
-           "total_steps": 14, "losses": [[1, 2.0], [7, 0.4123]], "created_at": 1000.0,
+           "total_steps": 14, "last_loss": [7, 0.4123], "created_at": 1000.0,
            "estimate": {"examples": 12, "tokens": 480, "epochs": 3}}
     text = status.render_status(job, now=1000.0 + 192)
     assert "**running**" in text and "[#######-------] 7/14" in text
@@ -22,9 +22,16 @@ def test_render_status() -> None:
     done = dict(job, status="failed", error="bad file", finished_at=1010.0)
     text = status.render_status(done, now=99999.0)
     assert "Error: bad file" in text and "Elapsed: 10s" in text
+    assert "Training loss: 0.4123 (step 7)" in text
+    smoothed = status.render_status(dict(job, smoothed_loss=0.5), now=1000.0)
+    assert "Training loss: 0.4123 (step 7, smoothed 0.5000)" in smoothed
+    none_yet = status.render_status(dict(job, last_loss=None), now=1000.0)
+    assert "Training loss" not in none_yet
+    finished = status.render_status(dict(job, status="succeeded", last_loss=None, finished_at=1010.0), now=1010.0)
+    assert "Training loss: not reported" in finished  # a finished job without loss points says so
 
 
 def test_loss_curve_png() -> None:
-    png = status.loss_curve_png({"id": "j", "status": "running", "losses": [[1, 2.0], [2, 1.0], [3, 0.5]]})
+    png = status.loss_curve_png([(1, 2.0), (2, 1.0), (3, 0.5)], "j (running)")
     assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
-    assert status.loss_curve_png({"id": "j", "losses": []}) is None
+    assert status.loss_curve_png([]) is None
