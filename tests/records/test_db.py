@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from config import Settings
 from dataset import corrections as records
 from errors import NotSaved
 from records.db import Database, DatabaseUnavailable
+from sandbox.server import Sandbox
 from storage import GuildSpace, saved
+from tests.harness import BotHarness, start_bot, stop_bot
 from tests.postgres import PostgresServer
 
 
@@ -94,3 +98,27 @@ def test_postgresql_going_away_fails_the_call_in_flight_then_recovers(pg_server:
     records.add_feedback(space, text="after", author_id=1, author_name="x", channel_id=1, reply_to=None)
     assert [f.text for f in records.list_feedback(space)] == ["before", "after"]
     db.close()
+
+
+async def test_the_bot_rides_out_postgresql_going_away(pg_server: PostgresServer, pg_url: str, settings: Settings,
+                                                       sandbox: Sandbox, error_log: object) -> None:
+    """The real bot on PostgreSQL: while the server is down, a command fails with one plain line and nothing is
+    half-saved; once it is back, the bot works again by itself (no restart)."""
+    bot = await start_bot(sandbox, dataclasses.replace(settings, database_url=pg_url))
+    try:
+        h = BotHarness(sandbox, bot)
+        assert (await h.ask("!feedback before the outage")).startswith("Thanks for the feedback!")
+        pg_server.stop()
+        try:
+            said = await h.ask("!feedback during the outage")
+            assert said.startswith("Your feedback was not saved: I could not reach my database; it may be "
+                                   "restarting. Try again in a moment. Nothing was changed"), said
+            said = await h.ask("!jobs")  # a read: one line too
+            assert "could not reach my database" in said, said
+        finally:
+            pg_server.start()
+        assert (await h.ask("!feedback after the outage")).startswith("Thanks for the feedback!")
+        space = GuildSpace(h.guild_id, settings.data_dir, settings.corrections_dir, bot.db)
+        assert [f.text for f in records.list_feedback(space)] == ["before the outage", "after the outage"]
+    finally:
+        await stop_bot(bot)
