@@ -24,7 +24,7 @@ import yarl
 from discord.ext import commands
 from dotenv import load_dotenv
 
-from commands._shared import NotTrainerAdmin, TrainerContext, report_unexpected
+from commands._shared import NotTrainerAdmin, TrainerContext, report_unexpected, user_line
 from config import Settings
 from errors import ConfigError, TrainerError
 from records.db import Database, DatabaseError
@@ -237,7 +237,7 @@ class TrainerBot(commands.AutoShardedBot):
             await ctx.send("You can't use this command here.")
             return
         if isinstance(error, TrainerError):
-            await ctx.send(str(error)[:1990])
+            await ctx.send(user_line(error)[:1990])
             return
         error_id = report_unexpected(f"in command {ctx.command} (message {ctx.message.id})", error)
         try:

@@ -46,4 +46,13 @@ class NotSaved(TrainerError):
 
 
 class OverBudget(TrainerError):
-    """A member used today's paid calls (PAID_CALLS_PER_USER_PER_DAY); the message says when they reset."""
+    """A member used today's paid calls (PAID_CALLS_PER_USER_PER_DAY): the limit, and when they reset (Unix time).
+
+    ``str()`` is plain text; a cog shows the reset in each reader's own time (``commands._shared.user_line``).
+    """
+
+    def __init__(self, limit: int, resets_at: int) -> None:
+        super().__init__(f"You've used your {limit} paid calls for today (OpenAI answers, transcriptions and "
+                         f"spoken answers); they reset at midnight UTC.")
+        self.limit = limit
+        self.resets_at = resets_at

@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
-from errors import InvalidInput
+from errors import InvalidInput, OverBudget, TrainerError
 
 if TYPE_CHECKING:
     from bot import TrainerBot  # noqa: F401 (named in TrainerContext's base)
@@ -117,6 +118,16 @@ async def budget_exempt(bot: TrainerBot, guild: discord.Guild, user: discord.Use
         except discord.HTTPException:
             return False  # not (or no longer) a member there: no role can exempt them
     return _admin_member(bot, member) or _has_role(member, bot.settings.budget_exempt_role)
+
+
+def user_line(exc: TrainerError) -> str:
+    """The one line that tells a user about ``exc``: its text, with times as Discord timestamps (each reader
+    sees them in their own time zone)."""
+    if isinstance(exc, OverBudget):
+        reset = discord.utils.format_dt(datetime.fromtimestamp(exc.resets_at, UTC), "R")
+        return (f"You've used your {exc.limit} paid calls for today (OpenAI answers, transcriptions and spoken "
+                f"answers); they reset {reset}.")
+    return str(exc)[:2000]
 
 
 async def charge(bot: TrainerBot, guild: discord.Guild, user: discord.User | discord.Member, kind: str) -> None:

@@ -38,12 +38,6 @@ def next_reset(now: float) -> int:
     return int((day + timedelta(days=1)).timestamp())
 
 
-def over_budget_line(limit: int, now: float) -> str:
-    """The one line a member over the limit is told (a Discord timestamp shows the reset in their time)."""
-    return (f"You've used your {limit} paid calls for today (OpenAI answers, transcriptions and spoken answers); "
-            f"they reset <t:{next_reset(now)}:R>.")
-
-
 @dataclass(frozen=True)
 class Usage:
     """One member's paid calls today, by kind."""
@@ -83,7 +77,7 @@ def charge(space: GuildSpace, user_id: int, kind: str, *, limit: int, now: float
                      f"ON CONFLICT (guild_id, day, user_id) DO UPDATE SET {kind} = budget.{kind} + 1 "
                      f"WHERE {total} < ? RETURNING {', '.join(KINDS)}", (space.guild_id, day, user_id, limit))
         if row is None:
-            raise OverBudget(over_budget_line(limit, now))
+            raise OverBudget(limit, next_reset(now))
         # Earlier days no longer count: dropped as a new day starts (ids and numbers only, nothing to keep).
         tx.execute("DELETE FROM budget WHERE guild_id = ? AND day < ?", (space.guild_id, day))
     return Usage(day, {k: int(n) for k, n in zip(KINDS, row, strict=True) if n})

@@ -262,7 +262,7 @@ async def test_openai_pipeline_validates_locally_before_calling_the_api(
         async def before_paid() -> None:  # the budget hook: awaited only right before a paid call
             charged.append("charge")
             if len(charged) > 1:
-                raise OverBudget("over")
+                raise OverBudget(1, 0)
 
         with pytest.raises(InvalidInput, match="empty"):
             await pipe.transcribe(b"", "voice-message.ogg", before_paid=before_paid)
