@@ -46,7 +46,8 @@ class TrainerHelp(commands.HelpCommand):
             lines.extend(self._line(c) for c in shown)
         backend = getattr(getattr(self.context.bot, "model", None), "backend", None)
         if backend is not None:
-            lines.append("\n" + (backend.blurb or f"Model backend: {backend.name}."))
+            # A blurb names commands as `{prefix}…`: shown with this bot's prefix.
+            lines.append("\n" + (backend.blurb.replace("{prefix}", p) or f"Model backend: {backend.name}."))
         lines.append(f"\nType `{p}help <command>` for details, or `{p}instruction` for the full guide.")
         await self._send("\n".join(lines))
 

@@ -93,7 +93,7 @@ class TrainingBackend(ABC):
     paid: ClassVar[bool] = False
     # Checker codes about OpenAI's format that do not matter to this backend.
     ignored_check_codes: ClassVar[frozenset[str]] = frozenset()
-    # One line for !help: what this model is and does.
+    # One line for !help: what this model is and does; commands are written `{prefix}name` (the cog fills in the prefix).
     blurb: ClassVar[str] = ""
     # Why a finished job has no loss curve, in one sentence.
     no_loss_reason: ClassVar[str | None] = "No loss curve: the backend reported no training loss for this job."

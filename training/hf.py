@@ -71,7 +71,7 @@ class HFBackend(TrainingBackend):
     ignored_check_codes = frozenset({"missing_system_message", "too_many_tokens"})
     blurb = ("Model: **hf** — this server's own open-weights model, LoRA fine-tuned on its examples and corrections "
              "on the bot's machine (GPU if present, CPU otherwise). It writes new answers; every training is a "
-             "version kept for rollback and exportable with `!export model`.")
+             "version kept for rollback and exportable with `{prefix}export model`.")
     no_loss_reason = None  # every finished job has a loss curve
     versions = hf_store.VERSIONS  # the models are the hf-v<N> folders on disk
 

@@ -680,3 +680,17 @@ async def test_export_data(harness: BotHarness) -> None:
     prov = [json.loads(x) for x in files["provenance.jsonl"].splitlines()]
     assert [p["what"] for p in prov].count("example") == 4 and prov[-1]["what"] == "correction"
     assert all(p["added_by"].startswith("admin (") for p in prov if p["what"] == "example")
+
+
+async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_prefix(
+        sandbox: Sandbox, settings: Settings, error_log: Any) -> None:
+    bot = await start_bot(sandbox, dataclasses.replace(settings, prefix="?"))
+    try:
+        h = BotHarness(sandbox, bot)
+        said = await h.ask("?export data", user="admin")
+        assert said.endswith("Add some with `?train` (attach a file or write `question => answer`).") and "!" not in said
+        said = await h.ask("?approve 123456", user="admin")
+        assert said == "There is no correction `C-123456` in this server (`?review` lists the pending ones). " \
+                       "Nothing was changed."
+    finally:
+        await stop_bot(bot)
