@@ -237,7 +237,7 @@ class TrainerBot(commands.AutoShardedBot):
             await ctx.send("You can't use this command here.")
             return
         if isinstance(error, TrainerError):
-            await ctx.send(user_line(error)[:1990])
+            await ctx.send(user_line(error, ctx.clean_prefix)[:1990])
             return
         error_id = report_unexpected(f"in command {ctx.command} (message {ctx.message.id})", error)
         try:

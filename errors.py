@@ -8,7 +8,16 @@ from __future__ import annotations
 
 
 class TrainerError(Exception):
-    """Base class: something the user can be told about in one line."""
+    """Base class: something the user can be told about in one line.
+
+    ``helps``: a command that helps next, without the prefix, and what it does, e.g. ``("review", "lists the
+    pending ones")``: the domain names no prefix; a cog adds "`!review` lists the pending ones." with the
+    server's own (``commands._shared.user_line``).
+    """
+
+    def __init__(self, message: str = "", *, helps: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.helps = helps
 
 
 class ConfigError(TrainerError):

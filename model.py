@@ -148,8 +148,7 @@ class Model:
 
     async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
         """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
-        return await asyncio.to_thread(dataset_folder.read_user_file, self.space(guild_id), user_path, limit=limit,
-                                       prefix=self.settings.prefix)
+        return await asyncio.to_thread(dataset_folder.read_user_file, self.space(guild_id), user_path, limit=limit)
 
     # ------------------------------------------------------------ what members give
 
@@ -196,8 +195,7 @@ class Model:
                      reason: str = "") -> list[Correction]:
         """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
         return await saved("the review decision", corrections.review, self.space(guild_id), refs,
-                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason,
-                                 prefix=self.settings.prefix)
+                                 approve=approve, by_id=by_id, by_name=by_name, reason=reason)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
                        reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> Feedback:
@@ -320,7 +318,7 @@ class Model:
         when at most ``read_limit`` so it can be attached, else None)."""
         name = await self.current_model(guild_id)
         if not name:
-            raise NotFound(f"There is no trained model to export yet; train one with `{self.settings.prefix}train`.")
+            raise NotFound("There is no trained model to export yet.", helps=("train", "trains one"))
         space = self.space(guild_id)
         path = await self.backend.export(space, name)
         data = await asyncio.to_thread(archive.read_if_small, path, read_limit)

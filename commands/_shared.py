@@ -120,14 +120,18 @@ async def budget_exempt(bot: TrainerBot, guild: discord.Guild, user: discord.Use
     return _admin_member(bot, member) or _has_role(member, bot.settings.budget_exempt_role)
 
 
-def user_line(exc: TrainerError) -> str:
-    """The one line that tells a user about ``exc``: its text, with times as Discord timestamps (each reader
-    sees them in their own time zone)."""
+def user_line(exc: TrainerError, prefix: str) -> str:
+    """The one line that tells a user about ``exc``: its text, the command that helps with this bot's
+    ``prefix``, times as Discord timestamps (each reader sees them in their own time zone)."""
     if isinstance(exc, OverBudget):
         reset = discord.utils.format_dt(datetime.fromtimestamp(exc.resets_at, UTC), "R")
         return (f"You've used your {exc.limit} paid calls for today (OpenAI answers, transcriptions and spoken "
                 f"answers); they reset {reset}.")
-    return str(exc)[:2000]
+    text = str(exc)
+    if exc.helps is not None:
+        command, what = exc.helps
+        text += f" `{prefix}{command}` {what}."
+    return text[:2000]
 
 
 async def charge(bot: TrainerBot, guild: discord.Guild, user: discord.User | discord.Member, kind: str) -> None:

@@ -144,7 +144,7 @@ class Chat(commands.Cog):
                 data = await att.read()
                 transcript = await self.bot.transcriber.transcribe(data, att.filename, before_paid=before_paid)
         except (Busy, OverBudget) as exc:
-            await message.reply(user_line(exc), mention_author=False)
+            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
         except TrainerError as exc:
             await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
         except discord.HTTPException as exc:
@@ -169,7 +169,7 @@ class Chat(commands.Cog):
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
         except TrainerError as exc:
-            return [await message.reply(user_line(exc), mention_author=False)]
+            return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import TrainerContext, is_admin, trainer_admin
+from commands._shared import TrainerContext, is_admin, trainer_admin, user_line
 from dataset.corrections import Answer
 from errors import InvalidInput, NotFound, TrainerError
 
@@ -173,7 +173,7 @@ class Feedback(commands.Cog):
         try:
             await self._save(ctx, answer, message.content)
         except TrainerError as exc:
-            await message.reply(str(exc)[:2000], mention_author=False)
+            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
 
     # ------------------------------------------------------------ the review queue
 

@@ -13,7 +13,6 @@ from discord.ext import commands
 
 from commands._shared import TrainerContext, is_trainer_admin, split_flags, take_option, trainer_admin
 from dataset.corrections import ReactionCounts
-from dataset.export import NothingToExport
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
@@ -376,13 +375,8 @@ class Training(commands.Cog):
                            "stays in the server's data folder.")
 
     async def _export_data(self, ctx: TrainerContext) -> None:
-        try:
-            async with ctx.typing():
-                result, attach, zipped = await ctx.model.export_data(ctx.guild_id, read_limit=ctx.upload_limit)
-        except NothingToExport as exc:
-            await ctx.send(f"{exc} Add some with `{ctx.clean_prefix}train` (attach a file or write "
-                           f"`question => answer`).")
-            return
+        async with ctx.typing():
+            result, attach, zipped = await ctx.model.export_data(ctx.guild_id, read_limit=ctx.upload_limit)
         n, pairs = result.examples, result.pairs
         text = (f"Exported {n:,} training line{'s' * (n != 1)} (OpenAI chat format)"
                 + (f" and {pairs:,} DPO pair{'s' * (pairs != 1)}" if pairs else "")

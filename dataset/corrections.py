@@ -276,7 +276,7 @@ def corrections_signature(space: GuildSpace) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def parse_refs(raw: list[str], *, prefix: str = "!") -> list[str]:
+def parse_refs(raw: list[str]) -> list[str]:
     """Typed ids -> canonical refs (``c-7f3a2b``, ``C-7F3A2B`` and ``7f3a2b`` all mean ``C-7f3a2b``)."""
     refs: list[str] = []
     for word in raw:
@@ -285,40 +285,40 @@ def parse_refs(raw: list[str], *, prefix: str = "!") -> list[str]:
             continue
         tail = word[2:] if word[:2].lower() == "c-" else word
         if not re.fullmatch(r"[0-9a-fA-F]{6}", tail):
-            raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`; "
-                               f"`{prefix}review` lists them). Nothing was changed.")
+            raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`). Nothing was "
+                               f"changed.", helps=("review", "lists them"))
         ref = f"C-{tail.lower()}"
         if ref not in refs:
             refs.append(ref)
     if not refs:
-        raise InvalidInput(f"Give the id of at least one correction (`{prefix}review` lists them).")
+        raise InvalidInput("Give the id of at least one correction.", helps=("review", "lists them"))
     return refs
 
 
 def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int | None, by_name: str | None,
-           reason: str = "", prefix: str = "!") -> list[Correction]:
+           reason: str = "") -> list[Correction]:
     """Approve or reject corrections by id, all or none; returns the corrections as they were before.
 
     Refused (InvalidInput, nothing written): an unknown id, approving an approved one, rejecting a rejected
     or an approved one (it may already be in a trained model; a newer correction replaces it).
     """
-    refs = parse_refs(raw_refs, prefix=prefix)
+    refs = parse_refs(raw_refs)
     reason = _text(reason, "reason", required=False)[:500]
     decision = APPROVED if approve else REJECTED
 
     def checked(tx: Tx, ref: str) -> Correction:
         row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
         if row is None:
-            raise InvalidInput(f"There is no correction `{ref}` in this server (`{prefix}review` lists the "
-                               f"pending ones). Nothing was changed.")
+            raise InvalidInput(f"There is no correction `{ref}` in this server. Nothing was changed.",
+                               helps=("review", "lists the pending ones"))
         record = _correction(row)
         if approve and record.status == APPROVED:
             raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
         if not approve and record.status == REJECTED:
             raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
         if not approve and record.status == APPROVED:
-            raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model; "
-                               f"send a new `{prefix}correct` to replace it. Nothing was changed.")
+            raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model. Nothing "
+                               f"was changed.", helps=("correct", "with the right answer replaces it"))
         return record
 
     with space.db.tx() as tx:  # check and write in one transaction: two admins deciding at once

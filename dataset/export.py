@@ -41,15 +41,12 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return path.stat().st_size
 
 
-class NothingToExport(InvalidInput):
-    """The dataset is empty (the cog says how to add examples, with the server's prefix)."""
-
-
 def export_data(space: GuildSpace) -> DataExport:
     """Write the compiled dataset (and DPO pairs, and provenance) into a new export folder."""
     compiled = compile_guild(space, min_examples=1, trainer="The export")
     if not compiled.supervised and not compiled.preference:
-        raise NothingToExport("There is nothing to export yet: this server's dataset has no examples.")
+        raise InvalidInput("There is nothing to export yet: this server's dataset has no examples.",
+                           helps=("train", "adds some (attach a file or write `question => answer`)"))
     loaded = load_dataset(space, current_dataset(space))
     folder = space.data / "exports" / f"data-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     n = 1

@@ -293,12 +293,12 @@ def path_exists(space: GuildSpace, user_path: str) -> bool:
         return False
 
 
-def read_user_file(space: GuildSpace, user_path: str, *, limit: int, prefix: str) -> tuple[str, str, bytes]:
+def read_user_file(space: GuildSpace, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
     """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
     target = space.resolve(user_path, must_exist=True)
     shown = space.relative(target)
     if not target.is_file():
-        raise InvalidInput(f"`{shown}` is a folder; `{prefix}archive {shown}` zips it.")
+        raise InvalidInput(f"`{shown}` is a folder.", helps=(f"archive {shown}", "zips it"))
     size = target.stat().st_size
     if size > limit:
         said, cap = fmt_bytes(size), fmt_bytes(limit)

@@ -320,8 +320,8 @@ class HFBackend(TrainingBackend):
 
         ok, system = await asyncio.to_thread(look)
         if not ok:
-            raise BackendError(f"Model `{model_name}` is missing from this server's models folder; switch to "
-                               f"another with `{self.settings.prefix}model <name>` or train again.")
+            raise BackendError(f"Model `{model_name}` is missing from this server's models folder; train again, "
+                               f"or", helps=("model <name>", "switches to another"))
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
                                               max_new_tokens=self.settings.hf_max_new_tokens)
         return reply["text"] or "…"

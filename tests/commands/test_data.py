@@ -193,8 +193,8 @@ async def test_getfile(harness: BotHarness) -> None:
     limit_cases = {
         "docs/huge.bin": "`docs/huge.bin` is 11.0 MB, over this server's upload limit of 10.0 MB.",
         "docs/edge.bin": "`docs/edge.bin` is 10,485,761 bytes, over this server's upload limit of 10,485,760 bytes.",
-        "docs": "`docs` is a folder; `!archive docs` zips it.",
-        ".": "`.` is a folder; `!archive .` zips it.",
+        "docs": "`docs` is a folder. `!archive docs` zips it.",
+        ".": "`.` is a folder. `!archive .` zips it.",
         "docs/nope.txt": "`docs/nope.txt` does not exist in this server's data folder.",
     }
     first = max(harness.sandbox.messages, default=0)

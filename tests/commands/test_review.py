@@ -82,9 +82,9 @@ async def test_review_refusals(harness: BotHarness) -> None:
     answer = (await h.send("hello"))[0]
     ref = (await h.ask("!correct hi there", reply_to=answer.id)).split("`")[1]
     assert await h.ask("!approve C-000000", user="admin") == (
-        "There is no correction `C-000000` in this server (`!review` lists the pending ones). Nothing was changed.")
+        "There is no correction `C-000000` in this server. Nothing was changed. `!review` lists the pending ones.")
     assert await h.ask(f"!approve {ref} C-000000", user="admin") == (
-        "There is no correction `C-000000` in this server (`!review` lists the pending ones). Nothing was changed.")
+        "There is no correction `C-000000` in this server. Nothing was changed. `!review` lists the pending ones.")
     assert (await h.ask("!approve nonsense", user="admin")).startswith("`nonsense` is not a correction id")
     assert await h.ask("!reject because I said so", user="admin") == (
         "Give the ids first: `!reject C-7f3a2b [reason]` (`!review` lists them). Nothing was changed.")

@@ -663,7 +663,7 @@ async def test_export_data(harness: BotHarness) -> None:
     h = harness
     assert await h.ask("!export data", user="admin") == (
         "There is nothing to export yet: this server's dataset has no examples. "
-        "Add some with `!train` (attach a file or write `question => answer`).")
+        "`!train` adds some (attach a file or write `question => answer`).")
     assert await h.ask("!export everything", user="admin") == (
         "I can export `data` (the compiled dataset) or `model` (the current model): `!export data`.")
     await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
@@ -688,9 +688,12 @@ async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_pref
     try:
         h = BotHarness(sandbox, bot)
         said = await h.ask("?export data", user="admin")
-        assert said.endswith("Add some with `?train` (attach a file or write `question => answer`).") and "!" not in said
+        assert said == ("There is nothing to export yet: this server's dataset has no examples. `?train` adds some "
+                        "(attach a file or write `question => answer`).")
         said = await h.ask("?approve 123456", user="admin")
-        assert said == "There is no correction `C-123456` in this server (`?review` lists the pending ones). " \
-                       "Nothing was changed."
+        assert said == ("There is no correction `C-123456` in this server. Nothing was changed. "
+                        "`?review` lists the pending ones.")
+        said = await h.ask("?getfile .", user="admin")
+        assert said == "`.` is a folder. `?archive .` zips it."
     finally:
         await stop_bot(bot)
