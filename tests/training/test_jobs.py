@@ -3,6 +3,7 @@ the current model per backend with its history."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from errors import InvalidInput, NotFound
 from records.db import Database
 from storage import GuildSpace
 from training import jobs
-from training.backend import Estimate, Job
+from training.backend import Estimate, Evaluation, Job, Score
 
 
 def rows(space: GuildSpace, table: str, job_id: str) -> int:
@@ -121,3 +122,55 @@ def test_history_is_capped(space: GuildSpace) -> None:
     history = jobs.model_history(space, "local")
     assert len(history) == jobs.HISTORY_KEPT and history[-1] == f"local-v{jobs.HISTORY_KEPT + 3}"
 
+
+# An hf job as the rows were written before ``Job``: the columns, and everything else in ``data``.
+OLD_DATA = {
+    "base_model": "tiny", "parent_model": None, "attempts": 2, "events_offset": 812, "launcher": "plain",
+    "checkpoint_step": 6, "events": ["Resumed from step 6 (checkpoint)", "Saved model hf-v2"],
+    "estimate": {"examples": 12, "tokens": 480, "epochs": 3, "billed_tokens": 1440},
+    "contributors": [["alice (1)", 9], ["bob (2)", 3]], "device": "cpu", "resumed_from": 6,
+    "smoothed_loss": 0.71, "examples_per_s": 3.5, "eta_s": 0,
+    "evaluation": {"old_model": "hf-v1", "margin": 0.05, "set": {"n": 4, "new": 1, "old": 4},
+                   "heldout": {"n": 2, "new": 2, "old": 2}, "candidate": True},
+    "candidate": True, "note": "Deploy it first.",
+}
+
+
+def test_a_row_written_before_job_loads_and_saves_back_the_same(space: GuildSpace) -> None:
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO jobs (guild_id, id, backend, method, status, created_at, updated_at, finished_at, "
+                   "started_by, channel_id, status_message_id, model, step, total_steps, error, data) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (space.guild_id, "hf-old", "hf", "supervised", "succeeded", 1.0, 2.0, 2.0, "admin", 5, 6, "hf-v2",
+                    12, 12, None, json.dumps(OLD_DATA)))
+    job = jobs.get_job(space, "hf-old")
+    assert (job.id, job.backend, job.status, job.model, job.step, job.channel_id, job.status_message_id) == (
+        "hf-old", "hf", "succeeded", "hf-v2", 12, 5, 6)
+    assert job.estimate == Estimate(examples=12, tokens=480, epochs=3, billed_tokens=1440)
+    assert job.contributors == [("alice (1)", 9), ("bob (2)", 3)]
+    assert job.evaluation == Evaluation(old_model="hf-v1", margin=0.05, eval_set=Score(4, 1, 4),
+                                        heldout=Score(2, 2, 2), candidate=True)
+    assert job.candidate and not job.activated and job.cancelled_by is None and job.note == "Deploy it first."
+    assert (job.device, job.resumed_from, job.smoothed_loss, job.examples_per_s, job.eta_s) == ("cpu", 6, 0.71,
+                                                                                                 3.5, 0.0)
+    # What only the hf backend reads stays its bookkeeping.
+    assert job.extra == {"base_model": "tiny", "parent_model": None, "attempts": 2, "events_offset": 812,
+                         "launcher": "plain", "checkpoint_step": 6}
+    jobs.save_job(space, job)
+    with space.db.tx(write=False) as tx:
+        assert json.loads(tx.scalar("SELECT data FROM jobs WHERE guild_id = ? AND id = ?",
+                                    (space.guild_id, "hf-old"))) == OLD_DATA
+
+
+def test_a_legacy_log_record_and_a_bare_row_load(space: GuildSpace) -> None:
+    """The old jobs log's records (``from_dict``) and rows with an empty ``data`` become jobs with the defaults."""
+    job = jobs.from_dict({"id": "local-1", "backend": "local", "status": "running", "losses": [[1, 0.5]],
+                          "last_loss": [1, 0.5], "pairs": 2, "labelled": 0, "estimate": {},
+                          "evaluation": {"old_model": None, "margin": 0.05, "candidate": False}})
+    assert job.last_loss == (1, 0.5) and job.extra == {"pairs": 2, "labelled": 0} and job.estimate is None
+    assert job.evaluation == Evaluation(margin=0.05) and job.method == "supervised" and job.events == []
+    with space.db.tx() as tx:
+        tx.execute("INSERT INTO jobs (guild_id, id, backend, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (space.guild_id, "bare", "openai", "queued", 1.0, 1.0))
+    bare = jobs.get_job(space, "bare")
+    assert bare == Job(id="bare", backend="openai", status="queued", created_at=1.0, updated_at=1.0)

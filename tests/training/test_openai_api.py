@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import openai
@@ -14,6 +15,7 @@ from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, dpo_line, track_client
 from training.backend import Job
+from training.lifecycle import apply_update
 from training.openai_api import MISSING_KEY, OpenAIBackend, parse_result_csv
 
 KEY = "sk-test-fake-key-123456"
@@ -41,6 +43,19 @@ async def poll_until_done(backend: OpenAIBackend, fake: FakeOpenAI, space: Guild
             return updates
         fake.advance(job.id)
     raise AssertionError("job never finished")
+
+
+@pytest.mark.asyncio
+async def test_an_azure_job_that_succeeded_notes_the_deployment_step(space: GuildSpace) -> None:
+    async with FakeOpenAI(KEY) as fake:
+        backend = make_backend(fake)
+        backend.settings = dataclasses.replace(backend.settings,
+                                               openai_base_url="https://res.openai.azure.com/openai/v1/")
+        job = await backend.start_job(space, compiled(), method="supervised", suffix="g")
+        updates = await poll_until_done(backend, fake, space, job)
+        assert [u.note for u in updates[:-1]] == [None] * (len(updates) - 1)
+        apply_update(job, updates[-1])
+        assert job.status == "succeeded" and job.note and f"deployment named `{job.model}`" in job.note
 
 
 @pytest.mark.asyncio
