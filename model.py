@@ -33,7 +33,7 @@ from speech.recognize import recognizer_paid
 from speech.synthesize import synthesizer_paid
 from storage import GuildSpace, fmt_bytes, remove_leftovers, saved
 from training import budget, jobs, status
-from training.backend import History, JobRecord, TrainingBackend, create_backend
+from training.backend import History, Job, TrainingBackend, create_backend
 from training.evaluation import EvalResult
 from training.lifecycle import TEST_CONCURRENCY, JobRunner
 
@@ -254,46 +254,46 @@ class Model:
         return self.jobs.relevant_warnings(report)
 
     async def train(self, guild_id: int, *, method: str = "supervised", started_by: str,
-                    channel_id: int) -> tuple[JobRecord, CheckReport]:
+                    channel_id: int) -> tuple[Job, CheckReport]:
         """Compile the server's data, check it, and start a job (Busy while one runs)."""
         return await self.jobs.train(self.space(guild_id), method=method, started_by=started_by,
                                      channel_id=channel_id)
 
-    async def poll_job(self, guild_id: int, job_id: str) -> JobRecord:
+    async def poll_job(self, guild_id: int, job_id: str) -> Job:
         """Refresh a job from its backend and save it (WatchedElsewhere: another process watches it)."""
         return await self.jobs.poll_job(self.space(guild_id), job_id)
 
-    async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> JobRecord:
-        """Cancel a running job; returns the saved record."""
+    async def cancel_job(self, guild_id: int, job_id: str, *, by: str | None = None) -> Job:
+        """Cancel a running job; returns the saved job."""
         return await self.jobs.cancel_job(self.space(guild_id), job_id, by=by)
 
     async def set_status_message(self, guild_id: int, job_id: str, message_id: int) -> None:
         """Remember which message the watcher edits for this job."""
         await self.jobs.set_status_message(self.space(guild_id), job_id, message_id)
 
-    async def list_jobs(self, guild_id: int, limit: int = 10) -> list[JobRecord]:
+    async def list_jobs(self, guild_id: int, limit: int = 10) -> list[Job]:
         """Newest jobs first."""
         return await asyncio.to_thread(jobs.list_jobs, self.space(guild_id), limit)
 
-    async def unfinished_jobs(self, guild_ids: set[int] | None = None) -> list[tuple[int, JobRecord]]:
+    async def unfinished_jobs(self, guild_ids: set[int] | None = None) -> list[tuple[int, Job]]:
         """(guild id, job) for every unfinished job no other process watches: what the watcher resumes."""
         return await self.jobs.unfinished_jobs(self.space, guild_ids)
 
     @staticmethod
-    def status_text(job: JobRecord) -> str:
+    def status_text(job: Job) -> str:
         """The text of a job's status message (pure and cheap)."""
         return status.render_status(job)
 
     @staticmethod
-    def no_loss_reason(job: JobRecord) -> str:
+    def no_loss_reason(job: Job) -> str:
         """Why a finished job has no loss curve, in one sentence."""
         return status.no_loss_reason(job)
 
-    async def loss_curve_png(self, guild_id: int, job: JobRecord) -> bytes | None:
+    async def loss_curve_png(self, guild_id: int, job: Job) -> bytes | None:
         """The loss curve as PNG (rendered in a thread), None without loss points."""
         space = self.space(guild_id)
         return await asyncio.to_thread(lambda: status.loss_curve_png(
-            jobs.job_losses(space, job["id"]), f"{job.get('id')} ({job.get('status')})"))
+            jobs.job_losses(space, job.id), f"{job.id} ({job.status})"))
 
     # ------------------------------------------------------------ models
 

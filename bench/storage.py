@@ -39,6 +39,7 @@ from records.legacy import import_legacy
 from storage import GuildSpace, append_record, read_json, utc_now
 from tests.postgres import PostgresServer, find_bin
 from training import jobs
+from training.backend import Job
 
 GUILD = 4242
 CHANNEL, USER = 10, 20
@@ -135,7 +136,7 @@ def db_bytes(db: Database) -> int:
 
 def bench_job(space: GuildSpace, steps: int) -> list[tuple[int, int]]:
     """Run a job's records as the watcher writes them (one save per poll of 10 new steps); bytes at milestones."""
-    record = {"id": "bench-job", "backend": "hf", "status": "running", "total_steps": steps, "step": 0}
+    job = Job(id="bench-job", backend="hf", status="running", total_steps=steps)
 
     def size() -> int:
         if space.db.engine == "sqlite":  # outside a transaction: the log folded into the file
@@ -145,13 +146,13 @@ def bench_job(space: GuildSpace, steps: int) -> list[tuple[int, int]]:
             space.db._conn().execute("VACUUM jobs")
         return db_bytes(space.db)
 
-    jobs.save_job(space, record)
+    jobs.save_job(space, job)
     base = size()
     marks = {steps // 10, steps // 2, steps}
     sizes = []
     for step in range(10, steps + 1, 10):
-        record["step"] = step
-        jobs.save_job(space, record, [(s, 1.0 / s) for s in range(step - 9, step + 1)])
+        job.step = step
+        jobs.save_job(space, job, [(s, 1.0 / s) for s in range(step - 9, step + 1)])
         if step in marks:
             sizes.append((step, size() - base))
     assert len(jobs.job_losses(space, "bench-job")) == steps

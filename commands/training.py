@@ -16,7 +16,7 @@ from dataset.corrections import ReactionCounts
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
-from training.backend import TERMINAL
+from training.backend import TERMINAL, Estimate, Job
 from training.lifecycle import WatchedElsewhere
 from training.status import score_text
 
@@ -163,19 +163,19 @@ class Training(commands.Cog):
             return
         await ctx.send(self._started_text(job, report))
         status = await ctx.send(self.model.status_text(job))
-        await self.model.set_status_message(ctx.guild_id, job["id"], status.id)
-        self.watch(ctx.guild_id, job["id"], shown=status.content)
+        await self.model.set_status_message(ctx.guild_id, job.id, status.id)
+        self.watch(ctx.guild_id, job.id, shown=status.content)
 
-    def _started_text(self, job: dict[str, Any], report: CheckReport) -> str:
+    def _started_text(self, job: Job, report: CheckReport) -> str:
         """One line naming the job and what it trains on (tokens and epochs mean something only when billed)."""
-        est = job.get("estimate") or {}
-        n = est.get("examples", report.n_examples)
+        est = job.estimate or Estimate()
+        n = report.n_examples if est.examples is None else est.examples
         what = f"{n:,} example{'s' * (n != 1)}"
         if self.model.backend.bills_tokens:
-            what += f", ~{est.get('tokens', 0):,} tokens, {est.get('epochs', '?')} epochs"
+            what += f", ~{est.tokens or 0:,} tokens, {'?' if est.epochs is None else est.epochs} epochs"
         warnings = self.model.relevant_warnings(report)
-        lines = [f"Started training job `{job['id']}` on the {self.model.backend.name} backend: {what}."]
-        contributors = job.get("contributors") or []
+        lines = [f"Started training job `{job.id}` on the {self.model.backend.name} backend: {what}."]
+        contributors = job.contributors
         if contributors:
             shown = [f"{discord.utils.escape_markdown(str(name))} {n:,}" for name, n in contributors[:TOP_SHOWN]]
             rest = sum(n for _, n in contributors[TOP_SHOWN:])
@@ -206,9 +206,9 @@ class Training(commands.Cog):
                 log.warning("could not look for unfinished jobs: %s", exc)
                 found = []
             for guild_id, job in found:
-                if job["id"] not in self.watchers:
-                    log.info("watching job %s in guild %s (resumed or taken over)", job["id"], guild_id)
-                    self.watch(guild_id, job["id"])
+                if job.id not in self.watchers:
+                    log.info("watching job %s in guild %s (resumed or taken over)", job.id, guild_id)
+                    self.watch(guild_id, job.id)
             await asyncio.sleep(self.bot.settings.job_lease_seconds / 2)
 
     async def _watch(self, guild_id: int, job_id: str, shown: str | None) -> None:
@@ -235,7 +235,7 @@ class Training(commands.Cog):
                 log.exception("watcher for job %s stopped", job_id)
                 return
             text = self.model.status_text(job)
-            finished = job.get("status") in TERMINAL
+            finished = job.status in TERMINAL
             if text != shown and (finished or time.monotonic() - last_edit >= min(STATUS_EDIT_INTERVAL, poll * 4)):
                 await self._show_status(guild_id, job, text)
                 shown, last_edit = text, time.monotonic()
@@ -244,65 +244,65 @@ class Training(commands.Cog):
                 return
             await asyncio.sleep(poll)
 
-    def _channel(self, job: dict[str, Any]) -> discord.abc.PartialMessageableChannel | discord.PartialMessageable | None:
-        channel_id = job.get("channel_id")
+    def _channel(self, job: Job) -> discord.abc.PartialMessageableChannel | discord.PartialMessageable | None:
+        channel_id = job.channel_id
         if not channel_id:
             return None
-        channel = self.bot.get_channel(int(channel_id))
+        channel = self.bot.get_channel(channel_id)
         if channel is None:
             # A job taken over from another bot process whose shard has this server: not in this process's
             # cache, but its messages can still be sent and edited by id.
-            return self.bot.get_partial_messageable(int(channel_id))
+            return self.bot.get_partial_messageable(channel_id)
         # The channel !train ran in: always one of these (not a category or a forum).
         return channel if isinstance(channel, STATUS_CHANNELS) else None
 
-    async def _show_status(self, guild_id: int, job: dict[str, Any], text: str) -> None:
+    async def _show_status(self, guild_id: int, job: Job, text: str) -> None:
         channel = self._channel(job)
         if channel is None:
             return
-        message_id = job.get("status_message_id")
+        message_id = job.status_message_id
         try:
             if message_id:
-                await channel.get_partial_message(int(message_id)).edit(content=text)
+                await channel.get_partial_message(message_id).edit(content=text)
                 return
         except discord.NotFound:
-            log.info("status message of job %s is gone; posting a new one", job["id"])
+            log.info("status message of job %s is gone; posting a new one", job.id)
         except discord.HTTPException as exc:
-            log.warning("could not edit the status of job %s: %s", job["id"], exc)
+            log.warning("could not edit the status of job %s: %s", job.id, exc)
             return
         msg = await channel.send(text)
-        await self.model.set_status_message(guild_id, job["id"], msg.id)
+        await self.model.set_status_message(guild_id, job.id, msg.id)
 
-    async def _announce(self, guild_id: int, job: dict[str, Any]) -> None:
+    async def _announce(self, guild_id: int, job: Job) -> None:
         channel = self._channel(job)
         if channel is None:
             return
-        if job["status"] == "succeeded":
+        if job.status == "succeeded":
             png = await self.model.loss_curve_png(guild_id, job)
-            text = f"Training job `{job['id']}` succeeded. I now answer with `{job.get('model')}`."
-            if job.get("candidate"):
-                ev = job.get("evaluation") or {}
-                scored = ev.get("set") or {}
-                text = (f"Training job `{job['id']}` succeeded, but `{job.get('model')}` scored worse than "
-                        f"`{ev.get('old_model')}` on this server's evaluation set ({score_text(scored, 'new')} vs "
-                        f"{score_text(scored, 'old')}; the margin is {round(100 * ev.get('margin', 0))} points), so I "
-                        f"still answer with `{ev.get('old_model')}`. It is kept as a candidate: "
-                        f"`{self.bot.settings.prefix}model {job.get('model')}` switches to it anyway.")
-            if job.get("note"):  # e.g. Azure: the model needs a deployment first
-                text += f" {job['note']}"
+            text = f"Training job `{job.id}` succeeded. I now answer with `{job.model}`."
+            if job.candidate and job.evaluation is not None:
+                ev = job.evaluation
+                scored = ev.eval_set
+                text = (f"Training job `{job.id}` succeeded, but `{job.model}` scored worse than "
+                        f"`{ev.old_model}` on this server's evaluation set ({score_text(scored, 'new')} vs "
+                        f"{score_text(scored, 'old')}; the margin is {round(100 * ev.margin)} points), so I "
+                        f"still answer with `{ev.old_model}`. It is kept as a candidate: "
+                        f"`{self.bot.settings.prefix}model {job.model}` switches to it anyway.")
+            if job.note:  # e.g. Azure: the model needs a deployment first
+                text += f" {job.note}"
             if png:
-                file = discord.File(io.BytesIO(png), filename=f"loss-{job['id']}.png")
+                file = discord.File(io.BytesIO(png), filename=f"loss-{job.id}.png")
                 await channel.send(text + " Loss curve attached.", file=file)
             else:
                 # A candidate's line is about the switch it did not make; the loss note would bury it.
-                await channel.send(text if job.get("candidate") else text + " " + self.model.no_loss_reason(job))
-        elif job["status"] == "cancelled":
-            who = f" by {job['cancelled_by']}" if job.get("cancelled_by") else " outside the bot"
-            reason = f": {job['error']}" if job.get("error") else "."
-            await channel.send(f"Training job `{job['id']}` was cancelled{who}{reason}"[:2000])
+                await channel.send(text if job.candidate else text + " " + self.model.no_loss_reason(job))
+        elif job.status == "cancelled":
+            who = f" by {job.cancelled_by}" if job.cancelled_by else " outside the bot"
+            reason = f": {job.error}" if job.error else "."
+            await channel.send(f"Training job `{job.id}` was cancelled{who}{reason}"[:2000])
         else:
-            reason = job.get("error") or "the backend gave no reason"
-            await channel.send(f"Training job `{job['id']}` {job['status']}: {reason}"[:2000])
+            reason = job.error or "the backend gave no reason"
+            await channel.send(f"Training job `{job.id}` {job.status}: {reason}"[:2000])
 
     # ----------------------------------------------------------------- jobs and models
     @commands.command()
@@ -314,9 +314,9 @@ class Training(commands.Cog):
             return
         lines = ["**Recent training jobs**"]
         for job in found:
-            when = f"<t:{int(job.get('created_at') or 0)}:R>"
-            model = f" → `{job['model']}`" if job.get("model") else ""
-            lines.append(f"`{job['id']}` {job.get('status')} {when} by {job.get('started_by', '?')}{model}")
+            when = f"<t:{int(job.created_at or 0)}:R>"
+            model = f" → `{job.model}`" if job.model else ""
+            lines.append(f"`{job.id}` {job.status} {when} by {job.started_by or '?'}{model}")
         await ctx.send("\n".join(lines)[:2000])
 
     @commands.command(usage="<job_id>")
@@ -324,12 +324,12 @@ class Training(commands.Cog):
     async def cancel(self, ctx: TrainerContext, job_id: str) -> None:
         """Cancel a running training job."""
         job = await self.model.cancel_job(ctx.guild_id, job_id, by=str(ctx.author))
-        if job["status"] == "cancelled":
-            await ctx.send(f"Cancelling training job `{job['id']}`: it is now cancelled and will not change "
+        if job.status == "cancelled":
+            await ctx.send(f"Cancelling training job `{job.id}`: it is now cancelled and will not change "
                            f"the model.")
         else:  # it ended before the cancel reached it
-            await ctx.send(f"Training job `{job['id']}` had already {job['status']}; nothing to cancel.")
-        self.watch(ctx.guild_id, job["id"])
+            await ctx.send(f"Training job `{job.id}` had already {job.status}; nothing to cancel.")
+        self.watch(ctx.guild_id, job.id)
 
     @commands.command(name="model", usage="[name | previous]")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:

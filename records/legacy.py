@@ -172,7 +172,7 @@ def _eval_set(tx: Tx, gid: int, path: Path) -> int:
 
 
 def _jobs(tx: Tx, gid: int, path: Path) -> int:
-    from training.jobs import upsert
+    from training.jobs import from_dict, upsert
 
     latest: dict[str, dict[str, Any]] = {}
     for r in _lines(path):
@@ -180,7 +180,8 @@ def _jobs(tx: Tx, gid: int, path: Path) -> int:
             latest[r["id"]] = r
     for record in latest.values():
         losses = [(int(s), float(v)) for s, v in record.pop("losses", None) or []]
-        upsert(tx, gid, {"backend": "local", "status": "failed", **record}, losses, keep_existing=True)
+        job = from_dict({"backend": "local", "status": "failed", **record})
+        upsert(tx, gid, job, losses, keep_existing=True)
     return len(latest)
 
 

@@ -22,6 +22,7 @@ from records.schema import V1
 from storage import GuildSpace
 from tests.harness import BotHarness, space_of
 from training import budget, evaluation, jobs
+from training.backend import Job
 
 A_ID, B_ID = 111111111111111111, 222222222222222222
 
@@ -67,7 +68,7 @@ def test_records_stay_in_their_guild(spaces: tuple[GuildSpace, GuildSpace], db: 
                          model=None)
     records.add_ask(a, ask_message_id=1003, message_id=1001, channel_id=5, author_id=7, author_name="m")
     evaluation.add_to_eval_set(a, [evaluation.Case("i", "e")], author_id=7, author_name="m")
-    jobs.save_job(a, {"id": "job-a", "backend": "local", "status": "running", "created_at": 1.0}, [(1, 0.5)])
+    jobs.save_job(a, Job(id="job-a", backend="local", status="running", created_at=1.0), [(1, 0.5)])
     jobs.set_current_model(a, "local", "local-v1")
     budget.charge(a, 7, "chat", limit=5)
     with a.edit_state() as state:

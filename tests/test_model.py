@@ -22,6 +22,7 @@ from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, report, track_client
 from training import budget, jobs
+from training.backend import Estimate
 from training.openai_api import MISSING_KEY
 
 KEY = "sk-test-fake-key-123456"
@@ -62,9 +63,9 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 async def run_local_job(model: Model, **kw) -> dict:
     job, report = await model.train(GUILD, started_by="alice", channel_id=99, **kw)
-    assert report.ok and job["status"] == "running" and job["started_by"] == "alice"
-    await model.backend.wait(job["id"])  # type: ignore[attr-defined]
-    return await model.poll_job(GUILD, job["id"])
+    assert report.ok and job.status == "running" and job.started_by == "alice"
+    await model.backend.wait(job.id)  # type: ignore[attr-defined]
+    return await model.poll_job(GUILD, job.id)
 
 
 @pytest.mark.asyncio
@@ -75,14 +76,13 @@ async def test_local_train_poll_answer_and_rollback(tmp_path: Path, db: Database
     assert "haven't been trained" in await model.answer(GUILD, "When does the shop open?")
     job = await run_local_job(model)
     assert fake_data["min_examples"] == [1]
-    assert job["status"] == "succeeded" and job["model"] == "local-v1" and job["activated"]
-    assert job["estimate"] == {"examples": len(FAQ), "tokens": 40 * len(FAQ), "epochs": 3,
-                               "billed_tokens": 120 * len(FAQ)}
+    assert job.status == "succeeded" and job.model == "local-v1" and job.activated
+    assert job.estimate == Estimate(examples=len(FAQ), tokens=40 * len(FAQ), epochs=3, billed_tokens=120 * len(FAQ))
     assert (await model.current_model(GUILD)) == "local-v1"
     assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
     fake_data["compiled"] = compiled([(q, "v2: " + a) for q, a in FAQ])
     job2 = await run_local_job(model)
-    assert job2["model"] == "local-v2" and (await model.current_model(GUILD)) == "local-v2"
+    assert job2.model == "local-v2" and (await model.current_model(GUILD)) == "local-v2"
     assert await model.answer(GUILD, "when does the shop open") == "v2: The shop opens at 9 am."
     assert (await model.set_model(GUILD, "previous")) == "local-v1"
     assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
@@ -90,8 +90,8 @@ async def test_local_train_poll_answer_and_rollback(tmp_path: Path, db: Database
     with pytest.raises(NotFound, match="local-v9"):
         (await model.set_model(GUILD, "local-v9"))
     assert (await model.list_models(GUILD)) == ["local-v1", "local-v2"]
-    assert [j["id"] for j in (await model.list_jobs(GUILD))] == [job2["id"], job["id"]]
-    text = model.status_text(jobs.get_job(model.space(GUILD), job["id"]))
+    assert [j.id for j in (await model.list_jobs(GUILD))] == [job2.id, job.id]
+    text = model.status_text(jobs.get_job(model.space(GUILD), job.id))
     assert "succeeded" in text and "local-v1" in text
     await model.close()
 
@@ -136,23 +136,23 @@ async def test_openai_train_poll_to_success(tmp_path: Path, db: Database, fake_d
         model = openai_model(tmp_path, db, fake)
         await model.start()
         job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
-        assert fake_data["min_examples"] == [10] and job["status"] == "validating_files"
-        (await model.set_status_message(GUILD, job["id"], 777))
-        assert [(g, j["id"]) for g, j in (await model.unfinished_jobs())] == [(GUILD, job["id"])]
+        assert fake_data["min_examples"] == [10] and job.status == "validating_files"
+        (await model.set_status_message(GUILD, job.id, 777))
+        assert [(g, j.id) for g, j in (await model.unfinished_jobs())] == [(GUILD, job.id)]
         with pytest.raises(Busy, match="still"):
             await model.train(GUILD, started_by="bob", channel_id=5)
         for _ in range(20):
-            fake.advance(job["id"])
-            job = await model.poll_job(GUILD, job["id"])
-            if job["status"] == "succeeded":
+            fake.advance(job.id)
+            job = await model.poll_job(GUILD, job.id)
+            if job.status == "succeeded":
                 break
-        assert job["status"] == "succeeded" and job["status_message_id"] == 777
-        fj = fake.jobs[job["id"]]
-        assert job["model"] == fj.fine_tuned_model == (await model.current_model(GUILD))
-        losses = jobs.job_losses(model.space(GUILD), job["id"])
+        assert job.status == "succeeded" and job.status_message_id == 777
+        fj = fake.jobs[job.id]
+        assert job.model == fj.fine_tuned_model == (await model.current_model(GUILD))
+        losses = jobs.job_losses(model.space(GUILD), job.id)
         assert [s for s, _ in losses] == list(range(1, fj.total_steps + 1))
-        assert job["last_loss"] == list(losses[-1])
-        assert job["step"] == job["total_steps"] == fj.total_steps
+        assert job.last_loss == losses[-1]
+        assert job.step == job.total_steps == fj.total_steps
         assert (await model.unfinished_jobs()) == []
         png = await model.loss_curve_png(GUILD, job)
         assert png and png.startswith(b"\x89PNG")
@@ -182,14 +182,14 @@ async def test_openai_cancel_and_failure(tmp_path: Path, db: Database, fake_data
         model = openai_model(tmp_path, db, fake)
         await model.start()
         job, _ = await model.train(GUILD, started_by="bob", channel_id=5)
-        job = await model.cancel_job(GUILD, job["id"])
-        assert job["status"] == "cancelled" and job["finished_at"]
+        job = await model.cancel_job(GUILD, job.id)
+        assert job.status == "cancelled" and job.finished_at
         with pytest.raises(InvalidInput, match="already cancelled"):
-            await model.cancel_job(GUILD, job["id"])
+            await model.cancel_job(GUILD, job.id)
         job2, _ = await model.train(GUILD, started_by="bob", channel_id=5)
-        fake.fail(job2["id"], "Training file is invalid.")
-        job2 = await model.poll_job(GUILD, job2["id"])
-        assert job2["status"] == "failed" and job2["error"] == "Training file is invalid."
+        fake.fail(job2.id, "Training file is invalid.")
+        job2 = await model.poll_job(GUILD, job2.id)
+        assert job2.status == "failed" and job2.error == "Training file is invalid."
         assert (await model.current_model(GUILD)) is None
         assert "Error: Training file is invalid." in model.status_text(job2)
 
@@ -213,9 +213,9 @@ async def test_with_the_real_dataset_compiler(tmp_path: Path, db: Database) -> N
     dataset_folder.ingest_text(space, "\n".join(f"{q} => {a}" for q, a in FAQ), author="test")
     job, report = await model.train(GUILD, started_by="alice", channel_id=1)
     assert report.ok and report.n_examples == len(FAQ)
-    await model.backend.wait(job["id"])  # type: ignore[attr-defined]
-    job = await model.poll_job(GUILD, job["id"])
-    assert job["status"] == "succeeded"
+    await model.backend.wait(job.id)  # type: ignore[attr-defined]
+    job = await model.poll_job(GUILD, job.id)
+    assert job.status == "succeeded"
     assert await model.answer(GUILD, "where do I park my bike") == "Bikes go in the basement rack."
 
 

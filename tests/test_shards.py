@@ -90,11 +90,11 @@ async def test_two_processes_share_the_servers_and_take_over_a_job(pg_url: str, 
         started = next(m for m in said if m.content.startswith("Started training job"))
         job_id = re.search(r"Started training job `([^`]+)`", started.content).group(1)  # type: ignore[union-attr]
         space = GuildSpace(first, tmp_path / "data", tmp_path / "corrections", db)
-        await until(lambda: jobs.get_job(space, job_id).get("watcher"), 10, "nobody watches the job")
+        await until(lambda: jobs.get_job(space, job_id).watcher, 10, "nobody watches the job")
         host = socket.gethostname()
-        assert jobs.get_job(space, job_id)["watcher"].startswith(f"{host}:{owner.pid}:")
+        assert jobs.get_job(space, job_id).watcher.startswith(f"{host}:{owner.pid}:")
         await asyncio.sleep(1.5)  # several polls: the other process never takes a job that is watched
-        assert jobs.get_job(space, job_id)["watcher"].startswith(f"{host}:{owner.pid}:")
+        assert jobs.get_job(space, job_id).watcher.startswith(f"{host}:{owner.pid}:")
 
         # Its watcher dies; the job ends while nobody watches; the other process takes it over and says so.
         owner.send_signal(signal.SIGKILL)
@@ -111,7 +111,7 @@ async def test_two_processes_share_the_servers_and_take_over_a_job(pg_url: str, 
         await until(announced, 60, "the job was not taken over within a minute")
         taken_over_after = time.monotonic() - t
         job = jobs.get_job(space, job_id)
-        assert job["status"] == "succeeded" and jobs.current_model(space, "openai") == job["model"]
+        assert job.status == "succeeded" and jobs.current_model(space, "openai") == job.model
         assert taken_over_after < 60
         # The status message the dead process posted was edited by the new watcher.
         status = [m for m in sb.bot_messages(channel) if m.content.startswith(f"Training job `{job_id}` (")]

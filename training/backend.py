@@ -4,8 +4,9 @@ Backends state how they differ as class attributes (``min_examples``, ``poll_sec
 ``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``, ``versions``); nobody compares backend
 names. Adding a backend is one module plus one line in :data:`BACKENDS`.
 
-Job records are plain dicts (see ``jobs.py`` for the fields) so they round-trip through
-the JSON Lines job log without conversion.
+A job travels as a :class:`Job` (``jobs.py`` stores it: columns plus one JSON ``data`` column); what a poll
+learnt is a :class:`JobUpdate`. A backend's own bookkeeping (its upload, its event cursor, ...) is ``extra``,
+read only by the backend that wrote it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JobRecord = dict[str, Any]
 Method = Literal["supervised", "dpo"]
 METHODS: tuple[str, ...] = ("supervised", "dpo")
 # The same status words as the OpenAI fine-tuning API, for every backend.
@@ -40,8 +40,80 @@ History = Sequence[tuple[str, str]]
 
 
 @dataclass
+class Estimate:
+    """What a job trains on, as the data checker counted it (tokens and epochs mean something only when billed);
+    None: not known (a job stored without it)."""
+
+    examples: int | None = None
+    tokens: int | None = None
+    epochs: int | None = None
+    billed_tokens: int | None = None
+
+
+@dataclass
+class Score:
+    """One part of an evaluation: ``n`` cases, how many the new model got right, and the current one (None when
+    there was no current model to compare with)."""
+
+    n: int
+    new: int
+    old: int | None = None
+
+
+@dataclass
+class Evaluation:
+    """The evaluation gate's result for a just-trained model (``training.lifecycle``)."""
+
+    old_model: str | None = None  # the model it was compared with (None: the first model, or itself)
+    margin: float = 0.0  # how much worse on the evaluation set (a fraction) keeps it a candidate
+    eval_set: Score | None = None  # on the server's evaluation set (!test cases); None: none yet
+    heldout: Score | None = None  # on the job's held-out training pairs; None: too few to hold out
+    error: str | None = None  # why it could not be scored (then it is not held back)
+    candidate: bool = False  # worse than ``old_model`` by more than ``margin``: not switched to
+
+
+@dataclass
+class Job:
+    """A training job: the row's columns, then what the lifecycle, the status text and the cog read, then the
+    backend's own bookkeeping (``extra``)."""
+
+    id: str
+    backend: str
+    status: str  # queued/running/... until one of TERMINAL
+    method: str = "supervised"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    started_by: str | None = None
+    channel_id: int | None = None
+    status_message_id: int | None = None  # the message the watcher edits
+    model: str | None = None  # the trained model, once it succeeded
+    step: int = 0
+    total_steps: int | None = None
+    error: str | None = None
+    watcher: str | None = None  # who holds the watch lease (read here, written only by jobs.claim/release)
+    lease_until: float | None = None
+    last_loss: tuple[int, float] | None = None  # the newest (step, loss) point; the points are jobs.job_losses
+    events: list[str] = field(default_factory=list)  # the latest few human-readable events
+    estimate: Estimate | None = None
+    contributors: list[tuple[str, int]] = field(default_factory=list)  # who gave the examples, most first
+    evaluation: Evaluation | None = None  # None: the gate did not run
+    candidate: bool = False  # succeeded but kept as a candidate by the evaluation gate
+    activated: bool = False  # its model was made the current one
+    cancelled_by: str | None = None
+    note: str | None = None  # one more sentence for the announcement (e.g. Azure: deploy the model first)
+    # A trainer's latest report on itself (hf): where and how fast it runs.
+    device: str | None = None
+    resumed_from: int | None = None  # the checkpoint step a restarted trainer went on from
+    smoothed_loss: float | None = None
+    examples_per_s: float | None = None
+    eta_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the backend's bookkeeping, read only by that backend
+
+
+@dataclass
 class JobUpdate:
-    """What a poll learned about a job since the last poll."""
+    """What a poll learned about a job since the last poll (None: nothing new about that field)."""
 
     status: str
     step: int | None = None
@@ -50,7 +122,13 @@ class JobUpdate:
     events: list[str] = field(default_factory=list)  # new human-readable event messages
     fine_tuned_model: str | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # backend bookkeeping saved in the record
+    note: str | None = None
+    device: str | None = None
+    resumed_from: int | None = None
+    smoothed_loss: float | None = None
+    examples_per_s: float | None = None
+    eta_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # backend bookkeeping, merged into Job.extra
 
 
 # MODEL_BACKEND name -> "module:Class"; imported on first use so heavy stacks load only when chosen.
@@ -116,15 +194,15 @@ class TrainingBackend(ABC):
     @abstractmethod
     async def start_job(
         self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str
-    ) -> JobRecord:
-        """Start training; return the new job record (at least id, backend, status, total_steps)."""
+    ) -> Job:
+        """Start training; return the new job (at least id, backend, method, status, total_steps)."""
 
     @abstractmethod
-    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Ask how the job is doing."""
 
     @abstractmethod
-    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def cancel(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Stop the job if it still runs."""
 
     @abstractmethod
@@ -149,19 +227,19 @@ class TrainingBackend(ABC):
         raise InvalidInput(f"The {self.name} backend has no model files to export; `MODEL_BACKEND=hf` trains "
                            "an open-weights model that can be exported.")
 
-    def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[JobRecord]) -> bool:
+    def model_exists(self, space: GuildSpace, name: str, jobs: Sequence[Job]) -> bool:
         """Whether ``name`` can be made the current model (it is on disk, or a succeeded job produced it)."""
         if self.versions is not None:
             return self.versions.exists(space.models, name)
-        return any(j.get("status") == "succeeded" and j.get("model") == name for j in jobs)
+        return any(j.status == "succeeded" and j.model == name for j in jobs)
 
-    def list_models(self, space: GuildSpace, jobs: Sequence[JobRecord]) -> list[str]:
+    def list_models(self, space: GuildSpace, jobs: Sequence[Job]) -> list[str]:
         """Models this backend can answer with, oldest first."""
         if self.versions is not None:
             return self.versions.names(space.models)
         seen: list[str] = []
-        for job in sorted(jobs, key=lambda j: j.get("created_at") or 0):
-            name = job.get("model")
-            if job.get("status") == "succeeded" and name and name not in seen:
+        for job in sorted(jobs, key=lambda j: j.created_at or 0):
+            name = job.model
+            if job.status == "succeeded" and name and name not in seen:
                 seen.append(name)
         return seen

@@ -31,13 +31,14 @@ import sys
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
-from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, TrainingBackend
 from training.hf_generate import Generator
 from training.hf_store import ADAPTER_FILES, BaseSpec
 from training.versions import remove_stale_tmp
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 MAX_ATTEMPTS = 3  # starts of one job's trainer (the first + resumes) before it is declared failed
 CANCEL_WAIT = 15.0  # seconds a cancelled trainer gets to stop at a step before it is killed
@@ -114,7 +116,7 @@ class HFBackend(TrainingBackend):
 
     # ------------------------------------------------------------ jobs
 
-    async def start_job(self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str) -> JobRecord:
+    async def start_job(self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str) -> Job:
         """Write the run folder and start the trainer; returns at once with a running job."""
         lines = compiled.supervised if method == "supervised" else compiled.preference
         if not lines:
@@ -148,9 +150,9 @@ class HFBackend(TrainingBackend):
         total = math.ceil(len(lines) / s.hf_batch_size) * s.hf_epochs
         log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method, len(lines),
                  self.base.label)
-        return {"id": job_id, "backend": self.name, "method": method, "status": "running", "step": 0,
-                "total_steps": total, "base_model": self.base.label, "parent_model": current if parent else None,
-                "attempts": 1, "events_offset": 0, "launcher": s.hf_launcher}
+        return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total,
+                   extra={"base_model": self.base.label, "parent_model": current if parent else None,
+                          "attempts": 1, "events_offset": 0, "launcher": s.hf_launcher})
 
     def _command(self, run: Path) -> list[str]:
         if self.settings.hf_launcher == "accelerate":
@@ -180,16 +182,16 @@ class HFBackend(TrainingBackend):
             return True
         return hf_store.lock_held(run)  # a trainer started by an earlier run of the bot, still finishing
 
-    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Progress from the trainer's events; a vanished trainer is resumed from its checkpoint."""
         return await asyncio.to_thread(self._poll, space, job)
 
-    def _poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
-        run = hf_store.run_dir(space.models, job["id"])
-        alive = self._alive(run, job["id"])  # before reading: a trainer that is gone has written everything
-        offset = int(job.get("events_offset") or 0)
+    def _poll(self, space: GuildSpace, job: Job) -> JobUpdate:
+        run = hf_store.run_dir(space.models, job.id)
+        alive = self._alive(run, job.id)  # before reading: a trainer that is gone has written everything
+        offset = int(job.extra.get("events_offset") or 0)
         events, offset = hf_store.read_events(run, offset)
-        upd = JobUpdate(status=job.get("status") or "running")
+        upd = JobUpdate(status=job.status or "running")
         upd.extra["events_offset"] = offset
         stopped_at: int | None = None
         for ev in events:
@@ -198,17 +200,18 @@ class HFBackend(TrainingBackend):
                 upd.events.append(str(ev.get("message")))
             elif kind == "start":
                 upd.total_steps = int(ev.get("total") or 0) or None
-                upd.extra["device"] = ev.get("device")
+                upd.device = _opt(str, ev.get("device"))
                 if ev.get("resumed_from") is not None:
                     upd.events.append(f"Resumed from step {ev['resumed_from']} (checkpoint)")
-                    upd.extra["resumed_from"] = ev["resumed_from"]
+                    upd.resumed_from = int(ev["resumed_from"])
                 upd.status = "running"
             elif kind == "step":
                 upd.step = int(ev["step"])
                 upd.total_steps = int(ev.get("total") or 0) or upd.total_steps
                 upd.losses.append((upd.step, float(ev["loss"])))
-                upd.extra.update(smoothed_loss=ev.get("smoothed"), examples_per_s=ev.get("examples_per_s"),
-                                 eta_s=ev.get("eta"))
+                upd.smoothed_loss = _opt(float, ev.get("smoothed"))
+                upd.examples_per_s = _opt(float, ev.get("examples_per_s"))
+                upd.eta_s = _opt(float, ev.get("eta"))
             elif kind == "checkpoint":
                 upd.extra["checkpoint_step"] = ev.get("step")
             elif kind == "stopped":
@@ -216,44 +219,44 @@ class HFBackend(TrainingBackend):
             elif kind == "done":
                 upd.status, upd.fine_tuned_model = "succeeded", ev.get("model")
                 upd.step = int(ev.get("step") or 0) or upd.step
-                upd.extra["eta_s"] = 0
+                upd.eta_s = 0.0
             elif kind == "cancelled":
                 upd.status = "cancelled"
             elif kind == "error":
                 upd.status, upd.error = "failed", f"The trainer failed: {ev.get('message')}"
         if upd.status in ("succeeded", "cancelled", "failed"):
-            self._finish(run, job["id"])
+            self._finish(run, job.id)
             return upd
         if not alive:
             self._after_exit(space, run, job, upd, stopped_at)
         return upd
 
-    def _after_exit(self, space: GuildSpace, run: Path, job: JobRecord, upd: JobUpdate, stopped_at: int | None) -> None:
+    def _after_exit(self, space: GuildSpace, run: Path, job: Job, upd: JobUpdate, stopped_at: int | None) -> None:
         """The trainer is gone without an ending: finished after all, cancelled, resumed, or failed."""
-        proc = self._procs.pop(job["id"], None)
-        name = hf_store.VERSIONS.of_job(space.models, job["id"])
+        proc = self._procs.pop(job.id, None)
+        name = hf_store.VERSIONS.of_job(space.models, job.id)
         if name:  # it saved the version but died before saying so
             upd.status, upd.fine_tuned_model = "succeeded", name
-            self._finish(run, job["id"])
+            self._finish(run, job.id)
             return
         if (run / "cancel").exists():
             upd.status = "cancelled"
-            self._finish(run, job["id"])
+            self._finish(run, job.id)
             return
         if not (run / "job.json").is_file():
             upd.status, upd.error = "failed", "The job's run folder is gone; start the training again."
             return
-        attempts = int(job.get("attempts") or 1)
+        attempts = int(job.extra.get("attempts") or 1)
         why = _exit_reason(proc, run, stopped_at)
         if attempts >= MAX_ATTEMPTS:
             upd.status = "failed"
             upd.error = f"The trainer stopped {attempts} times without finishing; the last time {why}."
-            self._finish(run, job["id"])
+            self._finish(run, job.id)
             return
         ckpt = hf_store.latest_checkpoint(run)
         where = f"step {ckpt.name.rsplit('-', 1)[1]}" if ckpt else "the start (no checkpoint yet)"
-        log.info("job %s: trainer gone (%s); resuming from %s", job["id"], why, where)
-        self._launch(run, job["id"])
+        log.info("job %s: trainer gone (%s); resuming from %s", job.id, why, where)
+        self._launch(run, job.id)
         upd.status = "running"
         upd.extra["attempts"] = attempts + 1
         upd.events.append(f"The trainer stopped ({why}); resuming from {where}")
@@ -270,32 +273,32 @@ class HFBackend(TrainingBackend):
                 proc.stdin.close()
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
-    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def cancel(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Stop the trainer at its next step; nothing of this job is saved as a version."""
-        run = hf_store.run_dir(space.models, job["id"])
+        run = hf_store.run_dir(space.models, job.id)
 
         def stop() -> None:
             run.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run / "cancel", f"{time.time()}\n")
-            if not self._alive(run, job["id"]):
+            if not self._alive(run, job.id):
                 return
-            pid = self._pid(run, job["id"])
+            pid = self._pid(run, job.id)
             if pid:
                 _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + CANCEL_WAIT
-            while self._alive(run, job["id"]) and time.monotonic() < deadline:
+            while self._alive(run, job.id) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if self._alive(run, job["id"]) and pid:
-                log.warning("job %s: trainer ignored the cancel for %.0f s; killing it", job["id"], CANCEL_WAIT)
+            if self._alive(run, job.id) and pid:
+                log.warning("job %s: trainer ignored the cancel for %.0f s; killing it", job.id, CANCEL_WAIT)
                 _signal_group(pid, signal.SIGKILL)
-                while self._alive(run, job["id"]) and time.monotonic() < deadline + 5:
+                while self._alive(run, job.id) and time.monotonic() < deadline + 5:
                     time.sleep(0.1)
 
         await asyncio.to_thread(stop)
         upd = await self.poll(space, job)
         if upd.status not in ("succeeded", "cancelled", "failed"):
             upd.status = "cancelled"
-            await asyncio.to_thread(self._finish, run, job["id"])
+            await asyncio.to_thread(self._finish, run, job.id)
         return upd
 
     def _pid(self, run: Path, job_id: str) -> int | None:
@@ -406,6 +409,11 @@ safetensors adapters for the architectures it supports (Llama, Mistral, Gemma); 
 adapter with llama.cpp's `convert_lora_to_gguf.py --base <base folder> ./{name}` and point `ADAPTER` at the
 .gguf it writes (llama.cpp's own server takes it as `--lora`).
 """
+
+
+def _opt(kind: Callable[[Any], T], value: Any) -> T | None:
+    """``value`` as ``kind`` (a trainer event's field), None when missing."""
+    return None if value is None else kind(value)
 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -1,11 +1,13 @@
 """Training-job records and each server's current model, in the database.
 
 A job is one row of ``jobs``, updated in place (never rewritten whole into a log); its loss points are rows of
-``job_losses``, one per step, so a job's records grow linearly with its steps. Records travel as
-:data:`training.backend.JobRecord` dicts: the columns (id, backend, method, status, created_at, updated_at,
-finished_at, started_by, channel_id, status_message_id, model, step, total_steps, error) plus everything else
-(estimate, events, contributors, evaluation, candidate, activated, backend bookkeeping, ...) kept as JSON;
-``last_loss`` ([step, loss]) is filled in when read.
+``job_losses``, one per step, so a job's records grow linearly with its steps. Jobs travel as
+:class:`training.backend.Job`: the columns (id, backend, method, status, created_at, updated_at, finished_at,
+started_by, channel_id, status_message_id, model, step, total_steps, error; watcher and lease_until, written only
+by :func:`claim` and :func:`release`) plus everything else (events, estimate, contributors, evaluation, candidate,
+activated, ..., and the backend's ``extra``) kept as one JSON object in ``data``, with the keys it always had, so
+rows written before ``Job`` existed and the legacy import (:func:`from_dict`) load the same way; ``last_loss``
+(step, loss) is filled in when read. :func:`_record` and :func:`upsert` are the one conversion.
 
 The current model is a row of ``current_models`` per server and backend, with the ones before it
 (``!model previous`` goes back through them).
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from errors import InvalidInput, NotFound
 from records.db import Database, Row, Tx
 from storage import GuildSpace
-from training.backend import TERMINAL, JobRecord
+from training.backend import TERMINAL, Estimate, Evaluation, Job, Score
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ HISTORY_KEPT = 50
 COLUMNS = ("id", "backend", "method", "status", "created_at", "updated_at", "finished_at", "started_by",
            "channel_id", "status_message_id", "model", "step", "total_steps", "error")
 LEASE = ("watcher", "lease_until")  # read with the record, written only by claim and release
-_NOT_DATA = frozenset(COLUMNS) | frozenset(LEASE) | {"losses", "last_loss", "guild_id", "data"}
+# Keys of a stored record that are not the job's (the old log's losses) or are read apart (last_loss).
+_IGNORED = frozenset({"losses", "last_loss", "guild_id", "data"})
 _SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS + LEASE)}, j.data, "
            "(SELECT l.step FROM job_losses l WHERE l.guild_id = j.guild_id AND l.job_id = j.id "
            "ORDER BY l.step DESC LIMIT 1), "
@@ -41,47 +45,149 @@ _SELECT = (f"SELECT {', '.join('j.' + c for c in COLUMNS + LEASE)}, j.data, "
            "ORDER BY l.step DESC LIMIT 1) FROM jobs j")
 
 
-def _record(row: Row) -> JobRecord:
+# ---------------------------------------------------------------- Job <-> stored fields
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _score(value: Any) -> Score | None:
+    if not isinstance(value, Mapping) or not value:  # an empty object meant nothing to show
+        return None
+    return Score(n=_int(value.get("n")) or 0, new=_int(value.get("new")) or 0, old=_int(value.get("old")))
+
+
+def _score_json(score: Score) -> dict[str, int]:
+    return {"n": score.n, "new": score.new, **({} if score.old is None else {"old": score.old})}
+
+
+def _estimate(value: Any) -> Estimate | None:
+    if not isinstance(value, Mapping) or not value:  # an empty object meant nothing to show
+        return None
+    return Estimate(examples=_int(value.get("examples")), tokens=_int(value.get("tokens")),
+                    epochs=_int(value.get("epochs")), billed_tokens=_int(value.get("billed_tokens")))
+
+
+def _evaluation(value: Any) -> Evaluation | None:
+    if not isinstance(value, Mapping) or not value:  # an empty object meant nothing to show
+        return None
+    return Evaluation(old_model=_str(value.get("old_model")), margin=_float(value.get("margin")) or 0.0,
+                      eval_set=_score(value.get("set")), heldout=_score(value.get("heldout")),
+                      error=_str(value.get("error")), candidate=bool(value.get("candidate")))
+
+
+def from_dict(fields: Mapping[str, Any]) -> Job:
+    """A job from its stored fields: a row's columns with its ``data`` object, or a record of the old jobs log.
+
+    What is not a field of :class:`Job` is the backend's bookkeeping (``extra``).
+    """
+    f = dict(fields)
+    take = f.pop
+    last = take("last_loss", None)
+    job = Job(
+        id=str(take("id")), backend=str(take("backend", None) or "?"), status=str(take("status", None) or "?"),
+        method=str(take("method", None) or "supervised"),
+        created_at=_float(take("created_at", None)) or 0.0, updated_at=_float(take("updated_at", None)) or 0.0,
+        finished_at=_float(take("finished_at", None)), started_by=_str(take("started_by", None)),
+        channel_id=_int(take("channel_id", None)), status_message_id=_int(take("status_message_id", None)),
+        model=_str(take("model", None)), step=_int(take("step", None)) or 0,
+        total_steps=_int(take("total_steps", None)), error=_str(take("error", None)),
+        watcher=_str(take("watcher", None)), lease_until=_float(take("lease_until", None)),
+        last_loss=(int(last[0]), float(last[1])) if isinstance(last, (list, tuple)) and len(last) == 2 else None,
+        events=[str(e) for e in take("events", None) or []],
+        estimate=_estimate(take("estimate", None)),
+        contributors=[(str(c[0]), _int(c[1]) or 0) for c in take("contributors", None) or []
+                      if isinstance(c, (list, tuple)) and len(c) == 2],
+        evaluation=_evaluation(take("evaluation", None)),
+        candidate=bool(take("candidate", False)), activated=bool(take("activated", False)),
+        cancelled_by=_str(take("cancelled_by", None)), note=_str(take("note", None)),
+        device=_str(take("device", None)), resumed_from=_int(take("resumed_from", None)),
+        smoothed_loss=_float(take("smoothed_loss", None)), examples_per_s=_float(take("examples_per_s", None)),
+        eta_s=_float(take("eta_s", None)),
+    )
+    job.extra = {k: v for k, v in f.items() if k not in _IGNORED}
+    return job
+
+
+def _data(job: Job) -> dict[str, Any]:
+    """The ``data`` column of a job: everything but the columns, under the keys it always had."""
+    data: dict[str, Any] = {**job.extra, "events": list(job.events),
+                            "contributors": [[name, n] for name, n in job.contributors]}
+    if job.estimate is not None:
+        data["estimate"] = {k: v for k, v in asdict(job.estimate).items() if v is not None}
+    if (ev := job.evaluation) is not None:
+        data["evaluation"] = {"old_model": ev.old_model, "margin": ev.margin, "candidate": ev.candidate}
+        if ev.eval_set is not None:
+            data["evaluation"]["set"] = _score_json(ev.eval_set)
+        if ev.heldout is not None:
+            data["evaluation"]["heldout"] = _score_json(ev.heldout)
+        if ev.error is not None:
+            data["evaluation"]["error"] = ev.error
+    data.update({k: True for k, flag in (("candidate", job.candidate), ("activated", job.activated)) if flag})
+    optional = {"cancelled_by": job.cancelled_by, "note": job.note, "device": job.device,
+                "resumed_from": job.resumed_from, "smoothed_loss": job.smoothed_loss,
+                "examples_per_s": job.examples_per_s, "eta_s": job.eta_s}
+    data.update({k: v for k, v in optional.items() if v is not None})
+    return data
+
+
+def _record(row: Row) -> Job:
     n = len(COLUMNS) + len(LEASE)
-    record: JobRecord = dict(zip(COLUMNS + LEASE, row[:n], strict=True))
-    record.update(json.loads(row[n] or "{}"))
+    job = from_dict({**json.loads(row[n] or "{}"), **dict(zip(COLUMNS + LEASE, row[:n], strict=True))})
     step, loss = row[n + 1], row[n + 2]
-    record["last_loss"] = None if step is None else [int(step), float(loss)]
-    return record
+    job.last_loss = None if step is None else (int(step), float(loss))
+    return job
 
 
 # ---------------------------------------------------------------- job records
 
-def save_job(space: GuildSpace, record: JobRecord, losses: Iterable[tuple[int, float]] = ()) -> JobRecord:
-    """Insert or update the job (and add new loss points; a step's newer loss wins); returns the record."""
-    if not record.get("id"):
-        raise ValueError("a job record needs an id")
-    record["updated_at"] = time.time()
-    record["events"] = list(record.get("events") or [])[-KEEP_EVENTS:]
-    record.setdefault("created_at", record["updated_at"])
-    record.setdefault("method", "supervised")
+def save_job(space: GuildSpace, job: Job, losses: Iterable[tuple[int, float]] = ()) -> Job:
+    """Insert or update the job (and add new loss points; a step's newer loss wins); returns the job."""
+    if not job.id:
+        raise ValueError("a job needs an id")
+    job.updated_at = time.time()
+    job.events = job.events[-KEEP_EVENTS:]
+    if not job.created_at:
+        job.created_at = job.updated_at
+    job.method = job.method or "supervised"
     with space.db.tx() as tx:
-        upsert(tx, space.guild_id, record, losses)
+        upsert(tx, space.guild_id, job, losses)
         last = tx.one("SELECT step, loss FROM job_losses WHERE guild_id = ? AND job_id = ? ORDER BY step DESC "
-                      "LIMIT 1", (space.guild_id, record["id"]))
-    record["last_loss"] = None if last is None else [int(last[0]), float(last[1])]
-    return record
+                      "LIMIT 1", (space.guild_id, job.id))
+    job.last_loss = None if last is None else (int(last[0]), float(last[1]))
+    return job
 
 
-def upsert(tx: Tx, guild_id: int, record: JobRecord, losses: Iterable[tuple[int, float]] = (), *,
+def upsert(tx: Tx, guild_id: int, job: Job, losses: Iterable[tuple[int, float]] = (), *,
            keep_existing: bool = False) -> None:
     """Write a job row (and loss points) in a transaction; ``keep_existing`` leaves a stored job as it is."""
-    data = json.dumps({k: v for k, v in record.items() if k not in _NOT_DATA}, ensure_ascii=False)
-    values = [record.get(c) for c in COLUMNS]
-    values[COLUMNS.index("step")] = int(record.get("step") or 0)
-    values[COLUMNS.index("method")] = record.get("method") or "supervised"
-    values[COLUMNS.index("updated_at")] = record.get("updated_at") or time.time()
-    values[COLUMNS.index("created_at")] = record.get("created_at") or values[COLUMNS.index("updated_at")]
+    data = json.dumps(_data(job), ensure_ascii=False)
+    updated = job.updated_at or time.time()
+    columns = {
+        "id": job.id, "backend": job.backend, "method": job.method or "supervised", "status": job.status,
+        "created_at": job.created_at or updated, "updated_at": updated, "finished_at": job.finished_at,
+        "started_by": job.started_by, "channel_id": job.channel_id, "status_message_id": job.status_message_id,
+        "model": job.model, "step": int(job.step or 0), "total_steps": job.total_steps, "error": job.error,
+    }
     update = "NOTHING" if keep_existing else "UPDATE SET " + ", ".join(
         f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "data"))
     tx.execute(f"INSERT INTO jobs (guild_id, {', '.join(COLUMNS)}, data) VALUES ({', '.join('?' * (len(COLUMNS) + 2))})"
-               f" ON CONFLICT (guild_id, id) DO {update}", (guild_id, *values, data))
-    _add_losses(tx, guild_id, record["id"], losses)
+               f" ON CONFLICT (guild_id, id) DO {update}", (guild_id, *(columns[c] for c in COLUMNS), data))
+    _add_losses(tx, guild_id, job.id, losses)
 
 
 def _add_losses(tx: Tx, guild_id: int, job_id: str, losses: Iterable[tuple[int, float]]) -> None:
@@ -98,7 +204,7 @@ def job_losses(space: GuildSpace, job_id: str) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v in rows]
 
 
-def list_jobs(space: GuildSpace, limit: int = 10) -> list[JobRecord]:
+def list_jobs(space: GuildSpace, limit: int = 10) -> list[Job]:
     """The newest ``limit`` jobs (all with 0), newest first."""
     sql = f"{_SELECT} WHERE j.guild_id = ? ORDER BY j.created_at DESC"
     params: tuple[Any, ...] = (space.guild_id,)
@@ -108,7 +214,7 @@ def list_jobs(space: GuildSpace, limit: int = 10) -> list[JobRecord]:
         return [_record(r) for r in tx.all(sql, params)]
 
 
-def get_job(space: GuildSpace, job_id: str) -> JobRecord:
+def get_job(space: GuildSpace, job_id: str) -> Job:
     """A job by id or by a unique start of its id; NotFound otherwise."""
     job_id = (job_id or "").strip().strip("`")
     with space.db.tx(write=False) as tx:
@@ -124,7 +230,7 @@ def get_job(space: GuildSpace, job_id: str) -> JobRecord:
     raise NotFound(f"There is no training job `{job_id}` on this server.")
 
 
-def unfinished_jobs(space: GuildSpace) -> list[JobRecord]:
+def unfinished_jobs(space: GuildSpace) -> list[Job]:
     """This server's jobs not yet succeeded/failed/cancelled, oldest first (the watcher resumes these)."""
     marks = ", ".join("?" * len(TERMINAL))
     with space.db.tx(write=False) as tx:
@@ -180,10 +286,9 @@ def release_all(db: Database, watcher: str) -> int:
         return int(cur.rowcount or 0)
 
 
-def free_for(job: JobRecord, watcher: str) -> bool:
+def free_for(job: Job, watcher: str) -> bool:
     """Whether ``watcher`` may watch ``job`` now: nobody else holds a lease that still runs."""
-    holder, until = job.get("watcher"), job.get("lease_until")
-    return holder in (None, watcher) or until is None or float(until) < time.time()
+    return job.watcher in (None, watcher) or job.lease_until is None or job.lease_until < time.time()
 
 
 # ---------------------------------------------------------------- current model

@@ -12,6 +12,7 @@ Every method is async; disk and database work runs in threads. No discord here.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import secrets
@@ -26,7 +27,7 @@ from dataset.corrections import TestError
 from errors import Busy, InvalidInput, NotFound, TrainerError
 from storage import GuildSpace, saved
 from training import evaluation, jobs
-from training.backend import METHODS, TERMINAL, History, JobRecord, JobUpdate, TrainingBackend
+from training.backend import METHODS, TERMINAL, Estimate, Evaluation, History, Job, JobUpdate, Score, TrainingBackend
 from training.evaluation import EVAL_MARGIN, Case, EvalResult, parse_cases, run_cases
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEST_CONCURRENCY = 4
-CONTRIBUTORS_KEPT = 10  # contributors named in a job record; the rest are summed under "others"
+CONTRIBUTORS_KEPT = 10  # contributors named in a job; the rest are summed under "others"
 
 
 class WatchedElsewhere(TrainerError):
@@ -52,27 +53,40 @@ def top_contributors(counts: dict[str, int], keep: int = CONTRIBUTORS_KEPT) -> l
     return top + ([("others", rest)] if rest else [])
 
 
-def apply_update(job: JobRecord, upd: JobUpdate) -> bool:
-    """Merge a poll's update into the record; True if anything changed."""
-    before = dict(job)
-    job["status"] = upd.status
+def apply_update(job: Job, upd: JobUpdate) -> bool:
+    """Merge a poll's update into the job; True if anything changed."""
+    before = copy.deepcopy(job)
+    job.status = upd.status
     if upd.step is not None:
-        job["step"] = upd.step
+        job.step = upd.step
     if upd.total_steps:
-        job["total_steps"] = upd.total_steps
+        job.total_steps = upd.total_steps
     if upd.losses:
         step, loss = max(upd.losses)
-        if not job.get("last_loss") or step >= job["last_loss"][0]:
-            job["last_loss"] = [int(step), float(loss)]
+        if not job.last_loss or step >= job.last_loss[0]:
+            job.last_loss = (int(step), float(loss))
     if upd.events:
-        job["events"] = (list(job.get("events") or []) + upd.events)[-jobs.KEEP_EVENTS:]
+        job.events = (job.events + upd.events)[-jobs.KEEP_EVENTS:]
     if upd.fine_tuned_model:
-        job["model"] = upd.fine_tuned_model
+        job.model = upd.fine_tuned_model
     if upd.error:
-        job["error"] = upd.error
-    job.update(upd.extra)
-    if upd.status in TERMINAL and not job.get("finished_at"):
-        job["finished_at"] = time.time()
+        job.error = upd.error
+    # What a backend reports about its trainer has typed fields; the rest is its own bookkeeping.
+    if upd.note is not None:
+        job.note = upd.note
+    if upd.device is not None:
+        job.device = upd.device
+    if upd.resumed_from is not None:
+        job.resumed_from = upd.resumed_from
+    if upd.smoothed_loss is not None:
+        job.smoothed_loss = upd.smoothed_loss
+    if upd.examples_per_s is not None:
+        job.examples_per_s = upd.examples_per_s
+    if upd.eta_s is not None:
+        job.eta_s = upd.eta_s
+    job.extra.update(upd.extra)
+    if upd.status in TERMINAL and not job.finished_at:
+        job.finished_at = time.time()
     return job != before
 
 
@@ -85,7 +99,7 @@ class JobRunner:
         # Who holds a lease: unique per process run (a restarted bot is another watcher).
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._train_locks: dict[int, asyncio.Lock] = {}
-        # poll and cancel read a record, await the backend, then save it: without a lock per job a poll
+        # poll and cancel read a job, await the backend, then save it: without a lock per job a poll
         # started before a cancel could save its stale copy over the cancelled one.
         self._job_locks: dict[str, asyncio.Lock] = {}
 
@@ -109,7 +123,7 @@ class JobRunner:
         return [w for w in report.warnings if w.code not in self.backend.ignored_check_codes]
 
     async def train(self, space: GuildSpace, *, method: str, started_by: str,
-                    channel_id: int) -> tuple[JobRecord, CheckReport]:
+                    channel_id: int) -> tuple[Job, CheckReport]:
         """Compile the server's data, check it, and start a job; InvalidInput (the report) before any upload.
 
         Busy if a job of this server is still running.
@@ -122,11 +136,11 @@ class JobRunner:
             await saved("the training job", space.ensure)
             for job in await asyncio.to_thread(jobs.unfinished_jobs, space):
                 try:
-                    job = await self.poll_job(space, job["id"])
+                    job = await self.poll_job(space, job.id)
                 except WatchedElsewhere:
                     pass
-                if job["status"] not in TERMINAL:
-                    raise Busy(f"Training job `{job['id']}` is still {job['status']}; wait for it or cancel it.")
+                if job.status not in TERMINAL:
+                    raise Busy(f"Training job `{job.id}` is still {job.status}; wait for it or cancel it.")
             compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=self.backend.min_examples,
                                                trainer=self.backend.trainer_title)
             report = compiled.report
@@ -136,51 +150,49 @@ class JobRunner:
                 raise InvalidInput(report.format(billed=self.backend.bills_tokens,
                                                  ignore=self.backend.ignored_check_codes))
             started = time.time()
-            record = await self.backend.start_job(space, compiled, method=method,  # type: ignore[arg-type]
-                                                  suffix=f"g{space.guild_id}")
-            record.update({
-                "created_at": started, "started_by": started_by, "channel_id": channel_id,
-                "status_message_id": None, "model": None, "events": [], "error": None, "finished_at": None,
-                "estimate": {"examples": report.n_examples, "tokens": report.est_tokens,
-                             "epochs": report.epochs, "billed_tokens": report.billed_tokens},
-                # Who the examples came from (top few, then the rest counted): provenance for !train and !jobs.
-                "contributors": top_contributors(compiled.contributors),
-            })
-            record.setdefault("step", 0)
+            job = await self.backend.start_job(space, compiled, method=method,  # type: ignore[arg-type]
+                                               suffix=f"g{space.guild_id}")
+            job.created_at, job.started_by, job.channel_id = started, started_by, channel_id
+            job.status_message_id = job.model = job.error = job.finished_at = None
+            job.events = []
+            job.estimate = Estimate(examples=report.n_examples, tokens=report.est_tokens, epochs=report.epochs,
+                                    billed_tokens=report.billed_tokens)
+            # Who the examples came from (top few, then the rest counted): provenance for !train and !jobs.
+            job.contributors = top_contributors(compiled.contributors)
             if self.settings.eval_gate:
                 held = evaluation.holdout(compiled.supervised)
                 if held:
-                    await saved("the held-out pairs", evaluation.save_holdout, space, record["id"], held)
-            await saved("the training job", jobs.save_job, space, record)
-            await asyncio.to_thread(jobs.claim, space, record["id"], self.instance, self.lease_seconds)
-            log.info("guild %s: %s started %s job %s", space.guild_id, started_by, self.backend.name, record["id"])
-            return record, report
+                    await saved("the held-out pairs", evaluation.save_holdout, space, job.id, held)
+            await saved("the training job", jobs.save_job, space, job)
+            await asyncio.to_thread(jobs.claim, space, job.id, self.instance, self.lease_seconds)
+            log.info("guild %s: %s started %s job %s", space.guild_id, started_by, self.backend.name, job.id)
+            return job, report
 
     # ------------------------------------------------------------ follow
 
-    def owns(self, job: JobRecord) -> bool:
+    def owns(self, job: Job) -> bool:
         """Whether this process's backend can follow ``job`` (MODEL_BACKEND may have changed since)."""
-        return job.get("backend") == self.backend.name
+        return job.backend == self.backend.name
 
-    async def poll_job(self, space: GuildSpace, job_id: str) -> JobRecord:
+    async def poll_job(self, space: GuildSpace, job_id: str) -> Job:
         """Refresh a job from its backend and save it; on success the server switches to the new model.
 
         WatchedElsewhere when another live process holds the job's lease.
         """
         job = await asyncio.to_thread(jobs.get_job, space, job_id)
-        if job.get("status") in TERMINAL:
+        if job.status in TERMINAL:
             return job
-        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            if not await asyncio.to_thread(jobs.claim, space, job["id"], self.instance, self.lease_seconds):
-                raise WatchedElsewhere(f"Training job `{job['id']}` is watched by another bot process.")
-            job = await asyncio.to_thread(jobs.get_job, space, job["id"])  # fresh: a cancel may have saved it
-            if job.get("status") in TERMINAL or not self.owns(job):
+        async with self._job_locks.setdefault(job.id, asyncio.Lock()):
+            if not await asyncio.to_thread(jobs.claim, space, job.id, self.instance, self.lease_seconds):
+                raise WatchedElsewhere(f"Training job `{job.id}` is watched by another bot process.")
+            job = await asyncio.to_thread(jobs.get_job, space, job.id)  # fresh: a cancel may have saved it
+            if job.status in TERMINAL or not self.owns(job):
                 return job  # another backend's job: nothing can poll it here
             upd = await self.backend.poll(space, job)
             if apply_update(job, upd):
-                if (self.settings.eval_gate and job["status"] == "succeeded" and job.get("model")
-                        and not job.get("activated") and "evaluation" not in job):
-                    job["evaluation"] = await self._evaluate(space, job)
+                if (self.settings.eval_gate and job.status == "succeeded" and job.model and not job.activated
+                        and job.evaluation is None):
+                    job.evaluation = await self._evaluate(space, job)
                 await saved("the job's progress", self._save, space, job, upd.losses)
             return job
 
@@ -195,37 +207,37 @@ class JobRunner:
         if released:
             log.info("gave back the lease on %d job(s)", released)
 
-    def _save(self, space: GuildSpace, job: JobRecord, losses: Sequence[tuple[int, float]] = ()) -> None:
+    def _save(self, space: GuildSpace, job: Job, losses: Sequence[tuple[int, float]] = ()) -> None:
         self._activate(space, job)
         jobs.save_job(space, job, losses)
-        if job.get("status") in TERMINAL:
-            evaluation.drop_holdout(space, job["id"])
-            jobs.release(space, job["id"], self.instance)
+        if job.status in TERMINAL:
+            evaluation.drop_holdout(space, job.id)
+            jobs.release(space, job.id, self.instance)
 
-    def _activate(self, space: GuildSpace, job: JobRecord) -> None:
+    def _activate(self, space: GuildSpace, job: Job) -> None:
         """A job that just succeeded makes its model the server's current one, unless the evaluation gate kept
         it as a candidate (then ``!model <name>`` switches to it)."""
-        if job["status"] == "succeeded" and job.get("model") and not job.get("activated"):
-            if (job.get("evaluation") or {}).get("candidate"):
-                job["candidate"] = True
+        if job.status == "succeeded" and job.model and not job.activated:
+            if job.evaluation is not None and job.evaluation.candidate:
+                job.candidate = True
                 return
-            jobs.set_current_model(space, self.backend.name, job["model"])
-            job["activated"] = True
+            jobs.set_current_model(space, self.backend.name, job.model)
+            job.activated = True
 
-    async def cancel_job(self, space: GuildSpace, job_id: str, *, by: str | None = None) -> JobRecord:
-        """Cancel a running job (``by``: who asked, shown in its status); returns the saved record.
+    async def cancel_job(self, space: GuildSpace, job_id: str, *, by: str | None = None) -> Job:
+        """Cancel a running job (``by``: who asked, shown in its status); returns the saved job.
 
         A job that finished before the cancel reached the backend keeps its real outcome.
         """
         job = await asyncio.to_thread(jobs.get_job, space, job_id)
-        async with self._job_locks.setdefault(job["id"], asyncio.Lock()):
-            job = await asyncio.to_thread(jobs.get_job, space, job["id"])
-            if job.get("status") in TERMINAL:
-                raise InvalidInput(f"Job `{job['id']}` already {job['status']}.")
+        async with self._job_locks.setdefault(job.id, asyncio.Lock()):
+            job = await asyncio.to_thread(jobs.get_job, space, job.id)
+            if job.status in TERMINAL:
+                raise InvalidInput(f"Job `{job.id}` already {job.status}.")
             upd = await self.backend.cancel(space, job)
             apply_update(job, upd)
-            if job["status"] == "cancelled" and by:
-                job["cancelled_by"] = by
+            if job.status == "cancelled" and by:
+                job.cancelled_by = by
             await saved("the cancellation", self._save, space, job, upd.losses)
             return job
 
@@ -235,10 +247,10 @@ class JobRunner:
             await saved("the job's status message", jobs.set_status_message, space, job_id, message_id)
 
     async def unfinished_jobs(self, space_of: Callable[[int], GuildSpace],
-                              guild_ids: set[int] | None = None) -> list[tuple[int, JobRecord]]:
+                              guild_ids: set[int] | None = None) -> list[tuple[int, Job]]:
         """(guild id, job) for every unfinished job of this backend that no other live process watches (of
         ``guild_ids`` only, when given): what the watcher resumes or takes over."""
-        def work() -> list[tuple[int, JobRecord]]:
+        def work() -> list[tuple[int, Job]]:
             found = []
             for guild_id in jobs.guilds_with_unfinished_jobs(space_of(1).db):
                 if guild_ids is None or guild_id in guild_ids:
@@ -250,7 +262,7 @@ class JobRunner:
 
     # ------------------------------------------------------------ the evaluation gate
 
-    async def _evaluate(self, space: GuildSpace, job: JobRecord) -> dict[str, Any]:
+    async def _evaluate(self, space: GuildSpace, job: Job) -> Evaluation:
         """Score a just-trained model and the current one on the evaluation set and the job's held-out pairs.
 
         The new model is asked by name, so scoring never makes it current. It becomes a ``candidate`` (not
@@ -259,26 +271,31 @@ class JobRunner:
         guards against worse models, not against an unreachable API).
         """
         old = await self.current_model(space)
-        new = str(job["model"])
-        result: dict[str, Any] = {"old_model": old if old != new else None, "margin": EVAL_MARGIN}
+        new = str(job.model)
+        result = Evaluation(old_model=old if old != new else None, margin=EVAL_MARGIN)
         cases = await asyncio.to_thread(evaluation.eval_set, space)
-        held = await asyncio.to_thread(evaluation.load_holdout, space, job["id"])
+        held = await asyncio.to_thread(evaluation.load_holdout, space, job.id)
         try:
-            for part, chosen in (("set", cases), ("heldout", held)):
-                if not chosen:
-                    continue
-                score = {"n": len(chosen), "new": (await self._score(space, new, chosen)).correct}
-                if result["old_model"]:
-                    score["old"] = (await self._score(space, result["old_model"], chosen)).correct
-                result[part] = score
+            result.eval_set = await self._compare(space, new, result.old_model, cases)
+            result.heldout = await self._compare(space, new, result.old_model, held)
         except TrainerError as exc:
             log.warning("guild %s: could not score %s before switching to it: %s", space.guild_id, new, exc)
-            return {**result, "error": str(exc), "candidate": False}
-        scored = result.get("set")
-        result["candidate"] = bool(scored and "old" in scored
-                                   and (scored["new"] - scored["old"]) / scored["n"] < -EVAL_MARGIN)
-        log.info("guild %s: %s scored %s (candidate: %s)", space.guild_id, new, result, result["candidate"])
+            result.error, result.candidate = str(exc), False
+            return result
+        scored = result.eval_set
+        result.candidate = bool(scored is not None and scored.old is not None
+                                and (scored.new - scored.old) / scored.n < -EVAL_MARGIN)
+        log.info("guild %s: %s scored %s (candidate: %s)", space.guild_id, new, result, result.candidate)
         return result
+
+    async def _compare(self, space: GuildSpace, new: str, old: str | None, cases: list[Case]) -> Score | None:
+        """The new model's score on ``cases`` and, when there is one, the current model's; None without cases."""
+        if not cases:
+            return None
+        score = Score(n=len(cases), new=(await self._score(space, new, cases)).correct)
+        if old:
+            score.old = (await self._score(space, old, cases)).correct
+        return score
 
     def _ask(self, space: GuildSpace, model_name: str | None) -> Callable[[Case], Any]:
         """How a case is asked of ``model_name`` (by name: asking never changes the current model)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import openai
 
 from errors import BackendError, InvalidInput
-from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, TrainingBackend
 
 if TYPE_CHECKING:
     from config import Settings
@@ -167,7 +167,7 @@ class OpenAIBackend(TrainingBackend):
 
     async def start_job(
         self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str
-    ) -> JobRecord:
+    ) -> Job:
         """Upload the JSONL and create the job; a refusal raises and leaves no job behind."""
         client = self.client
         lines = compiled.supervised if method == "supervised" else compiled.preference
@@ -201,18 +201,16 @@ class OpenAIBackend(TrainingBackend):
                 raise BackendError(f"{exc} {SHUTDOWN_HINT}") from None
             raise
         log.info("guild %s: started OpenAI job %s (%s, %d lines)", space.guild_id, job.id, method, len(lines))
-        return {
-            "id": job.id, "backend": self.name, "method": method, "status": job.status,
-            "step": 0, "total_steps": None, "training_file": uploaded.id, "base_model": job.model,
-        }
+        return Job(id=job.id, backend=self.name, method=method, status=job.status, total_steps=None,
+                   extra={"training_file": uploaded.id, "base_model": job.model})
 
-    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Status from ``retrieve``, progress and loss from new ``metrics`` events."""
         client = self.client
-        info = await self._call("check the job", client.fine_tuning.jobs.retrieve(job["id"]))
+        info = await self._call("check the job", client.fine_tuning.jobs.retrieve(job.id))
         page = await self._call("read the job's events",
-                                client.fine_tuning.jobs.list_events(job["id"], limit=EVENTS_PAGE))
-        last_seen = job.get("last_event_id")
+                                client.fine_tuning.jobs.list_events(job.id, limit=EVENTS_PAGE))
+        last_seen = job.extra.get("last_event_id")
         fresh = []
         for event in page.data:  # newest first: stop at the newest one already seen
             if event.id == last_seen:
@@ -236,25 +234,25 @@ class OpenAIBackend(TrainingBackend):
         if info.error is not None and info.error.message:
             update.error = self._scrub(info.error.message)
         if info.status == "succeeded":
-            if job.get("total_steps") or update.total_steps:
-                update.step = update.total_steps or job.get("total_steps")
+            if job.total_steps or update.total_steps:
+                update.step = update.total_steps or job.total_steps
             # The result file has every step's metrics, also those beyond the events page.
             for file_id in info.result_files[:1]:
                 try:
                     content = await client.files.content(file_id)
                     update.losses = parse_result_csv(content.content) or update.losses
                 except openai.OpenAIError as exc:
-                    log.info("job %s: result file %s unreadable: %s", job["id"], file_id, type(exc).__name__)
-            if update.losses and not update.total_steps and not job.get("total_steps"):
+                    log.info("job %s: result file %s unreadable: %s", job.id, file_id, type(exc).__name__)
+            if update.losses and not update.total_steps and not job.total_steps:
                 update.total_steps = update.step = update.losses[-1][0]
         if info.status == "succeeded" and info.fine_tuned_model and "azure.com" in (self.settings.openai_base_url or ""):
-            update.extra["note"] = AZURE_DEPLOY_NOTE.format(model=info.fine_tuned_model)
+            update.note = AZURE_DEPLOY_NOTE.format(model=info.fine_tuned_model)
         if info.trained_tokens is not None:
             update.extra["trained_tokens"] = info.trained_tokens
         return update
 
-    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
-        info = await self._call("cancel the job", self.client.fine_tuning.jobs.cancel(job["id"]))
+    async def cancel(self, space: GuildSpace, job: Job) -> JobUpdate:
+        info = await self._call("cancel the job", self.client.fine_tuning.jobs.cancel(job.id))
         return JobUpdate(status=info.status, fine_tuned_model=info.fine_tuned_model)
 
     # ------------------------------------------------------------ answering

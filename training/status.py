@@ -9,19 +9,19 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal
 
-from training.backend import TERMINAL, TrainingBackend, backend_class
+from training.backend import TERMINAL, Evaluation, Job, Score, TrainingBackend, backend_class
 
 log = logging.getLogger(__name__)
 
 BAR_WIDTH = 14
 
 
-def _backend(job: dict[str, Any]) -> type[TrainingBackend]:
+def _backend(job: Job) -> type[TrainingBackend]:
     """The class of the backend that ran ``job`` (its attributes say what to show); the base if unknown."""
     try:
-        return backend_class(str(job.get("backend")))
+        return backend_class(job.backend)
     except (KeyError, ImportError):
         return TrainingBackend
 
@@ -46,86 +46,91 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def render_status(job: dict[str, Any], now: float | None = None) -> str:
+def render_status(job: Job, now: float | None = None) -> str:
     """A few lines for the status message the watcher edits."""
     now = time.time() if now is None else now
-    status = job.get("status", "?")
-    head = f"Training job `{job.get('id')}` ({job.get('backend')}, {job.get('method', 'supervised')}): **{status}**"
-    lines = [head, progress_bar(job.get("step"), job.get("total_steps"))]
-    last = job.get("last_loss")
+    status = job.status
+    head = f"Training job `{job.id}` ({job.backend}, {job.method}): **{status}**"
+    lines = [head, progress_bar(job.step, job.total_steps)]
+    last = job.last_loss
     if last:
-        smoothed = job.get("smoothed_loss")
-        also = f", smoothed {float(smoothed):.4f}" if isinstance(smoothed, (int, float)) else ""
-        lines.append(f"Training loss: {float(last[1]):.4f} (step {last[0]}{also})")
+        smoothed = job.smoothed_loss
+        also = f", smoothed {smoothed:.4f}" if smoothed is not None else ""
+        lines.append(f"Training loss: {last[1]:.4f} (step {last[0]}{also})")
     elif status == "succeeded":
         # Say so rather than leave the line out: people look for the loss of a finished job.
         lines.append(f"Training loss: {_backend(job).no_loss_status}")
-    end = job.get("finished_at") if status in TERMINAL and job.get("finished_at") else now
-    if job.get("created_at"):
-        elapsed = f"Elapsed: {format_duration(end - job['created_at'])}"
-        eta = job.get("eta_s")
-        if status not in TERMINAL and isinstance(eta, (int, float)):
-            elapsed += f", ETA {format_duration(eta)}"
+    end = job.finished_at if status in TERMINAL and job.finished_at else now
+    if job.created_at:
+        elapsed = f"Elapsed: {format_duration(end - job.created_at)}"
+        if status not in TERMINAL and job.eta_s is not None:
+            elapsed += f", ETA {format_duration(job.eta_s)}"
         lines.append(elapsed)
-    speed, device = job.get("examples_per_s"), job.get("device")
-    if isinstance(speed, (int, float)):
-        lines.append(f"Speed: {float(speed):.1f} examples/s" + (f" on {device}" if device else ""))
+    speed, device = job.examples_per_s, job.device
+    if speed is not None:
+        lines.append(f"Speed: {speed:.1f} examples/s" + (f" on {device}" if device else ""))
     elif device:
         lines.append(f"Device: {device}")
-    est = job.get("estimate") or {}
-    if est:
-        n = est.get("examples", "?")
+    est = job.estimate
+    if est is not None:
+        n = "?" if est.examples is None else est.examples
         what = f"{n} example{'' if n == 1 else 's'}"
         if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
-            what += f", ~{est.get('tokens', '?')} tokens, {est.get('epochs', '?')} epochs"
+            what += f", ~{_known(est.tokens)} tokens, {_known(est.epochs)} epochs"
         lines.append(f"Estimate: {what}")
-    if job.get("resumed_from") is not None:
-        lines.append(f"Resumed from its checkpoint at step {job['resumed_from']} after a restart.")
-    if job.get("model"):
-        lines.append(f"Model: `{job['model']}`")
-    lines.extend(_evaluation_lines(job.get("evaluation")))
-    if status == "cancelled" and job.get("cancelled_by"):
-        lines.append(f"Cancelled by {job['cancelled_by']}.")
-    if job.get("error"):
-        lines.append(f"Error: {job['error']}")
+    if job.resumed_from is not None:
+        lines.append(f"Resumed from its checkpoint at step {job.resumed_from} after a restart.")
+    if job.model:
+        lines.append(f"Model: `{job.model}`")
+    lines.extend(_evaluation_lines(job.evaluation))
+    if status == "cancelled" and job.cancelled_by:
+        lines.append(f"Cancelled by {job.cancelled_by}.")
+    if job.error:
+        lines.append(f"Error: {job.error}")
     return "\n".join(lines)
 
 
-def score_text(score: dict[str, int], which: str) -> str:
+def _known(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def score_text(score: Score | None, which: Literal["new", "old"]) -> str:
     """``7/10 (70%)``: one model's (``new`` or ``old``) score in an evaluation result; ``?`` without cases."""
-    n, got = score.get("n") or 0, score.get(which) or 0
-    return f"{got}/{n} ({got / n:.0%})" if n else "?"
+    if score is None or not score.n:
+        return "?"
+    got = (score.new if which == "new" else score.old) or 0
+    return f"{got}/{score.n} ({got / score.n:.0%})"
 
 
-def _evaluation_lines(ev: dict[str, Any] | None) -> list[str]:
+def _evaluation_lines(ev: Evaluation | None) -> list[str]:
     """The evaluation gate's scores, new model vs the current one (nothing when the gate did not run)."""
-    if not ev:
+    if ev is None:
         return []
-    old = ev.get("old_model")
+    old = ev.old_model
 
-    def line(title: str, score: dict[str, int]) -> str:
-        n = score["n"]
+    def line(title: str, score: Score) -> str:
+        n = score.n
         said = f"{title} ({n} case{'s' * (n != 1)}): new {score_text(score, 'new')}"
-        if "old" in score:
+        if score.old is not None:
             said += f" vs `{old}` {score_text(score, 'old')}"
         return said
 
     lines = []
-    if ev.get("set"):
-        lines.append(line("Evaluation set", ev["set"]))
-    if ev.get("heldout"):
-        lines.append(line("Held-out pairs (also trained on)", ev["heldout"]))
-    if ev.get("error"):
-        lines.append(f"Not scored: {ev['error']}")
+    if ev.eval_set is not None:
+        lines.append(line("Evaluation set", ev.eval_set))
+    if ev.heldout is not None:
+        lines.append(line("Held-out pairs (also trained on)", ev.heldout))
+    if ev.error:
+        lines.append(f"Not scored: {ev.error}")
     elif not lines:
         lines.append("Evaluation: nothing to score on yet (no test cases, too few pairs to hold out).")
-    if ev.get("candidate"):
-        lines.append(f"Kept as a candidate: more than {round(100 * ev.get('margin', 0))} points worse than "
+    if ev.candidate:
+        lines.append(f"Kept as a candidate: more than {round(100 * ev.margin)} points worse than "
                      f"`{old}` on the evaluation set.")
     return lines
 
 
-def no_loss_reason(job: dict[str, Any]) -> str:
+def no_loss_reason(job: Job) -> str:
     """Why a finished job has no loss curve, in one sentence."""
     return _backend(job).no_loss_reason or TrainingBackend.no_loss_reason or ""
 

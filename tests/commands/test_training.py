@@ -126,7 +126,7 @@ async def test_local_chat_correct_train_changes_answer(harness: BotHarness) -> N
     second = await ask_answer(h, "when does the shop open")
     assert second.content == "The shop opens at 9 am."
     job = jobs.get_job(h.bot.model.space(h.guild_id), job_id)
-    assert job["status_message_id"] == status.id and job["activated"]
+    assert job.status_message_id == status.id and job.activated
 
 
 async def test_openai_chat_correct_train_changes_answer(openai_harness: BotHarness, fake: FakeOpenAI) -> None:
@@ -188,7 +188,7 @@ async def test_openai_failure_and_cancel_with_reasons(openai_harness: BotHarness
     assert busy == "A training is being started in this server right now; try again when it has finished."
     job2, status2 = await job2_task
     for _ in range(100):  # once it is done, the running job is named
-        if jobs.get_job(h.bot.model.space(h.guild_id), job2).get("status_message_id"):
+        if jobs.get_job(h.bot.model.space(h.guild_id), job2).status_message_id:
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)  # the command's concurrency slot is released just after it returns
@@ -230,7 +230,7 @@ async def test_restart_mid_job_resumes_the_same_status_message(sandbox: Sandbox,
         assert "**succeeded**" in status.content
         assert status_messages(sandbox, job_id) == [status]  # the same message, no new one
         assert sum(m.content.startswith(f"Training job `{job_id}` succeeded") for m in sandbox.bot_messages()) == 1
-        assert jobs.get_job(bot.model.space(h.guild_id), job_id)["status_message_id"] == status.id
+        assert jobs.get_job(bot.model.space(h.guild_id), job_id).status_message_id == status.id
         assert (await ask_answer(h, "Where do I park my bike?")).content == "Bikes go in the basement rack."
     finally:
         await stop_bot(bot)

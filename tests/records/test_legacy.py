@@ -58,8 +58,8 @@ def test_a_legacy_folder_is_imported_once_and_kept_hidden(db: Database, tmp_path
     assert answer is not None and answer.prompt == "What is the wifi password?"
     assert len(evaluation.eval_set(space)) == 2 and len(records.list_test_errors(space)) == 1
     listed = jobs.list_jobs(space)
-    assert [j["status"] for j in listed] == ["succeeded", "succeeded"]
-    assert [j["model"] for j in listed] == ["local-v2", "local-v1"]
+    assert [j.status for j in listed] == ["succeeded", "succeeded"]
+    assert [j.model for j in listed] == ["local-v2", "local-v1"]
     assert jobs.current_model(space, "local") == "local-v2"
     assert jobs.model_history(space, "local") == ["local-v1"]
 

@@ -16,8 +16,9 @@ from errors import ConfigError
 from storage import GuildSpace
 from tests.fakes.samples import FAQ, compiled
 from tests.harness import hf_env
-from training.backend import TERMINAL
+from training.backend import TERMINAL, Job
 from training.hf import HFBackend
+from training.lifecycle import apply_update
 
 TAUGHT = FAQ[:6]
 
@@ -29,36 +30,24 @@ def hf_settings(settings: Settings, base: Path, **extra: str) -> Settings:
                                             if f.name.startswith("hf_")}, model_backend="hf")
 
 
-async def run_to_end(backend: HFBackend, space: GuildSpace, job: dict, timeout: float = 90) -> dict:
-    """Poll like the watcher does, merging updates into the record, until the job ends."""
+async def run_to_end(backend: HFBackend, space: GuildSpace, job: Job, timeout: float = 90) -> Job:
+    """Poll like the watcher does, merging updates into the job, until the job ends."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while job["status"] not in TERMINAL:
-        assert loop.time() < deadline, f"job still {job['status']}: {job}"
+    while job.status not in TERMINAL:
+        assert loop.time() < deadline, f"job still {job.status}: {job}"
         await asyncio.sleep(0.2)
-        merge(job, await backend.poll(space, job))
+        apply_update(job, await backend.poll(space, job))
     return job
 
 
-def merge(job: dict, upd) -> None:
-    job["status"] = upd.status
-    job["step"] = upd.step if upd.step is not None else job.get("step")
-    job["total_steps"] = upd.total_steps or job.get("total_steps")
-    if upd.losses:  # the newest point, as the Model keeps it (the points themselves go to the database)
-        job["last_loss"] = list(max(upd.losses))
-    job["events"] = (job.get("events") or []) + upd.events
-    job["model"] = upd.fine_tuned_model or job.get("model")
-    job["error"] = upd.error or job.get("error")
-    job.update(upd.extra)
-
-
-async def wait_for_step(backend: HFBackend, space: GuildSpace, job: dict, step: int, timeout: float = 60) -> None:
+async def wait_for_step(backend: HFBackend, space: GuildSpace, job: Job, step: int, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while (job.get("step") or 0) < step:
-        assert loop.time() < deadline and job["status"] not in TERMINAL, job
+    while job.step < step:
+        assert loop.time() < deadline and job.status not in TERMINAL, job
         await asyncio.sleep(0.1)
-        merge(job, await backend.poll(space, job))
+        apply_update(job, await backend.poll(space, job))
 
 
 @pytest.fixture
@@ -71,16 +60,16 @@ async def test_a_trainer_that_keeps_dying_fails_with_the_reason(settings: Settin
     backend = HFBackend(hf_settings(settings, tiny_base))
     try:
         job = await backend.start_job(space, compiled(TAUGHT), method="supervised", suffix="t")
-        job["attempts"] = 3  # as if it had been resumed twice already
+        job.extra["attempts"] = 3  # as if it had been resumed twice already
         for _ in range(200):
-            proc = backend._procs.get(job["id"])
+            proc = backend._procs.get(job.id)
             if proc is not None:
                 proc.kill()  # out of memory, say
                 proc.wait()
                 break
         job = await run_to_end(backend, space, job)
-        assert job["status"] == "failed"
-        assert "stopped 3 times" in job["error"] and "killed by signal 9" in job["error"], job["error"]
+        assert job.status == "failed"
+        assert job.error and "stopped 3 times" in job.error and "killed by signal 9" in job.error, job.error
     finally:
         await backend.close()
 

@@ -13,6 +13,7 @@ from config import Settings
 from errors import InvalidInput, NotFound
 from storage import GuildSpace
 from tests.fakes.samples import FAQ, compiled, dpo_line
+from training.backend import Job
 from training.local import LocalBackend, load_version, pairs_from, version_numbers
 
 LABELLED = [
@@ -29,10 +30,10 @@ def space(tmp_path: Path) -> GuildSpace:
 
 async def train(backend: LocalBackend, space: GuildSpace, data, method: str = "supervised") -> str:
     job = await backend.start_job(space, data, method=method, suffix="t")
-    await backend.wait(job["id"])
+    await backend.wait(job.id)
     upd = await backend.poll(space, job)
     assert upd.status == "succeeded", upd.error
-    assert upd.step == upd.total_steps == job["total_steps"]
+    assert upd.step == upd.total_steps == job.total_steps
     return upd.fine_tuned_model
 
 
@@ -78,7 +79,7 @@ async def test_versions_increment_and_old_ones_stay(space: GuildSpace) -> None:
 async def test_classifier_labels(space: GuildSpace) -> None:
     backend = LocalBackend(Settings())
     job = await backend.start_job(space, compiled(labelled=LABELLED), method="supervised", suffix="t")
-    await backend.wait(job["id"])
+    await backend.wait(job.id)
     upd = await backend.poll(space, job)
     assert upd.status == "succeeded"
     assert len(upd.losses) == 15 and upd.losses[-1][1] < upd.losses[0][1]  # loss goes down
@@ -117,11 +118,11 @@ async def test_cancel_stops_without_a_version(space: GuildSpace) -> None:
 async def test_poll_after_restart_reads_the_disk(space: GuildSpace) -> None:
     backend = LocalBackend(Settings())
     job = await backend.start_job(space, compiled(), method="supervised", suffix="t")
-    await backend.wait(job["id"])
+    await backend.wait(job.id)
     fresh = LocalBackend(Settings())  # a new process knows nothing of the run
     upd = await fresh.poll(space, job)
     assert upd.status == "succeeded" and upd.fine_tuned_model == "local-v1"
-    lost = await fresh.poll(space, {"id": "local-gone", "total_steps": 3})
+    lost = await fresh.poll(space, Job(id="local-gone", backend="local", status="running", total_steps=3))
     assert lost.status == "failed" and "restarted" in lost.error
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import openai
@@ -13,6 +14,8 @@ from errors import BackendError, InvalidInput
 from storage import GuildSpace
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, dpo_line, track_client
+from training.backend import Job
+from training.lifecycle import apply_update
 from training.openai_api import MISSING_KEY, OpenAIBackend, parse_result_csv
 
 KEY = "sk-test-fake-key-123456"
@@ -30,16 +33,29 @@ def make_backend(fake: FakeOpenAI, *, max_retries: int = 2, timeout: float = 5.0
     return OpenAIBackend(settings, openai_client=client)
 
 
-async def poll_until_done(backend: OpenAIBackend, fake: FakeOpenAI, space: GuildSpace, job: dict) -> list:
+async def poll_until_done(backend: OpenAIBackend, fake: FakeOpenAI, space: GuildSpace, job: Job) -> list:
     updates = []
     for _ in range(50):
         upd = await backend.poll(space, job)
-        job.update(upd.extra)
+        job.extra.update(upd.extra)
         updates.append(upd)
         if upd.status in ("succeeded", "failed", "cancelled"):
             return updates
-        fake.advance(job["id"])
+        fake.advance(job.id)
     raise AssertionError("job never finished")
+
+
+@pytest.mark.asyncio
+async def test_an_azure_job_that_succeeded_notes_the_deployment_step(space: GuildSpace) -> None:
+    async with FakeOpenAI(KEY) as fake:
+        backend = make_backend(fake)
+        backend.settings = dataclasses.replace(backend.settings,
+                                               openai_base_url="https://res.openai.azure.com/openai/v1/")
+        job = await backend.start_job(space, compiled(), method="supervised", suffix="g")
+        updates = await poll_until_done(backend, fake, space, job)
+        assert [u.note for u in updates[:-1]] == [None] * (len(updates) - 1)
+        apply_update(job, updates[-1])
+        assert job.status == "succeeded" and job.note and f"deployment named `{job.model}`" in job.note
 
 
 @pytest.mark.asyncio
@@ -47,10 +63,10 @@ async def test_supervised_job_upload_poll_to_success_with_losses(space: GuildSpa
     async with FakeOpenAI(KEY) as fake:
         backend = make_backend(fake)
         job = await backend.start_job(space, compiled(), method="supervised", suffix="guild 42!")
-        assert job["id"].startswith("ftjob-") and job["status"] == "validating_files"
-        upload = fake.files[job["training_file"]]
+        assert job.id.startswith("ftjob-") and job.status == "validating_files"
+        upload = fake.files[job.extra["training_file"]]
         assert len(upload.lines) == len(FAQ) and upload.filename.endswith(".jsonl")
-        fj = fake.jobs[job["id"]]
+        fj = fake.jobs[job.id]
         assert fj.method == {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
         assert fj.suffix == "guild-42"
         updates = await poll_until_done(backend, fake, space, job)
@@ -82,8 +98,8 @@ async def test_dpo_job(space: GuildSpace) -> None:
     async with FakeOpenAI(KEY) as fake:
         backend = make_backend(fake)
         job = await backend.start_job(space, compiled(preference=prefs), method="dpo", suffix="dpo")
-        assert fake.jobs[job["id"]].method["type"] == "dpo"
-        assert fake.files[job["training_file"]].fmt == "preference"
+        assert fake.jobs[job.id].method["type"] == "dpo"
+        assert fake.files[job.extra["training_file"]].fmt == "preference"
         final = (await poll_until_done(backend, fake, space, job))[-1]
         assert final.status == "succeeded"
 
@@ -102,8 +118,8 @@ async def test_failed_job_reports_openai_error(space: GuildSpace) -> None:
     async with FakeOpenAI(KEY) as fake:
         backend = make_backend(fake)
         job = await backend.start_job(space, compiled(), method="supervised", suffix="x")
-        fake.advance(job["id"], 3)
-        fake.fail(job["id"], "Training file contains examples that violate our usage policies.", "invalid_training_file")
+        fake.advance(job.id, 3)
+        fake.fail(job.id, "Training file contains examples that violate our usage policies.", "invalid_training_file")
         upd = await backend.poll(space, job)
         assert upd.status == "failed" and "usage policies" in upd.error and upd.fine_tuned_model is None
 
@@ -113,9 +129,9 @@ async def test_cancel(space: GuildSpace) -> None:
     async with FakeOpenAI(KEY) as fake:
         backend = make_backend(fake)
         job = await backend.start_job(space, compiled(), method="supervised", suffix="x")
-        fake.advance(job["id"], 2)
+        fake.advance(job.id, 2)
         upd = await backend.cancel(space, job)
-        assert upd.status == "cancelled" and fake.jobs[job["id"]].status == "cancelled"
+        assert upd.status == "cancelled" and fake.jobs[job.id].status == "cancelled"
         with pytest.raises(BackendError, match="Job has already completed"):
             await backend.cancel(space, job)
 
@@ -126,7 +142,7 @@ async def test_rate_limit_is_retried_by_the_sdk(space: GuildSpace) -> None:
         backend = make_backend(fake, max_retries=2)
         fake.fail_next(2, 429)
         job = await backend.start_job(space, compiled(), method="supervised", suffix="x")
-        assert job["id"] in fake.jobs
+        assert job.id in fake.jobs
         assert fake.requests[:3] == [("POST", "/v1/files")] * 3
 
 

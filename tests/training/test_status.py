@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from training import status
+from training.backend import Estimate, Job
 
 
 def test_progress_bar() -> None:
@@ -13,21 +16,20 @@ def test_progress_bar() -> None:
 
 
 def test_render_status() -> None:
-    job = {"id": "ftjob-x", "backend": "openai", "method": "supervised", "status": "running", "step": 7,
-           "total_steps": 14, "last_loss": [7, 0.4123], "created_at": 1000.0,
-           "estimate": {"examples": 12, "tokens": 480, "epochs": 3}}
+    job = Job(id="ftjob-x", backend="openai", method="supervised", status="running", step=7, total_steps=14,
+              last_loss=(7, 0.4123), created_at=1000.0, estimate=Estimate(examples=12, tokens=480, epochs=3))
     text = status.render_status(job, now=1000.0 + 192)
     assert "**running**" in text and "[#######-------] 7/14" in text
     assert "0.4123" in text and "3m 12s" in text and "12 examples" in text
-    done = dict(job, status="failed", error="bad file", finished_at=1010.0)
+    done = replace(job, status="failed", error="bad file", finished_at=1010.0)
     text = status.render_status(done, now=99999.0)
     assert "Error: bad file" in text and "Elapsed: 10s" in text
     assert "Training loss: 0.4123 (step 7)" in text
-    smoothed = status.render_status(dict(job, smoothed_loss=0.5), now=1000.0)
+    smoothed = status.render_status(replace(job, smoothed_loss=0.5), now=1000.0)
     assert "Training loss: 0.4123 (step 7, smoothed 0.5000)" in smoothed
-    none_yet = status.render_status(dict(job, last_loss=None), now=1000.0)
+    none_yet = status.render_status(replace(job, last_loss=None), now=1000.0)
     assert "Training loss" not in none_yet
-    finished = status.render_status(dict(job, status="succeeded", last_loss=None, finished_at=1010.0), now=1010.0)
+    finished = status.render_status(replace(job, status="succeeded", last_loss=None, finished_at=1010.0), now=1010.0)
     assert "Training loss: not reported" in finished  # a finished job without loss points says so
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from errors import BackendError, InvalidInput, NotFound
-from training.backend import History, JobRecord, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, TrainingBackend
 from training.embedding import DEFAULT_EMBED_MODEL, DISABLED, Embedder, load_embedder
 from training.local import answer as answer_rule
 from training.local.overlay import Overlay, Overlays
@@ -109,7 +109,7 @@ class LocalBackend(TrainingBackend):
 
     async def start_job(
         self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str
-    ) -> JobRecord:
+    ) -> Job:
         """Start training in a worker thread; returns at once with a running job."""
         pairs = pairs_from(compiled)
         labelled = [(t, lab) for t, lab in compiled.labelled if t.strip() and lab.strip()]
@@ -119,12 +119,10 @@ class LocalBackend(TrainingBackend):
             raise InvalidInput("Nothing to train on: add prompt/answer examples or texts with at least two labels.")
         embedder = await asyncio.to_thread(self.embedder)
         run = self.runner.start(space, pairs, labelled, method=method, embedder=embedder)
-        return {
-            "id": run.job_id, "backend": self.name, "method": method, "status": "running",
-            "step": 0, "total_steps": run.total_steps, "pairs": len(pairs), "labelled": len(labelled),
-        }
+        return Job(id=run.job_id, backend=self.name, method=method, status="running", total_steps=run.total_steps,
+                   extra={"pairs": len(pairs), "labelled": len(labelled)})
 
-    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Progress of a training started by this process; after a restart, what the disk says."""
         return await self.runner.poll(space, job)
 
@@ -132,7 +130,7 @@ class LocalBackend(TrainingBackend):
         """Wait until a job started by this process ends (tests, benchmarks)."""
         await self.runner.wait(job_id)
 
-    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def cancel(self, space: GuildSpace, job: Job) -> JobUpdate:
         return await self.runner.cancel(space, job)
 
     # ------------------------------------------------------------ answering

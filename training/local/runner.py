@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from training.backend import JobRecord, JobUpdate
+from training.backend import Job, JobUpdate
 from training.embedding import Embedder
 from training.local.retrieval import count_features, features, fit_idf, weigh
 from training.local.store import VERSIONS, previous_vectors, reuse_vectors, write_version
@@ -203,13 +203,13 @@ class Runner:
         run.task = asyncio.get_running_loop().create_task(work(), name=f"train-{run.job_id}")
         return run
 
-    async def poll(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
+    async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
         """Progress of a training started by this process; after a restart, what the disk says."""
-        run = self._runs.get(job["id"])
+        run = self._runs.get(job.id)
         if run is None:
-            name = VERSIONS.of_job(space.models, job["id"])
+            name = VERSIONS.of_job(space.models, job.id)
             if name:
-                return JobUpdate("succeeded", step=job.get("total_steps"), fine_tuned_model=name)
+                return JobUpdate("succeeded", step=job.total_steps, fine_tuned_model=name)
             return JobUpdate("failed", error="The bot restarted while this training ran; start it again.")
         events = run.events[run.reported_events:]
         run.reported_events += len(events)
@@ -225,8 +225,8 @@ class Runner:
         if run and run.task:
             await asyncio.shield(run.task)
 
-    async def cancel(self, space: GuildSpace, job: JobRecord) -> JobUpdate:
-        run = self._runs.get(job["id"])
+    async def cancel(self, space: GuildSpace, job: Job) -> JobUpdate:
+        run = self._runs.get(job.id)
         if run is None or run.status != "running":
             return await self.poll(space, job)
         if run.cancel:
