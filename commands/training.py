@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -314,7 +315,7 @@ class Training(commands.Cog):
             return
         lines = ["**Recent training jobs**"]
         for job in found:
-            when = f"<t:{int(job.created_at or 0)}:R>"
+            when = discord.utils.format_dt(datetime.fromtimestamp(job.created_at or 0, UTC), "R")
             model = f" → `{job.model}`" if job.model else ""
             lines.append(f"`{job.id}` {job.status} {when} by {job.started_by or '?'}{model}")
         await ctx.send("\n".join(lines)[:2000])
