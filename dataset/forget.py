@@ -206,19 +206,23 @@ def _stage(staged: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _apply(db: Database, journal_id: int) -> None:
-    """Carry out a committed journal row (idempotent: a crash mid-way runs it again at start-up)."""
-    with db.tx(write=False) as tx:
-        raw = tx.scalar("SELECT plan FROM forget_journal WHERE id = ?", (journal_id,))
-    if raw is None:
-        return
-    plan = json.loads(raw)
+def carry_out(plan: dict[str, list[Any]]) -> None:
+    """Put the staged files in place and delete the files a forget's plan names (idempotent)."""
     for tmp, target in plan.get("replace", []):
         if Path(tmp).exists():
             os.replace(tmp, target)
             fsync_dir(Path(target).parent)
     for path in plan.get("delete", []):
         Path(path).unlink(missing_ok=True)
+
+
+def _apply(db: Database, journal_id: int) -> None:
+    """Carry out a committed journal row (idempotent: a crash mid-way runs it again at start-up)."""
+    with db.tx(write=False) as tx:
+        raw = tx.scalar("SELECT plan FROM forget_journal WHERE id = ?", (journal_id,))
+    if raw is None:
+        return
+    carry_out(json.loads(raw))
     with db.tx() as tx:
         tx.execute("DELETE FROM forget_journal WHERE id = ?", (journal_id,))
 

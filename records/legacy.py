@@ -249,13 +249,9 @@ def _finish_old_forget(folder: Path) -> bool:
     journal = folder / OLD_JOURNAL
     if not journal.is_file():
         return False
-    plan = json.loads(journal.read_text(encoding="utf-8"))
-    for tmp, target in plan.get("replace", []):
-        if Path(tmp).exists():
-            os.replace(tmp, target)
-            fsync_dir(Path(target).parent)
-    for path in plan.get("delete", []):
-        Path(path).unlink(missing_ok=True)
+    from dataset.forget import carry_out
+
+    carry_out(json.loads(journal.read_text(encoding="utf-8")))
     journal.unlink()
     fsync_dir(folder)
     return True

@@ -5,6 +5,7 @@ member (waiting for review), one rejected, feedback, 👍 and 👎 with the bot'
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -94,3 +95,19 @@ async def test_everything_in_a_legacy_folder_still_works_in_the_bot(tmp_path: Pa
     finally:
         await stop_bot(bot)
         await sb.close()
+
+
+def test_an_old_versions_unfinished_forget_is_finished_before_the_import(db: Database, tmp_path: Path) -> None:
+    data, corr = tmp_path / "data", tmp_path / "corrections"
+    copy_legacy(data, corr, GUILD)
+    folder = corr / str(GUILD)
+    feedback = folder / "feedback.jsonl"
+    staged = folder / ".feedback.jsonl.forget-0a1b2c3d"  # c46fa9c staged the new file beside the old one
+    staged.write_text("")
+    (folder / "forget-journal.json").write_text(json.dumps({"user_id": 1, "replace": [[str(staged), str(feedback)]],
+                                                            "delete": [str(folder / "asks.jsonl")]}))
+    (done,) = import_legacy(db, data, corr)
+    assert "feedback.jsonl" in done.rows and done.rows["feedback.jsonl"] == 0  # the forget emptied it first
+    assert "asks.jsonl" not in done.rows and not staged.exists()
+    assert not (folder / "forget-journal.json").exists()
+    assert records.list_feedback(GuildSpace(GUILD, data, corr, db)) == []
