@@ -277,7 +277,7 @@ class Model:
 
     async def unfinished_jobs(self, guild_ids: set[int] | None = None) -> list[tuple[int, Job]]:
         """(guild id, job) for every unfinished job no other process watches: what the watcher resumes."""
-        return await self.jobs.unfinished_jobs(self.space, guild_ids)
+        return await self.jobs.unfinished_jobs(self.db, self.space, guild_ids)
 
     @staticmethod
     def status_text(job: Job) -> str:

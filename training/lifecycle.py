@@ -246,13 +246,13 @@ class JobRunner:
         async with self._job_locks.setdefault(job_id, asyncio.Lock()):
             await saved("the job's status message", jobs.set_status_message, space, job_id, message_id)
 
-    async def unfinished_jobs(self, space_of: Callable[[int], GuildSpace],
+    async def unfinished_jobs(self, db: Database, space_of: Callable[[int], GuildSpace],
                               guild_ids: set[int] | None = None) -> list[tuple[int, Job]]:
         """(guild id, job) for every unfinished job of this backend that no other live process watches (of
         ``guild_ids`` only, when given): what the watcher resumes or takes over."""
         def work() -> list[tuple[int, Job]]:
             found = []
-            for guild_id in jobs.guilds_with_unfinished_jobs(space_of(1).db):
+            for guild_id in jobs.guilds_with_unfinished_jobs(db):
                 if guild_ids is None or guild_id in guild_ids:
                     found += [(guild_id, job) for job in jobs.unfinished_jobs(space_of(guild_id))
                               if self.owns(job) and jobs.free_for(job, self.instance)]
