@@ -42,12 +42,23 @@ class Case:
     line: int = 0
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A case the model got wrong: what it was asked, what was expected, what it answered."""
+
+    input: str
+    expected: str
+    got: str
+    kind: Literal["answer", "label"] = "answer"
+    line: int = 0
+
+
 @dataclass
 class EvalResult:
     total: int
     correct: int
     accuracy: float
-    mismatches: list[dict[str, Any]] = field(default_factory=list)  # {input, expected, got, kind}
+    mismatches: list[Mismatch] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the channel."""
@@ -149,11 +160,8 @@ async def run_cases(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    mismatches = [
-        {"input": c.input, "expected": c.expected, "got": got, "kind": c.kind, "line": c.line}
-        for c, got in zip(cases, answers)
-        if not matches(c, got)
-    ]
+    mismatches = [Mismatch(c.input, c.expected, got, c.kind, c.line) for c, got in zip(cases, answers)
+                  if not matches(c, got)]
     correct = len(cases) - len(mismatches)
     return EvalResult(len(cases), correct, correct / len(cases) if cases else 0.0, mismatches)
 
