@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO, TypedDict
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -102,9 +102,16 @@ async def use_api_base(api_base: str, token: str) -> None:
     log.info("using Discord-compatible server at %s (gateway %s)", base, data["url"])
 
 
-def _shard_options(settings: Settings) -> dict[str, Any]:
+class _ShardOptions(TypedDict, total=False):
+    """discord.py's sharding arguments (left out: its default)."""
+
+    shard_count: int
+    shard_ids: list[int]
+
+
+def _shard_options(settings: Settings) -> _ShardOptions:
     """Several processes (one PostgreSQL): each runs its SHARD_IDS of SHARD_COUNT; unset: Discord's advice."""
-    options: dict[str, Any] = {}
+    options: _ShardOptions = {}
     if settings.shard_count is not None:
         options["shard_count"] = settings.shard_count
     if settings.shard_ids is not None:

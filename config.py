@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypedDict
+from typing import Mapping, TypedDict
 
 from errors import ConfigError
 
@@ -223,7 +223,14 @@ class Settings:
         )
 
 
-def _shards(env: Mapping[str, str]) -> dict[str, Any]:
+class _ShardSettings(TypedDict):
+    """What ``_shards`` returns: the shard fields of :class:`Settings`."""
+
+    shard_count: int | None
+    shard_ids: tuple[int, ...] | None
+
+
+def _shards(env: Mapping[str, str]) -> _ShardSettings:
     """``SHARD_COUNT`` (at least 1) and ``SHARD_IDS`` (comma-separated, each below the count; needs the count)."""
     count = _int(env, "SHARD_COUNT", 0, 1) if env.get("SHARD_COUNT", "").strip() else None
     raw = env.get("SHARD_IDS", "").strip()

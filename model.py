@@ -17,12 +17,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dataset import archive, check, corrections, export, forget
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
-from dataset.corrections import Answer, Correction, Feedback, ReactionCounts
+from dataset.corrections import Answer, Correction, Feedback, ReactionCounts, RepliedTo
 from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
@@ -198,7 +198,7 @@ class Model:
                                  approve=approve, by_id=by_id, by_name=by_name, reason=reason)
 
     async def feedback(self, guild_id: int, text: str, *, author_id: int, author_name: str, channel_id: int,
-                       reply_to: dict[str, Any] | None, source_message_id: int | None = None) -> Feedback:
+                       reply_to: RepliedTo | None, source_message_id: int | None = None) -> Feedback:
         """Store feedback; returns the record (with its ``ref``)."""
         return await saved(
             "your feedback", corrections.add_feedback, self.space(guild_id), text=text, author_id=author_id,

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -159,7 +159,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
-def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+def atomic_write_jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
     """Replace ``path`` with one compact JSON object per line, streamed (rows may be a generator)."""
     with atomic_open(path) as fh:
         for row in rows:
@@ -189,7 +189,7 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
+def append_record(path: Path, record: Mapping[str, object]) -> None:
     """Append one JSON record as a line, flushed and fsynced before returning."""
     line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import discord
 from discord.ext import commands
 
 from commands._shared import TrainerContext, is_admin, trainer_admin, user_line
-from dataset.corrections import Answer
+from dataset.corrections import Answer, RepliedTo
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class Feedback(commands.Cog):
     @commands.cooldown(5, 60.0, commands.BucketType.user)
     async def feedback(self, ctx: TrainerContext, *, text: str) -> None:
         """Tell the admins what works and what doesn't."""
-        reply_to = None
+        reply_to: RepliedTo | None = None
         ref = ctx.message.reference
         if ref is not None and ref.message_id:
             resolved = ctx.replied_message

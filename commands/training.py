@@ -415,8 +415,7 @@ class Training(commands.Cog):
                                                author_name=str(ctx.author))
         lines = [f"**Accuracy: {result.accuracy:.0%}** ({result.correct}/{result.total} correct)"]
         for m in result.mismatches[:5]:
-            lines.append(f"- input: {str(m['input'])[:200]!r}\n  expected: {str(m['expected'])[:200]!r}\n"
-                         f"  got: {str(m['got'])[:200]!r}")
+            lines.append(f"- input: {m.input[:200]!r}\n  expected: {m.expected[:200]!r}\n  got: {m.got[:200]!r}")
         if len(result.mismatches) > 5:
             lines.append(f"- … and {len(result.mismatches) - 5} more")
         if result.mismatches:

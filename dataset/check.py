@@ -11,7 +11,7 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,7 @@ def check_output(out: Any, key: str, problems: list[tuple[str, str]]) -> int:
     return 4 + ((len(content) + 3) >> 2)
 
 
-def _check_example(obj: dict[str, Any]) -> tuple[list[tuple[str, str]], int, int]:
+def _check_example(obj: Mapping[str, object]) -> tuple[list[tuple[str, str]], int, int]:
     """Problems, estimated tokens and role bits of one parsed line (supervised or DPO)."""
     problems: list[tuple[str, str]] = []
     if "messages" in obj or ("preferred_output" not in obj and "input" not in obj):

@@ -6,11 +6,11 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from dataset import corrections as records
 from dataset.check import MIN_EXAMPLES, CheckReport, Issue, check_lines
 from dataset.folder import current_dataset, load_dataset, read_state
+from dataset.lines import ChatLine, ChatMessage, PreferenceLine
 from storage import GuildSpace
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Compiled:
-    supervised: list[dict[str, Any]]  # {"messages": [...]} lines
-    preference: list[dict[str, Any]]  # DPO lines (empty without corrections/negatives)
+    supervised: list[ChatLine]
+    preference: list[PreferenceLine]  # empty without corrections/negatives
     labelled: list[tuple[str, str]]  # (text, label) of text examples
     report: CheckReport  # check of the supervised lines (+ notes on what was left out)
     preference_report: CheckReport | None = None  # check of the DPO lines, when there are any
@@ -32,7 +32,7 @@ class Compiled:
     contributors: dict[str, int] = field(default_factory=dict)
 
 
-def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
+def to_jsonl(lines: list[ChatLine] | list[PreferenceLine]) -> bytes:
     """JSON Lines bytes, UTF-8, one compact object per line."""
     dumps = json.dumps
     return "".join(dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode(
@@ -40,7 +40,7 @@ def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
     )
 
 
-def _prompt_key(messages: list[dict[str, Any]]) -> str:
+def _prompt_key(messages: list[ChatMessage]) -> str:
     return json.dumps(
         [(m.get("role"), m.get("content")) for m in messages if m.get("role") != "system"], ensure_ascii=False
     )
@@ -51,28 +51,28 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     state = read_state(space)
     system = str(state.get("system_prompt") or "").strip() or None
     loaded = load_dataset(space, current_dataset(space))
-    supervised: list[dict[str, Any]] = []
-    preference: list[dict[str, Any]] = []
+    supervised: list[ChatLine] = []
+    preference: list[PreferenceLine] = []
     labelled: list[tuple[str, str]] = []
     seen_sup: set[str] = set()
     seen_pref: set[str] = set()
     notes: list[Issue] = []
 
-    def with_system(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def with_system(msgs: list[ChatMessage]) -> list[ChatMessage]:
         if system and not any(m.get("role") == "system" for m in msgs):
             return [{"role": "system", "content": system}, *msgs]
         return list(msgs)
 
     who: Counter[str] = Counter()
 
-    def add_sup(msgs: list[dict[str, Any]], by: str) -> None:
+    def add_sup(msgs: list[ChatMessage], by: str) -> None:
         key = json.dumps(msgs, ensure_ascii=False, sort_keys=True)
         if key not in seen_sup:
             seen_sup.add(key)
             supervised.append({"messages": with_system(msgs)})
             who[by or "unknown"] += 1
 
-    def add_pref(prompt: list[dict[str, Any]], good: str, bad: str) -> None:
+    def add_pref(prompt: list[ChatMessage], good: str, bad: str) -> None:
         if not good.strip() or not bad.strip() or good.strip() == bad.strip():
             return
         key = json.dumps([prompt, good, bad], ensure_ascii=False, sort_keys=True)
@@ -99,7 +99,7 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         if not asked.strip() or not fix.strip():
             unusable += 1
             continue
-        user = [{"role": "user", "content": asked}]
+        user: list[ChatMessage] = [{"role": "user", "content": asked}]
         add_sup([*user, {"role": "assistant", "content": fix}], by)
         key = _prompt_key(user)
         good_for[key] = fix
@@ -115,18 +115,18 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
             )
         )
 
-    negatives: list[tuple[list[dict[str, Any]], str]] = []
+    negatives: list[tuple[list[ChatMessage], str]] = []
     for ex in loaded.examples:
-        if ex["kind"] == "text":
-            labelled.append((ex["text"], ex["label"]))
-            add_sup([{"role": "user", "content": ex["text"]}, {"role": "assistant", "content": ex["label"]}],
-                    str(ex.get("added_by") or ""))
+        if ex.kind == "text":
+            labelled.append((ex.text, ex.label))
+            add_sup([{"role": "user", "content": ex.text}, {"role": "assistant", "content": ex.label}],
+                    str(ex.added_by or ""))
             continue
-        msgs = ex["messages"]
+        msgs = ex.messages
         last = max(i for i, m in enumerate(msgs) if m.get("role") == "assistant")
         prompt, answer = msgs[:last], msgs[last].get("content")
         key = _prompt_key(prompt)
-        if not ex["positive"]:
+        if not ex.positive:
             if isinstance(answer, str):
                 negatives.append((prompt, answer))
             continue
@@ -134,7 +134,7 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
             continue  # this answer was corrected: train on the correction instead
         if isinstance(answer, str):
             good_for.setdefault(key, answer)
-        add_sup(msgs, str(ex.get("added_by") or ""))
+        add_sup(msgs, str(ex.added_by or ""))
     unmatched = 0
     for prompt, bad in negatives:
         good = good_for.get(_prompt_key(prompt))

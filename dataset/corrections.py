@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from errors import InvalidInput
 from records.db import Row, Tx
@@ -101,6 +101,15 @@ class Correction:
         return self.approved and bool(self.correction.strip())
 
 
+class RepliedTo(TypedDict):
+    """The message a piece of feedback replied to (JSON in its row): None where Discord did not resolve it."""
+
+    message_id: int
+    author_id: int | None
+    content: str | None
+    redacted: NotRequired[bool]  # its author was forgotten: ``content`` is gone
+
+
 @dataclass(frozen=True)
 class Feedback:
     ref: str
@@ -109,7 +118,7 @@ class Feedback:
     author_name: str | None = None
     channel_id: int | None = None
     source_message_id: int | None = None
-    reply_to: dict[str, Any] | None = None
+    reply_to: RepliedTo | None = None
     time: str = ""
 
 
@@ -341,7 +350,7 @@ def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int 
 
 
 def add_feedback(space: GuildSpace, *, text: str, author_id: int | None, author_name: str | None,
-                 channel_id: int | None, reply_to: dict[str, Any] | None,
+                 channel_id: int | None, reply_to: RepliedTo | None,
                  source_message_id: int | None = None) -> Feedback:
     """Store feedback (``reply_to``: the replied-to message, e.g. id/author/content); ref ``F-xxxxxx``.
 

@@ -11,20 +11,66 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypedDict
 
 from dataset import archive, corrections
 from dataset.compile import compile_guild
 from dataset.folder import current_dataset, load_dataset
+from dataset.formats import Example
 from errors import InvalidInput
 from storage import GuildSpace, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_KEYS = ("id", "hash", "kind", "added_by", "added_by_id", "source", "origin", "added_at")
+
+class ExampleProvenance(TypedDict, total=False):
+    """A line of ``provenance.jsonl`` for an example: its record's provenance (keys known for it, in this order)."""
+
+    what: Literal["example"]
+    id: str
+    hash: str
+    kind: Literal["chat", "text"]
+    added_by: str
+    added_by_id: int
+    source: str
+    origin: str
+    added_at: str
+
+
+class CorrectionProvenance(TypedDict):
+    """A line of ``provenance.jsonl`` for an approved correction."""
+
+    what: Literal["correction"]
+    ref: str
+    author_id: int | None
+    author_name: str | None
+    message_id: int | None
+    source_message_id: int | None
+    time: str
+
+
+def example_provenance(ex: Example) -> ExampleProvenance:
+    """Who gave an example and from where (the provenance it records; unknown keys left out)."""
+    row: ExampleProvenance = {"what": "example"}
+    if ex.id is not None:
+        row["id"] = ex.id
+    if ex.hash is not None:
+        row["hash"] = ex.hash
+    row["kind"] = ex.kind
+    if ex.added_by is not None:
+        row["added_by"] = ex.added_by
+    if ex.added_by_id is not None:
+        row["added_by_id"] = ex.added_by_id
+    if ex.source is not None:
+        row["source"] = ex.source
+    if ex.origin is not None:
+        row["origin"] = ex.origin
+    if ex.added_at is not None:
+        row["added_at"] = ex.added_at
+    return row
 
 
 @dataclass
@@ -36,7 +82,7 @@ class DataExport:
     bytes: int  # total size
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+def _write_jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> int:
     atomic_write_jsonl(path, rows)
     return path.stat().st_size
 
@@ -60,9 +106,9 @@ def export_data(space: GuildSpace) -> DataExport:
         files.append(folder / "dpo.jsonl")
         total += _write_jsonl(files[-1], compiled.preference)
 
-    def provenance() -> Iterable[dict[str, Any]]:
+    def provenance() -> Iterator[ExampleProvenance | CorrectionProvenance]:
         for ex in loaded.examples:
-            yield {"what": "example", **{k: ex.get(k) for k in PROVENANCE_KEYS if ex.get(k) is not None}}
+            yield example_provenance(ex)
         for c in corrections.approved_corrections(space):  # only what reached the training lines
             yield {"what": "correction", "ref": c.ref, "author_id": c.author_id, "author_name": c.author_name,
                    "message_id": c.message_id, "source_message_id": c.source_message_id, "time": c.time}

@@ -19,7 +19,7 @@ from typing import Any
 
 from dataset import archive as archiver
 from dataset.formats import (
-    Core,
+    Example,
     IngestReport,
     collect,
     content_hash,
@@ -69,7 +69,7 @@ def _existing_hashes(space: GuildSpace, folder: Path, caches: HashCache | None) 
             try:
                 for _, cores, _ in parse_source_file(path, True, path.name):
                     for core in cores:
-                        found.add(core.get("hash") or content_hash(core))
+                        found.add(core.hash or content_hash(core))
             except InvalidInput:
                 pass
             cached = cache[key] = (st.st_mtime_ns, st.st_size, frozenset(found))
@@ -85,7 +85,7 @@ class _NothingNew(Exception):
 
 def _ingest(
     space: GuildSpace,
-    items: Iterable[tuple[int, list[Core], str | None, str]],
+    items: Iterable[tuple[int, list[Example], str | None, str]],
     shown: str,
     report: IngestReport,
     author: str,
@@ -116,14 +116,16 @@ def _ingest(
                     for core in cores:
                         record = finish_record(core, source=source, author=author, now=now,
                                                author_id=author_id, origin=origin)
-                        if record["hash"] in known:
+                        digest = record.hash
+                        assert digest is not None  # finish_record gives every record its hash
+                        if digest in known:
                             report.duplicates += 1
                             where = f"line {number}" if source == shown else f"{source} line {number}"
                             report.skipped.append((number, f"{where}: already in the dataset"))
                             continue
-                        known.add(record["hash"])
+                        known.add(digest)
                         fh.write(
-                            json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+                            json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
                         )
                         fh.write(b"\n")
                         added += 1
@@ -138,9 +140,9 @@ def _ingest(
     return report
 
 
-def add_examples(space: GuildSpace, examples: Iterable[dict[str, Any]], *, source: str, author: str) -> int:
+def add_examples(space: GuildSpace, examples: Iterable[Example], *, source: str, author: str) -> int:
     """Write examples (parsed or normalized) into the current dataset; returns how many were new."""
-    items = ((i, [ex], None, ex.get("source") or source) for i, ex in enumerate(examples, 1))
+    items = ((i, [ex], None, ex.source or source) for i, ex in enumerate(examples, 1))
     return _ingest(space, items, source, IngestReport(), author).added
 
 

@@ -21,11 +21,11 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from errors import NotFound, TrainerError
 from records.db import Database, Tx
@@ -49,15 +49,23 @@ class ForgetResult:
         return sum(self.counts.values())
 
 
-def _is_theirs_example(record: dict[str, Any], user_id: int) -> bool:
+class ForgetPlan(TypedDict):
+    """A forget's file changes (JSON in its journal row): staged files to put in place, files to delete."""
+
+    replace: list[list[str]]  # [staged path, target]
+    delete: list[str]
+
+
+def _is_theirs_example(record: Mapping[str, object], user_id: int) -> bool:
+    """Whether a line of a dataset file is an example ``user_id`` added (any JSON object: not all are our records)."""
     if record.get("added_by_id") == user_id:
         return True
     # Examples stored before added_by_id existed carry "name (id)".
     return str(record.get("added_by") or "").endswith(f"({user_id})")
 
 
-def _rewrite_lines(path: Path, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> tuple[bytes, int]:
-    """The file without the records ``keep`` drops (returns None) and with those it edits; (new bytes, dropped)."""
+def _rewrite_lines(path: Path, drop: Callable[[Mapping[str, object]], bool]) -> tuple[bytes, int]:
+    """The file without the JSON objects ``drop`` picks, every other line kept as it is; (new bytes, dropped)."""
     out: list[bytes] = []
     dropped = 0
     with open(path, "rb") as fh:
@@ -72,13 +80,10 @@ def _rewrite_lines(path: Path, keep: Callable[[dict[str, Any]], dict[str, Any] |
             if not isinstance(record, dict):
                 out.append(raw if raw.endswith(b"\n") else raw + b"\n")
                 continue
-            kept = keep(record)
-            if kept is None:
+            if drop(record):
                 dropped += 1
-            elif kept is record:
-                out.append(raw if raw.endswith(b"\n") else raw + b"\n")
             else:
-                out.append((json.dumps(kept, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+                out.append(raw if raw.endswith(b"\n") else raw + b"\n")
     return b"".join(out), dropped
 
 
@@ -115,15 +120,15 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
         examples = 0
         for path in files:
 
-            def keep_example(record: dict[str, Any]) -> dict[str, Any] | None:
+            def theirs(record: Mapping[str, object]) -> bool:
                 if _is_theirs_example(record, user_id):
                     origin = str(record.get("origin") or "")
                     if "upload " in origin:
                         uploads.add(origin.rsplit("upload ", 1)[1])
-                    return None
-                return record
+                    return True
+                return False
 
-            data, dropped = _rewrite_lines(path, keep_example)
+            data, dropped = _rewrite_lines(path, theirs)
             if dropped:
                 examples += dropped
                 if data.strip():
@@ -157,7 +162,8 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                     raise NotFound("nothing stored")
                 journal = None
                 if pairs or deletions:
-                    plan = {"replace": [[str(a), str(b)] for a, b in pairs], "delete": [str(p) for p in deletions]}
+                    plan: ForgetPlan = {"replace": [[str(a), str(b)] for a, b in pairs],
+                                        "delete": [str(p) for p in deletions]}
                     journal = tx.scalar("INSERT INTO forget_journal (guild_id, user_id, plan, created_at) "
                                         "VALUES (?, ?, ?, ?) RETURNING id",
                                         (space.guild_id, user_id, json.dumps(plan), utc_now()))
@@ -206,7 +212,7 @@ def _stage(staged: list[tuple[Path, bytes]]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def carry_out(plan: dict[str, list[Any]]) -> None:
+def carry_out(plan: ForgetPlan) -> None:
     """Put the staged files in place and delete the files a forget's plan names (idempotent)."""
     for tmp, target in plan.get("replace", []):
         if Path(tmp).exists():

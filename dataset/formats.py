@@ -20,8 +20,9 @@ never rewritten. A dataset folder may also hold raw ``.jsonl/.json/.csv/.txt`` f
   bot answers from), any other line is a text example labelled ``positive`` or ``negative`` (the
   flag; texts train the classifier). Blank lines are ignored.
 
-**Normalized record**: ``{"id", "kind": "chat"|"text", "messages"|("text", "label"), "positive",
-"source", "added_by", "added_at", "hash"}``; ``hash`` identifies the content for de-duplication.
+**Normalized record** (:class:`Example`; one JSON line on disk, :class:`ExampleRecord`): ``{"id", "kind":
+"chat"|"text", "messages"|("text", "label"), "positive", "source", "added_by", "added_by_id"?, "origin"?,
+"added_at", "hash"}``; ``hash`` identifies the content for de-duplication.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, TypedDict
 
 from dataset.check import check_messages, check_output, type_name
+from dataset.lines import ChatMessage
 from errors import InvalidInput, NotFound
 from storage import GuildSpace, utc_now
 
@@ -51,6 +53,81 @@ csv.field_size_limit(16 * 1024 * 1024)
 
 
 # =============================================================================================
+# Examples
+# =============================================================================================
+
+
+class ExampleRecord(TypedDict, total=False):
+    """An example as one line of a dataset file, keys in this order (a chat has ``messages``, a text ``text`` and
+    ``label``; ``added_by_id`` and ``origin`` only when known)."""
+
+    id: str
+    kind: Literal["chat", "text"]
+    messages: list[ChatMessage]
+    text: str
+    label: str
+    positive: bool
+    source: str
+    added_by: str
+    added_by_id: int
+    origin: str
+    added_at: str
+    hash: str
+
+
+@dataclass
+class Example:
+    """One example: a chat (``messages``) the bot answers from, or a labelled text (``text``, ``label``) for the
+    classifier; ``positive`` False makes it an answer not to give (a DPO negative) or a negative text.
+
+    Provenance (``id`` … ``hash``) is None on an example just parsed from an upload, until :func:`finish_record`
+    fills it in; a stored record read back keeps what it had. ``added_by`` not None marks such a record: it keeps
+    its own ``added_by_id`` and ``origin``. Provenance: ``added_by`` (name, as shown), ``added_by_id`` (the
+    Discord user id), ``origin`` (the message or stored upload it came from), ``source`` (file or "inline"),
+    ``added_at``; ``hash`` identifies the content (:func:`content_hash`).
+    """
+
+    kind: Literal["chat", "text"]
+    positive: bool
+    messages: list[ChatMessage] = field(default_factory=list)  # a chat's
+    text: str = ""  # a text's
+    label: str = ""  # a text's
+    id: str | None = None
+    source: str | None = None
+    added_by: str | None = None
+    added_by_id: int | None = None
+    origin: str | None = None
+    added_at: str | None = None
+    hash: str | None = None
+
+    def to_json(self) -> ExampleRecord:
+        """The record as it is written to a dataset file."""
+        record: ExampleRecord = {}
+        if self.id is not None:
+            record["id"] = self.id
+        record["kind"] = self.kind
+        if self.kind == "chat":
+            record["messages"] = self.messages
+        else:
+            record["text"] = self.text
+            record["label"] = self.label
+        record["positive"] = self.positive
+        if self.source is not None:
+            record["source"] = self.source
+        if self.added_by is not None:
+            record["added_by"] = self.added_by
+        if self.added_by_id is not None:
+            record["added_by_id"] = self.added_by_id
+        if self.origin is not None:
+            record["origin"] = self.origin
+        if self.added_at is not None:
+            record["added_at"] = self.added_at
+        if self.hash is not None:
+            record["hash"] = self.hash
+        return record
+
+
+# =============================================================================================
 # Ingestion
 # =============================================================================================
 
@@ -59,17 +136,17 @@ csv.field_size_limit(16 * 1024 * 1024)
 class IngestReport:
     added: int = 0  # examples parsed (parse_*) or written to the dataset (ingest_*)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, "line 4: reason")
-    examples: list[dict[str, Any]] = field(default_factory=list)  # normalized records (parse_*/load)
+    examples: list[Example] = field(default_factory=list)  # normalized records (parse_*/load)
     duplicates: int = 0  # examples already in the dataset (also listed in skipped)
     files: int = 0  # files read
     pairs: int = 0  # of ``added``: question/answer (chat) examples
     texts: dict[str, int] = field(default_factory=dict)  # of ``added``: text examples per label
     skipped_links: int = 0  # symlinks in a folder that lead out of the data space or to hidden files
 
-    def count(self, record: dict[str, Any]) -> None:
+    def count(self, record: Example) -> None:
         """Tally one added record by what it became."""
-        if record.get("kind") == "text":
-            label = str(record.get("label") or "")
+        if record.kind == "text":
+            label = record.label
             self.texts[label] = self.texts.get(label, 0) + 1
         else:
             self.pairs += 1
@@ -110,10 +187,8 @@ class IngestReport:
         return text
 
 
-# Parsed example before it gets id/source/author: {"kind", "messages"|"text"+"label", "positive"}.
-Core = dict[str, Any]
 # What parsers yield: (line number, examples from that line, reason when the line is skipped).
-Parsed = tuple[int, list[Core], str | None]
+Parsed = tuple[int, list[Example], str | None]
 
 
 def _label_for(positive: bool) -> str:
@@ -122,7 +197,7 @@ def _label_for(positive: bool) -> str:
 
 def _pair(
     prompt: Any, completion: Any, names: tuple[str, str], positive: bool
-) -> tuple[list[Core], str | None]:
+) -> tuple[list[Example], str | None]:
     for value, name in ((prompt, names[0]), (completion, names[1])):
         if value is None:
             return [], f"no `{name}`"
@@ -130,8 +205,8 @@ def _pair(
             return [], f"`{name}` must be text"
         if not value.strip():
             return [], f"empty {name}"
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    return [{"kind": "chat", "messages": messages, "positive": positive}], None
+    messages: list[ChatMessage] = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    return [Example("chat", positive, messages)], None
 
 
 def _first_problem(msgs: Any, where: str = "messages") -> str | None:
@@ -144,19 +219,19 @@ def _first_problem(msgs: Any, where: str = "messages") -> str | None:
     return None
 
 
-def _text_core(text: Any, label: Any, positive: bool) -> tuple[list[Core], str | None]:
+def _text_core(text: Any, label: Any, positive: bool) -> tuple[list[Example], str | None]:
     if not isinstance(text, str):
         return [], "`text` must be text"
     if not text.strip():
         return [], "empty text"
     label = _label_for(positive) if label is None or str(label).strip() == "" else str(label).strip()
-    return [{"kind": "text", "text": text.strip(), "label": label, "positive": positive}], None
+    return [Example("text", positive, text=text.strip(), label=label)], None
 
 
 _PAIRS = (("prompt", "completion"), ("input", "output"), ("question", "answer"))
 
 
-def _from_obj(obj: Any, positive: bool) -> tuple[list[Core], str | None]:
+def _from_obj(obj: Any, positive: bool) -> tuple[list[Example], str | None]:
     """Examples from one JSON value, or a short reason why it is skipped."""
     if not isinstance(obj, dict):
         return [], f"expected a JSON object, got {type_name(obj)}"
@@ -168,21 +243,23 @@ def _from_obj(obj: Any, positive: bool) -> tuple[list[Core], str | None]:
             problem = _first_problem(obj.get("messages"))
             if problem:
                 return [], problem
-            core = {"kind": "chat", "messages": obj["messages"], "positive": flag}
+            core = Example("chat", flag, obj["messages"])
         else:
             cores, problem = _text_core(obj.get("text"), obj.get("label"), flag)
             if problem:
                 return [], problem
             core = cores[0]
-        for key in ("id", "source", "added_by", "added_by_id", "origin", "added_at", "hash"):
-            if key in obj:
-                core[key] = obj[key]
-        return [core], None
+        added_by = obj.get("added_by")
+        if added_by is None and "added_by" in obj:
+            added_by = ""  # a null author still marks a stored record
+        return [replace(core, id=obj.get("id"), source=obj.get("source"), added_by=added_by,
+                        added_by_id=obj.get("added_by_id"), origin=obj.get("origin"), added_at=obj.get("added_at"),
+                        hash=obj.get("hash"))], None
     if "messages" in obj:
         problem = _first_problem(obj["messages"])
         if problem:
             return [], problem
-        return [{"kind": "chat", "messages": obj["messages"], "positive": positive}], None
+        return [Example("chat", positive, obj["messages"])], None
     if "preferred_output" in obj or "non_preferred_output" in obj:
         inp = obj.get("input")
         prompt = inp.get("messages") if isinstance(inp, dict) else None
@@ -193,8 +270,8 @@ def _from_obj(obj: Any, positive: bool) -> tuple[list[Core], str | None]:
         if problems:
             return [], problems[0][1]
         assert isinstance(prompt, list)  # check_messages reported anything else
-        good = {"kind": "chat", "messages": [*prompt, obj["preferred_output"][0]], "positive": True}
-        bad = {"kind": "chat", "messages": [*prompt, obj["non_preferred_output"][0]], "positive": False}
+        good = Example("chat", True, [*prompt, obj["preferred_output"][0]])
+        bad = Example("chat", False, [*prompt, obj["non_preferred_output"][0]])
         return [good, bad], None
     for a, b in _PAIRS:
         if a in obj or b in obj:
@@ -249,7 +326,7 @@ def parse_inline_lines(lines: Iterator[tuple[int, str]], positive: bool) -> Iter
                 reason += " around `=>`"
             yield number, cores, reason
         else:
-            yield number, [{"kind": "text", "text": text, "label": label, "positive": positive}], None
+            yield number, [Example("text", positive, text=text, label=label)], None
 
 
 _CSV_COLUMNS = (*_PAIRS, ("text", "label"))
@@ -464,7 +541,7 @@ def space_files(space: GuildSpace, folder: Path, report: IngestReport | None = N
 
 def iter_source(
     space: GuildSpace | None, target: Path, positive: bool, shown: str, report: IngestReport
-) -> Iterator[tuple[int, list[Core], str | None, str]]:
+) -> Iterator[tuple[int, list[Example], str | None, str]]:
     """(line, cores, reason, source) for a file, or every supported file of a folder.
 
     In a folder, a bad file (empty, not UTF-8, bad CSV header) is skipped with a reason instead of
@@ -487,45 +564,29 @@ def iter_source(
         yield number, cores, f"line {number}: {reason}" if reason else None, shown
 
 
-def content_hash(core: Core) -> str:
+def content_hash(core: Example) -> str:
     """A stable id of an example's content (kind, messages or text+label, positive flag)."""
-    if core["kind"] == "chat":
-        key: list[Any] = ["chat", core["messages"], bool(core["positive"])]
+    if core.kind == "chat":
+        key: list[object] = ["chat", core.messages, bool(core.positive)]
     else:
-        key = ["text", core["text"], core["label"], bool(core["positive"])]
+        key = ["text", core.text, core.label, bool(core.positive)]
     blob = json.dumps(key, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def finish_record(core: Core, *, source: str, author: str, now: str, author_id: int | None = None,
-                  origin: str | None = None) -> dict[str, Any]:
-    """A normalized record from a parsed example (keeps provenance a stored record already had).
-
-    Provenance: ``added_by`` (name, as shown), ``added_by_id`` (the Discord user id), ``origin`` (the
-    message or stored upload it came from), ``source`` (file or "inline") and ``added_at``.
-    """
-    digest = core.get("hash") or content_hash(core)
-    record: dict[str, Any] = {"id": core.get("id") or digest[:12], "kind": core["kind"]}
-    if core["kind"] == "chat":
-        record["messages"] = core["messages"]
-    else:
-        record["text"] = core["text"]
-        record["label"] = core["label"]
-    record["positive"] = bool(core["positive"])
-    record["source"] = core.get("source") or source
-    record["added_by"] = core.get("added_by") or author
-    added_by_id = core.get("added_by_id") if "added_by" in core else author_id
-    if added_by_id is not None:
-        record["added_by_id"] = added_by_id
-    if core.get("origin") or (origin and "added_by" not in core):
-        record["origin"] = core.get("origin") or origin
-    record["added_at"] = core.get("added_at") or now
-    record["hash"] = digest
-    return record
+def finish_record(core: Example, *, source: str, author: str, now: str, author_id: int | None = None,
+                  origin: str | None = None) -> Example:
+    """A normalized record from a parsed example (keeps provenance a stored record already had)."""
+    digest = core.hash or content_hash(core)
+    stored = core.added_by is not None
+    return replace(core, id=core.id or digest[:12], positive=bool(core.positive), source=core.source or source,
+                   added_by=core.added_by or author, added_by_id=core.added_by_id if stored else author_id,
+                   origin=core.origin or (None if stored else origin) or None, added_at=core.added_at or now,
+                   hash=digest)
 
 
 def collect(
-    items: Iterable[tuple[int, list[Core], str | None, str]], report: IngestReport, author: str
+    items: Iterable[tuple[int, list[Example], str | None, str]], report: IngestReport, author: str
 ) -> IngestReport:
     now = utc_now()
     for number, cores, reason, source in items:

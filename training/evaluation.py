@@ -12,10 +12,13 @@ import logging
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from errors import InvalidInput, TooLarge
 from storage import GuildSpace, atomic_write_json, read_json, utc_now
+
+if TYPE_CHECKING:
+    from dataset.lines import ChatLine
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,23 @@ class Case:
     line: int = 0
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A case the model got wrong: what it was asked, what was expected, what it answered."""
+
+    input: str
+    expected: str
+    got: str
+    kind: Literal["answer", "label"] = "answer"
+    line: int = 0
+
+
 @dataclass
 class EvalResult:
     total: int
     correct: int
     accuracy: float
-    mismatches: list[dict[str, Any]] = field(default_factory=list)  # {input, expected, got, kind}
+    mismatches: list[Mismatch] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the channel."""
@@ -146,11 +160,8 @@ async def run_cases(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    mismatches = [
-        {"input": c.input, "expected": c.expected, "got": got, "kind": c.kind, "line": c.line}
-        for c, got in zip(cases, answers)
-        if not matches(c, got)
-    ]
+    mismatches = [Mismatch(c.input, c.expected, got, c.kind, c.line) for c, got in zip(cases, answers)
+                  if not matches(c, got)]
     correct = len(cases) - len(mismatches)
     return EvalResult(len(cases), correct, correct / len(cases) if cases else 0.0, mismatches)
 
@@ -189,7 +200,7 @@ def eval_set(space: GuildSpace) -> list[Case]:
     return [Case(i, e, "label" if k == "label" else "answer") for i, e, k in rows]
 
 
-def holdout(lines: list[dict[str, Any]]) -> list[Case]:
+def holdout(lines: list[ChatLine]) -> list[Case]:
     """Every HOLDOUT_EVERY-th single-turn pair of compiled chat lines (the 10th, 20th, …), at most HOLDOUT_CAP.
 
     They are still trained on: a small server cannot spare a tenth of its examples, so the held-out score says
@@ -199,10 +210,12 @@ def holdout(lines: list[dict[str, Any]]) -> list[Case]:
     pairs: list[Case] = []
     for line in lines:
         turns = [m for m in line.get("messages") or [] if isinstance(m, dict) and m.get("role") != "system"]
-        if (len(turns) == 2 and turns[0].get("role") == "user" and turns[1].get("role") == "assistant"
-                and isinstance(turns[0].get("content"), str) and isinstance(turns[1].get("content"), str)
-                and turns[0]["content"].strip() and turns[1]["content"].strip()):
-            pairs.append(Case(turns[0]["content"], turns[1]["content"]))
+        if len(turns) != 2:
+            continue
+        question, answer = turns[0].get("content"), turns[1].get("content")
+        if (turns[0].get("role") == "user" and turns[1].get("role") == "assistant"
+                and isinstance(question, str) and isinstance(answer, str) and question.strip() and answer.strip()):
+            pairs.append(Case(question, answer))
     return pairs[HOLDOUT_EVERY - 1::HOLDOUT_EVERY][:HOLDOUT_CAP]
 
 

@@ -130,7 +130,7 @@ class HFBackend(TrainingBackend):
         job_id = f"hf-{uuid.uuid4().hex[:12]}"
         run = hf_store.run_dir(models, job_id)
         s = self.settings
-        spec = {
+        spec: hf_store.TrainJob = {
             "job_id": job_id, "guild_id": space.guild_id, "method": method, "base": self.base.to_json(),
             "adapter_from": str(parent) if parent else None, "models_dir": str(models),
             "lora_rank": s.hf_lora_rank, "epochs": s.hf_epochs, "learning_rate": s.hf_learning_rate,
@@ -166,7 +166,7 @@ class HFBackend(TrainingBackend):
     def _launch(self, run: Path, job_id: str) -> None:
         """Start the trainer (sync, quick): its own process group, stdin a pipe only the bot holds."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        spec = json.loads((run / "job.json").read_text(encoding="utf-8"))
+        spec: hf_store.TrainJob = json.loads((run / "job.json").read_text(encoding="utf-8"))
         if spec.get("bot_pid") != os.getpid():  # a resume by a restarted bot: the trainer watches this one
             spec["bot_pid"] = os.getpid()
             atomic_write_json(run / "job.json", spec)
@@ -201,12 +201,15 @@ class HFBackend(TrainingBackend):
             elif kind == "start":
                 upd.total_steps = int(ev.get("total") or 0) or None
                 upd.device = _opt(str, ev.get("device"))
-                if ev.get("resumed_from") is not None:
-                    upd.events.append(f"Resumed from step {ev['resumed_from']} (checkpoint)")
-                    upd.resumed_from = int(ev["resumed_from"])
+                resumed = ev.get("resumed_from")
+                if resumed is not None:
+                    upd.events.append(f"Resumed from step {resumed} (checkpoint)")
+                    upd.resumed_from = int(resumed)
                 upd.status = "running"
             elif kind == "step":
-                upd.step = int(ev["step"])
+                step = ev["step"]
+                assert step is not None  # only a "stopped" event may have no step
+                upd.step = int(step)
                 upd.total_steps = int(ev.get("total") or 0) or upd.total_steps
                 upd.losses.append((upd.step, float(ev["loss"])))
                 upd.smoothed_loss = _opt(float, ev.get("smoothed"))
@@ -451,8 +454,7 @@ def _exit_reason(proc: subprocess.Popen[bytes] | None, run: Path, stopped_at: in
 
 def _stopped_for_bot(run: Path) -> bool:
     events, _ = hf_store.read_events(run, 0)
-    last = events[-1] if events else {}
-    return last.get("t") == "stopped"
+    return bool(events) and events[-1].get("t") == "stopped"
 
 
 def _last_log_line(run: Path) -> str:

@@ -12,7 +12,7 @@ Protocol: JSON lines. The bot writes ``{"id", "adapter": path|null, "system", "h
 "max_new_tokens"}`` or ``{"cancel": id}`` to the worker's stdin; the worker writes ``{"ready", "device"}``
 once the base is loaded (or ``{"fatal": message}`` and exits), then ``{"id", "text", "ttft",
 "tokens", "seconds"}`` or ``{"id", "error"}`` per request, on its stdout (anything libraries print
-goes to stderr).
+goes to stderr). The messages are the TypedDicts below (:class:`AnswerRequest`, :class:`Answered`, ...).
 
 :class:`Generator` is the bot's side: bounded queue (``Busy`` when full), a timeout per answer
 (the worker stops that generation within one token), restarts after a crash.
@@ -29,9 +29,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, final
 
 from errors import BackendError, Busy
+
+if TYPE_CHECKING:
+    from training.hf_store import BaseSpecJSON
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,79 @@ STDERR_KEEP = 30
 STREAM_LIMIT = 16 * 1024 * 1024  # one protocol line can hold a long answer
 
 
+# ---------------------------------------------------------------- the protocol (JSON lines)
+
+class WorkerConfig(TypedDict):
+    """The worker's one command-line argument: the base model and how to run it."""
+
+    base: BaseSpecJSON
+    base_label: str
+    device: NotRequired[str]  # HF_DEVICE: auto (the default), cpu, cuda, ...
+    threads: NotRequired[int]  # CPU threads (0, the default: torch's choice)
+    max_seq_length: NotRequired[int]  # 2048 by default
+
+
+class AnswerRequest(TypedDict):
+    """Bot → worker: answer ``prompt`` with the adapter at ``adapter`` (None: the bare base)."""
+
+    id: int
+    adapter: str | None
+    system: str | None
+    history: list[list[str]]  # [role, content] turns, oldest first
+    prompt: str
+    max_new_tokens: int
+
+
+class CancelRequest(TypedDict):
+    """Bot → worker: stop generating for request ``cancel`` (its id)."""
+
+    cancel: int
+
+
+class Ready(TypedDict):
+    """Worker → bot, once: the base is loaded."""
+
+    ready: bool
+    device: str
+    seconds: float
+
+
+class Fatal(TypedDict):
+    """Worker → bot, instead of Ready: the base could not be loaded (the worker exits)."""
+
+    fatal: str
+
+
+class Generated(TypedDict):
+    """An answer and how fast it came."""
+
+    text: str
+    tokens: int
+    ttft: float  # seconds to the first token
+    seconds: float
+    tokens_per_s: float | None
+    cancelled: bool
+
+
+@final
+class Answered(Generated):
+    """Worker → bot: the answer to request ``id``."""
+
+    id: int
+
+
+@final
+class Failed(TypedDict):
+    """Worker → bot: request ``id`` failed (one line)."""
+
+    id: int
+    error: str
+
+
 class Generator:
     """The bot's handle on the answer worker (async; never blocks the event loop)."""
 
-    def __init__(self, config: dict[str, Any], *, queue: int, timeout: float, load_timeout: float = 900.0) -> None:
+    def __init__(self, config: WorkerConfig, *, queue: int, timeout: float, load_timeout: float = 900.0) -> None:
         self.config = config  # base spec, device, threads, max_seq_length: passed to the worker
         self.queue = queue
         self.timeout = timeout
@@ -52,8 +124,8 @@ class Generator:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[dict[str, Any]] | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ready: asyncio.Future[Ready] | None = None
+        self._pending: dict[int, asyncio.Future[Answered | Failed]] = {}
         self._ids = itertools.count(1)
         self._start_lock = asyncio.Lock()
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_KEEP)
@@ -64,7 +136,7 @@ class Generator:
         """Requests sent and not answered yet."""
         return len(self._pending)
 
-    async def _ensure_started(self) -> asyncio.Future[dict[str, Any]]:
+    async def _ensure_started(self) -> asyncio.Future[Ready]:
         async with self._start_lock:
             if self._proc is not None and self._proc.returncode is None and self._ready is not None:
                 return self._ready
@@ -97,7 +169,7 @@ class Generator:
             how += " (out of memory?)"
         return f"The answer worker {how}" + (f": {last[-300:]}" if last else "")
 
-    async def _read(self, proc: asyncio.subprocess.Process, ready: asyncio.Future[dict[str, Any]]) -> None:
+    async def _read(self, proc: asyncio.subprocess.Process, ready: asyncio.Future[Ready]) -> None:
         assert proc.stdout is not None
         error: str | None = None
         async for raw in proc.stdout:
@@ -129,7 +201,7 @@ class Generator:
                 fut.set_exception(BackendError(reason))
         self._pending.clear()
 
-    async def _send(self, obj: dict[str, Any]) -> None:
+    async def _send(self, obj: AnswerRequest | CancelRequest) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise BackendError("The answer worker is not running.")
@@ -140,12 +212,12 @@ class Generator:
             raise BackendError(self._why_dead(proc)) from None
 
     async def generate(self, *, adapter: Path | None, system: str | None, history: list[tuple[str, str]],
-                       prompt: str, max_new_tokens: int) -> dict[str, Any]:
+                       prompt: str, max_new_tokens: int) -> Answered:
         """The worker's reply ``{"text", "ttft", "tokens", "seconds"}``; Busy when the queue is full."""
         if self.busy >= self.queue:
             raise Busy(f"I'm busy with other questions ({self.busy} waiting for the model); ask again in a moment.")
         req_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Answered | Failed] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut  # counted from now, also while the worker is still loading
         try:
             ready = await self._ensure_started()
@@ -195,7 +267,7 @@ class Generator:
 
 # ---------------------------------------------------------------- the worker process
 
-def serve(config: dict[str, Any]) -> int:
+def serve(config: WorkerConfig) -> int:
     """The worker's main loop (runs in the child process)."""
     import queue
     import threading
@@ -205,11 +277,11 @@ def serve(config: dict[str, Any]) -> int:
     sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
-    def write(obj: dict[str, Any]) -> None:
+    def write(obj: Ready | Fatal | Answered | Failed) -> None:
         out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         out.flush()
 
-    requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    requests: queue.Queue[AnswerRequest | None] = queue.Queue()
     cancelled: set[int] = set()
 
     def read_stdin() -> None:
@@ -297,7 +369,7 @@ class _Worker:
         self.adapters.move_to_end(key)
         self.model.set_adapter(key)
 
-    def answer(self, req: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, req: AnswerRequest) -> Generated:
         import contextlib
 
         from peft import PeftModel

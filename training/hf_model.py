@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -83,7 +83,15 @@ def render(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, gene
     return text
 
 
-def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> dict[str, Any]:
+class EncodedChat(TypedDict):
+    """A chat in tokens: ``labels`` is the token where it is learnt, -100 where not."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool  # the chat was longer than max_length and was cut
+
+
+def encode_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int) -> EncodedChat:
     """Token ids of a chat in the model's own template, with labels only on the assistant turns.
 
     Each assistant turn is located by rendering the chat up to it (with the generation prompt) and

@@ -10,6 +10,9 @@
 - **The base model**: ``HF_BASE_MODEL`` is a Hugging Face id, a local model folder, or a local
   ``.gguf`` file; :class:`BaseSpec` says which and how transformers loads it.
 
+What crosses between the bot and the trainer is JSON, typed here: :class:`TrainJob` (``job.json``),
+:class:`TrainerEvent` (a line of ``events.jsonl``), :class:`BaseSpecJSON`.
+
 Everything here is sync and cheap (small files).
 """
 
@@ -23,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, Required, TypedDict
 
 from storage import append_record
 from training.versions import Versions
@@ -36,6 +39,14 @@ HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 # ---------------------------------------------------------------- the base model
+
+class BaseSpecJSON(TypedDict):
+    """A :class:`BaseSpec` as JSON (in ``job.json``, the answer worker's settings and a version's meta.json)."""
+
+    source: str
+    gguf_file: str | None
+    kind: str
+
 
 @dataclass(frozen=True)
 class BaseSpec:
@@ -75,11 +86,11 @@ class BaseSpec:
             return Path(self.source).name
         return self.source
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> BaseSpecJSON:
         return {"source": self.source, "gguf_file": self.gguf_file, "kind": self.kind}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BaseSpec:
+    def from_json(cls, data: BaseSpecJSON) -> BaseSpec:
         return cls(str(data["source"]), data.get("gguf_file"), str(data.get("kind") or "hub"))
 
 
@@ -90,16 +101,60 @@ VERSIONS = Versions("hf-v", "a model of this backend", files=ADAPTER_FILES)
 
 # ---------------------------------------------------------------- runs (a job's working folder)
 
+class TrainJob(TypedDict):
+    """``job.json``: what the bot asks the trainer to do (``bot_pid``: the bot the trainer watches)."""
+
+    job_id: str
+    guild_id: int
+    method: str  # supervised | dpo
+    base: BaseSpecJSON
+    adapter_from: str | None  # the version a DPO training continues from (its folder)
+    models_dir: str
+    lora_rank: int
+    epochs: int
+    learning_rate: float
+    max_seq_length: int
+    batch_size: int
+    threads: int
+    device: str
+    checkpoint_seconds: float
+    bot_pid: int
+    seed: int
+
+
+class TrainerEvent(TypedDict, total=False):
+    """A line of ``events.jsonl``: ``t`` says what happened; the trainer's fields for each kind are below."""
+
+    time: float  # added by append_event
+    t: Required[Literal["info", "start", "step", "checkpoint", "stopped", "cancelled", "error", "done"]]
+    message: str  # info, error
+    total: int  # start, step: steps of the whole training
+    examples: int  # start
+    device: str  # start
+    resumed_from: int | None  # start: the checkpoint step it went on from
+    world: int  # start: processes
+    step: int | None  # step, checkpoint, stopped (None: before training began), done
+    loss: float  # step
+    smoothed: float  # step
+    examples_per_s: float | None  # step
+    eta: float  # step: seconds
+    epoch: float  # step
+    reason: str  # stopped
+    model: str  # done: the version saved
+    final_loss: float | None  # done
+
+
 def run_dir(models: Path, job_id: str) -> Path:
     return models / RUNS / job_id
 
 
-def append_event(folder: Path, event: dict[str, Any]) -> None:
+def append_event(folder: Path, event: TrainerEvent) -> None:
     """One progress event, appended and fsynced (the bot reads them from its own offset)."""
-    append_record(folder / "events.jsonl", {"time": round(time.time(), 3), **event})
+    line: TrainerEvent = {"time": round(time.time(), 3), **event}
+    append_record(folder / "events.jsonl", line)
 
 
-def read_events(folder: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+def read_events(folder: Path, offset: int) -> tuple[list[TrainerEvent], int]:
     """Complete event lines after byte ``offset``, and the offset after the last complete one.
 
     A line still being written (no newline yet) is left for the next read.
@@ -111,17 +166,17 @@ def read_events(folder: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
-    events = []
+    events: list[TrainerEvent] = []
     for raw in data[:end].splitlines():
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            event: TrainerEvent = json.loads(raw)
         except ValueError:
             log.warning("%s: skipped a damaged event line", folder)
             continue
-        if isinstance(obj, dict):
-            events.append(obj)
+        if isinstance(event, dict):
+            events.append(event)
     return events, offset + end
 
 

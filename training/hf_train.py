@@ -31,7 +31,11 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
+
+if TYPE_CHECKING:
+    from dataset.lines import ChatLine, ChatMessage, PreferenceLine
+    from training.hf_store import TrainerEvent, TrainJob
 
 if TYPE_CHECKING:  # heavy: imported for real only inside _train
     from peft import PeftModel
@@ -90,7 +94,7 @@ class Cancelled(Exception):
     pass
 
 
-def _event(folder: Path, main: bool, **event: Any) -> None:
+def _event(folder: Path, main: bool, **event: Unpack[TrainerEvent]) -> None:
     if main:
         from training.hf_store import append_event
 
@@ -109,7 +113,7 @@ def build_callbacks(folder: Path, main: bool, stop: Stop, *, total: int, start_s
             self.ema: float | None = None
             self.last_save = time.monotonic()
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
                 return
             loss = float(logs["loss"])
@@ -141,25 +145,25 @@ def build_callbacks(folder: Path, main: bool, stop: Stop, *, total: int, start_s
     return [Progress()]
 
 
-def supervised_dataset(tok: Any, lines: list[dict[str, Any]], max_length: int) -> tuple[Any, int]:
+def supervised_dataset(tok: Any, lines: list[ChatLine], max_length: int) -> tuple[Any, int]:
     from datasets import Dataset
 
     from training.hf_model import encode_chat
 
     rows, truncated = [], 0
     for line in lines:
-        messages = [{"role": m["role"], "content": m["content"]} for m in line.get("messages") or []
-                    if isinstance(m.get("content"), str)]
+        messages = [{"role": m["role"], "content": content} for m in line.get("messages") or []
+                    if isinstance(content := m.get("content"), str)]
         if not any(m["role"] == "assistant" for m in messages):
             continue
         enc = encode_chat(tok, messages, max_length)
-        truncated += enc.pop("truncated")
+        truncated += enc["truncated"]
         if any(label != -100 for label in enc["labels"]):
-            rows.append(enc)
+            rows.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
     return Dataset.from_list(rows), truncated
 
 
-def preference_dataset(lines: list[dict[str, Any]], replay: list[dict[str, Any]], seed: int = 0) -> tuple[Any, int]:
+def preference_dataset(lines: list[PreferenceLine], replay: list[ChatLine], seed: int = 0) -> tuple[Any, int]:
     """DPO rows from the preference lines, plus replay rows that keep the rest of what the model knows.
 
     A few pairs alone pull every answer towards the corrected ones (measured on the tiny test model:
@@ -171,8 +175,8 @@ def preference_dataset(lines: list[dict[str, Any]], replay: list[dict[str, Any]]
 
     from datasets import Dataset
 
-    def msgs(items: list[dict[str, Any]]) -> list[dict[str, str]]:
-        return [{"role": m["role"], "content": m["content"]} for m in items if isinstance(m.get("content"), str)]
+    def msgs(items: list[ChatMessage]) -> list[dict[str, str]]:
+        return [{"role": m["role"], "content": content} for m in items if isinstance(content := m.get("content"), str)]
 
     rows, corrected = [], set()
     for line in lines:
@@ -183,8 +187,8 @@ def preference_dataset(lines: list[dict[str, Any]], replay: list[dict[str, Any]]
             rows.append({"prompt": prompt, "chosen": chosen[:1], "rejected": rejected[:1]})
             corrected.add(json.dumps([m for m in prompt if m["role"] != "system"]))
     kept = []
-    for line in replay:
-        messages = msgs(line.get("messages") or [])
+    for chat in replay:
+        messages = msgs(chat.get("messages") or [])
         if len(messages) < 2 or messages[-1]["role"] != "assistant":
             continue
         prompt = messages[:-1]
@@ -204,7 +208,7 @@ def preference_dataset(lines: list[dict[str, Any]], replay: list[dict[str, Any]]
 
 def train(folder: Path) -> int:
     """Run the job in ``folder``; the process exit status."""
-    spec = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+    spec: TrainJob = json.loads((folder / "job.json").read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     main = rank == 0
     from training.hf_store import BaseSpec, hold_lock, latest_checkpoint
@@ -247,7 +251,7 @@ def _stopped(folder: Path, main: bool, stop: Stop, step: int | None) -> int:
     return 0
 
 
-def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: Any, base: Any,
+def _train(folder: Path, spec: TrainJob, main: bool, stop: Stop, on_term: Any, base: Any,
            resume: Path | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch  # noqa: F401  (heavy imports after the lock, so a restart sees us alive at once)
@@ -256,6 +260,7 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
 
     device = pick_device(spec.get("device") or "auto", int(spec.get("threads") or 0))
     method = spec["method"]
+    # train.jsonl holds chat lines, or preference lines for dpo (both written by the bot)
     lines = [json.loads(raw) for raw in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()
              if raw.strip()]
     _event(folder, main, t="info", message=f"Loading {base.label} on {device.label}")
@@ -287,8 +292,8 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
         from trl import DPOConfig, DPOTrainer
 
         replay_file = folder / "replay.jsonl"
-        replay = [json.loads(raw) for raw in replay_file.read_text(encoding="utf-8").splitlines()
-                  if raw.strip()] if replay_file.is_file() else []
+        replay: list[ChatLine] = [json.loads(raw) for raw in replay_file.read_text(encoding="utf-8").splitlines()
+                                  if raw.strip()] if replay_file.is_file() else []
         data, n_replay = preference_dataset(lines, replay, int(spec.get("seed") or 0))
         if n_replay:
             _event(folder, main, t="info", message=f"{len(data) - n_replay} preference pair(s) and {n_replay} "
@@ -297,9 +302,10 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
             raise ValueError("no usable preference pairs")
         args = DPOConfig(**common, loss_type=["sigmoid", "sft"], beta=0.1)
         kwargs: dict[str, Any] = {}
-        if spec.get("adapter_from"):
+        parent = spec.get("adapter_from")
+        if parent:
             # Continue the current adapter; trl keeps a frozen copy of it as the DPO reference.
-            model = PeftModel.from_pretrained(model, spec["adapter_from"], is_trainable=True)
+            model = PeftModel.from_pretrained(model, parent, is_trainable=True)
         else:
             kwargs["peft_config"] = lora
         n_examples = len(data)
@@ -344,7 +350,7 @@ def _train(folder: Path, spec: dict[str, Any], main: bool, stop: Stop, on_term: 
     return 0
 
 
-def _save_version(folder: Path, spec: dict[str, Any], trainer: Any, base: Any, n_examples: int) -> str:
+def _save_version(folder: Path, spec: TrainJob, trainer: Any, base: Any, n_examples: int) -> str:
     """Write the adapter into a hidden folder, then number and rename it (never half a model)."""
     from training.hf_store import VERSIONS
     from training.versions import new_tmp_dir
@@ -357,7 +363,7 @@ def _save_version(folder: Path, spec: dict[str, Any], trainer: Any, base: Any, n
         losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
         meta = {
             "job_id": spec["job_id"], "method": spec["method"], "base": base.to_json(), "base_label": base.label,
-            "parent": Path(spec["adapter_from"]).name if spec.get("adapter_from") else None,
+            "parent": Path(parent).name if (parent := spec.get("adapter_from")) else None,
             "created_at": time.time(), "examples": n_examples, "steps": trainer.state.global_step,
             "final_loss": losses[-1] if losses else None,
             "settings": {k: spec[k] for k in ("lora_rank", "epochs", "learning_rate", "max_seq_length",

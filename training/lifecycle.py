@@ -318,8 +318,7 @@ class JobRunner:
         await saved("the evaluation set", evaluation.add_to_eval_set, space, cases, author_id=author_id,
                     author_name=author_name)
         if result.mismatches:
-            rows = [TestError(m["input"], m["expected"], m.get("got"), m.get("kind", "answer"), m.get("line"),
-                              model_name) for m in result.mismatches]
+            rows = [TestError(m.input, m.expected, m.got, m.kind, m.line, model_name) for m in result.mismatches]
             await saved("the mismatches", corrections.add_test_errors, space, rows)
         return result
 

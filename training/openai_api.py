@@ -27,6 +27,7 @@ from training.backend import History, Job, JobUpdate, Method, TrainingBackend
 if TYPE_CHECKING:
     from config import Settings
     from dataset.compile import Compiled
+    from dataset.lines import ChatLine, PreferenceLine
     from storage import GuildSpace
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def _suffix(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "trainer"
 
 
-def jsonl(lines: list[dict[str, Any]]) -> bytes:
+def jsonl(lines: list[ChatLine] | list[PreferenceLine]) -> bytes:
     return b"".join(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n" for line in lines)
 
 

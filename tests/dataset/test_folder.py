@@ -31,8 +31,8 @@ def test_ingest_writes_new_files_and_skips_duplicates(space: GuildSpace) -> None
     assert len(list(dataset_folder.current_dataset(space).glob("*.jsonl"))) == 3
     loaded = dataset_folder.load_dataset(space, dataset_folder.current_dataset(space))
     assert loaded.added == 4 and loaded.skipped == []
-    record = next(e for e in loaded.examples if e.get("text") == "new")
-    assert record["added_by"] == "bob" and record["source"] == "inline"
+    record = next(e for e in loaded.examples if e.text == "new")
+    assert record.added_by == "bob" and record.source == "inline"
     assert not any(p.name.startswith(".") for p in dataset_folder.current_dataset(space).iterdir())
 
 
@@ -76,7 +76,7 @@ def test_select_dataset(space: GuildSpace) -> None:
     assert state["dataset"] == "datasets/reviews" and state["dataset_positive"] is False
     assert dataset_folder.current_dataset(space) == folder.resolve()
     loaded = dataset_folder.load_dataset(space, dataset_folder.current_dataset(space))
-    assert {e["label"] for e in loaded.examples} == {"negative"}
+    assert {e.label for e in loaded.examples} == {"negative"}
     (space.data / "datasets" / "empty").mkdir()
     with pytest.raises(InvalidInput):
         dataset_folder.select_dataset(space, "datasets/empty")

@@ -10,6 +10,7 @@ from typing import Any
 
 from dataset.check import CheckReport, Issue
 from dataset.compile import Compiled
+from dataset.lines import ChatLine, PreferenceLine
 from storage import GuildSpace
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,12 @@ FAQ = [
 ]
 
 
-def chat_line(user: str, assistant: str, system: str = "You are the server's helper.") -> dict[str, Any]:
+def chat_line(user: str, assistant: str, system: str = "You are the server's helper.") -> ChatLine:
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user},
                          {"role": "assistant", "content": assistant}]}
 
 
-def dpo_line(user: str, good: str, bad: str) -> dict[str, Any]:
+def dpo_line(user: str, good: str, bad: str) -> PreferenceLine:
     return {"input": {"messages": [{"role": "user", "content": user}]},
             "preferred_output": [{"role": "assistant", "content": good}],
             "non_preferred_output": [{"role": "assistant", "content": bad}]}
@@ -86,7 +87,7 @@ def report(**fields: Any) -> CheckReport:
 
 
 def compiled(faq: list[tuple[str, str]] | None = None, *, labelled: list[tuple[str, str]] | None = None,
-             preference: list[dict] | None = None) -> Compiled:
+             preference: list[PreferenceLine] | None = None) -> Compiled:
     faq = FAQ if faq is None else faq
     lines = [chat_line(u, a) for u, a in faq]
     return Compiled(lines, preference or [], labelled or [],

@@ -8,7 +8,7 @@ import pytest
 
 from errors import BackendError, InvalidInput
 from training import evaluation as ev
-from training.evaluation import Case, matches, normalize, parse_cases, run_cases
+from training.evaluation import Case, Mismatch, matches, normalize, parse_cases, run_cases
 
 
 def test_parse_array_and_lines() -> None:
@@ -61,9 +61,8 @@ async def test_bounded_concurrency_and_accuracy() -> None:
     result = await run_cases(answer, cases, concurrency=3)
     assert peak == 3
     assert (result.total, result.correct) == (20, 15) and result.accuracy == 0.75
-    assert [m["input"] for m in result.mismatches] == ["0", "4", "8", "12", "16"]
-    assert result.mismatches[0] == {"input": "0", "expected": "answer 0.", "got": "wrong", "kind": "answer",
-                                    "line": 0}
+    assert [m.input for m in result.mismatches] == ["0", "4", "8", "12", "16"]
+    assert result.mismatches[0] == Mismatch(input="0", expected="answer 0.", got="wrong", kind="answer", line=0)
     assert "15/20 correct (75%)" in result.summary()
 
 

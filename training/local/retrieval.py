@@ -116,11 +116,10 @@ def pairs_from(compiled: Compiled) -> list[tuple[str, str]]:
                 last_user = content
             elif role == "assistant" and last_user:
                 found.append((last_user, content))
-    for line in compiled.preference:
-        users = [m.get("content") for m in (line.get("input") or {}).get("messages") or []
-                 if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        preferred = [m.get("content") for m in line.get("preferred_output") or []
-                     if isinstance(m.get("content"), str)]
+    for pair in compiled.preference:
+        users = [content for m in (pair.get("input") or {}).get("messages") or []
+                 if m.get("role") == "user" and isinstance(content := m.get("content"), str)]
+        preferred = [content for m in pair.get("preferred_output") or [] if isinstance(content := m.get("content"), str)]
         if users and preferred:
             found.append((users[-1], preferred[0]))
     # Corrections come after the data they correct, so the last answer for a prompt wins.
