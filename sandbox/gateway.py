@@ -12,10 +12,22 @@ import asyncio
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from sandbox.payloads import (
+    ControlData,
+    ControlFrame,
+    DispatchFrame,
+    EventPayload,
+    IdentifyPayload,
+    ReadyPayload,
+    ResumedPayload,
+    ResumePayload,
+    VoiceStateRequestPayload,
+)
 from sandbox.state import User, shard_of
 
 if TYPE_CHECKING:
@@ -42,7 +54,7 @@ class Session:
         self.id = session_id
         self.user = user
         self.seq = 0
-        self.backlog: list[dict[str, Any]] = []  # sent events kept for RESUME
+        self.backlog: list[DispatchFrame] = []  # sent events kept for RESUME
         self.ws: web.WebSocketResponse | None = None
         self.intents = 0  # from IDENTIFY: Discord only sends the events a client asked for
         self.shard = (0, 1)  # from IDENTIFY: (shard_id, shard_count)
@@ -63,11 +75,11 @@ class Gateway:
         # Discord's ACK crosses the network, so it reaches the client well after the client's
         # heartbeat thread has recorded its send time; see HEARTBEAT_ACK_DELAY.
         self.heartbeat_ack_delay = heartbeat_ack_delay
-        self.heartbeats: list[tuple[float, Any]] = []  # (monotonic time, d) of every op 1 the bot sent
+        self.heartbeats: list[tuple[float, int | None]] = []  # (monotonic time, d) of every op 1 the bot sent
         self.sessions: dict[str, Session] = {}
         self.identify_count = 0
         self.resume_count = 0
-        self.bot_voice_requests: list[dict[str, Any]] = []
+        self.bot_voice_requests: list[VoiceStateRequestPayload] = []
         self.recommended_shards = 1  # the "shards" of GET /gateway/bot, which AutoShardedClient runs
         self._background: set[asyncio.Task[None]] = set()
 
@@ -77,7 +89,7 @@ class Gateway:
         for session in sessions:
             if session.ws is not None and not session.ws.closed:
                 try:
-                    await session.ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None}))
+                    await session.ws.send_str(json.dumps(_control(OP_INVALID_SESSION, False)))
                 except ConnectionResetError:
                     pass
 
@@ -89,15 +101,16 @@ class Gateway:
             if session.ws is not None and not session.ws.closed:
                 await session.ws.close(code=1001)
 
-    async def dispatch(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
+    async def dispatch(self, event: str, data: EventPayload, *, intent: int = 0) -> None:
         """Send a gateway event to every bot session whose shard has the server the event names in
         its ``guild_id`` (none: a DM's, shard 0) (``intent``: only those that identified with it)."""
-        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+        named = data.get("guild_id")
+        guild_id = int(named) if isinstance(named, (str, int)) and named else None
         for session in list(self.sessions.values()):
             if (intent and not session.intents & intent) or not session.receives(guild_id):
                 continue
             session.seq += 1
-            payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+            payload: DispatchFrame = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
             session.backlog.append(payload)
             del session.backlog[:-1000]
             if session.ws is not None and not session.ws.closed:
@@ -116,35 +129,36 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
-        await ws.send_str(json.dumps({"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms},
-                                      "s": None, "t": None}))
+        await ws.send_str(json.dumps(_control(OP_HELLO, {"heartbeat_interval": self.heartbeat_interval_ms})))
         session: Session | None = None
         async for raw in ws:
             if raw.type != WSMsgType.TEXT:
                 continue
-            msg = json.loads(raw.data)
+            msg = json.loads(raw.data)  # any JSON the bot sent: its "d" is typed below, by "op"
             op, d = msg.get("op"), msg.get("d")
             if op == OP_HEARTBEAT:
                 # Only a client heartbeat is acknowledged, as Discord does, after the round trip.
-                self.heartbeats.append((time.monotonic(), d))
+                last_seq: int | None = d
+                self.heartbeats.append((time.monotonic(), last_seq))
                 self._spawn(self._heartbeat_ack(ws))
                 await self.sandbox.wake()
             elif op == OP_IDENTIFY:
-                if d.get("token") != self.sandbox.bot_token:
+                identify: IdentifyPayload = d
+                if identify.get("token") != self.sandbox.bot_token:
                     await ws.close(code=4004, message=b"Authentication failed.")
                     break
-                shard = _shard(d.get("shard"))
+                shard = _shard(identify.get("shard"))
                 if shard is None:
                     await ws.close(code=4010, message=b"Invalid shard.")
                     break
                 self.identify_count += 1
                 session = Session(secrets.token_hex(16), self.state.bot_user)
-                session.intents = int(d.get("intents") or 0)
+                session.intents = int(identify.get("intents") or 0)
                 session.shard = shard
                 session.ws = ws
                 self.sessions[session.id] = session
                 guilds = [g.id for g in self.state.guilds.values() if session.receives(g.id)]
-                ready = {
+                ready: ReadyPayload = {
                     "v": 10, "user": self.state.bot_user.payload(),
                     "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
                     "session_id": session.id, "resume_gateway_url": self.sandbox.gateway_url, "private_channels": [],
@@ -156,18 +170,20 @@ class Gateway:
                     await self._send_event(session, "GUILD_CREATE", self.state.guild_payload(guild_id))
                 await self.sandbox.wake()  # wait_for(): a bot (re)joined
             elif op == OP_RESUME:
-                session = self.sessions.get(d.get("session_id", ""))
-                if session is None or d.get("token") != self.sandbox.bot_token:
-                    await ws.send_str(json.dumps({"op": OP_INVALID_SESSION, "d": False, "s": None, "t": None}))
+                resume: ResumePayload = d
+                session = self.sessions.get(resume.get("session_id", ""))
+                if session is None or resume.get("token") != self.sandbox.bot_token:
+                    await ws.send_str(json.dumps(_control(OP_INVALID_SESSION, False)))
                     continue
                 self.resume_count += 1
                 session.ws = ws
                 for payload in session.backlog:
-                    if payload["s"] > int(d.get("seq") or 0):
+                    if payload["s"] > int(resume.get("seq") or 0):
                         await ws.send_str(json.dumps(payload))
-                await self._send_event(session, "RESUMED", {})
+                await self._send_event(session, "RESUMED", ResumedPayload())
             elif op == OP_VOICE_STATE:
-                await self._bot_voice_state(d)
+                voice: VoiceStateRequestPayload = d
+                await self._bot_voice_state(voice)
             elif op in (OP_PRESENCE, OP_REQUEST_MEMBERS):
                 pass
             else:
@@ -176,7 +192,7 @@ class Gateway:
             session.ws = None
         return ws
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -185,7 +201,7 @@ class Gateway:
         await asyncio.sleep(self.heartbeat_ack_delay)
         if not ws.closed:
             try:
-                await ws.send_str(json.dumps({"op": OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None}))
+                await ws.send_str(json.dumps(_control(OP_HEARTBEAT_ACK, None)))
             except ConnectionResetError:
                 pass
 
@@ -193,23 +209,24 @@ class Gateway:
         """Ask every connected bot for an immediate heartbeat (op 1 from the server), as Discord may."""
         for session in self.sessions.values():
             if session.ws is not None and not session.ws.closed:
-                await session.ws.send_str(json.dumps({"op": OP_HEARTBEAT, "d": None, "s": None, "t": None}))
+                await session.ws.send_str(json.dumps(_control(OP_HEARTBEAT, None)))
 
-    async def _send_event(self, session: Session, event: str, data: dict[str, Any]) -> None:
+    async def _send_event(self, session: Session, event: str, data: EventPayload) -> None:
         session.seq += 1
-        payload = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+        payload: DispatchFrame = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
         session.backlog.append(payload)
         assert session.ws is not None
         await session.ws.send_str(json.dumps(payload))
 
-    async def _bot_voice_state(self, d: dict[str, Any]) -> None:
+    async def _bot_voice_state(self, d: VoiceStateRequestPayload) -> None:
         """The bot asked to join/leave voice in a server (op 4): answer as Discord does. A server
         that is not there (any more: a new world began) gets no answer."""
         self.bot_voice_requests.append(d)
         guild = self.state.guilds.get(int(d["guild_id"]) if d.get("guild_id") else self.state.guild_id)
         if guild is None:
             return
-        channel_id = int(d["channel_id"]) if d.get("channel_id") else None
+        requested = d.get("channel_id")
+        channel_id = int(requested) if requested else None
         if channel_id is None:
             guild.voice_states.pop(self.state.bot_user.id, None)
         else:
@@ -224,7 +241,12 @@ class Gateway:
             })
 
 
-def _shard(value: Any) -> tuple[int, int] | None:
+def _control(op: int, d: ControlData) -> ControlFrame:
+    """A frame other than a dispatch: no sequence number, no event name."""
+    return {"op": op, "d": d, "s": None, "t": None}
+
+
+def _shard(value: list[int] | None) -> tuple[int, int] | None:
     """IDENTIFY's ``shard`` as (shard_id, shard_count): (0, 1) when it has none, None when invalid."""
     if value is None:
         return (0, 1)

@@ -12,10 +12,19 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from aiohttp import BodyPartReader, web
 
+from sandbox.payloads import (
+    DMCreateBody,
+    GatewayPayload,
+    MessageBody,
+    MessageDeletePayload,
+    MessageReactionPayload,
+    MessageReactionRemoveAllPayload,
+    MessageReactionRemoveEmojiPayload,
+)
 from sandbox.state import (
     ADD_REACTIONS,
     MANAGE_MESSAGES,
@@ -84,7 +93,8 @@ def parse_emoji(text: str) -> str:
     raise ReactionError("Unknown Emoji", 10014)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: object, status: int = 200) -> web.Response:
+    """``data`` (a payload, a list of them, an error body) as Discord's JSON answer."""
     # discord.py only parses bodies whose Content-Type is exactly application/json.
     return web.Response(
         body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
@@ -194,10 +204,10 @@ class Rest:
         })
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
-        data: dict[str, Any] = {"url": self.sandbox.gateway_url}
+        data: GatewayPayload = {"url": self.sandbox.gateway_url}
         if request.path.endswith("/bot"):
-            data.update(shards=self.gateway.recommended_shards,
-                        session_start_limit={"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1})
+            data["shards"] = self.gateway.recommended_shards
+            data["session_start_limit"] = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
         return _json(data)
 
     def _get_channel(self, request: web.Request) -> Channel:
@@ -215,10 +225,12 @@ class Rest:
         channel = self._get_channel(request)
         return _json(channel.payload())
 
-    async def _read_message_body(self, request: web.Request, channel_id: int) -> tuple[dict[str, Any], list[Attachment]]:
+    async def _read_message_body(self, request: web.Request, channel_id: int) -> tuple[MessageBody, list[Attachment]]:
+        """The JSON of a message create/edit request (as the client sent it: taken to be a
+        :class:`MessageBody`) and the files it uploads."""
         files: list[Attachment] = []
+        payload: MessageBody = {}
         if request.content_type.startswith("multipart/"):
-            payload: dict[str, Any] = {}
             reader = await request.multipart()
             async for part in reader:
                 if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's clients send none
@@ -231,7 +243,9 @@ class Rest:
                     files.append(self.store_attachment(channel_id, part.filename or "file", data, ctype, None))
             return payload, files
         body = await request.read()
-        return (json.loads(body) if body else {}), files
+        if body:
+            payload = json.loads(body)
+        return payload, files
 
     async def _send_message(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -247,7 +261,8 @@ class Rest:
         if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
             return _json(error, 400)
         ref = payload.get("message_reference") or {}
-        ref_id = int(ref["message_id"]) if ref.get("message_id") else None
+        ref_message = ref.get("message_id")
+        ref_id = int(ref_message) if ref_message else None
         msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user, content, files,
                       embeds=payload.get("embeds") or [], reference_id=ref_id, allowed_mentions=allowed)
         await self.create_message(msg)
@@ -288,8 +303,10 @@ class Rest:
     async def _delete_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
         msg.deleted = True
-        await self.gateway.dispatch("MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id),
-                                                       **({"guild_id": str(msg.guild_id)} if msg.guild_id else {})})
+        deleted: MessageDeletePayload = {"id": str(msg.id), "channel_id": str(msg.channel_id)}
+        if msg.guild_id:
+            deleted["guild_id"] = str(msg.guild_id)
+        await self.gateway.dispatch("MESSAGE_DELETE", deleted)
         await self.notify("delete", msg)
         self.state.changed()
         return web.Response(status=204)
@@ -317,10 +334,10 @@ class Rest:
         return web.Response(status=204)
 
     # ----------------------------------------------------------------- reactions
-    def _reaction_event(self, msg: Message, user: User, emoji: str, added: bool) -> dict[str, Any]:
+    def _reaction_event(self, msg: Message, user: User, emoji: str, added: bool) -> MessageReactionPayload:
         """MESSAGE_REACTION_ADD / _REMOVE as Discord sends them (the add carries the member,
         the message's author and burst colours; the remove does not)."""
-        data: dict[str, Any] = {
+        data: MessageReactionPayload = {
             "user_id": str(user.id), "type": 0, "message_id": str(msg.id), "emoji": {"id": None, "name": emoji},
             "channel_id": str(msg.channel_id), "burst": False,
         }
@@ -443,8 +460,9 @@ class Rest:
         return _json([self.state.users[u].payload() for u in ids[:limit]])
 
     async def _clear_reactions(self, msg: Message, emoji: str | None) -> None:
-        guild = {"guild_id": str(msg.guild_id)} if msg.guild_id else {}
-        where = {"channel_id": str(msg.channel_id), "message_id": str(msg.id), **guild}
+        where: MessageReactionRemoveAllPayload = {"channel_id": str(msg.channel_id), "message_id": str(msg.id)}
+        if msg.guild_id:
+            where["guild_id"] = str(msg.guild_id)
         if emoji is None:
             if not msg.reactions:
                 return
@@ -453,8 +471,8 @@ class Rest:
         else:
             if msg.reactions.pop(emoji, None) is None:
                 return
-            await self.gateway.dispatch("MESSAGE_REACTION_REMOVE_EMOJI", {**where, "emoji": {"id": None, "name": emoji}},
-                                        intent=self._reaction_intent(msg))
+            removed: MessageReactionRemoveEmojiPayload = {**where, "emoji": {"id": None, "name": emoji}}
+            await self.gateway.dispatch("MESSAGE_REACTION_REMOVE_EMOJI", removed, intent=self._reaction_intent(msg))
         await self._notify_reaction("clear", msg, self.state.bot_user, emoji or "")
 
     def _get_guild(self, request: web.Request) -> Guild:
@@ -468,12 +486,16 @@ class Rest:
 
     async def _guild(self, request: web.Request) -> web.Response:
         data = self.state.guild_payload(self._get_guild(request))
-        for key in ("members", "channels", "voice_states", "presences", "threads"):
-            data.pop(key, None)
+        # Get Guild's server has no GUILD_CREATE lists.
+        data.pop("members", None)
+        data.pop("channels", None)
+        data.pop("voice_states", None)
+        data.pop("presences", None)
+        data.pop("threads", None)
         return _json(data)
 
     async def _dm(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body: DMCreateBody = await request.json()
         user = existing(self.state.users.get(int(body["recipient_id"])), "User")
         return _json(self.state.dm_channel(user).payload())
 

@@ -24,12 +24,13 @@ import logging
 import secrets
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 import aiohttp
 from aiohttp import web
 
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
+from sandbox.payloads import UnavailableGuildPayload
 from sandbox.rest import API_PREFIX, ReactionError, Rest, parse_emoji
 from sandbox.state import (
     ADD_REACTIONS,
@@ -72,6 +73,12 @@ __all__ = [
     "Attachment", "Channel", "Guild", "Message", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
     "shard_of",
 ]
+
+
+class BotKwargs(TypedDict, total=False):
+    """What :meth:`Sandbox.bot_kwargs` gives ``commands.Bot``."""
+
+    connector: aiohttp.TCPConnector  # trusts the voice server's certificate
 
 
 class _On:
@@ -287,7 +294,7 @@ class Sandbox:
         """An SSL context trusting the voice server's self-signed certificate (None without voice)."""
         return self.voice_server.client_ssl_context() if self.voice_server is not None else None
 
-    def bot_kwargs(self) -> dict[str, Any]:
+    def bot_kwargs(self) -> BotKwargs:
         """Extra ``commands.Bot`` arguments for a bot logging in here: trust the voice server.
 
         Call it inside the running event loop (it makes an aiohttp connector)."""
@@ -311,7 +318,8 @@ class Sandbox:
         # The old servers are gone for the bot, as when it is removed from a server: a sharded client keeps
         # other shards' servers across a re-identify, so it must be told.
         for guild in list(self.guilds.values()):
-            await self.dispatch("GUILD_DELETE", {"id": str(guild.id)})
+            deleted: UnavailableGuildPayload = {"id": str(guild.id)}
+            await self.gateway.dispatch("GUILD_DELETE", deleted)
         await self.gateway.invalidate_sessions()
         self.state.new_world(self.guild_name)
         await self.store.begin_again()

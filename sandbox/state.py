@@ -13,7 +13,28 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
+
+from sandbox.payloads import (
+    AllowedMentionsPayload,
+    AllowedMentionType,
+    AttachmentPayload,
+    ChannelPayload,
+    DMChannelPayload,
+    EmbedPayload,
+    ErrorPayload,
+    GuildChannelPayload,
+    GuildPayload,
+    MemberPayload,
+    MessagePayload,
+    MessageReferencePayload,
+    Overwrite,
+    ReactionPayload,
+    RolePayload,
+    UserMentionPayload,
+    UserPayload,
+    VoiceStatePayload,
+)
 
 DISCORD_EPOCH_MS = 1420070400000
 
@@ -44,7 +65,7 @@ IS_VOICE_MESSAGE = 1 << 13
 USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
 ROLE_MENTION = re.compile(r"<@&(\d{15,21})>")
 EVERYONE_MENTION = re.compile(r"@(everyone|here)")
-ALLOWED_PARSE = ("users", "roles", "everyone")
+ALLOWED_PARSE: tuple[AllowedMentionType, ...] = ("users", "roles", "everyone")
 
 
 def iso_time(ts: float | None = None) -> str:
@@ -91,15 +112,15 @@ class User:
     in_guild: bool = True  # False: a Discord user who is a member of none of the sandbox's servers
     joined: float = field(default_factory=time.time)
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> UserPayload:
         return {
             "id": str(self.id), "username": self.name, "discriminator": "0", "global_name": self.name,
             "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0,
         }
 
-    def member_payload(self, with_user: bool = True, roles: list[int] | None = None) -> dict[str, Any]:
+    def member_payload(self, with_user: bool = True, roles: list[int] | None = None) -> MemberPayload:
         """As a member of a server whose roles are ``roles`` (None: all the user's roles)."""
-        data: dict[str, Any] = {
+        data: MemberPayload = {
             "roles": [str(r) for r in (self.roles if roles is None else roles)], "joined_at": iso_time(self.joined),
             "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
         }
@@ -141,8 +162,8 @@ class Attachment:
     def __repr__(self) -> str:
         return f"Attachment(id={self.id}, filename={self.filename!r}, size={self.size})"
 
-    def payload(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
+    def payload(self) -> AttachmentPayload:
+        data: AttachmentPayload = {
             "id": str(self.id), "filename": self.filename, "size": self.size, "url": self.url,
             "proxy_url": self.url,
         }
@@ -162,7 +183,7 @@ class Message:
     author: User
     content: str
     attachments: list[Attachment] = field(default_factory=list)
-    embeds: list[dict[str, Any]] = field(default_factory=list)
+    embeds: list[EmbedPayload] = field(default_factory=list)
     reference_id: int | None = None
     flags: int = 0
     timestamp: float = field(default_factory=time.time)
@@ -178,7 +199,7 @@ class Message:
     # sends no push for an edit, but the mention still lands in that person's mentions).
     notified: set[int] = field(default_factory=set)
     pinged: set[int] = field(default_factory=set)  # who the last creation/edit newly pinged
-    allowed_mentions: dict[str, Any] | None = None  # as the sender gave it (None: not given)
+    allowed_mentions: AllowedMentionsPayload | None = None  # as the sender gave it (None: not given)
     # Reactions: emoji -> ids of the users who reacted, both in the order they came.
     reactions: dict[str, list[int]] = field(default_factory=dict)
 
@@ -195,14 +216,18 @@ class Channel:
     guild_id: int | None
     position: int = 0
     recipient: User | None = None
-    # Discord's permission overwrites: {"id": role/user id, "type": 0 role | 1 member, "allow", "deny"}.
-    overwrites: list[dict[str, Any]] = field(default_factory=list)
+    # Discord's permission overwrites, with ints: {"id": role/user id, "type": 0 role | 1 member, "allow", "deny"}.
+    overwrites: list[Overwrite] = field(default_factory=list)
 
-    def payload(self) -> dict[str, Any]:
-        if self.type == 1:
-            return {"id": str(self.id), "type": 1, "last_message_id": None,
-                    "recipients": [self.recipient.payload()] if self.recipient else []}
-        data: dict[str, Any] = {
+    def payload(self) -> ChannelPayload:
+        return self.dm_payload() if self.type == 1 else self.guild_channel_payload()
+
+    def dm_payload(self) -> DMChannelPayload:
+        return {"id": str(self.id), "type": 1, "last_message_id": None,
+                "recipients": [self.recipient.payload()] if self.recipient else []}
+
+    def guild_channel_payload(self) -> GuildChannelPayload:
+        data: GuildChannelPayload = {
             "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id), "name": self.name,
             "position": self.position, "permission_overwrites": [
                 {"id": str(o["id"]), "type": o.get("type", 0), "allow": str(o.get("allow", 0)),
@@ -210,9 +235,9 @@ class Channel:
             ], "nsfw": False, "parent_id": None,
         }
         if self.type == 0:
-            data.update(topic=None, last_message_id=None, rate_limit_per_user=0)
+            data["topic"], data["last_message_id"], data["rate_limit_per_user"] = None, None, 0
         else:
-            data.update(bitrate=64000, user_limit=0, rtc_region=None)
+            data["bitrate"], data["user_limit"], data["rtc_region"] = 64000, 0, None
         return data
 
 
@@ -225,7 +250,7 @@ class Role:
     mentionable: bool = False  # anyone may ping it; otherwise only with Mention Everyone
     guild_id: int | None = None  # its server (None: the first one)
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> RolePayload:
         return {
             "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
             "hoist": False, "position": self.position, "permissions": str(self.permissions),
@@ -361,7 +386,7 @@ class State:
         return user
 
     def add_channel(self, name: str, type_: int, guild_id: int | None = None, *,
-                    overwrites: list[dict[str, Any]] | None = None) -> Channel:
+                    overwrites: list[Overwrite] | None = None) -> Channel:
         """A channel (0 text, 2 voice); ``overwrites`` as Discord's, e.g. ``[{"id": sandbox.guild_id,
         "deny": CONNECT}]`` locks it for @everyone. Add channels before the bot logs in."""
         channel = Channel(self.ids.next(), name, type_, guild_id or self.guild_id, position=len(self.channels),
@@ -404,10 +429,10 @@ class State:
         ]
 
     # ----------------------------------------------------------------- payloads
-    def member_payload(self, user: User, guild_id: int, with_user: bool = True) -> dict[str, Any]:
+    def member_payload(self, user: User, guild_id: int, with_user: bool = True) -> MemberPayload:
         return user.member_payload(with_user, roles=self.member_roles(user, guild_id))
 
-    def guild_payload(self, guild: Guild | int | None = None) -> dict[str, Any]:
+    def guild_payload(self, guild: Guild | int | None = None) -> GuildPayload:
         """GUILD_CREATE's server (None: the first one), with its roles, members and channels."""
         g = self.guild_of(guild)
         members = [u for u in self.users.values() if u.in_guild]
@@ -426,13 +451,14 @@ class State:
             "voice_states": [self.voice_state_payload(uid, cid, with_member=False, guild_id=g.id)
                              for uid, cid in g.voice_states.items()],
             "members": [self.member_payload(u, g.id) for u in members],
-            "channels": [c.payload() for c in self.channels.values() if c.guild_id == g.id and c.type != 1],
+            "channels": [c.guild_channel_payload() for c in self.channels.values()
+                         if c.guild_id == g.id and c.type != 1],
             "threads": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [],
             "soundboard_sounds": [],
         }
 
-    def message_payload(self, msg: Message, *, with_reference: bool = True) -> dict[str, Any]:
-        data: dict[str, Any] = {
+    def message_payload(self, msg: Message, *, with_reference: bool = True) -> MessagePayload:
+        data: MessagePayload = {
             "id": str(msg.id), "channel_id": str(msg.channel_id), "author": msg.author.payload(),
             "content": msg.content, "timestamp": iso_time(msg.timestamp),
             "edited_timestamp": iso_time(msg.edited) if msg.edited else None, "tts": False,
@@ -447,15 +473,17 @@ class State:
             data["reactions"] = [self.reaction_payload(emoji, users) for emoji, users in msg.reactions.items()]
         for user_id in msg.mentions:
             user = self.users[user_id]
-            mention = user.payload()
+            mention: UserMentionPayload = {**user.payload()}
             if msg.guild_id and user.in_guild:  # Discord adds the partial member in servers
                 mention["member"] = self.member_payload(user, msg.guild_id, with_user=False)
             data["mentions"].append(mention)
         if msg.reference_id:
-            data["message_reference"] = {
+            reference: MessageReferencePayload = {
                 "type": 0, "message_id": str(msg.reference_id), "channel_id": str(msg.channel_id),
-                **({"guild_id": str(msg.guild_id)} if msg.guild_id else {}),
             }
+            if msg.guild_id:
+                reference["guild_id"] = str(msg.guild_id)
+            data["message_reference"] = reference
             ref = self.messages.get(msg.reference_id)
             if with_reference:
                 data["referenced_message"] = (
@@ -464,11 +492,11 @@ class State:
         return data
 
     def voice_state_payload(self, user_id: int, channel_id: int | None, with_member: bool = True,
-                            guild_id: int | None = None) -> dict[str, Any]:
+                            guild_id: int | None = None) -> VoiceStatePayload:
         """VOICE_STATE_UPDATE in server ``guild_id`` (None: the first one)."""
         user = self.users[user_id]
         guild_id = guild_id if guild_id is not None else self.guild_id
-        data: dict[str, Any] = {
+        data: VoiceStatePayload = {
             "guild_id": str(guild_id), "channel_id": str(channel_id) if channel_id else None,
             "user_id": str(user_id), "session_id": f"voice-{user_id}", "deaf": False, "mute": False,
             "self_deaf": False, "self_mute": False, "self_video": False, "suppress": False,
@@ -478,7 +506,7 @@ class State:
             data["member"] = self.member_payload(user, guild_id)
         return data
 
-    def reaction_payload(self, emoji: str, users: list[int]) -> dict[str, Any]:
+    def reaction_payload(self, emoji: str, users: list[int]) -> ReactionPayload:
         return {
             "emoji": {"id": None, "name": emoji}, "count": len(users),
             "count_details": {"burst": 0, "normal": len(users)}, "burst_colors": [],
@@ -507,7 +535,7 @@ class State:
         if perms & ADMINISTRATOR:
             return ALL_PERMISSIONS
         roles_allow = roles_deny = 0
-        member_overwrite: dict[str, Any] | None = None
+        member_overwrite: Overwrite | None = None
         for ow in channel.overwrites:
             target, kind = int(ow["id"]), ow.get("type", 0)
             if kind == 0 and target == guild.id:
@@ -526,9 +554,10 @@ class State:
         return bool(self.permissions_for(user, channel) & VIEW_CHANNEL)
 
     @staticmethod
-    def allowed_mentions_error(allowed: Any) -> dict[str, Any] | None:
-        """Discord's 400 for an allowed_mentions object it refuses, or None when it is valid."""
-        def invalid(code: str, message: str) -> dict[str, Any]:
+    def allowed_mentions_error(allowed: object) -> ErrorPayload | None:
+        """Discord's 400 for an allowed_mentions object it refuses, or None when it is valid
+        (``allowed``: as a client sent it, any JSON)."""
+        def invalid(code: str, message: str) -> ErrorPayload:
             return {"message": "Invalid Form Body", "code": 50035,
                     "errors": {"allowed_mentions": {"_errors": [{"code": code, "message": message}]}}}
 
@@ -546,7 +575,7 @@ class State:
                 return invalid("BASE_TYPE_MAX_LENGTH", f"{kind}: must be at most 100 snowflakes.")
         return None
 
-    def resolve_mentions(self, msg: Message, allowed: dict[str, Any] | None) -> None:
+    def resolve_mentions(self, msg: Message, allowed: AllowedMentionsPayload | None) -> None:
         """Set who ``msg`` mentions and pings, as Discord does for its current content.
 
         No ``allowed_mentions`` (``None``): every mention in the content counts and a reply pings

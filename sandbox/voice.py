@@ -29,13 +29,23 @@ import ssl
 import struct
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nacl.exceptions
 import nacl.secret
 from aiohttp import WSMsgType, web
+
+from sandbox.payloads import (
+    SelectProtocolPayload,
+    SpeakingPayload,
+    VoiceFrame,
+    VoiceHeartbeatAckPayload,
+    VoiceIdentifyPayload,
+    VoiceResumePayload,
+    VoiceServerPayload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +116,9 @@ class VoiceServer:
         self.audio_frames = 0  # decrypted frames that are not Opus silence
         self.frames: list[bytes] = []  # decrypted Opus payloads
         self.discovered: list[tuple[str, int]] = []
-        self.identify: dict[str, Any] | None = None
-        self.selected: dict[str, Any] | None = None
-        self.speaking: list[dict[str, Any]] = []  # every SPEAKING payload, in order
+        self.identify: VoiceIdentifyPayload | None = None
+        self.selected: SelectProtocolPayload | None = None
+        self.speaking: list[SpeakingPayload] = []  # every SPEAKING payload, in order
         self.speaking_starts = 0  # SPEAKING with a non-zero flag after a zero one (or first)
         self.speaking_stops = 0
         self._speaking_now = False
@@ -213,39 +223,45 @@ class VoiceServer:
     async def _serve(self, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         seq = 0
 
-        async def send(op: int, d: Any) -> None:
+        async def send(op: int, d: VoiceServerPayload) -> None:
             nonlocal seq
             seq += 1
-            await ws.send_str(json.dumps({"op": op, "d": d, "seq": seq}))
+            frame: VoiceFrame = {"op": op, "d": d, "seq": seq}
+            await ws.send_str(json.dumps(frame))
 
         await send(8, {"heartbeat_interval": 41250.0, "v": 8})  # HELLO
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 continue  # binary frames are DAVE/MLS; with protocol version 0 none are expected
             payload = json.loads(msg.data)
-            op, d = payload.get("op"), payload.get("d") or {}
+            op = payload.get("op")
+            d: Any = payload.get("d") or {}  # any JSON the client sent: typed below, by op
             if op == 0:  # IDENTIFY
-                self.identify = d
-                if d.get("token") != self.token:
+                identify: VoiceIdentifyPayload = d
+                self.identify = identify
+                if identify.get("token") != self.token:
                     self.errors.append("IDENTIFY with a wrong token")
                     await ws.close(code=4004, message=b"Authentication failed")
                     break
                 await send(2, {"ssrc": self.ssrc, "ip": self.host, "port": self.udp_port,
                                "modes": [MODE], "experiments": []})
             elif op == 1:  # SELECT_PROTOCOL
-                self.selected = d
-                mode = d.get("data", {}).get("mode")
+                selected: SelectProtocolPayload = d
+                self.selected = selected
+                mode = selected.get("data", {}).get("mode")
                 if mode != MODE:
                     self.errors.append(f"SELECT_PROTOCOL with mode {mode!r}")
                 await send(4, {"mode": mode, "secret_key": list(self.secret_key), "dave_protocol_version": 0,
                                "audio_codec": "opus", "media_session_id": secrets.token_hex(8)})
             elif op == 3:  # HEARTBEAT → HEARTBEAT_ACK, after a network-like round trip
-                task = asyncio.create_task(self._ack(send, ws, {"t": d.get("t") if isinstance(d, dict) else d}))
+                nonce: int | None = d.get("t") if isinstance(d, dict) else d
+                task = asyncio.create_task(self._ack(send, ws, {"t": nonce}))
                 self._acks.add(task)
                 task.add_done_callback(self._acks.discard)
             elif op == 5:  # SPEAKING
-                self.speaking.append(d)
-                now = bool(d.get("speaking"))
+                speaking: SpeakingPayload = d
+                self.speaking.append(speaking)
+                now = bool(speaking.get("speaking"))
                 if now and not self._speaking_now:
                     self.speaking_starts += 1
                     self._speaking_now = now
@@ -255,14 +271,16 @@ class VoiceServer:
                     self._speaking_now = now
                     self._event("silent")
             elif op == 7:  # RESUME
-                if d.get("token") != self.token:
+                resume: VoiceResumePayload = d
+                if resume.get("token") != self.token:
                     await ws.close(code=4006, message=b"Session no longer valid")
                     break
                 await send(9, None)  # RESUMED
             self._notify()
         return ws
 
-    async def _ack(self, send: Callable[[int, Any], Any], ws: web.WebSocketResponse, d: dict[str, Any]) -> None:
+    async def _ack(self, send: Callable[[int, VoiceServerPayload], Awaitable[None]], ws: web.WebSocketResponse,
+                   d: VoiceHeartbeatAckPayload) -> None:
         await asyncio.sleep(self.ack_delay)
         if not ws.closed:
             try:

@@ -23,8 +23,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
+from sandbox.payloads import AllowedMentionsPayload, EmbedPayload, Overwrite
 from sandbox.state import Attachment, Channel, Guild, Message, Role, State, User, iso_time
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,107 @@ FORMAT = 1  # bump when a saved world can no longer be read as it is
 
 # A world file is rewritten at most this often (seconds): a burst of messages is one write.
 SAVE_DELAY = 0.5
+
+
+# The records of world.json: ids are ints. A field the loader has a default for (a world saved
+# before it existed loads without it) is NotRequired; the sandbox always writes them all.
+class GuildRecord(TypedDict):
+    id: int
+    name: str
+    owner_id: NotRequired[int]
+    text_channel: int
+    voice_channel: int
+
+
+class RoleRecord(TypedDict):
+    id: int
+    name: str
+    permissions: int
+    position: NotRequired[int]
+    mentionable: NotRequired[bool]
+    guild_id: NotRequired[int | None]  # None: the first server
+
+
+class UserRecord(TypedDict):
+    id: int
+    name: str
+    bot: NotRequired[bool]
+    roles: NotRequired[list[int]]
+    in_guild: NotRequired[bool]
+    joined: NotRequired[float]
+
+
+class ChannelRecord(TypedDict):
+    id: int
+    name: str
+    type: int
+    guild_id: NotRequired[int | None]  # None: a DM
+    position: NotRequired[int]
+    recipient_id: NotRequired[int | None]  # a DM's
+    overwrites: NotRequired[list[Overwrite]]
+
+
+class AttachmentRecord(TypedDict):
+    """An attachment; its bytes are in ``world-attachments/<id>``."""
+
+    id: int
+    filename: str
+    content_type: NotRequired[str | None]
+    size: NotRequired[int]
+    duration_secs: NotRequired[float | None]
+
+
+class MessageRecord(TypedDict):
+    id: int
+    channel_id: int
+    guild_id: NotRequired[int | None]
+    author_id: int
+    content: NotRequired[str]
+    embeds: NotRequired[list[EmbedPayload]]
+    reference_id: NotRequired[int | None]
+    flags: NotRequired[int]
+    timestamp: float
+    edited: NotRequired[float | None]
+    deleted: NotRequired[bool]
+    edits: NotRequired[int]
+    attachments: NotRequired[list[AttachmentRecord]]
+    mentions: NotRequired[list[int]]
+    mention_roles: NotRequired[list[int]]
+    mention_everyone: NotRequired[bool]
+    notifies: NotRequired[list[int]]
+    notified: NotRequired[list[int]]
+    allowed_mentions: NotRequired[AllowedMentionsPayload | None]
+    reactions: NotRequired[list[tuple[str, list[int]]]]  # [emoji, user ids], in the order they came
+
+
+class SpecialRecord(TypedDict):
+    """The ids of the users and channels :class:`~sandbox.state.State` names."""
+
+    owner: int
+    admin: int
+    member: int
+    bot: int
+    other_bot: int
+    text_channel: int  # the first server's
+    voice_channel: int
+
+
+class WorldRecord(TypedDict):
+    """world.json: the first server's id, name and channels (``special``), every server (``guilds``), role,
+    user, channel and message."""
+
+    format: int
+    saved_at: NotRequired[str]
+    last_id: NotRequired[int]  # the highest id handed out
+    application_id: int
+    guild_id: int
+    guild_name: NotRequired[str]
+    guilds: NotRequired[list[GuildRecord]]
+    roles: list[RoleRecord]
+    users: list[UserRecord]
+    channels: list[ChannelRecord]
+    messages: list[MessageRecord]
+    special: SpecialRecord
 
 
 class WorldUnreadable(Exception):
@@ -89,7 +191,7 @@ class WorldFile:
                      ", ".join(p.name for p in removed))
         return removed
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self) -> WorldRecord | None:
         """The saved world, or None when there is none yet; :class:`WorldUnreadable` when there is
         one that cannot be used (not JSON, not a world, another format)."""
         try:
@@ -99,14 +201,15 @@ class WorldFile:
         except OSError as exc:
             raise WorldUnreadable(f"cannot read it ({exc.strerror or exc})") from None
         try:
-            record = json.loads(raw)
+            record: object = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise WorldUnreadable(f"it is not valid JSON ({exc})") from None
         if not isinstance(record, dict) or "guild_id" not in record:
             raise WorldUnreadable("it is not a sandbox world")
         if record.get("format") != FORMAT:
             raise WorldUnreadable(f"it was saved in format {record.get('format')!r}; this sandbox reads {FORMAT}")
-        return record
+        # A world of this format: WorldStore._restore reads it, and refuses it if it does not hang together.
+        return cast(WorldRecord, record)
 
     def set_aside(self) -> Path | None:
         """Move an unreadable world (and its attachments) out of the way; the new name, or None."""
@@ -124,7 +227,7 @@ class WorldFile:
                 log.warning("sandbox world: could not set %s aside: %s", self.blobs, exc)
         return target
 
-    def save(self, record: dict[str, Any]) -> None:
+    def save(self, record: WorldRecord) -> None:
         write_atomic(self.path, json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode())
 
     def write_blob(self, attachment_id: int, data: bytes) -> None:
@@ -237,7 +340,7 @@ class WorldStore:
                 except OSError as exc:
                     log.warning("sandbox world: could not save attachment %s: %s", att.id, exc)
 
-    async def record(self) -> dict[str, Any]:
+    async def record(self) -> WorldRecord:
         """The whole world as JSON-able data (the format :meth:`_restore` reads).
 
         Messages are copied in slices with a yield between them, so a big world does not hold the
@@ -245,7 +348,7 @@ class WorldStore:
         this runs has set the dirty flag again and goes into the next save."""
         state = self.state
 
-        def message(m: Message) -> dict[str, Any]:
+        def message(m: Message) -> MessageRecord:
             return {
                 "id": m.id, "channel_id": m.channel_id, "guild_id": m.guild_id, "author_id": m.author.id,
                 "content": m.content, "embeds": m.embeds, "reference_id": m.reference_id, "flags": m.flags,
@@ -254,10 +357,10 @@ class WorldStore:
                                  "size": a.size, "duration_secs": a.duration_secs} for a in m.attachments],
                 "mentions": m.mentions, "mention_roles": m.mention_roles, "mention_everyone": m.mention_everyone,
                 "notifies": sorted(m.notifies), "notified": sorted(m.notified), "allowed_mentions": m.allowed_mentions,
-                "reactions": [[emoji, users] for emoji, users in m.reactions.items()],
+                "reactions": [(emoji, users) for emoji, users in m.reactions.items()],
             }
 
-        world: dict[str, Any] = {
+        world: WorldRecord = {
             "format": FORMAT, "saved_at": iso_time(), "last_id": state.ids.last,
             "application_id": state.application_id, "guild_id": state.guild_id, "guild_name": state.guild_name,
             "guilds": [{"id": g.id, "name": g.name, "owner_id": g.owner_id, "text_channel": g.text_channel.id,
@@ -310,20 +413,21 @@ class WorldStore:
         log.warning("sandbox world: %s", self.world_note)
         self._dirty = True
 
-    def _restore(self, record: dict[str, Any]) -> None:
+    def _restore(self, record: WorldRecord) -> None:
         world, state = self.world, self.state
         assert world is not None
         roles = {int(r["id"]): Role(int(r["id"]), str(r["name"]), int(r["permissions"]), int(r.get("position", 0)),
                                     bool(r.get("mentionable", False)),
-                                    int(r["guild_id"]) if r.get("guild_id") else None) for r in record["roles"]}
+                                    _optional_id(r.get("guild_id"))) for r in record["roles"]}
         users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
                                     roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
                                     joined=float(u.get("joined") or time.time())) for u in record["users"]}
         channels: dict[int, Channel] = {}
         for c in record["channels"]:
-            recipient = users[int(c["recipient_id"])] if c.get("recipient_id") else None
+            recipient_id = _optional_id(c.get("recipient_id"))
+            recipient = users[recipient_id] if recipient_id is not None else None
             channels[int(c["id"])] = Channel(
-                int(c["id"]), str(c["name"]), int(c["type"]), int(c["guild_id"]) if c.get("guild_id") else None,
+                int(c["id"]), str(c["name"]), int(c["type"]), _optional_id(c.get("guild_id")),
                 position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []))
         messages: dict[int, Message] = {}
         for m in record["messages"]:
@@ -337,11 +441,11 @@ class WorldStore:
                 for a in m.get("attachments", [])
             ]
             msg = Message(
-                int(m["id"]), channel_id, int(m["guild_id"]) if m.get("guild_id") else None,
+                int(m["id"]), channel_id, _optional_id(m.get("guild_id")),
                 users[int(m["author_id"])], str(m.get("content") or ""), attachments,
-                embeds=list(m.get("embeds") or []), reference_id=int(m["reference_id"]) if m.get("reference_id") else None,
+                embeds=list(m.get("embeds") or []), reference_id=_optional_id(m.get("reference_id")),
                 flags=int(m.get("flags", 0)), timestamp=float(m["timestamp"]),
-                edited=float(m["edited"]) if m.get("edited") else None, deleted=bool(m.get("deleted")),
+                edited=_optional_time(m.get("edited")), deleted=bool(m.get("deleted")),
                 edits=int(m.get("edits", 0)), mentions=[int(u) for u in m.get("mentions", [])],
                 mention_roles=[int(r) for r in m.get("mention_roles", [])],
                 mention_everyone=bool(m.get("mention_everyone")),
@@ -371,3 +475,12 @@ class WorldStore:
                        *(a.id for m in messages.values() for a in m.attachments)])
         state.ids.last = max(state.ids.last, highest)
 
+
+def _optional_id(value: int | None) -> int | None:
+    """A saved id that may be null or left out (0 too: no Discord id is 0): None then."""
+    return int(value) if value else None
+
+
+def _optional_time(value: float | None) -> float | None:
+    """A saved time that may be null or left out: None then."""
+    return float(value) if value else None
