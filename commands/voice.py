@@ -81,7 +81,10 @@ class Speaker:
         def after(error: Exception | None) -> None:
             if error:
                 log.warning("guild %s: playback error: %s", self.guild_id, error)
-            loop.call_soon_threadsafe(done.set)
+            try:
+                loop.call_soon_threadsafe(done.set)
+            except RuntimeError:  # the bot shut down while this answer was playing: nobody waits any more
+                pass
 
         # ffmpeg reads the WAV from a pipe: no temp file to clean up. "-loglevel error" overrides
         # discord.py's "warning": ffmpeg's stderr is the bot's, and its notes about guessed channel

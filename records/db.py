@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from errors import TrainerError
 log = logging.getLogger(__name__)
 
 SQLITE_FILE = "trainer.db"
+PING_AFTER = 10.0  # seconds a PostgreSQL connection may sit idle before it is checked at its next use
 Row = tuple[Any, ...]
 Params = Sequence[Any]
 
@@ -94,6 +96,9 @@ class Database:
         self.url = url
         self.engine = "sqlite" if sqlite_path is not None else "postgresql"
         self._local = threading.local()
+        # Bumped when a connection is found broken: every thread then reconnects before its next use, so
+        # the pool of worker threads recovers together once the server is back (not one failed command each).
+        self._generation = 0
         self._conns: list[Any] = []
         self._conns_guard = threading.Lock()
         self._migrated = False
@@ -147,9 +152,24 @@ class Database:
         return conn
 
     def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and self.engine == "postgresql":
+            stale = getattr(local, "generation", 0) != self._generation or conn.closed or conn.broken
+            if not stale and time.monotonic() - getattr(local, "used", 0.0) > PING_AFTER:
+                # Idle a while: the server may have restarted since. A cheap ping outside any transaction,
+                # so a dead connection is replaced before a command meets it.
+                try:
+                    conn.execute("SELECT 1")
+                except Exception:  # noqa: BLE001 - any driver error means: reconnect
+                    stale = True
+            if stale:
+                self._drop()
+                conn = None
         if conn is None:
-            conn = self._local.conn = self._connect()
+            conn = local.conn = self._connect()
+            local.generation = self._generation
+        local.used = time.monotonic()
         return conn
 
     def _drop(self) -> None:
@@ -228,6 +248,7 @@ class Database:
                     yield Tx(self, conn)
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken:
+                    self._generation += 1  # every thread's connection may be dead: all reconnect
                     self._drop()
                 raise self._translate(exc) from None
 

@@ -595,8 +595,8 @@ async def test_train_duplicates_start_no_second_job(harness: BotHarness) -> None
     assert msgs[0].content == ("Added **4** examples.\nThey are 4 question/answer pairs: I answer from these after "
                                "the next training.\nDataset `datasets/main`.")
     assert any(m.content.startswith("Started training job `") for m in msgs), text_of(msgs)
-    await harness.sandbox.wait_for(
-        lambda: any("succeeded" in m.content for m in harness.sandbox.bot_messages()), timeout=20)
+    job_id = next(m for m in msgs if m.content.startswith("Started training job `")).content.split("`")[1]
+    await announcement(harness.sandbox, job_id, timeout=20)  # the last message this job sends
     jobs = (await harness.bot.model.list_jobs(harness.guild_id, 10))
     assert len(jobs) == 1
 
