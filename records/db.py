@@ -161,8 +161,9 @@ class Database:
                 # so a dead connection is replaced before a command meets it.
                 try:
                     conn.execute("SELECT 1")
-                except Exception:  # noqa: BLE001 - any driver error means: reconnect
+                except Exception:  # noqa: BLE001 - any driver error means: reconnect (all threads)
                     stale = True
+                    self._generation += 1
             if stale:
                 self._drop()
                 conn = None
