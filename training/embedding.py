@@ -38,7 +38,7 @@ import logging
 import re
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +116,18 @@ class Embedder(ABC):
         return f"{type(self).__name__}({self.name!r}, dim={self.dim}, {self.fingerprint})"
 
     @abstractmethod
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text (zeros for a text with nothing to embed)."""
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text (zeros for a text with nothing to embed).
 
-    def index_vectors(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        ``check`` is called every few tenths of a second of work: a training's cancel raises there.
+        """
+
+    def index_texts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
+        """The text a pair's row is mostly made of (``prompt answer``): what its cost is counted on."""
+        return [f"{p} {a}" for p, a in zip(prompts, answers)]
+
+    def index_vectors(self, prompts: Sequence[str], answers: Sequence[str],
+                      check: Callable[[], None] | None = None) -> np.ndarray:
         """Search rows for trained pairs.
 
         The answer's words catch paraphrases that name what the answer talks about ("reboot" finds
@@ -129,10 +137,14 @@ class Embedder(ABC):
         """
         if not prompts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        both = self.encode([f"{p} {a}" for p, a in zip(prompts, answers)])
+        both = self.encode(self.index_texts(prompts, answers), check)
         if self.joined_index:
             return both
-        return (0.5 * (self.encode(prompts) + both)).astype(np.float32)
+        return (0.5 * (self.encode(prompts, check) + both)).astype(np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Tokens per text where the cost of embedding grows with them (a transformer); None: it does not."""
+        return None
 
 
 class StaticEmbedder(Embedder):
@@ -146,10 +158,12 @@ class StaticEmbedder(Embedder):
         self.tokenizer = tokenizer
         super().__init__(name, int(self.table.shape[1]), fingerprint, source)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         vocab = self.table.shape[0]
         for start in range(0, len(texts), ENCODE_BATCH):
+            if check is not None:
+                check()
             # Lower-cased: people type "vpn", "Vpn" and "VPN" for the same thing (measured: +2-4 points).
             chunk = [t.casefold() for t in texts[start:start + ENCODE_BATCH]]
             encs = self.tokenizer.encode_batch(chunk, add_special_tokens=False)  # type: ignore[attr-defined]
@@ -177,12 +191,15 @@ class TransformerEmbedder(Embedder):
         self.encoder = encoder
         super().__init__(name, encoder.dim, fingerprint, source)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if t.strip()]  # an empty text has no meaning: a zero row
         if keep:
-            out[keep] = self.encoder.encode([texts[i] for i in keep])
+            out[keep] = self.encoder.encode([texts[i] for i in keep], check)
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.token_counts(texts)
 
 
 def _add_rows(sums: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> None:
@@ -371,27 +388,49 @@ def decide(rows: np.ndarray, scores: np.ndarray, answer_of: Sequence[str] | np.n
     return Match(best if trusted else None, score, margin, best)
 
 
-def save_vectors(folder: Path, vectors: np.ndarray, embedder: Embedder) -> None:
+VECTORS = ("embeddings.npy", "embedding.json")  # a version's vectors and which model made them
+QUICK_VECTORS = ("quick-embeddings.npy", "quick-embedding.json")  # a quick first stage's (training.local.fit)
+
+
+def describe_vectors(embedder: Embedder, rows: int) -> dict[str, object]:
+    """What ``embedding.json`` says: the model that made the vectors, and how many rows."""
+    return {"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim, "rows": rows}
+
+
+def save_vectors(folder: Path, vectors: np.ndarray, embedder: Embedder, files: tuple[str, str] = VECTORS) -> None:
     """Write ``embeddings.npy`` and ``embedding.json`` (which model made them) into a version folder.
 
     Each file is replaced atomically, vectors first: a crash in between leaves a description that
     does not match the vectors' model or shape, and ``load_vectors`` then embeds again.
     """
-    with atomic_open(folder / "embeddings.npy") as fh:
+    with atomic_open(folder / files[0]) as fh:
         np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-    info = {"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim, "rows": len(vectors)}
-    atomic_write_json(folder / "embedding.json", info)
+    atomic_write_json(folder / files[1], describe_vectors(embedder, len(vectors)))
 
 
-def load_vectors(folder: Path, embedder: Embedder, rows: int) -> np.ndarray | None:
-    """The saved vectors if this embedder made them for ``rows`` pairs, else None (re-embed)."""
+def has_vectors(folder: Path, embedder: Embedder, rows: int, files: tuple[str, str] = VECTORS) -> bool:
+    """Whether ``folder`` says it holds this embedder's vectors for ``rows`` pairs (the description only)."""
     try:
-        info = json.loads((folder / "embedding.json").read_text(encoding="utf-8"))
+        info = json.loads((folder / files[1]).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and info.get("fingerprint") == embedder.fingerprint and info.get("rows") == rows
+            and (folder / files[0]).is_file())
+
+
+def load_vectors(folder: Path, embedder: Embedder, rows: int, files: tuple[str, str] = VECTORS, *,
+                 mmap: bool = False) -> np.ndarray | None:
+    """The saved vectors if this embedder made them for ``rows`` pairs, else None (re-embed).
+
+    ``mmap``: mapped read-only from the file rather than read into memory (a retrain reads the rows it
+    reuses that way, so the vectors are never in memory twice).
+    """
+    if not has_vectors(folder, embedder, rows, files):
         return None
-    if info.get("fingerprint") != embedder.fingerprint or info.get("rows") != rows:
+    try:
+        vectors = np.load(folder / files[0], allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError):  # vanished, or cut short: embed again
         return None
-    vectors = np.load(folder / "embeddings.npy", allow_pickle=False)
     if vectors.shape != (rows, embedder.dim) or vectors.dtype != np.float32:
         return None
     return vectors
