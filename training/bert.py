@@ -29,7 +29,8 @@ from threadpoolctl import threadpool_limits
 from errors import BackendError
 
 MAX_TOKENS = 128  # a question with its answer fits; longer texts are cut (attention is quadratic)
-BATCH = 64  # texts per forward pass, sorted by length so padding stays small
+BATCH = 32  # texts per forward pass, sorted by length so padding stays small (32: a few % faster than 64)
+COUNT_BATCH = 4_096  # texts tokenized at once to count their tokens
 MAX_THREADS = 4  # encoding threads for many texts (one per core, up to this)
 
 
@@ -121,8 +122,11 @@ class BertEncoder:
 
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         """How many tokens each text is encoded as ([CLS] and [SEP] included, cut at ``MAX_TOKENS``)."""
-        encs = self.tokenizer.encode_batch(list(texts))  # type: ignore[attr-defined]
-        return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        counts = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), COUNT_BATCH):  # in blocks: an encoding holds much more than its ids
+            encs = self.tokenizer.encode_batch(list(texts[start:start + COUNT_BATCH]))  # type: ignore[attr-defined]
+            counts[start:start + len(encs)] = [len(e.ids) for e in encs]
+        return counts
 
     def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text, in the order given.

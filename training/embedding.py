@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from config import DEFAULT_EMBED_MODEL
 from errors import BackendError
@@ -97,12 +98,10 @@ UNCALIBRATED = Thresholds(min_score=0.5, min_margin=0.1)
 class Embedder(ABC):
     """A sentence-embedding model: ``encode`` texts to unit vectors, ``index_vectors`` trained pairs.
 
-    Subclasses say how they index a pair (``joined_index``) and how many texts they embed between
-    two cancel checks of a training (``chunk``). Thread-safe: the weights are only read.
+    Subclasses say how they index a pair (``joined_index``). Thread-safe: the weights are only read.
     """
 
     joined_index: bool  # True: a pair's row is "prompt answer" embedded as one text
-    chunk: int
 
     def __init__(self, name: str, dim: int, fingerprint: str, source: str) -> None:
         self.name = name
@@ -151,7 +150,6 @@ class StaticEmbedder(Embedder):
     """A static model: a token vector table, a tokenizer and mean pooling (WordLlama, model2vec)."""
 
     joined_index = False
-    chunk = 2_000
 
     def __init__(self, name: str, table: np.ndarray, tokenizer: object, fingerprint: str, source: str) -> None:
         self.table = np.ascontiguousarray(table, dtype=np.float32)
@@ -167,25 +165,26 @@ class StaticEmbedder(Embedder):
             # Lower-cased: people type "vpn", "Vpn" and "VPN" for the same thing (measured: +2-4 points).
             chunk = [t.casefold() for t in texts[start:start + ENCODE_BATCH]]
             encs = self.tokenizer.encode_batch(chunk, add_special_tokens=False)  # type: ignore[attr-defined]
-            lengths = np.fromiter((min(len(e.ids), MAX_TOKENS) for e in encs), dtype=np.int64, count=len(encs))
-            if not lengths.sum():
+            tokens = [e.ids[:MAX_TOKENS] for e in encs]
+            indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
+            np.cumsum([len(t) for t in tokens], out=indptr[1:])
+            if not indptr[-1]:
                 continue
-            ids = np.concatenate([np.asarray(e.ids[:MAX_TOKENS], dtype=np.int64) for e in encs])
+            ids = np.fromiter((i for t in tokens for i in t), dtype=np.int64, count=int(indptr[-1]))
             np.clip(ids, 0, vocab - 1, out=ids)
-            rows = np.repeat(np.arange(len(encs)), lengths)
-            sums = np.zeros((len(encs), self.dim), dtype=np.float32)
-            _add_rows(sums, rows, self.table[ids])
-            out[start:start + len(encs)] = sums
+            # Sums of each text's token vectors as one sparse (texts x vocabulary) product: no
+            # (tokens x dim) copy of the table's rows (2-3x faster than gathering them).
+            counts = sp.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, indptr), shape=(len(tokens), vocab))
+            out[start:start + len(tokens)] = counts @ self.table
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
 
 class TransformerEmbedder(Embedder):
-    """A BERT sentence-transformers model run by ``training.bert`` (about 190 short texts/s on 2 cores)."""
+    """A BERT sentence-transformers model run by ``training.bert`` (~220 short pairs a second on 2 cores)."""
 
     joined_index = True
-    chunk = 512
 
     def __init__(self, name: str, encoder: BertEncoder, fingerprint: str, source: str) -> None:
         self.encoder = encoder
@@ -200,12 +199,6 @@ class TransformerEmbedder(Embedder):
 
     def token_counts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.token_counts(texts)
-
-
-def _add_rows(sums: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> None:
-    """``sums[rows] += vectors`` for sorted ``rows`` (reduceat: much faster than np.add.at)."""
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    sums[rows[starts]] += np.add.reduceat(vectors, starts, axis=0)
 
 
 def _sha(data: Path | bytes, length: int = 16) -> str:

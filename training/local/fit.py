@@ -27,6 +27,7 @@ restart:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -226,47 +227,60 @@ def _train(space: GuildSpace, pairs: list[tuple[str, str]], labelled: list[tuple
     n_pairs = len(pairs)
     embeds = embedder is not None and n_pairs > 0
     prog.total_steps = 3 + (CLASSIFIER_EPOCHS if len(labels) >= 2 else 0) + embeds
-
-    texts = [p for p, _ in pairs] + [t for t, _ in labelled]
-    counts = count_features(texts)
-    idfs = [fit_idf(c) for c in counts]
-    prog.tick(event=f"Vectorised {len(texts)} texts")
-    index = None
-    if n_pairs:
-        parts = [weigh(c[:n_pairs], idf) for c, idf in zip(counts, idfs)]
-        index = (sp.hstack(parts, format="csr") * (1 / math.sqrt(2))).astype(np.float32)
-    del counts
-    prog.tick(event=f"Indexed {n_pairs} prompt/answer pairs")
-    classifier = _classifier(labelled, labels, idfs, prog)
+    name = VERSIONS.of_job(space.models, job_id)  # a job resumed after its quick stage was saved
+    if name is not None and embedder is not None:
+        prog.total_steps += 1
+        prog.step = prog.total_steps - 2  # what is left: the full vectors, then the version's upgrade
+        return _upgrade(space, work, pairs, embedder, name, _plan(space, work, pairs, embedder, prog), prog,
+                        on_upgrade)
 
     def meta(**more: Any) -> dict[str, Any]:
         return {"job_id": job_id, "method": method, "created_at": time.time(),
                 "seconds": round(time.time() - started, 3), "pairs": n_pairs, "labelled": len(labelled),
-                "labels": labels if classifier is not None else [],
+                "labels": labels if len(labels) >= 2 else [],
                 "embed_model": embedder.name if embeds and embedder is not None else None,
                 "dataset": f"guild {space.guild_id}: compiled data, corrections and feedback", **more}
 
-    if embedder is None or not n_pairs:
-        return _claim(space, pairs, idfs, index, classifier, meta(), prog)
-    todo, tokens, done = _plan(space, work, pairs, embedder, prog)
-    name = VERSIONS.of_job(space.models, job_id)  # resumed after its quick stage was saved
-    fast = quick() if quick is not None and name is None and len(todo) - done > STAGE_ABOVE else None
-    if fast is not None and fast.fingerprint != embedder.fingerprint:
+    prog.step = 0
+    tmp = new_tmp_dir(space.models)
+    try:
+        # Word matching and the classifier first, straight into the version's hidden folder: only the
+        # pairs stay in memory while the vectors are made.
+        _word_matching(tmp, pairs, labelled, labels, prog)
+        release_memory()
+        if embedder is None or not n_pairs:
+            return _claim(space, tmp, meta(), prog)
+        plan = _plan(space, work, pairs, embedder, prog)
+        todo, _, done = plan
+        fast = quick() if quick is not None and len(todo) - done > STAGE_ABOVE else None
+        if fast is None or fast.fingerprint == embedder.fingerprint:
+            _embed(work, pairs, embedder, plan, prog)
+            prog.tick(event=f"Embedded {n_pairs} pairs with {embedder.name}")
+            _place_vectors(work, tmp, embedder, n_pairs)
+            return _claim(space, tmp, meta(), prog)
         prog.total_steps += 1
-        name = _quick_stage(space, pairs, idfs, index, classifier, fast, prog,
-                            meta(quick_model=fast.name))
-        prog.tick(event=f"Quick answers: `{name}` answers now with {fast.name} vectors; "
-                        f"{embedder.name} embeds the {len(todo) - done:,} pairs for full quality")
-    if name is not None:
-        prog.live = name
-        prog.stage = (f"Stage 2/2: `{name}` answers with quick {_quick_name(space, name)} vectors while "
-                      f"{embedder.name} embeds; full quality when that is done")
-    _embed(work, pairs, embedder, todo, tokens, done, prog)
-    prog.tick(event=f"Embedded {n_pairs} pairs with {embedder.name}")
-    if name is None:
-        return _claim(space, pairs, idfs, index, classifier, meta(), prog, vectors=(work, embedder))
+        _quick_vectors(tmp, pairs, fast, prog)
+        name = _claim(space, tmp, meta(quick_model=fast.name), prog, final=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prog.tick(event=f"Quick answers: `{name}` answers now with {fast.name} vectors; "
+                    f"{embedder.name} embeds the {len(todo) - done:,} pairs for full quality")
+    release_memory()
+    return _upgrade(space, work, pairs, embedder, name, plan, prog, on_upgrade)
+
+
+def _upgrade(space: GuildSpace, work: Work, pairs: list[tuple[str, str]], embedder: Embedder, name: str,
+             plan: tuple[np.ndarray, np.ndarray, int], prog: Progress, on_upgrade: Callable[[str], None] | None
+             ) -> str:
+    """The second stage: the full vectors, then moved into the version that answered with quick ones."""
+    prog.live = name
+    prog.stage = (f"Stage 2/2: `{name}` answers with quick {_quick_name(space, name)} vectors while "
+                  f"{embedder.name} embeds; full quality when that is done")
+    _embed(work, pairs, embedder, plan, prog)
+    prog.tick(event=f"Embedded {len(pairs)} pairs with {embedder.name}")
     folder = space.models / name
-    _place_vectors(work, folder, embedder, n_pairs)
+    _place_vectors(work, folder, embedder, len(pairs))
     for stale in QUICK_VECTORS:
         (folder / stale).unlink(missing_ok=True)
     if on_upgrade is not None:
@@ -275,6 +289,36 @@ def _train(space: GuildSpace, pairs: list[tuple[str, str]], labelled: list[tuple
     prog.step = prog.total_steps
     prog.events.append(f"`{name}` now answers with {embedder.name} vectors (full quality)")
     return name
+
+
+def _word_matching(folder: Path, pairs: list[tuple[str, str]], labelled: list[tuple[str, str]], labels: list[str],
+                   prog: Progress) -> None:
+    """Fit word matching (and the classifier of labelled texts) and write their files into ``folder``."""
+    n_pairs = len(pairs)
+    counts = count_features([p for p, _ in pairs] + [t for t, _ in labelled])
+    idfs = [fit_idf(c) for c in counts]
+    prog.tick(event=f"Vectorised {n_pairs + len(labelled)} texts")
+    index = None
+    if n_pairs:
+        parts = [weigh(c[:n_pairs] if labelled else c, idf) for c, idf in zip(counts, idfs)]
+        del counts
+        index = sp.hstack(parts, format="csr", dtype=np.float32)
+        del parts
+        index.data *= np.float32(1 / math.sqrt(2))
+    else:
+        del counts
+    prog.tick(event=f"Indexed {n_pairs} prompt/answer pairs")
+    classifier = _classifier(labelled, labels, idfs, prog)
+    write_version(folder, pairs, idfs, index, classifier=classifier)
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it, so a big training's peak would stay the
+    bot's size); nothing where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _quick_name(space: GuildSpace, name: str) -> str:
@@ -301,44 +345,25 @@ def _classifier(labelled: list[tuple[str, str]], labels: list[str], idfs: list[n
     return sp.csr_matrix(clf.coef_.astype(np.float32)), clf.intercept_.astype(np.float32), labels
 
 
-def _claim(space: GuildSpace, pairs: list[tuple[str, str]], idfs: list[np.ndarray], index: sp.csr_matrix | None,
-           classifier: tuple[sp.csr_matrix, np.ndarray, list[str]] | None, meta: dict[str, Any], prog: Progress,
-           vectors: tuple[Work, Embedder] | None = None) -> str:
-    """Write the version in a hidden folder and number it into place; the work's vectors are moved in."""
-    tmp = new_tmp_dir(space.models)
-    try:
-        write_version(tmp, pairs, idfs, index, classifier=classifier)
-        if vectors is not None:
-            _place_vectors(vectors[0], tmp, vectors[1], len(pairs))
-        prog.check()  # a cancel before this point leaves no version
-        name = VERSIONS.claim(space.models, tmp, meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    prog.step = prog.total_steps
-    prog.events.append(f"Saved model {name}")
+def _claim(space: GuildSpace, tmp: Path, meta: dict[str, Any], prog: Progress, *, final: bool = True) -> str:
+    """Number the version built in ``tmp`` into place (``final``: the job's last step)."""
+    prog.check()  # a cancel before this point leaves no version
+    name = VERSIONS.claim(space.models, tmp, meta)
+    if final:
+        prog.step = prog.total_steps
+        prog.events.append(f"Saved model {name}")
     return name
 
 
-def _quick_stage(space: GuildSpace, pairs: list[tuple[str, str]], idfs: list[np.ndarray],
-                 index: sp.csr_matrix | None, classifier: tuple[sp.csr_matrix, np.ndarray, list[str]] | None,
-                 quick: Embedder, prog: Progress, meta: dict[str, Any]) -> str:
-    """Claim the version with the quick model's vectors (written in blocks, never held whole)."""
-    tmp = new_tmp_dir(space.models)
-    try:
-        write_version(tmp, pairs, idfs, index, classifier=classifier)
-        with _Matrix.create(tmp / QUICK_VECTORS[0], len(pairs), quick.dim) as out:
-            for start in range(0, len(pairs), CHUNK_ROWS):
-                block = pairs[start:start + CHUNK_ROWS]
-                rows = np.arange(start, start + len(block))
-                out.write(rows, quick.index_vectors([p for p, _ in block], [a for _, a in block], prog.check))
-            out.sync()
-        atomic_write_json(tmp / QUICK_VECTORS[1], describe_vectors(quick, len(pairs)))
-        prog.check()
-        return VERSIONS.claim(space.models, tmp, meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _quick_vectors(folder: Path, pairs: list[tuple[str, str]], quick: Embedder, prog: Progress) -> None:
+    """The quick model's vectors into ``folder`` (written in blocks, never held whole)."""
+    with _Matrix.create(folder / QUICK_VECTORS[0], len(pairs), quick.dim) as out:
+        for start in range(0, len(pairs), CHUNK_ROWS):
+            block = pairs[start:start + CHUNK_ROWS]
+            rows = np.arange(start, start + len(block))
+            out.write(rows, quick.index_vectors([p for p, _ in block], [a for _, a in block], prog.check))
+        out.sync()
+    atomic_write_json(folder / QUICK_VECTORS[1], describe_vectors(quick, len(pairs)))
 
 
 def _plan(space: GuildSpace, work: Work, pairs: list[tuple[str, str]], embedder: Embedder,
@@ -371,14 +396,26 @@ def _plan(space: GuildSpace, work: Work, pairs: list[tuple[str, str]], embedder:
         out.sync()
     del previous, row_of
     rows = np.asarray(todo, dtype=np.int64)
-    counts = embedder.token_counts(embedder.index_texts([pairs[i][0] for i in todo], [pairs[i][1] for i in todo]))
-    if counts is None:
-        counts = np.ones(len(rows), dtype=np.int64)
-    else:  # shortest first: each batch is texts of about one length, so little goes into padding
-        order = np.argsort(counts, kind="stable")
-        rows, counts = rows[order], counts[order]
+    counts = np.ones(len(rows), dtype=np.int64)  # in pair order until _order (after a quick stage: it takes seconds)
     np.save(work.path / "todo.npy", np.stack([rows, counts]), allow_pickle=False)
     work.set_state({"fingerprint": embedder.fingerprint, "rows": len(pairs), "todo": len(rows), "done": 0})
+    return rows, counts, 0
+
+
+def _order(work: Work, pairs: list[tuple[str, str]], embedder: Embedder,
+           plan: tuple[np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The plan's rows shortest first (by token count), before any is embedded: each batch is then texts of
+    about one length, so little goes into padding, and each chunk holds about CHUNK_TOKENS tokens."""
+    rows, counts, done = plan
+    state = work.state()
+    if done or state.get("ordered"):
+        return plan
+    found = embedder.token_counts(embedder.index_texts([pairs[i][0] for i in rows], [pairs[i][1] for i in rows]))
+    if found is not None:
+        order = np.argsort(found, kind="stable")
+        rows, counts = rows[order], found[order]
+        np.save(work.path / "todo.npy", np.stack([rows, counts]), allow_pickle=False)
+    work.set_state({**state, "ordered": True})
     return rows, counts, 0
 
 
@@ -392,10 +429,11 @@ def _chunks(tokens: np.ndarray, start: int) -> Iterator[tuple[int, int]]:
         a = b
 
 
-def _embed(work: Work, pairs: list[tuple[str, str]], embedder: Embedder, todo: np.ndarray, tokens: np.ndarray,
-           done: int, prog: Progress) -> None:
-    """Embed ``todo[done:]`` chunk by chunk into the work's vectors file; after each chunk is on disk, save the
-    count and report pairs done, pairs a second and the time left."""
+def _embed(work: Work, pairs: list[tuple[str, str]], embedder: Embedder, plan: tuple[np.ndarray, np.ndarray, int],
+           prog: Progress) -> None:
+    """Embed the plan's rows still to do, chunk by chunk, into the work's vectors file; after each chunk is on
+    disk, save the count and report pairs done, pairs a second and the time left."""
+    todo, tokens, done = _order(work, pairs, embedder, plan)
     prog.total, prog.done = len(todo), done
     state = work.state()
     started = time.monotonic()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from training.backend import Job, JobUpdate
 from training.embedding import Embedder, has_vectors
-from training.local.fit import CLASSIFIER_EPOCHS, Cancelled, Progress, Stopped, Work, train_version
+from training.local.fit import CLASSIFIER_EPOCHS, Cancelled, Progress, Stopped, Work, release_memory, train_version
 from training.local.store import VERSIONS
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class Runner:
             except Exception as exc:  # a bug or a disk error: report it on the job, keep the bot alive
                 log.exception("local training %s failed", run.job_id)
                 run.status, run.error = "failed", f"Local training failed: {exc}"
+            finally:
+                await asyncio.to_thread(release_memory)  # what the training held goes back to the system
 
         run.task = asyncio.get_running_loop().create_task(work(), name=f"train-{run.job_id}")
 
