@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 8
+# Loaded versions beyond this many pairs in all are dropped, least recently used first (the newest always stays):
+# a 100,000-pair version holds ~450 MB, and after a retrain the one before it need not stay loaded too.
+CACHE_PAIRS = 150_000
 THREAD_ABOVE = 5_000  # word matching answers in a worker thread when the index is this big
 
 
@@ -63,6 +66,7 @@ class LocalBackend(TrainingBackend):
         self.runner = Runner(on_upgrade=self._upgraded)
         self._cache: OrderedDict[tuple[int, str], LocalModel] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._loading: dict[tuple[int, str], threading.Lock] = {}  # one load per version at a time
         self._embed_lock = threading.Lock()
         self._embedder: Embedder | None = None
         self._embed_error: str | None = None  # why the embedding model is not in use
@@ -170,11 +174,18 @@ class LocalBackend(TrainingBackend):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        model = load_version(space, name, self.embedder(), self.quick_embedder)
-        with self._cache_lock:
-            self._cache[key] = model
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # several answers asking for a version not loaded yet (the evaluation gate's) load it once
+            with self._cache_lock:
+                if key in self._cache:
+                    return self._cache[key]
+            model = load_version(space, name, self.embedder(), self.quick_embedder)
+            with self._cache_lock:
+                self._cache[key] = model
+                self._loading.pop(key, None)
+                while len(self._cache) > 1 and (len(self._cache) > CACHE_SIZE or sum(
+                        len(m.answers) for m in self._cache.values()) > CACHE_PAIRS):
+                    self._cache.popitem(last=False)
         return model
 
     async def _model(self, space: GuildSpace, name: str) -> LocalModel:

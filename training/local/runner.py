@@ -149,8 +149,10 @@ class Runner:
         why = work.why_stopped()
         if attempts >= MAX_ATTEMPTS:
             work.remove()
-            return JobUpdate("failed", error=f"The training stopped {attempts} times without finishing; "
-                                             f"the last time {why}.", stage="")
+            error = f"The training stopped {attempts} times without finishing; the last time {why}."
+            if name is not None:
+                error += f" `{name}` keeps answering with its quick stage's vectors; train again for full quality."
+            return JobUpdate("failed", error=error, stage="")
         pairs, labelled, method = work.load_data()
         done, todo = work.progress()
         return _Resume(pairs, labelled, method, attempts + 1, why, done, todo)
