@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, compiled, report, track_client
 from training import budget, jobs
 from training.backend import Estimate
+from training.embedding import CALIBRATED
+from training.local import fit
 from training.openai_api import MISSING_KEY
 
 KEY = "sk-test-fake-key-123456"
@@ -269,3 +273,115 @@ async def test_only_paid_calls_are_charged(tmp_path: Path, db: Database) -> None
     assert budget.usage(paid.space(GUILD), 7).total == 2 and budget.usage(paid.space(GUILD), 9).total == 0
     with pytest.raises(ValueError):
         paid.paid("images")
+
+
+# ---------------------------------------------------------------- big local trainings
+
+def many(n: int) -> list[tuple[str, str]]:
+    return [(f"how do I book meeting room {i} on floor {i % 7}?", f"Room {i} is booked at the {i % 5} desk.")
+            for i in range(n)]
+
+
+async def wait_for(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def held_full_stage(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """A quick stage for 60 pairs (not for the FAQ), and the full model's embedding held until the test sets the event."""
+    release = threading.Event()
+    real = fit._embed
+
+    def held(work, pairs, *args):
+        if len(pairs) >= 60:
+            assert release.wait(30), "the test never let the full embedding go on"
+        return real(work, pairs, *args)
+
+    monkeypatch.setattr(fit, "STAGE_ABOVE", 40)  # the FAQ (12 pairs) gets none
+    monkeypatch.setattr(fit, "_embed", held)
+    return release
+
+
+@pytest.mark.asyncio
+async def test_a_big_training_answers_from_its_quick_stage_then_at_full_quality(
+        tmp_path: Path, db: Database, fake_data: dict, held_full_stage: threading.Event) -> None:
+    model = Model(settings(tmp_path), db=db)
+    await model.start()
+    fake_data["compiled"] = compiled(many(60))
+    job, _ = await model.train(GUILD, started_by="alice", channel_id=99)
+
+    async def live():
+        polled = await model.poll_job(GUILD, job.id)
+        return polled if polled.live else None
+    running = await wait_for(live)
+    assert running.status == "running" and running.model == "local-v1" and running.activated
+    assert (await model.current_model(GUILD)) == "local-v1"  # answers before the job ends
+    text = model.status_text(running)
+    assert "Stage 2/2: `local-v1` answers with quick wordllama vectors" in text
+    quick = model.backend.loaded(model.space(GUILD), "local-v1")  # type: ignore[attr-defined]
+    assert quick.embedder is not None and quick.embedder.name == "wordllama" and quick.vectors.shape == (60, 256)
+    assert quick.embedder.thresholds == CALIBRATED["wordllama"]  # its own calibration, not the transformer's
+    assert await model.answer(GUILD, "How do I book meeting room 12 on floor 5?") == "Room 12 is booked at the 2 desk."
+    held_full_stage.set()
+    await model.backend.wait(job.id)  # type: ignore[attr-defined]
+    done = await model.poll_job(GUILD, job.id)
+    assert done.status == "succeeded" and done.model == "local-v1" and done.stage is None
+    assert (await model.current_model(GUILD)) == "local-v1" and (await model.list_models(GUILD)) == ["local-v1"]
+    full = model.backend.loaded(model.space(GUILD), "local-v1")  # type: ignore[attr-defined]
+    assert full.embedder is None and full.vectors.shape == (60, 384)  # the loaded quick copy was dropped
+    folder = model.space(GUILD).models / "local-v1"
+    assert not (folder / "quick-embeddings.npy").exists() and (folder / "embeddings.npy").is_file()
+    assert await model.answer(GUILD, "How do I book meeting room 12 on floor 5?") == "Room 12 is booked at the 2 desk."
+    await model.close()
+
+
+@pytest.mark.asyncio
+async def test_cancelling_during_the_quick_stage_returns_to_the_model_before(
+        tmp_path: Path, db: Database, fake_data: dict, held_full_stage: threading.Event) -> None:
+    model = Model(settings(tmp_path), db=db)
+    await model.start()
+    await run_local_job(model)  # local-v1: the FAQ, too small for a quick stage
+    fake_data["compiled"] = compiled(many(60))
+    job, _ = await model.train(GUILD, started_by="alice", channel_id=99)
+
+    async def live():
+        return (await model.poll_job(GUILD, job.id)).live
+    await wait_for(live)
+    assert (await model.current_model(GUILD)) == "local-v2"
+    started = time.monotonic()
+    cancelled = await model.cancel_job(GUILD, job.id, by="bob")
+    assert cancelled.status == "cancelled" and time.monotonic() - started < 1.0
+    assert (await model.list_jobs(GUILD))[0].status == "cancelled"  # !jobs says so at once
+    assert (await model.current_model(GUILD)) == "local-v1"  # the model before the training answers again
+    assert await model.answer(GUILD, "when does the shop open") == "The shop opens at 9 am."
+    held_full_stage.set()
+    await model.backend.wait(job.id)  # type: ignore[attr-defined]
+    assert not (model.space(GUILD).models / fit.RUNS).exists()
+    await model.close()
+
+
+@pytest.mark.asyncio
+async def test_cancel_of_a_big_local_job_is_seen_within_a_second(tmp_path: Path, db: Database,
+                                                                   fake_data: dict) -> None:
+    model = Model(settings(tmp_path), db=db)
+    fake_data["compiled"] = compiled(many(3000))  # ~20 s of embedding
+    job, _ = await model.train(GUILD, started_by="alice", channel_id=99)
+
+    async def embedding():
+        polled = await model.poll_job(GUILD, job.id)
+        return polled.progress is not None and polled.progress[0] > 0
+    await wait_for(embedding)
+    started = time.monotonic()
+    cancelled = await model.cancel_job(GUILD, job.id, by="bob")
+    assert cancelled.status == "cancelled" and time.monotonic() - started < 1.0
+    listed = (await model.list_jobs(GUILD))[0]
+    assert listed.status == "cancelled" and listed.cancelled_by == "bob"
+    await asyncio.wait_for(model.backend.wait(job.id), 1.0)  # type: ignore[attr-defined]
+    assert (await model.current_model(GUILD)) is None  # its quick stage answered, and no longer does
+    await model.close()

@@ -108,6 +108,11 @@ class Job:
     smoothed_loss: float | None = None
     examples_per_s: float | None = None
     eta_s: float | None = None
+    progress: tuple[int, int] | None = None  # (done, total) of the backend's ``progress_unit`` (local: pairs embedded)
+    stage: str | None = None  # which stage of the job answers now, while an early model does (local: a quick stage)
+    # Its model answered before the job ended (``JobUpdate.live_model``); ``replaced_model`` was current then.
+    live: bool = False
+    replaced_model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # the backend's bookkeeping, read only by that backend
 
 
@@ -128,6 +133,9 @@ class JobUpdate:
     smoothed_loss: float | None = None
     examples_per_s: float | None = None
     eta_s: float | None = None
+    progress: tuple[int, int] | None = None
+    stage: str | None = None  # "" clears it
+    live_model: str | None = None  # a model that answers already while the job goes on (the job's own, at the end)
     extra: dict[str, Any] = field(default_factory=dict)  # backend bookkeeping, merged into Job.extra
 
 
@@ -181,6 +189,8 @@ class TrainingBackend(ABC):
     no_loss_status: ClassVar[str] = "not reported"
     # The numbered version folders it trains into (training.versions); None: its models are what jobs named.
     versions: ClassVar[Versions | None] = None
+    # What a job's (done, total) progress counts, for the status message.
+    progress_unit: ClassVar[str] = "items"
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         self.settings = settings

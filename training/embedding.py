@@ -38,11 +38,12 @@ import logging
 import re
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from config import DEFAULT_EMBED_MODEL
 from errors import BackendError
@@ -97,12 +98,10 @@ UNCALIBRATED = Thresholds(min_score=0.5, min_margin=0.1)
 class Embedder(ABC):
     """A sentence-embedding model: ``encode`` texts to unit vectors, ``index_vectors`` trained pairs.
 
-    Subclasses say how they index a pair (``joined_index``) and how many texts they embed between
-    two cancel checks of a training (``chunk``). Thread-safe: the weights are only read.
+    Subclasses say how they index a pair (``joined_index``). Thread-safe: the weights are only read.
     """
 
     joined_index: bool  # True: a pair's row is "prompt answer" embedded as one text
-    chunk: int
 
     def __init__(self, name: str, dim: int, fingerprint: str, source: str) -> None:
         self.name = name
@@ -116,10 +115,18 @@ class Embedder(ABC):
         return f"{type(self).__name__}({self.name!r}, dim={self.dim}, {self.fingerprint})"
 
     @abstractmethod
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text (zeros for a text with nothing to embed)."""
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text (zeros for a text with nothing to embed).
 
-    def index_vectors(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        ``check`` is called every few tenths of a second of work: a training's cancel raises there.
+        """
+
+    def index_texts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
+        """The text a pair's row is mostly made of (``prompt answer``): what its cost is counted on."""
+        return [f"{p} {a}" for p, a in zip(prompts, answers)]
+
+    def index_vectors(self, prompts: Sequence[str], answers: Sequence[str],
+                      check: Callable[[], None] | None = None) -> np.ndarray:
         """Search rows for trained pairs.
 
         The answer's words catch paraphrases that name what the answer talks about ("reboot" finds
@@ -129,66 +136,69 @@ class Embedder(ABC):
         """
         if not prompts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        both = self.encode([f"{p} {a}" for p, a in zip(prompts, answers)])
+        both = self.encode(self.index_texts(prompts, answers), check)
         if self.joined_index:
             return both
-        return (0.5 * (self.encode(prompts) + both)).astype(np.float32)
+        return (0.5 * (self.encode(prompts, check) + both)).astype(np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Tokens per text where the cost of embedding grows with them (a transformer); None: it does not."""
+        return None
 
 
 class StaticEmbedder(Embedder):
     """A static model: a token vector table, a tokenizer and mean pooling (WordLlama, model2vec)."""
 
     joined_index = False
-    chunk = 2_000
 
     def __init__(self, name: str, table: np.ndarray, tokenizer: object, fingerprint: str, source: str) -> None:
         self.table = np.ascontiguousarray(table, dtype=np.float32)
         self.tokenizer = tokenizer
         super().__init__(name, int(self.table.shape[1]), fingerprint, source)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         vocab = self.table.shape[0]
         for start in range(0, len(texts), ENCODE_BATCH):
+            if check is not None:
+                check()
             # Lower-cased: people type "vpn", "Vpn" and "VPN" for the same thing (measured: +2-4 points).
             chunk = [t.casefold() for t in texts[start:start + ENCODE_BATCH]]
             encs = self.tokenizer.encode_batch(chunk, add_special_tokens=False)  # type: ignore[attr-defined]
-            lengths = np.fromiter((min(len(e.ids), MAX_TOKENS) for e in encs), dtype=np.int64, count=len(encs))
-            if not lengths.sum():
+            tokens = [e.ids[:MAX_TOKENS] for e in encs]
+            indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
+            np.cumsum([len(t) for t in tokens], out=indptr[1:])
+            if not indptr[-1]:
                 continue
-            ids = np.concatenate([np.asarray(e.ids[:MAX_TOKENS], dtype=np.int64) for e in encs])
+            ids = np.fromiter((i for t in tokens for i in t), dtype=np.int64, count=int(indptr[-1]))
             np.clip(ids, 0, vocab - 1, out=ids)
-            rows = np.repeat(np.arange(len(encs)), lengths)
-            sums = np.zeros((len(encs), self.dim), dtype=np.float32)
-            _add_rows(sums, rows, self.table[ids])
-            out[start:start + len(encs)] = sums
+            # Sums of each text's token vectors as one sparse (texts x vocabulary) product: no
+            # (tokens x dim) copy of the table's rows (2-3x faster than gathering them).
+            counts = sp.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, indptr), shape=(len(tokens), vocab))
+            out[start:start + len(tokens)] = counts @ self.table
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
 
 class TransformerEmbedder(Embedder):
-    """A BERT sentence-transformers model run by ``training.bert`` (about 190 short texts/s on 2 cores)."""
+    """A BERT sentence-transformers model run by ``training.bert`` (~220 short pairs a second on 2 cores)."""
 
     joined_index = True
-    chunk = 512
 
     def __init__(self, name: str, encoder: BertEncoder, fingerprint: str, source: str) -> None:
         self.encoder = encoder
         super().__init__(name, encoder.dim, fingerprint, source)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], check: Callable[[], None] | None = None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if t.strip()]  # an empty text has no meaning: a zero row
         if keep:
-            out[keep] = self.encoder.encode([texts[i] for i in keep])
+            out[keep] = self.encoder.encode([texts[i] for i in keep], check)
         return out
 
-
-def _add_rows(sums: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> None:
-    """``sums[rows] += vectors`` for sorted ``rows`` (reduceat: much faster than np.add.at)."""
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    sums[rows[starts]] += np.add.reduceat(vectors, starts, axis=0)
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.token_counts(texts)
 
 
 def _sha(data: Path | bytes, length: int = 16) -> str:
@@ -371,27 +381,49 @@ def decide(rows: np.ndarray, scores: np.ndarray, answer_of: Sequence[str] | np.n
     return Match(best if trusted else None, score, margin, best)
 
 
-def save_vectors(folder: Path, vectors: np.ndarray, embedder: Embedder) -> None:
+VECTORS = ("embeddings.npy", "embedding.json")  # a version's vectors and which model made them
+QUICK_VECTORS = ("quick-embeddings.npy", "quick-embedding.json")  # a quick first stage's (training.local.fit)
+
+
+def describe_vectors(embedder: Embedder, rows: int) -> dict[str, object]:
+    """What ``embedding.json`` says: the model that made the vectors, and how many rows."""
+    return {"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim, "rows": rows}
+
+
+def save_vectors(folder: Path, vectors: np.ndarray, embedder: Embedder, files: tuple[str, str] = VECTORS) -> None:
     """Write ``embeddings.npy`` and ``embedding.json`` (which model made them) into a version folder.
 
     Each file is replaced atomically, vectors first: a crash in between leaves a description that
     does not match the vectors' model or shape, and ``load_vectors`` then embeds again.
     """
-    with atomic_open(folder / "embeddings.npy") as fh:
+    with atomic_open(folder / files[0]) as fh:
         np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-    info = {"model": embedder.name, "fingerprint": embedder.fingerprint, "dim": embedder.dim, "rows": len(vectors)}
-    atomic_write_json(folder / "embedding.json", info)
+    atomic_write_json(folder / files[1], describe_vectors(embedder, len(vectors)))
 
 
-def load_vectors(folder: Path, embedder: Embedder, rows: int) -> np.ndarray | None:
-    """The saved vectors if this embedder made them for ``rows`` pairs, else None (re-embed)."""
+def has_vectors(folder: Path, embedder: Embedder, rows: int, files: tuple[str, str] = VECTORS) -> bool:
+    """Whether ``folder`` says it holds this embedder's vectors for ``rows`` pairs (the description only)."""
     try:
-        info = json.loads((folder / "embedding.json").read_text(encoding="utf-8"))
+        info = json.loads((folder / files[1]).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and info.get("fingerprint") == embedder.fingerprint and info.get("rows") == rows
+            and (folder / files[0]).is_file())
+
+
+def load_vectors(folder: Path, embedder: Embedder, rows: int, files: tuple[str, str] = VECTORS, *,
+                 mmap: bool = False) -> np.ndarray | None:
+    """The saved vectors if this embedder made them for ``rows`` pairs, else None (re-embed).
+
+    ``mmap``: mapped read-only from the file rather than read into memory (a retrain reads the rows it
+    reuses that way, so the vectors are never in memory twice).
+    """
+    if not has_vectors(folder, embedder, rows, files):
         return None
-    if info.get("fingerprint") != embedder.fingerprint or info.get("rows") != rows:
+    try:
+        vectors = np.load(folder / files[0], allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError):  # vanished, or cut short: embed again
         return None
-    vectors = np.load(folder / "embeddings.npy", allow_pickle=False)
     if vectors.shape != (rows, embedder.dim) or vectors.dtype != np.float32:
         return None
     return vectors

@@ -75,6 +75,13 @@ def _score_json(score: Score) -> dict[str, int]:
     return {"n": score.n, "new": score.new, **({} if score.old is None else {"old": score.old})}
 
 
+def _progress(value: Any) -> tuple[int, int] | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    done, total = _int(value[0]), _int(value[1])
+    return None if done is None or total is None else (done, total)
+
+
 def _estimate(value: Any) -> Estimate | None:
     if not isinstance(value, Mapping) or not value:  # an empty object meant nothing to show
         return None
@@ -117,7 +124,9 @@ def from_dict(fields: Mapping[str, Any]) -> Job:
         cancelled_by=_str(take("cancelled_by", None)), note=_str(take("note", None)),
         device=_str(take("device", None)), resumed_from=_int(take("resumed_from", None)),
         smoothed_loss=_float(take("smoothed_loss", None)), examples_per_s=_float(take("examples_per_s", None)),
-        eta_s=_float(take("eta_s", None)),
+        eta_s=_float(take("eta_s", None)), progress=_progress(take("progress", None)),
+        stage=_str(take("stage", None)), live=bool(take("live", False)),
+        replaced_model=_str(take("replaced_model", None)),
     )
     job.extra = {k: v for k, v in f.items() if k not in _IGNORED}
     return job
@@ -137,10 +146,13 @@ def _data(job: Job) -> dict[str, Any]:
             data["evaluation"]["heldout"] = _score_json(ev.heldout)
         if ev.error is not None:
             data["evaluation"]["error"] = ev.error
-    data.update({k: True for k, flag in (("candidate", job.candidate), ("activated", job.activated)) if flag})
+    data.update({k: True for k, flag in (("candidate", job.candidate), ("activated", job.activated),
+                                         ("live", job.live)) if flag})
     optional = {"cancelled_by": job.cancelled_by, "note": job.note, "device": job.device,
                 "resumed_from": job.resumed_from, "smoothed_loss": job.smoothed_loss,
-                "examples_per_s": job.examples_per_s, "eta_s": job.eta_s}
+                "examples_per_s": job.examples_per_s, "eta_s": job.eta_s, "stage": job.stage or None,
+                "replaced_model": job.replaced_model,
+                "progress": list(job.progress) if job.progress is not None else None}
     data.update({k: v for k, v in optional.items() if v is not None})
     return data
 

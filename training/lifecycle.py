@@ -84,6 +84,12 @@ def apply_update(job: Job, upd: JobUpdate) -> bool:
         job.examples_per_s = upd.examples_per_s
     if upd.eta_s is not None:
         job.eta_s = upd.eta_s
+    if upd.progress is not None:
+        job.progress = upd.progress
+    if upd.stage is not None:
+        job.stage = upd.stage or None
+    if upd.live_model and upd.status not in TERMINAL:
+        job.model, job.live = upd.live_model, True
     job.extra.update(upd.extra)
     if upd.status in TERMINAL and not job.finished_at:
         job.finished_at = time.time()
@@ -190,8 +196,8 @@ class JobRunner:
                 return job  # another backend's job: nothing can poll it here
             upd = await self.backend.poll(space, job)
             if apply_update(job, upd):
-                if (self.settings.eval_gate and job.status == "succeeded" and job.model and not job.activated
-                        and job.evaluation is None):
+                if (self.settings.eval_gate and job.status == "succeeded" and job.model
+                        and (not job.activated or job.live) and job.evaluation is None):
                     job.evaluation = await self._evaluate(space, job)
                 await saved("the job's progress", self._save, space, job, upd.losses)
             return job
@@ -216,13 +222,30 @@ class JobRunner:
 
     def _activate(self, space: GuildSpace, job: Job) -> None:
         """A job that just succeeded makes its model the server's current one, unless the evaluation gate kept
-        it as a candidate (then ``!model <name>`` switches to it)."""
-        if job.status == "succeeded" and job.model and not job.activated:
+        it as a candidate (then ``!model <name>`` switches to it).
+
+        A job whose model answers before it ends (``live``: the local backend's quick stage) makes it current
+        at once, remembering the model it replaced; if the job is then cancelled, or its finished model is
+        kept as a candidate, that model is current again.
+        """
+        if not job.model:
+            return
+        if job.live and job.status not in TERMINAL and not job.activated:
+            job.replaced_model = jobs.current_model(space, self.backend.name)
+            jobs.set_current_model(space, self.backend.name, job.model)
+            job.activated = True
+        elif job.status == "succeeded" and not job.activated:
             if job.evaluation is not None and job.evaluation.candidate:
                 job.candidate = True
                 return
             jobs.set_current_model(space, self.backend.name, job.model)
             job.activated = True
+        elif job.live and job.activated and (job.status == "cancelled" or (
+                job.status == "succeeded" and job.evaluation is not None and job.evaluation.candidate)):
+            job.candidate = job.status == "succeeded"
+            job.activated = False
+            if jobs.current_model(space, self.backend.name) == job.model:
+                jobs.set_current_model(space, self.backend.name, job.replaced_model)
 
     async def cancel_job(self, space: GuildSpace, job_id: str, *, by: str | None = None) -> Job:
         """Cancel a running job (``by``: who asked, shown in its status); returns the saved job.
@@ -270,7 +293,7 @@ class JobRunner:
         backend error while scoring is reported in the result and does not hold the model back (the gate
         guards against worse models, not against an unreachable API).
         """
-        old = await self.current_model(space)
+        old = job.replaced_model if job.live else await self.current_model(space)
         new = str(job.model)
         result = Evaluation(old_model=old if old != new else None, margin=EVAL_MARGIN)
         cases = await asyncio.to_thread(evaluation.eval_set, space)

@@ -66,6 +66,11 @@ def render_status(job: Job, now: float | None = None) -> str:
         if status not in TERMINAL and job.eta_s is not None:
             elapsed += f", ETA {format_duration(job.eta_s)}"
         lines.append(elapsed)
+    if job.progress is not None and status not in TERMINAL:
+        done, total = job.progress
+        lines.append(f"Progress: {done:,}/{total:,} {_backend(job).progress_unit}")
+    if job.stage and status not in TERMINAL:
+        lines.append(job.stage)
     speed, device = job.examples_per_s, job.device
     if speed is not None:
         lines.append(f"Speed: {speed:.1f} examples/s" + (f" on {device}" if device else ""))

@@ -25,6 +25,7 @@ from tests.harness import BotHarness, announcement, start_job
 from training import embedding
 from training.embedding import DEFAULT_EMBED_MODEL, Thresholds, decide, load_embedder, top_rows
 from training.local import LocalBackend, load_version, train_version
+from training.local.fit import Progress
 
 SETS = load_sets()
 DONT_KNOW = "I don't know that one yet."
@@ -187,11 +188,11 @@ def test_a_retrain_embeds_only_the_new_pairs(backend: LocalBackend, tmp_path: Pa
     space = GuildSpace(1, tmp_path / "d", tmp_path / "c").ensure()
     emb = backend.embedder()
     first = train_version(space, WORK.pairs, [], job_id="j", method="supervised", embedder=emb)
-    events: list[str] = []
+    progress = Progress()
     more = [*WORK.pairs, ("Is there a shuttle bus?", "Yes, every 20 minutes from the station.")]
-    second = train_version(space, more, [], job_id="k", method="supervised", embedder=emb,
-                           progress=lambda step, loss, event: events.append(event or ""))
-    assert f"Reused the vectors of {len(WORK.pairs)} unchanged pairs" in events
+    second = train_version(space, more, [], job_id="k", method="supervised", embedder=emb, progress=progress)
+    assert f"Reused the vectors of {len(WORK.pairs)} unchanged pairs" in progress.events
+    assert (progress.done, progress.total) == (1, 1)  # only the new pair was embedded
     fresh = emb.index_vectors([p for p, _ in more], [a for _, a in more])  # type: ignore[union-attr]
     assert np.allclose(load_version(space, second, emb).vectors, fresh, atol=1e-5)
     assert np.allclose(load_version(space, first, emb).vectors, fresh[:-1], atol=1e-5)

@@ -174,3 +174,13 @@ def test_a_legacy_log_record_and_a_bare_row_load(space: GuildSpace) -> None:
                    (space.guild_id, "bare", "openai", "queued", 1.0, 1.0))
     bare = jobs.get_job(space, "bare")
     assert bare == Job(id="bare", backend="openai", status="queued", created_at=1.0, updated_at=1.0)
+
+
+def test_progress_stage_and_a_live_model_are_kept(space: GuildSpace) -> None:
+    job = Job(id="local-x", backend="local", status="running", progress=(10, 200), stage="Stage 2/2: ...",
+              live=True, replaced_model="local-v1", model="local-v2", eta_s=12.5)
+    jobs.save_job(space, job)
+    back = jobs.get_job(space, "local-x")
+    assert (back.progress, back.stage, back.live, back.replaced_model, back.eta_s) == (
+        (10, 200), "Stage 2/2: ...", True, "local-v1", 12.5)
+    assert back.extra == {}

@@ -37,3 +37,15 @@ def test_loss_curve_png() -> None:
     png = status.loss_curve_png([(1, 2.0), (2, 1.0), (3, 0.5)], "j (running)")
     assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert status.loss_curve_png([]) is None
+
+
+def test_a_big_local_training_shows_pairs_done_speed_eta_and_its_live_stage() -> None:
+    job = Job(id="local-x", backend="local", status="running", step=3, total_steps=5, created_at=1000.0,
+              progress=(40_000, 100_000), examples_per_s=161.5, eta_s=372.0,
+              stage="Stage 2/2: `local-v3` answers with quick wordllama vectors while all-MiniLM-L6-v2 embeds")
+    text = status.render_status(job, now=1000.0 + 250)
+    assert "Progress: 40,000/100,000 pairs embedded" in text
+    assert "Speed: 161.5 examples/s" in text and "Elapsed: 4m 10s, ETA 6m 12s" in text
+    assert "Stage 2/2: `local-v3` answers with quick wordllama" in text
+    finished = status.render_status(replace(job, status="succeeded", finished_at=1600.0), now=1600.0)
+    assert "Progress" not in finished and "Stage" not in finished

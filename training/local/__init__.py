@@ -14,13 +14,15 @@ older versions stay for rollback. Models are stored as ``.npz``/``.npy``/JSON an
 ``allow_pickle=False``: a file dropped into the data folder cannot run code.
 
 Modules: ``retrieval`` (TF-IDF word matching, :class:`LocalModel`, :func:`pairs_from`), ``store`` (a
-version's files: write, load), ``runner`` (:func:`train_version` and the job runner), ``answer`` (the
-answer rule), ``overlay`` (the corrections that count at once), ``backend`` (:class:`LocalBackend`).
+version's files: write, load), ``fit`` (:func:`train_version`: one training, its quick first stage, its
+work folder and progress), ``runner`` (the job runner: progress, cancel, resume after a restart),
+``answer`` (the answer rule), ``overlay`` (the corrections that count at once), ``backend``
+(:class:`LocalBackend`).
 """
 
 from training.local.backend import LocalBackend
+from training.local.fit import train_version
 from training.local.retrieval import LocalModel, pairs_from
-from training.local.runner import train_version
 from training.local.store import VERSIONS, load_version, version_numbers
 
 __all__ = [

@@ -1,9 +1,11 @@
 """``LocalBackend``: the local backend's door, tying its parts together.
 
 It loads the embedding model once (``EMBED_MODEL``; word matching when it cannot be loaded, said once
-to users), starts and follows trainings (``runner``), keeps loaded versions in a small cache
-(``store.load_version``), and answers with ``answer.search`` over the version and the guild's
-corrections overlay (``overlay``), off the event loop whenever that is more than a lookup.
+to users), and WordLlama as the quick model of big trainings' first stage when that model is a slow
+transformer; starts, follows, cancels and resumes trainings (``runner``, ``fit``), keeps loaded versions
+in a small cache (``store.load_version``; a version whose full vectors arrive is dropped from it), and
+answers with ``answer.search`` over the version and the guild's corrections overlay (``overlay``), with
+the model that made the version's vectors, off the event loop whenever that is more than a lookup.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from errors import BackendError, InvalidInput, NotFound
 from training.backend import History, Job, JobUpdate, Method, TrainingBackend
-from training.embedding import DEFAULT_EMBED_MODEL, DISABLED, Embedder, load_embedder
+from training.embedding import DEFAULT_EMBED_MODEL, DISABLED, WORDLLAMA, Embedder, TransformerEmbedder, load_embedder
 from training.local import answer as answer_rule
 from training.local.overlay import Overlay, Overlays
 from training.local.retrieval import LocalModel, pairs_from
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 8
+# Loaded versions beyond this many pairs in all are dropped, least recently used first (the newest always stays):
+# a 100,000-pair version holds ~450 MB, and after a retrain the one before it need not stay loaded too.
+CACHE_PAIRS = 150_000
 THREAD_ABOVE = 5_000  # word matching answers in a worker thread when the index is this big
 
 
@@ -51,18 +56,23 @@ class LocalBackend(TrainingBackend):
     no_loss_status = "none (nearest-example model)"
     applies_corrections_now = True  # corrections are searched before the trained pairs
     versions = VERSIONS  # the models are the local-v<N> folders on disk
+    progress_unit = "pairs embedded"
+    quick_model = WORDLLAMA  # a big training answers with it first, while the transformer embeds
 
     def __init__(self, settings: Settings, *, openai_client: Any = None, embed_model: str | None = None) -> None:
         super().__init__(settings)
         self.prefix = settings.prefix
         self.embed_model = embed_model or settings.embed_model or DEFAULT_EMBED_MODEL
-        self.runner = Runner()
+        self.runner = Runner(on_upgrade=self._upgraded)
         self._cache: OrderedDict[tuple[int, str], LocalModel] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._loading: dict[tuple[int, str], threading.Lock] = {}  # one load per version at a time
         self._embed_lock = threading.Lock()
         self._embedder: Embedder | None = None
         self._embed_error: str | None = None  # why the embedding model is not in use
         self._embed_tried = False
+        self._quick: Embedder | None = None
+        self._quick_tried = False
         self._note_pending = False  # the one-time "word matching only" note for users
         self._overlays = Overlays(self.embedder)
 
@@ -92,6 +102,27 @@ class LocalBackend(TrainingBackend):
                 self._embed_tried = True
         return self._embedder
 
+    def quick_embedder(self) -> Embedder | None:
+        """The quick first stage's model (sync, loads on first use): WordLlama when the embedding model is a
+        transformer (slow to embed many pairs); None otherwise or when it cannot be loaded (no quick stage)."""
+        if self._quick_tried:
+            return self._quick
+        with self._embed_lock:
+            if not self._quick_tried:
+                if isinstance(self.embedder(), TransformerEmbedder):
+                    try:
+                        self._quick = load_embedder(self.quick_model)
+                    except (BackendError, OSError, ValueError, RuntimeError) as exc:
+                        log.warning("quick model %s could not be loaded (%s): big trainings answer only when "
+                                    "their embedding is done", self.quick_model, exc)
+                self._quick_tried = True
+        return self._quick
+
+    def _upgraded(self, guild_id: int, name: str) -> None:
+        """A version's full vectors are saved (worker thread): its loaded copy, with quick vectors, goes."""
+        with self._cache_lock:
+            self._cache.pop((guild_id, name), None)
+
     def describe(self) -> str:
         """One line for ``!model``/``!help``: how this backend answers."""
         emb = self.embedder()
@@ -105,7 +136,7 @@ class LocalBackend(TrainingBackend):
         await asyncio.to_thread(self.embedder)
 
     async def close(self) -> None:
-        self.runner.close()
+        await self.runner.close()
 
     async def start_job(
         self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str
@@ -118,13 +149,14 @@ class LocalBackend(TrainingBackend):
         if not pairs and len({lab for _, lab in labelled}) < 2:
             raise InvalidInput("Nothing to train on: add prompt/answer examples or texts with at least two labels.")
         embedder = await asyncio.to_thread(self.embedder)
-        run = self.runner.start(space, pairs, labelled, method=method, embedder=embedder)
-        return Job(id=run.job_id, backend=self.name, method=method, status="running", total_steps=run.total_steps,
-                   extra={"pairs": len(pairs), "labelled": len(labelled)})
+        run = self.runner.start(space, pairs, labelled, method=method, embedder=embedder, quick=self.quick_embedder)
+        return Job(id=run.job_id, backend=self.name, method=method, status="running",
+                   total_steps=run.progress.total_steps,
+                   extra={"pairs": len(pairs), "labelled": len(labelled), "attempts": run.attempts})
 
     async def poll(self, space: GuildSpace, job: Job) -> JobUpdate:
-        """Progress of a training started by this process; after a restart, what the disk says."""
-        return await self.runner.poll(space, job)
+        """Progress of a training of this process; one cut short by a restart goes on from its work folder."""
+        return await self.runner.poll(space, job, self.embedder, self.quick_embedder)
 
     async def wait(self, job_id: str) -> None:
         """Wait until a job started by this process ends (tests, benchmarks)."""
@@ -142,11 +174,18 @@ class LocalBackend(TrainingBackend):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        model = load_version(space, name, self.embedder())
-        with self._cache_lock:
-            self._cache[key] = model
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # several answers asking for a version not loaded yet (the evaluation gate's) load it once
+            with self._cache_lock:
+                if key in self._cache:
+                    return self._cache[key]
+            model = load_version(space, name, self.embedder(), self.quick_embedder)
+            with self._cache_lock:
+                self._cache[key] = model
+                self._loading.pop(key, None)
+                while len(self._cache) > 1 and (len(self._cache) > CACHE_SIZE or sum(
+                        len(m.answers) for m in self._cache.values()) > CACHE_PAIRS):
+                    self._cache.popitem(last=False)
         return model
 
     async def _model(self, space: GuildSpace, name: str) -> LocalModel:
@@ -185,7 +224,11 @@ class LocalBackend(TrainingBackend):
         Sync and CPU-bound: ``answer`` runs it in a thread (with embeddings always, since embedding
         the question is a forward pass; word matching above ``THREAD_ABOVE`` pairs).
         """
-        return answer_rule.search(model, prompt, overlay, self.embedder())
+        return answer_rule.search(model, prompt, overlay, self._embedder_of(model))
+
+    def _embedder_of(self, model: LocalModel | None) -> Embedder | None:
+        """The model that embeds questions for ``model``: the one that made its vectors (a quick stage's) or ours."""
+        return model.embedder if model is not None and model.embedder is not None else self.embedder()
 
     def answer_sync(self, model: LocalModel | None, prompt: str, overlay: Overlay | None = None) -> str:
         """The trained (or corrected) answer closest to ``prompt``, or an honest "I don't know yet"."""
@@ -204,8 +247,8 @@ class LocalBackend(TrainingBackend):
         """Retrieval answer; ``history`` is not used by this backend (each prompt stands alone)."""
         if not self._embed_tried:
             await asyncio.to_thread(self.embedder)  # loading reads ~90 MB: not on the loop
-        overlay = await self._overlays.get(space)  # corrections count at once
         model = await self._model(space, model_name) if model_name else None
+        overlay = await self._overlays.get(space, self._embedder_of(model))  # corrections count at once
         if model is None and (overlay is None or not overlay.prompts):
             return self._with_note(self.not_trained())
         if self._embedder is not None or model is not None and len(model.answers) > THREAD_ABOVE:

@@ -41,19 +41,23 @@ class Overlay:
 
 
 class Overlays:
-    """Each guild's overlay, kept until its corrections change."""
+    """Each guild's overlay, kept until its corrections change (one per embedding model: a version answering
+    with a quick stage's vectors compares corrections embedded by that model)."""
 
     def __init__(self, embedder: Callable[[], Embedder | None]) -> None:
         self.embedder = embedder  # the backend's: loads the embedding model on first use
-        self._overlays: dict[int, Overlay] = {}
+        self._overlays: dict[tuple[int, str | None], Overlay] = {}
 
-    def build(self, space: GuildSpace) -> Overlay | None:
-        """The guild's corrections as a small index, rebuilt when the corrections change."""
+    def build(self, space: GuildSpace, emb: Embedder | None = None) -> Overlay | None:
+        """The guild's corrections as a small index (``emb``: embedded by that model rather than the backend's),
+        rebuilt when the corrections change."""
+        emb = emb or self.embedder()
+        slot = (space.guild_id, emb.fingerprint if emb is not None else None)
         signature = records.corrections_signature(space)
         if not signature[0]:
-            self._overlays.pop(space.guild_id, None)
+            self._overlays.pop(slot, None)
             return None
-        cached = self._overlays.get(space.guild_id)
+        cached = self._overlays.get(slot)
         if cached is not None and cached.signature == signature:
             return cached
         latest: dict[str, tuple[str, str]] = {}
@@ -65,7 +69,6 @@ class Overlays:
                 latest[key] = (prompt, record.correction.strip())
         prompts = [p for p, _ in latest.values()]
         answers = [a for _, a in latest.values()]
-        emb = self.embedder()
         vectors = None
         if emb is not None and prompts:
             # Only corrections new since the last overlay are embedded (a forward pass each).
@@ -75,13 +78,15 @@ class Overlays:
             if todo:
                 vectors[todo] = emb.index_vectors([prompts[i] for i in todo], [answers[i] for i in todo])
         overlay = Overlay(signature, prompts, answers, vectors)
-        self._overlays[space.guild_id] = overlay
+        self._overlays[slot] = overlay
         log.debug("guild %s: %d correction(s) apply before the next training", space.guild_id, len(prompts))
         return overlay
 
-    async def get(self, space: GuildSpace) -> Overlay | None:
-        """The guild's overlay (None: no corrections, or unreadable ones), built in a thread when it changed."""
-        cached = self._overlays.get(space.guild_id)
+    async def get(self, space: GuildSpace, emb: Embedder | None = None) -> Overlay | None:
+        """The guild's overlay (None: no corrections, or unreadable ones), built in a thread when it changed;
+        ``emb``: embedded by that model rather than the backend's."""
+        emb = emb or self.embedder()
+        cached = self._overlays.get((space.guild_id, emb.fingerprint if emb is not None else None))
         try:
             # In a thread: with PostgreSQL this is a round trip.
             signature = await asyncio.to_thread(records.corrections_signature, space)
@@ -93,7 +98,7 @@ class Overlays:
         if cached is not None and cached.signature == signature:
             return cached
         try:
-            return await asyncio.to_thread(self.build, space)
+            return await asyncio.to_thread(self.build, space, emb)
         except (OSError, TrainerError) as exc:
             log.warning("guild %s: corrections unreadable (%s); answering without them", space.guild_id, exc)
             return None

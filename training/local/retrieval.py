@@ -21,6 +21,7 @@ from sklearn.preprocessing import normalize
 
 if TYPE_CHECKING:
     from dataset.compile import Compiled
+    from training.embedding import Embedder
 
 N_FEATURES = 2**20  # per analyzer; hashed, so no vocabulary has to be stored
 CANDIDATE_POSTING_LIMIT = 2_000  # postings longer than this (and than 1% of prompts) are skipped
@@ -146,6 +147,9 @@ class LocalModel:
     coef: sp.csr_matrix | None  # (n_classes or 1) x features
     intercept: np.ndarray | None
     vectors: np.ndarray | None = None  # sentence embeddings of the pairs (rows = prompts), None: word matching
+    # The model that made ``vectors`` when it is not the backend's (a quick first stage, ``training.local.fit``):
+    # questions are embedded with it and its own calibrated thresholds decide.
+    embedder: Embedder | None = None
 
     def __post_init__(self) -> None:
         # Column-major copy = an inverted index: feature -> (prompts having it, weights).

@@ -1,7 +1,9 @@
 """A local version on disk: ``models/local-v<N>/``, numbered and renamed into place by ``training.versions``.
 
 Files: ``answers.json`` (the trained prompt/answer pairs), ``idf.npz`` and ``index.npz`` (word matching),
-``embeddings.npy`` + ``embedding.json`` (sentence vectors, with the model that made them),
+``embeddings.npy`` + ``embedding.json`` (sentence vectors, with the model that made them; while a big
+training's full vectors are still being made, ``quick-embeddings.npy`` + ``quick-embedding.json`` hold a
+quick model's instead, see ``training.local.fit``),
 ``classifier.npz`` + ``classifier.json`` (labelled texts) and ``meta.json``. Only ``.npz``/``.npy``/JSON,
 loaded with ``allow_pickle=False``: a file dropped into the data folder cannot run code.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from storage import atomic_write_json
-from training.embedding import Embedder, load_vectors, save_vectors
+from training.embedding import QUICK_VECTORS, Embedder, load_vectors, save_vectors
 from training.local.retrieval import N_FEATURES, LocalModel
 from training.versions import Versions
 
@@ -34,11 +37,14 @@ def version_numbers(space: GuildSpace) -> list[int]:
     return VERSIONS.numbers(space.models)
 
 
-def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None) -> LocalModel:
+def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None,
+                 quick: Callable[[], Embedder | None] | None = None) -> LocalModel:
     """Load a version from disk (sync; run in a thread).
 
     With an ``embedder``, the saved sentence vectors are used when that model made them; a version
-    trained before embeddings (or with another ``EMBED_MODEL``) is embedded again here, once.
+    trained before embeddings (or with another ``EMBED_MODEL``) is embedded again here, once. A version
+    whose full vectors are still being made answers with its quick stage's vectors and model (``quick``
+    loads that model), never by embedding here: that is the training's work.
     """
     meta = VERSIONS.read_meta(space.models, name)
     folder = space.models / name
@@ -55,8 +61,13 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
         coef = sp.load_npz(folder / "classifier.npz").tocsr()
     prompts, answers = [p["prompt"] for p in pairs], [p["answer"] for p in pairs]
     vectors = None
+    made_by = None  # the model of the vectors, when it is not ``embedder``
     if embedder is not None and pairs:
         vectors = load_vectors(folder, embedder, len(pairs))
+        stage = quick() if vectors is None and quick is not None and (folder / QUICK_VECTORS[0]).is_file() else None
+        if stage is not None:
+            vectors = load_vectors(folder, stage, len(pairs), QUICK_VECTORS)
+            made_by = stage if vectors is not None else None
         if vectors is None:
             log.info("%s of guild %s has no %s vectors: embedding its %d pairs now", name, space.guild_id,
                      embedder.name, len(pairs))
@@ -66,10 +77,12 @@ def load_version(space: GuildSpace, name: str, embedder: Embedder | None = None)
             except OSError as exc:
                 log.warning("%s of guild %s: the new vectors could not be saved (%s); they are used from memory",
                             name, space.guild_id, exc)
-    how = f"{embedder.name} embeddings" if embedder is not None and vectors is not None else "word matching"
+    how = "word matching"
+    if vectors is not None and embedder is not None:
+        how = f"{(made_by or embedder).name} embeddings" + (" (quick stage)" if made_by else "")
     log.info("loaded %s for guild %s (%d pairs, %d labels, %s)", name, space.guild_id, meta.get("pairs"),
              len(classes), how)
-    return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors)
+    return LocalModel(name, idfs, index, answers, prompts, classes, coef, intercept, vectors, made_by)
 
 
 
@@ -99,22 +112,23 @@ def write_version(
         atomic_write_json(folder / "classifier.json", {"classes": labels, "intercept": intercept.tolist()})
 
 
-def previous_vectors(space: GuildSpace, embedder: Embedder) -> dict[tuple[str, str], np.ndarray]:
-    """Rows of the newest version this embedder indexed, by (prompt, answer): a retrain reuses them.
+def previous_vectors(space: GuildSpace, embedder: Embedder) -> tuple[np.ndarray | None, dict[tuple[str, str], int]]:
+    """The vectors of the newest version this embedder indexed (mapped from its file, not read into memory)
+    and their row of each (prompt, answer): a retrain reuses them.
 
-    A transformer embeds ~190 pairs a second here, so re-embedding 10k unchanged pairs for every
-    ``!train`` would take most of a minute; the vectors of a pair only depend on its text and the model.
+    A transformer embeds ~130 pairs a second here, so re-embedding 10k unchanged pairs for every
+    ``!train`` would take more than a minute; the vectors of a pair only depend on its text and the model.
     """
     for number in reversed(version_numbers(space)):
         folder = space.models / VERSIONS.name(number)
         try:
             pairs = json.loads((folder / "answers.json").read_text(encoding="utf-8"))
-            vectors = load_vectors(folder, embedder, len(pairs))
+            vectors = load_vectors(folder, embedder, len(pairs), mmap=True)
         except (OSError, ValueError):
             continue
         if vectors is not None:
-            return {(p["prompt"], p["answer"]): vectors[i] for i, p in enumerate(pairs)}
-    return {}
+            return vectors, {(p["prompt"], p["answer"]): i for i, p in enumerate(pairs)}
+    return None, {}
 
 
 def reuse_vectors(pairs: list[tuple[str, str]], known: dict[tuple[str, str], np.ndarray],
