@@ -176,7 +176,7 @@ async def test_bot_writes_only_into_its_own_guild(harness: BotHarness) -> None:
     said = await harness.ask("!train ours q => ours a", user="admin")
     assert said.startswith("Added **1** example.")
     await harness.sandbox.wait_for(
-        lambda: any("succeeded" in m.content for m in harness.sandbox.bot_messages()), timeout=20)
+        lambda: any("succeeded. I now answer" in m.content for m in harness.sandbox.bot_messages()), timeout=20)
 
     # Guild B is untouched, byte for byte and row for row; everything landed in the sandbox guild's records.
     assert {p: p.read_bytes() for p in files_under(other.data, other.corrections)} == files_before

@@ -18,7 +18,8 @@ async def test_everything_records_who_and_from_where(harness: BotHarness) -> Non
     said = await h.ask("!train", user="admin", attachments=[("faq.jsonl", upload, "application/json")])
     assert said.startswith("Added **3** examples")
     upload_msg = h.last_posted
-    await wait_bot(sb, lambda m: m.content.startswith("Training job `") and "succeeded" in m.content, timeout=15)
+    await wait_bot(sb, lambda m: m.content.startswith("Training job `") and "succeeded. I now answer" in m.content,
+                   timeout=15)
     said = await h.ask("!train Can I park? => Behind the building.", user="owner")
     inline_msg = h.last_posted
 

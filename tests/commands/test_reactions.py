@@ -84,7 +84,9 @@ async def test_thumbs_are_recorded_and_a_thumbs_down_asks_for_the_right_answer(h
 async def test_counts_name_the_model_that_answered(harness: BotHarness) -> None:
     h, sb = harness, harness.sandbox
     await h.ask("!train What is the office wifi password? => It is on the card at the desk.", user="admin")
-    await wait_bot(sb, lambda m: "succeeded" in m.content and m.content.startswith("Training job"), timeout=20)
+    # The job's closing announcement (its status message says "succeeded" a moment before it).
+    await wait_bot(sb, lambda m: m.content.startswith("Training job `") and "succeeded. I now answer" in m.content,
+                   timeout=20)
     answer = (await h.send("What is the office wifi password?"))[0]
     assert answer.content == "It is on the card at the desk."
     await sb.react("owner", sb.text_channel.id, answer.id, "👍")
