@@ -11,7 +11,9 @@ see ``bench/model.py``.
 
 ``EMBED_MODEL=wordllama`` is the WordLlama ``l2_supercat`` 256-dimension static model whose
 weights (16 MB, MIT) and tokenizer ship inside the ``wordllama`` wheel: one vector per token,
-averaged over the text; 25 times faster to train, weaker on paraphrases. We read its two files
+averaged over the text; 25 times faster to train, weaker on paraphrases. With the default model it
+is also the quick first stage of a big training (``training.local.fit``): the version answers with
+WordLlama's vectors and thresholds until the transformer's are done. We read its two files
 ourselves (safetensors + tokenizers) rather than through ``wordllama.WordLlama.load``: 0.4.0.post1
 looks for its tokenizer under the wrong folder name and then tries to download it, and importing
 ``wordllama`` calls ``logging.basicConfig`` (it would take over the bot's logging).

@@ -236,6 +236,45 @@ async def test_restart_mid_job_resumes_the_same_status_message(sandbox: Sandbox,
         await stop_bot(bot)
 
 
+async def test_a_big_local_training_shows_its_stages_and_goes_on_after_a_restart(
+        sandbox: Sandbox, settings: Settings, error_log: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend: a quick stage answers, the status message moves, /quit keeps the work, and the
+    restarted bot finishes the same job in the same status message."""
+    from training.local import fit
+
+    monkeypatch.setattr(fit, "STAGE_ABOVE", 100)
+    monkeypatch.setattr(fit, "CHUNK_TOKENS", 400)  # many small chunks: several progress reports
+    pairs = [(f"how do I book meeting room {i} on floor {i % 7}?", f"Room {i} is booked at the {i % 5} desk.")
+             for i in range(1500)]
+    upload = "".join(json.dumps(chat_line(q, a)) + "\n" for q, a in pairs).encode()
+    bot = await start_bot(sandbox, settings)
+    try:
+        h = BotHarness(sandbox, bot)
+        job_id, status = await start_job(h, "!train", attachments=[("rooms.jsonl", upload, "application/json")])
+        await sandbox.wait_for(lambda: "Stage 2/2" in status.content and "pairs embedded" in status.content
+                               and "/1,500 pairs embedded" in status.content, timeout=30)
+        assert "answers with quick wordllama vectors" in status.content and "examples/s" in status.content
+        reply = await ask_answer(h, "How do I book meeting room 12 on floor 5?")  # the quick stage answers
+        assert reply.content == "Room 12 is booked at the 2 desk."
+    finally:
+        await stop_bot(bot)  # as /quit does: the training stops and keeps what it embedded
+    space = GuildSpace(h.guild_id, settings.data_dir, settings.corrections_dir)
+    work = fit.Work(space.models, job_id)
+    assert work.exists() and 0 < work.progress()[0] < 1500
+    bot = await start_bot(sandbox, settings)
+    try:
+        h = BotHarness(sandbox, bot)
+        done = await announcement(sandbox, job_id, timeout=60)
+        assert done.content.startswith(f"Training job `{job_id}` succeeded. I now answer with `local-v1`.")
+        assert "**succeeded**" in status.content and status_messages(sandbox, job_id) == [status]
+        job = jobs.get_job(space_of(h), job_id)
+        assert job.extra["attempts"] == 2 and any("resuming with" in e for e in job.events)
+        assert (await ask_answer(h, "How can I book meeting room 12 on floor 5")).content == \
+            "Room 12 is booked at the 2 desk."
+    finally:
+        await stop_bot(bot)
+
+
 # ---------------------------------------------------------------------------- OpenAI trouble
 async def test_rate_limit_and_server_error_storms_lose_nothing(openai_harness: BotHarness,
                                                                fake: FakeOpenAI) -> None:

@@ -21,6 +21,7 @@ from storage import GuildSpace
 from tests.fakes.samples import FAQ, compiled, dpo_line
 from training.backend import Job
 from training.local import LocalBackend, fit, load_version, pairs_from, version_numbers
+from training.local import backend as local_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELLED = [
@@ -293,3 +294,25 @@ async def test_a_clean_stop_resumes_and_three_cut_starts_fail_with_the_reason(
     upd = await LocalBackend(Settings()).poll(space, cut)
     assert upd.status == "failed" and "stopped 3 times" in upd.error and "without a word" in upd.error
     assert not (space.models / fit.RUNS).exists()
+
+
+@pytest.mark.asyncio
+async def test_a_version_is_loaded_once_for_many_answers_and_big_ones_are_not_all_kept(
+        space: GuildSpace, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(Settings())
+    v1 = await train(backend, space, compiled())
+    v2 = await train(backend, space, compiled([(q, "v2 " + a) for q, a in FAQ]))
+    loads: list[str] = []
+    real = local_backend.load_version
+
+    def counting(space_, name, *args):
+        loads.append(name)
+        time.sleep(0.2)  # a big version takes a while: the other answers wait for it
+        return real(space_, name, *args)
+    monkeypatch.setattr(local_backend, "load_version", counting)
+    answers = await asyncio.gather(*(backend.answer(space, v1, "when does the shop open", []) for _ in range(4)))
+    assert set(answers) == {"The shop opens at 9 am."} and loads == [v1]
+    monkeypatch.setattr(local_backend, "CACHE_PAIRS", len(FAQ) + 1)  # room for one of them
+    await backend.answer(space, v2, "when does the shop open", [])
+    await backend.answer(space, v1, "when does the shop open", [])
+    assert loads == [v1, v2, v1]  # v1 was dropped when v2 came

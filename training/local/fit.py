@@ -4,12 +4,12 @@ Steps: word matching (TF-IDF features and index), the classifier of labelled tex
 two labels: logistic loss, SGD epochs, so there is a real loss curve to show), the sentence vectors, then the
 version (``store.write_version``, ``store.VERSIONS.claim``).
 
-The vectors are the long part (all-MiniLM-L6-v2 in numpy embeds ~130 short pairs a second on two cores), so
+The vectors are the long part (all-MiniLM-L6-v2 in numpy embeds ~220 short pairs a second on two cores), so
 they are made in a way that lets a big training answer early, say where it is, stop at once and survive a
 restart:
 
 - **A quick stage.** When more than ``STAGE_ABOVE`` pairs need the full model, the pairs are first embedded
-  with a quick static model (WordLlama, ~10,000 pairs a second) and the version is claimed with those vectors
+  with a quick static model (WordLlama, ~25,000 pairs a second) and the version is claimed with those vectors
   (``quick-embeddings.npy``): it answers at once, with the quick model's own calibrated thresholds. When the
   full vectors are done they join the same version (``embeddings.npy``), which answers at full quality from
   then on; the quick vectors are deleted.

@@ -116,7 +116,7 @@ def previous_vectors(space: GuildSpace, embedder: Embedder) -> tuple[np.ndarray 
     """The vectors of the newest version this embedder indexed (mapped from its file, not read into memory)
     and their row of each (prompt, answer): a retrain reuses them.
 
-    A transformer embeds ~130 pairs a second here, so re-embedding 10k unchanged pairs for every
+    A transformer embeds ~220 pairs a second here, so re-embedding 10k unchanged pairs for every
     ``!train`` would take more than a minute; the vectors of a pair only depend on its text and the model.
     """
     for number in reversed(version_numbers(space)):
