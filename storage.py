@@ -12,6 +12,7 @@ acknowledged record intact and at worst one torn last line, which readers skip a
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -71,6 +72,22 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process (or thread) holds an flock on ``path``; a dead holder releases it, even when
+    killed. False when the file does not exist."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def fsync_tree(folder: Path) -> None:

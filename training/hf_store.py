@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Required, TypedDict
 
+import storage
 from storage import append_record
 from training.versions import Versions
 
@@ -182,17 +183,7 @@ def read_events(folder: Path, offset: int) -> tuple[list[TrainerEvent], int]:
 
 def lock_held(folder: Path) -> bool:
     """Whether a live trainer holds the run's lock (a dead one releases it, even when killed)."""
-    path = folder / "lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return storage.lock_held(folder / "lock")
 
 
 def hold_lock(folder: Path) -> int:

@@ -46,7 +46,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from storage import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from storage import atomic_write_json, atomic_write_text, fsync_dir, lock_held, read_json
 from training.embedding import QUICK_VECTORS, VECTORS, Embedder, describe_vectors
 from training.local.retrieval import count_features, features, fit_idf, weigh
 from training.local.store import VERSIONS, previous_vectors, write_version
@@ -164,17 +164,7 @@ class Work:
 
     def busy(self) -> bool:
         """Whether a live thread (of any process) works in this folder."""
-        try:
-            fd = os.open(self.path / "lock", os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return lock_held(self.path / "lock")
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
