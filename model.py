@@ -173,18 +173,19 @@ class Model:
 
     async def correct(self, guild_id: int, answer: Answer, correction: str, *, author_id: int,
                       author_name: str, channel_id: int, source_message_id: int | None = None,
-                      trusted: bool = False) -> Correction:
+                      trusted: bool = False, question_trusted: bool = False) -> Correction:
         """Store a correction of a logged answer; returns the record (with its ``ref`` and ``approved``).
 
         It is approved at once when ``trusted`` (an admin wrote it) or REVIEW_CORRECTIONS is off; otherwise it
-        waits in the review queue.
+        waits in the review queue. It is published as written only when an admin wrote both it and the question
+        (``question_trusted``); otherwise with markdown and masked links neutralised (``dataset.markdown``).
         """
         approved = trusted or not self.settings.review_corrections
         return await saved(
             "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.message_id,
             prompt=answer.prompt, answer=answer.answer, correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
-            source_message_id=source_message_id, approved=approved,
+            source_message_id=source_message_id, approved=approved, trusted=trusted and question_trusted,
         )
 
     async def pending_corrections(self, guild_id: int) -> list[Correction]:

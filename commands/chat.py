@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import charge, report_unexpected, split_message, user_line
+from commands._shared import charge, no_pings, report_unexpected, split_message, user_line
 from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
@@ -144,9 +144,9 @@ class Chat(commands.Cog):
                 data = await att.read()
                 transcript = await self.bot.transcriber.transcribe(data, att.filename, before_paid=before_paid)
         except (Busy, OverBudget) as exc:
-            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
+            await message.reply(no_pings(user_line(exc, self.bot.settings.prefix)), mention_author=False)
         except TrainerError as exc:
-            await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
+            await message.reply(no_pings(f"I couldn't use that audio: {exc}"), mention_author=False)
         except discord.HTTPException as exc:
             log.warning("could not download attachment %s: %s", att.id, exc)
             await message.reply("I couldn't download that audio file; please send it again.", mention_author=False)
@@ -169,14 +169,14 @@ class Chat(commands.Cog):
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
         except TrainerError as exc:
-            return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
+            return [await message.reply(no_pings(user_line(exc, self.bot.settings.prefix)), mention_author=False)]
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
                                         mention_author=False)]
         text = f"> {heard}\n{answer}" if heard else answer
         sent: list[discord.Message] = []
-        for i, chunk in enumerate(split_message(text) or ["…"]):
+        for i, chunk in enumerate(split_message(no_pings(text)) or ["…"]):
             if i == 0:
                 sent.append(await message.reply(chunk, mention_author=False))
             else:

@@ -9,8 +9,17 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import TrainerContext, is_admin, trainer_admin, user_line
-from dataset.corrections import Answer, RepliedTo
+from commands._shared import (
+    TrainerContext,
+    admin_member,
+    is_admin,
+    listed,
+    no_pings,
+    page_number,
+    trainer_admin,
+    user_line,
+)
+from dataset.corrections import Answer, Correction, RepliedTo
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -70,9 +79,11 @@ class Feedback(commands.Cog):
         await self._save(ctx, answer, correction)
 
     async def _save(self, ctx: TrainerContext, answer: Answer, correction: str) -> None:
+        admin = await is_admin(ctx)
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
-                                         source_message_id=ctx.message.id, trusted=await is_admin(ctx))
+                                         source_message_id=ctx.message.id, trusted=admin,
+                                         question_trusted=admin and self._asked_by_admin(ctx, answer))
         if not record.approved:
             p = ctx.clean_prefix or self.bot.settings.prefix  # a reply to an ask has no prefix of its own
             await ctx.send(f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
@@ -82,6 +93,14 @@ class Feedback(commands.Cog):
                            f"that means the same) with it from now on, and it is training data for next time.")
         else:
             await ctx.send(f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained.")
+
+    def _asked_by_admin(self, ctx: TrainerContext, answer: Answer) -> bool:
+        """Whether an admin wrote the question ``answer`` answers (the corrector, or a member with admin rights
+        now): only then is it published as written in answers and offers."""
+        if answer.author_id is None or answer.author_id == ctx.author.id:
+            return answer.author_id is not None
+        member = ctx.guild.get_member(answer.author_id) if ctx.guild is not None else None
+        return member is not None and admin_member(self.bot, member)
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:
@@ -153,7 +172,7 @@ class Feedback(commands.Cog):
                 f"answer and it becomes a correction{review}.")
         try:
             ask = await channel.get_partial_message(payload.message_id).reply(
-                text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
+                no_pings(text), mention_author=False, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
             log.warning("could not ask for the right answer to %s: %s", payload.message_id, exc)
             return
@@ -173,30 +192,24 @@ class Feedback(commands.Cog):
         try:
             await self._save(ctx, answer, message.content)
         except TrainerError as exc:
-            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
+            await message.reply(no_pings(user_line(exc, self.bot.settings.prefix)), mention_author=False)
 
     # ------------------------------------------------------------ the review queue
 
-    @commands.command()
+    @commands.command(usage="[page]")
     @commands.guild_only()
     @trainer_admin()
-    async def review(self, ctx: TrainerContext) -> None:
-        """★ List members' corrections waiting for review, with their ids."""
+    async def review(self, ctx: TrainerContext, page: str = "") -> None:
+        """★ List members' corrections waiting for review, whole and exactly as they will be published."""
+        number = page_number(page)
         pending = await ctx.model.pending_corrections(ctx.guild_id)
         if not pending:
             await ctx.send("No corrections are waiting for review.")
             return
         p = ctx.clean_prefix
-        lines = [f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
-                 f"`{p}reject ID… [reason]`:"]
-        for c in pending[:REVIEW_SHOWN]:
-            who = discord.utils.escape_markdown(str(c.author_name or c.author_id or "someone"))
-            lines.append(f"`{c.ref}` by {who} ({c.time[:16].replace('T', ' ')} UTC)\n"
-                         f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"
-                         f"> now: {_quote(c.correction)}")
-        if len(pending) > REVIEW_SHOWN:
-            lines.append(f"…and {len(pending) - REVIEW_SHOWN} more (the oldest are shown first).")
-        await ctx.send_long("\n".join(lines))
+        header = (f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
+                  f"`{p}reject ID… [reason]`. Each is shown as answers will show it:")
+        await ctx.send_page(header, [_review_block(c) for c in pending], number, more=f"{p}review {{}}")
 
     @commands.command(usage="<id...>")
     @commands.guild_only()
@@ -205,9 +218,10 @@ class Feedback(commands.Cog):
         """★ Approve members' corrections by id: they count in answers and the next training."""
         done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
                                       by_name=str(ctx.author))
-        shown = ", ".join(f"`{c.ref}`" for c in done)
+        shown = listed([f"`{c.ref}`" for c in done])
         when = "now and in" if ctx.model.backend.applies_corrections_now else "in"
-        await ctx.send(f"Approved {shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
+        what = f"{len(done):,} corrections: " if len(done) > 1 else ""
+        await ctx.send(f"Approved {what}{shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
                        f"the next training.")
 
     @commands.command(usage="<id...> [reason]")
@@ -226,9 +240,10 @@ class Feedback(commands.Cog):
                                f"(`{ctx.clean_prefix}review` lists them). Nothing was changed.")
         done = await ctx.model.review(ctx.guild_id, ids, approve=False, by_id=ctx.author.id,
                                       by_name=str(ctx.author), reason=reason)
-        shown = ", ".join(f"`{c.ref}`" for c in done)
+        shown = listed([f"`{c.ref}`" for c in done])
+        what = f"{len(done):,} corrections: " if len(done) > 1 else ""
         note = f" Reason kept: {_quote(reason)}" if reason else ""
-        await ctx.send(f"Rejected {shown}: never used for answers or training.{note}")
+        await ctx.send(f"Rejected {what}{shown}: never used for answers or training.{note}")
 
 
     # ------------------------------------------------------------ forget-me
@@ -273,7 +288,19 @@ class Feedback(commands.Cog):
         await ctx.send_long("\n".join(lines))
 
 
-REVIEW_SHOWN = 15  # corrections listed by one !review; the rest are counted
+def _review_block(c: Correction) -> str:
+    """One pending correction for !review: its question and text whole, as answers and offers will publish them
+    (a member's markdown and masked links neutralised), quoted so nothing in them can end the quote."""
+    who = discord.utils.escape_markdown(str(c.author_name or c.author_id or "someone"))
+    return "\n".join([f"`{c.ref}` by {who} ({c.time[:16].replace('T', ' ')} UTC)",
+                      _quoted("Q", c.published_prompt), _quoted("was", c.answer),
+                      _quoted("now", c.published_correction)])
+
+
+def _quoted(label: str, text: str) -> str:
+    """``> label: text``, every further line of ``text`` quoted too."""
+    first, *rest = (text.strip() or "(empty)").split("\n")
+    return "\n".join([f"> {label}: {first}", *(f"> {line}" for line in rest)])
 
 
 def _looks_like_ref(word: str) -> bool:

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from commands._shared import TrainerContext, is_trainer_admin, split_flags, take_option, trainer_admin
+from commands._shared import (
+    TrainerContext,
+    is_trainer_admin,
+    listed,
+    no_pings,
+    page_number,
+    split_flags,
+    take_option,
+    trainer_admin,
+)
 from dataset.corrections import ReactionCounts
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
@@ -264,14 +273,14 @@ class Training(commands.Cog):
         message_id = job.status_message_id
         try:
             if message_id:
-                await channel.get_partial_message(message_id).edit(content=text)
+                await channel.get_partial_message(message_id).edit(content=no_pings(text))
                 return
         except discord.NotFound:
             log.info("status message of job %s is gone; posting a new one", job.id)
         except discord.HTTPException as exc:
             log.warning("could not edit the status of job %s: %s", job.id, exc)
             return
-        msg = await channel.send(text)
+        msg = await channel.send(no_pings(text))
         await self.model.set_status_message(guild_id, job.id, msg.id)
 
     async def _announce(self, guild_id: int, job: Job) -> None:
@@ -293,17 +302,17 @@ class Training(commands.Cog):
                 text += f" {job.note}"
             if png:
                 file = discord.File(io.BytesIO(png), filename=f"loss-{job.id}.png")
-                await channel.send(text + " Loss curve attached.", file=file)
+                await channel.send(no_pings(text + " Loss curve attached."), file=file)
             else:
                 # A candidate's line is about the switch it did not make; the loss note would bury it.
-                await channel.send(text if job.candidate else text + " " + self.model.no_loss_reason(job))
+                await channel.send(no_pings(text if job.candidate else text + " " + self.model.no_loss_reason(job)))
         elif job.status == "cancelled":
             who = f" by {job.cancelled_by}" if job.cancelled_by else " outside the bot"
             reason = f": {job.error}" if job.error else "."
-            await channel.send(f"Training job `{job.id}` was cancelled{who}{reason}"[:2000])
+            await channel.send(no_pings(f"Training job `{job.id}` was cancelled{who}{reason}")[:2000])
         else:
             reason = job.error or "the backend gave no reason"
-            await channel.send(f"Training job `{job.id}` {job.status}: {reason}"[:2000])
+            await channel.send(no_pings(f"Training job `{job.id}` {job.status}: {reason}")[:2000])
 
     # ----------------------------------------------------------------- jobs and models
     @commands.command()

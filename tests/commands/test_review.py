@@ -41,14 +41,15 @@ async def test_members_correction_waits_for_approval(harness: BotHarness) -> Non
     for cmd in ("!review", f"!approve {ref}", f"!reject {ref}"):
         assert await h.ask(cmd) == PERMISSION
     listing = await h.ask("!review", user="admin")
-    assert listing.startswith("**1 correction(s) waiting for review** — `!approve ID…` or `!reject ID… [reason]`:")
+    assert listing.startswith("**1 correction(s) waiting for review** — `!approve ID…` or `!reject ID… [reason]`. "
+                              "Each is shown as answers will show it:")
     assert f"`{ref}` by member (" in listing and f"> Q: {question}" in listing
-    assert "> now: The library opens at <@1> 8 am." in listing  # shown, never pinging (no mentions allowed)
+    assert "> now: The library opens at <@\u200b1> 8 am." in listing  # shown, never pinging
     assert "> was: " in listing
 
     assert await h.ask(f"!approve {ref}", user="admin") == (
         f"Approved `{ref}`: it counts now and in the next training.")
-    assert (await h.send(question))[0].content == "The library opens at <@1> 8 am."
+    assert (await h.send(question))[0].content == "The library opens at <@\u200b1> 8 am."
     assert await h.ask("!review", user="admin") == "No corrections are waiting for review."
     # Approving twice / rejecting an approved one: one line, nothing changed.
     before = decisions(h)
