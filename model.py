@@ -306,6 +306,12 @@ class Model:
         """Models that can be selected, oldest first."""
         return await self.jobs.list_models(self.space(guild_id))
 
+    async def held_back(self, guild_id: int) -> dict[str, str]:
+        """Models the evaluation gate held back (newest first) -> why, one clause each."""
+        found = await self.list_jobs(guild_id, 0)
+        return {j.model: status.held_back_reason(j.evaluation) for j in found
+                if j.candidate and j.model and j.evaluation is not None}
+
     async def set_model(self, guild_id: int, name: str) -> str:
         """Switch to ``name`` (must exist) or ``"previous"``; returns the new current model."""
         return await self.jobs.set_model(self.space(guild_id), name)

@@ -393,17 +393,21 @@ def list_feedback(space: GuildSpace) -> list[Feedback]:
                      time) for ref, text, author_id, author_name, channel_id, source, reply, time in rows]
 
 
-def add_test_errors(space: GuildSpace, mismatches: list[TestError]) -> int:
-    """Keep !test mismatches for the next training; returns how many were stored."""
+def add_test_errors(space: GuildSpace, mismatches: list[TestError], *, author_id: int | None = None,
+                    author_name: str | None = None) -> int:
+    """Keep !test mismatches for the next training (``author_*``: who ran the test, for !forget); returns how
+    many were stored."""
     now = utc_now()
     with space.db.tx() as tx:
         for m in mismatches:
 
             def row(ref: str, m: TestError = m) -> tuple[Any, ...]:
-                return space.guild_id, ref, m.kind, m.input, m.expected, m.got, m.line, m.model, now
+                return (space.guild_id, ref, m.kind, m.input, m.expected, m.got, m.line, m.model, now, author_id,
+                        author_name)
 
             _insert_with_new_ref(tx, "T", "INSERT INTO test_errors (guild_id, ref, kind, input, expected, got, line,"
-                                 " model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                                 " model, created_at, author_id, author_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 row)
     return len(mismatches)
 
 
