@@ -69,6 +69,7 @@ class Model:
         self.jobs = JobRunner(settings, self.backend)
         # A cache that makes de-duplication cheap; it lives as long as the bot.
         self._dataset_hashes: dataset_folder.HashCache = {}
+        self._forget_notices: list[forget.ForgetNotice] = []  # found at start, told once the bot is ready
 
     async def start(self) -> None:
         """Bring the database up to date, import an older version's records, clean up after a crash, then start
@@ -80,6 +81,7 @@ class Model:
         # A forget cut short is finished (its journal row was committed) or rolled back (it was not).
         for line in await asyncio.to_thread(forget.recover, self.db, data, corr):
             log.warning("%s (the bot stopped mid-way)", line)
+        self._forget_notices = await asyncio.to_thread(forget.pending_notices, self.db)
         for path, size in await asyncio.to_thread(remove_leftovers, data, corr):
             # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
             log.warning("removed %s (%s) left by an interrupted write (the bot stopped mid-way; that upload, "
@@ -240,9 +242,25 @@ class Model:
         """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
         return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
 
-    async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
-        """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
-        return await saved("the removal", forget.forget, self.space(guild_id), user_id)
+    async def forget_user(self, guild_id: int, user_id: int, *, channel_id: int | None = None,
+                          requester_id: int | None = None, user_name: str | None = None) -> forget.ForgetResult:
+        """Remove everything one person gave in this server, their words in others' records too (see
+        ``dataset.forget``); NotFound when nothing. With ``channel_id`` it is journaled until ``forget_told``:
+        if the bot stops before, the person who asked is told there after the restart (``forget_notices``)."""
+        return await saved("the removal", forget.forget, self.space(guild_id), user_id, channel_id=channel_id,
+                           requester_id=requester_id, user_name=user_name)
+
+    async def forget_told(self, journal_id: int | None) -> None:
+        """The answer to a forget went out (or a notice after a restart did): its journal row goes."""
+        if journal_id is not None:
+            await saved("the removal's journal", forget.told, self.db, journal_id)
+
+    async def forget_notices(self, guild_ids: set[int]) -> list[forget.ForgetNotice]:
+        """Forgets the bot stopped in (found at start) whose person, in one of ``guild_ids``, was not told how
+        they ended; each is handed out once (``forget_told`` when the notice went out)."""
+        mine = [n for n in self._forget_notices if n.guild_id in guild_ids]
+        self._forget_notices = [n for n in self._forget_notices if n not in mine]
+        return mine
 
     # ------------------------------------------------------------ training (training.lifecycle)
 

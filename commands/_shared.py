@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -46,7 +46,7 @@ class TrainerContext(commands.Context["TrainerBot"]):
         ref = self.message.reference
         return ref.resolved if ref is not None and isinstance(ref.resolved, discord.Message) else None
 
-    async def send(self, content: Any = None, **kwargs: Any) -> discord.Message:  # type: ignore[override]
+    async def send(self, content: Any = None, **kwargs: Any) -> discord.Message:
         """Every command reply leaves here (``reply`` and ``send_long`` too): mentions in it never ping, even on
         a server that ignores ``allowed_mentions`` (see :func:`no_pings`)."""
         return await super().send(no_pings(str(content)) if content is not None else None, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -20,6 +20,7 @@ from commands._shared import (
     user_line,
 )
 from dataset.corrections import Answer, Correction, RepliedTo
+from dataset.forget import ForgetNotice, ForgetResult
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -270,22 +271,79 @@ class Feedback(commands.Cog):
             name = str(member) if member is not None else f"user {user_id}"
         shown = discord.utils.escape_markdown(name)
         try:
-            result = await ctx.model.forget_user(ctx.guild_id, user_id)
+            result = await ctx.model.forget_user(ctx.guild_id, user_id, channel_id=ctx.channel.id,
+                                                 requester_id=ctx.author.id, user_name=name)
         except NotFound:
             await ctx.send(f"I have nothing stored from {shown} in this server; nothing was changed.")
             return
-        counts = ", ".join(f"{n:,} {kind}" for kind, n in result.counts.items())
-        lines = [f"Forgot everything {shown} gave in this server: {counts}."]
-        current = await ctx.model.current_model(ctx.guild_id)
-        if current:
-            lines.append(f"The current model (`{current}`) still contains their data until the next training: "
-                         f"an admin can run `{p}train` now to retrain without it.")
-        if result.archives:
-            listed = ", ".join(f"`{a}`" for a in result.archives[:10])
-            more = f" and {len(result.archives) - 10} more" if len(result.archives) > 10 else ""
-            lines.append(f"Archives made before keep their contents: {listed}{more}. An admin can delete them "
-                         f"from the server's data folder.")
+        lines = [f"Forgot everything {shown} gave in this server: {_counts(result.counts)}."]
+        lines += await self._after_forget(ctx.guild_id, p, result)
         await ctx.send_long("\n".join(lines))
+        await ctx.model.forget_told(result.journal_id)
+
+    async def _after_forget(self, guild_id: int, p: str, result: ForgetResult) -> list[str]:
+        """What a forget leaves, truthfully: the models trained before, and the archives and exports made before."""
+        model = self.bot.model
+        kept = result.archives
+        lines = []
+        if model.backend.applies_corrections_now and any("correction" in kind for kind in result.counts):
+            lines.append("Their corrections no longer change my answers.")
+        current = await model.current_model(guild_id)
+        if current:
+            lines.append(f"Models trained before now learnt from their words and keep them: `{current}` answers "
+                         f"with them until an admin trains a new model without them (`{p}train`) and it goes live "
+                         f"(if it was trained on far fewer examples, the evaluation gate holds it back until an "
+                         f"admin switches to it with `{p}model NAME`); older models `{p}model` can switch back to "
+                         f"keep them too.")
+        if kept:
+            lines.append(f"Archives and exports made before keep their contents: {listed([f'`{a}`' for a in kept])}. "
+                         f"An admin can delete them from the server's data folder.")
+        return lines
+
+    # ------------------------------------------------------------ a forget the bot stopped in
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """After a restart, tell whoever asked for a forget the bot stopped in how it ended, in their channel."""
+        for notice in await self.bot.model.forget_notices({g.id for g in self.bot.guilds}):
+            channel = self.bot.get_channel(notice.channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                log.warning("guild %s: channel %s of an interrupted forget is gone; nobody to tell",
+                            notice.guild_id, notice.channel_id)
+                await self.bot.model.forget_told(notice.journal_id)
+                continue
+            try:
+                await channel.send(**self._notice(notice))
+            except discord.HTTPException as exc:
+                log.warning("guild %s: could not tell about an interrupted forget: %s", notice.guild_id, exc)
+                continue  # told at the next start
+            await self.bot.model.forget_told(notice.journal_id)
+
+    def _notice(self, notice: ForgetNotice) -> dict[str, Any]:
+        """The message about a forget the bot stopped in (pinging only the person who asked)."""
+        p = self.bot.settings.prefix
+        who = "you" if notice.user_id == notice.requester_id else no_pings(discord.utils.escape_markdown(
+            notice.user_name or f"user {notice.user_id}"))
+        to = f"<@{notice.requester_id}> " if notice.requester_id else ""
+        if not notice.finished:
+            text = (f"{to}I was restarted in the middle of the `{p}forget` you asked for, before anything was "
+                    f"removed: nothing of what {who} gave was forgotten. Ask again with `{p}forget`.")
+        else:
+            gave = "you gave" if who == "you" else f"{who} gave"
+            text = (f"{to}I was restarted while forgetting what {gave}; that is done now. Forgot: "
+                    f"{_counts(notice.counts)}.")
+            if notice.kept:
+                text += (f"\nArchives and exports made before keep their contents: "
+                         f"{listed([f'`{a}`' for a in notice.kept])}. An admin can delete them from the server's "
+                         f"data folder.")
+            text += f"\nModels trained before keep what they learnt until an admin trains a new one (`{p}train`)."
+        users = [discord.Object(notice.requester_id)] if notice.requester_id else []
+        return {"content": text[:2000], "allowed_mentions": discord.AllowedMentions(users=users)}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """"3 corrections, 1 feedback": what a forget removed."""
+    return ", ".join(f"{n:,} {kind}" for kind, n in counts.items()) or "nothing"
 
 
 def _review_block(c: Correction) -> str:

@@ -17,7 +17,6 @@ from commands._shared import (
     is_trainer_admin,
     listed,
     no_pings,
-    page_number,
     split_flags,
     take_option,
     trainer_admin,
