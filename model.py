@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dataset import archive, check, corrections, export, forget
+from dataset import archive, check, corrections, export, forget, sources
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
 from dataset.corrections import Answer, Correction, Feedback, ReactionCounts, RepliedTo
@@ -147,6 +147,19 @@ class Model:
         """Zip a folder of the data space: the result, the folder as stored, the zip's bytes when they fit."""
         return await saved("the archive", archive.archive_for_chat, self.space(guild_id), user_dir,
                            read_limit=read_limit)
+
+    async def list_uploads(self, guild_id: int) -> list[sources.Source]:
+        """What the current dataset was given, batch by batch (uploads, examples written in a message, paths),
+        newest first, each with its id and count of examples."""
+        return await asyncio.to_thread(sources.list_sources, self.space(guild_id))
+
+    async def upload_removal_preview(self, guild_id: int, source_id: str) -> sources.Source:
+        """What ``remove_upload`` would take away (nothing is changed): for a confirmation with counts."""
+        return await asyncio.to_thread(sources.removal_preview, self.space(guild_id), source_id)
+
+    async def remove_upload(self, guild_id: int, source_id: str) -> sources.Source:
+        """Take a source out of the current dataset: its examples and its stored upload; what was removed."""
+        return await saved("the removal", sources.remove, self.space(guild_id), source_id)
 
     async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
         """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
