@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 from config import Settings
+from dataset import corrections as records
 from sandbox.server import Sandbox
 from tests.harness import BotHarness, ErrorLog, announcement, space_of, start_bot, start_job, stop_bot, wait_bot
-from dataset import corrections as records
 from training import evaluation
 
 PAIRS = [(f"What is the code of room {n}?", f"Room {n} opens with code {1000 + n}.") for n in range(1, 11)]

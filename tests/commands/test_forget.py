@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,10 @@ from config import Settings
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
+from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.commands.records_db import rows, traces
 from tests.fakes.samples import jsonl, pair
-from sandbox.server import Sandbox
 from tests.harness import ROOT, BotHarness, ErrorLog, space_of, start_bot, stop_bot, wait_bot
 from training import evaluation
 
@@ -265,10 +264,11 @@ async def test_a_forget_killed_mid_way_is_told_after_the_restart(sandbox: Sandbo
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for user, name, requester, when in ((sb.member.id, "member", sb.member.id, "applying"),
                                         (sb.admin.id, "admin", sb.owner.id, "staging")):
-        run = subprocess.run([sys.executable, "-c", KILL, str(settings.data_dir), str(settings.corrections_dir),
-                              str(space.guild_id), str(user), name, str(channel), str(requester), when],
-                             env=env, cwd=ROOT, capture_output=True, timeout=60)
-        assert run.returncode == 9, run.stderr.decode()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILL, str(settings.data_dir), str(settings.corrections_dir), str(space.guild_id),
+            str(user), name, str(channel), str(requester), when, env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 9, err.decode()  # as killed: no clean-up ran
     assert traces(space, CANARY) == []  # the first one committed: its records are gone
     h.bot = await start_bot(sb, settings)
     try:
