@@ -94,11 +94,16 @@ def _short(question: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
-def dont_know(prefix: str, suggestions: Sequence[str] = ()) -> str:
-    """The honest "I don't know", offering the closest trained questions when there are some."""
+def dont_know(prefix: str, suggestions: Sequence[str] = (), *, reviewed: bool = False) -> str:
+    """The honest "I don't know", offering the closest trained questions when there are some.
+
+    Whoever asks reads the same hint, so it says what a correction does for each role: with ``reviewed``
+    (REVIEW_CORRECTIONS) a member's waits for an admin's approval, an admin's counts at once."""
     offer = ""
     if suggestions:
         quoted = " or ".join(f"“{_short(q)}”" for q in suggestions)
         offer = f" Did you mean {quoted}? Then ask me that."
+    how = (": an admin's correction counts at once, a member's once an admin approves it." if reviewed
+           else " and I'll use it from now on.")
     return (f"I don't know that one yet.{offer} If you know the answer, reply to this message with "
-            f"`{prefix}correct <the right answer>` and I'll use it from now on.")
+            f"`{prefix}correct <the right answer>`{how}")

@@ -211,7 +211,7 @@ class LocalBackend(TrainingBackend):
 
     def dont_know(self, suggestions: Sequence[str] = ()) -> str:
         """The honest "I don't know", offering the closest trained questions when there are some."""
-        return answer_rule.dont_know(self.prefix, suggestions)
+        return answer_rule.dont_know(self.prefix, suggestions, reviewed=self.settings.review_corrections)
 
     def match(self, model: LocalModel | None, prompt: str, overlay: Overlay | None = None) -> tuple[str, int] | None:
         """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction."""
