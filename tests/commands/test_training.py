@@ -722,6 +722,27 @@ async def test_export_data(harness: BotHarness) -> None:
     assert all(p["added_by"].startswith("admin (") for p in prov if p["what"] == "example")
 
 
+async def test_export_model_on_the_local_backend(harness: BotHarness) -> None:
+    """`!help` promises `!export model`: the local backend exports its pairs and vectors, with a README."""
+    import io
+    import zipfile
+
+    h = harness
+    assert await h.ask("!export model", user="admin") == (
+        "There is no trained model to export yet. `!train` trains one.")
+    await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
+    [msg] = await h.send("!export model", user="admin")
+    assert msg.content.startswith("Model `local-v1` exported as `archives/local-v1-local.zip` (")
+    (att,) = msg.attachments
+    with zipfile.ZipFile(io.BytesIO(att.data)) as zf:
+        names = set(zf.namelist())
+        pairs = json.loads(zf.read("local-v1/answers.json"))
+        readme = zf.read("local-v1/README.md").decode()
+    assert {"local-v1/answers.json", "local-v1/meta.json", "local-v1/README.md"} <= names
+    assert [p["prompt"] for p in pairs] == [q for q, _ in FAQ[:4]]
+    assert "local-v1/embeddings.npy" in names and "embedding.json" in readme
+
+
 async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_prefix(
         sandbox: Sandbox, settings: Settings, error_log: Any) -> None:
     bot = await start_bot(sandbox, dataclasses.replace(settings, prefix="?"))
