@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypedDict
 import aiohttp
 from aiohttp import web
 
+from sandbox.events import WorldEvents
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
 from sandbox.payloads import UnavailableGuildPayload
 from sandbox.rest import API_PREFIX, ReactionError, Rest, parse_emoji
@@ -154,6 +155,25 @@ class Sandbox:
     react = _On("rest")
     unreact = _On("rest")
     make_app = _On("rest")
+    # Changes to the world while the bot is connected, and the gateway's reconnects (sandbox.events).
+    give_role = _On("events")
+    take_role = _On("events")
+    create_role = _On("events")
+    update_role = _On("events")
+    delete_role = _On("events")
+    add_member = _On("events")
+    remove_member = _On("events")
+    set_permissions = _On("events")
+    create_channel = _On("events")
+    rename_channel = _On("events")
+    delete_channel = _On("events")
+    create_thread = _On("events")
+    join_guild = _On("events")  # a new server with the bot in it (GUILD_CREATE), while it runs
+    request_reconnect = _On("events")  # op 7
+    invalidate_session = _On("events")  # op 9
+    role_named = _On("state")
+    add_role = _On("state")
+    is_member = _On("state")
     # The world on disk (sandbox.world).
     world = _On("store")
     world_note = _On("store")
@@ -161,12 +181,14 @@ class Sandbox:
     save_world = _On("store")
 
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
-                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None) -> None:
+                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None,
+                 servers: int = 1) -> None:
         """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
         attachments) in this JSON file between runs, loading it now if it exists; without it every
         sandbox is a new world. The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
-        begins; :attr:`world_note` then says so (and the log)."""
+        begins; :attr:`world_note` then says so (and the log). ``servers``: how many servers a new
+        world has (the bot is in all of them; every user is a member of each)."""
         self.host = "127.0.0.1"
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -181,11 +203,13 @@ class Sandbox:
         self.bot_token = "sandbox." + secrets.token_urlsafe(24)
 
         self.state = State()
+        self.state.server_count = servers
         self.store = WorldStore(Path(world_file) if world_file is not None else None, self.state)
         self.state.on_change = self.store.changed
         self.gateway = Gateway(self, heartbeat_interval_ms=heartbeat_interval_ms,
                                heartbeat_ack_delay=heartbeat_ack_delay)
         self.rest = Rest(self)
+        self.events = WorldEvents(self)
         self.state.new_world(guild_name)
         if self.world is not None:
             self.store.load(guild_name)
