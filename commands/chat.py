@@ -46,12 +46,16 @@ class Chat(commands.Cog):
         self.history: dict[int, deque[tuple[str, str]]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
-        """Chat channels, DMs and mentions get answers; everything else is left alone."""
+        """Chat channels (and the threads in them), DMs and mentions get answers; everything else is left alone."""
         if message.guild is None:
             return True
         if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
             return True
-        name = getattr(message.channel, "name", "") or ""
+        channel = message.channel
+        if isinstance(channel, discord.Thread):
+            # A thread is named after its topic; it is a chat place when the channel it grew from is one.
+            channel = channel.parent or channel
+        name = getattr(channel, "name", "") or ""
         return name.lower() in self.bot.settings.chat_channels
 
     async def guild_for(self, message: discord.Message) -> discord.Guild | None:
@@ -61,7 +65,11 @@ class Chat(commands.Cog):
         user_id = message.author.id
         cached = self.dm_guilds.get(user_id)
         if cached is not None and time.monotonic() - cached[1] < DM_GUILD_TTL:
-            return self.bot.get_guild(cached[0]) if cached[0] else None
+            guild = self.bot.get_guild(cached[0]) if cached[0] else None
+            if guild is None or await self._still_member(guild, user_id):
+                return guild
+            # They left that server (the bot gets no member events without the members intent): its
+            # model must not answer them any more; look again.
         shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
         if not shared and len(self.bot.guilds) <= MAX_DM_LOOKUPS:
             # Without the members intent the cache rarely holds the author: ask each server.
@@ -77,6 +85,18 @@ class Chat(commands.Cog):
         guild = shared[0] if len(shared) == 1 else None
         self.dm_guilds[user_id] = (guild.id if guild else 0, time.monotonic())
         return guild
+
+    @staticmethod
+    async def _still_member(guild: discord.Guild, user_id: int) -> bool:
+        if guild.get_member(user_id) is not None:
+            return True
+        try:
+            await guild.fetch_member(user_id)
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:  # unsure: keep the answer they had (the lookup said yes before)
+            log.warning("member lookup in guild %s failed: %s", guild.id, exc)
+        return True
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
