@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import discord
+import pytest
 
 from config import Settings
 from sandbox.server import MANAGE_GUILD, SEND_MESSAGES, Guild, Sandbox
+from tests.fakes.bare_client import bare_client
 from tests.harness import STARTED, BotHarness, start_bot, stop_bot
 
 REFUSED = "You need the **Manage Server** permission"
@@ -156,17 +158,12 @@ async def test_a_dm_is_answered_by_the_one_server_its_author_shares(harness: Bot
     assert not {"GUILD_MEMBER_ADD", "GUILD_MEMBER_REMOVE"} & set(backlog_events(sb))
 
 
-async def test_member_events_reach_a_client_with_the_members_intent(sandbox: Sandbox, error_log: Any) -> None:
-    from bot import use_api_base
-
+async def test_member_events_reach_a_client_with_the_members_intent(sandbox: Sandbox, error_log: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     sb = sandbox
     intents = discord.Intents.default()
     intents.members = True
-    await use_api_base(sb.api_base, sb.bot_token)
-    client = discord.Client(intents=intents)
-    runner = asyncio.create_task(client.start(sb.bot_token))
-    try:
-        await asyncio.wait_for(client.wait_until_ready(), 20)
+    async with bare_client(sb, monkeypatch, intents=intents) as client:
         guild = client.get_guild(sb.guild_id)
         assert guild is not None and guild.get_member(sb.member.id) is not None
         trainer = await sb.create_role("Trainer")
@@ -179,6 +176,3 @@ async def test_member_events_reach_a_client_with_the_members_intent(sandbox: San
         assert trainer.id not in sb.member.roles  # leaving a server drops its roles
         assert backlog_events(sb)[-4:] == ["GUILD_ROLE_CREATE", "GUILD_MEMBER_UPDATE", "GUILD_MEMBER_REMOVE",
                                            "GUILD_MEMBER_ADD"]
-    finally:
-        await client.close()
-        await asyncio.wait_for(runner, 10)
