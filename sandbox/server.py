@@ -187,8 +187,8 @@ class Sandbox:
         attachments) in this JSON file between runs, loading it now if it exists; without it every
         sandbox is a new world. The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
-        begins; :attr:`world_note` then says so (and the log). ``servers``: how many servers a new
-        world has (the bot is in all of them; every user is a member of each)."""
+        begins; :attr:`world_note` then says so (and the log). ``servers``: how many servers a world has
+        at least (the bot is in all of them; every user is a member of each)."""
         self.host = "127.0.0.1"
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -213,6 +213,8 @@ class Sandbox:
         self.state.new_world(guild_name)
         if self.world is not None:
             self.store.load(guild_name)
+        for number in range(len(self.guilds) + 1, servers + 1):  # a saved world from before it had them
+            self.state.add_guild(f"{self.guild_name} {number}")
 
     @property
     def base_url(self) -> str:
