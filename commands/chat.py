@@ -52,10 +52,9 @@ class Chat(commands.Cog):
         if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
             return True
         channel = message.channel
-        if isinstance(channel, discord.Thread):
-            # A thread is named after its topic; it is a chat place when the channel it grew from is one.
-            channel = channel.parent or channel
-        name = getattr(channel, "name", "") or ""
+        # A thread is named after its topic; it is a chat place when the channel it grew from is one.
+        place = (channel.parent or channel) if isinstance(channel, discord.Thread) else channel
+        name = getattr(place, "name", "") or ""
         return name.lower() in self.bot.settings.chat_channels
 
     async def guild_for(self, message: discord.Message) -> discord.Guild | None:

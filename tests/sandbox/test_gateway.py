@@ -74,7 +74,7 @@ async def test_reconnects_and_invalid_sessions_lose_no_status_edit_and_no_answer
             seen.append(await step())  # the watcher's edits go on while the bot reconnects
             if disruption == "op 9":
                 # Its session is gone: what is said before it identifies again is not sent to it (as on Discord).
-                await sb.wait_for(lambda: sb.identify_count > identified)
+                await sb.wait_for(lambda identified=identified: sb.identify_count > identified)
                 question = await sb.post_message("member", f"!hi after {disruption}")
             said = await sb.wait_for_bot_message(question.channel_id, after=question.id, timeout=15)
             assert said[0].content.startswith("Hi member!"), disruption

@@ -11,8 +11,8 @@ import select
 import subprocess
 import sys
 import time
-from datetime import timedelta, timezone
 from collections.abc import AsyncIterator
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
