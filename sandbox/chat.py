@@ -54,6 +54,8 @@ Servers, channels, roles (the bot is told at once, as on Discord):
   /guild [N]          list the servers, or switch to server N (its #general)
   /channel [NAME]     list this server's channels and threads, or switch to one (/channel general)
   /thread NAME        start a thread in this channel, as the current user, and switch to it
+  /dm                 talk with the bot in a DM (it answers with the model of the one server you share)
+  /leave, /join       the current user leaves or joins the current server
   /role add USER ROLE     give a role (created if this server has none of that name), e.g. /role add member Trainer
   /role remove USER ROLE  take it away
   /role list          the roles of this server and who has them
@@ -268,6 +270,8 @@ class TerminalChat:
         sb = self.sandbox
         if self.channel.id == sb.text_channel.id:
             return f"{self.user.name}> "
+        if self.channel.type == 1:
+            return f"{self.user.name} (DM)> "
         where = f"#{self.channel.name}"
         if self.channel.guild_id != sb.guild_id and self.channel.guild_id in sb.guilds:
             where = f"{sb.guilds[self.channel.guild_id].name} {where}"
@@ -454,6 +458,8 @@ class TerminalChat:
                 self.say("! you cannot speak as a bot")
                 return True
             self.user = user
+            if self.channel.type == 1:  # a DM is between one user and the bot: the new user's own
+                self.channel = sb.dm_channel(user)
             self.say(f"* you are now {user.name}")
         elif cmd == "/attach":
             path_text, text = _first_word(rest)
@@ -505,6 +511,19 @@ class TerminalChat:
             self._channel(_unquote(rest).lstrip("#"))
         elif cmd == "/thread":
             await self._thread(_unquote(rest))
+        elif cmd == "/dm":
+            if args:
+                self.say("! usage: /dm (then /guild N or /channel NAME to go back)")
+                return True
+            self.channel = sb.dm_channel(self.user)
+            shared = [g.name for g in sb.guilds.values() if sb.is_member(self.user, g.id)]
+            self.say(f"* {self.user.name} is now in a DM with {sb.bot_user.name} (servers you share: "
+                     f"{', '.join(shared) or 'none'})")
+        elif cmd in ("/join", "/leave"):
+            if args:
+                self.say(f"! usage: {cmd}")
+                return True
+            await self._membership(cmd == "/join")
         elif cmd == "/role":
             await self._role(rest)
         elif cmd == "/perm":
@@ -581,6 +600,19 @@ class TerminalChat:
         self.channel = guild.text_channel
         member = "" if sb.is_member(self.user, guild.id) else f" ({self.user.name} is not a member here)"
         self.say(f"* you are now in {guild.name}, #{guild.text_channel.name}{member}")
+
+    async def _membership(self, joining: bool) -> None:
+        sb, guild = self.sandbox, self.guild
+        if self.channel.type == 1:
+            self.say("! /join and /leave act on a server: /guild N first")
+            return
+        done = await (sb.add_member if joining else sb.remove_member)(self.user, guild)
+        if done:
+            self.say(f"* {self.user.name} {'joined' if joining else 'left'} {guild.name}")
+        elif not joining and self.user.id == guild.owner_id:
+            self.say(f"! {self.user.name} owns {guild.name} and cannot leave it")
+        else:
+            self.say(f"! {self.user.name} is {'already' if joining else 'not'} a member of {guild.name}")
 
     def _places(self) -> list[Channel]:
         """The current server's text channels and threads, in order."""

@@ -273,6 +273,17 @@ async def test_chat_threads_servers_and_the_gateway(two_servers: tuple[Sandbox, 
     assert "usage: /guild N, with N from 1 to 2" in await t.type("/guild 3")
     await t.type("/guild 1")
 
+    # DMs with two servers: a member of both is told why; one who left the second is answered by the first.
+    out = await t.type("/dm", "when does the shop open?")
+    assert "* member is now in a DM with trainer (servers you share: Sandbox, Sandbox 2)" in out
+    assert "we share none or several" in out and t.chat.prompt == "member (DM)> "
+    out = await t.type("/guild 2", "/leave", "/leave", "/dm", "when does the shop open?")
+    assert "* member left Sandbox 2" in out and "! member is not a member of Sandbox 2" in out
+    assert "(servers you share: Sandbox)" in out and "haven't been trained" in out
+    out = await t.type("/as owner", "/guild 2", "/leave", "/join")
+    assert "! owner owns Sandbox 2 and cannot leave it" in out and "! owner is already a member" in out
+    await t.type("/as member", "/guild 1")
+
     out = await t.type("/reconnect", "!hi")
     assert "* sent op 7 (reconnect)" in out and "* trainer resumed its session" in out and "Hi member!" in out
     out = await t.type("/invalidate resume")
