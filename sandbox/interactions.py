@@ -226,22 +226,27 @@ class Interactions:
     def _user(self, user: User | str) -> User:
         return self.state.user_named(user) if isinstance(user, str) else user
 
-    async def slash(self, user: User | str, name: str, *, channel: Channel | int | None = None,
-                    guild: int | None = None, **options: Any) -> Interaction:
-        """``user`` runs ``/name`` (``"group sub"`` for a subcommand) with ``options`` in ``channel``
-        (default: #general; a DM channel for a DM). Option values: text, numbers, booleans, a
-        :class:`User`/:class:`Role`/:class:`Channel` or its name, and for an attachment option a
-        ``Path`` or ``(filename, bytes[, content type])``."""
-        return await self._command_interaction(self._user(user), name, channel, guild, options, focused=None)
+    async def slash(self, user: User | str, name: str, options: dict[str, Any] | None = None, /, *,
+                    in_channel: Channel | int | None = None, in_guild: int | None = None,
+                    **kw_options: Any) -> Interaction:
+        """``user`` runs ``/name`` (``"group sub"`` for a subcommand) with its options (``options`` and
+        keywords) in ``in_channel`` (default: #general of ``in_guild``, else of the first server; a DM
+        channel for a DM). Option values: text, numbers, booleans, a :class:`User`/:class:`Role`/
+        :class:`Channel` or its name, and for an attachment option a ``Path`` or
+        ``(filename, bytes[, content type])``. Refused as Discord's client refuses: :class:`InteractionRefused`."""
+        return await self._command_interaction(self._user(user), name, in_channel, in_guild,
+                                               {**(options or {}), **kw_options}, focused=None)
 
-    async def autocomplete(self, user: User | str, name: str, focused: str, *, channel: Channel | int | None = None,
-                           guild: int | None = None, **options: Any) -> Interaction:
-        """``user`` types in option ``focused`` of ``/name`` (its current text in ``options``): an
+    async def autocomplete(self, user: User | str, name: str, focused: str, options: dict[str, Any] | None = None,
+                           /, *, in_channel: Channel | int | None = None, in_guild: int | None = None,
+                           **kw_options: Any) -> Interaction:
+        """``user`` types in option ``focused`` of ``/name`` (its text so far among the options): an
         autocomplete interaction; the bot's answer is in :attr:`Interaction.choices`."""
-        return await self._command_interaction(self._user(user), name, channel, guild, options, focused=focused)
+        return await self._command_interaction(self._user(user), name, in_channel, in_guild,
+                                               {**(options or {}), **kw_options}, focused=focused)
 
-    async def menu(self, user: User | str, target: int | User | str, command: str, *,
-                   channel: Channel | int | None = None) -> Interaction:
+    async def menu(self, user: User | str, target: int | User | str, command: str, /, *,
+                   in_channel: Channel | int | None = None) -> Interaction:
         """``user`` runs the context-menu ``command`` on message id ``target`` (a message command) or
         on a user (a :class:`User` or name: a user command)."""
         who = self._user(user)
@@ -258,7 +263,7 @@ class Interactions:
                           "resolved": {"messages": {str(msg.id): payload}}}
         else:
             target_user = self.state.users[target] if isinstance(target, int) else self._user(target)
-            ch = self.state.channel(channel)
+            ch = self.state.channel(in_channel)
             cmd = self._command(who, command, USER_COMMAND, ch)
             resolved: JSON = {"users": {str(target_user.id): target_user.payload()}}
             if ch.guild_id is not None and target_user.in_guild:
@@ -294,10 +299,13 @@ class Interactions:
         data: JSON = {"custom_id": button["custom_id"], "component_type": BUTTON}
         return await self._start(MESSAGE_COMPONENT, who, channel, data, message=msg)
 
-    async def submit_modal(self, user: User | str, /, modal: OpenModal | None = None, **fields: str) -> Interaction:
-        """``user`` fills in and submits the modal open on their screen (``modal``: an earlier one, sent
-        again as a replaying client would). ``fields`` by ``custom_id`` (or label)."""
+    async def submit_modal(self, user: User | str, fields: dict[str, str] | None = None, /, *,
+                           resend: OpenModal | None = None, **kw_fields: str) -> Interaction:
+        """``user`` fills in and submits the modal open on their screen (``resend``: an earlier one,
+        submitted again as a replaying client would). Fields by ``custom_id`` (or label)."""
         who = self._user(user)
+        modal = resend
+        fields = {**(fields or {}), **kw_fields}
         resent = modal is not None
         opened = modal if modal is not None else self.open_modals.get(who.id)
         if opened is None:
@@ -510,7 +518,9 @@ class Interactions:
             raise InteractionRefused(f"{where} must be a file, not {raw!r}")
         if len(data) > ATTACHMENT_SIZE_LIMIT:
             raise InteractionRefused(f"{where}: the file is over {ATTACHMENT_SIZE_LIMIT // (1024 * 1024)} MB")
-        return self.sandbox.rest.store_attachment(channel.id, name, data, ctype, None)
+        att = self.sandbox.rest.store_attachment(channel.id, name, data, ctype, None)
+        self.sandbox.rest.uploads[att.id] = att
+        return att
 
     async def _start(self, itype: int, who: User, channel: Channel, data: JSON, *, command: AppCommand | None = None,
                      message: Message | None = None, parent: Interaction | None = None) -> Interaction:

@@ -140,6 +140,8 @@ class Rest:
         self.state, self.gateway, self.store = sandbox.state, sandbox.gateway, sandbox.store
         self.typing: list[int] = []  # channel ids of the bot's typing indicators, in order
         self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
+        # Files users picked for slash command options: on the CDN though on no message.
+        self.uploads: dict[int, Attachment] = {}
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
 
@@ -583,5 +585,8 @@ class Rest:
                         log.warning("sandbox: attachment %s unreadable: %s", att_id, exc)
                         return web.Response(status=404)
                     return web.Response(body=body, content_type=att.content_type or "application/octet-stream")
+        if (upload := self.uploads.get(att_id)) is not None:
+            return web.Response(body=await upload.read(),
+                                content_type=upload.content_type or "application/octet-stream")
         return web.Response(status=404)
 
