@@ -352,3 +352,20 @@ async def test_terminal_chat_interactions(sandbox: Sandbox, monkeypatch: pytest.
                      "    [1: Yes] (disabled) [2: Tell me] [3: Spent] (disabled)", "trainer: quoted: quote me",
                      "! button 3 is disabled"]:
         assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+async def test_world_keeps_commands_and_buttons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error_log) -> None:
+    world = tmp_path / "world.json"
+    sb = await Sandbox(world_file=world).start()
+    try:
+        async with bare_client(sb, monkeypatch, cls=AppClient) as client:
+            await sync(client, sb)
+            asked = await sb.wait_for_response(await sb.slash("member", "ask"))
+            told = await sb.wait_for_response(await sb.click("member", asked.response.id, 2))
+    finally:
+        await sb.close()
+    again = Sandbox(world_file=world)
+    assert {c.name for c in again.commands} == {c.name for c in sb.commands}
+    kept = again.messages[asked.response.id]
+    assert TerminalChat.button_lines(kept) == ["[1: Yes] [2: Tell me] [3: Spent] (disabled)"]
+    assert kept.interaction_metadata is not None and told.response.id not in again.messages  # ephemeral: gone
