@@ -43,8 +43,10 @@ class FormErrors:
 
     def __init__(self) -> None:
         self.tree: JSON = {}
+        self.count = 0
 
     def add(self, path: list[str | int], code: str, message: str) -> None:
+        self.count += 1
         node = self.tree
         for key in path:
             node = node.setdefault(str(key), {})
@@ -144,7 +146,7 @@ def check_command(body: object, errors: FormErrors, path: list[str | int]) -> JS
     if not isinstance(body, dict):
         errors.add(path, "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
         return None
-    before = len(str(errors.tree))
+    before = errors.count
     ctype = body.get("type", CHAT_INPUT)
     if ctype not in (CHAT_INPUT, USER_COMMAND, MESSAGE_COMMAND, PRIMARY_ENTRY_POINT):
         errors.add([*path, "type"], "BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3, 4}.")
@@ -178,7 +180,7 @@ def check_command(body: object, errors: FormErrors, path: list[str | int]) -> JS
     dm = body.get("dm_permission")
     if dm is not None and not isinstance(dm, bool):
         errors.add([*path, "dm_permission"], "BASE_TYPE_BOOLEAN", "Must be either true or false.")
-    if len(str(errors.tree)) != before:
+    if errors.count != before:
         return None
     return body
 

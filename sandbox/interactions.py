@@ -38,6 +38,7 @@ from sandbox.appcommands import (
     CHAT_INPUT,
     INTEGER,
     JSON,
+    MAX_GLOBAL_CHAT_INPUT,
     MAX_SAFE_INTEGER,
     MENTIONABLE,
     MESSAGE_COMMAND,
@@ -134,6 +135,7 @@ class Interaction:
     choices: list[JSON] | None = None  # autocomplete's answer
     refused: list[tuple[str, int]] = field(default_factory=list)  # (message, code) of refused callbacks
     failed: bool = False  # no response in time: the user saw "The application did not respond"
+    edits_before: int = 0  # the component message's edits when the interaction began
 
     @property
     def acknowledged(self) -> bool:
@@ -158,10 +160,8 @@ class Interaction:
         if self.response_type == DEFERRED_CHANNEL_MESSAGE:
             return self.response is not None and not self.response.flags & LOADING
         if self.response_type == DEFERRED_UPDATE_MESSAGE:
-            return bool(self.followups) or (self.message is not None and self.message.edits > self._edits_before)
+            return bool(self.followups) or (self.message is not None and self.message.edits > self.edits_before)
         return False
-
-    _edits_before: int = 0
 
 
 @dataclass
@@ -276,9 +276,19 @@ class Interactions:
             data["guild_id"] = str(cmd.guild_id)
         return await self._start(APPLICATION_COMMAND, who, ch, data, command=cmd)
 
-    async def click(self, user: User | str, message_id: int, n: int) -> Interaction:
-        """``user`` presses button ``n`` (from 1, left to right, row by row) of a bot message."""
+    async def click(self, user: User | str, message_id: int, n: int = 0, /, *,
+                    forged_custom_id: str | None = None) -> Interaction:
+        """``user`` presses button ``n`` (from 1, left to right, row by row) of a bot message.
+
+        ``forged_custom_id``: send a click on that ``custom_id`` instead, whatever the message holds,
+        as only a modified client could (Discord's client cannot): for tests of a bot's own checks."""
         who = self._user(user)
+        if forged_custom_id is not None:
+            forged = self.state.messages.get(message_id)
+            if forged is None or forged.deleted:
+                raise InteractionRefused(f"no message {message_id}")
+            return await self._start(MESSAGE_COMPONENT, who, self.state.channels[forged.channel_id],
+                                     {"custom_id": forged_custom_id, "component_type": BUTTON}, message=forged)
         msg = self.state.messages.get(message_id)
         if msg is None or msg.deleted or not msg.visible(who.id) \
                 or not self.state.can_see(who, self.state.channels[msg.channel_id]):
@@ -528,7 +538,7 @@ class Interactions:
                             channel, channel.guild_id, self.clock(), data, command=command, message=message,
                             parent=parent)
         if message is not None:
-            inter._edits_before = message.edits
+            inter.edits_before = message.edits
         self.interactions[inter.id] = inter
         await self.sandbox.gateway.dispatch("INTERACTION_CREATE", self.payload(inter))
         if itype != AUTOCOMPLETE:
@@ -654,8 +664,10 @@ class Interactions:
         existing = self.state.commands.find(str(checked["name"]), int(checked.get("type", CHAT_INPUT)), scope)
         if existing is not None and existing.guild_id != scope:
             existing = None
-        if existing is None and len(self.state.commands.scope(scope)) >= 100 + 2 * 15:
-            return _json({"message": "Maximum number of application commands reached (100)", "code": 30032}, 400)
+        if existing is None and checked.get("type", CHAT_INPUT) == CHAT_INPUT and len(
+                [c for c in self.state.commands.scope(scope) if c.type == CHAT_INPUT]) >= MAX_GLOBAL_CHAT_INPUT:
+            return _json({"message": f"Maximum number of application commands reached ({MAX_GLOBAL_CHAT_INPUT})",
+                          "code": 30032}, 400)
         if existing is not None:
             del self.state.commands.commands[existing.id]
         cmd = self._store(checked, scope, existing)

@@ -372,6 +372,15 @@ class Sandbox:
         return self.interactions.last(user)
 
     @property
+    def interaction_deadline(self) -> float:
+        """Seconds the bot has for an interaction's first response (Discord's 3)."""
+        return self.interactions.response_deadline
+
+    @interaction_deadline.setter
+    def interaction_deadline(self, seconds: float) -> None:
+        self.interactions.response_deadline = seconds
+
+    @property
     def interaction_clock(self) -> Callable[[], float]:
         """The clock the 3-second and 15-minute rules are measured on (replace it to move time on)."""
         return self.interactions.clock

@@ -342,6 +342,10 @@ async def test_terminal_chat_interactions(sandbox: Sandbox, monkeypatch: pytest.
         await chat.handle(f'/menu {posted.id} "Quote"')
         await chat.settle()
         await chat.handle(f"/click {ask_id} 3")
+        # A click the bot does not answer (a forged custom_id no view knows) fails in the user's client.
+        sandbox.interaction_deadline = 0.3
+        forged = await sandbox.click("member", ask_id, forged_custom_id="ghost")
+        await sandbox.wait_for(lambda: forged.failed, timeout=5)
         text = out.getvalue()
     for expected in ["/click ID N", "/slash NAME key=value", "/menu ID", "/modal field=value",
                      "trainer: hello hello", "trainer: up +data.csv:4", "    [1: Yes] [2: Tell me] [3: Spent] (disabled)",
@@ -350,7 +354,7 @@ async def test_terminal_chat_interactions(sandbox: Sandbox, monkeypatch: pytest.
                      "(only you can see this) trainer: saved 9 characters", "! no modal is open",
                      "(only you can see this) trainer: done thinking", "(edited) trainer: chose yes",
                      "    [1: Yes] (disabled) [2: Tell me] [3: Spent] (disabled)", "trainer: quoted: quote me",
-                     "! button 3 is disabled"]:
+                     "! button 3 is disabled", "! The application did not respond (the interaction)"]:
         assert expected in text, f"{expected!r} not in:\n{text}"
 
 
