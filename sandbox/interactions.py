@@ -331,8 +331,7 @@ class Interactions:
             values[str(target.get("custom_id"))] = str(value)
         for f in inputs:
             cid = str(f.get("custom_id"))
-            text = values.get(cid, f.get("value", "") if cid not in values else "")
-            values[cid] = text
+            text = values.setdefault(cid, f.get("value") or "")  # untouched: what the bot filled in
             label = f.get("label") or cid
             if f.get("required", True) and not text:
                 raise InteractionRefused(f"{label} is required")
@@ -393,8 +392,9 @@ class Interactions:
             raise InteractionRefused(f"/{name} needs {', '.join(missing)}")
         if focused is not None and focused not in options:
             raise InteractionRefused(f"/{name}: give the text typed so far in {focused}")
-        for sub in reversed(path):
-            values = [{"name": sub, "type": SUB_COMMAND if sub == path[-1] else SUB_COMMAND_GROUP, "options": values}]
+        for depth in reversed(range(len(path))):
+            kind = SUB_COMMAND if depth == len(path) - 1 else SUB_COMMAND_GROUP
+            values = [{"name": path[depth], "type": kind, "options": values}]
         data: JSON = {"id": str(cmd.id), "name": cmd.name, "type": CHAT_INPUT, "options": values}
         if resolved:
             data["resolved"] = resolved

@@ -171,6 +171,18 @@ async def test_registration_slash_options_and_refusals(sandbox: Sandbox, monkeyp
                  "options": [{"name": f"o{i}", "description": "d", "type": 3} for i in range(26)]}])
         assert bad.value.code == 50035 and "description" in str(bad.value) and "options" in str(bad.value)
 
+        # One command at a time: create (201), update by name (200, same id), get, edit, delete.
+        app_id = client.application_id
+        made = await client.http.upsert_global_command(app_id, {"name": "extra", "description": "one", "type": 1})
+        same = await client.http.upsert_global_command(app_id, {"name": "extra", "description": "two", "type": 1})
+        assert same["id"] == made["id"] and same["description"] == "two"
+        edited = await client.http.edit_global_command(app_id, int(made["id"]), {"description": "three"})
+        assert edited["description"] == "three" and edited["name"] == "extra"
+        assert (await client.http.get_global_command(app_id, int(made["id"])))["description"] == "three"
+        await client.http.delete_global_command(app_id, int(made["id"]))
+        with pytest.raises(discord.NotFound):
+            await client.http.get_global_command(app_id, int(made["id"]))
+
         # Typed options and an attachment option, resolved as Discord resolves them.
         note = tmp_path / "note.txt"
         note.write_bytes(b"hello file")
