@@ -719,7 +719,9 @@ class Interactions:
             return self._refuse(inter, "Unknown interaction", 10062, 404)
         body, files = await self._read_body(request, inter.channel.id)
         ctype = body.get("type") if isinstance(body, dict) else None
-        data = body.get("data") or {} if isinstance(body, dict) else {}
+        data = (body.get("data") or {}) if isinstance(body, dict) else {}
+        if not isinstance(data, dict):
+            data = {}
         if ctype not in ALLOWED_CALLBACKS.get(inter.type, set()) or (
                 ctype in (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE) and inter.message is None):
             return self._refuse(inter, "Interaction response type is invalid for this interaction", 50035, 400,
