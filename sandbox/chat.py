@@ -16,12 +16,15 @@ import logging
 import mimetypes
 import os
 import re
+import shlex
 import threading
 import time
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
+from sandbox.components import button_text, buttons
+from sandbox.interactions import NOT_RESPONDED, Interaction, InteractionRefused, OpenModal
 from sandbox.server import (
     ADD_REACTIONS,
     ATTACH_FILES,
@@ -38,7 +41,7 @@ from sandbox.server import (
     User,
     parse_emoji,
 )
-from sandbox.state import CREATE_PUBLIC_THREADS, SEND_MESSAGES_IN_THREADS
+from sandbox.state import CREATE_PUBLIC_THREADS, LOADING, SEND_MESSAGES_IN_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ Chat commands:
   /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
   /unreact ID EMOJI   take your reaction back
   /voice join|leave   move the current user in or out of the voice channel
+  /slash NAME key=value ...   run a slash command (NAME may be "group sub"); file=PATH for a file option
+  /click ID N         press button N of message ID (buttons are printed [N: label], row by row)
+  /menu ID "Command name"     run a context-menu command on message ID (or on a user: /menu @NAME ...)
+  /modal field=value ...      submit the open modal (its fields are printed when the bot opens it)
 Servers, channels, roles (the bot is told at once, as on Discord):
   /guild [N]          list the servers, or switch to server N (its #general)
   /channel [NAME]     list this server's channels and threads, or switch to one (/channel general)
@@ -64,6 +71,7 @@ Servers, channels, roles (the bot is told at once, as on Discord):
 Gateway (what Discord may do to the bot's connection at any time):
   /reconnect          ask the bot to reconnect and resume (op 7)
   /invalidate [resume]  invalidate the bot's session (op 9): it identifies again, or resumes with "resume"
+And:
   /reset              start a new world: new server (so no data or model yet), users, channels, ids
   /wait SECONDS       pause
   /help               this list
@@ -225,6 +233,7 @@ class TerminalChat:
         self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
         sandbox.add_reaction_listener(self._on_reaction)
+        sandbox.add_interaction_listener(self._on_interaction)
         if sandbox.voice_server is not None:
             sandbox.voice_server.add_listener(self._on_voice)
 
@@ -239,9 +248,15 @@ class TerminalChat:
         tag = " (edited)" if event == "update" else ""
         reply = f" ↪{msg.reference_id}" if msg.reference_id and event == "create" else ""
         where = f" ({self._where(msg.channel_id)})" if msg.channel_id != self.channel.id else ""
-        self.say(f"[{msg.id}]{reply}{tag}{where} {msg.author.name}: {self._readable(msg.content)}")
+        if msg.visible_to is not None:
+            names = ", ".join(self.sandbox.users[u].name for u in sorted(msg.visible_to) if u in self.sandbox.users)
+            tag += " (only you can see this)" if msg.visible_to == {self.user.id} else f" (only {names} can see this)"
+        text = f"{msg.author.name} is thinking…" if msg.flags & LOADING else self._readable(msg.content)
+        self.say(f"[{msg.id}]{reply}{tag}{where} {msg.author.name}: {text}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
+        for line in self.button_lines(msg):
+            self.say("    " + line)
         if (pings := self._pings(msg)) is not None:
             self.say("    " + pings)
         if event == "create":
@@ -276,6 +291,41 @@ class TerminalChat:
         if self.channel.guild_id != sb.guild_id and self.channel.guild_id in sb.guilds:
             where = f"{sb.guilds[self.channel.guild_id].name} {where}"
         return f"{self.user.name} {where}> "
+
+    @staticmethod
+    def button_lines(msg: Message) -> list[str]:
+        """A message's buttons as the chat prints them: one line per row, ``[N: label]`` each, N counting
+        from 1 left to right, row by row (what ``/click ID N`` presses)."""
+        lines, n = [], 0
+        for row in buttons(msg.components):
+            texts = []
+            for button in row:
+                n += 1
+                texts.append(button_text(n, button))
+            lines.append(" ".join(texts))
+        return lines
+
+    def _on_interaction(self, event: str, inter: Interaction) -> None:
+        """What the bot did with an interaction that is no message: a modal, choices, no answer."""
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity.set()
+        if event == "modal" and inter.modal is not None:
+            modal = OpenModal(inter, inter.modal)
+            self.say(f"* {self.sandbox.bot_user.name} opened a form for {inter.user.name}: "
+                     f"{inter.modal.get('title', '')}")
+            for f in modal.fields:
+                limits = [] if f.get("required", True) is False else ["required"]
+                if f.get("max_length"):
+                    limits.append(f"at most {f.get('max_length')} characters")
+                self.say(f"    {f.get('custom_id')}: {f.get('label') or ''}" + (f" ({', '.join(limits)})" if limits else "")
+                         + (f" [{f.get('value')}]" if f.get("value") else ""))
+            self.say("    submit it with /modal " + " ".join(f"{f.get('custom_id')}=..." for f in modal.fields))
+        elif event == "choices":
+            choices = ", ".join(str(c.get("name")) for c in inter.choices or []) or "(none)"
+            self.say(f"* choices: {choices}")
+        elif event == "failed":
+            what = f"/{inter.command.name}" if inter.command is not None else "the interaction"
+            self.say(f"! {NOT_RESPONDED} ({what})")
 
     def say_world(self) -> None:
         """Whether this chat continues a saved world, or why a saved one could not be used."""
@@ -437,6 +487,67 @@ class TerminalChat:
                 return
             self.say(f"* {sb.bot_user.name} joined the new server; you are {self.user.name} in #{sb.text_channel.name}")
 
+    async def _interaction_command(self, cmd: str, args: list[str]) -> None:
+        """/slash, /click, /menu and /modal: use the bot's commands, buttons and forms as Discord's
+        client does, and say plainly what the client would not let the user do."""
+        sb = self.sandbox
+        self._posted_at = asyncio.get_running_loop().time()  # the bot answers an interaction
+        try:
+            if cmd == "/slash":
+                if not args:
+                    self.say("! usage: /slash NAME key=value ...")
+                    self._posted_at = None
+                    return
+                words = [a for a in args if "=" not in a]
+                given = dict(a.split("=", 1) for a in args if "=" in a)
+                name = " ".join(words)
+                options = self._file_option(name, given)
+                self.say(f"* {self.user.name} used /{name}" + "".join(f" {k}:{v}" for k, v in given.items()))
+                await sb.slash(self.user, name, in_channel=self.channel, **options)
+            elif cmd == "/click":
+                if len(args) != 2 or not args[0].isdigit() or not args[1].isdigit():
+                    self.say("! usage: /click MESSAGE_ID N")
+                    self._posted_at = None
+                    return
+                await sb.click(self.user, int(args[0]), int(args[1]))
+                self.say(f"* {self.user.name} pressed button {args[1]} on [{args[0]}]")
+            elif cmd == "/menu":
+                if len(args) != 2:
+                    self.say('! usage: /menu MESSAGE_ID "Command name"')
+                    self._posted_at = None
+                    return
+                target: int | str = int(args[0]) if args[0].isdigit() else args[0].lstrip("@")
+                await sb.menu(self.user, target, args[1])
+                self.say(f"* {self.user.name} used {args[1]} on {'[' + args[0] + ']' if args[0].isdigit() else args[0]}")
+            else:
+                if any("=" not in a for a in args):
+                    self.say("! usage: /modal field=value ...")
+                    self._posted_at = None
+                    return
+                fields = dict(a.split("=", 1) for a in args)
+                await sb.submit_modal(self.user, **fields)
+                self.say(f"* {self.user.name} submitted the form")
+        except InteractionRefused as exc:
+            self._posted_at = None
+            self.say(f"! {exc}")
+            return
+        self.posted = True
+
+    def _file_option(self, name: str, options: dict[str, str]) -> dict[str, object]:
+        """``file=PATH`` goes to the command's attachment option whatever its name (when it has one)."""
+        out: dict[str, object] = dict(options)
+        top, *path = name.split()
+        cmd = self.sandbox.state.commands.find(top, 1, self.sandbox.guild_id)
+        found = cmd.find_path(path) if cmd is not None else None
+        spec = found[1] if found is not None else []
+        attachments = [str(o.get("name")) for o in spec if o.get("type") == 11]
+        if "file" in out and "file" not in {str(o.get("name")) for o in spec} and len(attachments) == 1:
+            out[attachments[0]] = out.pop("file")
+        for key in attachments:
+            if isinstance(out.get(key), str):
+                out[key] = Path(str(out[key]))
+        return out
+
     async def _command(self, cmd: str, rest: str) -> bool:
         """Run chat command ``cmd`` with the text after it (``rest``, stripped); False to stop."""
         sb = self.sandbox
@@ -538,6 +649,13 @@ class TerminalChat:
                 self.say("! usage: /invalidate [resume]")
                 return True
             await self._gateway_move("invalidate resume" if args else "invalidate")
+        elif cmd in ("/slash", "/click", "/menu", "/modal"):
+            # Their values may be quoted ("Command name", text with spaces), as in a shell.
+            words = _shell_words(rest)
+            if words is None:
+                self.say(f"! unclosed quote in {cmd}: close it, or quote the value with the other kind of quote")
+                return True
+            await self._interaction_command(cmd, words)
         elif cmd == "/wait":
             try:
                 seconds = float(args[0]) if args else 1.0
@@ -785,6 +903,14 @@ def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+def _shell_words(text: str) -> list[str] | None:
+    """``text`` split into words as a shell does (quotes group words), or None when a quote is left open."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return None
 
 
 def _first_word(text: str) -> tuple[str, str]:
