@@ -20,6 +20,7 @@ from tests.fakes.bare_client import bare_client
 from tests.harness import STARTED, BotHarness, start_bot, stop_bot
 
 REFUSED = "You need the **Manage Server** permission"
+QUIET = 0.05  # every command here gets one reply: no need to wait long for more
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -56,31 +57,31 @@ async def test_a_member_who_loses_the_trainer_role_loses_admin_commands_at_once(
     try:
         h = BotHarness(sb, bot)
         guild = bot.get_guild(sb.guild_id)
-        assert REFUSED in await h.ask("!review")
+        assert REFUSED in await h.ask("!review", quiet=QUIET)
         trainer = await sb.create_role("Trainer")
         await until(lambda: guild.get_role(trainer.id) is not None)  # GUILD_ROLE_CREATE reached it
         assert await sb.give_role("member", "Trainer")
-        assert await h.ask("!review") == "No corrections are waiting for review."
+        assert await h.ask("!review", quiet=QUIET) == "No corrections are waiting for review."
         assert await sb.take_role("member", "Trainer")
-        assert REFUSED in await h.ask("!review")  # the very next command
+        assert REFUSED in await h.ask("!review", quiet=QUIET)  # the very next command
         # Without the members intent the bot is sent no one's GUILD_MEMBER_UPDATE but its own.
         assert "GUILD_MEMBER_UPDATE" not in backlog_events(sb)
 
         # A role's permissions change (GUILD_ROLE_UPDATE): the admins lose Manage Server, then get it back.
         admins = sb.role_named("Admins")
-        assert await h.ask("!review", user="admin") == "No corrections are waiting for review."
+        assert await h.ask("!review", quiet=QUIET, user="admin") == "No corrections are waiting for review."
         await sb.update_role(admins, permissions=admins.permissions & ~MANAGE_GUILD)
-        assert REFUSED in await h.ask("!review", user="admin")
+        assert REFUSED in await h.ask("!review", quiet=QUIET, user="admin")
         await sb.update_role(admins, permissions=admins.permissions | MANAGE_GUILD)
-        assert await h.ask("!review", user="admin") == "No corrections are waiting for review."
+        assert await h.ask("!review", quiet=QUIET, user="admin") == "No corrections are waiting for review."
 
         # A deleted role (GUILD_ROLE_DELETE) grants nothing any more.
         await sb.give_role("member", trainer)
-        assert await h.ask("!review") == "No corrections are waiting for review."
+        assert await h.ask("!review", quiet=QUIET) == "No corrections are waiting for review."
         await sb.delete_role(trainer)
         await until(lambda: guild.get_role(trainer.id) is None)
         assert trainer.id not in sb.member.roles
-        assert REFUSED in await h.ask("!review")
+        assert REFUSED in await h.ask("!review", quiet=QUIET)
     finally:
         await stop_bot(bot)
 
@@ -90,7 +91,7 @@ async def test_channel_changes_reach_the_bot(harness: BotHarness) -> None:
     guild = h.bot.get_guild(sb.guild_id)
     random = await sb.create_channel("random")
     await until(lambda: isinstance(guild.get_channel(random.id), discord.TextChannel))
-    assert "Hi member!" in await h.ask("!hi", channel=random)
+    assert "Hi member!" in await h.ask("!hi", quiet=QUIET, channel=random)
 
     # An overwrite on #general (CHANNEL_UPDATE): the bot's cache sees it may not send there, then may again.
     general = guild.get_channel(sb.text_channel.id)
@@ -115,10 +116,10 @@ async def test_answers_and_commands_work_in_threads(harness: BotHarness) -> None
     assert bot_thread.owner_id == sb.member.id and bot_thread.name == "Shop hours?"
 
     # A thread of a chat channel is a chat place: questions are answered there, as replies.
-    said = await h.send("When does the shop open?", channel=thread)
+    said = await h.send("When does the shop open?", quiet=QUIET, channel=thread)
     assert said[0].channel_id == thread.id and said[0].reference_id == h.last_posted.id
     assert "haven't been trained" in said[0].content
-    assert "Hi member!" in await h.ask("!hi", channel=thread)
+    assert "Hi member!" in await h.ask("!hi", quiet=QUIET, channel=thread)
     assert thread.message_count == 4 and thread.payload()["message_count"] == 4  # type: ignore[typeddict-item]
     assert not sb.bot_messages(sb.text_channel.id, after=h.last_posted.id)  # nothing went to #general
 
@@ -127,7 +128,7 @@ async def test_answers_and_commands_work_in_threads(harness: BotHarness) -> None
     aside = await sb.create_thread("member", "aside", random)
     await until(lambda: h.bot.get_channel(aside.id))
     await h.silent("When does the shop open?", channel=aside, wait=0.5)
-    said = await h.send(f"<@{sb.bot_user.id}> when does the shop open?", channel=aside)
+    said = await h.send(f"<@{sb.bot_user.id}> when does the shop open?", quiet=QUIET, channel=aside)
     assert said[0].channel_id == aside.id
 
     # A thread outlives a bot restart: GUILD_CREATE lists it.
@@ -143,17 +144,17 @@ async def test_a_dm_is_answered_by_the_one_server_its_author_shares(harness: Bot
     assert sb.is_member(sb.admin, second.id) and not sb.is_member(sb.member, second.id)
     await train_in(h, None, [("When does the shop open?", "At 9 am (first server).")])
     await train_in(h, second, [("When does the shop open?", "At noon (second server).")])
-    assert (await h.send("When does the shop open?"))[0].content == "At 9 am (first server)."
-    assert (await h.send("When does the shop open?", guild=second))[0].content == "At noon (second server)."
+    assert (await h.send("When does the shop open?", quiet=QUIET))[0].content == "At 9 am (first server)."
+    assert (await h.send("When does the shop open?", quiet=QUIET, guild=second))[0].content == "At noon (second server)."
 
     member_dm, admin_dm = sb.dm_channel("member"), sb.dm_channel("admin")
-    assert await h.ask("when does the shop open", channel=member_dm) == "At 9 am (first server)."
-    assert "we share none or several" in await h.ask("when does the shop open", user="admin", channel=admin_dm)
+    assert await h.ask("when does the shop open", quiet=QUIET, channel=member_dm) == "At 9 am (first server)."
+    assert "we share none or several" in await h.ask("when does the shop open", quiet=QUIET, user="admin", channel=admin_dm)
 
     # The member leaves the first server and joins the second: their DMs are the second server's now.
     assert await sb.remove_member("member")
     assert await sb.add_member("member", second)
-    assert await h.ask("when does the shop open", channel=member_dm) == "At noon (second server)."
+    assert await h.ask("when does the shop open", quiet=QUIET, channel=member_dm) == "At noon (second server)."
     # Neither event reaches a bot without the members intent.
     assert not {"GUILD_MEMBER_ADD", "GUILD_MEMBER_REMOVE"} & set(backlog_events(sb))
 
