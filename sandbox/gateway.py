@@ -30,7 +30,7 @@ from sandbox.payloads import (
     VoiceStateRequestPayload,
 )
 from sandbox.rest import MESSAGE_CONTENT, strip_content
-from sandbox.state import User, shard_of
+from sandbox.state import Channel, User, shard_of
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -119,9 +119,15 @@ class Gateway:
 
     async def announce_guild(self, guild_id: int) -> None:
         """A server the bot has just been added to: GUILD_CREATE to the sessions of its shard."""
-        for session in list(self.sessions.values()):
-            if session.receives(guild_id) and session.ws is not None and not session.ws.closed:
-                await self._send_event(session, "GUILD_CREATE", self.state.guild_payload(guild_id))
+        await self.dispatch("GUILD_CREATE", self.state.guild_payload(guild_id), guild_id=guild_id)
+
+    def _channel_of(self, event: str, data: EventPayload) -> Channel | None:
+        """The server channel a message, reaction or typing event happens in (None: another event, a DM)."""
+        if not event.startswith(("MESSAGE_", "TYPING_")):
+            return None
+        named = data.get("channel_id")
+        channel = self.state.channels.get(int(named)) if isinstance(named, (str, int)) and named else None
+        return channel if channel is not None and channel.guild_id is not None else None
 
     async def close(self) -> None:
         """Stop the pending heartbeat ACKs and close every bot websocket (going away)."""
@@ -131,13 +137,18 @@ class Gateway:
             if session.ws is not None and not session.ws.closed:
                 await session.ws.close(code=1001)
 
-    async def dispatch(self, event: str, data: EventPayload, *, intent: int = 0) -> None:
+    async def dispatch(self, event: str, data: EventPayload, *, intent: int = 0, guild_id: int | None = None) -> None:
         """Send a gateway event to every bot session whose shard has the server the event names in
-        its ``guild_id`` (none: a DM's, shard 0) (``intent``: only those that identified with it)."""
-        named = data.get("guild_id")
-        guild_id = int(named) if isinstance(named, (str, int)) and named else None
+        its ``guild_id`` (or ``guild_id``; none: a DM's, shard 0) (``intent``: only those that
+        identified with it). A message's events reach only bots that can see its channel, as on Discord."""
+        if guild_id is None:
+            named = data.get("guild_id")
+            guild_id = int(named) if isinstance(named, (str, int)) and named else None
+        channel = self._channel_of(event, data)
         for session in list(self.sessions.values()):
             if (intent and not session.intents & intent) or not session.receives(guild_id):
+                continue
+            if channel is not None and not self.state.can_see(session.user, channel):
                 continue
             session.seq += 1
             sent = data

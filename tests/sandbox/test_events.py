@@ -15,7 +15,7 @@ import discord
 import pytest
 
 from config import Settings
-from sandbox.server import MANAGE_GUILD, SEND_MESSAGES, Guild, Sandbox
+from sandbox.server import MANAGE_GUILD, SEND_MESSAGES, VIEW_CHANNEL, Guild, Sandbox
 from tests.fakes.bare_client import bare_client
 from tests.harness import STARTED, BotHarness, start_bot, stop_bot
 
@@ -100,6 +100,13 @@ async def test_channel_changes_reach_the_bot(harness: BotHarness) -> None:
     await sb.set_permissions(sb.text_channel, sb.bot_user, clear=SEND_MESSAGES)
     await until(lambda: general.permissions_for(guild.me).send_messages)
     assert sb.text_channel.overwrites == []  # an overwrite with nothing left in it goes
+    # A channel the bot may not view: Discord sends it none of its messages.
+    await sb.set_permissions(sb.text_channel, sb.bot_user, deny=VIEW_CHANNEL)
+    await h.silent("!hi", wait=0.3)
+    assert not any(f["t"] == "MESSAGE_CREATE" and f["d"]["id"] == str(max(sb.messages))
+                   for s in sb.sessions.values() for f in s.backlog)
+    await sb.set_permissions(sb.text_channel, sb.bot_user, clear=VIEW_CHANNEL)
+    assert "Hi member!" in await h.ask("!hi", quiet=QUIET)
 
     await sb.rename_channel(random, "off-topic")
     await until(lambda: guild.get_channel(random.id).name == "off-topic")
