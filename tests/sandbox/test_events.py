@@ -15,7 +15,7 @@ import discord
 import pytest
 
 from config import Settings
-from sandbox.server import MANAGE_GUILD, SEND_MESSAGES, VIEW_CHANNEL, Guild, Sandbox
+from sandbox.server import MANAGE_GUILD, MANAGE_MESSAGES, SEND_MESSAGES, VIEW_CHANNEL, Guild, Sandbox
 from tests.fakes.bare_client import bare_client
 from tests.harness import STARTED, BotHarness, start_bot, stop_bot
 
@@ -107,6 +107,13 @@ async def test_channel_changes_reach_the_bot(harness: BotHarness) -> None:
                    for s in sb.sessions.values() for f in s.backlog)
     await sb.set_permissions(sb.text_channel, sb.bot_user, clear=VIEW_CHANNEL)
     assert "Hi member!" in await h.ask("!hi", quiet=QUIET)
+
+    # The bot is always told of its own member's changes (GUILD_MEMBER_UPDATE), without the members intent.
+    mods = await sb.create_role("Mods", MANAGE_MESSAGES)
+    await sb.give_role(sb.bot_user, mods)
+    await until(lambda: guild.me.guild_permissions.manage_messages)
+    await sb.take_role(sb.bot_user, mods)
+    await until(lambda: not guild.me.guild_permissions.manage_messages)
 
     await sb.rename_channel(random, "off-topic")
     await until(lambda: guild.get_channel(random.id).name == "off-topic")
