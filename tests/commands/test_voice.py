@@ -242,6 +242,48 @@ async def test_spoken_answer_is_end_to_end_encrypted_and_a_member_hears_it(harne
         await member.close()
 
 
+async def test_bot_is_welcomed_into_an_encrypted_call_and_removed_when_it_leaves(harness: BotHarness) -> None:
+    """Two members already share a DAVE group: the bot's key package is proposed to them, a member
+    commits, discord.py joins through the welcome (op 30); a third member's Add is committed by
+    whoever is first; the bot's !leave makes the server propose its removal."""
+    sb, vs = harness.sandbox, server(harness)
+    channel, bot_id = sb.voice_channel.id, sb.bot_user.id
+    first = DaveMember(vs, sb.user_named("member").id, channel)
+    second = DaveMember(vs, sb.user_named("admin").id, channel, commits=False)
+    third = DaveMember(vs, 424242, channel)
+    members = [first, second, third]
+    try:
+        await first.connect()
+        await second.connect()
+        await first.wait_until(lambda: first.session.ready and second.session.ready, timeout=10)
+
+        await join(harness)
+        await first.wait_until(lambda: first.session.epoch == 2 and bool(vs.calls[channel].transition is None))
+        vc = bot_voice_client(harness)
+        assert vc is not None and (30, bot_id, "transition 2") in vs.dave_log
+        session = vc._connection.dave_session
+        await vs.wait_until(lambda: vc._connection.can_encrypt)
+        assert session.epoch == 2 and session.voice_privacy_code == first.session.voice_privacy_code
+        frame = session.encrypt_opus(b"\x78\x01" + b"opus" * 8)
+        assert second.decrypt(bot_id, frame) == b"\x78\x01" + b"opus" * 8
+
+        # A third member: the bot processes the proposal and commits too; the first commit wins.
+        await third.connect()
+        await third.wait_until(lambda: third.session.ready and first.session.epoch == 3, timeout=10)
+        await vs.wait_until(lambda: session.epoch == 3)
+        assert sorted(map(int, third.session.get_user_ids())) == sorted([bot_id, first.user_id, second.user_id,
+                                                                         third.user_id])
+
+        assert await harness.ask("!leave") == f"Left {mention(sb.voice_channel)}."
+        await first.wait_until(lambda: first.session.epoch == 4, timeout=10)
+        assert str(bot_id) not in first.session.get_user_ids()
+        assert any(op == 27 and detail == f"append remove:{bot_id}" for op, _, detail in vs.dave_log)
+        assert vs.errors == []
+    finally:
+        for m in members:
+            await m.close()
+
+
 async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox, settings: Settings,
                                                               error_log) -> None:
     bot = await start_bot(sandbox, dataclasses.replace(settings, voice_idle_seconds=0.5))
