@@ -395,7 +395,8 @@ class VoiceServer:
                     self._event("silent")
             elif op == 7:  # RESUME
                 resume: VoiceResumePayload = d
-                if resume.get("token") != self.token:
+                # With DAVE the member left the group when its socket closed: it must identify anew.
+                if resume.get("token") != self.token or self.dave:
                     await ws.close(code=4006, message=b"Session no longer valid")
                     break
                 await conn.send(9, None)  # RESUMED
