@@ -160,6 +160,8 @@ async def test_wrong_token_is_refused_and_bad_packets_are_counted() -> None:
         state.socket.sendto(b"\x80\x78" + b"\x00" * 40, ("127.0.0.1", server.udp_port))
         await server.wait_until(lambda: server.received_packets >= 1)
         assert server.decrypted_frames == 0 and server.errors[-1] == "an RTP packet did not decrypt"
+        if ws._keep_alive is not None:  # HELLO started it; left running it outlives the test's loop
+            ws._keep_alive.stop()
     finally:
         state.close()
         await http.close()
