@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import discord
 import pytest
 
 from config import Settings
@@ -61,6 +62,7 @@ async def test_reconnects_and_invalid_sessions_lose_no_status_edit_and_no_answer
             await sb.wait_for(lambda: all(w in status.content for w in want), timeout=10)
             return want
 
+        thread = await sb.create_thread("member", "Training talk")
         seen = [await step()]
         for disruption in ("op 7", "op 9 resumable", "op 9"):
             identified, resumed = sb.identify_count, sb.resume_count
@@ -82,6 +84,8 @@ async def test_reconnects_and_invalid_sessions_lose_no_status_edit_and_no_answer
                 assert sb.identify_count == identified + 1 and sb.resume_count == resumed
             else:
                 assert sb.resume_count == resumed + 1 and sb.identify_count == identified
+        # Identified anew, the bot learnt its servers again from GUILD_CREATE, their active threads included.
+        assert isinstance(bot.get_channel(thread.id), discord.Thread)
         fake.finish(job_id)
         done = await announcement(sb, job_id)
         assert done.content.startswith(f"Training job `{job_id}` succeeded")
