@@ -7,7 +7,10 @@ message and attachment. Anything it does not implement answers 404 and is record
 :attr:`Sandbox.unimplemented`, so tests can fail on it.
 
 Users act through methods (:meth:`Sandbox.post_message`, :meth:`Sandbox.set_voice`), which
-dispatch the same gateway events Discord would.
+dispatch the same gateway events Discord would; so do the world's changes while a bot runs
+(:mod:`sandbox.events`: ``give_role``, ``update_role``, ``set_permissions``, ``create_channel``,
+``create_thread``, ``remove_member``, ``join_guild`` …) and the gateway's own moves
+(``request_reconnect``: op 7, ``invalidate_session``: op 9).
 
 :class:`Sandbox` is a facade over its parts, each in its own module: ``state`` (:mod:`sandbox.state`:
 the world's objects, ids, payloads, permissions, mentions), ``gateway`` (:mod:`sandbox.gateway`),
