@@ -25,6 +25,7 @@ from sandbox.payloads import (
     Overwrite,
     ThreadCreatePayload,
     ThreadDeletePayload,
+    UnavailableGuildPayload,
 )
 from sandbox.state import DM, GUILD_TEXT, Channel, Guild, Message, Role, State, User
 
@@ -90,6 +91,10 @@ class WorldEvents:
             return False
         user.in_guild = True
         user.left.discard(guild_id)
+        if user.id == self.state.bot_user.id:  # the bot invited back: it gets the server anew
+            await self.sandbox.gateway.announce_guild(guild_id)
+            self.state.changed()
+            return True
         data: GuildMemberEventPayload = {**self.state.member_payload(user, guild_id), "guild_id": str(guild_id)}
         await self._dispatch("GUILD_MEMBER_ADD", data, intent=GUILD_MEMBERS)
         return True
@@ -101,6 +106,13 @@ class WorldEvents:
             return False
         user.left.add(guild_id)
         user.roles = [r for r in user.roles if r in self.state.roles and self.state.role_guild(self.state.roles[r]) != guild_id]
+        if user.id == self.state.bot_user.id:
+            # The bot kicked: Discord tells it the server is gone for it (GUILD_DELETE without "unavailable").
+            gone: UnavailableGuildPayload = {"id": str(guild_id)}
+            await self.sandbox.dispatch("GUILD_DELETE", gone, guild_id=guild_id)
+            self.state.changed()
+            await self.sandbox.wake()
+            return True
         data: GuildMemberRemovePayload = {"guild_id": str(guild_id), "user": user.payload()}
         await self._dispatch("GUILD_MEMBER_REMOVE", data, intent=GUILD_MEMBERS)
         return True

@@ -150,6 +150,9 @@ class Gateway:
                 continue
             if channel is not None and not self.state.can_see(session.user, channel):
                 continue
+            if (guild_id is not None and event != "GUILD_DELETE" and guild_id in self.state.guilds
+                    and not self.state.is_member(session.user, guild_id)):
+                continue  # a server the bot is not in (any more)
             session.seq += 1
             sent = data
             if event in CONTENT_EVENTS and not session.intents & MESSAGE_CONTENT:
@@ -205,7 +208,8 @@ class Gateway:
                 session.shard = shard
                 session.ws = ws
                 self.sessions[session.id] = session
-                guilds = [g.id for g in self.state.guilds.values() if session.receives(g.id)]
+                guilds = [g.id for g in self.state.guilds.values()
+                          if session.receives(g.id) and self.state.is_member(session.user, g.id)]
                 ready: ReadyPayload = {
                     "v": 10, "user": self.state.bot_user.payload(),
                     "guilds": [{"id": str(g), "unavailable": True} for g in guilds],

@@ -172,6 +172,15 @@ async def test_a_dm_is_answered_by_the_one_server_its_author_shares(harness: Bot
     # Neither event reaches a bot without the members intent.
     assert not {"GUILD_MEMBER_ADD", "GUILD_MEMBER_REMOVE"} & set(backlog_events(sb))
 
+    # The bot removed from the second server: gone for it (GUILD_DELETE), and none of its events reach it;
+    # invited back, it gets the server again (GUILD_CREATE) and answers there.
+    assert await sb.remove_member(sb.bot_user, second)
+    await until(lambda: h.bot.get_guild(second.id) is None)
+    await h.silent("!hi", guild=second, wait=0.3)
+    assert await sb.add_member(sb.bot_user, second)
+    await until(lambda: h.bot.get_guild(second.id))
+    assert "Hi member!" in await h.ask("!hi", quiet=QUIET, guild=second)
+
 
 async def test_member_events_reach_a_client_with_the_members_intent(sandbox: Sandbox, error_log: Any,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
