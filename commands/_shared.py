@@ -187,13 +187,12 @@ _LINK = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*)://")
 
 
 def quote(text: object, limit: int = 200) -> str:
-    """Text a member wrote, shown on one line of a list: shortened, markdown escaped, mentions and links made
-    inert (``@everyone`` and ``<@&role>`` are shown but never ping, whatever allowed_mentions says; a URL is not
-    a link)."""
+    """Text a member wrote, shown on one line of a list: shortened, markdown escaped, and no URL in it is a live
+    link. Mentions are shown as written: the bot's AllowedMentions.none() keeps them from pinging anyone."""
     flat = " ".join(str(text or "").split())
     if len(flat) > limit:
         flat = flat[: limit - 1] + "…"
-    flat = discord.utils.escape_mentions(discord.utils.escape_markdown(flat))
+    flat = discord.utils.escape_markdown(flat)
     return _LINK.sub(lambda m: f"{m.group(1)}:⁠//", flat) or "(empty)"
 
 

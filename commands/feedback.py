@@ -295,8 +295,11 @@ def _looks_like_ref(word: str) -> bool:
 
 
 def _quote(text: object, limit: int = 200) -> str:
-    """User text shown on one line of a list (``commands._shared.quote``)."""
-    return quote(text, limit)
+    """User text shown on one line of a list, shortened, markdown escaped (mentions never ping)."""
+    flat = " ".join(str(text or "").split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return discord.utils.escape_markdown(flat) or "(empty)"
 
 
 async def setup(bot: TrainerBot) -> None:
