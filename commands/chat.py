@@ -12,7 +12,6 @@ import discord
 from discord.ext import commands
 
 from commands._shared import charge, report_unexpected, split_message, user_line
-from commands.offers import Offers
 from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
@@ -177,11 +176,12 @@ class Chat(commands.Cog):
                                         mention_author=False)]
         answer = reply.text
         sent: list[discord.Message] = []
-        offers = self.bot.get_cog("Offers")
-        if reply.offers and isinstance(offers, Offers):
-            # "Did you mean": a button per question; the asker's click answers it (commands/offers.py).
+        # "Did you mean": a button per question; the asker's click answers it (commands/offers.py; looked up by
+        # name: an extension's module is its own copy, so its class is not the one an import here would see).
+        send_offer = getattr(self.bot.get_cog("Offers"), "send_offer", None)
+        if reply.offers and send_offer is not None:
             text = f"> {heard}\n{reply.offer_text}" if heard else reply.offer_text
-            offered = await offers.send_offer(message, guild, prompt, text[:2000], reply.offers)
+            offered = await send_offer(message, guild, prompt, text[:2000], reply.offers)
             if offered is not None:
                 sent.append(offered)
         text = f"> {heard}\n{answer}" if heard else answer
