@@ -338,7 +338,12 @@ class Offers(commands.Cog):
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        if interaction.type is not discord.InteractionType.modal_submit or not isinstance(interaction.data, dict):
+        if not isinstance(interaction.data, dict):
+            return
+        if interaction.type is discord.InteractionType.component:
+            await self._forged_click(interaction, str(interaction.data.get("custom_id", "")))
+            return
+        if interaction.type is not discord.InteractionType.modal_submit:
             return
         found = MODAL_ID.fullmatch(str(interaction.data.get("custom_id", "")))
         if found is None:
@@ -349,6 +354,16 @@ class Offers(commands.Cog):
         except Exception as exc:
             error_id = report_unexpected(f"answering unanswered question {row_id}", exc)
             await self._refuse(interaction, f"Something went wrong (error id `{error_id}`); nothing was saved.")
+
+    async def _forged_click(self, interaction: discord.Interaction[Any], custom_id: str) -> None:
+        """A click on one of our custom ids that its message does not hold (only a modified client sends one):
+        discord.py drops it silently, so it is refused here with one line."""
+        if not custom_id.startswith("tb:") or interaction.message is None:
+            return
+        held = {getattr(child, "custom_id", None) for row in interaction.message.components
+                for child in getattr(row, "children", [row])}
+        if custom_id not in held:
+            await self._refuse(interaction, NOT_RECORDED)
 
     async def _answer_submitted(self, interaction: discord.Interaction[Any], guild_id: int, row_id: int) -> None:
         if interaction.guild_id != guild_id:
