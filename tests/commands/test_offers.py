@@ -5,12 +5,15 @@ its modal, buttons survive a restart and expire; forged, stale and repeated clic
 from __future__ import annotations
 
 import asyncio
+import io
+from pathlib import Path
 from typing import Any
 
 from bench.calibrate import load_sets
 from config import Settings
 from dataset import corrections as records
 from dataset import picks
+from sandbox.chat import TerminalChat
 from sandbox.components import buttons
 from sandbox.server import Message, Sandbox
 from tests.harness import BotHarness, space_of, start_bot, stop_bot
@@ -93,12 +96,23 @@ async def test_a_pick_answers_the_asker_and_two_members_teach_the_bot(harness: B
     assert nothing_pinged(sb)
 
 
-async def test_an_admins_pick_counts_at_once_and_forget_removes_picks(harness: BotHarness) -> None:
-    h = harness
+async def test_an_admins_pick_in_the_terminal_chat_counts_at_once_and_forget_removes_it(
+        harness: BotHarness, tmp_path: Path) -> None:
+    h, sb = harness, harness.sandbox
     await train(h)
-    offer = await offer_to(h, "admin")
-    done = await click(h, offer.id, 1, "admin")
-    assert done.messages[-1].content == "Thanks! I've learned your wording: I'll answer it directly from now on."
+    out = io.StringIO()
+    chat = TerminalChat(sb, out=out, files_dir=tmp_path / "files", prefix="!", silence=5.0, quiet=0.1)
+    for line in ("/as admin", VISITORS):
+        await chat.handle(line)
+        await chat.settle()
+    offer = sb.bot_messages()[-1]
+    await chat.handle(f"/click {offer.id} 1")
+    await chat.settle()
+    text = out.getvalue()
+    for expected in (f"    [1: {WIFI}] [2: None of these]", f"trainer: {WORK.answer_of('guest_wifi')}",
+                     "(only you can see this) trainer: Thanks! I've learned your wording: I'll answer it directly",
+                     f"    [1: {WIFI}] (disabled) [2: None of these] (disabled)"):
+        assert expected in text, f"{expected!r} not in:\n{text}"
     direct = await h.send("what's the wifi code for visitors?", quiet=0.1)
     assert [m.content for m in direct] == [WORK.answer_of("guest_wifi")]
     forgot = await h.ask("!forget me", user="admin", quiet=0.1)
