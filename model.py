@@ -295,25 +295,27 @@ class Model:
 
         return await asyncio.to_thread(work)
 
-    async def unanswered_question(self, guild_id: int, group_id: int) -> Group:
-        """The open group of unanswered questions led by row ``group_id``; NotFound / Refused (answered) else."""
-        groups = await self.unanswered(guild_id)
-        found = next((g for g in groups if g.id == group_id), None)
-        if found is not None:
-            return found
-        row = await asyncio.to_thread(picks.unanswered_row, self.space(guild_id), group_id)
+    async def unanswered_question(self, guild_id: int, row_id: int) -> str:
+        """The text of an open unanswered question of this server (cheap: what a button checks before its form
+        opens); NotFound, or Refused when it was answered."""
+        row = await asyncio.to_thread(picks.unanswered_row, self.space(guild_id), row_id)
         if row is None:
             raise NotFound("That question doesn't exist in this server. Nothing was saved.")
         if row[1] is not None:
             raise Refused(f"That question was already answered (correction `{row[1]}`). Nothing was saved.")
-        raise Refused("That question now belongs to another group: list them again. Nothing was saved.")
+        return row[0].prompt
 
-    async def answer_unanswered(self, guild_id: int, group_id: int, *, question: str, answer: str,
+    async def answer_unanswered(self, guild_id: int, row_id: int, *, question: str, answer: str,
                                 author_id: int, author_name: str, channel_id: int | None) -> Correction:
-        """An admin's answer to a group of unanswered questions: an approved correction (it counts at once), and
-        the group leaves the list. Refused when it was answered meanwhile (a modal submitted twice)."""
-        group = await self.unanswered_question(guild_id, group_id)
-        return await saved("the answer", picks.answer_group, self.space(guild_id), group, question=question,
+        """An admin's answer to the unanswered question ``row_id`` and those grouped with it now: an approved
+        correction (it counts at once), and the group leaves the list. Refused when it was answered meanwhile
+        (a form submitted twice), NotFound for a question not of this server."""
+        await self.unanswered_question(guild_id, row_id)
+        # Grouped again now: questions asked since the list was shown join their group.
+        found = next((g for g in await self.unanswered(guild_id) if any(r.id == row_id for r in g.rows)), None)
+        if found is None:  # answered between the check and the grouping
+            raise Refused("That question was already answered. Nothing was saved.")
+        return await saved("the answer", picks.answer_group, self.space(guild_id), found, question=question,
                            answer=answer, author_id=author_id, author_name=author_name, channel_id=channel_id)
 
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:

@@ -184,6 +184,7 @@ class Chat(commands.Cog):
             offered = await send_offer(message, guild, prompt, text[:2000], reply.offers)
             if offered is not None:
                 sent.append(offered)
+                answer = reply.offer_text  # what was shown is what the log keeps
         text = f"> {heard}\n{answer}" if heard else answer
         for i, chunk in enumerate([] if sent else (split_message(text) or ["…"])):
             if i == 0:

@@ -197,8 +197,8 @@ class Feedback(commands.Cog):
             who = quote(c.author_name or c.author_id or "someone", 80)
             when = c.time[:16].replace("T", " ")
             if isinstance(c, Pick):
-                lines.append(f"`{c.ref}` paraphrase by {who} ({when} UTC): asked\n> {_quote(c.prompt)}\n"
-                             f"and chose “{_quote(c.question)}” (answer: {_quote(c.answer, 120)})")
+                lines.append(f"`{c.ref}` paraphrase by {who} ({when} UTC): asked\n> {quote(c.prompt)}\n"
+                             f"and chose “{quote(c.question)}” (answer: {quote(c.answer, 120)})")
             else:
                 lines.append(f"`{c.ref}` by {who} ({when} UTC)\n"
                              f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"

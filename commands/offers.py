@@ -330,11 +330,11 @@ class Offers(commands.Cog):
             await self._refuse(interaction, "Only admins can answer these questions.")
             return
         try:
-            group = await self.bot.model.unanswered_question(button.guild_id, button.row_id)
+            question = await self.bot.model.unanswered_question(button.guild_id, button.row_id)
         except TrainerError as exc:
             await self._refuse(interaction, user_line(exc, self.bot.settings.prefix))
             return
-        await interaction.response.send_modal(AnswerModal(button.guild_id, button.row_id, group.question))
+        await interaction.response.send_modal(AnswerModal(button.guild_id, button.row_id, question))
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
@@ -375,6 +375,8 @@ class Offers(commands.Cog):
             return
         rows = interaction.data.get("components") if isinstance(interaction.data, dict) else None
         values = dict(_text_values(rows if isinstance(rows, list) else []))
+        # Grouping embeds the open questions: more than Discord's 3 seconds for a first response on a big list.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             fix = await self.bot.model.answer_unanswered(
                 guild_id, row_id, question=values.get("question", ""), answer=values.get("answer", ""),
@@ -382,9 +384,9 @@ class Offers(commands.Cog):
         except TrainerError as exc:
             await self._refuse(interaction, user_line(exc, self.bot.settings.prefix))
             return
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"Saved as correction `{fix.ref}`: I'll answer “{quote(fix.prompt, 150)}” with it from now on "
-            f"(and the next training includes it).", allowed_mentions=discord.AllowedMentions.none())
+            f"(and the next training includes it).", ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
 
 async def setup(bot: TrainerBot) -> None:

@@ -120,6 +120,12 @@ async def test_an_admins_pick_in_the_terminal_chat_counts_at_once_and_forget_rem
     assert records.list_picks(space_of(h)) == []
     again = await h.send(VISITORS, quiet=0.1)
     assert labels(again[0])[0] == WIFI  # offered again: the paraphrase went with its author
+    # A member's pick rejected by its P- id: never used.
+    await click(h, again[0].id, 1, "member")
+    ref = records.pending_picks(space_of(h))[0].ref
+    rejected = await h.ask(f"!reject {ref.lower()} not the same question", user="admin", quiet=0.1)
+    assert rejected == f"Rejected `{ref}`: never used for answers or training. Reason kept: not the same question"
+    assert [p.status for p in records.list_picks(space_of(h))] == ["rejected"]
 
 
 async def test_none_of_these_goes_to_unanswered_and_an_admin_answers_it_in_a_modal(harness: BotHarness) -> None:
@@ -141,6 +147,7 @@ async def test_none_of_these_goes_to_unanswered_and_an_admin_answers_it_in_a_mod
     loud = ("@everyone <@&" + str(sb.guild_id) + "> the code is on the badge. ") * 80
     loud = loud[:4000]
     saved = await h.answered(await sb.submit_modal("admin", answer=loud), quiet=0.1)
+    assert all(m.ephemeral for m in saved.messages)
     fix = records.approved_corrections(space_of(h))
     assert [(c.prompt, c.correction) for c in fix] == [(VISITORS, loud.strip())]
     assert saved.messages[-1].content.startswith(f"Saved as correction `{fix[0].ref}`")
