@@ -21,6 +21,7 @@ from commands._shared import (
     is_admin_user,
     quote,
     report_unexpected,
+    split_message,
     trainer_admin,
     user_line,
 )
@@ -157,7 +158,7 @@ class Offers(commands.Cog):
             offer = await self.bot.model.add_offer(
                 guild.id, channel_id=message.channel.id, author_id=message.author.id,
                 author_name=str(message.author), prompt=prompt, prompt_message_id=message.id, offers=offers)
-        except (NotSaved, TrainerError) as exc:
+        except TrainerError as exc:  # NotSaved: the database is away; the text offer still helps
             log.warning("guild %s: offer not recorded (%s); sent as text", guild.id, exc)
             return None
         sent = await message.reply(text, view=offer_view(guild.id, offer), mention_author=False)
@@ -236,11 +237,16 @@ class Offers(commands.Cog):
         ref = None if offer.prompt_message_id is None else discord.MessageReference(
             message_id=offer.prompt_message_id, channel_id=offer.channel_id, guild_id=interaction.guild_id,
             fail_if_not_exists=False)
-        sent = await channel.send(answer[:2000], reference=ref, mention_author=False) if ref else (
-            await channel.send(answer[:2000]))
+        sent: list[discord.Message] = []
+        for chunk in split_message(answer) or ["…"]:
+            if not sent and ref is not None:
+                sent.append(await channel.send(chunk, reference=ref, mention_author=False))
+            else:
+                sent.append(await channel.send(chunk))
         try:
             await self.bot.model.record_answer(
-                guild_id, message_ids=[sent.id], channel_id=offer.channel_id, prompt=offer.prompt, answer=answer,
+                guild_id, message_ids=[m.id for m in sent], channel_id=offer.channel_id, prompt=offer.prompt,
+                answer=answer,
                 prompt_message_id=offer.prompt_message_id, author_id=offer.author_id, author_name=offer.author_name)
         except NotSaved:
             log.warning("guild %s: answer to offer %s not logged", guild_id, offer.id)

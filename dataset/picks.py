@@ -217,6 +217,15 @@ def _add_pick(tx: Tx, space: GuildSpace, offer: Offer, question: str, answer: st
     key = same_key(offer.prompt)
     status = APPROVED if trusted else PENDING
     created = utc_now()
+    # The same person making the same pick again adds no record (and no second vote); an admin's makes a
+    # member's own earlier pick count.
+    row = tx.one(f"{records._PICKS} WHERE p.guild_id = ? AND p.key = ? AND p.question = ? AND p.author_id = ?"
+                 " AND p.status <> 'rejected' ORDER BY p.id LIMIT 1", (space.guild_id, key, question, user_id))
+    if row is not None and (not trusted or records._pick(row).approved):
+        earlier = records._pick(row)
+        agreed = int(tx.scalar("SELECT COUNT(DISTINCT author_id) FROM picks WHERE guild_id = ? AND key = ?"
+                               " AND question = ? AND status <> 'rejected'", (space.guild_id, key, question), 0))
+        return earlier, earlier.approved, agreed
 
     def params(ref: str) -> tuple[object, ...]:
         return (space.guild_id, ref, offer.id, key, offer.prompt, question, answer, user_id, user_name,

@@ -141,6 +141,11 @@ async def test_none_of_these_goes_to_unanswered_and_an_admin_answers_it_in_a_mod
     assert "asked 2× by 2 members" in listing[0].content and labels(listing[0]) == [f"1. {VISITORS}"]
     refused = await click(h, listing[0].id, 1, "member")
     assert refused.messages[-1].content == "Only admins can answer these questions."
+    real = listing[0].components[0]["components"][0]["custom_id"]
+    row = int(real.rsplit(":", 1)[1])
+    for forged in (f"tb:unans:{sb.guild_id + 1}:{row}", f"tb:unans:{sb.guild_id}:{row + 1000}"):
+        told = await click(h, listing[0].id, 0, "admin", forged=forged)
+        assert told.messages[-1].content == "That button isn't valid here. Nothing was recorded." and not told.modal
     opened = await click(h, listing[0].id, 1, "admin")
     assert opened.modal is not None
     on_screen = sb.interactions.open_modals[sb.admin.id]  # kept to submit it a second time

@@ -68,6 +68,7 @@ def test_k_different_members_making_the_same_pick_make_it_count(space: GuildSpac
     first = choose(space, offer(space, "Who signs off on my trip?"), 0)
     again = choose(space, offer(space, "who signs off on my trip"), 0)  # the same member again: still one
     assert not first.counted and not again.counted and again.agreed == 1
+    assert again.pick == first.pick and len(records.list_picks(space)) == 1
     other = choose(space, offer(space, "WHO signs off on my trip ?", asker=OTHER), 0)
     assert other.counted and other.agreed == 2
     assert {p.status for p in records.list_picks(space)} == {"approved"}
