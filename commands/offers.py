@@ -272,9 +272,9 @@ class Offers(commands.Cog):
 
     async def sweep_expired(self) -> int:
         """Disable the buttons of offers past OFFER_BUTTONS_MINUTES (after a restart too); how many."""
-        guild_ids = {g.id for g in self.bot.guilds}
         done = 0
-        for guild_id, offer in await self.bot.model.expired_offers(guild_ids or None):
+        # This process's servers only: with shards, each process disables its own servers' buttons.
+        for guild_id, offer in await self.bot.model.expired_offers({g.id for g in self.bot.guilds}):
             if offer.message_id is not None:
                 partial = self.bot.get_partial_messageable(offer.channel_id, guild_id=guild_id)
                 try:

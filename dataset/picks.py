@@ -258,14 +258,13 @@ def close_offer(space: GuildSpace, offer_id: int) -> None:
         tx.execute("UPDATE offers SET closed = ? WHERE guild_id = ? AND id = ?", (True, space.guild_id, offer_id))
 
 
-def expired_open_offers(db: Database, guild_ids: set[int] | None, now: float | None = None,
-                        limit: int = 50) -> list[tuple[int, Offer]]:
-    """(guild id, offer) for offers past their time whose buttons were not disabled yet (oldest first): what
-    the expiry sweep edits, after a restart too."""
+def expired_open_offers(db: Database, guild_ids: set[int] | None, now: float | None = None) -> list[tuple[int, Offer]]:
+    """(guild id, offer) for offers of ``guild_ids`` (None: all) past their time whose buttons were not disabled
+    yet, oldest first: what the expiry sweep edits, after a restart too. (Few: each sweep closes what it finds.)"""
     now = time.time() if now is None else now
     with db.tx(write=False) as tx:
         rows = tx.all(f"SELECT guild_id, {_OFFER_COLS} FROM offers WHERE closed = ? AND expires_at <= ?"
-                      " ORDER BY expires_at LIMIT ?", (False, now, limit))
+                      " ORDER BY expires_at", (False, now))
     return [(int(r[0]), _offer(r[1:])) for r in rows if guild_ids is None or int(r[0]) in guild_ids]
 
 
