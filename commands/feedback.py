@@ -16,10 +16,11 @@ from commands._shared import (
     listed,
     no_pings,
     page_number,
+    quote,
     trainer_admin,
     user_line,
 )
-from dataset.corrections import Answer, Correction, RepliedTo
+from dataset.corrections import Answer, Correction, Pick, RepliedTo
 from dataset.forget import ForgetNotice, ForgetResult
 from errors import InvalidInput, NotFound, TrainerError
 
@@ -201,22 +202,30 @@ class Feedback(commands.Cog):
     @commands.guild_only()
     @trainer_admin()
     async def review(self, ctx: TrainerContext, page: str = "") -> None:
-        """★ List members' corrections waiting for review, whole and exactly as they will be published."""
+        """★ List members' corrections and paraphrases (picks on my offers) waiting for review, whole and exactly
+        as they will be published."""
         number = page_number(page)
-        pending = await ctx.model.pending_corrections(ctx.guild_id)
+        pending: list[Correction | Pick] = [*await ctx.model.pending_corrections(ctx.guild_id),
+                                            *await ctx.model.pending_picks(ctx.guild_id)]
         if not pending:
             await ctx.send("No corrections are waiting for review.")
             return
+        pending.sort(key=lambda r: r.time)
         p = ctx.clean_prefix
-        header = (f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
-                  f"`{p}reject ID… [reason]`. Each is shown as answers will show it:")
-        await ctx.send_page(header, [_review_block(c) for c in pending], number, more=f"{p}review {{}}")
+        n_picks = sum(isinstance(r, Pick) for r in pending)
+        what = f"{len(pending) - n_picks} correction(s)" if not n_picks else (
+            f"{len(pending) - n_picks} correction(s) and {n_picks} paraphrase(s)")
+        header = (f"**{what} waiting for review** — `{p}approve ID…` or `{p}reject ID… [reason]`. Each is shown "
+                  f"as answers will show it:")
+        await ctx.send_page(header, [_pick_block(c) if isinstance(c, Pick) else _review_block(c) for c in pending],
+                            number, more=f"{p}review {{}}")
 
     @commands.command(usage="<id...>")
     @commands.guild_only()
     @trainer_admin()
     async def approve(self, ctx: TrainerContext, *, ids: str) -> None:
-        """★ Approve members' corrections by id: they count in answers and the next training."""
+        """★ Approve members' corrections (or paraphrases, `P-…`) by id: they count in answers and the next
+        training."""
         done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
                                       by_name=str(ctx.author))
         shown = listed([f"`{c.ref}`" for c in done])
@@ -234,7 +243,7 @@ class Feedback(commands.Cog):
         # The ids come first; everything from the first word that is not an id on is the reason
         # (a word starting with C- is taken as an id, so a mistyped one is refused, not kept as a reason).
         first_other = next((i for i, w in enumerate(words)
-                            if not (_looks_like_ref(w) or w.strip("`").lower().startswith("c-"))), len(words))
+                            if not (_looks_like_ref(w) or w.strip("`").lower()[:2] in ("c-", "p-"))), len(words))
         ids, reason = words[:first_other], " ".join(words[first_other:])
         if not ids:
             raise InvalidInput(f"Give the ids first: `{ctx.clean_prefix}reject C-7f3a2b [reason]` "
@@ -355,6 +364,13 @@ def _review_block(c: Correction) -> str:
                       _quoted("now", c.published_correction)])
 
 
+def _pick_block(c: Pick) -> str:
+    """One pending paraphrase (a member's pick on an offer) for !review."""
+    who = quote(c.author_name or c.author_id or "someone", 80)
+    return (f"`{c.ref}` paraphrase by {who} ({c.time[:16].replace('T', ' ')} UTC): asked\n> {quote(c.prompt)}\n"
+            f"and chose “{quote(c.question)}” (answer: {quote(c.answer, 120)})")
+
+
 def _quoted(label: str, text: str) -> str:
     """``> label: text``, every further line of ``text`` quoted too."""
     first, *rest = (text.strip() or "(empty)").split("\n")
@@ -362,11 +378,11 @@ def _quoted(label: str, text: str) -> str:
 
 
 def _looks_like_ref(word: str) -> bool:
-    """``C-7f3a2b`` (any case, with or without ``C-``, backticks or a trailing comma)."""
+    """``C-7f3a2b`` or ``P-7f3a2b`` (any case, with or without ``C-``, backticks or a trailing comma)."""
     word = word.strip("`,")
-    tail = word[2:] if word[:2].lower() == "c-" else word
+    tail = word[2:] if word[:2].lower() in ("c-", "p-") else word
     return len(tail) == 6 and all(ch in "0123456789abcdefABCDEF" for ch in tail) and (
-        word[:2].lower() == "c-" or any(ch.isdigit() for ch in tail))
+        word[:2].lower() in ("c-", "p-") or any(ch.isdigit() for ch in tail))
 
 
 def _quote(text: object, limit: int = 200) -> str:

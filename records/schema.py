@@ -204,6 +204,69 @@ V2 = [
 ]
 
 V3 = [
+    # A "Did you mean …?" offer sent as buttons: what was asked, by whom, the questions offered (JSON
+    # [[question, answer], …]) and what became of it. The buttons' custom ids name the row; a click after a
+    # restart finds it here.
+    """CREATE TABLE offers (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        channel_id BIGINT NOT NULL,
+        message_id BIGINT,
+        prompt_message_id BIGINT,
+        author_id BIGINT NOT NULL,
+        author_name TEXT,
+        prompt TEXT NOT NULL,
+        options TEXT NOT NULL,
+        model TEXT,
+        created_at TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        choice INTEGER,
+        chosen_at TEXT,
+        closed BOOLEAN NOT NULL DEFAULT FALSE)""",
+    "CREATE INDEX offers_open ON offers (closed, expires_at)",
+    "CREATE INDEX offers_author ON offers (guild_id, author_id)",
+    # A pick on an offer: ``prompt`` (what was asked) taught as a paraphrase of ``question`` (whose answer it
+    # takes). Reviewed like a correction (status, review_id); ``key`` is the normalised prompt, so K members
+    # making the same pick can be counted.
+    """CREATE TABLE picks (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        ref TEXT NOT NULL,
+        offer_id BIGINT,
+        key TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        author_id BIGINT,
+        author_name TEXT,
+        channel_id BIGINT,
+        source_message_id BIGINT,
+        status TEXT NOT NULL,
+        review_id BIGINT REFERENCES reviews (id),
+        created_at TEXT NOT NULL,
+        UNIQUE (guild_id, ref))""",
+    "CREATE INDEX picks_status ON picks (guild_id, status, id)",
+    "CREATE INDEX picks_same ON picks (guild_id, key, question)",
+    "CREATE INDEX picks_author ON picks (guild_id, author_id)",
+    # "None of these": a question the bot could not answer, until an admin answers its group (``answered_ref``:
+    # the correction that answered it).
+    """CREATE TABLE unanswered (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        offer_id BIGINT,
+        prompt TEXT NOT NULL,
+        author_id BIGINT,
+        author_name TEXT,
+        channel_id BIGINT,
+        source_message_id BIGINT,
+        created_at TEXT NOT NULL,
+        answered_ref TEXT,
+        answered_at TEXT)""",
+    "CREATE INDEX unanswered_open ON unanswered (guild_id, answered_ref, id)",
+    "CREATE INDEX unanswered_author ON unanswered (guild_id, author_id)",
+]
+
+V4 = [
     # Who wrote a correction's text and question: an admin's (trusted) is published as written, a member's with
     # its markdown and masked links neutralised (dataset.markdown).
     "ALTER TABLE corrections ADD COLUMN trusted BOOLEAN NOT NULL DEFAULT FALSE",
@@ -211,14 +274,15 @@ V3 = [
     "ALTER TABLE test_errors ADD COLUMN author_id BIGINT",
     "ALTER TABLE test_errors ADD COLUMN author_name TEXT",
     # A !forget is journaled from its start (state 'started'; 'committed' once its records are gone, with its
-    # plan and result), so after a crash the person who asked is told in their channel what happened.
+    # plan and result; 'done' until the person who asked is told), so after a crash they are told in their
+    # channel what happened.
     "ALTER TABLE forget_journal ADD COLUMN state TEXT NOT NULL DEFAULT 'committed'",
     "ALTER TABLE forget_journal ADD COLUMN channel_id BIGINT",
     "ALTER TABLE forget_journal ADD COLUMN requester_id BIGINT",
     "ALTER TABLE forget_journal ADD COLUMN result TEXT",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2, V3]
+MIGRATIONS: list[list[str]] = [V1, V2, V3, V4]
 LATEST = len(MIGRATIONS)
 
 

@@ -28,7 +28,14 @@ VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trai
 def search(model: LocalModel | None, prompt: str, overlay: Overlay | None,
            emb: Embedder | None) -> tuple[tuple[str, int] | None, list[str]]:
     """(answer, source) for ``prompt`` (source 0 = trained, 1 = correction) or None for "don't know", and
-    when it is None the trained questions worth suggesting instead; ``emb`` None: word matching.
+    when it is None the trained questions worth suggesting instead; ``emb`` None: word matching."""
+    found, offers = search_offers(model, prompt, overlay, emb)
+    return found, [q for q, _ in offers]
+
+
+def search_offers(model: LocalModel | None, prompt: str, overlay: Overlay | None,
+                  emb: Embedder | None) -> tuple[tuple[str, int] | None, list[tuple[str, str]]]:
+    """``search``, with each suggested question's answer: (question, answer) pairs, best first.
 
     Sync and CPU-bound: the backend runs it in a thread (with embeddings always, since embedding
     the question is a forward pass; word matching above ``backend.THREAD_ABOVE`` pairs).
@@ -73,18 +80,18 @@ def search(model: LocalModel | None, prompt: str, overlay: Overlay | None,
     return None, _suggestions(scored, emb.thresholds.suggest)
 
 
-def _suggestions(scored: Sequence[tuple[float, str, int, str]], minimum: float | None) -> list[str]:
-    """Up to ``SUGGEST`` trained questions (of different answers) scoring at least ``minimum``, best first."""
+def _suggestions(scored: Sequence[tuple[float, str, int, str]], minimum: float | None) -> list[tuple[str, str]]:
+    """Up to ``SUGGEST`` (question, answer) pairs (of different answers) scoring at least ``minimum``, best first."""
     if minimum is None:
         return []
-    picked: list[str] = []
+    picked: list[tuple[str, str]] = []
     answers: set[str] = set()
     for score, answer, _, question in scored:  # sorted best first
         if score < minimum or len(picked) == SUGGEST:
             break
         if answer not in answers:
             answers.add(answer)
-            picked.append(question)
+            picked.append((question, answer))
     return picked
 
 
@@ -94,16 +101,25 @@ def _short(question: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
-def dont_know(prefix: str, suggestions: Sequence[str] = (), *, reviewed: bool = False) -> str:
-    """The honest "I don't know", offering the closest trained questions when there are some.
+def correct_hint(prefix: str, reviewed: bool) -> str:
+    """How to teach the right answer, for whoever reads it: with ``reviewed`` (REVIEW_CORRECTIONS) a member's
+    correction waits for an admin's approval and an admin's counts at once."""
+    how = (": an admin's correction counts at once, a member's once an admin approves it." if reviewed
+           else " and I'll use it from now on.")
+    return f"If you know the answer, reply to this message with `{prefix}correct <the right answer>`{how}"
 
-    Whoever asks reads the same hint, so it says what a correction does for each role: with ``reviewed``
-    (REVIEW_CORRECTIONS) a member's waits for an admin's approval, an admin's counts at once."""
+
+def dont_know_offer(prefix: str, *, reviewed: bool = False) -> str:
+    """The "I don't know" above an offer's buttons (one per question)."""
+    return (f"I don't know that one yet. Did you mean one of these? Choose it below and I'll answer (and learn "
+            f"your wording). {correct_hint(prefix, reviewed)}")
+
+
+def dont_know(prefix: str, suggestions: Sequence[str] = (), *, reviewed: bool = False) -> str:
+    """The honest "I don't know", offering the closest trained questions when there are some (``reviewed``: see
+    :func:`correct_hint`)."""
     offer = ""
     if suggestions:
         quoted = " or ".join(f"“{_short(q)}”" for q in suggestions)
         offer = f" Did you mean {quoted}? Then ask me that."
-    how = (": an admin's correction counts at once, a member's once an admin approves it." if reviewed
-           else " and I'll use it from now on.")
-    return (f"I don't know that one yet.{offer} If you know the answer, reply to this message with "
-            f"`{prefix}correct <the right answer>`{how}")
+    return f"I don't know that one yet.{offer} {correct_hint(prefix, reviewed)}"
