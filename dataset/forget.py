@@ -10,6 +10,15 @@ The staged files then replace the originals, the deletions happen, and the journ
 before the commit: nothing changed). Dataset folders stay locked for the whole operation, so an example added
 meanwhile cannot be lost by the rewrite.
 
+Their words in others' records go too: an admin's correction of their question (it carries the question), and
+evaluation cases and !test mismatches that copy their questions (``_derived``).
+
+Telling the person who asked: a forget given a channel is journaled from its start (state ``started``), its row
+updated in the commit transaction (``committed``, with its plan and what it removed), kept once the files are done
+(``done``) until :func:`told`. After a crash :func:`recover` finishes committed rows and :func:`pending_notices`
+lists what to tell, and where: finished (with the kept archives and exports), or cut short before anything was
+removed.
+
 What it does not touch: trained models (the current one keeps their data until the next training: the
 caller says so) and archives made before (zips; the result lists them so an admin can delete them).
 """

@@ -33,13 +33,3 @@ async def test_list_and_remove_an_upload(harness: BotHarness, started: list[str]
     assert list(space.uploads.iterdir()) == []
     assert b"bad q" not in b"".join(p.read_bytes() for p in (space.datasets / "main").rglob("*.jsonl"))
     assert (await h.ask("!uploads", user="admin")).startswith("**1 source(s), 2 examples**")
-
-
-async def test_a_long_listing_is_paged(harness: BotHarness, started: list[str]) -> None:
-    h = harness
-    for i in range(3):
-        await h.ask("!train " + "\n".join(f"q{i} {n} => a" for n in range(2)), user="admin")
-    from dataset import sources
-    found = sources.list_sources(space_of(h))
-    assert len(found) == 3 and all(s.examples == 2 for s in found)
-    assert await h.ask("!uploads 2", user="admin") == "There is only 1 page."
