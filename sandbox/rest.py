@@ -277,6 +277,7 @@ class Rest:
         if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
             return _json(error, 400)
         if "content" in payload:
+            msg.earlier.append(msg.content)
             msg.content = payload["content"] or ""
         if "embeds" in payload:
             msg.embeds = payload["embeds"] or []
