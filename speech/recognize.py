@@ -376,23 +376,26 @@ class Transcriber:
         # The slot is freed when the work really ends, even if this coroutine is cancelled first.
         released = False
 
-        def release(_f: object) -> None:
+        def release(_f: object = None) -> None:  # on the loop
             nonlocal released
             if not released:
                 released = True
-                _call_soon(loop, self._release, None)
+                self._release(None)
 
         try:
             result, duration = await self._await(cfut, filename)
         except BaseException:
-            cfut.add_done_callback(release)
+            if cfut.done():
+                release()
+            else:  # cancelled while the worker still converts: free the slot when it is really done
+                cfut.add_done_callback(lambda f: _call_soon(loop, release, f))
             raise
         missing: tuple[tuple[float, float], ...] = ()
         pieces = 1
         if isinstance(result, list):
             pieces = len(result)
             try:
-                text, missing = await self._pieces(result, filename, on_progress, release)
+                text, missing = await self._pieces(result, filename, on_progress)
             except BaseException:
                 release(None)
                 raise
@@ -425,8 +428,8 @@ class Transcriber:
             raise BackendError("Speech recognition failed unexpectedly; the error is in the bot's log.") \
                 from None
 
-    async def _pieces(self, pieces: list[chunking.Chunk], filename: str, on_progress: Progress | None,
-                      release: Callable[[object], None]) -> tuple[str, tuple[tuple[float, float], ...]]:
+    async def _pieces(self, pieces: list[chunking.Chunk], filename: str, on_progress: Progress | None
+                      ) -> tuple[str, tuple[tuple[float, float], ...]]:
         """Recognise the pieces in parallel; report the text in order as it grows; join it at the end."""
         total = len(pieces)
         texts: list[str | None] = [None] * total

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 BEAM_SIZE = 5  # faster-whisper's default; beam 1 saved ~25% time but misheard more on the tuning clips
+# No temperature fallback: each fallback decodes the piece again (a French clip took 25 s instead of 3 s
+# with the default six temperatures), and audio the model is unsure of is refused below anyway.
+TEMPERATURE = 0.0
 # A transcript whose every segment the model itself rates this unlikely (mean token log-probability) is
 # not English speech to this model: a foreign language, music or noise. Whisper then still "hears"
 # English-looking words, which is worse than saying so.
@@ -209,7 +212,8 @@ class WhisperRecognizer:
         # Each chunk is decoded on its own: the previous chunk's text as a prompt would tie chunks together
         # (and lets one hallucination spread), so condition_on_previous_text stays off.
         segments, _info = self._model.transcribe(
-            samples, language=self.language, beam_size=BEAM_SIZE, condition_on_previous_text=False,
+            samples, language=self.language, beam_size=BEAM_SIZE, temperature=TEMPERATURE,
+            condition_on_previous_text=False,
             vad_filter=False, without_timestamps=True,
         )
         kept, rejected = [], 0
