@@ -197,6 +197,14 @@ def accuracy() -> None:
               f"WER {ww:.3f} vs sphinx {sw:.3f} (goal <= half: {'met' if ww <= sw / 2 else 'NOT met'})")
 
 
+def _to_ogg(wav: Path, ogg: Path) -> None:
+    """As Discord sends voice messages: Opus in Ogg, 48 kHz mono."""
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-c:a", "libopus", "-b:a", "32k",
+                    "-ar", "48000", "-ac", "1", str(ogg)], check=True, timeout=120)
+
+
 async def long_message(folder: Path, seconds: float, model: str) -> None:
     """A ~90 s voice message through the real bot in the sandbox: first text, whole transcript, recall."""
     from bot import start_bot, stop_bot
@@ -206,10 +214,7 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
     wav = folder / "long.wav"
     wav.write_bytes(msg.wav())
     ogg = folder / "long.ogg"
-    import subprocess
-
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-c:a", "libopus", "-b:a", "32k",
-                    "-ar", "48000", "-ac", "1", str(ogg)], check=True, timeout=120)
+    await asyncio.to_thread(_to_ogg, wav, ogg)
     # One piece, for reference: the same audio (as the bot decodes it) recognised whole, in this process.
     pcm = audio.convert_to_wav(ogg.read_bytes(), max_seconds=600, filename_hint="long.ogg").pcm
     whole = WhisperRecognizer(whisper_resolve(model), "en-US", threads=2)

@@ -91,6 +91,8 @@ class Chat(commands.Cog):
             return
         # 2. What was said: the text, or the words of a voice message / audio file.
         att = audio_attachment(message)
+        prompt: str | None
+        heard: str | None
         live: discord.Message | None = None
         if att is not None:
             heard_as = await self.transcribe(message, att)

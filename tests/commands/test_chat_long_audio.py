@@ -39,8 +39,17 @@ def ogg(pcm: bytes) -> bytes:
     return res.stdout
 
 
+def spoken_french(text: str) -> bytes:
+    """``text`` said by espeak-ng's French voice, as 16 kHz mono s16le."""
+    wav = subprocess.run(["espeak-ng", "-v", "fr", "--stdout", text], capture_output=True, check=True,
+                         timeout=30).stdout
+    return subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000",
+                           "-f", "s16le", "pipe:1"], input=wav, capture_output=True, check=True, timeout=30).stdout
+
+
 async def voice_message(sb: Sandbox, pcm: bytes) -> Message:
-    return await sb.post_message("member", "", attachments=[("voice-message.ogg", ogg(pcm), "audio/ogg")],
+    data = await asyncio.to_thread(ogg, pcm)  # the sandbox and the bot share this event loop
+    return await sb.post_message("member", "", attachments=[("voice-message.ogg", data, "audio/ogg")],
                                  voice_message=True, duration_secs=len(pcm) / 32000)
 
 
@@ -102,11 +111,7 @@ async def test_whisper_hears_real_speech_short_and_long_and_the_model_answers(lo
     assert reply.earlier == [], "a short message is one piece: no live transcript"
 
     # Speech in a language it doesn't know: one clear line, not invented English.
-    french = subprocess.run(["espeak-ng", "-v", "fr", "--stdout",
-                             "Bonjour, je voudrais une table pour ce soir."],
-                            capture_output=True, check=True, timeout=30).stdout
-    pcm = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", "16000",
-                          "-f", "s16le", "pipe:1"], input=french, capture_output=True, check=True, timeout=30).stdout
+    pcm = await asyncio.to_thread(spoken_french, "Bonjour, je voudrais une table pour ce soir.")
     reply = await answer_to(sb, await voice_message(sb, pcm))
     assert reply.content == f"I couldn't use that audio: {NOT_UNDERSTOOD}"
 
