@@ -261,6 +261,9 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
           f"the bot in the sandbox (prod mode, AUDIO_WORKERS={settings.audio_workers}, {os.cpu_count()} CPUs)")
     for t, content in seen:
         print(f"  {t:6.2f} s  {content.splitlines()[-1][:70]}")
+    load = os.getloadavg()
+    print(f"(machine load average while it ran: {load[0]:.1f} over 1 min; above {os.cpu_count()} other work "
+          f"shared the cores and the times are longer than on {os.cpu_count()} cores of its own)")
     print(f"first transcript text shown after {first:.2f} s (goal <= 10 s); whole transcript and answer after "
           f"{total:.2f} s (goal <= 30 s); {pieces} message versions")
     print(f"recall in pieces {human.recall(msg.text, heard):.3f}, WER {human.wer(msg.text, heard):.3f}; "
