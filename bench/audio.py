@@ -55,6 +55,7 @@ InvalidInput = importlib.import_module("errors").InvalidInput
 roundtrip = importlib.import_module("bench.roundtrip")
 human = importlib.import_module("tests.fakes.human_speech")
 WhisperRecognizer = importlib.import_module("speech.whisper").WhisperRecognizer
+chunking = importlib.import_module("speech.chunks")
 whisper_resolve = importlib.import_module("speech.whisper").resolve
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,22 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
     one_piece_s = time.perf_counter() - start
     del whole
 
+    # What the same pieces cost in CPU time (one thread, as in a worker), and when two workers of their
+    # own would finish them, in order: the times on 2 cores that nothing else uses.
+    estimate = WhisperRecognizer(whisper_resolve(model), "en-US", threads=1)
+    estimate.warm_up()
+    cpu_start = time.process_time()
+    pieces = chunking.split(pcm)
+    prepare = time.process_time() - cpu_start
+    finish, free = [], [0.0, 0.0]
+    for piece in pieces:
+        cpu_start = time.process_time()
+        _hear(estimate, piece.pcm)
+        worker = free.index(min(free))
+        free[worker] += time.process_time() - cpu_start
+        finish.append(free[worker])
+    del estimate
+
     settings = Settings.from_env({"DATA_DIR": str(folder / "d2"), "CORRECTIONS_DIR": str(folder / "c2"),
                                   "MODE": "prod", "DISCORD_TOKEN": "x", "WHISPER_MODEL": model})
     sb = await Sandbox().start()
@@ -266,6 +283,9 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
           f"shared the cores and the times are longer than on {os.cpu_count()} cores of its own)")
     print(f"first transcript text shown after {first:.2f} s (goal <= 10 s); whole transcript and answer after "
           f"{total:.2f} s (goal <= 30 s); {pieces} message versions")
+    print(f"CPU-time estimate on 2 cores of its own: {len(pieces)} pieces, cutting {prepare:.2f} s, first text after "
+          f"{finish[0] + prepare:.1f} s, whole transcript after {max(finish) + prepare:.1f} s (plus the decode, "
+          f"~0.3 s, and the sandbox round trips)")
     print(f"recall in pieces {human.recall(msg.text, heard):.3f}, WER {human.wer(msg.text, heard):.3f}; "
           f"one piece (in-process, 2 threads, {one_piece_s:.1f} s): recall {human.recall(msg.text, one_piece):.3f}, "
           f"WER {human.wer(msg.text, one_piece):.3f}")
