@@ -273,7 +273,7 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
     finally:
         await stop_bot(bot)
         await sb.close()
-    pieces = max(1, len(seen) - 1)
+    versions = max(1, len(seen) - 1)
     print(f"\nLong voice message, Whisper {model}: {msg.seconds:.1f} s of held-out LibriVox speech with pauses, Opus/Ogg, through "
           f"the bot in the sandbox (prod mode, AUDIO_WORKERS={settings.audio_workers}, {os.cpu_count()} CPUs)")
     for t, content in seen:
@@ -282,7 +282,7 @@ async def long_message(folder: Path, seconds: float, model: str) -> None:
     print(f"(machine load average while it ran: {load[0]:.1f} over 1 min; above {os.cpu_count()} other work "
           f"shared the cores and the times are longer than on {os.cpu_count()} cores of its own)")
     print(f"first transcript text shown after {first:.2f} s (goal <= 10 s); whole transcript and answer after "
-          f"{total:.2f} s (goal <= 30 s); {pieces} message versions")
+          f"{total:.2f} s (goal <= 30 s); {versions} message versions")
     print(f"CPU-time estimate on 2 cores of its own: {len(pieces)} pieces, cutting {prepare:.2f} s, first text after "
           f"{finish[0] + prepare:.1f} s, whole transcript after {max(finish) + prepare:.1f} s (plus the decode, "
           f"~0.3 s, and the sandbox round trips)")
@@ -298,13 +298,15 @@ async def main() -> None:
     parser.add_argument("--voice-messages", type=int, default=8)
     parser.add_argument("--only-latency", action="store_true", help="skip the RTF and memory figures")
     parser.add_argument("--speech", action="store_true", help="only accuracy and the long voice message")
+    parser.add_argument("--skip-accuracy", action="store_true", help="with --speech: only the long message")
     parser.add_argument("--long-seconds", type=float, default=88.0, help="length of the long voice message")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-audio-"))
     if args.speech or not args.only_latency:
-        accuracy()
+        if not args.skip_accuracy:
+            accuracy()
         for model in ("base", "tiny.en"):
             await long_message(folder, args.long_seconds, model)
         if args.speech:
