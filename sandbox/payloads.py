@@ -37,6 +37,11 @@ class UserPayload(TypedDict):
     bot: NotRequired[bool]
     public_flags: NotRequired[int]
     flags: NotRequired[int]
+    banner: NotRequired[str | None]
+    accent_color: NotRequired[int | None]
+    avatar_decoration_data: NotRequired[None]  # the sandbox's users have none of these
+    collectibles: NotRequired[None]
+    primary_guild: NotRequired[None]
 
 
 class MemberPayload(TypedDict):
@@ -53,6 +58,17 @@ class MemberPayload(TypedDict):
     mute: bool
     flags: int
     pending: NotRequired[bool]
+
+
+class CurrentUserPayload(UserPayload):
+    """GET /users/@me: the user object with the fields only its own account sees
+    (https://discord.com/developers/docs/resources/user#get-current-user)."""
+
+    mfa_enabled: bool
+    locale: str
+    verified: bool
+    email: str | None
+    premium_type: int
 
 
 class UserMentionPayload(UserPayload):

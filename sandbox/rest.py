@@ -12,11 +12,12 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, NamedTuple, TypeVar
 
 from aiohttp import BodyPartReader, web
 
 from sandbox.payloads import (
+    CurrentUserPayload,
     DMCreateBody,
     GatewayPayload,
     MessageBody,
@@ -60,6 +61,16 @@ KEYCAP = re.compile("^[0-9#*]\ufe0f?\u20e3$")
 UNKNOWN_CODES = {"Channel": 10003, "Guild": 10004, "Member": 10007, "Message": 10008, "User": 10013}
 
 T = TypeVar("T")
+
+
+class Answered(NamedTuple):
+    """One REST answer the sandbox gave: ``route`` is its template under /api/v10 (e.g.
+    ``/channels/{channel_id}/messages``), ``body`` the bytes it sent."""
+
+    method: str
+    route: str
+    status: int
+    body: bytes
 
 
 class DiscordError(Exception):
@@ -112,6 +123,8 @@ class Rest:
         self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
+        # Every REST answer, once a test sets it to a list (tests/api_spec.py checks them against Discord's spec).
+        self.responses: list[Answered] | None = None
 
     # ----------------------------------------------------------------- messages
     def add_listener(self, callback: Callable[[str, Message], None]) -> None:
@@ -181,9 +194,17 @@ class Rest:
         if request.path.startswith(API_PREFIX) and not self._authorized(request):
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
         try:
-            return await handler(request)
+            response = await handler(request)
         except DiscordError as exc:
-            return _json({"message": str(exc), "code": exc.code}, exc.status)
+            response = _json({"message": str(exc), "code": exc.code}, exc.status)
+        if self.responses is not None and request.path.startswith(API_PREFIX):
+            route = request.match_info.route.resource
+            template = route.canonical if route is not None else request.path
+            if template != "/{tail}":  # unknown routes: Sandbox.unimplemented has them
+                body = response.body if isinstance(response, web.Response) else b""
+                self.responses.append(Answered(request.method, template.removeprefix(API_PREFIX), response.status,
+                                               bytes(body) if isinstance(body, (bytes, bytearray)) else b""))
+        return response
 
     async def _unknown(self, request: web.Request) -> web.Response:
         route = f"{request.method} {request.path}"
@@ -192,15 +213,21 @@ class Rest:
         return _json({"message": "404: Not Found", "code": 0}, 404)
 
     async def _me(self, request: web.Request) -> web.Response:
-        return _json(self.state.bot_user.payload())
+        me: CurrentUserPayload = {**self.state.bot_user.payload(), "mfa_enabled": False, "locale": "en-US",
+                                  "verified": True, "email": None, "premium_type": 0}
+        return _json(me)
 
     async def _application(self, request: web.Request) -> web.Response:
+        # No install link is set up: Discord leaves install_params and custom_install_url out then.
         return _json({
             "id": str(self.state.application_id), "name": "trainer", "icon": None, "description": "",
-            "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
-            "owner": self.state.owner.payload(), "team": None, "summary": "", "rpc_origins": [],
-            "approximate_guild_count": len(self.state.guilds), "redirect_uris": [], "interactions_endpoint_url": None,
-            "tags": [], "install_params": None, "custom_install_url": None, "integration_types_config": {},
+            "type": None, "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64,
+            "flags": 0, "flags_new": "0", "owner": self.state.owner.payload(), "team": None, "summary": "",
+            "rpc_origins": [], "approximate_guild_count": len(self.state.guilds),
+            "approximate_user_install_count": 0, "approximate_user_authorization_count": 0,
+            "redirect_uris": [], "interactions_endpoint_url": None, "role_connections_verification_url": None,
+            "explicit_content_filter": 0, "eligible_oauth2_scopes": ["bot", "applications.commands"],
+            "tags": [], "integration_types_config": {},
         })
 
     async def _gateway_info(self, request: web.Request) -> web.Response:

@@ -115,7 +115,8 @@ class User:
     def payload(self) -> UserPayload:
         return {
             "id": str(self.id), "username": self.name, "discriminator": "0", "global_name": self.name,
-            "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0,
+            "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0, "banner": None, "accent_color": None,
+            "avatar_decoration_data": None, "collectibles": None, "primary_guild": None,
         }
 
     def member_payload(self, with_user: bool = True, roles: list[int] | None = None) -> MemberPayload:
