@@ -58,6 +58,8 @@ class MemberPayload(TypedDict):
     mute: bool
     flags: int
     pending: NotRequired[bool]
+    banner: NotRequired[str | None]
+    communication_disabled_until: NotRequired[str | None]
 
 
 class CurrentUserPayload(UserPayload):
@@ -134,6 +136,7 @@ class GuildChannelPayload(TypedDict):
     permission_overwrites: list[PermissionOverwritePayload]
     nsfw: bool
     parent_id: Snowflake | None
+    flags: int
     # Text channels:
     topic: NotRequired[str | None]
     last_message_id: NotRequired[Snowflake | None]
@@ -298,6 +301,18 @@ class MessagePayload(TypedDict):
     referenced_message: NotRequired[MessagePayload | None]
 
 
+class PinnedMessagePayload(TypedDict):
+    """https://discord.com/developers/docs/resources/message#get-channel-pins"""
+
+    pinned_at: str
+    message: MessagePayload
+
+
+class PinsPayload(TypedDict):
+    items: list[PinnedMessagePayload]
+    has_more: bool
+
+
 # ----------------------------------------------------------------- servers, voice states
 class VoiceStatePayload(TypedDict):
     """https://discord.com/developers/docs/resources/voice#voice-state-object"""
@@ -351,6 +366,19 @@ class GuildPayload(TypedDict):
     public_updates_channel_id: Snowflake | None
     nsfw_level: int
     premium_progress_bar_enabled: bool
+    safety_alerts_channel_id: Snowflake | None
+    incidents_data: None  # no raid or DM-spam protection is active in the sandbox
+    home_header: str | None
+    region: str  # "deprecated", as Discord now sends it
+    widget_enabled: bool
+    widget_channel_id: Snowflake | None
+    max_presences: int | None
+    max_stage_video_channel_users: int
+    max_video_channel_users: int
+    nsfw: bool
+    # Get Guild with with_counts:
+    approximate_member_count: NotRequired[int]
+    approximate_presence_count: NotRequired[int]
     # GUILD_CREATE's:
     joined_at: NotRequired[str]
     large: NotRequired[bool]

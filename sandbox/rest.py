@@ -12,30 +12,41 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Callable, NamedTuple, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 from aiohttp import BodyPartReader, web
 
 from sandbox.payloads import (
     CurrentUserPayload,
     DMCreateBody,
+    EmbedPayload,
+    ErrorPayload,
     GatewayPayload,
     MessageBody,
     MessageDeletePayload,
     MessageReactionPayload,
     MessageReactionRemoveAllPayload,
     MessageReactionRemoveEmojiPayload,
+    MessageReferenceBody,
+    PinnedMessagePayload,
+    PinsPayload,
 )
+from sandbox.ratelimit import RateLimiter
 from sandbox.state import (
     ADD_REACTIONS,
+    ATTACH_FILES,
     MANAGE_MESSAGES,
+    PIN_MESSAGES,
     READ_MESSAGE_HISTORY,
+    SEND_MESSAGES,
     VIEW_CHANNEL,
     Attachment,
     Channel,
     Guild,
     Message,
     User,
+    iso_time,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +73,35 @@ UNKNOWN_CODES = {"Channel": 10003, "Guild": 10004, "Member": 10007, "Message": 1
 
 T = TypeVar("T")
 
+# Discord's limits on a message (https://discord.com/developers/docs/resources/message#create-message).
+MAX_CONTENT = 2000
+MAX_EMBEDS = 10
+MAX_FILES = 10
+MAX_PINS = 250
+# Embed limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
+EMBED_TEXT_LIMITS = {"title": 256, "description": 4096}
+MAX_EMBED_FIELDS = 25
+MAX_EMBED_TOTAL = 6000
+
+
+def invalid_form(errors: dict[str, object]) -> ErrorPayload:
+    """Discord's "Invalid Form Body" (50035) with its per-field ``errors``."""
+    return {"message": "Invalid Form Body", "code": 50035, "errors": errors}  # type: ignore[typeddict-item]
+
+
+def field_error(code: str, message: str) -> dict[str, object]:
+    return {"_errors": [{"code": code, "message": message}]}
+
+
+def too_long(limit: int) -> dict[str, object]:
+    return field_error("BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+
+def _inner_text(embed: EmbedPayload, part: str, key: str) -> str:
+    """An embed's footer text or author name ("" when it has none)."""
+    inner: Any = embed.get(part) or {}
+    return str(inner.get(key) or "") if isinstance(inner, dict) else ""
+
 
 class Answered(NamedTuple):
     """One REST answer the sandbox gave: ``route`` is its template under /api/v10 (e.g.
@@ -75,11 +115,30 @@ class Answered(NamedTuple):
 
 class DiscordError(Exception):
     """What Discord answers instead of doing a request: its ``message``, JSON error ``code`` and
-    HTTP ``status``. Raised in a route, the middleware sends it as Discord's error body."""
+    HTTP ``status`` (and, for a refused form, the per-field ``errors``). Raised in a route, the
+    middleware sends it as Discord's error body."""
 
-    def __init__(self, message: str, code: int, status: int = 400) -> None:
+    def __init__(self, message: str, code: int, status: int = 400, errors: dict[str, object] | None = None) -> None:
         super().__init__(message)
-        self.code, self.status = code, status
+        self.code, self.status, self.errors = code, status, errors
+
+    @classmethod
+    def form(cls, errors: dict[str, object]) -> DiscordError:
+        return cls("Invalid Form Body", 50035, 400, errors)
+
+    def payload(self) -> ErrorPayload:
+        data: ErrorPayload = {"message": str(self), "code": self.code}
+        if self.errors is not None:
+            data["errors"] = self.errors  # type: ignore[typeddict-item]
+        return data
+
+
+def missing_access() -> DiscordError:
+    return DiscordError("Missing Access", 50001, 403)
+
+
+def missing_permissions() -> DiscordError:
+    return DiscordError("Missing Permissions", 50013, 403)
 
 
 class ReactionError(DiscordError, ValueError):
@@ -125,6 +184,7 @@ class Rest:
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
         # Every REST answer, once a test sets it to a list (tests/api_spec.py checks them against Discord's spec).
         self.responses: list[Answered] | None = None
+        self.limiter = RateLimiter(sandbox.rate_limits)
 
     # ----------------------------------------------------------------- messages
     def add_listener(self, callback: Callable[[str, Message], None]) -> None:
@@ -167,10 +227,15 @@ class Rest:
         r.add_get(p + "/oauth2/applications/@me", self._application)
         r.add_post(p + "/users/@me/channels", self._dm)
         r.add_get(p + "/guilds/{guild_id}", self._guild)
+        # Fixed paths before the {id} ones they would otherwise match ("search" is no member id).
+        r.add_get(p + "/guilds/{guild_id}/members/search", self._search_members)
         r.add_get(p + "/guilds/{guild_id}/members/{user_id}", self._member)
         r.add_get(p + "/channels/{channel_id}", self._get_channel_route)
         r.add_post(p + "/channels/{channel_id}/messages", self._send_message)
         r.add_get(p + "/channels/{channel_id}/messages", self._history)
+        r.add_get(p + "/channels/{channel_id}/messages/pins", self._pins)
+        r.add_put(p + "/channels/{channel_id}/messages/pins/{message_id}", self._pin)
+        r.add_delete(p + "/channels/{channel_id}/messages/pins/{message_id}", self._pin)
         r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self._fetch_message)
         r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
         r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self._delete_message)
@@ -191,20 +256,39 @@ class Rest:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX) and not self._authorized(request):
-            return _json({"message": "401: Unauthorized", "code": 0}, 401)
-        try:
-            response = await handler(request)
-        except DiscordError as exc:
-            response = _json({"message": str(exc), "code": exc.code}, exc.status)
-        if self.responses is not None and request.path.startswith(API_PREFIX):
-            route = request.match_info.route.resource
-            template = route.canonical if route is not None else request.path
-            if template != "/{tail}":  # unknown routes: Sandbox.unimplemented has them
-                body = response.body if isinstance(response, web.Response) else b""
-                self.responses.append(Answered(request.method, template.removeprefix(API_PREFIX), response.status,
-                                               bytes(body) if isinstance(body, (bytes, bytearray)) else b""))
+        if not request.path.startswith(API_PREFIX):  # the gateway and the CDN
+            return await handler(request)
+        resource = request.match_info.route.resource
+        template = resource.canonical.removeprefix(API_PREFIX) if resource is not None else request.path
+        known = template != "/{tail}"
+        headers: dict[str, str] = {"Via": "1.1 google"}  # discord.py takes a 429 without Via for a Cloudflare ban
+        response: web.StreamResponse
+        if not self._authorized(request):
+            response = _json({"message": "401: Unauthorized", "code": 0}, 401)
+        else:
+            verdict = self.limiter.check(request.method, template, dict(request.match_info)) if known else None
+            headers.update(verdict.headers if verdict is not None else {})
+            if verdict is not None and verdict.refused:
+                response = _json(verdict.body(), 429)
+            else:
+                try:
+                    self._check_snowflakes(request)
+                    response = await handler(request)
+                except DiscordError as exc:
+                    response = _json(exc.payload(), exc.status)
+        response.headers.update(headers)
+        if self.responses is not None and known:  # unknown routes: Sandbox.unimplemented has them
+            body = response.body if isinstance(response, web.Response) else b""
+            self.responses.append(Answered(request.method, template, response.status,
+                                           bytes(body) if isinstance(body, (bytes, bytearray)) else b""))
         return response
+
+    @staticmethod
+    def _check_snowflakes(request: web.Request) -> None:
+        """Discord's 400 for an id in the path that is not a snowflake (e.g. ``/messages/abc``)."""
+        for name, value in request.match_info.items():
+            if name.endswith("_id") and not value.isdigit():
+                raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{value}" is not snowflake.')})
 
     async def _unknown(self, request: web.Request) -> web.Response:
         route = f"{request.method} {request.path}"
@@ -237,11 +321,24 @@ class Rest:
             data["session_start_limit"] = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
         return _json(data)
 
-    def _get_channel(self, request: web.Request) -> Channel:
-        return existing(self.state.channels.get(int(request.match_info["channel_id"])), "Channel")
+    def _get_channel(self, request: web.Request, *needed: int) -> Channel:
+        """The channel the path names, which the bot must see (50001 Missing Access) and in which it
+        must have the ``needed`` permissions (50013 Missing Permissions)."""
+        channel = existing(self.state.channels.get(int(request.match_info["channel_id"])), "Channel")
+        perms = self.state.permissions_for(self.state.bot_user, channel)
+        if not perms & VIEW_CHANNEL:
+            raise missing_access()
+        for permission in needed:
+            if not perms & permission:
+                raise missing_permissions()
+        return channel
 
-    def _get_message(self, request: web.Request) -> Message:
-        return self._message_in(int(request.match_info["channel_id"]), int(request.match_info["message_id"]))
+    def _bot_may(self, channel: Channel, permission: int) -> bool:
+        return bool(self.state.permissions_for(self.state.bot_user, channel) & permission)
+
+    def _get_message(self, request: web.Request, *needed: int) -> Message:
+        channel = self._get_channel(request, *needed)
+        return self._message_in(channel.id, int(request.match_info["message_id"]))
 
     def _message_in(self, channel_id: int, message_id: int, error: type[DiscordError] = DiscordError) -> Message:
         msg = self.state.messages.get(message_id)
@@ -254,10 +351,11 @@ class Rest:
 
     async def _read_message_body(self, request: web.Request, channel_id: int) -> tuple[MessageBody, list[Attachment]]:
         """The JSON of a message create/edit request (as the client sent it: taken to be a
-        :class:`MessageBody`) and the files it uploads."""
+        :class:`MessageBody`) and the files it uploads (Discord's 413 for one over the upload limit)."""
         files: list[Attachment] = []
         payload: MessageBody = {}
         if request.content_type.startswith("multipart/"):
+            limit = self.state.upload_limit(self.state.channels[channel_id])
             reader = await request.multipart()
             async for part in reader:
                 if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's clients send none
@@ -266,6 +364,8 @@ class Rest:
                     payload = json.loads(await part.text())
                 elif part.name and part.name.startswith("files["):
                     data = bytes(await part.read())
+                    if len(data) > limit:
+                        raise DiscordError("Request entity too large", 40005, 413)
                     ctype = part.headers.get("Content-Type")
                     files.append(self.store_attachment(channel_id, part.filename or "file", data, ctype, None))
             return payload, files
@@ -274,32 +374,99 @@ class Rest:
             payload = json.loads(body)
         return payload, files
 
-    async def _send_message(self, request: web.Request) -> web.Response:
-        channel = self._get_channel(request)
-        payload, files = await self._read_message_body(request, channel.id)
+    @staticmethod
+    def _check_limits(payload: MessageBody, files: list[Attachment]) -> None:
+        """Discord's 400s for content, embeds and files over its limits."""
+        errors: dict[str, object] = {}
         content = payload.get("content") or ""
-        if len(content) > 2000:
-            return _json({"message": "Invalid Form Body", "code": 50035,
-                          "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
-                                                               "message": "Must be 2000 or fewer in length."}]}}}, 400)
+        if len(content) > MAX_CONTENT:
+            errors["content"] = too_long(MAX_CONTENT)
+        embeds = payload.get("embeds") or []
+        if len(embeds) > MAX_EMBEDS:
+            errors["embeds"] = too_long(MAX_EMBEDS)
+        else:
+            embed_errors = {str(i): e for i, embed in enumerate(embeds) if (e := Rest._embed_errors(embed))}
+            if embed_errors:
+                errors["embeds"] = embed_errors
+            elif sum(Rest._embed_size(e) for e in embeds) > MAX_EMBED_TOTAL:
+                errors["embeds"] = field_error("MAX_EMBED_SIZE_EXCEEDED",
+                                               f"Embed size exceeds maximum size of {MAX_EMBED_TOTAL}")
+        if len(files) > MAX_FILES:
+            errors["files"] = too_long(MAX_FILES)
+        if errors:
+            raise DiscordError.form(errors)
+
+    @staticmethod
+    def _embed_errors(embed: EmbedPayload) -> dict[str, object]:
+        errors: dict[str, object] = {}
+        for key, limit in EMBED_TEXT_LIMITS.items():
+            if len(str(embed.get(key) or "")) > limit:
+                errors[key] = too_long(limit)
+        fields = embed.get("fields") or []
+        if len(fields) > MAX_EMBED_FIELDS:
+            errors["fields"] = too_long(MAX_EMBED_FIELDS)
+        else:
+            bad = {}
+            for i, f in enumerate(fields):
+                one = {k: too_long(n) for k, n in (("name", 256), ("value", 1024)) if len(str(f.get(k) or "")) > n}
+                if one:
+                    bad[str(i)] = one
+            if bad:
+                errors["fields"] = bad
+        if len(_inner_text(embed, "footer", "text")) > 2048:
+            errors["footer"] = {"text": too_long(2048)}
+        if len(_inner_text(embed, "author", "name")) > 256:
+            errors["author"] = {"name": too_long(256)}
+        return errors
+
+    @staticmethod
+    def _embed_size(embed: EmbedPayload) -> int:
+        """The characters Discord counts towards the 6,000 of a message's embeds."""
+        size = len(str(embed.get("title") or "")) + len(str(embed.get("description") or ""))
+        size += len(_inner_text(embed, "footer", "text")) + len(_inner_text(embed, "author", "name"))
+        return size + sum(len(str(f.get("name") or "")) + len(str(f.get("value") or ""))
+                          for f in embed.get("fields") or [])
+
+    async def _send_message(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request, SEND_MESSAGES)
+        payload, files = await self._read_message_body(request, channel.id)
+        self._check_limits(payload, files)
+        if files and not self._bot_may(channel, ATTACH_FILES):
+            raise missing_permissions()
+        content = payload.get("content") or ""
         if not content and not files and not payload.get("embeds"):
             return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
         allowed = payload.get("allowed_mentions")
         if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
             return _json(error, 400)
-        ref = payload.get("message_reference") or {}
-        ref_message = ref.get("message_id")
-        ref_id = int(ref_message) if ref_message else None
+        ref_id = self._reply_target(channel, payload.get("message_reference"))
         msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user, content, files,
                       embeds=payload.get("embeds") or [], reference_id=ref_id, allowed_mentions=allowed)
         await self.create_message(msg)
         return _json(self.state.message_payload(msg))
+
+    def _reply_target(self, channel: Channel, ref: MessageReferenceBody | None) -> int | None:
+        """The id of the message a new message replies to; Discord's 400 when it is not there (unless
+        the reply says ``fail_if_not_exists: false``: then the message goes out as no reply)."""
+        if not ref or not ref.get("message_id"):
+            return None
+        if not self._bot_may(channel, READ_MESSAGE_HISTORY):
+            raise DiscordError("Cannot reply without permission to read message history", 160002, 403)
+        target = self.state.messages.get(int(ref["message_id"]))
+        channel_id = int(ref.get("channel_id") or channel.id)
+        if target is not None and not target.deleted and target.channel_id == channel_id == channel.id:
+            return target.id
+        if ref.get("fail_if_not_exists", True) is False:
+            return None
+        raise DiscordError.form({"message_reference": field_error("MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                                                                  "Unknown message")})
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
         if msg.author.id != self.state.bot_user.id:
             return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, 403)
         payload, files = await self._read_message_body(request, msg.channel_id)
+        self._check_limits(payload, files)
         allowed = payload.get("allowed_mentions")
         if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
             return _json(error, 400)
@@ -329,6 +496,12 @@ class Rest:
 
     async def _delete_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
+        channel = self.state.channels[msg.channel_id]
+        if msg.author.id != self.state.bot_user.id:
+            if channel.type == 1:  # nobody deletes the other side's messages in a DM
+                raise DiscordError("Cannot execute action on a DM channel", 50003, 403)
+            if not self._bot_may(channel, MANAGE_MESSAGES):
+                raise missing_permissions()
         msg.deleted = True
         deleted: MessageDeletePayload = {"id": str(msg.id), "channel_id": str(msg.channel_id)}
         if msg.guild_id:
@@ -339,14 +512,30 @@ class Rest:
         return web.Response(status=204)
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
-        msg = self._get_message(request)
+        msg = self._get_message(request, READ_MESSAGE_HISTORY)
         return _json(self.state.message_payload(msg))
+
+    @staticmethod
+    def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        if not raw.lstrip("-").isdigit():
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{raw}" is not int.')})
+        value = int(raw)
+        if value < low:
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_MIN", f"int value should be greater than or equal to {low}.")})
+        if value > high:
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_MAX", f"int value should be less than or equal to {high}.")})
+        return value
 
     async def _history(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
-        limit = min(int(request.query.get("limit", 50)), 100)
+        limit = self._int_query(request, "limit", 50, 1, 100)
         before = int(request.query["before"]) if "before" in request.query else None
         after = int(request.query["after"]) if "after" in request.query else None
+        if not self._bot_may(channel, READ_MESSAGE_HISTORY):
+            return _json([])  # Discord: "no messages will be returned"
         found = [m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
                  and (before is None or m.id < before) and (after is None or m.id > after)]
         # The page nearest to `after` (or, without it, the newest), listed newest first either
@@ -355,8 +544,58 @@ class Rest:
         page = sorted(found[:limit], key=lambda m: m.id, reverse=True)
         return _json([self.state.message_payload(m) for m in page])
 
-    async def _typing(self, request: web.Request) -> web.Response:
+    async def _pins(self, request: web.Request) -> web.Response:
+        """GET .../messages/pins: the pinned messages, the latest pin first, ``limit`` (1-50) at a time
+        from ``before`` (an ISO 8601 time); none without Read Message History."""
         channel = self._get_channel(request)
+        limit = self._int_query(request, "limit", 50, 1, 50)
+        before: float | None = None
+        if "before" in request.query:
+            try:
+                before = datetime.fromisoformat(request.query["before"]).timestamp()
+            except ValueError:
+                raise DiscordError.form({"before": field_error("DATE_TIME_TYPE_PARSE", "Could not parse "
+                                                               f"{request.query['before']}. Should be ISO8601.")}) from None
+        pinned = [] if not self._bot_may(channel, READ_MESSAGE_HISTORY) else sorted(
+            (m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
+             and m.pinned_at is not None and (before is None or m.pinned_at < before)),
+            key=lambda m: m.pinned_at or 0.0, reverse=True)
+        items: list[PinnedMessagePayload] = [
+            {"pinned_at": iso_time(m.pinned_at), "message": self.state.message_payload(m)} for m in pinned[:limit]]
+        data: PinsPayload = {"items": items, "has_more": len(pinned) > limit}
+        return _json(data)
+
+    async def _pin(self, request: web.Request) -> web.Response:
+        """PUT/DELETE .../messages/pins/{message_id}: pin or unpin (Pin Messages or Manage Messages)."""
+        msg = self._get_message(request)
+        channel = self.state.channels[msg.channel_id]
+        if channel.type != 1 and not (self._bot_may(channel, PIN_MESSAGES) or self._bot_may(channel, MANAGE_MESSAGES)):
+            raise missing_permissions()
+        pin = request.method == "PUT"
+        if pin and msg.pinned_at is None:
+            if sum(1 for m in self.state.messages.values()
+                   if m.channel_id == channel.id and m.pinned_at is not None and not m.deleted) >= MAX_PINS:
+                raise DiscordError(f"Maximum number of pins reached ({MAX_PINS})", 30003)
+            msg.pinned_at = time.time()
+        elif not pin and msg.pinned_at is not None:
+            msg.pinned_at = None
+        else:
+            return web.Response(status=204)
+        data = self.state.message_payload(msg)
+        await self.gateway.dispatch("MESSAGE_UPDATE", data)
+        last = max((m.pinned_at for m in self.state.messages.values()
+                    if m.channel_id == channel.id and m.pinned_at is not None and not m.deleted), default=None)
+        pins_update: dict[str, object] = {"channel_id": str(channel.id),
+                                          "last_pin_timestamp": iso_time(last) if last is not None else None}
+        if channel.guild_id:
+            pins_update["guild_id"] = str(channel.guild_id)
+        await self.gateway.dispatch("CHANNEL_PINS_UPDATE", pins_update)  # type: ignore[arg-type]
+        await self.notify("update", msg)
+        self.state.changed()
+        return web.Response(status=204)
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request, SEND_MESSAGES)
         self.typing.append(channel.id)
         return web.Response(status=204)
 
@@ -511,14 +750,31 @@ class Rest:
         member = existing(user if user is not None and user.in_guild else None, "Member")
         return _json(self.state.member_payload(member, guild.id))
 
+    async def _search_members(self, request: web.Request) -> web.Response:
+        """GET /guilds/{id}/members/search?query=&limit=: members whose username or display name
+        begins with ``query`` (no case), ``limit`` (1-1000, default 1) of them."""
+        guild = self._get_guild(request)
+        query = request.query.get("query")
+        if query is None:
+            raise DiscordError.form({"query": field_error("BASE_TYPE_REQUIRED", "This field is required")})
+        limit = self._int_query(request, "limit", 1, 1, 1000)
+        q = query.casefold()
+        found = [u for u in self.state.users.values()
+                 if u.in_guild and u.name.casefold().startswith(q)]
+        return _json([self.state.member_payload(u, guild.id) for u in found[:limit]])
+
     async def _guild(self, request: web.Request) -> web.Response:
-        data = self.state.guild_payload(self._get_guild(request))
+        guild = self._get_guild(request)
+        data = self.state.guild_payload(guild)
         # Get Guild's server has no GUILD_CREATE lists.
-        data.pop("members", None)
-        data.pop("channels", None)
-        data.pop("voice_states", None)
-        data.pop("presences", None)
-        data.pop("threads", None)
+        for key in ("members", "channels", "voice_states", "presences", "threads", "joined_at", "large",
+                    "unavailable", "member_count", "stage_instances", "guild_scheduled_events", "soundboard_sounds"):
+            data.pop(key, None)  # type: ignore[misc]
+        if request.query.get("with_counts", "").lower() in ("1", "true"):
+            members = [u for u in self.state.users.values() if u.in_guild]
+            data["approximate_member_count"] = len(members)
+            # The sandbox keeps no presences: the one member known to be online is the bot, while it is connected.
+            data["approximate_presence_count"] = 1 if self.gateway.sessions else 0
         return _json(data)
 
     async def _dm(self, request: web.Request) -> web.Response:

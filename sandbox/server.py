@@ -31,6 +31,7 @@ from aiohttp import web
 
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
 from sandbox.payloads import UnavailableGuildPayload
+from sandbox.ratelimit import RateLimits
 from sandbox.rest import API_PREFIX, ReactionError, Rest, parse_emoji
 from sandbox.state import (
     ADD_REACTIONS,
@@ -45,6 +46,7 @@ from sandbox.state import (
     MANAGE_GUILD,
     MANAGE_MESSAGES,
     MENTION_EVERYONE,
+    PIN_MESSAGES,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
     SPEAK,
@@ -69,8 +71,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ADD_REACTIONS", "ADMINISTRATOR", "ALL_PERMISSIONS", "ATTACH_FILES", "CONNECT", "EMBED_LINKS",
     "EVERYONE_PERMISSIONS", "HEARTBEAT_ACK_DELAY", "MANAGE_GUILD", "MANAGE_MESSAGES", "MENTION_EVERYONE",
-    "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
-    "Attachment", "Channel", "Guild", "Message", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
+    "PIN_MESSAGES", "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
+    "Attachment", "Channel", "Guild", "Message", "RateLimits", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
     "shard_of",
 ]
 
@@ -154,6 +156,7 @@ class Sandbox:
     react = _On("rest")
     unreact = _On("rest")
     make_app = _On("rest")
+    limiter = _On("rest")  # the rate limiter: limiter.refused lists every 429 it gave
     # The world on disk (sandbox.world).
     world = _On("store")
     world_note = _On("store")
@@ -161,8 +164,10 @@ class Sandbox:
     save_world = _On("store")
 
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
-                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None) -> None:
-        """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
+                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None,
+                 rate_limits: RateLimits | None = None) -> None:
+        """``rate_limits``: the REST rate limits it applies (:mod:`sandbox.ratelimit`; by default
+        Discord's, :meth:`RateLimits.discord`). ``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
         attachments) in this JSON file between runs, loading it now if it exists; without it every
         sandbox is a new world. The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
@@ -179,6 +184,7 @@ class Sandbox:
         self.voice_unavailable: str | None = None  # why enable_voice() could not start it
         self._cond = asyncio.Condition()
         self.bot_token = "sandbox." + secrets.token_urlsafe(24)
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimits.discord()
 
         self.state = State()
         self.store = WorldStore(Path(world_file) if world_file is not None else None, self.state)

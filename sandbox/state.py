@@ -52,11 +52,16 @@ MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
 MANAGE_MESSAGES = 1 << 13
 MENTION_EVERYONE = 1 << 17
+PIN_MESSAGES = 1 << 51
 ALL_PERMISSIONS = (1 << 53) - 1
 EVERYONE_PERMISSIONS = (
     ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
     | CONNECT | SPEAK | USE_VAD
 )
+
+# The largest file a message may carry, by the server's boost tier (DMs: tier 0), as discord.py's
+# Guild.filesize_limit has them; Discord answers 413 above it.
+UPLOAD_LIMITS = {0: 10 * 1024 * 1024, 1: 10 * 1024 * 1024, 2: 50 * 1024 * 1024, 3: 100 * 1024 * 1024}
 
 # Message flags.
 IS_VOICE_MESSAGE = 1 << 13
@@ -123,7 +128,8 @@ class User:
         """As a member of a server whose roles are ``roles`` (None: all the user's roles)."""
         data: MemberPayload = {
             "roles": [str(r) for r in (self.roles if roles is None else roles)], "joined_at": iso_time(self.joined),
-            "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
+            "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "banner": None,
+            "premium_since": None, "pending": False, "communication_disabled_until": None,
         }
         if with_user:
             data["user"] = self.payload()
@@ -203,6 +209,7 @@ class Message:
     allowed_mentions: AllowedMentionsPayload | None = None  # as the sender gave it (None: not given)
     # Reactions: emoji -> ids of the users who reacted, both in the order they came.
     reactions: dict[str, list[int]] = field(default_factory=dict)
+    pinned_at: float | None = None  # when it was pinned (None: it is not)
 
     @property
     def files(self) -> list[Attachment]:
@@ -233,7 +240,7 @@ class Channel:
             "position": self.position, "permission_overwrites": [
                 {"id": str(o["id"]), "type": o.get("type", 0), "allow": str(o.get("allow", 0)),
                  "deny": str(o.get("deny", 0))} for o in self.overwrites
-            ], "nsfw": False, "parent_id": None,
+            ], "nsfw": False, "parent_id": None, "flags": 0,
         }
         if self.type == 0:
             data["topic"], data["last_message_id"], data["rate_limit_per_user"] = None, None, 0
@@ -253,7 +260,8 @@ class Role:
 
     def payload(self) -> RolePayload:
         return {
-            "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
+            "id": str(self.id), "name": self.name, "color": 0,
+            "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
             "hoist": False, "position": self.position, "permissions": str(self.permissions),
             "managed": False, "mentionable": self.mentionable, "flags": 0, "icon": None, "unicode_emoji": None,
         }
@@ -269,6 +277,7 @@ class Guild:
     text_channel: Channel  # #general
     voice_channel: Channel
     voice_states: dict[int, int] = field(default_factory=dict)  # user id -> voice channel id
+    premium_tier: int = 0  # its boost level: sets the upload limit
 
 
 class State:
@@ -446,8 +455,10 @@ class State:
             "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
             "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
             "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None,
-            "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
-            "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
+            "premium_tier": g.premium_tier, "premium_subscription_count": 0, "preferred_locale": "en-US",
+            "public_updates_channel_id": None, "safety_alerts_channel_id": None, "incidents_data": None,
+            "home_header": None, "region": "deprecated", "widget_enabled": False, "widget_channel_id": None,
+            "max_presences": None, "max_stage_video_channel_users": 50, "max_video_channel_users": 25, "nsfw": False, "nsfw_level": 0, "premium_progress_bar_enabled": False,
             "joined_at": iso_time(), "large": False, "unavailable": False, "member_count": len(members),
             "voice_states": [self.voice_state_payload(uid, cid, with_member=False, guild_id=g.id)
                              for uid, cid in g.voice_states.items()],
@@ -465,7 +476,7 @@ class State:
             "edited_timestamp": iso_time(msg.edited) if msg.edited else None, "tts": False,
             "mention_everyone": msg.mention_everyone, "mentions": [], "mention_roles": [str(r) for r in msg.mention_roles],
             "attachments": [a.payload() for a in msg.attachments], "embeds": msg.embeds,
-            "pinned": False, "type": 19 if msg.reference_id else 0, "flags": msg.flags, "components": [],
+            "pinned": msg.pinned_at is not None, "type": 19 if msg.reference_id else 0, "flags": msg.flags, "components": [],
         }
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
@@ -550,6 +561,11 @@ class State:
         if member_overwrite is not None:
             perms = (perms & ~int(member_overwrite.get("deny", 0))) | int(member_overwrite.get("allow", 0))
         return perms
+
+    def upload_limit(self, channel: Channel) -> int:
+        """The largest file a message in ``channel`` may carry."""
+        tier = self.guild_of(channel.guild_id).premium_tier if channel.guild_id else 0
+        return UPLOAD_LIMITS[tier]
 
     def can_see(self, user: User, channel: Channel) -> bool:
         return bool(self.permissions_for(user, channel) & VIEW_CHANNEL)
