@@ -18,6 +18,7 @@ import pytest
 
 from config import Settings
 from records.db import Database
+from sandbox.ratelimit import RateLimits
 from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests import api_spec
@@ -155,9 +156,15 @@ def space(tmp_path: Path, db: Database) -> GuildSpace:
     return GuildSpace(11, tmp_path / "data", tmp_path / "corrections", db).ensure()
 
 
+# Discord's rate limits in windows a twentieth as long (5 messages per 0.25 s in a channel): discord.py still
+# reads the headers and paces itself, but a test does not wait seconds, and harness.settle's quiet 0.3 s
+# outlasts a pause. tests/sandbox/test_rest.py and tests/commands/test_rate_limits.py use the real values.
+TEST_RATE_LIMITS = RateLimits.discord().scaled(0.05)
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = await Sandbox().start()
+    sb = await Sandbox(rate_limits=TEST_RATE_LIMITS).start()
     yield sb
     await sb.close()
     assert not sb.unimplemented, f"the bot used routes the sandbox does not implement: {sb.unimplemented}"
