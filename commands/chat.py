@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import charge, report_unexpected, split_message, user_line
+from commands._shared import charge, may_post, report_unexpected, split_message, user_line
 from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
@@ -44,6 +45,10 @@ class Chat(commands.Cog):
         self.dm_guilds: dict[int, tuple[int, float]] = {}  # user id -> (guild id or 0, when looked up)
         # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
+        # Per channel, the answer that goes out last so far: done when it has been sent (or given up).
+        # Answers are worked out side by side but sent in the order the questions came, however long
+        # each takes and however long Discord's rate limits hold each send back.
+        self.last_answer: dict[int, asyncio.Future[None]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
         """Chat channels, DMs and mentions get answers; everything else is left alone."""
@@ -89,17 +94,30 @@ class Chat(commands.Cog):
             return
         if not self.wants_answer(message):
             return
-        # 2. What was said: the text, or the words of a voice message / audio file.
-        att = audio_attachment(message)
-        if att is not None:
-            prompt = await self.transcribe(message, att)
-            heard = prompt
-        else:
-            prompt, heard = await self.prompt_of(message), None
-        if not prompt:
+        if not may_post(message.channel):  # a channel I may read but not write in: no answer to give
+            self.bot.cannot_post(message.channel, "no Send Messages permission")
             return
-        # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
-        await self.reply_to(message, prompt, heard=heard)
+        channel_id = message.channel.id
+        previous = self.last_answer.get(channel_id)
+        mine = self.last_answer[channel_id] = asyncio.get_running_loop().create_future()
+        try:
+            # 2. What was said: the text, or the words of a voice message / audio file.
+            att = audio_attachment(message)
+            if att is not None:
+                prompt = await self.transcribe(message, att)
+                heard = prompt
+            else:
+                prompt, heard = await self.prompt_of(message), None
+            if not prompt:
+                return
+            # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
+            await self.reply_to(message, prompt, heard=heard, after=previous)
+        except discord.Forbidden as exc:  # my permissions changed while I worked on it
+            self.bot.cannot_post(message.channel, exc.text)
+        finally:
+            mine.set_result(None)
+            if self.last_answer.get(channel_id) is mine:
+                del self.last_answer[channel_id]
 
     async def asked_answer(self, message: discord.Message) -> Answer | None:
         """The logged answer ``message`` corrects when it replies to my ask for the right answer (sent after
@@ -147,6 +165,8 @@ class Chat(commands.Cog):
             await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
         except TrainerError as exc:
             await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
+        except discord.Forbidden:
+            raise  # the typing indicator refused: I may not post here (on_message logs it once)
         except discord.HTTPException as exc:
             log.warning("could not download attachment %s: %s", att.id, exc)
             await message.reply("I couldn't download that audio file; please send it again.", mention_author=False)
@@ -158,10 +178,13 @@ class Chat(commands.Cog):
             return transcript.text
         return None
 
-    async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None) -> list[discord.Message]:
-        """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
+    async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None,
+                       after: asyncio.Future[None] | None = None) -> list[discord.Message]:
+        """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``; the reply
+        goes out once ``after`` (the previous answer in the channel) is done."""
         guild = await self.guild_for(message)
         if guild is None:
+            await _wait_for(after)
             return [await message.reply(NO_SHARED_GUILD, mention_author=False)]
         turns = self.history.setdefault(message.channel.id, deque(maxlen=2 * HISTORY_TURNS))
         try:
@@ -169,11 +192,16 @@ class Chat(commands.Cog):
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 answer = await self.bot.model.answer(guild.id, prompt, list(turns))
         except TrainerError as exc:
+            await _wait_for(after)
             return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
+        except discord.Forbidden:
+            raise  # the typing indicator refused: I may not post here (on_message logs it once)
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
+            await _wait_for(after)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
                                         mention_author=False)]
+        await _wait_for(after)
         text = f"> {heard}\n{answer}" if heard else answer
         sent: list[discord.Message] = []
         for i, chunk in enumerate(split_message(text) or ["…"]):
@@ -193,6 +221,12 @@ class Chat(commands.Cog):
             sent.append(await message.channel.send(
                 f"(I couldn't save this answer to my log, so `{self.bot.settings.prefix}correct` won't find it.)"))
         return sent
+
+
+async def _wait_for(previous: asyncio.Future[None] | None) -> None:
+    """Until ``previous`` is done (never raises: a previous answer that failed still lets the next go)."""
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
 
 
 async def setup(bot: TrainerBot) -> None:
