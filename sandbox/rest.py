@@ -84,12 +84,8 @@ MAX_EMBED_FIELDS = 25
 MAX_EMBED_TOTAL = 6000
 
 
-def invalid_form(errors: dict[str, object]) -> ErrorPayload:
-    """Discord's "Invalid Form Body" (50035) with its per-field ``errors``."""
-    return {"message": "Invalid Form Body", "code": 50035, "errors": errors}  # type: ignore[typeddict-item]
-
-
 def field_error(code: str, message: str) -> dict[str, object]:
+    """One field's errors in Discord's "Invalid Form Body" (50035)."""
     return {"_errors": [{"code": code, "message": message}]}
 
 
@@ -529,11 +525,19 @@ class Rest:
             raise DiscordError.form({name: field_error("NUMBER_TYPE_MAX", f"int value should be less than or equal to {high}.")})
         return value
 
+    @staticmethod
+    def _snowflake_query(request: web.Request, name: str) -> int | None:
+        raw = request.query.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{raw}" is not snowflake.')})
+        return int(raw)
+
     async def _history(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
         limit = self._int_query(request, "limit", 50, 1, 100)
-        before = int(request.query["before"]) if "before" in request.query else None
-        after = int(request.query["after"]) if "after" in request.query else None
+        before, after = self._snowflake_query(request, "before"), self._snowflake_query(request, "after")
         if not self._bot_may(channel, READ_MESSAGE_HISTORY):
             return _json([])  # Discord: "no messages will be returned"
         found = [m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted

@@ -11,7 +11,7 @@ import pytest
 
 from config import Settings
 from sandbox.ratelimit import RateLimits
-from sandbox.server import SEND_MESSAGES, Sandbox
+from sandbox.server import READ_MESSAGE_HISTORY, SEND_MESSAGES, Sandbox
 from tests.harness import BotHarness, start_bot, stop_bot
 
 REFUSED = "not allowed to post in"
@@ -39,6 +39,7 @@ async def test_a_channel_where_it_may_not_post_gets_one_log_line_and_no_retries(
     caplog.set_level(logging.WARNING)
     bot_id = sandbox.bot_user.id
     muted = sandbox.add_channel("chat", 0, overwrites=[{"id": bot_id, "type": 1, "deny": SEND_MESSAGES}])
+    vault = sandbox.add_channel("vault", 0, overwrites=[{"id": bot_id, "type": 1, "deny": READ_MESSAGE_HISTORY}])
     bot = await start_bot(sandbox, settings)
     try:
         h = BotHarness(sandbox, bot)
@@ -48,12 +49,19 @@ async def test_a_channel_where_it_may_not_post_gets_one_log_line_and_no_retries(
         assert forbidden_answers(sandbox) == []
         assert len(refusals(caplog)) == 1 and str(muted.id) in refusals(caplog)[0]
 
+        # Where it may post but not read the history, !correct cannot look at the message it names
+        # (Discord's 403), and says so without guessing whose it is.
+        theirs = await sandbox.post_message("member", "a message of mine", channel=vault)
+        said = await h.ask(f"!correct {theirs.id} the right answer", channel=vault)
+        assert said.startswith(f"I have no answer with id `{theirs.id}`")
+        assert forbidden_answers(sandbox) == ["GET /channels/{channel_id}/messages/{message_id}"]
+
         # Changed behind its back (no CHANNEL_UPDATE reaches it): Discord's 403 is met once per message,
         # never retried, and the log still says it once.
         sandbox.text_channel.overwrites.append({"id": bot_id, "type": 1, "deny": SEND_MESSAGES})
         for text in ("When does the shop open?", "Anyone there?", "!hi"):
             await h.silent(text, wait=0.5)
-        assert len(forbidden_answers(sandbox)) == 3
+        assert len(forbidden_answers(sandbox)) == 1 + 3
         assert len(refusals(caplog)) == 2 and str(sandbox.text_channel.id) in refusals(caplog)[1]
         assert not [r for r in caplog.records if r.exc_info], "no traceback"
 

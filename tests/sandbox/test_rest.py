@@ -71,6 +71,9 @@ async def test_unknown_routes_and_ids_answer_404_with_discord_codes(sandbox: San
     status, body, _ = await api("GET", channel_path(sandbox) + "/messages/abc")
     assert (status, body["code"]) == (400, 50035)
     assert body["errors"]["message_id"]["_errors"][0]["code"] == "NUMBER_TYPE_COERCE"
+    for query, field in (("before=abc", "before"), ("limit=101", "limit")):
+        status, body, _ = await api("GET", channel_path(sandbox) + f"/messages?{query}")
+        assert (status, list(body["errors"])) == (400, [field])
     # A route Discord may have but the sandbox does not: 404 and recorded, so the test would fail on it.
     status, body, _ = await api("GET", "/applications/1/emojis")
     assert (status, body) == (404, {"message": "404: Not Found", "code": 0})
