@@ -111,11 +111,12 @@ class Chat(commands.Cog):
             if not prompt:
                 return
             # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
-            await self.reply_to(message, prompt, heard=heard, after=previous)
+            await self.reply_to(message, prompt, heard=heard, after=previous, turn=mine)
         except discord.Forbidden as exc:  # my permissions changed while I worked on it
             self.bot.cannot_post(message.channel, exc.text)
         finally:
-            mine.set_result(None)
+            if not mine.done():
+                mine.set_result(None)
             if self.last_answer.get(channel_id) is mine:
                 del self.last_answer[channel_id]
 
@@ -179,9 +180,11 @@ class Chat(commands.Cog):
         return None
 
     async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None,
-                       after: asyncio.Future[None] | None = None) -> list[discord.Message]:
+                       after: asyncio.Future[None] | None = None,
+                       turn: asyncio.Future[None] | None = None) -> list[discord.Message]:
         """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``; the reply
-        goes out once ``after`` (the previous answer in the channel) is done."""
+        goes out once ``after`` (the previous answer in the channel) has gone out, and ``turn`` is done
+        as soon as this one has (before it is recorded: the next answer need not wait for that)."""
         guild = await self.guild_for(message)
         if guild is None:
             await _wait_for(after)
@@ -209,6 +212,8 @@ class Chat(commands.Cog):
                 sent.append(await message.reply(chunk, mention_author=False))
             else:
                 sent.append(await message.channel.send(chunk))
+        if turn is not None and not turn.done():
+            turn.set_result(None)
         turns.extend((("user", prompt), ("assistant", answer)))
         self.bot.dispatch("chat_answer", message, answer)  # the voice cog speaks it when in a call
         try:
