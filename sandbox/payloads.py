@@ -153,6 +153,7 @@ class DMChannelPayload(TypedDict):
     id: Snowflake
     type: Literal[1]
     last_message_id: Snowflake | None
+    flags: int
     recipients: list[UserPayload]
 
 

@@ -231,7 +231,7 @@ class Channel:
         return self.dm_payload() if self.type == 1 else self.guild_channel_payload()
 
     def dm_payload(self) -> DMChannelPayload:
-        return {"id": str(self.id), "type": 1, "last_message_id": None,
+        return {"id": str(self.id), "type": 1, "last_message_id": None, "flags": 0,
                 "recipients": [self.recipient.payload()] if self.recipient else []}
 
     def guild_channel_payload(self) -> GuildChannelPayload:

@@ -220,3 +220,22 @@ async def test_rate_limits_per_channel_and_global() -> None:
             assert sb.limiter.refused == ["POST /channels/{channel_id}/messages (user)", "GET /users/@me (global)"]
     finally:
         await sb.close()
+
+
+async def test_the_routes_a_bot_starts_with_answer_within_the_spec(sandbox: Sandbox, api: Api) -> None:
+    """Routes few end-to-end tests reach (each body is checked against Discord's spec at teardown)."""
+    for path in ("/gateway", "/gateway/bot", "/users/@me", "/oauth2/applications/@me", channel_path(sandbox),
+                 f"/channels/{sandbox.voice_channel.id}", f"/guilds/{sandbox.guild_id}?with_counts=1",
+                 f"/guilds/{sandbox.guild_id}/members/{sandbox.member.id}"):
+        assert (await api("GET", path))[0] == 200, path
+    status, dm, _ = await api("POST", "/users/@me/channels", {"recipient_id": str(sandbox.member.id)})
+    assert status == 200 and dm["type"] == 1
+    assert (await api("GET", f"/channels/{dm['id']}"))[0] == 200
+    status, sent, _ = await api("POST", f"/channels/{dm['id']}/messages", {"content": "hello"})
+    assert status == 200
+    assert (await api("POST", f"/channels/{dm['id']}/typing"))[0] == 204
+    theirs = await sandbox.post_message("member", "hi bot", channel=int(dm["id"]))
+    status, answer, _ = await api("DELETE", f"/channels/{dm['id']}/messages/{theirs.id}")
+    assert (status, answer["code"]) == (403, 50003)  # nobody deletes the other side's messages in a DM
+    assert (await api("PATCH", f"/channels/{dm['id']}/messages/{sent['id']}", {"content": "hello!"}))[0] == 200
+    assert (await api("DELETE", f"/channels/{dm['id']}/messages/{sent['id']}"))[0] == 204
