@@ -11,7 +11,7 @@ These are plain dicts at run time: the types change nothing on the wire.
 
 from __future__ import annotations
 
-from typing import Literal, Never, NotRequired, Required, TypedDict, Union
+from typing import Any, Literal, Never, NotRequired, Required, TypedDict, Union
 
 Snowflake = str
 """An id as Discord sends it: a decimal string."""
@@ -157,7 +157,43 @@ class DMChannelPayload(TypedDict):
     recipients: list[UserPayload]
 
 
-ChannelPayload = GuildChannelPayload | DMChannelPayload
+class ThreadMetadataPayload(TypedDict):
+    """https://discord.com/developers/docs/resources/channel#thread-metadata-object"""
+
+    archived: bool
+    auto_archive_duration: int
+    archive_timestamp: str
+    locked: bool
+    create_timestamp: str
+    invitable: NotRequired[bool]  # private threads only
+
+
+class ThreadChannelPayload(TypedDict):
+    """A thread (types 10, 11, 12): https://discord.com/developers/docs/topics/threads"""
+
+    id: Snowflake
+    type: int
+    guild_id: Snowflake
+    name: str
+    parent_id: Snowflake
+    owner_id: Snowflake
+    last_message_id: Snowflake | None
+    rate_limit_per_user: int
+    flags: int
+    message_count: int
+    member_count: int
+    total_message_sent: int
+    thread_metadata: ThreadMetadataPayload
+
+
+class ThreadCreatePayload(ThreadChannelPayload):
+    """THREAD_CREATE: the thread, marked ``newly_created`` when it was just made
+    (https://discord.com/developers/docs/events/gateway-events#thread-create)."""
+
+    newly_created: NotRequired[bool]
+
+
+ChannelPayload = GuildChannelPayload | DMChannelPayload | ThreadChannelPayload
 
 
 # ----------------------------------------------------------------- emojis, reactions
@@ -275,6 +311,57 @@ class AllowedMentionsPayload(TypedDict, total=False):
     replied_user: bool
 
 
+class ComponentPayload(TypedDict, total=False):
+    """A message or modal component (https://discord.com/developers/docs/components/reference): an
+    action row (1) of buttons (2), selects (3, 5-8) or, in a modal, text inputs (4); a label (18)
+    holding one. Kept as the bot sent it, with Discord's numeric ``id`` added."""
+
+    type: Required[int]
+    id: int
+    custom_id: str
+    style: int
+    label: str
+    emoji: EmojiPayload
+    url: str
+    sku_id: Snowflake
+    disabled: bool
+    components: list[ComponentPayload]
+    component: ComponentPayload
+    placeholder: str
+    min_values: int
+    max_values: int
+    options: list[SelectOptionPayload]
+    min_length: int
+    max_length: int
+    required: bool
+    value: str
+    description: str
+    content: str
+
+
+class SelectOptionPayload(TypedDict, total=False):
+    label: Required[str]
+    value: Required[str]
+    description: str
+    emoji: EmojiPayload
+    default: bool
+
+
+class MessageInteractionMetadataPayload(TypedDict):
+    """https://discord.com/developers/docs/resources/message#message-interaction-metadata-object"""
+
+    id: Snowflake
+    type: int
+    user: UserPayload
+    authorizing_integration_owners: dict[str, Snowflake]
+    original_response_message_id: NotRequired[Snowflake]
+    interacted_message_id: NotRequired[Snowflake]
+    target_user: NotRequired[UserPayload]
+    target_message_id: NotRequired[Snowflake]
+    name: NotRequired[str]
+    command_type: NotRequired[int]
+
+
 class MessagePayload(TypedDict):
     """https://discord.com/developers/docs/resources/message#message-object (and MESSAGE_CREATE
     and MESSAGE_UPDATE, which add ``guild_id`` and ``member`` in a server)."""
@@ -294,7 +381,10 @@ class MessagePayload(TypedDict):
     pinned: bool
     type: int  # 0 default, 19 reply
     flags: NotRequired[int]
-    components: NotRequired[EmptyList]
+    components: NotRequired[list[ComponentPayload]]
+    webhook_id: NotRequired[Snowflake]
+    application_id: NotRequired[Snowflake]
+    interaction_metadata: NotRequired[MessageInteractionMetadataPayload]
     guild_id: NotRequired[Snowflake]
     member: NotRequired[MemberPayload]
     reactions: NotRequired[list[ReactionPayload]]
@@ -388,7 +478,7 @@ class GuildPayload(TypedDict):
     voice_states: NotRequired[list[VoiceStatePayload]]
     members: NotRequired[list[MemberPayload]]
     channels: NotRequired[list[GuildChannelPayload]]
-    threads: NotRequired[EmptyList]
+    threads: NotRequired[list[ThreadChannelPayload]]
     presences: NotRequired[EmptyList]
     stage_instances: NotRequired[EmptyList]
     guild_scheduled_events: NotRequired[EmptyList]
@@ -475,12 +565,53 @@ class VoiceServerUpdatePayload(TypedDict):
     endpoint: str | None
 
 
+class GuildRolePayload(TypedDict):
+    """GUILD_ROLE_CREATE and GUILD_ROLE_UPDATE
+    (https://discord.com/developers/docs/events/gateway-events#guild-role-create)."""
+
+    guild_id: Snowflake
+    role: RolePayload
+
+
+class GuildRoleDeletePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#guild-role-delete"""
+
+    guild_id: Snowflake
+    role_id: Snowflake
+
+
+class GuildMemberEventPayload(MemberPayload):
+    """GUILD_MEMBER_ADD and GUILD_MEMBER_UPDATE: the member (with its user) and its server
+    (https://discord.com/developers/docs/events/gateway-events#guild-member-update)."""
+
+    guild_id: Snowflake
+
+
+class GuildMemberRemovePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#guild-member-remove"""
+
+    guild_id: Snowflake
+    user: UserPayload
+
+
+class ThreadDeletePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#thread-delete"""
+
+    id: Snowflake
+    guild_id: Snowflake
+    parent_id: Snowflake
+    type: int
+
+
 EventPayload = Union[
     ReadyPayload, ResumedPayload, GuildPayload, UnavailableGuildPayload, MessagePayload, MessageDeletePayload,
     MessageReactionPayload, MessageReactionRemoveAllPayload, MessageReactionRemoveEmojiPayload,
-    VoiceStatePayload, VoiceServerUpdatePayload,
+    VoiceStatePayload, VoiceServerUpdatePayload, GuildRolePayload, GuildRoleDeletePayload,
+    GuildMemberEventPayload, GuildMemberRemovePayload, GuildChannelPayload, ThreadChannelPayload,
+    ThreadCreatePayload, ThreadDeletePayload, dict[str, Any],
 ]
-"""The ``d`` of a dispatch (op 0): one of the events the sandbox sends."""
+"""The ``d`` of a dispatch (op 0): one of the events the sandbox sends (INTERACTION_CREATE's is built as
+JSON in :mod:`sandbox.interactions`)."""
 
 
 class HelloPayload(TypedDict):
@@ -575,6 +706,7 @@ class MessageBody(TypedDict, total=False):
     message_reference: MessageReferenceBody | None
     attachments: list[AttachmentBody]
     flags: int
+    components: list[ComponentPayload] | None
 
 
 class DMCreateBody(TypedDict):

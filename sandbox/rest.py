@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 from aiohttp import BodyPartReader, web
 
+from sandbox.appcommands import JSON, FormErrors
+from sandbox.components import check_components
 from sandbox.payloads import (
     CurrentUserPayload,
     DMCreateBody,
@@ -25,6 +27,7 @@ from sandbox.payloads import (
     GatewayPayload,
     MessageBody,
     MessageDeletePayload,
+    MessagePayload,
     MessageReactionPayload,
     MessageReactionRemoveAllPayload,
     MessageReactionRemoveEmojiPayload,
@@ -36,10 +39,14 @@ from sandbox.ratelimit import RateLimiter
 from sandbox.state import (
     ADD_REACTIONS,
     ATTACH_FILES,
+    IS_COMPONENTS_V2,
+    IS_VOICE_MESSAGE,
     MANAGE_MESSAGES,
     PIN_MESSAGES,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
+    SUPPRESS_EMBEDS,
+    SUPPRESS_NOTIFICATIONS,
     VIEW_CHANNEL,
     Attachment,
     Channel,
@@ -55,6 +62,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+UNAUTHENTICATED = (API_PREFIX + "/interactions/", API_PREFIX + "/webhooks/")
+MESSAGE_CONTENT = 1 << 15  # the privileged gateway intent
+# Flags a bot may set on a message it sends (https://discord.com/developers/docs/resources/message#message-object-message-flags).
+SENDABLE_FLAGS = SUPPRESS_EMBEDS | SUPPRESS_NOTIFICATIONS | IS_VOICE_MESSAGE | IS_COMPONENTS_V2
 
 # Gateway intents that gate reaction events (https://discord.com/developers/docs/events/gateway#gateway-intents).
 GUILD_MESSAGE_REACTIONS = 1 << 10
@@ -148,6 +159,25 @@ def existing(value: T | None, what: str, error: type[DiscordError] = DiscordErro
     return value
 
 
+def strip_content(data: MessagePayload, bot_id: int) -> MessagePayload:
+    """``data`` as an app without the Message Content intent gets it: a server message's content,
+    embeds, attachments and components empty, unless the message is the app's own, mentions it, or
+    replies to its message (DMs keep theirs). The replied-to message follows the same rule.
+    https://discord.com/developers/docs/events/gateway#message-content-intent"""
+    ref = data.get("referenced_message")
+    exempt = (
+        "guild_id" not in data or int(data["author"]["id"]) == bot_id
+        or any(int(m["id"]) == bot_id for m in data.get("mentions", []))
+        or (ref is not None and int(ref["author"]["id"]) == bot_id)
+    )
+    out: MessagePayload = {**data}
+    if ref is not None:
+        out["referenced_message"] = strip_content(ref, bot_id)
+    if not exempt:
+        out["content"], out["embeds"], out["attachments"], out["components"] = "", [], [], []
+    return out
+
+
 def parse_emoji(text: str) -> str:
     """The emoji a reaction names, as Discord keys it: the Unicode emoji itself.
 
@@ -176,6 +206,8 @@ class Rest:
         self.state, self.gateway, self.store = sandbox.state, sandbox.gateway, sandbox.store
         self.typing: list[int] = []  # channel ids of the bot's typing indicators, in order
         self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
+        # Files users picked for slash command options: on the CDN though on no message.
+        self.uploads: dict[int, Attachment] = {}
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
         # Every REST answer, once a test sets it to a list (tests/api_spec.py checks them against Discord's spec).
@@ -242,6 +274,7 @@ class Rest:
         r.add_get(reactions + "/{emoji}", self._reaction_route)
         r.add_delete(reactions + "/{emoji}", self._reaction_route)
         r.add_delete(reactions, self._reaction_route)
+        self.sandbox.interactions.add_routes(r, p)
         r.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
@@ -259,7 +292,8 @@ class Rest:
         known = template != "/{tail}"
         headers: dict[str, str] = {"Via": "1.1 google"}  # discord.py takes a 429 without Via for a Cloudflare ban
         response: web.StreamResponse
-        if not self._authorized(request):
+        # Interaction callbacks and webhooks are authorised by their token in the path, not the bot's.
+        if not request.path.startswith(UNAUTHENTICATED) and not self._authorized(request):
             response = _json({"message": "401: Unauthorized", "code": 0}, 401)
         else:
             verdict = self.limiter.check(request.method, template, dict(request.match_info)) if known else None
@@ -338,8 +372,9 @@ class Rest:
 
     def _message_in(self, channel_id: int, message_id: int, error: type[DiscordError] = DiscordError) -> Message:
         msg = self.state.messages.get(message_id)
-        return existing(msg if msg is not None and not msg.deleted and msg.channel_id == channel_id else None,
-                        "Message", error)
+        # An ephemeral message exists only for its user's client: the channel routes do not know it.
+        return existing(msg if msg is not None and not msg.deleted and not msg.ephemeral
+                        and msg.channel_id == channel_id else None, "Message", error)
 
     async def _get_channel_route(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -371,8 +406,8 @@ class Rest:
         return payload, files
 
     @staticmethod
-    def _check_limits(payload: MessageBody, files: list[Attachment]) -> None:
-        """Discord's 400s for content, embeds and files over its limits."""
+    def limit_errors(payload: MessageBody, files: list[Attachment]) -> dict[str, object]:
+        """Discord's field errors for content, embeds and files over its limits (empty: none)."""
         errors: dict[str, object] = {}
         content = payload.get("content") or ""
         if len(content) > MAX_CONTENT:
@@ -389,8 +424,7 @@ class Rest:
                                                f"Embed size exceeds maximum size of {MAX_EMBED_TOTAL}")
         if len(files) > MAX_FILES:
             errors["files"] = too_long(MAX_FILES)
-        if errors:
-            raise DiscordError.form(errors)
+        return errors
 
     @staticmethod
     def _embed_errors(embed: EmbedPayload) -> dict[str, object]:
@@ -423,23 +457,39 @@ class Rest:
         return size + sum(len(str(f.get("name") or "")) + len(str(f.get("value") or ""))
                           for f in embed.get("fields") or [])
 
+    def body_error(self, payload: MessageBody, files: list[Attachment], *, creating: bool) -> JSON | None:
+        """Discord's 400 for a message body it refuses (over its limits, empty, bad allowed_mentions or
+        components), or None; the components get Discord's ids."""
+        if too_big := self.limit_errors(payload, files):
+            return {"message": "Invalid Form Body", "code": 50035, "errors": too_big}
+        content = payload.get("content") or ""
+        if creating and not content and not files and not payload.get("embeds") and not payload.get("components"):
+            return {"message": "Cannot send an empty message", "code": 50006}
+        allowed = payload.get("allowed_mentions")
+        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
+            return dict(error)
+        if payload.get("components") is not None:
+            errors = FormErrors()
+            check_components(payload.get("components"), errors, ["components"])
+            if errors:
+                return errors.body()
+        return None
+
     async def _send_message(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request, SEND_MESSAGES)
         payload, files = await self._read_message_body(request, channel.id)
-        self._check_limits(payload, files)
+        if (error := self.body_error(payload, files, creating=True)) is not None:
+            return _json(error, 400)
         if files and not self._bot_may(channel, ATTACH_FILES):
             raise missing_permissions()
-        content = payload.get("content") or ""
-        if not content and not files and not payload.get("embeds"):
-            return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
-        allowed = payload.get("allowed_mentions")
-        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
-            return _json(error, 400)
         ref_id = self._reply_target(channel, payload.get("message_reference"))
-        msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user, content, files,
-                      embeds=payload.get("embeds") or [], reference_id=ref_id, allowed_mentions=allowed)
+        msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user,
+                      payload.get("content") or "", files, embeds=payload.get("embeds") or [], reference_id=ref_id,
+                      allowed_mentions=payload.get("allowed_mentions"),
+                      flags=int(payload.get("flags") or 0) & SENDABLE_FLAGS,
+                      components=list(payload.get("components") or []))
         await self.create_message(msg)
-        return _json(self.state.message_payload(msg))
+        return _json(self.message_for_bot(msg))
 
     def _reply_target(self, channel: Channel, ref: MessageReferenceBody | None) -> int | None:
         """The id of the message a new message replies to; Discord's 400 when it is not there (unless
@@ -462,14 +512,22 @@ class Rest:
         if msg.author.id != self.state.bot_user.id:
             return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, 403)
         payload, files = await self._read_message_body(request, msg.channel_id)
-        self._check_limits(payload, files)
-        allowed = payload.get("allowed_mentions")
-        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
+        if (error := self.body_error(payload, files, creating=False)) is not None:
             return _json(error, 400)
+        return _json(await self.edit_message(msg, payload, files))
+
+    async def edit_message(self, msg: Message, payload: MessageBody, files: list[Attachment]) -> MessagePayload:
+        """Apply a checked edit to ``msg`` as Discord does (MESSAGE_UPDATE unless it is ephemeral)."""
+        allowed = payload.get("allowed_mentions")
         if "content" in payload:
             msg.content = payload["content"] or ""
         if "embeds" in payload:
             msg.embeds = payload["embeds"] or []
+        if "components" in payload:
+            msg.components = list(payload["components"] or [])
+        if "flags" in payload and payload["flags"] is not None:
+            # Only SUPPRESS_EMBEDS can be changed by an edit; the rest stays as it was.
+            msg.flags = (msg.flags & ~SUPPRESS_EMBEDS) | (int(payload["flags"]) & SUPPRESS_EMBEDS)
         if "attachments" in payload:
             keep = {str(a.get("id")) for a in payload["attachments"]}
             msg.attachments = [a for a in msg.attachments if str(a.id) in keep]
@@ -479,16 +537,37 @@ class Rest:
             # allowed_mentions, or the defaults when it has none (not the original request's).
             msg.allowed_mentions = allowed
             self.state.resolve_mentions(msg, allowed)
+            if msg.ephemeral:
+                msg.notifies = msg.pinged = set()
         else:
             msg.pinged = set()
         msg.edited = time.time()
         msg.edits += 1
         data = self.state.message_payload(msg)
-        await self.gateway.dispatch("MESSAGE_UPDATE", data)
+        if not msg.ephemeral:
+            await self.gateway.dispatch("MESSAGE_UPDATE", data)
         await self.notify("update", msg)
         await self.store.save_attachments(msg)
         self.state.changed()
-        return _json(data)
+        return data
+
+    def message_for_bot(self, msg: Message) -> MessagePayload:
+        """A message as REST shows it to the bot: without the Message Content intent enabled for the
+        application, a server message's content is empty unless Discord's exceptions apply."""
+        data = self.state.message_payload(msg)
+        if not self.sandbox.message_content_enabled:
+            data = strip_content(data, self.state.bot_user.id)
+        return data
+
+    async def delete_message(self, msg: Message) -> None:
+        msg.deleted = True
+        deleted: MessageDeletePayload = {"id": str(msg.id), "channel_id": str(msg.channel_id)}
+        if msg.guild_id:
+            deleted["guild_id"] = str(msg.guild_id)
+        if not msg.ephemeral:
+            await self.gateway.dispatch("MESSAGE_DELETE", deleted)
+        await self.notify("delete", msg)
+        self.state.changed()
 
     async def _delete_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
@@ -498,18 +577,12 @@ class Rest:
                 raise DiscordError("Cannot execute action on a DM channel", 50003, 403)
             if not self._bot_may(channel, MANAGE_MESSAGES):
                 raise missing_permissions()
-        msg.deleted = True
-        deleted: MessageDeletePayload = {"id": str(msg.id), "channel_id": str(msg.channel_id)}
-        if msg.guild_id:
-            deleted["guild_id"] = str(msg.guild_id)
-        await self.gateway.dispatch("MESSAGE_DELETE", deleted)
-        await self.notify("delete", msg)
-        self.state.changed()
+        await self.delete_message(msg)
         return web.Response(status=204)
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request, READ_MESSAGE_HISTORY)
-        return _json(self.state.message_payload(msg))
+        return _json(self.message_for_bot(msg))
 
     @staticmethod
     def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -541,12 +614,12 @@ class Rest:
         if not self._bot_may(channel, READ_MESSAGE_HISTORY):
             return _json([])  # Discord: "no messages will be returned"
         found = [m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
-                 and (before is None or m.id < before) and (after is None or m.id > after)]
+                 and not m.ephemeral and (before is None or m.id < before) and (after is None or m.id > after)]
         # The page nearest to `after` (or, without it, the newest), listed newest first either
         # way as Discord does (discord.py reverses an `after` page itself).
         found.sort(key=lambda m: m.id, reverse=after is None)
         page = sorted(found[:limit], key=lambda m: m.id, reverse=True)
-        return _json([self.state.message_payload(m) for m in page])
+        return _json([self.message_for_bot(m) for m in page])
 
     async def _pins(self, request: web.Request) -> web.Response:
         """GET .../messages/pins: the pinned messages, the latest pin first, ``limit`` (1-50) at a time
@@ -593,7 +666,7 @@ class Rest:
                                           "last_pin_timestamp": iso_time(last) if last is not None else None}
         if channel.guild_id:
             pins_update["guild_id"] = str(channel.guild_id)
-        await self.gateway.dispatch("CHANNEL_PINS_UPDATE", pins_update)  # type: ignore[arg-type]
+        await self.gateway.dispatch("CHANNEL_PINS_UPDATE", pins_update)
         await self.notify("update", msg)
         self.state.changed()
         return web.Response(status=204)
@@ -616,7 +689,7 @@ class Rest:
         if added:
             data["message_author_id"] = str(msg.author.id)
             data["burst_colors"] = []
-            if msg.guild_id and user.in_guild:
+            if msg.guild_id and self.state.is_member(user, msg.guild_id):
                 data["member"] = self.state.member_payload(user, msg.guild_id)
         return data
 
@@ -751,7 +824,7 @@ class Rest:
     async def _member(self, request: web.Request) -> web.Response:
         guild = self._get_guild(request)
         user = self.state.users.get(int(request.match_info["user_id"]))
-        member = existing(user if user is not None and user.in_guild else None, "Member")
+        member = existing(user if user is not None and self.state.is_member(user, guild.id) else None, "Member")
         return _json(self.state.member_payload(member, guild.id))
 
     async def _search_members(self, request: web.Request) -> web.Response:
@@ -764,7 +837,7 @@ class Rest:
         limit = self._int_query(request, "limit", 1, 1, 1000)
         q = query.casefold()
         found = [u for u in self.state.users.values()
-                 if u.in_guild and u.name.casefold().startswith(q)]
+                 if self.state.is_member(u, guild.id) and u.name.casefold().startswith(q)]
         return _json([self.state.member_payload(u, guild.id) for u in found[:limit]])
 
     async def _guild(self, request: web.Request) -> web.Response:
@@ -775,7 +848,7 @@ class Rest:
                     "unavailable", "member_count", "stage_instances", "guild_scheduled_events", "soundboard_sounds"):
             data.pop(key, None)  # type: ignore[misc]
         if request.query.get("with_counts", "").lower() in ("1", "true"):
-            members = [u for u in self.state.users.values() if u.in_guild]
+            members = [u for u in self.state.users.values() if self.state.is_member(u, guild.id)]
             data["approximate_member_count"] = len(members)
             # The sandbox keeps no presences: the one member known to be online is the bot, while it is connected.
             data["approximate_presence_count"] = 1 if self.gateway.sessions else 0
@@ -798,5 +871,8 @@ class Rest:
                         log.warning("sandbox: attachment %s unreadable: %s", att_id, exc)
                         return web.Response(status=404)
                     return web.Response(body=body, content_type=att.content_type or "application/octet-stream")
+        if (upload := self.uploads.get(att_id)) is not None:
+            return web.Response(body=await upload.read(),
+                                content_type=upload.content_type or "application/octet-stream")
         return web.Response(status=404)
 

@@ -23,9 +23,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
-from sandbox.payloads import AllowedMentionsPayload, EmbedPayload, Overwrite
+from sandbox.appcommands import AppCommand, CommandRegistry
+from sandbox.payloads import (
+    AllowedMentionsPayload,
+    ComponentPayload,
+    EmbedPayload,
+    MessageInteractionMetadataPayload,
+    Overwrite,
+)
 from sandbox.state import Attachment, Channel, Guild, Message, Role, State, User, iso_time
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class UserRecord(TypedDict):
     roles: NotRequired[list[int]]
     in_guild: NotRequired[bool]
     joined: NotRequired[float]
+    left: NotRequired[list[int]]  # servers the user is not a member of
 
 
 class ChannelRecord(TypedDict):
@@ -72,6 +80,9 @@ class ChannelRecord(TypedDict):
     position: NotRequired[int]
     recipient_id: NotRequired[int | None]  # a DM's
     overwrites: NotRequired[list[Overwrite]]
+    parent_id: NotRequired[int | None]  # a thread's
+    owner_id: NotRequired[int | None]
+    created: NotRequired[float]
 
 
 class AttachmentRecord(TypedDict):
@@ -105,6 +116,10 @@ class MessageRecord(TypedDict):
     notified: NotRequired[list[int]]
     allowed_mentions: NotRequired[AllowedMentionsPayload | None]
     reactions: NotRequired[list[tuple[str, list[int]]]]  # [emoji, user ids], in the order they came
+    components: NotRequired[list[ComponentPayload]]
+    type: NotRequired[int | None]
+    webhook_id: NotRequired[int | None]
+    interaction_metadata: NotRequired[MessageInteractionMetadataPayload | None]
 
 
 class SpecialRecord(TypedDict):
@@ -134,6 +149,7 @@ class WorldRecord(TypedDict):
     users: list[UserRecord]
     channels: list[ChannelRecord]
     messages: list[MessageRecord]
+    commands: NotRequired[list[dict[str, Any]]]  # the application's commands (AppCommand.record)
     special: SpecialRecord
 
 
@@ -358,6 +374,8 @@ class WorldStore:
                 "mentions": m.mentions, "mention_roles": m.mention_roles, "mention_everyone": m.mention_everyone,
                 "notifies": sorted(m.notifies), "notified": sorted(m.notified), "allowed_mentions": m.allowed_mentions,
                 "reactions": [(emoji, users) for emoji, users in m.reactions.items()],
+                "components": m.components, "type": m.type, "webhook_id": m.webhook_id,
+                "interaction_metadata": m.interaction_metadata,
             }
 
         world: WorldRecord = {
@@ -368,16 +386,19 @@ class WorldStore:
             "roles": [{"id": r.id, "name": r.name, "permissions": r.permissions, "position": r.position,
                        "mentionable": r.mentionable, "guild_id": r.guild_id} for r in state.roles.values()],
             "users": [{"id": u.id, "name": u.name, "bot": u.bot, "roles": u.roles, "in_guild": u.in_guild,
-                       "joined": u.joined} for u in state.users.values()],
+                       "joined": u.joined, "left": sorted(u.left)} for u in state.users.values()],
             "channels": [{"id": c.id, "name": c.name, "type": c.type, "guild_id": c.guild_id, "position": c.position,
-                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites}
+                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites,
+                          "parent_id": c.parent_id, "owner_id": c.owner_id, "created": c.created}
                          for c in state.channels.values()],
             "messages": [],
+            "commands": [c.record() for c in state.commands.commands.values()],
             "special": {"owner": state.owner.id, "admin": state.admin.id, "member": state.member.id,
                         "bot": state.bot_user.id, "other_bot": state.other_bot.id,
                         "text_channel": state.text_channel.id, "voice_channel": state.voice_channel.id},
         }
-        messages = list(state.messages.values())
+        # Ephemeral messages live on their user's screen only: a restarted client no longer shows them.
+        messages = [m for m in state.messages.values() if not m.ephemeral]
         for start in range(0, len(messages), 500):
             if start:
                 await asyncio.sleep(0)
@@ -421,14 +442,17 @@ class WorldStore:
                                     _optional_id(r.get("guild_id"))) for r in record["roles"]}
         users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
                                     roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
-                                    joined=float(u.get("joined") or time.time())) for u in record["users"]}
+                                    joined=float(u.get("joined") or time.time()),
+                                    left={int(g) for g in u.get("left", [])}) for u in record["users"]}
         channels: dict[int, Channel] = {}
         for c in record["channels"]:
             recipient_id = _optional_id(c.get("recipient_id"))
             recipient = users[recipient_id] if recipient_id is not None else None
             channels[int(c["id"])] = Channel(
                 int(c["id"]), str(c["name"]), int(c["type"]), _optional_id(c.get("guild_id")),
-                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []))
+                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []),
+                parent_id=_optional_id(c.get("parent_id")), owner_id=_optional_id(c.get("owner_id")),
+                created=float(c.get("created") or time.time()))
         messages: dict[int, Message] = {}
         for m in record["messages"]:
             channel_id = int(m["channel_id"])
@@ -452,8 +476,14 @@ class WorldStore:
                 notifies={int(u) for u in m.get("notifies", [])}, notified={int(u) for u in m.get("notified", [])},
                 allowed_mentions=m.get("allowed_mentions"),
                 reactions={str(emoji): [int(u) for u in who] for emoji, who in m.get("reactions", [])},
+                components=list(m.get("components") or []), type=m.get("type"),
+                webhook_id=_optional_id(m.get("webhook_id")), interaction_metadata=m.get("interaction_metadata"),
             )
             messages[msg.id] = msg
+            thread = channels[channel_id]
+            if thread.is_thread:
+                thread.total_message_sent += 1
+                thread.message_count += not msg.deleted
         special = record["special"]
         guild_id = int(record["guild_id"])
         owner = users[int(special["owner"])]
@@ -469,6 +499,10 @@ class WorldStore:
         # Everything read: now replace the new world with the saved one.
         state.application_id, state.guild_id, state.guilds = int(record["application_id"]), guild_id, guilds
         state.roles, state.users, state.channels, state.messages = roles, users, channels, messages
+        state.commands = CommandRegistry()
+        for saved in record.get("commands", []):
+            command = AppCommand.from_record(saved)
+            state.commands.commands[command.id] = command
         state.owner, state.admin, state.member = owner, users[int(special["admin"])], users[int(special["member"])]
         state.bot_user, state.other_bot = users[int(special["bot"])], users[int(special["other_bot"])]
         highest = max([int(record.get("last_id") or 0), *guilds, *users, *channels, *messages, *roles,
