@@ -360,6 +360,8 @@ class MessageInteractionMetadataPayload(TypedDict):
     target_message_id: NotRequired[Snowflake]
     name: NotRequired[str]
     command_type: NotRequired[int]
+    # A modal submit's: the metadata of the command or button that opened the modal.
+    triggering_interaction_metadata: NotRequired[MessageInteractionMetadataPayload]
 
 
 class MessagePayload(TypedDict):

@@ -317,7 +317,8 @@ class Rest:
     def _check_snowflakes(request: web.Request) -> None:
         """Discord's 400 for an id in the path that is not a snowflake (e.g. ``/messages/abc``)."""
         for name, value in request.match_info.items():
-            if name.endswith("_id") and not value.isdigit():
+            # "@me", "@original": Discord's names for the caller and an interaction's first response
+            if name.endswith("_id") and not value.isdigit() and not value.startswith("@"):
                 raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{value}" is not snowflake.')})
 
     async def _unknown(self, request: web.Request) -> web.Response:

@@ -65,6 +65,20 @@ DOCS_WIN: tuple[DocsWin, ...] = (
         '{"message": "You are being rate limited.", "retry_after": 64.57, "global": false}',
         "https://discord.com/developers/docs/topics/rate-limits#exceeding-a-rate-limit-rate-limit-response-structure",
     ),
+    DocsWin(
+        "/components/schemas/InteractionCallbackResponse/properties/resource",
+        {"type": "object", "properties": {
+            "type": {"$ref": "#/components/schemas/InteractionCallbackTypes"},
+            "activity_instance": {"$ref": "#/components/schemas/ActivityInstanceCallbackResponse"},
+            "message": {"$ref": "#/components/schemas/MessageResponse"}}, "required": ["type"]},
+        'The spec allows a callback\'s resource only for types 4, 7 and 12; the documentation\'s Interaction '
+        'Callback Resource Object is one shape for every callback type: "type  interaction callback type  '
+        'Interaction callback type", "activity_instance?  ...  Only present if type is LAUNCH_ACTIVITY", '
+        '"message?  message object  Message created by the interaction. Only present if type is either '
+        'CHANNEL_MESSAGE_WITH_SOURCE or UPDATE_MESSAGE"',
+        "https://discord.com/developers/docs/interactions/receiving-and-responding"
+        "#interaction-callback-interaction-callback-resource-object",
+    ),
 )
 
 
