@@ -55,12 +55,16 @@ async def voice_message(sb: Sandbox, data: bytes, *, user: str = "member", secon
 
 
 async def replies_to(sb: Sandbox, posted: list[Message], timeout: float = 60.0) -> dict[int, Message]:
-    """The bot's reply to each posted message (exactly one each), keyed by the posted message's id."""
+    """The bot's final reply to each posted message (exactly one each), keyed by the posted message's id.
+
+    A long voice message's reply first shows the live transcript ("transcribing… n of m parts done") and is
+    edited into the answer: until then the bot is still at work on it."""
     ids = {m.id for m in posted}
 
     def done() -> dict[int, Message] | None:
         found = {m.reference_id: m for m in sb.bot_messages() if m.reference_id in ids}
-        return found if len(found) == len(ids) else None
+        final = len(found) == len(ids) and not any("transcribing…" in m.content for m in found.values())
+        return found if final else None
 
     found = await sb.wait_for(done, timeout)
     await asyncio.sleep(0.3)
@@ -176,7 +180,7 @@ async def test_busy_and_commands_stay_prompt_while_transcribing(voice_bot, clips
     assert (await harness.ask("!hi")).startswith("Hi member!")
     hi_seconds = loop.time() - start
     answered_before_hi = [m for m in sb.bot_messages() if m.reference_id in {p.id for p in posted}
-                          and m.content.startswith("> ")]
+                          and m.content.startswith("> ") and "transcribing…" not in m.content]
     assert hi_seconds < 2.0 and not answered_before_hi, "!hi waited for the transcription"
 
     replies = await replies_to(sb, posted, timeout=90)
