@@ -11,12 +11,30 @@ import asyncio
 import dataclasses
 import difflib
 import logging
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO, TypedDict
 from urllib.parse import urlsplit
+
+
+def _run_in_venv() -> None:
+    """``python bot.py`` with an interpreter outside the project's .venv (which ``make`` builds): start again in
+    the venv, so a newcomer's ``printf '!hi\n' | python bot.py`` finds the packages instead of failing on the
+    first import. Only when the venv exists, and once (a venv that cannot import them reports it)."""
+    venv = Path(__file__).resolve().parent / ".venv"
+    python = venv / "bin" / "python"
+    if (not python.exists() or os.environ.get("TRAINER_BOT_REEXEC")
+            or Path(sys.prefix).resolve() == venv.resolve()):
+        return
+    os.environ["TRAINER_BOT_REEXEC"] = "1"
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _run_in_venv()
 
 import aiohttp
 import discord
@@ -349,7 +367,8 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
 
 def run_dev(settings: Settings) -> int:
     """``python bot.py`` in dev mode without a token: the sandbox and a chat in this terminal."""
-    workdir = ROOT / "sandbox_files"
+    # Beside DATA_DIR with the sandbox's world: one folder holds a dev session's world, log and attachments.
+    workdir = sandbox_world_file(settings).parent
     log_file = workdir / "bot.log"
     setup_logging(settings, log_file=log_file)
     print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)
