@@ -227,6 +227,28 @@ def is_admin_user(bot: TrainerBot, user: discord.User | discord.Member) -> bool:
 
 # ---------------------------------------------------------------- errors nobody expected
 
+class CannotPostHere(commands.CheckFailure):
+    """I may not post in the channel a command came from: it is not run (the log says it once)."""
+
+
+def may_post(channel: Any) -> bool:
+    """Whether my permissions (as the cache knows them) let me post in ``channel``; DMs: yes."""
+    guild = getattr(channel, "guild", None)
+    if guild is None or not hasattr(channel, "permissions_for"):
+        return True
+    perms = channel.permissions_for(guild.me)
+    send = perms.send_messages_in_threads if isinstance(channel, discord.Thread) else perms.send_messages
+    return bool(perms.view_channel and send)
+
+
+def refused_post(error: discord.HTTPException, channel: Any) -> bool:
+    """Whether ``error`` is Discord refusing a message or typing indicator of mine in ``channel``."""
+    response = error.response
+    path = getattr(getattr(response, "url", None), "path", "")
+    return (error.status == 403 and getattr(response, "method", "") == "POST"
+            and path.endswith((f"/channels/{channel.id}/messages", f"/channels/{channel.id}/typing")))
+
+
 def report_unexpected(what: str, exc: BaseException | None = None) -> str:
     """Log an unexpected failure with a short error id and return the id to show the user."""
     error_id = secrets.token_hex(3)

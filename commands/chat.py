@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import charge, no_pings, report_unexpected, split_message, user_line
+from commands._shared import charge, may_post, no_pings, report_unexpected, split_message, user_line
 from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
@@ -45,6 +46,10 @@ class Chat(commands.Cog):
         self.dm_guilds: dict[int, tuple[tuple[int, ...], float]] = {}
         # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
+        # Per channel, the answer that goes out last so far: done when it has been sent (or given up).
+        # Answers are worked out side by side but sent in the order the questions came, however long
+        # each takes and however long Discord's rate limits hold each send back.
+        self.last_answer: dict[int, asyncio.Future[None]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
         """Chat channels (and the threads in them), DMs and mentions get answers; everything else is left alone."""
@@ -112,22 +117,36 @@ class Chat(commands.Cog):
             return
         if not self.wants_answer(message):
             return
-        # 2. What was said: the text, or the words of a voice message / audio file.
-        att = audio_attachment(message)
-        prompt: str | None
-        heard: str | None
-        live: discord.Message | None = None
-        if att is not None:
-            heard_as = await self.transcribe(message, att)
-            if heard_as is None:
-                return
-            prompt, heard, live = heard_as
-        else:
-            prompt, heard = await self.prompt_of(message), None
-        if not prompt:
+        if not may_post(message.channel):  # a channel I may read but not write in: no answer to give
+            self.bot.cannot_post(message.channel, "no Send Messages permission")
             return
-        # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
-        await self.reply_to(message, prompt, heard=heard, into=live)
+        channel_id = message.channel.id
+        previous = self.last_answer.get(channel_id)
+        mine = self.last_answer[channel_id] = asyncio.get_running_loop().create_future()
+        try:
+            # 2. What was said: the text, or the words of a voice message / audio file.
+            att = audio_attachment(message)
+            prompt: str | None
+            heard: str | None
+            live: discord.Message | None = None
+            if att is not None:
+                heard_as = await self.transcribe(message, att)
+                if heard_as is None:
+                    return
+                prompt, heard, live = heard_as
+            else:
+                prompt, heard = await self.prompt_of(message), None
+            if not prompt:
+                return
+            # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
+            await self.reply_to(message, prompt, heard=heard, into=live, after=previous, turn=mine)
+        except discord.Forbidden as exc:  # my permissions changed while I worked on it
+            self.bot.cannot_post(message.channel, exc.text)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if self.last_answer.get(channel_id) is mine:
+                del self.last_answer[channel_id]
 
     async def asked_answer(self, message: discord.Message) -> Answer | None:
         """The logged answer ``message`` corrects when it replies to my ask for the right answer (sent after
@@ -201,6 +220,8 @@ class Chat(commands.Cog):
             await say(user_line(exc, self.bot.settings.prefix))
         except TrainerError as exc:
             await say(f"I couldn't use that audio: {exc}")
+        except discord.Forbidden:
+            raise  # the typing indicator refused: I may not post here (on_message logs it once)
         except discord.HTTPException as exc:
             log.warning("could not download attachment %s: %s", att.id, exc)
             await say("I couldn't download that audio file; please send it again.")
@@ -212,12 +233,16 @@ class Chat(commands.Cog):
         return None
 
     async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None,
-                       into: discord.Message | None = None) -> list[discord.Message]:
+                       into: discord.Message | None = None, after: asyncio.Future[None] | None = None,
+                       turn: asyncio.Future[None] | None = None) -> list[discord.Message]:
         """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``.
 
-        ``into``: my reply already showing the live transcript; it is edited into the answer's first part."""
+        ``into``: my reply already showing the live transcript; it is edited into the answer's first part.
+        The reply goes out once ``after`` (the previous answer in the channel) has gone out, and ``turn`` is
+        done as soon as this one has (before it is recorded: the next answer need not wait for that)."""
         guild = await self.guild_for(message)
         if guild is None:
+            await _wait_for(after)
             return [await message.reply(NO_SHARED_GUILD, mention_author=False)]
         turns = self.history.setdefault(message.channel.id, deque(maxlen=2 * HISTORY_TURNS))
         try:
@@ -225,11 +250,16 @@ class Chat(commands.Cog):
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 reply = await self.bot.model.reply(guild.id, prompt, list(turns))
         except TrainerError as exc:
+            await _wait_for(after)
             return [await self._first(message, into, user_line(exc, self.bot.settings.prefix))]
+        except discord.Forbidden:
+            raise  # the typing indicator refused: I may not post here (on_message logs it once)
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
+            await _wait_for(after)
             return [await self._first(message, into,
                                       f"I couldn't answer that (error id `{error_id}`); it has been logged.")]
+        await _wait_for(after)
         answer = reply.text
         sent: list[discord.Message] = []
         # "Did you mean": a button per question; the asker's click answers it (commands/offers.py; looked up by
@@ -249,6 +279,8 @@ class Chat(commands.Cog):
                 sent.append(await self._first(message, into, chunk))
             else:
                 sent.append(await message.channel.send(chunk))
+        if turn is not None and not turn.done():
+            turn.set_result(None)
         turns.extend((("user", prompt), ("assistant", answer)))
         self.bot.dispatch("chat_answer", message, answer)  # the voice cog speaks it when in a call
         try:
@@ -271,6 +303,12 @@ class Chat(commands.Cog):
             except discord.HTTPException as exc:  # deleted meanwhile: answer in a new reply
                 log.info("could not edit the live transcript %s: %s", into.id, exc)
         return await message.reply(content, mention_author=False)
+
+
+async def _wait_for(previous: asyncio.Future[None] | None) -> None:
+    """Until ``previous`` is done (never raises: a previous answer that failed still lets the next go)."""
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
 
 
 def live_transcript(text: str, done: int, total: int) -> str:
