@@ -16,7 +16,6 @@ import dataclasses
 import json
 import re
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -609,14 +608,14 @@ async def test_train_unicode_file_names(harness: BotHarness, started: list[str])
     assert started == ["supervised", "supervised"]
 
 
-async def test_train_50_mb_attachment(harness: BotHarness, started: list[str]) -> None:
+async def test_train_big_attachment(harness: BotHarness, started: list[str]) -> None:
+    """A big attachment is saved whole and every line of it ingested (the time a 50 MB upload takes is
+    bench/data.py's figure, ingest_file)."""
     line = b'{"prompt": "question %d ' + b"x" * 160 + b'", "completion": "answer %d"}\n'
-    lines = [line % (i, i) for i in range(260_000)]
+    lines = [line % (i, i) for i in range(60_000)]
     data = b"".join(lines)
-    assert len(data) >= 50 * 1_000_000
-    t0 = time.monotonic()
+    assert len(data) >= 11 * 1024 * 1024  # over Discord's default 10 MB upload limit
     text = await harness.ask("!train", user="admin", attachments=[("big.jsonl", data, None)], timeout=60)
-    elapsed = time.monotonic() - t0
     assert text.startswith(f"Added **{len(lines):,}** examples."), text
     space = space_of(harness)
     [upload] = list(space.uploads.iterdir())
@@ -624,7 +623,6 @@ async def test_train_50_mb_attachment(harness: BotHarness, started: list[str]) -
     [ingested] = dataset_folder.current_dataset(space).glob("ingested-*.jsonl")
     assert ingested.read_bytes().count(b"\n") == len(lines)
     assert started == ["supervised"]
-    print(f"50 MB attachment ingested in {elapsed:.1f}s")  # a figure, not an assertion
 
 
 async def test_train_attachment_over_the_limit(harness: BotHarness, started: list[str],

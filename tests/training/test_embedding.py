@@ -145,14 +145,20 @@ def test_decide_needs_a_lead_over_a_different_answer() -> None:
 
 
 def test_paraphrase_sets_right_or_dont_know(backend: LocalBackend, tmp_path: Path) -> None:
-    """Figures from bench/calibrate.py, all three sets (one held out of calibration)."""
-    total = Figures()
+    """A fixed sample of each set (every 4th paraphrase, every 5th unanswerable question): right or "don't know",
+    never a confident wrong fact. The figures over the whole sets (one held out of calibration) are
+    bench/calibrate.py's to print."""
+    total, unanswerable, answered = Figures(), 0, 0
     for s in SETS:
-        total.add(score(backend, trained(s, backend.embedder(), tmp_path), s))
-    assert total.paraphrases == 170 and total.unanswerable == 60
-    assert total.wrong <= 0.02 * total.paraphrases, total.line()  # never a confident wrong fact
+        model = trained(s, backend.embedder(), tmp_path)
+        total.add(score(backend, model, s, s.paraphrases[::4]))
+        for q in s.unanswerable[1::5]:
+            unanswerable += 1
+            answered += backend.match(model, q) is not None
+    assert total.paraphrases == 43 and unanswerable == 12
+    assert total.wrong == 0, total.line()  # never a confident wrong fact
     assert total.right >= 0.65 * total.paraphrases, total.line()
-    assert total.unanswerable_answered <= 0.10 * total.unanswerable, total.line()
+    assert answered == 0
     # Word matching on the same sets: what the embeddings replace (confidently wrong, often).
     words = LocalBackend(Settings(), embed_model="none")
     s = WORK

@@ -173,9 +173,9 @@ async def until(check, timeout: float = 20.0, every: float = 0.02):
 
 @pytest.mark.asyncio
 async def test_progress_reports_pairs_done_rate_and_time_left(space: GuildSpace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fit, "CHUNK_TOKENS", 200)  # ~10 pairs a chunk: many reports from a small job
+    monkeypatch.setattr(fit, "CHUNK_TOKENS", 100)  # ~4 pairs a chunk: many reports from a small job
     backend = LocalBackend(Settings())
-    job = await backend.start_job(space, compiled(many(120)), method="supervised", suffix="t")
+    job = await backend.start_job(space, compiled(many(30)), method="supervised", suffix="t")
     seen = []
     while True:
         upd = await backend.poll(space, job)
@@ -186,9 +186,9 @@ async def test_progress_reports_pairs_done_rate_and_time_left(space: GuildSpace,
         await asyncio.sleep(0.01)
     assert upd.status == "succeeded" and upd.eta_s == 0.0
     done = [u.progress[0] for u in seen]
-    assert done == sorted(done) and done[-1] == 120 and len(set(done)) >= 3
-    assert {u.progress[1] for u in seen} == {120}
-    moving = [u for u in seen if 0 < u.progress[0] < 120]
+    assert done == sorted(done) and done[-1] == 30 and len(set(done)) >= 3
+    assert {u.progress[1] for u in seen} == {30}
+    moving = [u for u in seen if 0 < u.progress[0] < 30]
     assert moving and all(u.examples_per_s and u.examples_per_s > 0 and u.eta_s is not None for u in moving)
     assert any(u.eta_s > 0 for u in moving)
 
@@ -248,11 +248,11 @@ def kill_mid_way(tmp_path: Path, pairs: list[tuple[str, str]], at_least: int) ->
 @pytest.mark.asyncio
 async def test_a_training_killed_mid_way_resumes_from_the_vectors_it_saved(
         space: GuildSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pairs = many(600)
-    work = kill_mid_way(tmp_path, pairs, at_least=40)
+    pairs = many(60)
+    work = kill_mid_way(tmp_path, pairs, at_least=15)
     assert work.path.parent.parent == space.models
     done, todo = work.progress()
-    assert 40 <= done < todo == 600
+    assert 15 <= done < todo == 60
     backend = LocalBackend(Settings())
     emb = backend.embedder()
     embedded: list[str] = []
@@ -261,12 +261,12 @@ async def test_a_training_killed_mid_way_resumes_from_the_vectors_it_saved(
     job = Job(id="local-killed", backend="local", status="running", total_steps=4, extra={"attempts": 1})
     upd = await backend.poll(space, job)
     assert upd.status == "running" and upd.extra == {"attempts": 2}
-    assert f"resuming with {done:,} of 600 pairs embedded" in upd.events[0]
+    assert f"resuming with {done:,} of 60 pairs embedded" in upd.events[0]
     assert "without a word" in upd.events[0]  # a kill leaves no reason
     await backend.wait(job.id)
     upd = await backend.poll(space, job)
     assert upd.status == "succeeded" and upd.fine_tuned_model == "local-v1"
-    assert len(embedded) == 600 - done  # only what the killed run had not saved
+    assert len(embedded) == 60 - done  # only what the killed run had not saved
     assert np.allclose(load_version(space, "local-v1", emb).vectors,
                        real([p for p, _ in pairs], [a for _, a in pairs]), atol=1e-5)
     assert not (space.models / fit.RUNS).exists()
@@ -277,7 +277,7 @@ async def test_a_clean_stop_resumes_and_three_cut_starts_fail_with_the_reason(
         space: GuildSpace, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fit, "CHUNK_TOKENS", 200)
     backend = LocalBackend(Settings())
-    job = await backend.start_job(space, compiled(many(400)), method="supervised", suffix="t")
+    job = await backend.start_job(space, compiled(many(60)), method="supervised", suffix="t")
     await until(lambda: _embedding(backend, space, job), timeout=30)
     await backend.close()  # /quit or SIGTERM: the worker stops at its next check, its work stays
     work = fit.Work(space.models, job.id)
