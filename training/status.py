@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from training.backend import TERMINAL, Evaluation, Job, Score, TrainingBackend, backend_class
+from training.evaluation import OVERLAP_MIN
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,9 @@ def _evaluation_lines(ev: Evaluation | None) -> list[str]:
         lines.append(f"Not scored: {ev.error}")
     elif not lines:
         lines.append("Evaluation: nothing to score on yet (no test cases, too few pairs to hold out).")
+    elif ev.by_meaning:
+        lines.append("Scored by meaning: every number and name of the expected answer, and at least "
+                     f"{OVERLAP_MIN:.0%} of its words.")
     if ev.candidate:
         lines.append(f"Kept as a candidate: more than {round(100 * ev.margin)} points worse than "
                      f"`{old}` on the evaluation set.")
