@@ -154,6 +154,7 @@ _STOP = frozenset(
     "his her can could will would shall should may might must have has had just also any all each every per into "
     "onto about up out over please what when where who whom which how why yes".split())
 _TOKEN = re.compile(r"[\w@#$€£%]+(?:[.:/\-'’][\w@#$€£%]+)*", re.UNICODE)
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
 ABSTAIN = re.compile(r"^\W*(?:i\s+(?:don'?t|do\s+not)\s+know|i'?m\s+not\s+sure|i\s+am\s+not\s+sure)", re.I)
 
@@ -175,18 +176,17 @@ def key_facts(text: str) -> set[str]:
     """The facts an answer must keep: its numbers (digits or number words, "27th" is 27) and its names (words
     with a capital inside a sentence, identifiers like ``leant.code`` or ``#standup``, e-mail addresses)."""
     facts: set[str] = set()
-    start = True  # "Salaries are ..." : a capital at a sentence's start is no name
-    for tok in _tokens(text):
-        low = tok.casefold()
-        numbers = _NUMBER.findall(tok)
-        if numbers:
-            facts.update(n.replace(",", "") for n in numbers)
-        elif low in _NUMBER_WORDS:
-            facts.add(_NUMBER_WORDS[low])
-        elif any(c in tok for c in "@#.:/_") or (not start and tok[:1].isupper()) or \
-                (len(tok) > 1 and sum(c.isupper() for c in tok) > 1):
-            facts.add(_stem(tok.strip(".:")))
-        start = tok.endswith((".", "!", "?"))  # a capital after a sentence's end is no name either
+    for sentence in _SENTENCE.split(text):
+        for at, tok in enumerate(_tokens(sentence)):
+            low = tok.casefold()
+            numbers = _NUMBER.findall(tok)
+            if numbers:
+                facts.update(n.replace(",", "") for n in numbers)
+            elif low in _NUMBER_WORDS:
+                facts.add(_NUMBER_WORDS[low])
+            elif any(c in tok for c in "@#.:/_") or (at and tok[:1].isupper()) or \
+                    (len(tok) > 1 and sum(c.isupper() for c in tok) > 1):
+                facts.add(_stem(tok.strip(".:")))  # a capital starting a sentence ("Salaries are ...") is no name
     return facts
 
 

@@ -39,8 +39,12 @@ from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
 from training.backend import History, Job, JobUpdate, Method, TrainingBackend
+from training.evaluation import abstains
 from training.hf_generate import Generator
+from training.hf_ground import PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
 from training.hf_store import ADAPTER_FILES, BaseSpec
+from training.local.answer import dont_know
+from training.local.overlay import Overlays
 from training.versions import remove_stale_tmp
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class HFBackend(TrainingBackend):
              "version kept for rollback and exportable with `{prefix}export model`.")
     no_loss_reason = None  # every finished job has a loss curve
     versions = hf_store.VERSIONS  # the models are the hf-v<N> folders on disk
+    generates = True  # answers are written by the model: the evaluation gate scores them by meaning
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         super().__init__(settings)
@@ -86,12 +91,34 @@ class HFBackend(TrainingBackend):
              "threads": settings.hf_threads, "max_seq_length": settings.hf_max_seq_length},
             queue=settings.hf_answer_queue, timeout=settings.hf_answer_timeout,
         )
+        # Grounding (HF_GROUNDING): the same embedding model as the local backend finds the notes for a prompt.
+        self.retriever = Retriever(settings.embed_model, settings.hf_grounding_pairs) if settings.hf_grounding \
+            else None
+        self._overlays = Overlays(self._embedder)
+
+    def _embedder(self) -> Any:
+        return self.retriever.embedder() if self.retriever is not None else None
+
+    def describe(self) -> str:
+        """One line for ``!model``: whether answers are grounded in the trained pairs, and if not why."""
+        if self.retriever is None:
+            return ("writes its answers from what it learnt; grounding is off (HF_GROUNDING=off), so it may state "
+                    "made-up facts about questions it was not trained on")
+        emb = self.retriever.embedder()
+        if emb is None:
+            return (f"grounding is unavailable ({self.retriever.error}): it answers ungrounded, from what it "
+                    "learnt alone, and may state made-up facts about questions it was not trained on")
+        return (f"grounded: finds the {self.retriever.k} trained pairs (and corrections) closest to each question "
+                f"with the `{emb.name}` embedding model, answers from them, and says it doesn't know when they "
+                "don't hold the answer")
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Remove half-saved versions that dead trainers left (the worker starts with the first answer)."""
+        """Remove half-saved versions that dead trainers left, load the embedding model for grounding (the answer
+        worker starts with the first answer)."""
         await asyncio.to_thread(self._sweep)
+        await asyncio.to_thread(self._embedder)
 
     def _sweep(self) -> None:
         try:
@@ -122,6 +149,15 @@ class HFBackend(TrainingBackend):
         if not lines:
             what = "chat examples" if method == "supervised" else "preference pairs (corrections of my answers)"
             raise InvalidInput(f"There are no {what} to train on.")
+        notes: list[str] = []
+        if method == "supervised":
+            kept = [line for line in lines if _has_answer(line)]
+            if not kept:
+                raise InvalidInput("Every example has an empty answer: there is nothing to learn. Give each "
+                                   "question its answer and train again.")
+            if len(kept) < len(lines):
+                notes.append(f"Skipped {len(lines) - len(kept)} example(s) with an empty answer")
+            lines = kept
         models = space.models
         current = jobs.current_model(space, self.name) if method == "dpo" else None
         parent = models / current if current else None
@@ -136,21 +172,37 @@ class HFBackend(TrainingBackend):
             "lora_rank": s.hf_lora_rank, "epochs": s.hf_epochs, "learning_rate": s.hf_learning_rate,
             "max_seq_length": s.hf_max_seq_length, "batch_size": s.hf_batch_size, "threads": s.hf_threads,
             "device": s.hf_device, "checkpoint_seconds": s.hf_checkpoint_seconds, "bot_pid": os.getpid(), "seed": 0,
+            "loss_target": s.hf_loss_target, "recall_target": s.hf_recall_target, "time_budget": s.hf_time_budget,
         }
+        lines_out: list[Any] = list(lines)
 
         def prepare() -> None:
+            nonlocal lines_out
             run.mkdir(parents=True, exist_ok=True)
-            atomic_write_jsonl(run / "train.jsonl", lines)
+            emb = self._embedder() if method == "supervised" else None
+            if emb is not None:
+                # Grounded training (RAFT): each pair among its nearest neighbours, plus "I don't know" examples.
+                raft = raft_lines(lines, emb, k=s.hf_grounding_pairs, abstain_share=s.hf_abstain_share)
+                lines_out = raft.lines
+                save_pairs(run, raft.pairs, raft.vectors, emb)
+                spec["grounded"] = True
+                notes.append(f"Grounded training: {len(raft.pairs)} pair(s), each with its {s.hf_grounding_pairs - 1} "
+                             f"closest other pair(s) as notes, and {raft.abstain} example(s) that answer \"I don't "
+                             "know\" when the notes don't hold the answer")
+            elif method == "supervised" and self.retriever is not None:
+                notes.append(f"Not grounded: {self.retriever.error or 'no embedding model'}; the model answers "
+                             "from what it learns alone")
+            atomic_write_jsonl(run / "train.jsonl", lines_out)
             if method == "dpo":  # the trainer replays some of these so DPO does not wipe what it knew
                 atomic_write_jsonl(run / "replay.jsonl", compiled.supervised)
             atomic_write_json(run / "job.json", spec)
             self._launch(run, job_id)
 
         await asyncio.to_thread(prepare)
-        total = math.ceil(len(lines) / s.hf_batch_size) * s.hf_epochs
-        log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method, len(lines),
-                 self.base.label)
-        return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total,
+        total = math.ceil(len(lines_out) / s.hf_batch_size) * s.hf_epochs
+        log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method,
+                 len(lines_out), self.base.label)
+        return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total, events=notes,
                    extra={"base_model": self.base.label, "parent_model": current if parent else None,
                           "attempts": 1, "events_offset": 0, "launcher": s.hf_launcher})
 
@@ -223,6 +275,9 @@ class HFBackend(TrainingBackend):
                 upd.status, upd.fine_tuned_model = "succeeded", ev.get("model")
                 upd.step = int(ev.get("step") or 0) or upd.step
                 upd.eta_s = 0.0
+                if ev.get("ended_by"):  # which condition ended it: learned, loss target, time budget, all epochs
+                    upd.events.append(str(ev["ended_by"]))
+                    upd.note = str(ev["ended_by"])
             elif kind == "cancelled":
                 upd.status = "cancelled"
             elif kind == "error":
@@ -328,9 +383,35 @@ class HFBackend(TrainingBackend):
         if not ok:
             raise BackendError(f"Model `{model_name}` is missing from this server's models folder; train again, "
                                f"or", helps=("model <name>", "switches to another"))
+        found = await self.ground(space, folder, prompt)
+        if found is not None and found.best < self._floor():
+            return self.dont_know(found.suggestions)  # about nothing it was taught: no need to ask the model
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
-                                              max_new_tokens=self.settings.hf_max_new_tokens)
+                                              max_new_tokens=self.settings.hf_max_new_tokens,
+                                              context=found.context if found is not None else None)
+        if found is not None and abstains(reply["text"]):
+            return self.dont_know(found.suggestions)
         return reply["text"] or "…"
+
+    def _floor(self) -> float:
+        return self.retriever.floor() if self.retriever is not None else 0.0
+
+    def dont_know(self, suggestions: list[str]) -> str:
+        """The same honest "I don't know" as the local backend's, offering the closest trained questions."""
+        return dont_know(self.settings.prefix, suggestions)
+
+    async def ground(self, space: GuildSpace, folder: Path | None, prompt: str) -> Retrieved | None:
+        """The notes for ``prompt`` from the version's trained pairs and the server's counted corrections; None
+        when the answer is not grounded (no version yet, a version trained without grounding, grounding off,
+        or no embedding model: then the model answers from what it learnt alone)."""
+        retriever = self.retriever
+        if retriever is None or folder is None or not (folder / PAIRS_FILE).is_file():
+            return None
+        index = await asyncio.to_thread(retriever.index, folder)
+        if index is None:
+            return None
+        overlay = await self._overlays.get(space)
+        return await asyncio.to_thread(retriever.retrieve, index, prompt, overlay)
 
     # ------------------------------------------------------------ export
 
@@ -412,6 +493,12 @@ safetensors adapters for the architectures it supports (Llama, Mistral, Gemma); 
 adapter with llama.cpp's `convert_lora_to_gguf.py --base <base folder> ./{name}` and point `ADAPTER` at the
 .gguf it writes (llama.cpp's own server takes it as `--lora`).
 """
+
+
+def _has_answer(line: Any) -> bool:
+    """Whether a chat line has an assistant answer that is not blank."""
+    return any(isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), str)
+               and m["content"].strip() for m in line.get("messages") or [])
 
 
 def _opt(kind: Callable[[Any], T], value: Any) -> T | None:
