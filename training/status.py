@@ -84,6 +84,8 @@ def render_status(job: Job, now: float | None = None) -> str:
         if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
             what += f", ~{_known(est.tokens)} tokens, {_known(est.epochs)} epochs"
         lines.append(f"Estimate: {what}")
+    if job.note:  # the backend's word on this job (hf: what it trained on, which condition ended it)
+        lines.append(job.note)
     if job.resumed_from is not None:
         lines.append(f"Resumed from its checkpoint at step {job.resumed_from} after a restart.")
     if job.model:

@@ -22,6 +22,7 @@ from tests.training.test_hf import hf_settings, run_to_end
 from training import hf_ground
 from training.hf import HFBackend
 from training.hf_ground import ABSTAIN, user_message
+from training.status import render_status
 
 TAUGHT = FAQ[:6]
 
@@ -65,8 +66,10 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         # The loss target (100) is reached at once, so recall is checked after each epoch; the tiny model does
         # not learn to read in an epoch, so it runs them all, and says so.
         assert any("recall check" in e for e in job.events), job.events
-        assert job.note and job.note.startswith("Training ran all 1 epochs (HF_EPOCHS); the last recall check got "
-                                                "the key facts of"), job.note
+        assert job.note and job.note.startswith("Skipped 1 example(s) with an empty answer. Grounded training: "
+                                                "6 pair(s)"), job.note
+        assert "Training ran all 1 epoch (HF_EPOCHS); the last recall check got the key facts of" in job.note
+        assert job.note in render_status(job)  # the status message says which condition ended it
         version = space.models / str(job.model)
         assert (version / hf_ground.PAIRS_FILE).is_file() and (version / hf_ground.VECTOR_FILES[0]).is_file()
 
@@ -113,7 +116,7 @@ def spy_on(backend: HFBackend) -> list[dict]:
         asked.append({**reply, "context": kw["context"]})
         return reply  # type: ignore[return-value]
 
-    backend.generator.generate = spy  # type: ignore[method-assign]
+    backend.generator.generate = spy  # type: ignore[method-assign,assignment]
     return asked
 
 
