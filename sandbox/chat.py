@@ -23,7 +23,10 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import TextIO
 
+from sandbox.components import button_text, buttons
+from sandbox.interactions import NOT_RESPONDED, Interaction, InteractionRefused, OpenModal
 from sandbox.server import Message, ReactionError, Sandbox, User, parse_emoji
+from sandbox.state import LOADING
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ Chat commands:
   /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
   /unreact ID EMOJI   take your reaction back
   /voice join|leave   move the current user in or out of the voice channel
+  /slash NAME key=value ...   run a slash command (NAME may be "group sub"); file=PATH for a file option
+  /click ID N         press button N of message ID (buttons are printed [N: label], row by row)
+  /menu ID "Command name"     run a context-menu command on message ID (or on a user: /menu @NAME ...)
+  /modal field=value ...      submit the open modal (its fields are printed when the bot opens it)
   /reset              start a new world: new server (so no data or model yet), users, channels, ids
   /wait SECONDS       pause
   /help               this list
@@ -189,6 +196,7 @@ class TerminalChat:
         self._frames_at_start = 0
         sandbox.add_listener(self._on_message)
         sandbox.add_reaction_listener(self._on_reaction)
+        sandbox.add_interaction_listener(self._on_interaction)
         if sandbox.voice_server is not None:
             sandbox.voice_server.add_listener(self._on_voice)
 
@@ -202,9 +210,15 @@ class TerminalChat:
         self._activity.set()
         tag = " (edited)" if event == "update" else ""
         reply = f" ↪{msg.reference_id}" if msg.reference_id and event == "create" else ""
-        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {self._readable(msg.content)}")
+        if msg.visible_to is not None:
+            names = ", ".join(self.sandbox.users[u].name for u in sorted(msg.visible_to) if u in self.sandbox.users)
+            tag += " (only you can see this)" if msg.visible_to == {self.user.id} else f" (only {names} can see this)"
+        text = f"{msg.author.name} is thinking…" if msg.flags & LOADING else self._readable(msg.content)
+        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {text}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
+        for line in self.button_lines(msg):
+            self.say("    " + line)
         if (pings := self._pings(msg)) is not None:
             self.say("    " + pings)
         if event == "create":
@@ -213,6 +227,41 @@ class TerminalChat:
                 path = self.files_dir / f"{msg.id}-{Path(att.filename).name}"
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
+
+    @staticmethod
+    def button_lines(msg: Message) -> list[str]:
+        """A message's buttons as the chat prints them: one line per row, ``[N: label]`` each, N counting
+        from 1 left to right, row by row (what ``/click ID N`` presses)."""
+        lines, n = [], 0
+        for row in buttons(msg.components):
+            texts = []
+            for button in row:
+                n += 1
+                texts.append(button_text(n, button))
+            lines.append(" ".join(texts))
+        return lines
+
+    def _on_interaction(self, event: str, inter: Interaction) -> None:
+        """What the bot did with an interaction that is no message: a modal, choices, no answer."""
+        self._last_activity = asyncio.get_running_loop().time()
+        self._activity.set()
+        if event == "modal" and inter.modal is not None:
+            modal = OpenModal(inter, inter.modal)
+            self.say(f"* {self.sandbox.bot_user.name} opened a form for {inter.user.name}: "
+                     f"{inter.modal.get('title', '')}")
+            for f in modal.fields:
+                limits = [] if f.get("required", True) is False else ["required"]
+                if f.get("max_length"):
+                    limits.append(f"at most {f.get('max_length')} characters")
+                self.say(f"    {f.get('custom_id')}: {f.get('label') or ''}" + (f" ({', '.join(limits)})" if limits else "")
+                         + (f" [{f.get('value')}]" if f.get("value") else ""))
+            self.say("    submit it with /modal " + " ".join(f"{f.get('custom_id')}=..." for f in modal.fields))
+        elif event == "choices":
+            choices = ", ".join(str(c.get("name")) for c in inter.choices or []) or "(none)"
+            self.say(f"* choices: {choices}")
+        elif event == "failed":
+            what = f"/{inter.command.name}" if inter.command is not None else "the interaction"
+            self.say(f"! {NOT_RESPONDED} ({what})")
 
     def say_world(self) -> None:
         """Whether this chat continues a saved world, or why a saved one could not be used."""
@@ -371,6 +420,67 @@ class TerminalChat:
                 return
             self.say(f"* {sb.bot_user.name} joined the new server; you are {self.user.name} in #{sb.text_channel.name}")
 
+    async def _interaction_command(self, cmd: str, args: list[str]) -> None:
+        """/slash, /click, /menu and /modal: use the bot's commands, buttons and forms as Discord's
+        client does, and say plainly what the client would not let the user do."""
+        sb = self.sandbox
+        self._posted_at = asyncio.get_running_loop().time()  # the bot answers an interaction
+        try:
+            if cmd == "/slash":
+                if not args:
+                    self.say("! usage: /slash NAME key=value ...")
+                    self._posted_at = None
+                    return
+                words = [a for a in args if "=" not in a]
+                given = dict(a.split("=", 1) for a in args if "=" in a)
+                name = " ".join(words)
+                options = self._file_option(name, given)
+                self.say(f"* {self.user.name} used /{name}" + "".join(f" {k}:{v}" for k, v in given.items()))
+                await sb.slash(self.user, name, **options)
+            elif cmd == "/click":
+                if len(args) != 2 or not args[0].isdigit() or not args[1].isdigit():
+                    self.say("! usage: /click MESSAGE_ID N")
+                    self._posted_at = None
+                    return
+                await sb.click(self.user, int(args[0]), int(args[1]))
+                self.say(f"* {self.user.name} pressed button {args[1]} on [{args[0]}]")
+            elif cmd == "/menu":
+                if len(args) != 2:
+                    self.say('! usage: /menu MESSAGE_ID "Command name"')
+                    self._posted_at = None
+                    return
+                target: int | str = int(args[0]) if args[0].isdigit() else args[0].lstrip("@")
+                await sb.menu(self.user, target, args[1])
+                self.say(f"* {self.user.name} used {args[1]} on {'[' + args[0] + ']' if args[0].isdigit() else args[0]}")
+            else:
+                if any("=" not in a for a in args):
+                    self.say("! usage: /modal field=value ...")
+                    self._posted_at = None
+                    return
+                fields = dict(a.split("=", 1) for a in args)
+                await sb.submit_modal(self.user, **fields)
+                self.say(f"* {self.user.name} submitted the form")
+        except InteractionRefused as exc:
+            self._posted_at = None
+            self.say(f"! {exc}")
+            return
+        self.posted = True
+
+    def _file_option(self, name: str, options: dict[str, str]) -> dict[str, object]:
+        """``file=PATH`` goes to the command's attachment option whatever its name (when it has one)."""
+        out: dict[str, object] = dict(options)
+        top, *path = name.split()
+        cmd = self.sandbox.state.commands.find(top, 1, self.sandbox.guild_id)
+        found = cmd.find_path(path) if cmd is not None else None
+        spec = found[1] if found is not None else []
+        attachments = [str(o.get("name")) for o in spec if o.get("type") == 11]
+        if "file" in out and "file" not in {str(o.get("name")) for o in spec} and len(attachments) == 1:
+            out[attachments[0]] = out.pop("file")
+        for key in attachments:
+            if isinstance(out.get(key), str):
+                out[key] = Path(str(out[key]))
+        return out
+
     async def _command(self, cmd: str, args: list[str], line: str) -> bool:
         sb = self.sandbox
         if cmd == "/quit":
@@ -456,6 +566,8 @@ class TerminalChat:
             await sb.set_voice(self.user, sb.voice_channel if joining else None)
             self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {sb.voice_channel.name}"
                      + (f"; then {self.prefix}join brings the bot" if joining and sb.voice_server else ""))
+        elif cmd in ("/slash", "/click", "/menu", "/modal"):
+            await self._interaction_command(cmd, args)
         elif cmd == "/wait":
             try:
                 seconds = float(args[0]) if args else 1.0

@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import WSMsgType, web
 
@@ -23,11 +23,13 @@ from sandbox.payloads import (
     DispatchFrame,
     EventPayload,
     IdentifyPayload,
+    MessagePayload,
     ReadyPayload,
     ResumedPayload,
     ResumePayload,
     VoiceStateRequestPayload,
 )
+from sandbox.rest import MESSAGE_CONTENT, strip_content
 from sandbox.state import User, shard_of
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 # the sandbox answers after a short, LAN-like round trip instead. A bot whose loop really stalls
 # still measures the stall: the delay only moves the ACK later, never earlier.
 HEARTBEAT_ACK_DELAY = 0.05
+
+# Events whose message content the Message Content intent gates (MESSAGE_DELETE has none).
+CONTENT_EVENTS = ("MESSAGE_CREATE", "MESSAGE_UPDATE")
 
 # Gateway opcodes.
 OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_PRESENCE, OP_VOICE_STATE = 0, 1, 2, 3, 4
@@ -110,7 +115,10 @@ class Gateway:
             if (intent and not session.intents & intent) or not session.receives(guild_id):
                 continue
             session.seq += 1
-            payload: DispatchFrame = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
+            sent = data
+            if event in CONTENT_EVENTS and not session.intents & MESSAGE_CONTENT:
+                sent = strip_content(cast(MessagePayload, data), session.user.id)
+            payload: DispatchFrame = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": sent}
             session.backlog.append(payload)
             del session.backlog[:-1000]
             if session.ws is not None and not session.ws.closed:
@@ -146,6 +154,10 @@ class Gateway:
                 identify: IdentifyPayload = d
                 if identify.get("token") != self.sandbox.bot_token:
                     await ws.close(code=4004, message=b"Authentication failed.")
+                    break
+                if int(identify.get("intents") or 0) & MESSAGE_CONTENT and not self.sandbox.message_content_enabled:
+                    # The privileged intent is off for this application (its developer portal switch).
+                    await ws.close(code=4014, message=b"Disallowed intent(s).")
                     break
                 shard = _shard(identify.get("shard"))
                 if shard is None:

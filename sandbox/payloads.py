@@ -11,7 +11,7 @@ These are plain dicts at run time: the types change nothing on the wire.
 
 from __future__ import annotations
 
-from typing import Literal, Never, NotRequired, Required, TypedDict, Union
+from typing import Any, Literal, Never, NotRequired, Required, TypedDict, Union
 
 Snowflake = str
 """An id as Discord sends it: a decimal string."""
@@ -255,6 +255,57 @@ class AllowedMentionsPayload(TypedDict, total=False):
     replied_user: bool
 
 
+class ComponentPayload(TypedDict, total=False):
+    """A message or modal component (https://discord.com/developers/docs/components/reference): an
+    action row (1) of buttons (2), selects (3, 5-8) or, in a modal, text inputs (4); a label (18)
+    holding one. Kept as the bot sent it, with Discord's numeric ``id`` added."""
+
+    type: Required[int]
+    id: int
+    custom_id: str
+    style: int
+    label: str
+    emoji: EmojiPayload
+    url: str
+    sku_id: Snowflake
+    disabled: bool
+    components: list[ComponentPayload]
+    component: ComponentPayload
+    placeholder: str
+    min_values: int
+    max_values: int
+    options: list[SelectOptionPayload]
+    min_length: int
+    max_length: int
+    required: bool
+    value: str
+    description: str
+    content: str
+
+
+class SelectOptionPayload(TypedDict, total=False):
+    label: Required[str]
+    value: Required[str]
+    description: str
+    emoji: EmojiPayload
+    default: bool
+
+
+class MessageInteractionMetadataPayload(TypedDict):
+    """https://discord.com/developers/docs/resources/message#message-interaction-metadata-object"""
+
+    id: Snowflake
+    type: int
+    user: UserPayload
+    authorizing_integration_owners: dict[str, Snowflake]
+    original_response_message_id: NotRequired[Snowflake]
+    interacted_message_id: NotRequired[Snowflake]
+    target_user: NotRequired[UserPayload]
+    target_message_id: NotRequired[Snowflake]
+    name: NotRequired[str]
+    command_type: NotRequired[int]
+
+
 class MessagePayload(TypedDict):
     """https://discord.com/developers/docs/resources/message#message-object (and MESSAGE_CREATE
     and MESSAGE_UPDATE, which add ``guild_id`` and ``member`` in a server)."""
@@ -274,7 +325,10 @@ class MessagePayload(TypedDict):
     pinned: bool
     type: int  # 0 default, 19 reply
     flags: NotRequired[int]
-    components: NotRequired[EmptyList]
+    components: NotRequired[list[ComponentPayload]]
+    webhook_id: NotRequired[Snowflake]
+    application_id: NotRequired[Snowflake]
+    interaction_metadata: NotRequired[MessageInteractionMetadataPayload]
     guild_id: NotRequired[Snowflake]
     member: NotRequired[MemberPayload]
     reactions: NotRequired[list[ReactionPayload]]
@@ -433,9 +487,10 @@ class VoiceServerUpdatePayload(TypedDict):
 EventPayload = Union[
     ReadyPayload, ResumedPayload, GuildPayload, UnavailableGuildPayload, MessagePayload, MessageDeletePayload,
     MessageReactionPayload, MessageReactionRemoveAllPayload, MessageReactionRemoveEmojiPayload,
-    VoiceStatePayload, VoiceServerUpdatePayload,
+    VoiceStatePayload, VoiceServerUpdatePayload, dict[str, Any],
 ]
-"""The ``d`` of a dispatch (op 0): one of the events the sandbox sends."""
+"""The ``d`` of a dispatch (op 0): one of the events the sandbox sends (INTERACTION_CREATE's is built as
+JSON in :mod:`sandbox.interactions`)."""
 
 
 class HelloPayload(TypedDict):
@@ -530,6 +585,7 @@ class MessageBody(TypedDict, total=False):
     message_reference: MessageReferenceBody | None
     attachments: list[AttachmentBody]
     flags: int
+    components: list[ComponentPayload] | None
 
 
 class DMCreateBody(TypedDict):

@@ -16,19 +16,26 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from aiohttp import BodyPartReader, web
 
+from sandbox.appcommands import JSON, FormErrors
+from sandbox.components import check_components
 from sandbox.payloads import (
     DMCreateBody,
     GatewayPayload,
     MessageBody,
     MessageDeletePayload,
+    MessagePayload,
     MessageReactionPayload,
     MessageReactionRemoveAllPayload,
     MessageReactionRemoveEmojiPayload,
 )
 from sandbox.state import (
     ADD_REACTIONS,
+    IS_COMPONENTS_V2,
+    IS_VOICE_MESSAGE,
     MANAGE_MESSAGES,
     READ_MESSAGE_HISTORY,
+    SUPPRESS_EMBEDS,
+    SUPPRESS_NOTIFICATIONS,
     VIEW_CHANNEL,
     Attachment,
     Channel,
@@ -43,6 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+UNAUTHENTICATED = (API_PREFIX + "/interactions/", API_PREFIX + "/webhooks/")
+MESSAGE_CONTENT = 1 << 15  # the privileged gateway intent
+# Flags a bot may set on a message it sends (https://discord.com/developers/docs/resources/message#message-object-message-flags).
+SENDABLE_FLAGS = SUPPRESS_EMBEDS | SUPPRESS_NOTIFICATIONS | IS_VOICE_MESSAGE | IS_COMPONENTS_V2
 
 # Gateway intents that gate reaction events (https://discord.com/developers/docs/events/gateway#gateway-intents).
 GUILD_MESSAGE_REACTIONS = 1 << 10
@@ -82,6 +93,25 @@ def existing(value: T | None, what: str, error: type[DiscordError] = DiscordErro
     return value
 
 
+def strip_content(data: MessagePayload, bot_id: int) -> MessagePayload:
+    """``data`` as an app without the Message Content intent gets it: a server message's content,
+    embeds, attachments and components empty, unless the message is the app's own, mentions it, or
+    replies to its message (DMs keep theirs). The replied-to message follows the same rule.
+    https://discord.com/developers/docs/events/gateway#message-content-intent"""
+    ref = data.get("referenced_message")
+    exempt = (
+        "guild_id" not in data or int(data["author"]["id"]) == bot_id
+        or any(int(m["id"]) == bot_id for m in data.get("mentions", []))
+        or (ref is not None and int(ref["author"]["id"]) == bot_id)
+    )
+    out: MessagePayload = {**data}
+    if ref is not None:
+        out["referenced_message"] = strip_content(ref, bot_id)
+    if not exempt:
+        out["content"], out["embeds"], out["attachments"], out["components"] = "", [], [], []
+    return out
+
+
 def parse_emoji(text: str) -> str:
     """The emoji a reaction names, as Discord keys it: the Unicode emoji itself.
 
@@ -110,6 +140,8 @@ class Rest:
         self.state, self.gateway, self.store = sandbox.state, sandbox.gateway, sandbox.store
         self.typing: list[int] = []  # channel ids of the bot's typing indicators, in order
         self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
+        # Files users picked for slash command options: on the CDN though on no message.
+        self.uploads: dict[int, Attachment] = {}
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
 
@@ -168,6 +200,7 @@ class Rest:
         r.add_get(reactions + "/{emoji}", self._reaction_route)
         r.add_delete(reactions + "/{emoji}", self._reaction_route)
         r.add_delete(reactions, self._reaction_route)
+        self.sandbox.interactions.add_routes(r, p)
         r.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
@@ -178,7 +211,9 @@ class Rest:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX) and not self._authorized(request):
+        # Interaction callbacks and webhooks are authorised by their token in the path, not the bot's.
+        if (request.path.startswith(API_PREFIX) and not request.path.startswith(UNAUTHENTICATED)
+                and not self._authorized(request)):
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
         try:
             return await handler(request)
@@ -218,8 +253,9 @@ class Rest:
 
     def _message_in(self, channel_id: int, message_id: int, error: type[DiscordError] = DiscordError) -> Message:
         msg = self.state.messages.get(message_id)
-        return existing(msg if msg is not None and not msg.deleted and msg.channel_id == channel_id else None,
-                        "Message", error)
+        # An ephemeral message exists only for its user's client: the channel routes do not know it.
+        return existing(msg if msg is not None and not msg.deleted and not msg.ephemeral
+                        and msg.channel_id == channel_id else None, "Message", error)
 
     async def _get_channel_route(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -247,39 +283,63 @@ class Rest:
             payload = json.loads(body)
         return payload, files
 
+    def body_error(self, payload: MessageBody, files: list[Attachment], *, creating: bool) -> JSON | None:
+        """Discord's 400 for a message body it refuses (too long, empty, bad allowed_mentions or
+        components), or None; the components get Discord's ids."""
+        content = payload.get("content") or ""
+        if len(content) > 2000:
+            return {"message": "Invalid Form Body", "code": 50035,
+                    "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
+                                                        "message": "Must be 2000 or fewer in length."}]}}}
+        if creating and not content and not files and not payload.get("embeds") and not payload.get("components"):
+            return {"message": "Cannot send an empty message", "code": 50006}
+        allowed = payload.get("allowed_mentions")
+        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
+            return dict(error)
+        if payload.get("components") is not None:
+            errors = FormErrors()
+            check_components(payload.get("components"), errors, ["components"])
+            if errors:
+                return errors.body()
+        return None
+
     async def _send_message(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
         payload, files = await self._read_message_body(request, channel.id)
-        content = payload.get("content") or ""
-        if len(content) > 2000:
-            return _json({"message": "Invalid Form Body", "code": 50035,
-                          "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
-                                                               "message": "Must be 2000 or fewer in length."}]}}}, 400)
-        if not content and not files and not payload.get("embeds"):
-            return _json({"message": "Cannot send an empty message", "code": 50006}, 400)
-        allowed = payload.get("allowed_mentions")
-        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
+        if (error := self.body_error(payload, files, creating=True)) is not None:
             return _json(error, 400)
         ref = payload.get("message_reference") or {}
         ref_message = ref.get("message_id")
         ref_id = int(ref_message) if ref_message else None
-        msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user, content, files,
-                      embeds=payload.get("embeds") or [], reference_id=ref_id, allowed_mentions=allowed)
+        msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user,
+                      payload.get("content") or "", files, embeds=payload.get("embeds") or [], reference_id=ref_id,
+                      allowed_mentions=payload.get("allowed_mentions"),
+                      flags=int(payload.get("flags") or 0) & SENDABLE_FLAGS,
+                      components=list(payload.get("components") or []))
         await self.create_message(msg)
-        return _json(self.state.message_payload(msg))
+        return _json(self.message_for_bot(msg))
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
         if msg.author.id != self.state.bot_user.id:
             return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, 403)
         payload, files = await self._read_message_body(request, msg.channel_id)
-        allowed = payload.get("allowed_mentions")
-        if allowed is not None and (error := self.state.allowed_mentions_error(allowed)):
+        if (error := self.body_error(payload, files, creating=False)) is not None:
             return _json(error, 400)
+        return _json(await self.edit_message(msg, payload, files))
+
+    async def edit_message(self, msg: Message, payload: MessageBody, files: list[Attachment]) -> MessagePayload:
+        """Apply a checked edit to ``msg`` as Discord does (MESSAGE_UPDATE unless it is ephemeral)."""
+        allowed = payload.get("allowed_mentions")
         if "content" in payload:
             msg.content = payload["content"] or ""
         if "embeds" in payload:
             msg.embeds = payload["embeds"] or []
+        if "components" in payload:
+            msg.components = list(payload["components"] or [])
+        if "flags" in payload and payload["flags"] is not None:
+            # Only SUPPRESS_EMBEDS can be changed by an edit; the rest stays as it was.
+            msg.flags = (msg.flags & ~SUPPRESS_EMBEDS) | (int(payload["flags"]) & SUPPRESS_EMBEDS)
         if "attachments" in payload:
             keep = {str(a.get("id")) for a in payload["attachments"]}
             msg.attachments = [a for a in msg.attachments if str(a.id) in keep]
@@ -289,31 +349,45 @@ class Rest:
             # allowed_mentions, or the defaults when it has none (not the original request's).
             msg.allowed_mentions = allowed
             self.state.resolve_mentions(msg, allowed)
+            if msg.ephemeral:
+                msg.notifies = msg.pinged = set()
         else:
             msg.pinged = set()
         msg.edited = time.time()
         msg.edits += 1
         data = self.state.message_payload(msg)
-        await self.gateway.dispatch("MESSAGE_UPDATE", data)
+        if not msg.ephemeral:
+            await self.gateway.dispatch("MESSAGE_UPDATE", data)
         await self.notify("update", msg)
         await self.store.save_attachments(msg)
         self.state.changed()
-        return _json(data)
+        return data
 
-    async def _delete_message(self, request: web.Request) -> web.Response:
-        msg = self._get_message(request)
+    def message_for_bot(self, msg: Message) -> MessagePayload:
+        """A message as REST shows it to the bot: without the Message Content intent enabled for the
+        application, a server message's content is empty unless Discord's exceptions apply."""
+        data = self.state.message_payload(msg)
+        if not self.sandbox.message_content_enabled:
+            data = strip_content(data, self.state.bot_user.id)
+        return data
+
+    async def delete_message(self, msg: Message) -> None:
         msg.deleted = True
         deleted: MessageDeletePayload = {"id": str(msg.id), "channel_id": str(msg.channel_id)}
         if msg.guild_id:
             deleted["guild_id"] = str(msg.guild_id)
-        await self.gateway.dispatch("MESSAGE_DELETE", deleted)
+        if not msg.ephemeral:
+            await self.gateway.dispatch("MESSAGE_DELETE", deleted)
         await self.notify("delete", msg)
         self.state.changed()
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        await self.delete_message(self._get_message(request))
         return web.Response(status=204)
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
-        return _json(self.state.message_payload(msg))
+        return _json(self.message_for_bot(msg))
 
     async def _history(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -321,12 +395,12 @@ class Rest:
         before = int(request.query["before"]) if "before" in request.query else None
         after = int(request.query["after"]) if "after" in request.query else None
         found = [m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
-                 and (before is None or m.id < before) and (after is None or m.id > after)]
+                 and not m.ephemeral                 and (before is None or m.id < before) and (after is None or m.id > after)]
         # The page nearest to `after` (or, without it, the newest), listed newest first either
         # way as Discord does (discord.py reverses an `after` page itself).
         found.sort(key=lambda m: m.id, reverse=after is None)
         page = sorted(found[:limit], key=lambda m: m.id, reverse=True)
-        return _json([self.state.message_payload(m) for m in page])
+        return _json([self.message_for_bot(m) for m in page])
 
     async def _typing(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
@@ -511,5 +585,8 @@ class Rest:
                         log.warning("sandbox: attachment %s unreadable: %s", att_id, exc)
                         return web.Response(status=404)
                     return web.Response(body=body, content_type=att.content_type or "application/octet-stream")
+        if (upload := self.uploads.get(att_id)) is not None:
+            return web.Response(body=await upload.read(),
+                                content_type=upload.content_type or "application/octet-stream")
         return web.Response(status=404)
 

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Callable, TypedDict
 import aiohttp
 from aiohttp import web
 
+from sandbox.appcommands import AppCommand
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
+from sandbox.interactions import RESPONSE_DEADLINE, Interaction, InteractionRefused, Interactions, OpenModal
 from sandbox.payloads import UnavailableGuildPayload
 from sandbox.rest import API_PREFIX, ReactionError, Rest, parse_emoji
 from sandbox.state import (
@@ -70,7 +72,7 @@ __all__ = [
     "ADD_REACTIONS", "ADMINISTRATOR", "ALL_PERMISSIONS", "ATTACH_FILES", "CONNECT", "EMBED_LINKS",
     "EVERYONE_PERMISSIONS", "HEARTBEAT_ACK_DELAY", "MANAGE_GUILD", "MANAGE_MESSAGES", "MENTION_EVERYONE",
     "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
-    "Attachment", "Channel", "Guild", "Message", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
+    "Attachment", "Channel", "Guild", "Interaction", "InteractionRefused", "Message", "OpenModal", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
     "shard_of",
 ]
 
@@ -154,6 +156,17 @@ class Sandbox:
     react = _On("rest")
     unreact = _On("rest")
     make_app = _On("rest")
+    # Interactions (sandbox.interactions): users use the bot's commands, buttons and modals.
+    slash = _On("interactions")
+    click = _On("interactions")
+    menu = _On("interactions")
+    submit_modal = _On("interactions")
+    close_modal = _On("interactions")
+    autocomplete = _On("interactions")
+    wait_for_response = _On("interactions")
+    ephemeral_messages = _On("interactions")
+    open_modals = _On("interactions")  # user id -> the modal on that user's screen
+    add_interaction_listener = _On("interactions")
     # The world on disk (sandbox.world).
     world = _On("store")
     world_note = _On("store")
@@ -161,10 +174,12 @@ class Sandbox:
     save_world = _On("store")
 
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
-                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None) -> None:
+                 heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None,
+                 interaction_deadline: float = RESPONSE_DEADLINE, message_content_enabled: bool = True) -> None:
         """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
-        attachments) in this JSON file between runs, loading it now if it exists; without it every
-        sandbox is a new world. The first start saves a new world; changes are saved within
+        attachments, application commands) in this JSON file between runs, loading it now if it exists; without it every
+        sandbox is a new world. ``interaction_deadline``: seconds the bot has for an interaction's first
+        response (Discord's 3). The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
         begins; :attr:`world_note` then says so (and the log)."""
         self.host = "127.0.0.1"
@@ -185,7 +200,12 @@ class Sandbox:
         self.state.on_change = self.store.changed
         self.gateway = Gateway(self, heartbeat_interval_ms=heartbeat_interval_ms,
                                heartbeat_ack_delay=heartbeat_ack_delay)
+        self.interactions = Interactions(self, response_deadline=interaction_deadline)
         self.rest = Rest(self)
+        # The application's Message Content switch in Discord's developer portal: off, a bot that
+        # asks for the intent is refused (4014) and REST shows message content only as the
+        # gateway does without it.
+        self.message_content_enabled = message_content_enabled
         self.state.new_world(guild_name)
         if self.world is not None:
             self.store.load(guild_name)
@@ -342,7 +362,35 @@ class Sandbox:
             await self.enable_voice()
         return self
 
+    @property
+    def commands(self) -> list[AppCommand]:
+        """The application's registered commands, global and per server."""
+        return list(self.state.commands.commands.values())
+
+    def last_interaction(self, user: User | str | None = None) -> Interaction | None:
+        """The latest interaction (of ``user``)."""
+        return self.interactions.last(user)
+
+    @property
+    def interaction_deadline(self) -> float:
+        """Seconds the bot has for an interaction's first response (Discord's 3)."""
+        return self.interactions.response_deadline
+
+    @interaction_deadline.setter
+    def interaction_deadline(self, seconds: float) -> None:
+        self.interactions.response_deadline = seconds
+
+    @property
+    def interaction_clock(self) -> Callable[[], float]:
+        """The clock the 3-second and 15-minute rules are measured on (replace it to move time on)."""
+        return self.interactions.clock
+
+    @interaction_clock.setter
+    def interaction_clock(self, clock: Callable[[], float]) -> None:
+        self.interactions.clock = clock
+
     async def close(self) -> None:
+        self.interactions.close()
         await self.gateway.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from sandbox.appcommands import CommandRegistry
 from sandbox.payloads import (
     AllowedMentionsPayload,
     AllowedMentionType,
     AttachmentPayload,
     ChannelPayload,
+    ComponentPayload,
     DMChannelPayload,
     EmbedPayload,
     ErrorPayload,
     GuildChannelPayload,
     GuildPayload,
     MemberPayload,
+    MessageInteractionMetadataPayload,
     MessagePayload,
     MessageReferencePayload,
     Overwrite,
@@ -59,7 +62,12 @@ EVERYONE_PERMISSIONS = (
 )
 
 # Message flags.
+SUPPRESS_EMBEDS = 1 << 2
+EPHEMERAL = 1 << 6
+LOADING = 1 << 7  # a deferred interaction response: "trainer is thinking..."
+SUPPRESS_NOTIFICATIONS = 1 << 12
 IS_VOICE_MESSAGE = 1 << 13
+IS_COMPONENTS_V2 = 1 << 15
 
 # Mentions in message content, as Discord's server parses them (it ignores markdown).
 USER_MENTION = re.compile(r"<@!?(\d{15,21})>")
@@ -202,6 +210,23 @@ class Message:
     allowed_mentions: AllowedMentionsPayload | None = None  # as the sender gave it (None: not given)
     # Reactions: emoji -> ids of the users who reacted, both in the order they came.
     reactions: dict[str, list[int]] = field(default_factory=dict)
+    # Components (action rows of buttons and selects) as the bot sent them, with Discord's ids added.
+    components: list[ComponentPayload] = field(default_factory=list)
+    # Who can see it: None for everyone who sees the channel; an ephemeral interaction response
+    # (flag 64) is seen by the one user who used the interaction.
+    visible_to: set[int] | None = None
+    type: int | None = None  # None: 0 (default), or 19 (reply) when it replies
+    # An interaction's response or follow-up: the application's webhook id and the interaction.
+    webhook_id: int | None = None
+    interaction_metadata: MessageInteractionMetadataPayload | None = None
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & EPHEMERAL)
+
+    def visible(self, user_id: int) -> bool:
+        """Whether ``user_id`` sees it at all (an ephemeral message is its one user's)."""
+        return self.visible_to is None or user_id in self.visible_to
 
     @property
     def files(self) -> list[Attachment]:
@@ -293,6 +318,7 @@ class State:
         self.channels: dict[int, Channel] = {}
         self.roles: dict[int, Role] = {}
         self.users: dict[int, User] = {}
+        self.commands = CommandRegistry()  # the application's commands, global and per server
 
     def changed(self) -> None:
         self.on_change()
@@ -305,6 +331,7 @@ class State:
         self.users = {}
         self.roles = {}
         self.guilds = {}
+        self.commands = CommandRegistry()
         self.application_id = self.ids.next()
         self.guild_id = self.ids.next()
         admins = self._server_roles(self.guild_id)
@@ -464,8 +491,13 @@ class State:
             "edited_timestamp": iso_time(msg.edited) if msg.edited else None, "tts": False,
             "mention_everyone": msg.mention_everyone, "mentions": [], "mention_roles": [str(r) for r in msg.mention_roles],
             "attachments": [a.payload() for a in msg.attachments], "embeds": msg.embeds,
-            "pinned": False, "type": 19 if msg.reference_id else 0, "flags": msg.flags, "components": [],
+            "pinned": False, "type": msg.type if msg.type is not None else 19 if msg.reference_id else 0,
+            "flags": msg.flags, "components": msg.components,
         }
+        if msg.webhook_id is not None:
+            data["webhook_id"] = data["application_id"] = str(msg.webhook_id)
+        if msg.interaction_metadata is not None:
+            data["interaction_metadata"] = msg.interaction_metadata
         if msg.guild_id:
             data["guild_id"] = str(msg.guild_id)
             data["member"] = self.member_payload(msg.author, msg.guild_id, with_user=False)
@@ -549,6 +581,19 @@ class State:
         if member_overwrite is not None:
             perms = (perms & ~int(member_overwrite.get("deny", 0))) | int(member_overwrite.get("allow", 0))
         return perms
+
+    def base_permissions(self, user: User, guild_id: int) -> int:
+        """``user``'s server-wide permissions (no channel overwrites): what Discord checks a command's
+        ``default_member_permissions`` against."""
+        guild = self.guild_of(guild_id)
+        if not user.in_guild:
+            return 0
+        if user.id == guild.owner_id:
+            return ALL_PERMISSIONS
+        perms = self.roles[guild.id].permissions
+        for role_id in self.member_roles(user, guild.id):
+            perms |= self.roles[role_id].permissions
+        return ALL_PERMISSIONS if perms & ADMINISTRATOR else perms
 
     def can_see(self, user: User, channel: Channel) -> bool:
         return bool(self.permissions_for(user, channel) & VIEW_CHANNEL)

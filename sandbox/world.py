@@ -23,9 +23,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
-from sandbox.payloads import AllowedMentionsPayload, EmbedPayload, Overwrite
+from sandbox.appcommands import AppCommand, CommandRegistry
+from sandbox.payloads import (
+    AllowedMentionsPayload,
+    ComponentPayload,
+    EmbedPayload,
+    MessageInteractionMetadataPayload,
+    Overwrite,
+)
 from sandbox.state import Attachment, Channel, Guild, Message, Role, State, User, iso_time
 
 log = logging.getLogger(__name__)
@@ -105,6 +112,10 @@ class MessageRecord(TypedDict):
     notified: NotRequired[list[int]]
     allowed_mentions: NotRequired[AllowedMentionsPayload | None]
     reactions: NotRequired[list[tuple[str, list[int]]]]  # [emoji, user ids], in the order they came
+    components: NotRequired[list[ComponentPayload]]
+    type: NotRequired[int | None]
+    webhook_id: NotRequired[int | None]
+    interaction_metadata: NotRequired[MessageInteractionMetadataPayload | None]
 
 
 class SpecialRecord(TypedDict):
@@ -134,6 +145,7 @@ class WorldRecord(TypedDict):
     users: list[UserRecord]
     channels: list[ChannelRecord]
     messages: list[MessageRecord]
+    commands: NotRequired[list[dict[str, Any]]]  # the application's commands (AppCommand.record)
     special: SpecialRecord
 
 
@@ -358,6 +370,8 @@ class WorldStore:
                 "mentions": m.mentions, "mention_roles": m.mention_roles, "mention_everyone": m.mention_everyone,
                 "notifies": sorted(m.notifies), "notified": sorted(m.notified), "allowed_mentions": m.allowed_mentions,
                 "reactions": [(emoji, users) for emoji, users in m.reactions.items()],
+                "components": m.components, "type": m.type, "webhook_id": m.webhook_id,
+                "interaction_metadata": m.interaction_metadata,
             }
 
         world: WorldRecord = {
@@ -373,11 +387,13 @@ class WorldStore:
                           "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites}
                          for c in state.channels.values()],
             "messages": [],
+            "commands": [c.record() for c in state.commands.commands.values()],
             "special": {"owner": state.owner.id, "admin": state.admin.id, "member": state.member.id,
                         "bot": state.bot_user.id, "other_bot": state.other_bot.id,
                         "text_channel": state.text_channel.id, "voice_channel": state.voice_channel.id},
         }
-        messages = list(state.messages.values())
+        # Ephemeral messages live on their user's screen only: a restarted client no longer shows them.
+        messages = [m for m in state.messages.values() if not m.ephemeral]
         for start in range(0, len(messages), 500):
             if start:
                 await asyncio.sleep(0)
@@ -452,6 +468,8 @@ class WorldStore:
                 notifies={int(u) for u in m.get("notifies", [])}, notified={int(u) for u in m.get("notified", [])},
                 allowed_mentions=m.get("allowed_mentions"),
                 reactions={str(emoji): [int(u) for u in who] for emoji, who in m.get("reactions", [])},
+                components=list(m.get("components") or []), type=m.get("type"),
+                webhook_id=_optional_id(m.get("webhook_id")), interaction_metadata=m.get("interaction_metadata"),
             )
             messages[msg.id] = msg
         special = record["special"]
@@ -469,6 +487,10 @@ class WorldStore:
         # Everything read: now replace the new world with the saved one.
         state.application_id, state.guild_id, state.guilds = int(record["application_id"]), guild_id, guilds
         state.roles, state.users, state.channels, state.messages = roles, users, channels, messages
+        state.commands = CommandRegistry()
+        for saved in record.get("commands", []):
+            command = AppCommand.from_record(saved)
+            state.commands.commands[command.id] = command
         state.owner, state.admin, state.member = owner, users[int(special["admin"])], users[int(special["member"])]
         state.bot_user, state.other_bot = users[int(special["bot"])], users[int(special["other_bot"])]
         highest = max([int(record.get("last_id") or 0), *guilds, *users, *channels, *messages, *roles,

@@ -1,6 +1,7 @@
 """The end-to-end harness: start the real bot against a sandbox, post as its users, read what the bot says.
 
-``BotHarness`` drives a running bot; ``start_bot``/``stop_bot`` wrap ``bot.start_bot``/``bot.stop_bot``
+``BotHarness`` drives a running bot (messages, and interactions: ``slash``, ``click``, ``menu``,
+``submit_modal`` wait for the bot's answer); ``start_bot``/``stop_bot`` wrap ``bot.start_bot``/``bot.stop_bot``
 with the test settings (strict OpenAI response validation, the sandbox's trusted voice connector);
 ``subprocess_env`` isolates ``python bot.py`` from a developer's .env; ``space_of`` is the data space
 of the harness's guild; ``wait_bot``, ``start_job`` and ``announcement`` follow a training job in the
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
-from sandbox.server import Message, Sandbox, User
+from sandbox.server import Interaction, Message, Sandbox, User
 from storage import GuildSpace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,40 @@ class BotHarness:
                 return found
             seen = len(found)
             await asyncio.sleep(quiet)
+
+    # ----------------------------------------------------------------- interactions
+    async def answered(self, inter: Interaction, *, quiet: float = 0.3, timeout: float = 15.0) -> Interaction:
+        """Wait until the bot answered ``inter`` (a message that is not "thinking", an updated message,
+        a modal or choices; see ``Interaction.done``), then until it went quiet (no new follow-up
+        for ``quiet`` s); ``inter.messages`` then holds the response and follow-ups."""
+        await self.sandbox.wait_for_response(inter, timeout)
+        seen = -1
+        while len(inter.messages) != seen:
+            seen = len(inter.messages)
+            await asyncio.sleep(quiet)
+        return inter
+
+    async def slash(self, name: str, options: dict[str, Any] | None = None, /, *, user: str | User = "member",
+                    **kw_options: Any) -> Interaction:
+        """``user`` runs ``/name`` with its options (``Sandbox.slash``); returns the answered interaction."""
+        return await self.answered(await self.sandbox.slash(user, name, options, **kw_options))
+
+    async def click(self, message_id: int, n: int, *, user: str | User = "member") -> Interaction:
+        """``user`` presses button ``n`` of a message (``Sandbox.click``); returns the answered interaction."""
+        return await self.answered(await self.sandbox.click(user, message_id, n))
+
+    async def menu(self, target: int | str | User, command: str, *, user: str | User = "member") -> Interaction:
+        """``user`` runs a context-menu command on a message id or a user (``Sandbox.menu``)."""
+        return await self.answered(await self.sandbox.menu(user, target, command))
+
+    async def submit_modal(self, fields: dict[str, str] | None = None, /, *, user: str | User = "member",
+                           **kw_fields: str) -> Interaction:
+        """``user`` submits the modal open on their screen (``Sandbox.submit_modal``)."""
+        return await self.answered(await self.sandbox.submit_modal(user, fields, **kw_fields))
+
+    def ephemeral(self, user: str | User = "member") -> list[Message]:
+        """The ephemeral messages ``user`` was shown, oldest first."""
+        return self.sandbox.ephemeral_messages(user)
 
     async def silent(self, content: str, *, user: str | User = "member", wait: float = 1.0, **kwargs: Any) -> None:
         """Post a message and assert the bot says nothing."""
