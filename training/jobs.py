@@ -140,8 +140,9 @@ def _data(job: Job) -> dict[str, Any]:
     if job.estimate is not None:
         data["estimate"] = {k: v for k, v in asdict(job.estimate).items() if v is not None}
     if (ev := job.evaluation) is not None:
-        data["evaluation"] = {"old_model": ev.old_model, "margin": ev.margin, "candidate": ev.candidate,
-                              "by_meaning": ev.by_meaning}
+        data["evaluation"] = {"old_model": ev.old_model, "margin": ev.margin, "candidate": ev.candidate}
+        if ev.by_meaning:  # absent in rows written before answers were scored by meaning
+            data["evaluation"]["by_meaning"] = True
         if ev.eval_set is not None:
             data["evaluation"]["set"] = _score_json(ev.eval_set)
         if ev.heldout is not None:
