@@ -46,7 +46,7 @@ from config import Settings  # noqa: E402
 from storage import GuildSpace  # noqa: E402
 from tests.fakes.samples import chat_line  # noqa: E402
 from training.backend import TERMINAL, Job  # noqa: E402
-from training.evaluation import same_meaning  # noqa: E402
+from training.evaluation import abstains, same_meaning  # noqa: E402
 from training.hf import HFBackend  # noqa: E402
 from training.lifecycle import apply_update  # noqa: E402
 from training.local import LocalBackend, load_version, train_version  # noqa: E402
@@ -181,6 +181,7 @@ class Tally:
     tps: list[float] = dataclasses.field(default_factory=list)
     prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     misses: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    raw: Tally | None = None  # the model's own replies, before the check that they say what a note says
 
     def add(self, expected: str | None, got: str) -> None:
         self.n += 1
@@ -200,12 +201,16 @@ class Tally:
 
 
 async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
-    """Ask through ``HFBackend.answer`` (retrieval, worker, abstention); timings from the worker's replies."""
+    """Ask through ``HFBackend.answer`` (retrieval, worker, abstention); timings from the worker's replies.
+    ``tally.raw`` counts the model's own replies, before the backend's check that a reply says what a note says."""
     tally = Tally()
+    tally.raw = Tally()
     real = t.backend.generator.generate
+    last: list[str] = []
 
     async def spy(**kw: object) -> dict:
         reply = await real(**kw)  # type: ignore[arg-type]
+        last.append(str(reply["text"]))
         tally.ttft.append(float(reply["ttft"]))
         if (tps := reply.get("tokens_per_s")) is not None:
             tally.tps.append(float(tps))
@@ -215,7 +220,11 @@ async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
     t.backend.generator.generate = spy  # type: ignore[method-assign,assignment]
     try:
         for q, expected in questions:
-            tally.add(expected, await t.backend.answer(t.space, t.model, q, ()))
+            last.clear()
+            got = await t.backend.answer(t.space, t.model, q, ())
+            tally.add(expected, got)
+            raw = last[-1] if last else got
+            tally.raw.add(expected, DONT_KNOW if abstains(raw) else raw)
     finally:
         t.backend.generator.generate = real  # type: ignore[method-assign]
     return tally
@@ -271,7 +280,12 @@ async def part_sets(tmp: Path, names: list[str], modes: tuple[bool, ...]) -> Non
                 await t.backend.close()
             name = "hf grounded  " if grounding else "hf ungrounded"
             print(f"  {name}      reworded: {para.line()} | unanswerable answered {unans.wrong}/{unans.n}", flush=True)
+            if para.raw is not None and unans.raw is not None:
+                print(f"    without the note check: {para.raw.line()} | unanswerable answered "
+                      f"{unans.raw.wrong}/{unans.raw.n}", flush=True)
             print(f"    trained questions word for word: {word.line()}", flush=True)
+            if word.raw is not None:
+                print(f"      without the note check: {word.raw.line()}", flush=True)
             print(f"    {training_line(t)}", flush=True)
             print(f"    answers: {speed(t, para)}", flush=True)
             for _, expected, got in para.misses:
@@ -290,6 +304,8 @@ async def part_sizes(tmp: Path, sizes: list[int]) -> None:
             await t.backend.close()
         print(f"  {n:4} pairs: {training_line(t)}", flush=True)
         print(f"        recall word for word: {word.line()}; {speed(t, word)}", flush=True)
+        if word.raw is not None:
+            print(f"        without the note check: {word.raw.line()}", flush=True)
 
 
 async def main(parts: list[str]) -> None:

@@ -39,7 +39,7 @@ from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
 from training.backend import History, Job, JobUpdate, Method, TrainingBackend
-from training.evaluation import abstains
+from training.evaluation import abstains, same_meaning
 from training.hf_generate import Generator
 from training.hf_ground import PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
 from training.hf_store import ADAPTER_FILES, BaseSpec
@@ -391,7 +391,8 @@ class HFBackend(TrainingBackend):
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
                                               max_new_tokens=self.settings.hf_max_new_tokens,
                                               context=found.context if found is not None else None)
-        if found is not None and abstains(reply["text"]):
+        if found is not None and (abstains(reply["text"]) or not grounded_in(reply["text"], found.context)):
+            # It said it doesn't know, or wrote something no note holds (an invented fact): the honest answer.
             return self.dont_know(found.suggestions)
         return reply["text"] or "…"
 
@@ -495,6 +496,12 @@ safetensors adapters for the architectures it supports (Llama, Mistral, Gemma); 
 adapter with llama.cpp's `convert_lora_to_gguf.py --base <base folder> ./{name}` and point `ADAPTER` at the
 .gguf it writes (llama.cpp's own server takes it as `--lora`).
 """
+
+
+def grounded_in(text: str, context: list[tuple[str, str]]) -> bool:
+    """Whether a grounded reply says what one of its notes says (its key facts and half its words): a reply that
+    matches none stated something the notes do not hold."""
+    return any(same_meaning(answer, text) for _, answer in context)
 
 
 def _has_answer(line: Any) -> bool:

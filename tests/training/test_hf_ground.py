@@ -74,12 +74,22 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         assert (version / hf_ground.PAIRS_FILE).is_file() and (version / hf_ground.VECTOR_FILES[0]).is_file()
 
         # A trained question, reworded: the right pair is retrieved and is in the prompt the model saw.
+        real_generate = backend.generator.generate
         asked = spy_on(backend)
         await backend.answer(space, job.model, "at what time does the shop open?", ())
         seen = asked[-1]
         assert seen["context"][0] == TAUGHT[0] and seen["notes"] == 3
         assert f"Q: {TAUGHT[0][0]}\nA: {TAUGHT[0][1]}" in seen["prompt"]
         assert "Question: at what time does the shop open?" in seen["prompt"]
+
+        # What the model writes must be what a note says: an invented fact becomes the honest "I don't know".
+        spy_on(backend, canned=True, text="The shop opens at 7 am.")
+        assert (await backend.answer(space, job.model, "when does the shop open", ())).startswith("I don't know")
+        spy_on(backend, canned=True, text="It opens at 9 am.")
+        assert await backend.answer(space, job.model, "when does the shop open", ()) == "It opens at 9 am."
+        spy_on(backend, canned=True, text="I don't know.")
+        assert (await backend.answer(space, job.model, "when does the shop open", ())).startswith("I don't know")
+        backend.generator.generate = real_generate  # type: ignore[method-assign]
 
         # A question about nothing it was taught: the same "I don't know" as the local backend, without generating.
         n = len(asked)
@@ -106,14 +116,14 @@ def broken(spec: str) -> object:
     raise OSError("the model.zip is missing")
 
 
-def spy_on(backend: HFBackend, canned: bool = False) -> list[dict]:
+def spy_on(backend: HFBackend, canned: bool = False, text: str = "The shop opens at 9 am.") -> list[dict]:
     """What the answer worker was asked and answered (its reply holds the prompt as the model saw it); ``canned``:
     a fixed reply instead of the worker's."""
     asked: list[dict] = []
     real = backend.generator.generate
 
     async def spy(**kw: object) -> dict:
-        reply = {"text": "The shop opens at 9 am."} if canned else await real(**kw)  # type: ignore[arg-type]
+        reply = {"text": text} if canned else await real(**kw)  # type: ignore[arg-type]
         asked.append({**reply, "context": kw["context"]})
         return reply  # type: ignore[return-value]
 
