@@ -41,7 +41,7 @@ from training import hf_store, jobs
 from training.backend import History, Job, JobUpdate, Method, TrainingBackend
 from training.evaluation import abstains, same_meaning
 from training.hf_generate import Generator
-from training.hf_ground import PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
+from training.hf_ground import INSTRUCTION, PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
 from training.hf_store import ADAPTER_FILES, BaseSpec
 from training.local.answer import dont_know
 from training.local.overlay import Overlays
@@ -429,6 +429,8 @@ class HFBackend(TrainingBackend):
         with atomic_open(target) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for f in ADAPTER_FILES:
                 zf.write(folder / f, f"{name}/{f}")
+            if (folder / PAIRS_FILE).is_file():  # a grounded model answers best with its notes in the prompt
+                zf.write(folder / PAIRS_FILE, f"{name}/{PAIRS_FILE}")
             zf.writestr(f"{name}/meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
             zf.writestr(f"{name}/README.md", export_readme(name, meta))
         return target
@@ -450,6 +452,25 @@ def export_readme(name: str, meta: dict[str, Any]) -> str:
         base_ref = base.get("source") or label
         where = f"the local model folder `{base_ref}`"
     rank = (meta.get("settings") or {}).get("lora_rank", 16)
+    grounded_note = ""
+    if meta.get("grounded"):
+        grounded_note = f"""
+
+It was trained **grounded**: each question came with the closest trained pairs as notes. The bot puts them in
+the user message like this (`{PAIRS_FILE}` holds the pairs, one `[question, answer]` a line; find the 3 closest
+with any sentence-embedding model):
+
+```
+{INSTRUCTION}
+
+Notes:
+Q: <a trained question>
+A: <its answer>
+
+Question: <the question asked>
+```
+
+Asked without notes it was never trained that way: expect made-up facts."""
     return f"""# {name}: a LoRA adapter trained by the trainer bot
 
 - Base model: {where}.
@@ -458,7 +479,7 @@ def export_readme(name: str, meta: dict[str, Any]) -> str:
 - Files: `adapter_model.safetensors` and `adapter_config.json` (PEFT format; LoRA rank {rank}), `meta.json` (how it
   was trained).
 
-The adapter only works on top of the base model it was trained on.
+The adapter only works on top of the base model it was trained on.{grounded_note}
 
 ## transformers (Python)
 
