@@ -40,7 +40,7 @@ log = logging.getLogger("trainer")
 ROOT = Path(__file__).resolve().parent
 # The cogs, in load order; commands/_shared.py is a helper module, not a cog.
 EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
-              "commands.training")
+              "commands.training", "commands.offers")
 
 
 class RedactSecrets(logging.Filter):
@@ -322,7 +322,8 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
 
     # The sandbox keeps its world (server id, users, messages) beside the data it serves, so the
     # same DATA_DIR finds the same server, model and data on the next `make run`.
-    sandbox = await Sandbox(world_file=sandbox_world_file(settings)).start(voice=True)
+    # Two servers, as a bot has in real life: /guild 2 in the chat switches (DMs and data stay per server).
+    sandbox = await Sandbox(world_file=sandbox_world_file(settings), servers=2).start(voice=True)
     try:
         try:
             # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.

@@ -139,6 +139,10 @@ class Settings:
     job_lease_seconds: float = 30.0
     embed_model: str = DEFAULT_EMBED_MODEL
     review_corrections: bool = True
+    # A "Did you mean" offer's buttons work this long (then they are disabled); a member's pick counts once this
+    # many different members made the same one (0: only an admin's approval makes it count).
+    offer_buttons_minutes: float = 60.0
+    picks_to_learn: int = 2
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.
     paid_calls_per_user_per_day: int = 200
@@ -222,6 +226,8 @@ class Settings:
             job_lease_seconds=_float(env, "JOB_LEASE_SECONDS", cls.job_lease_seconds, 1.0),
             embed_model=_embed_model(env),
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
+            offer_buttons_minutes=_float(env, "OFFER_BUTTONS_MINUTES", cls.offer_buttons_minutes, 0.1),
+            picks_to_learn=_int(env, "PICKS_TO_LEARN", cls.picks_to_learn, 0),
             eval_gate=_on_off(env, "EVAL_GATE", True),
             paid_calls_per_user_per_day=_int(env, "PAID_CALLS_PER_USER_PER_DAY", cls.paid_calls_per_user_per_day, 0),
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,

@@ -181,6 +181,27 @@ def take_option(text: str, name: str, choices: tuple[str, ...]) -> tuple[str, st
     return " ".join(rest).strip(), found
 
 
+# ---------------------------------------------------------------- members' text shown back
+
+_LINK = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*)://")
+
+
+def quote(text: object, limit: int = 200) -> str:
+    """Text a member wrote, shown on one line of a list: shortened, markdown escaped, and no URL in it is a live
+    link. Mentions are shown as written: the bot's AllowedMentions.none() keeps them from pinging anyone."""
+    flat = " ".join(str(text or "").split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    flat = discord.utils.escape_markdown(flat)
+    return _LINK.sub(lambda m: f"{m.group(1)}:⁠//", flat) or "(empty)"
+
+
+def is_admin_user(bot: TrainerBot, user: discord.User | discord.Member) -> bool:
+    """Whether ``user`` (a member, e.g. who clicked a button) is a trainer admin of their server: Manage Server,
+    Administrator or TRAINER_ROLE (the bot owner is checked apart: ``bot.is_owner`` is async)."""
+    return isinstance(user, discord.Member) and _admin_member(bot, user)
+
+
 # ---------------------------------------------------------------- errors nobody expected
 
 def report_unexpected(what: str, exc: BaseException | None = None) -> str:

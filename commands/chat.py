@@ -41,17 +41,21 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
-        self.dm_guilds: dict[int, tuple[int, float]] = {}  # user id -> (guild id or 0, when looked up)
+        # user id -> (ids of the servers we share, when looked up)
+        self.dm_guilds: dict[int, tuple[tuple[int, ...], float]] = {}
         # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
-        """Chat channels, DMs and mentions get answers; everything else is left alone."""
+        """Chat channels (and the threads in them), DMs and mentions get answers; everything else is left alone."""
         if message.guild is None:
             return True
         if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
             return True
-        name = getattr(message.channel, "name", "") or ""
+        channel = message.channel
+        # A thread is named after its topic; it is a chat place when the channel it grew from is one.
+        place = (channel.parent or channel) if isinstance(channel, discord.Thread) else channel
+        name = getattr(place, "name", "") or ""
         return name.lower() in self.bot.settings.chat_channels
 
     async def guild_for(self, message: discord.Message) -> discord.Guild | None:
@@ -60,9 +64,17 @@ class Chat(commands.Cog):
             return message.guild
         user_id = message.author.id
         cached = self.dm_guilds.get(user_id)
+        shared: list[discord.Guild] = []
         if cached is not None and time.monotonic() - cached[1] < DM_GUILD_TTL:
-            return self.bot.get_guild(cached[0]) if cached[0] else None
-        shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
+            # The servers we shared may have lost them (the bot gets no member events without the members
+            # intent): one server's model must not answer someone who left it, and someone who left all but
+            # one is answered again. Only those few are asked again; sharing none stays cached.
+            known = [g for g in map(self.bot.get_guild, cached[0]) if g is not None]
+            shared = [g for g in known if await self._still_member(g, user_id)]
+            if shared == known:
+                return shared[0] if len(shared) == 1 else None
+        else:
+            shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
         if not shared and len(self.bot.guilds) <= MAX_DM_LOOKUPS:
             # Without the members intent the cache rarely holds the author: ask each server.
             for g in self.bot.guilds:
@@ -74,9 +86,20 @@ class Chat(commands.Cog):
                     log.warning("member lookup in guild %s failed: %s", g.id, exc)
                     continue
                 shared.append(g)
-        guild = shared[0] if len(shared) == 1 else None
-        self.dm_guilds[user_id] = (guild.id if guild else 0, time.monotonic())
-        return guild
+        self.dm_guilds[user_id] = (tuple(g.id for g in shared), time.monotonic())
+        return shared[0] if len(shared) == 1 else None
+
+    @staticmethod
+    async def _still_member(guild: discord.Guild, user_id: int) -> bool:
+        if guild.get_member(user_id) is not None:
+            return True
+        try:
+            await guild.fetch_member(user_id)
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:  # unsure: keep the answer they had (the lookup said yes before)
+            log.warning("member lookup in guild %s failed: %s", guild.id, exc)
+        return True
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -167,16 +190,26 @@ class Chat(commands.Cog):
         try:
             async with message.channel.typing():
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
-                answer = await self.bot.model.answer(guild.id, prompt, list(turns))
+                reply = await self.bot.model.reply(guild.id, prompt, list(turns))
         except TrainerError as exc:
             return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
                                         mention_author=False)]
-        text = f"> {heard}\n{answer}" if heard else answer
+        answer = reply.text
         sent: list[discord.Message] = []
-        for i, chunk in enumerate(split_message(text) or ["…"]):
+        # "Did you mean": a button per question; the asker's click answers it (commands/offers.py; looked up by
+        # name: an extension's module is its own copy, so its class is not the one an import here would see).
+        send_offer = getattr(self.bot.get_cog("Offers"), "send_offer", None)
+        if reply.offers and send_offer is not None:
+            text = f"> {heard}\n{reply.offer_text}" if heard else reply.offer_text
+            offered = await send_offer(message, guild, prompt, text[:2000], reply.offers)
+            if offered is not None:
+                sent.append(offered)
+                answer = reply.offer_text  # what was shown is what the log keeps
+        text = f"> {heard}\n{answer}" if heard else answer
+        for i, chunk in enumerate([] if sent else (split_message(text) or ["…"])):
             if i == 0:
                 sent.append(await message.reply(chunk, mention_author=False))
             else:

@@ -93,6 +93,9 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     for c in records.approved_corrections(space):  # pending and rejected ones never reach training
         by = f"{c.author_name or 'someone'} ({c.author_id})" if c.author_id else ""
         fixes.append((c.prompt, c.correction, c.answer, by))
+    for p in records.approved_picks(space):  # counted picks: the asked wording taught as a paraphrase
+        by = f"{p.author_name or 'someone'} ({p.author_id})" if p.author_id else ""
+        fixes.append((p.prompt, p.answer, "", by))
     for t in records.list_test_errors(space):
         fixes.append((t.input, t.expected, t.got or "", "!test cases"))
     for asked, fix, bad, by in fixes:
