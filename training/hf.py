@@ -31,19 +31,19 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
-from training.backend import History, Job, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, Reply, TrainingBackend
 from training.evaluation import abstains, same_meaning
 from training.hf_generate import Generator
 from training.hf_ground import INSTRUCTION, PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
 from training.hf_store import ADAPTER_FILES, BaseSpec
-from training.local.answer import dont_know
+from training.local.answer import dont_know, dont_know_offer
 from training.local.overlay import Overlays
 from training.versions import remove_stale_tmp
 
@@ -374,6 +374,10 @@ class HFBackend(TrainingBackend):
 
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Generate with the base + the version's adapter (the bare base before the first training)."""
+        return (await self.reply(space, model_name, prompt, history)).text
+
+    async def reply(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> Reply:
+        """``answer``, grounded in the closest trained pairs; when it does not know, the pairs it may offer."""
         folder = space.models / model_name if model_name else None
 
         def look() -> tuple[bool, str | None]:
@@ -387,21 +391,33 @@ class HFBackend(TrainingBackend):
                                f"or", helps=("model <name>", "switches to another"))
         found = await self.ground(space, folder, prompt)
         if found is not None and found.best < self._floor():
-            return self.dont_know(found.suggestions)  # about nothing it was taught: no need to ask the model
+            return self.dont_know(found.offers)  # about nothing it was taught: no need to ask the model
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
                                               max_new_tokens=self.settings.hf_max_new_tokens,
                                               context=found.context if found is not None else None)
         if found is not None and (abstains(reply["text"]) or not grounded_in(reply["text"], found.context)):
             # It said it doesn't know, or wrote something no note holds (an invented fact): the honest answer.
-            return self.dont_know(found.suggestions)
-        return reply["text"] or "…"
+            return self.dont_know(found.offers)
+        return Reply(reply["text"] or "…")
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Vectors by meaning from the grounding's embedding model (None without it)."""
+        emb = self._embedder()
+        return None if emb is None else emb.encode(list(texts))
+
+    def same_meaning(self) -> float:
+        emb = self._embedder()
+        return emb.thresholds.min_score if emb is not None else 1.0
 
     def _floor(self) -> float:
         return self.retriever.floor() if self.retriever is not None else 0.0
 
-    def dont_know(self, suggestions: list[str]) -> str:
-        """The same honest "I don't know" as the local backend's, offering the closest trained questions."""
-        return dont_know(self.settings.prefix, suggestions)
+    def dont_know(self, offers: list[tuple[str, str]]) -> Reply:
+        """The same honest "I don't know" as the local backend's, offering the closest trained questions (as
+        buttons where the chat can show them)."""
+        prefix = self.settings.prefix
+        return Reply(dont_know(prefix, [q for q, _ in offers]), tuple(offers),
+                     dont_know_offer(prefix) if offers else "")
 
     async def ground(self, space: GuildSpace, folder: Path | None, prompt: str) -> Retrieved | None:
         """The notes for ``prompt`` from the version's trained pairs and the server's counted corrections; None

@@ -184,7 +184,7 @@ class Retrieved:
 
     context: list[tuple[str, str]]
     best: float
-    suggestions: list[str] = field(default_factory=list)  # trained questions to offer with an abstention
+    offers: list[tuple[str, str]] = field(default_factory=list)  # pairs the asker may have meant, for an abstention
 
 
 class Retriever:
@@ -268,5 +268,8 @@ class Retriever:
         scored.sort(key=lambda c: (-c[0], c[1]))
         top = scored[: self.k]
         floor = self.floor()
-        suggestions = [q for s, _, q, _ in top[:2] if s >= floor]
-        return Retrieved([(q, a) for _, _, q, a in top], top[0][0] if top else 0.0, suggestions)
+        offers: list[tuple[str, str]] = []
+        for score, _, q, a in top:  # up to two of different answers, close enough to offer
+            if score >= floor and len(offers) < 2 and all(a != b for _, b in offers):
+                offers.append((q, a))
+        return Retrieved([(q, a) for _, _, q, a in top], top[0][0] if top else 0.0, offers)
