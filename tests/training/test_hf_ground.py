@@ -84,7 +84,9 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
 
         # What the model writes must be what a note says: an invented fact becomes the honest "I don't know".
         spy_on(backend, canned=True, text="The shop opens at 7 am.")
-        assert (await backend.answer(space, job.model, "when does the shop open", ())).startswith("I don't know")
+        invented = await backend.reply(space, job.model, "when does the shop open", ())
+        assert invented.text.startswith("I don't know that one yet. Did you mean “When does the shop open?”")
+        assert invented.offers[0] == TAUGHT[0] and invented.offer_text.startswith("I don't know that one yet.")
         spy_on(backend, canned=True, text="It opens at 9 am.")
         assert await backend.answer(space, job.model, "when does the shop open", ()) == "It opens at 9 am."
         spy_on(backend, canned=True, text="I don't know.")
