@@ -11,12 +11,31 @@ import asyncio
 import dataclasses
 import difflib
 import logging
+import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO, TypedDict
 from urllib.parse import urlsplit
+
+
+def _run_in_venv() -> None:
+    """``python bot.py`` with an interpreter outside the project's .venv (which ``make`` builds): start again in
+    the venv, so a newcomer's ``printf '!hi\n' | python bot.py`` finds the packages instead of failing on the
+    first import. Only when the venv exists, and once (a venv that cannot import them reports it)."""
+    venv = Path(__file__).resolve().parent / ".venv"
+    python = venv / "bin" / "python"
+    if (not python.exists() or os.environ.get("TRAINER_BOT_REEXEC")
+            or Path(sys.prefix).resolve() == venv.resolve()):
+        return
+    os.environ["TRAINER_BOT_REEXEC"] = "1"
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _run_in_venv()
 
 import aiohttp
 import discord
@@ -24,7 +43,15 @@ import yarl
 from discord.ext import commands
 from dotenv import load_dotenv
 
-from commands._shared import NotTrainerAdmin, TrainerContext, report_unexpected, user_line
+from commands._shared import (
+    CannotPostHere,
+    NotTrainerAdmin,
+    TrainerContext,
+    may_post,
+    refused_post,
+    report_unexpected,
+    user_line,
+)
 from config import Settings
 from errors import ConfigError, TrainerError
 from records.db import Database, DatabaseError
@@ -38,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainer")
 
 ROOT = Path(__file__).resolve().parent
+REFUSAL_LOG_SECONDS = 600.0  # a channel where Discord refuses my messages is logged once per this long
 # The cogs, in load order; commands/_shared.py is a helper module, not a cog.
 EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
               "commands.training", "commands.offers")
@@ -141,6 +169,8 @@ class TrainerBot(commands.AutoShardedBot):
         self.openai_options = openai_options or {}
         self.runner: asyncio.Task[None] | None = None  # set by start_bot
         self.failed_cogs: dict[str, str] = {}
+        self.refused_channels: dict[int, float] = {}  # channel id -> when its refusal was last logged
+        self.add_check(self._may_answer_here)
         self.openai_client: openai.AsyncOpenAI | None = None
         self.db: Database | None = None
         self.model: Model
@@ -169,6 +199,24 @@ class TrainerBot(commands.AutoShardedBot):
             else:
                 log.debug("loaded %s", name)
 
+    async def _may_answer_here(self, ctx: commands.Context) -> bool:
+        """Every command's first check: a command I could not answer is not run (a `!train` nobody hears about)."""
+        if not may_post(ctx.channel):
+            raise CannotPostHere("no Send Messages permission here")
+        return True
+
+    def cannot_post(self, channel: Any, why: object) -> None:
+        """Discord refuses my messages in ``channel`` (its permissions): one line in the log, at most once
+        per channel every :data:`REFUSAL_LOG_SECONDS`, and nothing else (no retry, no reply elsewhere)."""
+        now = time.monotonic()
+        last = self.refused_channels.get(channel.id)
+        if last is not None and now - last < REFUSAL_LOG_SECONDS:
+            return
+        self.refused_channels[channel.id] = now
+        guild = getattr(channel, "guild", None)
+        log.warning("not allowed to post in #%s (%s) of server %s: %s; staying quiet there",
+                    getattr(channel, "name", "DM"), channel.id, getattr(guild, "id", "-"), why)
+
     async def get_context(self, origin: discord.Message | discord.Interaction, /, *,
                           cls: type[commands.Context] = TrainerContext) -> Any:
         return await super().get_context(origin, cls=cls)
@@ -192,6 +240,9 @@ class TrainerBot(commands.AutoShardedBot):
     async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         """The one global error handler: every failure becomes a short line for the user."""
         if getattr(ctx, "error_handled", False):
+            return
+        if isinstance(error, CannotPostHere) or not may_post(ctx.channel):
+            self.cannot_post(ctx.channel, error)  # nowhere to answer: the log has it, once
             return
         error = getattr(error, "original", error) if isinstance(error, commands.CommandInvokeError) else error
         p = ctx.clean_prefix
@@ -245,6 +296,17 @@ class TrainerBot(commands.AutoShardedBot):
             return
         if isinstance(error, TrainerError):
             await ctx.send(user_line(error, ctx.clean_prefix)[:1990])
+            return
+        if isinstance(error, discord.Forbidden):
+            if refused_post(error, ctx.channel):  # my permissions changed and the cache does not know yet
+                self.cannot_post(ctx.channel, error.text)
+                return
+            # Something else was refused (e.g. deleting a message without Manage Messages): say which.
+            log.warning("command %s refused by Discord: %s", ctx.command, error.text)
+            try:
+                await ctx.send(f"Discord didn't let me do that here ({error.text}); an admin can check my permissions.")
+            except discord.HTTPException as exc:
+                self.cannot_post(ctx.channel, exc.text)
             return
         error_id = report_unexpected(f"in command {ctx.command} (message {ctx.message.id})", error)
         try:
@@ -349,7 +411,8 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
 
 def run_dev(settings: Settings) -> int:
     """``python bot.py`` in dev mode without a token: the sandbox and a chat in this terminal."""
-    workdir = ROOT / "sandbox_files"
+    # Beside DATA_DIR with the sandbox's world: one folder holds a dev session's world, log and attachments.
+    workdir = sandbox_world_file(settings).parent
     log_file = workdir / "bot.log"
     setup_logging(settings, log_file=log_file)
     print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)

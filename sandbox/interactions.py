@@ -593,6 +593,8 @@ class Interactions:
                 meta["target_message_id"] = str(target)
         if inter.type == MESSAGE_COMPONENT and inter.message is not None:
             meta["interacted_message_id"] = str(inter.message.id)
+        if inter.type == MODAL_SUBMIT and inter.parent is not None:
+            meta["triggering_interaction_metadata"] = self._metadata(inter.parent)
         return meta
 
     # ----------------------------------------------------------------- routes

@@ -37,6 +37,11 @@ class UserPayload(TypedDict):
     bot: NotRequired[bool]
     public_flags: NotRequired[int]
     flags: NotRequired[int]
+    banner: NotRequired[str | None]
+    accent_color: NotRequired[int | None]
+    avatar_decoration_data: NotRequired[None]  # the sandbox's users have none of these
+    collectibles: NotRequired[None]
+    primary_guild: NotRequired[None]
 
 
 class MemberPayload(TypedDict):
@@ -53,6 +58,19 @@ class MemberPayload(TypedDict):
     mute: bool
     flags: int
     pending: NotRequired[bool]
+    banner: NotRequired[str | None]
+    communication_disabled_until: NotRequired[str | None]
+
+
+class CurrentUserPayload(UserPayload):
+    """GET /users/@me: the user object with the fields only its own account sees
+    (https://discord.com/developers/docs/resources/user#get-current-user)."""
+
+    mfa_enabled: bool
+    locale: str
+    verified: bool
+    email: str | None
+    premium_type: int
 
 
 class UserMentionPayload(UserPayload):
@@ -118,6 +136,7 @@ class GuildChannelPayload(TypedDict):
     permission_overwrites: list[PermissionOverwritePayload]
     nsfw: bool
     parent_id: Snowflake | None
+    flags: int
     # Text channels:
     topic: NotRequired[str | None]
     last_message_id: NotRequired[Snowflake | None]
@@ -134,6 +153,7 @@ class DMChannelPayload(TypedDict):
     id: Snowflake
     type: Literal[1]
     last_message_id: Snowflake | None
+    flags: int
     recipients: list[UserPayload]
 
 
@@ -340,6 +360,8 @@ class MessageInteractionMetadataPayload(TypedDict):
     target_message_id: NotRequired[Snowflake]
     name: NotRequired[str]
     command_type: NotRequired[int]
+    # A modal submit's: the metadata of the command or button that opened the modal.
+    triggering_interaction_metadata: NotRequired[MessageInteractionMetadataPayload]
 
 
 class MessagePayload(TypedDict):
@@ -370,6 +392,18 @@ class MessagePayload(TypedDict):
     reactions: NotRequired[list[ReactionPayload]]
     message_reference: NotRequired[MessageReferencePayload]
     referenced_message: NotRequired[MessagePayload | None]
+
+
+class PinnedMessagePayload(TypedDict):
+    """https://discord.com/developers/docs/resources/message#get-channel-pins"""
+
+    pinned_at: str
+    message: MessagePayload
+
+
+class PinsPayload(TypedDict):
+    items: list[PinnedMessagePayload]
+    has_more: bool
 
 
 # ----------------------------------------------------------------- servers, voice states
@@ -425,6 +459,19 @@ class GuildPayload(TypedDict):
     public_updates_channel_id: Snowflake | None
     nsfw_level: int
     premium_progress_bar_enabled: bool
+    safety_alerts_channel_id: Snowflake | None
+    incidents_data: None  # no raid or DM-spam protection is active in the sandbox
+    home_header: str | None
+    region: str  # "deprecated", as Discord now sends it
+    widget_enabled: bool
+    widget_channel_id: Snowflake | None
+    max_presences: int | None
+    max_stage_video_channel_users: int
+    max_video_channel_users: int
+    nsfw: bool
+    # Get Guild with with_counts:
+    approximate_member_count: NotRequired[int]
+    approximate_presence_count: NotRequired[int]
     # GUILD_CREATE's:
     joined_at: NotRequired[str]
     large: NotRequired[bool]

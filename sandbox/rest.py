@@ -12,14 +12,18 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Callable, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeVar
 
 from aiohttp import BodyPartReader, web
 
 from sandbox.appcommands import JSON, FormErrors
 from sandbox.components import check_components
 from sandbox.payloads import (
+    CurrentUserPayload,
     DMCreateBody,
+    EmbedPayload,
+    ErrorPayload,
     GatewayPayload,
     MessageBody,
     MessageDeletePayload,
@@ -27,13 +31,20 @@ from sandbox.payloads import (
     MessageReactionPayload,
     MessageReactionRemoveAllPayload,
     MessageReactionRemoveEmojiPayload,
+    MessageReferenceBody,
+    PinnedMessagePayload,
+    PinsPayload,
 )
+from sandbox.ratelimit import RateLimiter
 from sandbox.state import (
     ADD_REACTIONS,
+    ATTACH_FILES,
     IS_COMPONENTS_V2,
     IS_VOICE_MESSAGE,
     MANAGE_MESSAGES,
+    PIN_MESSAGES,
     READ_MESSAGE_HISTORY,
+    SEND_MESSAGES,
     SUPPRESS_EMBEDS,
     SUPPRESS_NOTIFICATIONS,
     VIEW_CHANNEL,
@@ -42,6 +53,7 @@ from sandbox.state import (
     Guild,
     Message,
     User,
+    iso_time,
 )
 
 if TYPE_CHECKING:
@@ -72,14 +84,68 @@ UNKNOWN_CODES = {"Channel": 10003, "Guild": 10004, "Member": 10007, "Message": 1
 
 T = TypeVar("T")
 
+# Discord's limits on a message (https://discord.com/developers/docs/resources/message#create-message).
+MAX_CONTENT = 2000
+MAX_EMBEDS = 10
+MAX_FILES = 10
+MAX_PINS = 250
+# Embed limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
+EMBED_TEXT_LIMITS = {"title": 256, "description": 4096}
+MAX_EMBED_FIELDS = 25
+MAX_EMBED_TOTAL = 6000
+
+
+def field_error(code: str, message: str) -> dict[str, object]:
+    """One field's errors in Discord's "Invalid Form Body" (50035)."""
+    return {"_errors": [{"code": code, "message": message}]}
+
+
+def too_long(limit: int) -> dict[str, object]:
+    return field_error("BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+
+def _inner_text(embed: EmbedPayload, part: str, key: str) -> str:
+    """An embed's footer text or author name ("" when it has none)."""
+    inner: Any = embed.get(part) or {}
+    return str(inner.get(key) or "") if isinstance(inner, dict) else ""
+
+
+class Answered(NamedTuple):
+    """One REST answer the sandbox gave: ``route`` is its template under /api/v10 (e.g.
+    ``/channels/{channel_id}/messages``), ``body`` the bytes it sent."""
+
+    method: str
+    route: str
+    status: int
+    body: bytes
+
 
 class DiscordError(Exception):
     """What Discord answers instead of doing a request: its ``message``, JSON error ``code`` and
-    HTTP ``status``. Raised in a route, the middleware sends it as Discord's error body."""
+    HTTP ``status`` (and, for a refused form, the per-field ``errors``). Raised in a route, the
+    middleware sends it as Discord's error body."""
 
-    def __init__(self, message: str, code: int, status: int = 400) -> None:
+    def __init__(self, message: str, code: int, status: int = 400, errors: dict[str, object] | None = None) -> None:
         super().__init__(message)
-        self.code, self.status = code, status
+        self.code, self.status, self.errors = code, status, errors
+
+    @classmethod
+    def form(cls, errors: dict[str, object]) -> DiscordError:
+        return cls("Invalid Form Body", 50035, 400, errors)
+
+    def payload(self) -> ErrorPayload:
+        data: ErrorPayload = {"message": str(self), "code": self.code}
+        if self.errors is not None:
+            data["errors"] = self.errors  # type: ignore[typeddict-item]
+        return data
+
+
+def missing_access() -> DiscordError:
+    return DiscordError("Missing Access", 50001, 403)
+
+
+def missing_permissions() -> DiscordError:
+    return DiscordError("Missing Permissions", 50013, 403)
 
 
 class ReactionError(DiscordError, ValueError):
@@ -144,6 +210,9 @@ class Rest:
         self.uploads: dict[int, Attachment] = {}
         self._listeners: list[Callable[[str, Message], None]] = []
         self._reaction_listeners: list[Callable[[str, Message, User, str], None]] = []
+        # Every REST answer, once a test sets it to a list (tests/api_spec.py checks them against Discord's spec).
+        self.responses: list[Answered] | None = None
+        self.limiter = RateLimiter(sandbox.rate_limits)
 
     # ----------------------------------------------------------------- messages
     def add_listener(self, callback: Callable[[str, Message], None]) -> None:
@@ -186,10 +255,15 @@ class Rest:
         r.add_get(p + "/oauth2/applications/@me", self._application)
         r.add_post(p + "/users/@me/channels", self._dm)
         r.add_get(p + "/guilds/{guild_id}", self._guild)
+        # Fixed paths before the {id} ones they would otherwise match ("search" is no member id).
+        r.add_get(p + "/guilds/{guild_id}/members/search", self._search_members)
         r.add_get(p + "/guilds/{guild_id}/members/{user_id}", self._member)
         r.add_get(p + "/channels/{channel_id}", self._get_channel_route)
         r.add_post(p + "/channels/{channel_id}/messages", self._send_message)
         r.add_get(p + "/channels/{channel_id}/messages", self._history)
+        r.add_get(p + "/channels/{channel_id}/messages/pins", self._pins)
+        r.add_put(p + "/channels/{channel_id}/messages/pins/{message_id}", self._pin)
+        r.add_delete(p + "/channels/{channel_id}/messages/pins/{message_id}", self._pin)
         r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self._fetch_message)
         r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self._edit_message)
         r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self._delete_message)
@@ -211,14 +285,41 @@ class Rest:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        # Interaction callbacks and webhooks are authorised by their token in the path, not the bot's.
-        if (request.path.startswith(API_PREFIX) and not request.path.startswith(UNAUTHENTICATED)
-                and not self._authorized(request)):
-            return _json({"message": "401: Unauthorized", "code": 0}, 401)
-        try:
+        if not request.path.startswith(API_PREFIX):  # the gateway and the CDN
             return await handler(request)
-        except DiscordError as exc:
-            return _json({"message": str(exc), "code": exc.code}, exc.status)
+        resource = request.match_info.route.resource
+        template = resource.canonical.removeprefix(API_PREFIX) if resource is not None else request.path
+        known = template != "/{tail}"
+        headers: dict[str, str] = {"Via": "1.1 google"}  # discord.py takes a 429 without Via for a Cloudflare ban
+        response: web.StreamResponse
+        # Interaction callbacks and webhooks are authorised by their token in the path, not the bot's.
+        if not request.path.startswith(UNAUTHENTICATED) and not self._authorized(request):
+            response = _json({"message": "401: Unauthorized", "code": 0}, 401)
+        else:
+            verdict = self.limiter.check(request.method, template, dict(request.match_info)) if known else None
+            headers.update(verdict.headers if verdict is not None else {})
+            if verdict is not None and verdict.refused:
+                response = _json(verdict.body(), 429)
+            else:
+                try:
+                    self._check_snowflakes(request)
+                    response = await handler(request)
+                except DiscordError as exc:
+                    response = _json(exc.payload(), exc.status)
+        response.headers.update(headers)
+        if self.responses is not None and known:  # unknown routes: Sandbox.unimplemented has them
+            body = response.body if isinstance(response, web.Response) else b""
+            self.responses.append(Answered(request.method, template, response.status,
+                                           bytes(body) if isinstance(body, (bytes, bytearray)) else b""))
+        return response
+
+    @staticmethod
+    def _check_snowflakes(request: web.Request) -> None:
+        """Discord's 400 for an id in the path that is not a snowflake (e.g. ``/messages/abc``)."""
+        for name, value in request.match_info.items():
+            # "@me", "@original": Discord's names for the caller and an interaction's first response
+            if name.endswith("_id") and not value.isdigit() and not value.startswith("@"):
+                raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{value}" is not snowflake.')})
 
     async def _unknown(self, request: web.Request) -> web.Response:
         route = f"{request.method} {request.path}"
@@ -227,15 +328,21 @@ class Rest:
         return _json({"message": "404: Not Found", "code": 0}, 404)
 
     async def _me(self, request: web.Request) -> web.Response:
-        return _json(self.state.bot_user.payload())
+        me: CurrentUserPayload = {**self.state.bot_user.payload(), "mfa_enabled": False, "locale": "en-US",
+                                  "verified": True, "email": None, "premium_type": 0}
+        return _json(me)
 
     async def _application(self, request: web.Request) -> web.Response:
+        # No install link is set up: Discord leaves install_params and custom_install_url out then.
         return _json({
             "id": str(self.state.application_id), "name": "trainer", "icon": None, "description": "",
-            "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
-            "owner": self.state.owner.payload(), "team": None, "summary": "", "rpc_origins": [],
-            "approximate_guild_count": len(self.state.guilds), "redirect_uris": [], "interactions_endpoint_url": None,
-            "tags": [], "install_params": None, "custom_install_url": None, "integration_types_config": {},
+            "type": None, "bot_public": False, "bot_require_code_grant": False, "verify_key": "0" * 64,
+            "flags": 0, "flags_new": "0", "owner": self.state.owner.payload(), "team": None, "summary": "",
+            "rpc_origins": [], "approximate_guild_count": len(self.state.guilds),
+            "approximate_user_install_count": 0, "approximate_user_authorization_count": 0,
+            "redirect_uris": [], "interactions_endpoint_url": None, "role_connections_verification_url": None,
+            "explicit_content_filter": 0, "eligible_oauth2_scopes": ["bot", "applications.commands"],
+            "tags": [], "integration_types_config": {},
         })
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
@@ -245,11 +352,24 @@ class Rest:
             data["session_start_limit"] = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
         return _json(data)
 
-    def _get_channel(self, request: web.Request) -> Channel:
-        return existing(self.state.channels.get(int(request.match_info["channel_id"])), "Channel")
+    def _get_channel(self, request: web.Request, *needed: int) -> Channel:
+        """The channel the path names, which the bot must see (50001 Missing Access) and in which it
+        must have the ``needed`` permissions (50013 Missing Permissions)."""
+        channel = existing(self.state.channels.get(int(request.match_info["channel_id"])), "Channel")
+        perms = self.state.permissions_for(self.state.bot_user, channel)
+        if not perms & VIEW_CHANNEL:
+            raise missing_access()
+        for permission in needed:
+            if not perms & permission:
+                raise missing_permissions()
+        return channel
 
-    def _get_message(self, request: web.Request) -> Message:
-        return self._message_in(int(request.match_info["channel_id"]), int(request.match_info["message_id"]))
+    def _bot_may(self, channel: Channel, permission: int) -> bool:
+        return bool(self.state.permissions_for(self.state.bot_user, channel) & permission)
+
+    def _get_message(self, request: web.Request, *needed: int) -> Message:
+        channel = self._get_channel(request, *needed)
+        return self._message_in(channel.id, int(request.match_info["message_id"]))
 
     def _message_in(self, channel_id: int, message_id: int, error: type[DiscordError] = DiscordError) -> Message:
         msg = self.state.messages.get(message_id)
@@ -263,10 +383,11 @@ class Rest:
 
     async def _read_message_body(self, request: web.Request, channel_id: int) -> tuple[MessageBody, list[Attachment]]:
         """The JSON of a message create/edit request (as the client sent it: taken to be a
-        :class:`MessageBody`) and the files it uploads."""
+        :class:`MessageBody`) and the files it uploads (Discord's 413 for one over the upload limit)."""
         files: list[Attachment] = []
         payload: MessageBody = {}
         if request.content_type.startswith("multipart/"):
+            limit = self.state.upload_limit(self.state.channels[channel_id])
             reader = await request.multipart()
             async for part in reader:
                 if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's clients send none
@@ -275,6 +396,8 @@ class Rest:
                     payload = json.loads(await part.text())
                 elif part.name and part.name.startswith("files["):
                     data = bytes(await part.read())
+                    if len(data) > limit:
+                        raise DiscordError("Request entity too large", 40005, 413)
                     ctype = part.headers.get("Content-Type")
                     files.append(self.store_attachment(channel_id, part.filename or "file", data, ctype, None))
             return payload, files
@@ -283,14 +406,64 @@ class Rest:
             payload = json.loads(body)
         return payload, files
 
-    def body_error(self, payload: MessageBody, files: list[Attachment], *, creating: bool) -> JSON | None:
-        """Discord's 400 for a message body it refuses (too long, empty, bad allowed_mentions or
-        components), or None; the components get Discord's ids."""
+    @staticmethod
+    def limit_errors(payload: MessageBody, files: list[Attachment]) -> dict[str, object]:
+        """Discord's field errors for content, embeds and files over its limits (empty: none)."""
+        errors: dict[str, object] = {}
         content = payload.get("content") or ""
-        if len(content) > 2000:
-            return {"message": "Invalid Form Body", "code": 50035,
-                    "errors": {"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
-                                                        "message": "Must be 2000 or fewer in length."}]}}}
+        if len(content) > MAX_CONTENT:
+            errors["content"] = too_long(MAX_CONTENT)
+        embeds = payload.get("embeds") or []
+        if len(embeds) > MAX_EMBEDS:
+            errors["embeds"] = too_long(MAX_EMBEDS)
+        else:
+            embed_errors = {str(i): e for i, embed in enumerate(embeds) if (e := Rest._embed_errors(embed))}
+            if embed_errors:
+                errors["embeds"] = embed_errors
+            elif sum(Rest._embed_size(e) for e in embeds) > MAX_EMBED_TOTAL:
+                errors["embeds"] = field_error("MAX_EMBED_SIZE_EXCEEDED",
+                                               f"Embed size exceeds maximum size of {MAX_EMBED_TOTAL}")
+        if len(files) > MAX_FILES:
+            errors["files"] = too_long(MAX_FILES)
+        return errors
+
+    @staticmethod
+    def _embed_errors(embed: EmbedPayload) -> dict[str, object]:
+        errors: dict[str, object] = {}
+        for key, limit in EMBED_TEXT_LIMITS.items():
+            if len(str(embed.get(key) or "")) > limit:
+                errors[key] = too_long(limit)
+        fields = embed.get("fields") or []
+        if len(fields) > MAX_EMBED_FIELDS:
+            errors["fields"] = too_long(MAX_EMBED_FIELDS)
+        else:
+            bad = {}
+            for i, f in enumerate(fields):
+                one = {k: too_long(n) for k, n in (("name", 256), ("value", 1024)) if len(str(f.get(k) or "")) > n}
+                if one:
+                    bad[str(i)] = one
+            if bad:
+                errors["fields"] = bad
+        if len(_inner_text(embed, "footer", "text")) > 2048:
+            errors["footer"] = {"text": too_long(2048)}
+        if len(_inner_text(embed, "author", "name")) > 256:
+            errors["author"] = {"name": too_long(256)}
+        return errors
+
+    @staticmethod
+    def _embed_size(embed: EmbedPayload) -> int:
+        """The characters Discord counts towards the 6,000 of a message's embeds."""
+        size = len(str(embed.get("title") or "")) + len(str(embed.get("description") or ""))
+        size += len(_inner_text(embed, "footer", "text")) + len(_inner_text(embed, "author", "name"))
+        return size + sum(len(str(f.get("name") or "")) + len(str(f.get("value") or ""))
+                          for f in embed.get("fields") or [])
+
+    def body_error(self, payload: MessageBody, files: list[Attachment], *, creating: bool) -> JSON | None:
+        """Discord's 400 for a message body it refuses (over its limits, empty, bad allowed_mentions or
+        components), or None; the components get Discord's ids."""
+        if too_big := self.limit_errors(payload, files):
+            return {"message": "Invalid Form Body", "code": 50035, "errors": too_big}
+        content = payload.get("content") or ""
         if creating and not content and not files and not payload.get("embeds") and not payload.get("components"):
             return {"message": "Cannot send an empty message", "code": 50006}
         allowed = payload.get("allowed_mentions")
@@ -304,13 +477,13 @@ class Rest:
         return None
 
     async def _send_message(self, request: web.Request) -> web.Response:
-        channel = self._get_channel(request)
+        channel = self._get_channel(request, SEND_MESSAGES)
         payload, files = await self._read_message_body(request, channel.id)
         if (error := self.body_error(payload, files, creating=True)) is not None:
             return _json(error, 400)
-        ref = payload.get("message_reference") or {}
-        ref_message = ref.get("message_id")
-        ref_id = int(ref_message) if ref_message else None
+        if files and not self._bot_may(channel, ATTACH_FILES):
+            raise missing_permissions()
+        ref_id = self._reply_target(channel, payload.get("message_reference"))
         msg = Message(self.state.ids.next(), channel.id, channel.guild_id, self.state.bot_user,
                       payload.get("content") or "", files, embeds=payload.get("embeds") or [], reference_id=ref_id,
                       allowed_mentions=payload.get("allowed_mentions"),
@@ -318,6 +491,22 @@ class Rest:
                       components=list(payload.get("components") or []))
         await self.create_message(msg)
         return _json(self.message_for_bot(msg))
+
+    def _reply_target(self, channel: Channel, ref: MessageReferenceBody | None) -> int | None:
+        """The id of the message a new message replies to; Discord's 400 when it is not there (unless
+        the reply says ``fail_if_not_exists: false``: then the message goes out as no reply)."""
+        if not ref or not ref.get("message_id"):
+            return None
+        if not self._bot_may(channel, READ_MESSAGE_HISTORY):
+            raise DiscordError("Cannot reply without permission to read message history", 160002, 403)
+        target = self.state.messages.get(int(ref["message_id"]))
+        channel_id = int(ref.get("channel_id") or channel.id)
+        if target is not None and not target.deleted and target.channel_id == channel_id == channel.id:
+            return target.id
+        if ref.get("fail_if_not_exists", True) is False:
+            return None
+        raise DiscordError.form({"message_reference": field_error("MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                                                                  "Unknown message")})
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         msg = self._get_message(request)
@@ -332,6 +521,7 @@ class Rest:
         """Apply a checked edit to ``msg`` as Discord does (MESSAGE_UPDATE unless it is ephemeral)."""
         allowed = payload.get("allowed_mentions")
         if "content" in payload:
+            msg.earlier.append(msg.content)
             msg.content = payload["content"] or ""
         if "embeds" in payload:
             msg.embeds = payload["embeds"] or []
@@ -382,28 +572,109 @@ class Rest:
         self.state.changed()
 
     async def _delete_message(self, request: web.Request) -> web.Response:
-        await self.delete_message(self._get_message(request))
+        msg = self._get_message(request)
+        channel = self.state.channels[msg.channel_id]
+        if msg.author.id != self.state.bot_user.id:
+            if channel.type == 1:  # nobody deletes the other side's messages in a DM
+                raise DiscordError("Cannot execute action on a DM channel", 50003, 403)
+            if not self._bot_may(channel, MANAGE_MESSAGES):
+                raise missing_permissions()
+        await self.delete_message(msg)
         return web.Response(status=204)
 
     async def _fetch_message(self, request: web.Request) -> web.Response:
-        msg = self._get_message(request)
+        msg = self._get_message(request, READ_MESSAGE_HISTORY)
         return _json(self.message_for_bot(msg))
+
+    @staticmethod
+    def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        if not raw.lstrip("-").isdigit():
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{raw}" is not int.')})
+        value = int(raw)
+        if value < low:
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_MIN", f"int value should be greater than or equal to {low}.")})
+        if value > high:
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_MAX", f"int value should be less than or equal to {high}.")})
+        return value
+
+    @staticmethod
+    def _snowflake_query(request: web.Request, name: str) -> int | None:
+        raw = request.query.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            raise DiscordError.form({name: field_error("NUMBER_TYPE_COERCE", f'Value "{raw}" is not snowflake.')})
+        return int(raw)
 
     async def _history(self, request: web.Request) -> web.Response:
         channel = self._get_channel(request)
-        limit = min(int(request.query.get("limit", 50)), 100)
-        before = int(request.query["before"]) if "before" in request.query else None
-        after = int(request.query["after"]) if "after" in request.query else None
+        limit = self._int_query(request, "limit", 50, 1, 100)
+        before, after = self._snowflake_query(request, "before"), self._snowflake_query(request, "after")
+        if not self._bot_may(channel, READ_MESSAGE_HISTORY):
+            return _json([])  # Discord: "no messages will be returned"
         found = [m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
-                 and not m.ephemeral                 and (before is None or m.id < before) and (after is None or m.id > after)]
+                 and not m.ephemeral and (before is None or m.id < before) and (after is None or m.id > after)]
         # The page nearest to `after` (or, without it, the newest), listed newest first either
         # way as Discord does (discord.py reverses an `after` page itself).
         found.sort(key=lambda m: m.id, reverse=after is None)
         page = sorted(found[:limit], key=lambda m: m.id, reverse=True)
         return _json([self.message_for_bot(m) for m in page])
 
-    async def _typing(self, request: web.Request) -> web.Response:
+    async def _pins(self, request: web.Request) -> web.Response:
+        """GET .../messages/pins: the pinned messages, the latest pin first, ``limit`` (1-50) at a time
+        from ``before`` (an ISO 8601 time); none without Read Message History."""
         channel = self._get_channel(request)
+        limit = self._int_query(request, "limit", 50, 1, 50)
+        before: float | None = None
+        if "before" in request.query:
+            try:
+                before = datetime.fromisoformat(request.query["before"]).timestamp()
+            except ValueError:
+                raise DiscordError.form({"before": field_error("DATE_TIME_TYPE_PARSE", "Could not parse "
+                                                               f"{request.query['before']}. Should be ISO8601.")}) from None
+        pinned = [] if not self._bot_may(channel, READ_MESSAGE_HISTORY) else sorted(
+            (m for m in self.state.messages.values() if m.channel_id == channel.id and not m.deleted
+             and m.pinned_at is not None and (before is None or m.pinned_at < before)),
+            key=lambda m: m.pinned_at or 0.0, reverse=True)
+        items: list[PinnedMessagePayload] = [
+            {"pinned_at": iso_time(m.pinned_at), "message": self.state.message_payload(m)} for m in pinned[:limit]]
+        data: PinsPayload = {"items": items, "has_more": len(pinned) > limit}
+        return _json(data)
+
+    async def _pin(self, request: web.Request) -> web.Response:
+        """PUT/DELETE .../messages/pins/{message_id}: pin or unpin (Pin Messages or Manage Messages)."""
+        msg = self._get_message(request)
+        channel = self.state.channels[msg.channel_id]
+        if channel.type != 1 and not (self._bot_may(channel, PIN_MESSAGES) or self._bot_may(channel, MANAGE_MESSAGES)):
+            raise missing_permissions()
+        pin = request.method == "PUT"
+        if pin and msg.pinned_at is None:
+            if sum(1 for m in self.state.messages.values()
+                   if m.channel_id == channel.id and m.pinned_at is not None and not m.deleted) >= MAX_PINS:
+                raise DiscordError(f"Maximum number of pins reached ({MAX_PINS})", 30003)
+            msg.pinned_at = time.time()
+        elif not pin and msg.pinned_at is not None:
+            msg.pinned_at = None
+        else:
+            return web.Response(status=204)
+        data = self.state.message_payload(msg)
+        await self.gateway.dispatch("MESSAGE_UPDATE", data)
+        last = max((m.pinned_at for m in self.state.messages.values()
+                    if m.channel_id == channel.id and m.pinned_at is not None and not m.deleted), default=None)
+        pins_update: dict[str, object] = {"channel_id": str(channel.id),
+                                          "last_pin_timestamp": iso_time(last) if last is not None else None}
+        if channel.guild_id:
+            pins_update["guild_id"] = str(channel.guild_id)
+        await self.gateway.dispatch("CHANNEL_PINS_UPDATE", pins_update)
+        await self.notify("update", msg)
+        self.state.changed()
+        return web.Response(status=204)
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        channel = self._get_channel(request, SEND_MESSAGES)
         self.typing.append(channel.id)
         return web.Response(status=204)
 
@@ -558,14 +829,31 @@ class Rest:
         member = existing(user if user is not None and self.state.is_member(user, guild.id) else None, "Member")
         return _json(self.state.member_payload(member, guild.id))
 
+    async def _search_members(self, request: web.Request) -> web.Response:
+        """GET /guilds/{id}/members/search?query=&limit=: members whose username or display name
+        begins with ``query`` (no case), ``limit`` (1-1000, default 1) of them."""
+        guild = self._get_guild(request)
+        query = request.query.get("query")
+        if query is None:
+            raise DiscordError.form({"query": field_error("BASE_TYPE_REQUIRED", "This field is required")})
+        limit = self._int_query(request, "limit", 1, 1, 1000)
+        q = query.casefold()
+        found = [u for u in self.state.users.values()
+                 if self.state.is_member(u, guild.id) and u.name.casefold().startswith(q)]
+        return _json([self.state.member_payload(u, guild.id) for u in found[:limit]])
+
     async def _guild(self, request: web.Request) -> web.Response:
-        data = self.state.guild_payload(self._get_guild(request))
+        guild = self._get_guild(request)
+        data = self.state.guild_payload(guild)
         # Get Guild's server has no GUILD_CREATE lists.
-        data.pop("members", None)
-        data.pop("channels", None)
-        data.pop("voice_states", None)
-        data.pop("presences", None)
-        data.pop("threads", None)
+        for key in ("members", "channels", "voice_states", "presences", "threads", "joined_at", "large",
+                    "unavailable", "member_count", "stage_instances", "guild_scheduled_events", "soundboard_sounds"):
+            data.pop(key, None)  # type: ignore[misc]
+        if request.query.get("with_counts", "").lower() in ("1", "true"):
+            members = [u for u in self.state.users.values() if self.state.is_member(u, guild.id)]
+            data["approximate_member_count"] = len(members)
+            # The sandbox keeps no presences: the one member known to be online is the bot, while it is connected.
+            data["approximate_presence_count"] = 1 if self.gateway.sessions else 0
         return _json(data)
 
     async def _dm(self, request: web.Request) -> web.Response:

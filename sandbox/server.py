@@ -37,6 +37,7 @@ from sandbox.events import WorldEvents
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
 from sandbox.interactions import RESPONSE_DEADLINE, Interaction, InteractionRefused, Interactions, OpenModal
 from sandbox.payloads import UnavailableGuildPayload
+from sandbox.ratelimit import RateLimits
 from sandbox.rest import API_PREFIX, ReactionError, Rest, parse_emoji
 from sandbox.state import (
     ADD_REACTIONS,
@@ -51,6 +52,7 @@ from sandbox.state import (
     MANAGE_GUILD,
     MANAGE_MESSAGES,
     MENTION_EVERYONE,
+    PIN_MESSAGES,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
     SPEAK,
@@ -75,8 +77,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ADD_REACTIONS", "ADMINISTRATOR", "ALL_PERMISSIONS", "ATTACH_FILES", "CONNECT", "EMBED_LINKS",
     "EVERYONE_PERMISSIONS", "HEARTBEAT_ACK_DELAY", "MANAGE_GUILD", "MANAGE_MESSAGES", "MENTION_EVERYONE",
-    "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
-    "Attachment", "Channel", "Guild", "Interaction", "InteractionRefused", "Message", "OpenModal", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
+    "PIN_MESSAGES", "READ_MESSAGE_HISTORY", "SAVE_DELAY", "SEND_MESSAGES", "SPEAK", "USE_VAD", "VIEW_CHANNEL",
+    "Attachment", "Channel", "Guild", "Interaction", "InteractionRefused", "Message", "OpenModal", "RateLimits", "ReactionError", "Role", "Sandbox", "User", "parse_emoji",
     "shard_of",
 ]
 
@@ -160,6 +162,7 @@ class Sandbox:
     react = _On("rest")
     unreact = _On("rest")
     make_app = _On("rest")
+    limiter = _On("rest")  # the rate limiter: limiter.refused lists every 429 it gave
     # Changes to the world while the bot is connected, and the gateway's reconnects (sandbox.events).
     give_role = _On("events")
     take_role = _On("events")
@@ -199,11 +202,12 @@ class Sandbox:
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
                  heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None,
                  interaction_deadline: float = RESPONSE_DEADLINE, message_content_enabled: bool = True,
-                 servers: int = 1) -> None:
+                 servers: int = 1, rate_limits: RateLimits | None = None) -> None:
         """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
         attachments, application commands) in this JSON file between runs, loading it now if it exists; without it every
         sandbox is a new world. ``interaction_deadline``: seconds the bot has for an interaction's first
-        response (Discord's 3). The first start saves a new world; changes are saved within
+        response (Discord's 3). ``rate_limits``: the REST rate limits it applies (:mod:`sandbox.ratelimit`;
+        by default Discord's, :meth:`RateLimits.discord`). The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
         begins; :attr:`world_note` then says so (and the log). ``servers``: how many servers a world has
         at least (the bot is in all of them; every user is a member of each)."""
@@ -219,6 +223,7 @@ class Sandbox:
         self.voice_unavailable: str | None = None  # why enable_voice() could not start it
         self._cond = asyncio.Condition()
         self.bot_token = "sandbox." + secrets.token_urlsafe(24)
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimits.discord()
 
         self.state = State()
         self.state.server_count = servers

@@ -58,6 +58,7 @@ ADMINISTRATOR = 1 << 3
 MANAGE_MESSAGES = 1 << 13
 MANAGE_THREADS = 1 << 34
 MENTION_EVERYONE = 1 << 17
+PIN_MESSAGES = 1 << 51
 CREATE_PUBLIC_THREADS = 1 << 35
 CREATE_PRIVATE_THREADS = 1 << 36
 SEND_MESSAGES_IN_THREADS = 1 << 38
@@ -67,6 +68,9 @@ EVERYONE_PERMISSIONS = (
     | CONNECT | SPEAK | USE_VAD | CREATE_PUBLIC_THREADS | CREATE_PRIVATE_THREADS | SEND_MESSAGES_IN_THREADS
 )
 
+# The largest file a message may carry, by the server's boost tier (DMs: tier 0), as discord.py's
+# Guild.filesize_limit has them; Discord answers 413 above it.
+UPLOAD_LIMITS = {0: 10 * 1024 * 1024, 1: 10 * 1024 * 1024, 2: 50 * 1024 * 1024, 3: 100 * 1024 * 1024}
 # Channel types (https://discord.com/developers/docs/resources/channel#channel-object-channel-types).
 GUILD_TEXT, DM, GUILD_VOICE = 0, 1, 2
 ANNOUNCEMENT_THREAD, PUBLIC_THREAD, PRIVATE_THREAD = 10, 11, 12
@@ -135,14 +139,16 @@ class User:
     def payload(self) -> UserPayload:
         return {
             "id": str(self.id), "username": self.name, "discriminator": "0", "global_name": self.name,
-            "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0,
+            "avatar": None, "bot": self.bot, "public_flags": 0, "flags": 0, "banner": None, "accent_color": None,
+            "avatar_decoration_data": None, "collectibles": None, "primary_guild": None,
         }
 
     def member_payload(self, with_user: bool = True, roles: list[int] | None = None) -> MemberPayload:
         """As a member of a server whose roles are ``roles`` (None: all the user's roles)."""
         data: MemberPayload = {
             "roles": [str(r) for r in (self.roles if roles is None else roles)], "joined_at": iso_time(self.joined),
-            "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "premium_since": None, "pending": False,
+            "deaf": False, "mute": False, "flags": 0, "nick": None, "avatar": None, "banner": None,
+            "premium_since": None, "pending": False, "communication_disabled_until": None,
         }
         if with_user:
             data["user"] = self.payload()
@@ -210,6 +216,8 @@ class Message:
     edited: float | None = None
     deleted: bool = False
     edits: int = 0
+    # Each earlier content, oldest first, as edits replaced it (what a person watching the channel saw).
+    earlier: list[str] = field(default_factory=list)
     # Mentions as Discord resolved them for the current content (allowed_mentions applied):
     mentions: list[int] = field(default_factory=list)  # user ids, in order of appearance
     mention_roles: list[int] = field(default_factory=list)
@@ -222,6 +230,7 @@ class Message:
     allowed_mentions: AllowedMentionsPayload | None = None  # as the sender gave it (None: not given)
     # Reactions: emoji -> ids of the users who reacted, both in the order they came.
     reactions: dict[str, list[int]] = field(default_factory=dict)
+    pinned_at: float | None = None  # when it was pinned (None: it is not)
     # Components (action rows of buttons and selects) as the bot sent them, with Discord's ids added.
     components: list[ComponentPayload] = field(default_factory=list)
     # Who can see it: None for everyone who sees the channel; an ephemeral interaction response
@@ -289,7 +298,7 @@ class Channel:
         }
 
     def dm_payload(self) -> DMChannelPayload:
-        return {"id": str(self.id), "type": 1, "last_message_id": None,
+        return {"id": str(self.id), "type": 1, "last_message_id": None, "flags": 0,
                 "recipients": [self.recipient.payload()] if self.recipient else []}
 
     def guild_channel_payload(self) -> GuildChannelPayload:
@@ -298,7 +307,7 @@ class Channel:
             "position": self.position, "permission_overwrites": [
                 {"id": str(o["id"]), "type": o.get("type", 0), "allow": str(o.get("allow", 0)),
                  "deny": str(o.get("deny", 0))} for o in self.overwrites
-            ], "nsfw": False, "parent_id": None,
+            ], "nsfw": False, "parent_id": None, "flags": 0,
         }
         if self.type == 0:
             data["topic"], data["last_message_id"], data["rate_limit_per_user"] = None, None, 0
@@ -318,7 +327,8 @@ class Role:
 
     def payload(self) -> RolePayload:
         return {
-            "id": str(self.id), "name": self.name, "color": 0, "colors": {"primary_color": 0},
+            "id": str(self.id), "name": self.name, "color": 0,
+            "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
             "hoist": False, "position": self.position, "permissions": str(self.permissions),
             "managed": False, "mentionable": self.mentionable, "flags": 0, "icon": None, "unicode_emoji": None,
         }
@@ -334,6 +344,7 @@ class Guild:
     text_channel: Channel  # #general
     voice_channel: Channel
     voice_states: dict[int, int] = field(default_factory=dict)  # user id -> voice channel id
+    premium_tier: int = 0  # its boost level: sets the upload limit
 
 
 class State:
@@ -551,8 +562,10 @@ class State:
             "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
             "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
             "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None,
-            "premium_tier": 0, "premium_subscription_count": 0, "preferred_locale": "en-US",
-            "public_updates_channel_id": None, "nsfw_level": 0, "premium_progress_bar_enabled": False,
+            "premium_tier": g.premium_tier, "premium_subscription_count": 0, "preferred_locale": "en-US",
+            "public_updates_channel_id": None, "safety_alerts_channel_id": None, "incidents_data": None,
+            "home_header": None, "region": "deprecated", "widget_enabled": False, "widget_channel_id": None,
+            "max_presences": None, "max_stage_video_channel_users": 50, "max_video_channel_users": 25, "nsfw": False, "nsfw_level": 0, "premium_progress_bar_enabled": False,
             "joined_at": iso_time(), "large": False, "unavailable": False, "member_count": len(members),
             "voice_states": [self.voice_state_payload(uid, cid, with_member=False, guild_id=g.id)
                              for uid, cid in g.voice_states.items()],
@@ -573,7 +586,7 @@ class State:
             "edited_timestamp": iso_time(msg.edited) if msg.edited else None, "tts": False,
             "mention_everyone": msg.mention_everyone, "mentions": [], "mention_roles": [str(r) for r in msg.mention_roles],
             "attachments": [a.payload() for a in msg.attachments], "embeds": msg.embeds,
-            "pinned": False, "type": msg.type if msg.type is not None else 19 if msg.reference_id else 0,
+            "pinned": msg.pinned_at is not None, "type": msg.type if msg.type is not None else 19 if msg.reference_id else 0,
             "flags": msg.flags, "components": msg.components,
         }
         if msg.webhook_id is not None:
@@ -665,6 +678,11 @@ class State:
         if member_overwrite is not None:
             perms = (perms & ~int(member_overwrite.get("deny", 0))) | int(member_overwrite.get("allow", 0))
         return perms
+
+    def upload_limit(self, channel: Channel) -> int:
+        """The largest file a message in ``channel`` may carry."""
+        tier = self.guild_of(channel.guild_id).premium_tier if channel.guild_id else 0
+        return UPLOAD_LIMITS[tier]
 
     def _thread_permissions(self, user: User, thread: Channel) -> int:
         """In a thread its parent's permissions apply, where Send Messages in Threads stands for Send

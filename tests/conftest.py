@@ -18,8 +18,10 @@ import pytest
 
 from config import Settings
 from records.db import Database
+from sandbox.ratelimit import RateLimits
 from sandbox.server import Sandbox
 from storage import GuildSpace
+from tests import api_spec
 from tests.fakes.samples import close_tracked_clients
 from tests.harness import BotHarness, ErrorLog, start_bot, stop_bot
 from tests.postgres import PostgresServer, start_server
@@ -51,6 +53,26 @@ def _one_default_embedder() -> Iterator[None]:
     yield
     training.local.backend.load_embedder = real
     training.hf_ground.load_embedder = real
+
+
+@pytest.fixture(autouse=True)
+def _answers_match_discord_spec(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every sandbox a test starts records its REST answers; at the end of the test each one is checked
+    against Discord's OpenAPI spec (tests/api_spec.py), and a mismatch fails the test."""
+    started: list[Sandbox] = []
+    real_start = Sandbox.start
+
+    async def start(self: Sandbox, *args: Any, **kwargs: Any) -> Sandbox:
+        if self.rest.responses is None:
+            self.rest.responses = []
+            started.append(self)
+        return await real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sandbox, "start", start)
+    yield
+    found = [p for sb in started for p in api_spec.problems(sb.rest.responses or [])]
+    if found:
+        pytest.fail("the sandbox answered what Discord's API spec does not allow:\n" + "\n".join(found[:40]))
 
 
 @pytest.fixture
@@ -99,6 +121,9 @@ def settings(data_dirs: tuple[Path, Path]) -> Settings:
     return Settings.from_env({
         "MODE": "dev", "DATA_DIR": str(data), "CORRECTIONS_DIR": str(corrections),
         "JOB_POLL_SECONDS": "0.05", "VOICE_IDLE_SECONDS": "30",
+        # The espeak-based audio tests hold word error rates measured with pocketsphinx (the lighter
+        # recogniser); Whisper, the default, is tested on real recordings in tests/commands/test_chat_long_audio.py.
+        "SPEECH_BACKEND": "sphinx",
     })
 
 
@@ -138,9 +163,15 @@ def space(tmp_path: Path, db: Database) -> GuildSpace:
     return GuildSpace(11, tmp_path / "data", tmp_path / "corrections", db).ensure()
 
 
+# Discord's rate limits in windows a twentieth as long (5 messages per 0.25 s in a channel): discord.py still
+# reads the headers and paces itself, but a test does not wait seconds, and harness.settle's quiet 0.3 s
+# outlasts a pause. tests/sandbox/test_rest.py and tests/commands/test_rate_limits.py use the real values.
+TEST_RATE_LIMITS = RateLimits.discord().scaled(0.05)
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    sb = await Sandbox().start()
+    sb = await Sandbox(rate_limits=TEST_RATE_LIMITS).start()
     yield sb
     await sb.close()
     assert not sb.unimplemented, f"the bot used routes the sandbox does not implement: {sb.unimplemented}"

@@ -56,7 +56,7 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
         state["min_examples"].append(min_examples)
         return state["compiled"]
 
-    def add_test_errors(space, mismatches):
+    def add_test_errors(space, mismatches, **who):
         state["kept"].extend(mismatches)
         return len(mismatches)
 

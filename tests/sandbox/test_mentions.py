@@ -28,6 +28,7 @@ async def sb() -> Sandbox:
     sandbox.private = sandbox.add_channel("private", 0, overwrites=[
         {"id": sandbox.guild_id, "type": 0, "deny": VIEW_CHANNEL},
         {"id": sandbox.admin.id, "type": 1, "allow": VIEW_CHANNEL},
+        {"id": sandbox.bot_user.id, "type": 1, "allow": VIEW_CHANNEL},  # it posts there
     ])
     await sandbox.start()
     yield sandbox
