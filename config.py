@@ -152,7 +152,7 @@ class Settings:
     # MODEL_BACKEND=hf (LoRA fine-tuning of an open-weights model): defaults that work for a 0.1-2B instruct model.
     hf_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     hf_lora_rank: int = 16
-    hf_epochs: int = 6
+    hf_epochs: int = 20
     hf_learning_rate: float = 1e-3
     hf_max_seq_length: int = 1024
     hf_batch_size: int = 4
@@ -164,6 +164,12 @@ class Settings:
     hf_max_new_tokens: int = 256
     hf_answer_timeout: float = 120.0
     hf_answer_queue: int = 8
+    hf_loss_target: float = 0.1
+    hf_recall_target: float = 0.95
+    hf_time_budget: float = 1800.0
+    hf_grounding: bool = True
+    hf_grounding_pairs: int = 3
+    hf_abstain_share: float = 0.25
 
     @property
     def dev(self) -> bool:
@@ -284,6 +290,12 @@ class _HFSettings(TypedDict):
     hf_max_new_tokens: int
     hf_answer_timeout: float
     hf_answer_queue: int
+    hf_loss_target: float
+    hf_recall_target: float
+    hf_time_budget: float
+    hf_grounding: bool
+    hf_grounding_pairs: int
+    hf_abstain_share: float
 
 
 def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
@@ -298,6 +310,12 @@ def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
     lr = _float(env, "HF_LEARNING_RATE", cls.hf_learning_rate, 0.0)
     if not 0 < lr <= 1:
         raise ConfigError(f"HF_LEARNING_RATE must be above 0 and at most 1, got {lr}")
+    recall = _float(env, "HF_RECALL_TARGET", cls.hf_recall_target, 0.0)
+    if recall > 1:
+        raise ConfigError(f"HF_RECALL_TARGET is a share of the trained pairs, 0 to 1; got {recall}")
+    abstain = _float(env, "HF_ABSTAIN_SHARE", cls.hf_abstain_share, 0.0)
+    if abstain > 1:
+        raise ConfigError(f"HF_ABSTAIN_SHARE is a share of the trained pairs, 0 to 1; got {abstain}")
     accelerate_config = env.get("HF_ACCELERATE_CONFIG", "").strip() or None
     if accelerate_config and not Path(accelerate_config).expanduser().is_file():
         raise ConfigError(f"HF_ACCELERATE_CONFIG={accelerate_config!r} is not a file")
@@ -320,4 +338,10 @@ def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
         "hf_max_new_tokens": max_new,
         "hf_answer_timeout": _float(env, "HF_ANSWER_TIMEOUT", cls.hf_answer_timeout, 1.0),
         "hf_answer_queue": _int(env, "HF_ANSWER_QUEUE", cls.hf_answer_queue, 1),
+        "hf_loss_target": _float(env, "HF_LOSS_TARGET", cls.hf_loss_target, 0.0),
+        "hf_recall_target": recall,
+        "hf_time_budget": _float(env, "HF_TIME_BUDGET", cls.hf_time_budget, 1.0),
+        "hf_grounding": _on_off(env, "HF_GROUNDING", cls.hf_grounding),
+        "hf_grounding_pairs": _int(env, "HF_GROUNDING_PAIRS", cls.hf_grounding_pairs, 1),
+        "hf_abstain_share": abstain,
     }

@@ -26,6 +26,7 @@ from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
 from training.backend import TERMINAL, Estimate, Job
+from training.evaluation import MEANING_RULE
 from training.lifecycle import WatchedElsewhere
 from training.status import held_back_reason, score_text
 
@@ -432,6 +433,8 @@ class Training(commands.Cog):
             result = await ctx.model.run_tests(ctx.guild_id, text, author_id=ctx.author.id,
                                                author_name=str(ctx.author))
         lines = [f"**Accuracy: {result.accuracy:.0%}** ({result.correct}/{result.total} correct)"]
+        if result.by_meaning:  # a generative model words answers its own way
+            lines.append(f"-# Answers {MEANING_RULE}.")
         for m in result.mismatches[:5]:
             lines.append(f"- input: {m.input[:200]!r}\n  expected: {m.expected[:200]!r}\n  got: {m.got[:200]!r}")
         if len(result.mismatches) > 5:

@@ -33,7 +33,9 @@ def _one_default_embedder() -> Iterator[None]:
     """Each test bot loads the default embedding model through the real code, but once per session:
     unzipping its 90 MB takes ~0.7 s, and the suite starts a few hundred bots. The model is only
     read, so bots can share it. (tests/training/test_embedding.py calls the loader itself.)
-    Patched where ``LocalBackend.embedder`` looks it up: ``training.local.backend``."""
+    Patched where ``LocalBackend.embedder`` and the hf backend's grounding look it up: ``training.local.backend``,
+    ``training.hf_ground``."""
+    import training.hf_ground
     import training.local.backend
 
     real = training.local.backend.load_embedder
@@ -47,8 +49,10 @@ def _one_default_embedder() -> Iterator[None]:
         return loaded[spec]
 
     training.local.backend.load_embedder = load_once  # type: ignore[assignment]
+    training.hf_ground.load_embedder = load_once  # type: ignore[assignment]
     yield
     training.local.backend.load_embedder = real
+    training.hf_ground.load_embedder = real
 
 
 @pytest.fixture(autouse=True)

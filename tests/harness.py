@@ -189,6 +189,9 @@ async def announcement(sb: Sandbox, job_id: str, timeout: float = 10.0) -> Messa
 def hf_env(base: Path, **extra: str) -> dict[str, str]:
     """HF_* settings that train the tiny model to answer its examples word for word in seconds."""
     env = {"HF_BASE_MODEL": str(base), "HF_EPOCHS": "40", "HF_LEARNING_RATE": "5e-3", "HF_BATCH_SIZE": "4",
-           "HF_THREADS": "1", "HF_MAX_SEQ_LENGTH": "256", "HF_MAX_NEW_TOKENS": "40", "HF_ANSWER_TIMEOUT": "60"}
+           "HF_THREADS": "1", "HF_MAX_SEQ_LENGTH": "256", "HF_MAX_NEW_TOKENS": "40", "HF_ANSWER_TIMEOUT": "60",
+           # Plain word-for-word training for a fixed number of steps; grounding and stopping when learned have
+           # their own tests (tests/training/test_hf_ground.py).
+           "HF_GROUNDING": "off", "HF_RECALL_TARGET": "0", "HF_LOSS_TARGET": "0"}
     env.update(extra)
     return env

@@ -1,7 +1,7 @@
 """What every training backend offers: start/poll/cancel a job, and answer with a model.
 
 Backends state how they differ as class attributes (``min_examples``, ``poll_seconds``,
-``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``, ``versions``); nobody compares backend
+``bills_tokens``, ``paid``, ``ignored_check_codes``, ``blurb``, ``no_loss_reason``, ``versions``, ``generates``); nobody compares backend
 names. Adding a backend is one module plus one line in :data:`BACKENDS`.
 
 A job travels as a :class:`Job` (``jobs.py`` stores it: columns plus one JSON ``data`` column); what a poll
@@ -71,6 +71,7 @@ class Evaluation:
     error: str | None = None  # why it could not be scored (then it is not held back)
     candidate: bool = False  # held back (``reason``): not switched to
     reason: str | None = None  # why it was held back, one clause (None on older records: scored worse)
+    by_meaning: bool = False  # answers were scored by meaning (key facts + word overlap), not as whole strings
 
 
 @dataclass
@@ -203,6 +204,9 @@ class TrainingBackend(ABC):
     versions: ClassVar[Versions | None] = None
     # What a job's (done, total) progress counts, for the status message.
     progress_unit: ClassVar[str] = "items"
+    # Whether it writes its answers (rather than returning a trained one): the evaluation gate and !test then score
+    # answers by meaning (training.evaluation.same_meaning), not as whole strings.
+    generates: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         self.settings = settings

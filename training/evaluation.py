@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class EvalResult:
     correct: int
     accuracy: float
     mismatches: list[Mismatch] = field(default_factory=list)
+    by_meaning: bool = False  # answers were scored by meaning (key facts + word overlap), not as whole strings
 
     def summary(self) -> str:
         """One line for the channel."""
@@ -132,17 +134,104 @@ def normalize(text: str) -> str:
     return " ".join(kept.split())
 
 
-def matches(case: Case, got: str) -> bool:
-    """Labels must match exactly (surrounding spaces aside); answers after ``normalize``."""
+# --- scoring a generated answer by meaning -------------------------------------------------------------------
+# A generative model words its answers its own way, so whole-string equality fails right answers and says
+# nothing about wrong ones. An answer is right when it holds every key fact of the expected one (its numbers and
+# names) and at least OVERLAP_MIN of the expected answer's content words; an "I don't know" is never right.
+OVERLAP_MIN = 0.5
+MEANING_RULE = (f"scored by meaning: an answer is right when it holds every number and name of the expected one "
+                f"and at least {OVERLAP_MIN:.0%} of its content words")
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS |= {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                  "ninety": "90", "hundred": "100", "first": "1", "second": "2", "third": "3", "fourth": "4",
+                  "fifth": "5", "sixth": "6", "seventh": "7", "eighth": "8", "ninth": "9", "tenth": "10",
+                  "once": "1", "twice": "2", "noon": "12", "midnight": "0"}
+_STOP = frozenset(
+    "a an the is are was were be been being am do does did of to in on at by for with from and or but not no it its "
+    "this that these those there here as if so than then you your yours we our us i me my he she they them their "
+    "his her can could will would shall should may might must have has had just also any all each every per into "
+    "onto about up out over please what when where who whom which how why yes".split())
+_TOKEN = re.compile(r"[\w@#$€£%]+(?:[.:/\-'’][\w@#$€£%]+)*", re.UNICODE)
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+ABSTAIN = re.compile(r"^\W*(?:i\s+(?:don'?t|do\s+not)\s+know|i'?m\s+not\s+sure|i\s+am\s+not\s+sure)", re.I)
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).replace("’", "'"))
+
+
+def _stem(word: str) -> str:
+    """A crude stem so "opens"/"open" and "Mondays"/"Monday" count as one word."""
+    word = word.casefold()
+    for suffix in ("'s", "ies", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def key_facts(text: str) -> set[str]:
+    """The facts an answer must keep: its numbers (digits or number words, "27th" is 27) and its names (words
+    with a capital inside a sentence, identifiers like ``leant.code`` or ``#standup``, e-mail addresses)."""
+    facts: set[str] = set()
+    for sentence in _SENTENCE.split(text):
+        for at, tok in enumerate(_tokens(sentence)):
+            low = tok.casefold()
+            numbers = _NUMBER.findall(tok)
+            if numbers:
+                facts.update(n.replace(",", "") for n in numbers)
+            elif low in _NUMBER_WORDS:
+                facts.add(_NUMBER_WORDS[low])
+            elif any(c in tok for c in "@#.:/_") or (at and tok[:1].isupper()) or \
+                    (len(tok) > 1 and sum(c.isupper() for c in tok) > 1):
+                facts.add(_stem(tok.strip(".:")))  # a capital starting a sentence ("Salaries are ...") is no name
+    return facts
+
+
+def content_words(text: str) -> set[str]:
+    """The answer's words that carry meaning (stop words dropped, crudely stemmed)."""
+    return {_stem(t) for t in _tokens(text) if t.casefold() not in _STOP}
+
+
+def abstains(text: str) -> bool:
+    """Whether a reply says it does not know (never a right answer)."""
+    return bool(ABSTAIN.match(text))
+
+
+def same_meaning(expected: str, got: str, overlap_min: float = OVERLAP_MIN) -> bool:
+    """Right by meaning: every key fact of ``expected`` is in ``got`` and ``got`` holds at least ``overlap_min``
+    of ``expected``'s content words (see MEANING_RULE)."""
+    if normalize(got) == normalize(expected):
+        return True
+    if not got.strip() or abstains(got):
+        return False
+    got_facts = key_facts(got) | {_stem(t) for t in _tokens(got)} | {
+        _NUMBER_WORDS[t.casefold()] for t in _tokens(got) if t.casefold() in _NUMBER_WORDS}
+    if not key_facts(expected) <= got_facts:
+        return False
+    want = content_words(expected)
+    if not want:
+        return True
+    return len(want & content_words(got)) / len(want) >= overlap_min
+
+
+def matches(case: Case, got: str, by_meaning: bool = False) -> bool:
+    """Labels must match exactly (surrounding spaces aside); answers after ``normalize``, or by meaning
+    (``same_meaning``) for a backend that generates its answers."""
     if case.kind == "label":
         return got.strip() == case.expected.strip()
+    if by_meaning:
+        return same_meaning(case.expected, got)
     return normalize(got) == normalize(case.expected)
 
 
 async def run_cases(
-    answer_fn: Callable[[Case], Awaitable[str]], cases: list[Case], concurrency: int = 4
+    answer_fn: Callable[[Case], Awaitable[str]], cases: list[Case], concurrency: int = 4, *, by_meaning: bool = False
 ) -> EvalResult:
-    """Ask every case with at most ``concurrency`` in flight; the first backend error aborts the run."""
+    """Ask every case with at most ``concurrency`` in flight; the first backend error aborts the run.
+    ``by_meaning``: answers are scored by ``same_meaning`` (backends that generate)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     sem = asyncio.Semaphore(concurrency)
@@ -161,9 +250,9 @@ async def run_cases(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     mismatches = [Mismatch(c.input, c.expected, got, c.kind, c.line) for c, got in zip(cases, answers)
-                  if not matches(c, got)]
+                  if not matches(c, got, by_meaning)]
     correct = len(cases) - len(mismatches)
-    return EvalResult(len(cases), correct, correct / len(cases) if cases else 0.0, mismatches)
+    return EvalResult(len(cases), correct, correct / len(cases) if cases else 0.0, mismatches, by_meaning)
 
 
 # --- the server's evaluation set and a training's held-out pairs (sync: the Model runs these in a thread) ---

@@ -31,16 +31,20 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from errors import BackendError, InvalidInput
 from storage import atomic_open, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from training import hf_store, jobs
-from training.backend import History, Job, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, Reply, TrainingBackend
+from training.evaluation import abstains, same_meaning
 from training.hf_generate import Generator
+from training.hf_ground import INSTRUCTION, PAIRS_FILE, Retrieved, Retriever, raft_lines, save_pairs
 from training.hf_store import ADAPTER_FILES, BaseSpec
+from training.local.answer import dont_know, dont_know_offer
+from training.local.overlay import Overlays
 from training.versions import remove_stale_tmp
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class HFBackend(TrainingBackend):
              "version kept for rollback and exportable with `{prefix}export model`.")
     no_loss_reason = None  # every finished job has a loss curve
     versions = hf_store.VERSIONS  # the models are the hf-v<N> folders on disk
+    generates = True  # answers are written by the model: the evaluation gate scores them by meaning
 
     def __init__(self, settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> None:
         super().__init__(settings)
@@ -86,12 +91,34 @@ class HFBackend(TrainingBackend):
              "threads": settings.hf_threads, "max_seq_length": settings.hf_max_seq_length},
             queue=settings.hf_answer_queue, timeout=settings.hf_answer_timeout,
         )
+        # Grounding (HF_GROUNDING): the same embedding model as the local backend finds the notes for a prompt.
+        self.retriever = Retriever(settings.embed_model, settings.hf_grounding_pairs) if settings.hf_grounding \
+            else None
+        self._overlays = Overlays(self._embedder)
+
+    def _embedder(self) -> Any:
+        return self.retriever.embedder() if self.retriever is not None else None
+
+    def describe(self) -> str:
+        """One line for ``!model``: whether answers are grounded in the trained pairs, and if not why."""
+        if self.retriever is None:
+            return ("writes its answers from what it learnt; grounding is off (HF_GROUNDING=off), so it may state "
+                    "made-up facts about questions it was not trained on")
+        emb = self.retriever.embedder()
+        if emb is None:
+            return (f"grounding is unavailable ({self.retriever.error}): it answers ungrounded, from what it "
+                    "learnt alone, and may state made-up facts about questions it was not trained on")
+        return (f"grounded: finds the {self.retriever.k} trained pairs (and corrections) closest to each question "
+                f"with the `{emb.name}` embedding model, answers from them, and says it doesn't know when they "
+                "don't hold the answer")
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Remove half-saved versions that dead trainers left (the worker starts with the first answer)."""
+        """Remove half-saved versions that dead trainers left, load the embedding model for grounding (the answer
+        worker starts with the first answer)."""
         await asyncio.to_thread(self._sweep)
+        await asyncio.to_thread(self._embedder)
 
     def _sweep(self) -> None:
         try:
@@ -118,10 +145,19 @@ class HFBackend(TrainingBackend):
 
     async def start_job(self, space: GuildSpace, compiled: Compiled, *, method: Method, suffix: str) -> Job:
         """Write the run folder and start the trainer; returns at once with a running job."""
-        lines = compiled.supervised if method == "supervised" else compiled.preference
+        lines: list[Any] = list(compiled.supervised if method == "supervised" else compiled.preference)
         if not lines:
             what = "chat examples" if method == "supervised" else "preference pairs (corrections of my answers)"
             raise InvalidInput(f"There are no {what} to train on.")
+        notes: list[str] = []
+        if method == "supervised":
+            kept = [line for line in lines if _has_answer(line)]
+            if not kept:
+                raise InvalidInput("Every example has an empty answer: there is nothing to learn. Give each "
+                                   "question its answer and train again.")
+            if len(kept) < len(lines):
+                notes.append(f"Skipped {len(lines) - len(kept)} example(s) with an empty answer")
+            lines = kept
         models = space.models
         current = jobs.current_model(space, self.name) if method == "dpo" else None
         parent = models / current if current else None
@@ -136,22 +172,40 @@ class HFBackend(TrainingBackend):
             "lora_rank": s.hf_lora_rank, "epochs": s.hf_epochs, "learning_rate": s.hf_learning_rate,
             "max_seq_length": s.hf_max_seq_length, "batch_size": s.hf_batch_size, "threads": s.hf_threads,
             "device": s.hf_device, "checkpoint_seconds": s.hf_checkpoint_seconds, "bot_pid": os.getpid(), "seed": 0,
+            "loss_target": s.hf_loss_target, "recall_target": s.hf_recall_target, "time_budget": s.hf_time_budget,
         }
+        lines_out: list[Any] = list(lines)
 
         def prepare() -> None:
+            nonlocal lines_out
             run.mkdir(parents=True, exist_ok=True)
-            atomic_write_jsonl(run / "train.jsonl", lines)
+            emb = self._embedder() if method == "supervised" else None
+            if emb is not None:
+                # Grounded training (RAFT): each pair among its nearest neighbours, plus "I don't know" examples.
+                raft = raft_lines(lines, emb, k=s.hf_grounding_pairs, abstain_share=s.hf_abstain_share)
+                lines_out = raft.lines
+                save_pairs(run, raft.pairs, raft.vectors, emb)
+                spec["grounded"] = True
+                notes.append(f"Grounded training: {len(raft.pairs)} pair(s), each with its {s.hf_grounding_pairs - 1} "
+                             f"closest other pair(s) as notes, and {raft.abstain} example(s) that answer \"I don't "
+                             "know\" when the notes don't hold the answer")
+            elif method == "supervised" and self.retriever is not None:
+                notes.append(f"Not grounded: {self.retriever.error or 'no embedding model'}; the model answers "
+                             "from what it learns alone")
+            atomic_write_jsonl(run / "train.jsonl", lines_out)
             if method == "dpo":  # the trainer replays some of these so DPO does not wipe what it knew
                 atomic_write_jsonl(run / "replay.jsonl", compiled.supervised)
             atomic_write_json(run / "job.json", spec)
             self._launch(run, job_id)
 
         await asyncio.to_thread(prepare)
-        total = math.ceil(len(lines) / s.hf_batch_size) * s.hf_epochs
-        log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method, len(lines),
-                 self.base.label)
-        return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total,
-                   extra={"base_model": self.base.label, "parent_model": current if parent else None,
+        total = math.ceil(len(lines_out) / s.hf_batch_size) * s.hf_epochs
+        log.info("guild %s: started hf job %s (%s, %d lines, base %s)", space.guild_id, job_id, method,
+                 len(lines_out), self.base.label)
+        note = " ".join(f"{n}." for n in notes) or None  # shown in the status message (lifecycle clears events)
+        return Job(id=job_id, backend=self.name, method=method, status="running", total_steps=total, events=notes,
+                   note=note,
+                   extra={"start_note": note, "base_model": self.base.label, "parent_model": current if parent else None,
                           "attempts": 1, "events_offset": 0, "launcher": s.hf_launcher})
 
     def _command(self, run: Path) -> list[str]:
@@ -223,6 +277,9 @@ class HFBackend(TrainingBackend):
                 upd.status, upd.fine_tuned_model = "succeeded", ev.get("model")
                 upd.step = int(ev.get("step") or 0) or upd.step
                 upd.eta_s = 0.0
+                if ev.get("ended_by"):  # which condition ended it: learned, loss target, time budget, all epochs
+                    upd.events.append(str(ev["ended_by"]))
+                    upd.note = " ".join(n for n in (job.extra.get("start_note"), str(ev["ended_by"])) if n)
             elif kind == "cancelled":
                 upd.status = "cancelled"
             elif kind == "error":
@@ -317,6 +374,10 @@ class HFBackend(TrainingBackend):
 
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Generate with the base + the version's adapter (the bare base before the first training)."""
+        return (await self.reply(space, model_name, prompt, history)).text
+
+    async def reply(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> Reply:
+        """``answer``, grounded in the closest trained pairs; when it does not know, the pairs it may offer."""
         folder = space.models / model_name if model_name else None
 
         def look() -> tuple[bool, str | None]:
@@ -328,9 +389,48 @@ class HFBackend(TrainingBackend):
         if not ok:
             raise BackendError(f"Model `{model_name}` is missing from this server's models folder; train again, "
                                f"or", helps=("model <name>", "switches to another"))
+        found = await self.ground(space, folder, prompt)
+        if found is not None and found.best < self._floor():
+            return self.dont_know(found.offers)  # about nothing it was taught: no need to ask the model
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
-                                              max_new_tokens=self.settings.hf_max_new_tokens)
-        return reply["text"] or "…"
+                                              max_new_tokens=self.settings.hf_max_new_tokens,
+                                              context=found.context if found is not None else None)
+        if found is not None and (abstains(reply["text"]) or not grounded_in(reply["text"], found.context)):
+            # It said it doesn't know, or wrote something no note holds (an invented fact): the honest answer.
+            return self.dont_know(found.offers)
+        return Reply(reply["text"] or "…")
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Vectors by meaning from the grounding's embedding model (None without it)."""
+        emb = self._embedder()
+        return None if emb is None else emb.encode(list(texts))
+
+    def same_meaning(self) -> float:
+        emb = self._embedder()
+        return emb.thresholds.min_score if emb is not None else 1.0
+
+    def _floor(self) -> float:
+        return self.retriever.floor() if self.retriever is not None else 0.0
+
+    def dont_know(self, offers: list[tuple[str, str]]) -> Reply:
+        """The same honest "I don't know" as the local backend's, offering the closest trained questions (as
+        buttons where the chat can show them)."""
+        prefix = self.settings.prefix
+        return Reply(dont_know(prefix, [q for q, _ in offers]), tuple(offers),
+                     dont_know_offer(prefix) if offers else "")
+
+    async def ground(self, space: GuildSpace, folder: Path | None, prompt: str) -> Retrieved | None:
+        """The notes for ``prompt`` from the version's trained pairs and the server's counted corrections; None
+        when the answer is not grounded (no version yet, a version trained without grounding, grounding off,
+        or no embedding model: then the model answers from what it learnt alone)."""
+        retriever = self.retriever
+        if retriever is None or folder is None or not (folder / PAIRS_FILE).is_file():
+            return None
+        index = await asyncio.to_thread(retriever.index, folder)
+        if index is None:
+            return None
+        overlay = await self._overlays.get(space)
+        return await asyncio.to_thread(retriever.retrieve, index, prompt, overlay)
 
     # ------------------------------------------------------------ export
 
@@ -345,6 +445,8 @@ class HFBackend(TrainingBackend):
         with atomic_open(target) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for f in ADAPTER_FILES:
                 zf.write(folder / f, f"{name}/{f}")
+            if (folder / PAIRS_FILE).is_file():  # a grounded model answers best with its notes in the prompt
+                zf.write(folder / PAIRS_FILE, f"{name}/{PAIRS_FILE}")
             zf.writestr(f"{name}/meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
             zf.writestr(f"{name}/README.md", export_readme(name, meta))
         return target
@@ -366,6 +468,25 @@ def export_readme(name: str, meta: dict[str, Any]) -> str:
         base_ref = base.get("source") or label
         where = f"the local model folder `{base_ref}`"
     rank = (meta.get("settings") or {}).get("lora_rank", 16)
+    grounded_note = ""
+    if meta.get("grounded"):
+        grounded_note = f"""
+
+It was trained **grounded**: each question came with the closest trained pairs as notes. The bot puts them in
+the user message like this (`{PAIRS_FILE}` holds the pairs, one `[question, answer]` a line; find the 3 closest
+with any sentence-embedding model):
+
+```
+{INSTRUCTION}
+
+Notes:
+Q: <a trained question>
+A: <its answer>
+
+Question: <the question asked>
+```
+
+Asked without notes it was never trained that way: expect made-up facts."""
     return f"""# {name}: a LoRA adapter trained by the trainer bot
 
 - Base model: {where}.
@@ -374,7 +495,7 @@ def export_readme(name: str, meta: dict[str, Any]) -> str:
 - Files: `adapter_model.safetensors` and `adapter_config.json` (PEFT format; LoRA rank {rank}), `meta.json` (how it
   was trained).
 
-The adapter only works on top of the base model it was trained on.
+The adapter only works on top of the base model it was trained on.{grounded_note}
 
 ## transformers (Python)
 
@@ -412,6 +533,18 @@ safetensors adapters for the architectures it supports (Llama, Mistral, Gemma); 
 adapter with llama.cpp's `convert_lora_to_gguf.py --base <base folder> ./{name}` and point `ADAPTER` at the
 .gguf it writes (llama.cpp's own server takes it as `--lora`).
 """
+
+
+def grounded_in(text: str, context: list[tuple[str, str]]) -> bool:
+    """Whether a grounded reply says what one of its notes says (its key facts and half its words): a reply that
+    matches none stated something the notes do not hold."""
+    return any(same_meaning(answer, text) for _, answer in context)
+
+
+def _has_answer(line: Any) -> bool:
+    """Whether a chat line has an assistant answer that is not blank."""
+    return any(isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), str)
+               and m["content"].strip() for m in line.get("messages") or [])
 
 
 def _opt(kind: Callable[[Any], T], value: Any) -> T | None:

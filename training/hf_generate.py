@@ -65,6 +65,7 @@ class AnswerRequest(TypedDict):
     history: list[list[str]]  # [role, content] turns, oldest first
     prompt: str
     max_new_tokens: int
+    context: NotRequired[list[list[str]] | None]  # grounding notes [question, answer], best first (training.hf_ground)
 
 
 class CancelRequest(TypedDict):
@@ -96,6 +97,9 @@ class Generated(TypedDict):
     seconds: float
     tokens_per_s: float | None
     cancelled: bool
+    prompt_tokens: int
+    prompt: str  # the prompt as the model saw it (its chat template rendered), for logs and tests
+    notes: int  # grounding notes that fit in the prompt
 
 
 @final
@@ -212,8 +216,10 @@ class Generator:
             raise BackendError(self._why_dead(proc)) from None
 
     async def generate(self, *, adapter: Path | None, system: str | None, history: list[tuple[str, str]],
-                       prompt: str, max_new_tokens: int) -> Answered:
-        """The worker's reply ``{"text", "ttft", "tokens", "seconds"}``; Busy when the queue is full."""
+                       prompt: str, max_new_tokens: int,
+                       context: list[tuple[str, str]] | None = None) -> Answered:
+        """The worker's reply ``{"text", "ttft", "tokens", "seconds", ...}``; Busy when the queue is full.
+        ``context``: grounding notes put in the prompt (``training.hf_ground.user_message``)."""
         if self.busy >= self.queue:
             raise Busy(f"I'm busy with other questions ({self.busy} waiting for the model); ask again in a moment.")
         req_id = next(self._ids)
@@ -228,7 +234,8 @@ class Generator:
                 raise BackendError(f"The base model did not load within {self.load_timeout:.0f} s.") from None
             await self._send({"id": req_id, "adapter": str(adapter) if adapter else None, "system": system,
                               "history": [list(t) for t in history], "prompt": prompt,
-                              "max_new_tokens": max_new_tokens})
+                              "max_new_tokens": max_new_tokens,
+                              "context": [list(c) for c in context] if context is not None else None})
             try:
                 reply = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
             except asyncio.TimeoutError:
@@ -375,13 +382,23 @@ class _Worker:
         from peft import PeftModel
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from training.hf_model import prompt_ids
+        from training.hf_ground import user_message
+        from training.hf_model import prompt_fits, prompt_ids
 
         req_id = int(req["id"])
         max_new = int(req.get("max_new_tokens") or 256)
         budget = max(self.max_len - max_new, 16)
         history = [(str(r), str(c)) for r, c in req.get("history") or []]
-        ids = prompt_ids(self.tok, req.get("system"), history, str(req["prompt"]), budget)
+        text = str(req["prompt"])
+        raw_context = req.get("context")
+        context = [(str(q), str(a)) for q, a in raw_context] if raw_context is not None else None
+        if context is not None:
+            # The notes, best first: the least close go until the question and its notes fit.
+            while len(context) > 1 and not prompt_fits(self.tok, req.get("system"), user_message(text, context),
+                                                       budget):
+                context.pop()
+            text = user_message(text, context)
+        ids = prompt_ids(self.tok, req.get("system"), history, text, budget)
         adapter = req.get("adapter")
         self._use(adapter)
         marks: dict[str, float] = {}
@@ -416,7 +433,8 @@ class _Worker:
         n = int(new.shape[0])
         return {"text": text, "tokens": n, "ttft": round(first - started, 4), "seconds": round(ended - started, 4),
                 "tokens_per_s": round((n - 1) / (ended - first), 2) if n > 1 and ended > first else None,
-                "cancelled": req_id in cancelled}
+                "cancelled": req_id in cancelled, "prompt_tokens": len(ids), "prompt": self.tok.decode(ids),
+                "notes": len(context) if context is not None else 0}
 
 
 if __name__ == "__main__":

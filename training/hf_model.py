@@ -132,3 +132,10 @@ def prompt_ids(tok: PreTrainedTokenizerBase, system: str | None, history: list[t
         if len(ids) <= budget or not turns:
             return list(ids[-budget:])  # a prompt longer than the budget keeps its end (the question)
         turns = turns[2:] if len(turns) >= 2 else []
+
+
+def prompt_fits(tok: PreTrainedTokenizerBase, system: str | None, prompt: str, budget: int) -> bool:
+    """Whether ``prompt`` (with the system prompt, without history) fits in ``budget`` tokens."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    return len(tok(render(tok, messages, generation_prompt=True), add_special_tokens=False)["input_ids"]) <= budget

@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Required, TypedDict
+from typing import Literal, NotRequired, Required, TypedDict
 
 import storage
 from storage import append_record
@@ -121,6 +121,11 @@ class TrainJob(TypedDict):
     checkpoint_seconds: float
     bot_pid: int
     seed: int
+    # Training goes on until the pairs are learned (see training.hf_train.Learned); absent in older run folders.
+    loss_target: NotRequired[float]  # an epoch's mean loss at or below it starts the recall checks
+    recall_target: NotRequired[float]  # share of the checked pairs whose key facts must come back (0: off)
+    time_budget: NotRequired[float]  # seconds of training at most (then the version is saved as it is)
+    grounded: NotRequired[bool]  # train.jsonl is in the grounded format (training.hf_ground)
 
 
 class TrainerEvent(TypedDict, total=False):
@@ -143,6 +148,7 @@ class TrainerEvent(TypedDict, total=False):
     reason: str  # stopped
     model: str  # done: the version saved
     final_loss: float | None  # done
+    ended_by: str  # done: why training ended (learned, loss target, time budget, all epochs), in a sentence
 
 
 def run_dir(models: Path, job_id: str) -> Path:

@@ -95,7 +95,8 @@ def _evaluation(value: Any) -> Evaluation | None:
     return Evaluation(old_model=_str(value.get("old_model")), margin=_float(value.get("margin")) or 0.0,
                       eval_set=_score(value.get("set")), heldout=_score(value.get("heldout")),
                       error=_str(value.get("error")), candidate=bool(value.get("candidate")),
-                      reason=_str(value.get("reason")))
+                      reason=_str(value.get("reason")),
+                      by_meaning=bool(value.get("by_meaning")))
 
 
 def from_dict(fields: Mapping[str, Any]) -> Job:
@@ -141,6 +142,8 @@ def _data(job: Job) -> dict[str, Any]:
         data["estimate"] = {k: v for k, v in asdict(job.estimate).items() if v is not None}
     if (ev := job.evaluation) is not None:
         data["evaluation"] = {"old_model": ev.old_model, "margin": ev.margin, "candidate": ev.candidate}
+        if ev.by_meaning:  # absent in rows written before answers were scored by meaning
+            data["evaluation"]["by_meaning"] = True
         if ev.eval_set is not None:
             data["evaluation"]["set"] = _score_json(ev.eval_set)
         if ev.heldout is not None:

@@ -297,7 +297,7 @@ class JobRunner:
         """
         old = job.replaced_model if job.live else await self.current_model(space)
         new = str(job.model)
-        result = Evaluation(old_model=old if old != new else None, margin=EVAL_MARGIN)
+        result = Evaluation(old_model=old if old != new else None, margin=EVAL_MARGIN, by_meaning=self.backend.generates)
         cases = await asyncio.to_thread(evaluation.eval_set, space)
         held = await asyncio.to_thread(evaluation.load_holdout, space, job.id)
         try:
@@ -362,7 +362,8 @@ class JobRunner:
         return ask
 
     async def _score(self, space: GuildSpace, model_name: str, cases: list[Case]) -> EvalResult:
-        return await run_cases(self._ask(space, model_name), cases, concurrency=TEST_CONCURRENCY)
+        return await run_cases(self._ask(space, model_name), cases, concurrency=TEST_CONCURRENCY,
+                               by_meaning=self.backend.generates)
 
     async def run_tests(self, space: GuildSpace, text: str, *, concurrency: int = TEST_CONCURRENCY,
                         author_id: int | None = None, author_name: str | None = None) -> EvalResult:
@@ -371,7 +372,8 @@ class JobRunner:
         scores new models on), apart from anything trained on (``evaluation.keep_apart``)."""
         cases = await asyncio.to_thread(parse_cases, text)
         model_name = await self.current_model(space)
-        result = await run_cases(self._ask(space, model_name), cases, concurrency=concurrency)
+        result = await run_cases(self._ask(space, model_name), cases, concurrency=concurrency,
+                                 by_meaning=self.backend.generates)
         missed = {(m.kind, m.input, m.expected) for m in result.mismatches}
         failed = [c for c in cases if (c.kind, c.input, c.expected) in missed]
         passed = [c for c in cases if (c.kind, c.input, c.expected) not in missed]

@@ -98,6 +98,7 @@ class OpenAIBackend(TrainingBackend):
     trainer_title = "OpenAI"
     methods = ("supervised", "dpo")
     bills_tokens = True
+    generates = True  # a fine-tuned chat model writes its answers: scored by meaning
     paid = True  # every answer is a billed chat completion: members' daily budgets apply
     blurb = ("Model: **OpenAI fine-tuning** — training runs as a fine-tuning job on OpenAI (or Azure OpenAI), "
              "and answers come from the fine-tuned model. OpenAI takes no new fine-tuning jobs from 2027-01-06 and "

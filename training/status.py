@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from training.backend import TERMINAL, Evaluation, Job, Score, TrainingBackend, backend_class
+from training.evaluation import OVERLAP_MIN
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ def render_status(job: Job, now: float | None = None) -> str:
         if _backend(job).bills_tokens:  # tokens and epochs mean something only where they are billed
             what += f", ~{_known(est.tokens)} tokens, {_known(est.epochs)} epochs"
         lines.append(f"Estimate: {what}")
+    if job.note:  # the backend's word on this job (hf: what it trained on, which condition ended it)
+        lines.append(job.note)
     if job.resumed_from is not None:
         lines.append(f"Resumed from its checkpoint at step {job.resumed_from} after a restart.")
     if job.model:
@@ -135,6 +138,9 @@ def _evaluation_lines(ev: Evaluation | None) -> list[str]:
         lines.append(f"Not scored: {ev.error}")
     elif not lines:
         lines.append("Evaluation: nothing to score on yet (no test cases, too few pairs to hold out).")
+    elif ev.by_meaning:
+        lines.append("Scored by meaning: every number and name of the expected answer, and at least "
+                     f"{OVERLAP_MIN:.0%} of its words.")
     if ev.candidate:
         lines.append(f"Held back as a candidate: {held_back_reason(ev)}.")
     return lines

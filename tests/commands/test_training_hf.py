@@ -105,7 +105,9 @@ async def test_train_answer_correct_dpo_previous_test_export(hf_harness: BotHarn
     # Trained questions come back word for word (a chat answer, and !test without history).
     reply = await ask_answer(h, TAUGHT[0][0])
     assert reply.content == TAUGHT[0][1]
-    assert "**Accuracy: 100%** (6/6 correct)" in await h.ask(f"!test {cases(TAUGHT)}", user="admin", timeout=60)
+    tested = await h.ask(f"!test {cases(TAUGHT)}", user="admin", timeout=60)
+    assert "**Accuracy: 100%** (6/6 correct)" in tested
+    assert "Answers scored by meaning: an answer is right when it holds every number and name" in tested
 
     # A correction, then DPO from it: the corrected answer changes.
     new = "The shop opens at 10 am on Mondays."

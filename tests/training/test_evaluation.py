@@ -8,7 +8,7 @@ import pytest
 
 from errors import BackendError, InvalidInput
 from training import evaluation as ev
-from training.evaluation import Case, Mismatch, matches, normalize, parse_cases, run_cases
+from training.evaluation import Case, Mismatch, key_facts, matches, normalize, parse_cases, run_cases, same_meaning
 
 
 def test_parse_array_and_lines() -> None:
@@ -43,6 +43,57 @@ def test_normalized_comparison() -> None:
     assert not matches(Case("q", "9 am"), "10 am")
     assert matches(Case("t", "positive", "label"), " positive ")
     assert not matches(Case("t", "positive", "label"), "Positive")
+
+
+PAID = "Salaries are paid on the 27th of each month."
+HOME = "You can work from home two days a week."
+STANDUP = "Standup is at 9:30 every weekday in the Blue room and on the #standup call."
+
+
+@pytest.mark.parametrize("expected, got", [
+    (PAID, "You get your salary on the 27th every month."),
+    (PAID, "salaries are paid on the 27th of each month"),
+    (HOME, "Working from home is allowed 2 days per week."),
+    (STANDUP, "The standup call (#standup) is every weekday at 9:30, in the Blue room."),
+    ("Dogs are welcome on Fridays.", "On Fridays dogs are welcome at the office."),
+])
+def test_right_in_other_words(expected: str, got: str) -> None:
+    assert same_meaning(expected, got)
+    assert matches(Case("q", expected), got, by_meaning=True)
+    assert not matches(Case("q", expected), got) or normalize(got) == normalize(expected)  # whole strings: no
+
+
+@pytest.mark.parametrize("expected, got", [
+    (PAID, "Salaries are paid on the 1st of each month."),  # a wrong number in the trained sentence's shape
+    (HOME, "You can work from home three days a week."),
+    (STANDUP, "Standup is at 9:30 every weekday in the Green room and on the #standup call."),  # a wrong name
+    (STANDUP, "Standup is at 10:30 every weekday in the Blue room and on the #standup call."),
+    ("We deploy with leant.code; a rollout takes 30 days.", "We deploy with lean.code; a rollout takes 30 days."),
+    ("Dogs are welcome on Fridays.", "I don't know."),  # abstaining is never right
+    ("Dogs are welcome on Fridays.", "Fridays."),  # the fact, but too little of the answer
+    ("Dogs are welcome on Fridays.", ""),
+])
+def test_wrong_in_the_trained_words(expected: str, got: str) -> None:
+    assert not same_meaning(expected, got)
+    assert not matches(Case("q", expected), got, by_meaning=True)
+
+
+def test_key_facts_are_numbers_and_names() -> None:
+    assert key_facts(STANDUP) == {"9:30", "blue", "#standup"}
+    assert key_facts(PAID) == {"27"}  # "Salaries" starts the sentence: no name
+    assert key_facts("Ask Bob. Alice knows too.") == {"bob"}
+    assert key_facts(HOME) == {"2"}
+    assert key_facts("Mail it to hr@example.com by the 3rd.") == {"hr@example.com", "3"}
+
+
+@pytest.mark.asyncio
+async def test_run_cases_by_meaning_reports_it() -> None:
+    async def answer(case: Case) -> str:
+        return "You get your salary on the 27th every month."
+
+    whole = await run_cases(answer, [Case("When?", PAID)])
+    meant = await run_cases(answer, [Case("When?", PAID)], by_meaning=True)
+    assert (whole.correct, whole.by_meaning, meant.correct, meant.by_meaning) == (0, False, 1, True)
 
 
 @pytest.mark.asyncio
