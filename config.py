@@ -170,6 +170,7 @@ class Settings:
     hf_grounding: bool = True
     hf_grounding_pairs: int = 3
     hf_abstain_share: float = 0.25
+    hf_retrieval_first: bool = True
 
     @property
     def dev(self) -> bool:
@@ -296,6 +297,7 @@ class _HFSettings(TypedDict):
     hf_grounding: bool
     hf_grounding_pairs: int
     hf_abstain_share: float
+    hf_retrieval_first: bool
 
 
 def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
@@ -344,4 +346,5 @@ def _hf_settings(env: Mapping[str, str], cls: type[Settings]) -> _HFSettings:
         "hf_grounding": _on_off(env, "HF_GROUNDING", cls.hf_grounding),
         "hf_grounding_pairs": _int(env, "HF_GROUNDING_PAIRS", cls.hf_grounding_pairs, 1),
         "hf_abstain_share": abstain,
+        "hf_retrieval_first": _on_off(env, "HF_RETRIEVAL_FIRST", cls.hf_retrieval_first),
     }

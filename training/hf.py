@@ -95,6 +95,9 @@ class HFBackend(TrainingBackend):
         self.retriever = Retriever(settings.embed_model, settings.hf_grounding_pairs) if settings.hf_grounding \
             else None
         self._overlays = Overlays(self._embedder)
+        # Which path answered, since the bot started (``!model`` shows it): retrieval sure (the pair's own
+        # answer), generated from the notes, or "I don't know".
+        self.paths = {"retrieved": 0, "generated": 0, "dont_know": 0}
 
     def _embedder(self) -> Any:
         return self.retriever.embedder() if self.retriever is not None else None
@@ -108,9 +111,15 @@ class HFBackend(TrainingBackend):
         if emb is None:
             return (f"grounding is unavailable ({self.retriever.error}): it answers ungrounded, from what it "
                     "learnt alone, and may state made-up facts about questions it was not trained on")
+        first = (" When retrieval alone is sure of a pair (the local backend's own answer rule), its trained answer "
+                 "is the reply, word for word; the model writes only when retrieval is unsure."
+                 if self.settings.hf_retrieval_first else "")
+        p = self.paths
+        counts = (f" Answers since the bot started: {p['retrieved']} from retrieval, {p['generated']} generated, "
+                  f"{p['dont_know']} \"I don't know\"." if any(p.values()) else "")
         return (f"grounded: finds the {self.retriever.k} trained pairs (and corrections) closest to each question "
                 f"with the `{emb.name}` embedding model, answers from them, and says it doesn't know when they "
-                "don't hold the answer")
+                f"don't hold the answer.{first}{counts}")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -392,12 +401,18 @@ class HFBackend(TrainingBackend):
         found = await self.ground(space, folder, prompt)
         if found is not None and found.best < self._floor():
             return self.dont_know(found.offers)  # about nothing it was taught: no need to ask the model
+        if found is not None and found.sure is not None and self.settings.hf_retrieval_first:
+            # Retrieval is as sure as the local backend would need to answer: the team's own answer, word for
+            # word (a small model reading its notes adds nothing here but the risk of a changed fact).
+            self.paths["retrieved"] += 1
+            return Reply(found.sure[1])
         reply = await self.generator.generate(adapter=folder, system=system, history=list(history), prompt=prompt,
                                               max_new_tokens=self.settings.hf_max_new_tokens,
                                               context=found.context if found is not None else None)
         if found is not None and (abstains(reply["text"]) or not grounded_in(reply["text"], found.context)):
             # It said it doesn't know, or wrote something no note holds (an invented fact): the honest answer.
             return self.dont_know(found.offers)
+        self.paths["generated"] += 1
         return Reply(reply["text"] or "…")
 
     def embed(self, texts: Sequence[str]) -> Any:
@@ -416,6 +431,7 @@ class HFBackend(TrainingBackend):
         """The same honest "I don't know" as the local backend's, offering the closest trained questions (as
         buttons where the chat can show them)."""
         prefix = self.settings.prefix
+        self.paths["dont_know"] += 1
         return Reply(dont_know(prefix, [q for q, _ in offers]), tuple(offers),
                      dont_know_offer(prefix) if offers else "")
 

@@ -9,6 +9,7 @@ notes that give way to HF_MAX_SEQ_LENGTH.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -55,6 +56,11 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         answers = [ln["grounding"]["answer"] for ln in lines]
         assert sorted(a for a in answers if a != ABSTAIN) == sorted(a for _, a in TAUGHT)
         assert answers.count(ABSTAIN) == 3
+        # The "I don't know" examples ask questions no pair answers, never a trained question (which would
+        # teach the model to abstain on it whatever its notes hold).
+        trained = {q for q, _ in TAUGHT}
+        abstained = [ln["grounding"]["question"] for ln in lines if ln["grounding"]["answer"] == ABSTAIN]
+        assert abstained and set(abstained) <= set(hf_ground.UNRELATED) and not set(abstained) & trained
         for ln in lines:
             g = ln["grounding"]
             held = [a for _, a in g["context"]]
@@ -73,31 +79,46 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         version = space.models / str(job.model)
         assert (version / hf_ground.PAIRS_FILE).is_file() and (version / hf_ground.VECTOR_FILES[0]).is_file()
 
-        # A trained question, reworded: the right pair is retrieved and is in the prompt the model saw.
+        # Retrieval sure of a pair (the local backend's rule): the pair's own answer, without generating.
         real_generate = backend.generator.generate
         asked = spy_on(backend)
-        await backend.answer(space, job.model, "at what time does the shop open?", ())
+        assert await backend.answer(space, job.model, "at what time does the shop open?", ()) == TAUGHT[0][1]
+        assert asked == [] and backend.paths["retrieved"] == 1
+        # Retrieval unsure (between the suggestion floor and the answer score): the generator reads the notes,
+        # the right pair among them.
+        unsure = "can I come by early?"
+        await backend.answer(space, job.model, unsure, ())
         seen = asked[-1]
         assert seen["context"][0] == TAUGHT[0] and seen["notes"] == 3
         assert f"Q: {TAUGHT[0][0]}\nA: {TAUGHT[0][1]}" in seen["prompt"]
-        assert "Question: at what time does the shop open?" in seen["prompt"]
+        assert f"Question: {unsure}" in seen["prompt"]
 
         # What the model writes must be what a note says: an invented fact becomes the honest "I don't know".
         spy_on(backend, canned=True, text="The shop opens at 7 am.")
-        invented = await backend.reply(space, job.model, "when does the shop open", ())
+        invented = await backend.reply(space, job.model, unsure, ())
         assert invented.text.startswith("I don't know that one yet. Did you mean “When does the shop open?”")
         assert invented.offers[0] == TAUGHT[0] and invented.offer_text.startswith("I don't know that one yet.")
         spy_on(backend, canned=True, text="It opens at 9 am.")
-        assert await backend.answer(space, job.model, "when does the shop open", ()) == "It opens at 9 am."
+        assert await backend.answer(space, job.model, unsure, ()) == "It opens at 9 am."
         spy_on(backend, canned=True, text="I don't know.")
-        assert (await backend.answer(space, job.model, "when does the shop open", ())).startswith("I don't know")
+        assert (await backend.answer(space, job.model, unsure, ())).startswith("I don't know")
         backend.generator.generate = real_generate  # type: ignore[method-assign]
 
         # A question about nothing it was taught: the same "I don't know" as the local backend, without generating.
         n = len(asked)
         reply = await backend.answer(space, job.model, "Explain quantum chromodynamics in detail.", ())
         assert reply.startswith("I don't know that one yet.") and len(asked) == n
-        assert backend.describe().startswith("grounded: finds the 3 trained pairs")
+        line = backend.describe()
+        assert line.startswith("grounded: finds the 3 trained pairs") and "only when retrieval is unsure" in line
+        p = backend.paths
+        assert p["retrieved"] == 1 and p["generated"] >= 1 and p["dont_know"] >= 3, p
+        assert (f"Answers since the bot started: 1 from retrieval, {p['generated']} generated, {p['dont_know']} "
+                "\"I don't know\".") in line, line
+        # HF_RETRIEVAL_FIRST=off: even a sure question is generated from the notes.
+        backend.settings = dataclasses.replace(backend.settings, hf_retrieval_first=False)
+        asked = spy_on(backend, canned=True, text="The shop opens at 9 am.")
+        assert await backend.answer(space, job.model, "at what time does the shop open?", ()) == TAUGHT[0][1]
+        assert len(asked) == 1 and "only when retrieval is unsure" not in backend.describe()
     finally:
         await backend.close()
 
