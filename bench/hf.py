@@ -182,6 +182,7 @@ class Tally:
     prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     misses: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     raw: Tally | None = None  # the model's own replies, before the check that they say what a note says
+    paths: dict[str, int] = dataclasses.field(default_factory=dict)  # which path answered (HFBackend.paths)
 
     def add(self, expected: str | None, got: str) -> None:
         self.n += 1
@@ -218,6 +219,7 @@ async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
         return reply  # type: ignore[return-value]
 
     t.backend.generator.generate = spy  # type: ignore[method-assign,assignment]
+    before = dict(t.backend.paths)
     try:
         for q, expected in questions:
             last.clear()
@@ -227,7 +229,15 @@ async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
             tally.raw.add(expected, DONT_KNOW if abstains(raw) else raw)
     finally:
         t.backend.generator.generate = real  # type: ignore[method-assign]
+    tally.paths = {k: v - before.get(k, 0) for k, v in t.backend.paths.items()}
     return tally
+
+
+def paths_line(tally: Tally) -> str:
+    """Which path answered: retrieval sure (the pair's answer), generated from the notes, or "I don't know"."""
+    p = tally.paths
+    return (f"answered by retrieval {p.get('retrieved', 0)}, generated {p.get('generated', 0)}, "
+            f"\"I don't know\" {p.get('dont_know', 0)}")
 
 
 def local_tally(s: ParaphraseSet, tmp: Path, backend: LocalBackend) -> tuple[Tally, Tally]:
@@ -280,10 +290,11 @@ async def part_sets(tmp: Path, names: list[str], modes: tuple[bool, ...]) -> Non
                 await t.backend.close()
             name = "hf grounded  " if grounding else "hf ungrounded"
             print(f"  {name}      reworded: {para.line()} | unanswerable answered {unans.wrong}/{unans.n}", flush=True)
+            print(f"    paths, reworded: {paths_line(para)}; unanswerable: {paths_line(unans)}", flush=True)
             if para.raw is not None and unans.raw is not None:
                 print(f"    without the note check: {para.raw.line()} | unanswerable answered "
                       f"{unans.raw.wrong}/{unans.raw.n}", flush=True)
-            print(f"    trained questions word for word: {word.line()}", flush=True)
+            print(f"    trained questions word for word: {word.line()} ({paths_line(word)})", flush=True)
             if word.raw is not None:
                 print(f"      without the note check: {word.raw.line()}", flush=True)
             print(f"    {training_line(t)}", flush=True)

@@ -197,7 +197,7 @@ class HFBackend(TrainingBackend):
                 spec["grounded"] = True
                 notes.append(f"Grounded training: {len(raft.pairs)} pair(s), each with its {s.hf_grounding_pairs - 1} "
                              f"closest other pair(s) as notes, and {raft.abstain} example(s) that answer \"I don't "
-                             "know\" when the notes don't hold the answer")
+                             "know\" to a question no pair answers, with its closest pairs as notes")
             elif method == "supervised" and self.retriever is not None:
                 notes.append(f"Not grounded: {self.retriever.error or 'no embedding model'}; the model answers "
                              "from what it learns alone")
