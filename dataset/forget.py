@@ -183,6 +183,44 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
     return result
 
 
+def preview(space: GuildSpace, user_id: int) -> ForgetResult:
+    """What :func:`forget` would remove now, counted the same way, changing nothing (an empty result: nothing
+    is stored from them). For the confirm dialog before it; what is added meanwhile is forgotten too."""
+    result = ForgetResult()
+    uploads: set[str] = set()
+    examples = 0
+    for path in sorted(_dataset_files(space)):
+        with lock_for(path.parent):  # not while a forget or an upload rewrites the file
+
+            def theirs(record: Mapping[str, object]) -> bool:
+                if _is_theirs_example(record, user_id):
+                    origin = str(record.get("origin") or "")
+                    if "upload " in origin:
+                        uploads.add(origin.rsplit("upload ", 1)[1])
+                    return True
+                return False
+
+            examples += _rewrite_lines(path, theirs)[1]
+    with space.db.tx(write=False) as tx:
+        for kind, table in _TABLES:
+            n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
+                              (space.guild_id, user_id), 0))
+            if n:
+                result.counts[kind] = n
+    if examples:
+        result.counts["examples"] = examples
+    n_uploads = 0
+    for name in uploads:
+        try:
+            target = space.resolve(name)
+        except TrainerError:
+            continue
+        n_uploads += target.is_file() and space.uploads.resolve() in target.parents
+    if n_uploads:
+        result.counts["uploads"] = n_uploads
+    return result
+
+
 def _redact_quotes(tx: Tx, guild_id: int, user_id: int) -> None:
     """Someone else's feedback quoting their message: the quote goes, the feedback stays."""
     for fid, raw in tx.all("SELECT id, reply_to FROM feedback WHERE guild_id = ? AND reply_to IS NOT NULL",

@@ -11,6 +11,7 @@ import pytest
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
+from sandbox.interactions import InteractionRefused
 from storage import GuildSpace
 from tests.commands.records_db import rows, traces
 from tests.fakes.samples import jsonl, pair
@@ -49,9 +50,19 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
     await h.ask("!train", user="owner", attachments=[("o.jsonl", jsonl(pair("owner q", "owner a")), None)])
     assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback"}
 
-    said = await h.ask("!forget me")
+    # More than a few items: a dialog says what will go, and only the asker's Confirm does it.
+    [dialog] = await h.send("!forget me")
+    assert dialog.content == ("Forget everything you gave in this server? This removes 1 corrections, 1 feedback, "
+                              "1 logged questions and answers, 1 reactions, 1 asks after their 👎, for good.")
+    other = await h.click(dialog.id, 1, user="owner")
+    assert [m.content for m in other.messages] == [f"Only <@{sb.member.id}> can answer this."]
+    assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback"}
+    await h.click(dialog.id, 1)
+    said = (await wait_bot(sb, lambda m: m.content.startswith("Forgot everything"), after=dialog.id)).content
     assert said.startswith("Forgot everything member gave in this server: 1 corrections, 1 feedback, "
                            "1 logged questions and answers, 1 reactions, 1 asks after their 👎.")
+    with pytest.raises(InteractionRefused, match="disabled"):  # answered: its buttons are off
+        await sb.click("member", dialog.id, 1)
     assert [a for a, in rows(space, "SELECT author_id FROM reactions WHERE guild_id = ?")] == [sb.owner.id]
     assert rows(space, "SELECT * FROM asks WHERE guild_id = ?") == []
     assert "Archives made before keep their contents: `archives/datasets-" in said
