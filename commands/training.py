@@ -348,11 +348,14 @@ class Training(commands.Cog):
     @app_commands.describe(job_id="The job to cancel (see /jobs)")
     async def cancel(self, ctx: TrainerContext, job_id: str) -> None:
         """Cancel a running training job (asks you to confirm)."""
-        running = {job.id: job for job in await self.model.list_jobs(ctx.guild_id, 50) if job.status not in TERMINAL}
         job_id = job_id.strip().strip("`")
         await ctx.defer()
-        shown = running.get(job_id)
+        # A unique prefix of the id is enough (the backend resolves it the same way).
+        running = [job for job in await self.model.list_jobs(ctx.guild_id, 50)
+                   if job.status not in TERMINAL and job.id.startswith(job_id)]
+        shown = running[0] if len(running) == 1 and job_id else None
         if shown is not None:
+            job_id = shown.id
             started = f", started by {discord.utils.escape_markdown(shown.started_by)}" if shown.started_by else ""
             if not await confirm(ctx, f"Cancel training job `{job_id}` ({shown.status}{started})? Its work so far "
                                       f"is lost and the model stays as it is."):
