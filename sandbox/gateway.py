@@ -247,6 +247,8 @@ class Gateway:
         state["session_id"] = f"bot-voice-{guild.id}"
         await self.dispatch("VOICE_STATE_UPDATE", state)
         if channel_id is not None:
+            if self.sandbox.voice_server is not None:  # the voice server learns the session's channel (its DAVE group)
+                self.sandbox.voice_server.route(state["session_id"], channel_id)
             await self.dispatch("VOICE_SERVER_UPDATE", {
                 "token": self.sandbox.voice_token, "guild_id": str(guild.id),
                 "endpoint": self.sandbox.voice_endpoint or f"{self.sandbox.host}:{self.sandbox.port}",

@@ -2,7 +2,9 @@
 
 The bot joins through discord.py's full ``VoiceClient`` path: gateway op 4 → VOICE_STATE_UPDATE +
 VOICE_SERVER_UPDATE → voice websocket over TLS (IDENTIFY, READY, UDP IP discovery, SELECT_PROTOCOL,
-SESSION_DESCRIPTION with DAVE off) → Opus over encrypted RTP, which the voice server decrypts.
+SESSION_DESCRIPTION with DAVE version 1, the DAVE handshake) → Opus over encrypted RTP, which the
+voice server decrypts; with a second member in the call the Opus inside is DAVE-encrypted and only
+that member (a ``davey`` session of its own) can open it.
 The bot trusts the server's self-signed certificate only through ``connector=`` (``start_bot``
 passes ``sandbox.bot_kwargs()``); discord.py is not patched.
 """
@@ -16,14 +18,16 @@ import math
 import wave
 from typing import AsyncIterator
 
+import davey
 import discord
 import numpy as np
 import pytest
 
 from config import Settings
 from sandbox.server import CONNECT, SPEAK, Sandbox
-from sandbox.voice import FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
+from sandbox.voice import DAVE_MAGIC, FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
 from speech import synthesize as tts
+from tests.fakes.dave_member import DaveMember
 from tests.harness import BotHarness, start_bot, stop_bot
 
 # Short answers keep the real-time playback short (about a second each).
@@ -97,7 +101,10 @@ async def test_join_handshake_leave(harness: BotHarness) -> None:
                                                         "mode": MODE}}
     vc = bot_voice_client(harness)
     assert vc is not None and vc.is_connected() and vc.channel.id == sb.voice_channel.id
-    assert vc._connection.dave_protocol_version == 0 and vc._connection.dave_session is None
+    # DAVE is on (Discord requires it); alone in the call, the bot holds a pending local group.
+    assert vc._connection.dave_protocol_version == 1 and vc._connection.dave_session is not None
+    assert vc._connection.dave_session.status == davey.SessionStatus.pending
+    assert (26, sb.bot_user.id, "accepted") in vs.dave_log
     assert int(sb.bot_voice_requests[-1]["channel_id"]) == sb.voice_channel.id
     assert sb.bot_voice_requests[-1]["self_deaf"] is True
     assert sb.voice_states[sb.bot_user.id] == sb.voice_channel.id
@@ -161,6 +168,120 @@ async def test_answers_are_spoken_in_turn_and_not_cut(harness: BotHarness) -> No
     samples = decode_opus(vs.frames)
     rms_dbfs = 20 * math.log10(float(np.sqrt(np.mean(samples * samples))) / 32768)
     assert rms_dbfs > -40, f"the decoded audio is near silence ({rms_dbfs:.0f} dBFS)"
+
+
+def envelope(samples: np.ndarray, rate: int) -> np.ndarray:
+    """RMS per 20 ms window, normalised: the shape of speech, whatever the sample rate or codec."""
+    n = rate // 50
+    frames = samples[: len(samples) // n * n].reshape(-1, n)
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    return (rms - rms.mean()) / (rms.std() + 1e-9)
+
+
+def wav_mono(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32)
+        return pcm.reshape(-1, w.getnchannels()).mean(axis=1), w.getframerate()
+
+
+async def test_spoken_answer_is_end_to_end_encrypted_and_a_member_hears_it(harness: BotHarness) -> None:
+    """DAVE end to end: the bot joins alone (pending group), a member's client joins; the bot commits
+    the voice server's Add proposal, the member is welcomed, and the answer the bot speaks arrives as
+    DAVE frames that the server cannot read and the member decrypts back to the spoken audio."""
+    sb, vs = harness.sandbox, server(harness)
+    await train_short_answers(harness)
+    await join(harness)
+    member = DaveMember(vs, sb.user_named("member").id, sb.voice_channel.id, commits=False)
+    await member.connect()
+    try:
+        await member.wait_until(lambda: member.session.ready and bool(member.executed), timeout=10)
+        bot_id = sb.bot_user.id
+        vc = bot_voice_client(harness)
+        assert vc is not None and vc._connection.can_encrypt
+        session = vc._connection.dave_session
+        # The bot's commit won epoch 0; both ends see the same group and the same privacy code.
+        assert (28, bot_id, "won epoch 0") in vs.dave_log and (30, member.user_id, "transition 1") in vs.dave_log
+        assert (23, bot_id, "1") in vs.dave_log and (22, bot_id, "transition 1") in vs.dave_log
+        assert session.epoch == member.session.epoch == 1
+        assert sorted(map(int, member.session.get_user_ids())) == sorted([bot_id, member.user_id])
+        assert session.voice_privacy_code == member.session.voice_privacy_code != ""
+
+        msg = await sb.post_message("member", "how are you")
+        assert [m.content for m in await sb.wait_for_bot_message(after=msg.id)] == [ANSWERS["how are you"]]
+        await vs.wait_until(lambda: vs.speaking_stops >= 1, timeout=20)
+        await asyncio.sleep(0.2)
+        spoken = [f for f in vs.frames if f != OPUS_SILENCE]
+        assert spoken and vs.dave_frames == len(spoken) and all(f.endswith(DAVE_MAGIC) for f in spoken)
+        assert vs.errors == []
+
+        # The member opens every frame; the Opus inside decodes to the answer's speech.
+        opus = [member.decrypt(bot_id, f) for f in spoken]
+        assert all(o != f for o, f in zip(opus, spoken))
+        stats = member.session.get_decryption_stats(bot_id)
+        assert stats is not None and stats.successes >= len(spoken) and stats.failures == 0
+        heard = decode_opus(opus).reshape(-1, 2).mean(axis=1)
+        said, rate = wav_mono(await tts.synthesize(ANSWERS["how are you"], harness.bot.settings))
+        a, b = envelope(heard, 48000), envelope(said, rate)
+        best = max(float(np.dot(a[lag:lag + len(b)], b[: len(a) - lag])) / min(len(b), len(a) - lag)
+                   for lag in range(0, max(1, len(a) - len(b) // 2)))
+        assert abs(len(heard) / 48000 - len(said) / rate) < 0.3
+        assert best > 0.8, f"the decrypted audio does not follow the spoken answer (correlation {best:.2f})"
+        # ... and the bot's own recogniser hears the answer's words in it ("I am fine." → "i'm fine").
+        heard_wav = io.BytesIO()
+        with wave.open(heard_wav, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(48000)
+            w.writeframes(heard.astype("<i2").tobytes())
+        transcript = await harness.bot.transcriber.transcribe(heard_wav.getvalue(), "heard.wav")
+        assert "fine" in transcript.text.lower()
+        # What the voice server holds is not that audio: DAVE frames are no Opus a decoder accepts as speech.
+        with pytest.raises(ValueError):
+            davey.DaveSession(1, 999, sb.voice_channel.id).decrypt(bot_id, davey.MediaType.audio, spoken[0])
+    finally:
+        await member.close()
+
+
+async def test_bot_is_welcomed_into_an_encrypted_call_and_removed_when_it_leaves(harness: BotHarness) -> None:
+    """Two members already share a DAVE group: the bot's key package is proposed to them, a member
+    commits, discord.py joins through the welcome (op 30); a third member's Add is committed by
+    whoever is first; the bot's !leave makes the server propose its removal."""
+    sb, vs = harness.sandbox, server(harness)
+    channel, bot_id = sb.voice_channel.id, sb.bot_user.id
+    first = DaveMember(vs, sb.user_named("member").id, channel)
+    second = DaveMember(vs, sb.user_named("admin").id, channel, commits=False)
+    third = DaveMember(vs, 424242, channel)
+    members = [first, second, third]
+    try:
+        await first.connect()
+        await second.connect()
+        await first.wait_until(lambda: first.session.ready and second.session.ready, timeout=10)
+
+        await join(harness)
+        await first.wait_until(lambda: first.session.epoch == 2 and bool(vs.calls[channel].transition is None))
+        vc = bot_voice_client(harness)
+        assert vc is not None and (30, bot_id, "transition 2") in vs.dave_log
+        session = vc._connection.dave_session
+        await vs.wait_until(lambda: vc._connection.can_encrypt)
+        assert session.epoch == 2 and session.voice_privacy_code == first.session.voice_privacy_code
+        frame = session.encrypt_opus(b"\x78\x01" + b"opus" * 8)
+        assert second.decrypt(bot_id, frame) == b"\x78\x01" + b"opus" * 8
+
+        # A third member: the bot processes the proposal and commits too; the first commit wins.
+        await third.connect()
+        await third.wait_until(lambda: third.session.ready and first.session.epoch == 3, timeout=10)
+        await vs.wait_until(lambda: session.epoch == 3)
+        assert sorted(map(int, third.session.get_user_ids())) == sorted([bot_id, first.user_id, second.user_id,
+                                                                         third.user_id])
+
+        assert await harness.ask("!leave") == f"Left {mention(sb.voice_channel)}."
+        await first.wait_until(lambda: first.session.epoch == 4, timeout=10)
+        assert str(bot_id) not in first.session.get_user_ids()
+        assert any(op == 27 and detail == f"append remove:{bot_id}" for op, _, detail in vs.dave_log)
+        assert vs.errors == []
+    finally:
+        for m in members:
+            await m.close()
 
 
 async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox, settings: Settings,

@@ -4,6 +4,9 @@ No gateway here (the sandbox does op 4 → VOICE_STATE_UPDATE + VOICE_SERVER_UPD
 for ``VoiceConnectionState`` drives the real ``discord.gateway.DiscordVoiceWebSocket`` handshake
 over wss with the bot-side TLS setup a test would use (``connector=TCPConnector(ssl=...)``), then
 sends Opus frames built by ``VoiceClient._get_voice_packet`` (real RTP header + AEAD encryption).
+Those tests run the server without DAVE (``dave=False``, as Discord serves stage channels); the DAVE
+tests drive it with ``davey`` clients (:class:`tests.fakes.dave_member.DaveMember`), and
+tests/commands/test_voice.py with the bot's own discord.py voice client.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ import functools
 import socket
 import time
 import types
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import davey
 import discord
 import pytest
 from discord.gateway import DiscordVoiceWebSocket
 from discord.http import HTTPClient
 
 from sandbox.voice import MODE, OPUS_SILENCE, VoiceServer
+from tests.fakes.dave_member import DaveMember
 
 
 class StubState:
@@ -79,7 +84,7 @@ async def http_client(server: VoiceServer, loop: asyncio.AbstractEventLoop) -> H
 
 @pytest.mark.asyncio
 async def test_handshake_and_encrypted_audio_with_discord_py() -> None:
-    server = VoiceServer()
+    server = VoiceServer(dave=False)
     endpoint = await server.start()
     loop = asyncio.get_running_loop()
     http = await http_client(server, loop)
@@ -140,7 +145,7 @@ async def test_handshake_and_encrypted_audio_with_discord_py() -> None:
 
 @pytest.mark.asyncio
 async def test_wrong_token_is_refused_and_bad_packets_are_counted() -> None:
-    server = VoiceServer()
+    server = VoiceServer(dave=False)
     endpoint = await server.start()
     loop = asyncio.get_running_loop()
     http = await http_client(server, loop)
@@ -155,6 +160,8 @@ async def test_wrong_token_is_refused_and_bad_packets_are_counted() -> None:
         state.socket.sendto(b"\x80\x78" + b"\x00" * 40, ("127.0.0.1", server.udp_port))
         await server.wait_until(lambda: server.received_packets >= 1)
         assert server.decrypted_frames == 0 and server.errors[-1] == "an RTP packet did not decrypt"
+        if ws._keep_alive is not None:  # HELLO started it; left running it outlives the test's loop
+            ws._keep_alive.stop()
     finally:
         state.close()
         await http.close()
@@ -171,3 +178,146 @@ async def test_untrusted_client_cannot_connect() -> None:
                 await session.ws_connect(f"wss://{endpoint}/?v=8")
     finally:
         await server.close()
+
+
+# ----------------------------------------------------------------- DAVE (https://daveprotocol.com)
+CHANNEL = 5550001
+
+
+@pytest.fixture
+async def dave_server() -> AsyncIterator[VoiceServer]:
+    server = VoiceServer(transition_timeout=1.0)
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def members(server: VoiceServer, *specs: tuple[int, bool]) -> list[DaveMember]:
+    out = []
+    for user_id, commits in specs:
+        member = DaveMember(server, user_id, CHANNEL, commits=commits)
+        await member.connect()
+        out.append(member)
+    return out
+
+
+def in_group(*ms: DaveMember, epoch: int) -> Callable[[], bool]:
+    return lambda: all(m.session.ready and m.session.epoch == epoch for m in ms)
+
+
+@pytest.mark.asyncio
+async def test_client_without_dave_is_closed_with_4017(dave_server: VoiceServer) -> None:
+    """discord.py without davey identifies with max_dave_protocol_version 0: Discord closes it (4017)."""
+    loop = asyncio.get_running_loop()
+    http = await http_client(dave_server, loop)
+    state = StubState(dave_server.endpoint, dave_server.token, http, loop)
+    ws = await DiscordVoiceWebSocket.from_connection_state(state)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(discord.errors.ConnectionClosed) as info:
+            async with asyncio.timeout(5):
+                while True:
+                    await ws.poll_event()
+        assert info.value.code == 4017
+    finally:
+        if ws._keep_alive is not None:
+            ws._keep_alive.stop()
+        state.close()
+        await http.close()
+
+
+@pytest.mark.asyncio
+async def test_dave_group_forms_grows_shrinks_and_resets(dave_server: VoiceServer) -> None:
+    vs = dave_server
+    a, b = await members(vs, (101, True), (202, True))
+    try:
+        # Both pending members get the other's Add and both commit: the first commit wins epoch 0,
+        # the other is stale and its sender is welcomed instead.
+        await a.wait_until(in_group(a, b, epoch=1))
+        await b.wait_until(in_group(a, b, epoch=1))
+        await vs.wait_until(lambda: vs.stale_commits == 1)
+        assert vs.calls[CHANNEL].leaves in ([101, 202], [202, 101])
+        assert a.session.voice_privacy_code == b.session.voice_privacy_code != ""
+        assert a.connected_users == {202} and b.connected_users == {101}
+        await a.wait_until(lambda: bool(a.executed) and bool(b.executed))  # both sent op 23
+
+        # A third member (who never commits) is added by a member's commit and welcomed (op 30).
+        (c,) = await members(vs, (303, False))
+        await c.wait_until(in_group(a, b, c, epoch=2))
+        assert 30 in c.ops() and 29 not in c.ops()
+        frame = b.session.encrypt_opus(b"\x78\x01" + b"opus" * 8)
+        assert frame.endswith(b"\xfa\xfa")
+        assert a.decrypt(202, frame) == c.decrypt(202, frame) == b"\x78\x01" + b"opus" * 8
+
+        # b leaves: the server proposes its removal (op 27), a commits, leaf 1 is free again.
+        await b.close()
+        await a.wait_until(in_group(a, c, epoch=3))
+        await c.wait_until(in_group(a, c, epoch=3))
+        assert vs.calls[CHANNEL].leaves in ([101, None, 303], [None, 101, 303])
+        assert 202 not in a.connected_users
+        with pytest.raises(ValueError):  # no decryptor for a removed member
+            a.decrypt(202, b.session.encrypt_opus(b"\x78\x02" + b"opus" * 8))
+
+        # c leaves: a is alone in an established group → sole member reset (op 24 epoch 1, op 21 id 0).
+        await c.close()
+        await a.wait_until(lambda: a.session.status == davey.SessionStatus.pending)
+        assert [op for op in a.ops() if op in (21, 24)] == [24, 21]
+        assert (24, 101, "sole member reset") in vs.dave_log
+        assert vs.calls[CHANNEL].epoch == 0
+        # A newcomer makes a new group with it.
+        (d,) = await members(vs, (404, True))
+        await d.wait_until(in_group(a, d, epoch=1))
+        assert vs.errors == []
+        await d.close()
+    finally:
+        for m in (a, b):
+            await m.close()
+
+
+class ForgetfulMember(DaveMember):
+    """Loses its key package's private keys before its first welcome (as a crashed client would)."""
+
+    async def _binary(self, op: int, msg: bytes) -> None:
+        if op == 30 and not self.invalid:
+            self.session.reinit(1, self.user_id, self.channel_id)
+        await super()._binary(op, msg)
+
+
+@pytest.mark.asyncio
+async def test_a_member_that_cannot_use_its_welcome_recovers(dave_server: VoiceServer) -> None:
+    vs = dave_server
+    (a,) = await members(vs, (101, True))
+    await a.wait_until(lambda: 25 in a.ops())
+    b = ForgetfulMember(vs, 202, CHANNEL, commits=False)
+    await b.connect()
+    try:
+        # b sends op 31 and a new key package; a, left alone in the group, is reset; they start again.
+        await b.wait_until(in_group(a, b, epoch=1), timeout=8)
+        assert b.invalid == 1 and (31, 202, "1") in vs.dave_log
+        assert (24, 101, "sole member reset") in vs.dave_log and vs.errors == []
+        frame = a.session.encrypt_opus(b"\x78\x03" + b"opus" * 8)
+        assert b.decrypt(101, frame) == b"\x78\x03" + b"opus" * 8
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_key_packages_and_commits_are_checked(dave_server: VoiceServer) -> None:
+    vs = dave_server
+    (a,) = await members(vs, (101, False))
+    await vs.wait_until(lambda: (26, 101, "accepted") in vs.dave_log)
+    try:
+        impostor = davey.DaveSession(1, 999, CHANNEL).get_serialized_key_package()
+        await a._send_binary(26, impostor)  # another user's key package
+        tampered = bytearray(a.session.get_serialized_key_package())
+        tampered[-5] ^= 1  # inside the signature
+        await a._send_binary(26, bytes(tampered))
+        await a._send_binary(28, b"\x00\x01\x00\x01garbage")
+        await vs.wait_until(lambda: len(vs.errors) == 3)
+        assert vs.errors == [
+            "DAVE op 26 from 101 refused: key package for user 999",
+            "DAVE op 26 from 101 refused: key package signature does not verify",
+            "DAVE op 28 from 101 refused: commit: message ends too early",
+        ]
+    finally:
+        await a.close()
