@@ -22,6 +22,7 @@ from commands._shared import (
     take_option,
     trainer_admin,
 )
+from dataset.compile import LEFT_OUT_FROM_CHAT
 from dataset.corrections import ReactionCounts
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
@@ -195,7 +196,10 @@ class Training(commands.Cog):
         if self.model.backend.bills_tokens:
             what += f", ~{est.tokens or 0:,} tokens, {'?' if est.epochs is None else est.epochs} epochs"
         warnings = self.model.relevant_warnings(report)
+        left_out = [w for w in warnings if w.code == LEFT_OUT_FROM_CHAT]
+        warnings = [w for w in warnings if w.code != LEFT_OUT_FROM_CHAT]
         lines = [f"Started training job `{job.id}` on the {self.model.backend.name} backend: {what}."]
+        lines.extend(w.message[0].upper() + w.message[1:] + "." for w in left_out)
         contributors = job.contributors
         if contributors:
             shown = [f"{discord.utils.escape_markdown(str(name))} {n:,}" for name, n in contributors[:TOP_SHOWN]]

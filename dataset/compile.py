@@ -46,8 +46,21 @@ def _prompt_key(messages: list[ChatMessage]) -> str:
     )
 
 
-def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI") -> Compiled:
-    """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked."""
+LEFT_OUT_FROM_CHAT = "left_out_from_chat"  # the Issue code that says what TRAIN_FROM_CHAT=off left out
+
+
+def from_chat(correction: records.Correction) -> bool:
+    """Whether a correction is chat-derived in the sense of Discord's Developer Policy: written by a member, or
+    about a member's question. Only an admin's correction of an admin's question (``trusted``) is not."""
+    return not getattr(correction, "trusted", False)
+
+
+def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI",
+                  chat: bool = True) -> Compiled:
+    """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked.
+
+    ``chat=False`` (TRAIN_FROM_CHAT=off): members' chat-derived records are left out (see :func:`from_chat`);
+    the report says how many. Admins' uploads, !test cases and admins' own corrections stay."""
     state = read_state(space)
     system = str(state.get("system_prompt") or "").strip() or None
     loaded = load_dataset(space, current_dataset(space))
@@ -90,7 +103,11 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
     unusable = 0
     fixes: list[tuple[str, str, str, str]] = []
+    left_out = 0
     for c in records.approved_corrections(space):  # pending and rejected ones never reach training
+        if not chat and from_chat(c):
+            left_out += 1
+            continue
         by = f"{c.author_name or 'someone'} ({c.author_id})" if c.author_id else ""
         fixes.append((c.prompt, c.correction, c.answer, by))
     for t in records.list_test_errors(space):
@@ -106,6 +123,15 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         if bad.strip():
             corrected.setdefault(key, set()).add(bad.strip())
             add_pref(user, fix, bad)
+    if left_out:
+        notes.append(
+            Issue(
+                None,
+                LEFT_OUT_FROM_CHAT,
+                f"{left_out} member correction(s) left out of training (TRAIN_FROM_CHAT is off); they still answer "
+                f"as corrections and stay in reviews and exports",
+            )
+        )
     if unusable:
         notes.append(
             Issue(
