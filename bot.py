@@ -203,11 +203,11 @@ class TrainerBot(commands.AutoShardedBot):
         log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),
                  len(self.guilds))
 
-    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+    async def on_command_error(self, ctx: commands.Context, raised: commands.CommandError) -> None:
         """The one global error handler: every failure becomes a short line for the user."""
         if getattr(ctx, "error_handled", False):
             return
-        error = _unwrapped(error)
+        error = _unwrapped(raised)
         p = ctx.clean_prefix
         # A slash command's error line is shown to its user only (unless it was deferred: then it takes the
         # place of "thinking…", as Discord decides).

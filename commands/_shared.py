@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class TrainerContext(commands.Context["TrainerBot"]):
-    """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message."""
+    """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message.
+
+    (mypy infers ``Never`` for ``commands.hybrid_command`` on a callback taking this subclass, unless it also
+    has a check decorator typed ``Any``: those decorator lines carry a ``type: ignore``.)"""
 
     error_handled: bool = False  # a cog's error handler answered already; the bot's global one stays silent
     @property

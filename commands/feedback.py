@@ -67,7 +67,8 @@ class Feedback(commands.Cog):
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         if interaction.type is not discord.InteractionType.modal_submit:
             return
-        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
         if not custom_id.startswith(FORM_PREFIX):
             return
         try:
@@ -97,7 +98,7 @@ class Feedback(commands.Cog):
             raise NotFound("That answer is no longer in my records; nothing was saved.")
         record = await self.bot.model.correct(
             form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
-            channel_id=interaction.channel_id, source_message_id=None,
+            channel_id=interaction.channel_id or 0, source_message_id=None,
             trusted=await is_admin_user(self.bot, interaction.user))
         self.submitted[nonce] = record.ref
         await self._tell(interaction, self._saved_text(record, "/"))
@@ -110,7 +111,7 @@ class Feedback(commands.Cog):
         else:
             await interaction.response.send_message(text[:2000], ephemeral=True)
 
-    @commands.hybrid_command(usage="[message_id] <correction...>")
+    @commands.hybrid_command(usage="[message_id] <correction...>")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
     @app_commands.guild_only()
     @commands.cooldown(10, 60.0, commands.BucketType.user)
@@ -189,7 +190,7 @@ class Feedback(commands.Cog):
         except discord.HTTPException:
             return None
 
-    @commands.hybrid_command(usage="<text...>")
+    @commands.hybrid_command(usage="<text...>")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
     @app_commands.guild_only()
     @commands.cooldown(5, 60.0, commands.BucketType.user)
@@ -343,7 +344,7 @@ class Feedback(commands.Cog):
 
     # ------------------------------------------------------------ forget-me
 
-    @commands.hybrid_command(usage="me | @user")
+    @commands.hybrid_command(usage="me | @user")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
     @app_commands.guild_only()
     @commands.cooldown(3, 60.0, commands.BucketType.user)

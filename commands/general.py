@@ -99,13 +99,13 @@ class General(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.help_command = self._old_help
 
-    @commands.hybrid_command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     async def hi(self, ctx: TrainerContext) -> None:
         """Say hello."""
         await ctx.send(f"Hi {ctx.author.display_name}! I'm the trainer bot. "
                        f"Talk to me here, or type `{ctx.clean_prefix}help` to see what I can do.")
 
-    @commands.hybrid_command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.cooldown(2, 30.0, commands.BucketType.channel)
     async def instruction(self, ctx: TrainerContext) -> None:
         """Send the full user guide."""

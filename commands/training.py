@@ -330,7 +330,7 @@ class Training(commands.Cog):
             await channel.send(f"Training job `{job.id}` {job.status}: {reason}"[:2000])
 
     # ----------------------------------------------------------------- jobs and models
-    @commands.hybrid_command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @app_commands.guild_only()
     async def jobs(self, ctx: TrainerContext) -> None:
         """List this server's recent training jobs."""
@@ -373,7 +373,7 @@ class Training(commands.Cog):
             await ctx.send(f"Training job `{job.id}` had already {job.status}; nothing to cancel.")
         self.watch(ctx.guild_id, job.id)
 
-    @commands.hybrid_command(name="model", usage="[name | previous]")
+    @commands.hybrid_command(name="model", usage="[name | previous]")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @app_commands.guild_only()
     @app_commands.describe(name="Switch to this model, or `previous` (admins); empty: show the current one")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:

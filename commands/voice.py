@@ -135,7 +135,7 @@ class Voice(commands.Cog):
         speaker.say(Spoken(answer, message.author.id, exempt))
 
     # ----------------------------------------------------------------- channels
-    @commands.hybrid_command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
     @app_commands.guild_only()
     @commands.cooldown(3, 30.0, commands.BucketType.guild)
@@ -175,7 +175,7 @@ class Voice(commands.Cog):
         await ctx.send(f"Joined {channel.mention}. I'll speak my answers to you there.")
         self._check_idle(ctx.guild)
 
-    @commands.hybrid_command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
     @app_commands.guild_only()
     async def leave(self, ctx: TrainerContext) -> None:
