@@ -142,9 +142,9 @@ class Settings:
     # Off: the bot does not ask for the privileged Message Content intent (see README, "Without the Message
     # Content intent"): slash commands, context menus, mentions, replies to the bot and DMs still work.
     message_content: bool = True
-    # Off: only admins' uploads, !test cases and admins' own corrections become training data (Discord's
-    # Developer Policy on training; README "What the bot trains on").
-    train_from_chat: bool = True
+    # Off (default): only admins' uploads, !test cases and admins' own corrections become training data
+    # (Discord's Developer Policy on training; README "What the bot trains on").
+    train_from_chat: bool = False
     confirm_seconds: float = 60.0  # how long a Confirm / Cancel dialog waits before it expires
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.
@@ -225,7 +225,7 @@ class Settings:
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
             eval_gate=_on_off(env, "EVAL_GATE", True),
             message_content=_on_off(env, "MESSAGE_CONTENT", True),
-            train_from_chat=_on_off(env, "TRAIN_FROM_CHAT", True),
+            train_from_chat=_on_off(env, "TRAIN_FROM_CHAT", False),
             confirm_seconds=_float(env, "CONFIRM_SECONDS", cls.confirm_seconds, 1.0),
             paid_calls_per_user_per_day=_int(env, "PAID_CALLS_PER_USER_PER_DAY", cls.paid_calls_per_user_per_day, 0),
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,

@@ -96,12 +96,13 @@ class Feedback(commands.Cog):
         answer = await self.bot.model.find_answer(form.guild_id, form.message_id)
         if answer is None:  # forgotten meanwhile
             raise NotFound("That answer is no longer in my records; nothing was saved.")
+        admin = await is_admin_user(self.bot, interaction.user)
         record = await self.bot.model.correct(
             form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
-            channel_id=interaction.channel_id or 0, source_message_id=None,
-            trusted=await is_admin_user(self.bot, interaction.user))
+            channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin)
         self.submitted[nonce] = record.ref
-        await self._tell(interaction, self._saved_text(record, "/"))
+        await self._tell(interaction, self._saved_text(record, "/",
+                                                       trained=self._trained_on(admin, answer, interaction.user.id)))
 
     @staticmethod
     async def _tell(interaction: discord.Interaction, text: str) -> None:
@@ -170,17 +171,27 @@ class Feedback(commands.Cog):
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
                                          source_message_id=ctx.message.id, trusted=await is_admin(ctx))
         # A reply to an ask has no prefix of its own.
-        await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix))
+        await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix,
+                                        trained=self._trained_on(await is_admin(ctx), answer, ctx.author.id)))
 
-    def _saved_text(self, record: Correction, p: str) -> str:
+    def _trained_on(self, admin: bool, answer: Answer, author_id: int) -> bool:
+        """Whether a correction becomes training data: always with TRAIN_FROM_CHAT=on; otherwise only an
+        admin's correction of their own question (nothing in it came from a member's chat)."""
+        return self.bot.settings.train_from_chat or (admin and answer.author_id == author_id)
+
+    def _saved_text(self, record: Correction, p: str, *, trained: bool) -> str:
         """What the author of a correction is told once it is saved (the same for every way of correcting)."""
         if not record.approved:
             return (f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
                     f"(`{p}review`) before I use it.")
         if self.bot.model.backend.applies_corrections_now:
             return (f"Thanks — correction `{record.ref}` saved. I'll answer that question (or one "
-                    f"that means the same) with it from now on, and it is training data for next time.")
-        return f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained."
+                    f"that means the same) with it from now on" + (", and it is training data for next time."
+                                                                  if trained else "."))
+        if trained:
+            return f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained."
+        return (f"Thanks — correction `{record.ref}` saved and kept for review and export; it is not training data "
+                f"here (this server trains on admins' data only: TRAIN_FROM_CHAT is off).")
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:
