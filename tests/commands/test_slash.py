@@ -63,9 +63,24 @@ async def test_autocomplete_models_jobs_and_folders(harness: BotHarness) -> None
     got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("admin", "archive", "folder",
                                                                         folder="datasets/"))
     assert [c["value"] for c in got.choices or []] == ["datasets/faq"]
-    # Members get no peek at the data space, even by a forged autocomplete.
+    # A server that shows /archive to everyone (Server Settings → Integrations): members still get no peek at
+    # the data space, and the bot's own admin check refuses them.
+    _commands(h)["archive"].default_member_permissions = None  # type: ignore[attr-defined]
+    got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("member", "archive", "folder",
+                                                                        folder="datasets/"))
+    assert got.choices == []
+    refused = await h.slash("archive", folder="datasets")
+    assert [m.content for m in refused.messages] == ["You need the **Manage Server** permission to use this command."]
+    assert refused.messages[0].ephemeral
     got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("member", "model", "name", name=""))
     assert [c["value"] for c in got.choices or []] == ["previous"]
+    got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("admin", "cancel", "job_id", job_id=""))
+    assert got.choices == []  # no job is running
+    # /help, with the command names suggested.
+    got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("member", "help", "command", command="tra"))
+    assert [c["value"] for c in got.choices or []] == ["train"]
+    helped = await h.slash("help", command="train")
+    assert helped.messages[0].content.startswith("**Usage:** `/train ")
 
 
 async def test_guild_only_commands_are_refused_in_dms_and_wrong_options_get_a_line(harness: BotHarness) -> None:
