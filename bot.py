@@ -362,7 +362,8 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
 
     # The sandbox keeps its world (server id, users, messages) beside the data it serves, so the
     # same DATA_DIR finds the same server, model and data on the next `make run`.
-    sandbox = await Sandbox(world_file=sandbox_world_file(settings)).start(voice=True)
+    # Two servers, as a bot has in real life: /guild 2 in the chat switches (DMs and data stay per server).
+    sandbox = await Sandbox(world_file=sandbox_world_file(settings), servers=2).start(voice=True)
     try:
         try:
             # sandbox.bot_kwargs(): an aiohttp connector that trusts the voice server's certificate.

@@ -41,14 +41,15 @@ class Chat(commands.Cog):
 
     def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
-        self.dm_guilds: dict[int, tuple[int, float]] = {}  # user id -> (guild id or 0, when looked up)
+        # user id -> (ids of the servers we share, when looked up)
+        self.dm_guilds: dict[int, tuple[tuple[int, ...], float]] = {}
         # Recent (role, content) turns per channel, given to the model as context.
         self.history: dict[int, deque[tuple[str, str]]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
-        """Chat channels, DMs, mentions and replies to my messages get answers; everything else is left alone.
-
-        Without the Message Content intent only DMs, mentions and replies to me come with their text."""
+        """Chat channels (and the threads in them), DMs, mentions and replies to my messages get answers;
+        everything else is left alone. Without the Message Content intent only DMs, mentions and replies to me
+        come with their text."""
         if message.guild is None:
             return True
         if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
@@ -57,7 +58,10 @@ class Chat(commands.Cog):
         if (self.bot.user is not None and ref is not None and isinstance(ref.resolved, discord.Message)
                 and ref.resolved.author.id == self.bot.user.id):
             return True
-        name = getattr(message.channel, "name", "") or ""
+        channel = message.channel
+        # A thread is named after its topic; it is a chat place when the channel it grew from is one.
+        place = (channel.parent or channel) if isinstance(channel, discord.Thread) else channel
+        name = getattr(place, "name", "") or ""
         return name.lower() in self.bot.settings.chat_channels
 
     async def guild_for(self, message: discord.Message) -> discord.Guild | None:
@@ -66,9 +70,17 @@ class Chat(commands.Cog):
             return message.guild
         user_id = message.author.id
         cached = self.dm_guilds.get(user_id)
+        shared: list[discord.Guild] = []
         if cached is not None and time.monotonic() - cached[1] < DM_GUILD_TTL:
-            return self.bot.get_guild(cached[0]) if cached[0] else None
-        shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
+            # The servers we shared may have lost them (the bot gets no member events without the members
+            # intent): one server's model must not answer someone who left it, and someone who left all but
+            # one is answered again. Only those few are asked again; sharing none stays cached.
+            known = [g for g in map(self.bot.get_guild, cached[0]) if g is not None]
+            shared = [g for g in known if await self._still_member(g, user_id)]
+            if shared == known:
+                return shared[0] if len(shared) == 1 else None
+        else:
+            shared = [g for g in self.bot.guilds if g.get_member(user_id) is not None]
         if not shared and len(self.bot.guilds) <= MAX_DM_LOOKUPS:
             # Without the members intent the cache rarely holds the author: ask each server.
             for g in self.bot.guilds:
@@ -80,9 +92,20 @@ class Chat(commands.Cog):
                     log.warning("member lookup in guild %s failed: %s", g.id, exc)
                     continue
                 shared.append(g)
-        guild = shared[0] if len(shared) == 1 else None
-        self.dm_guilds[user_id] = (guild.id if guild else 0, time.monotonic())
-        return guild
+        self.dm_guilds[user_id] = (tuple(g.id for g in shared), time.monotonic())
+        return shared[0] if len(shared) == 1 else None
+
+    @staticmethod
+    async def _still_member(guild: discord.Guild, user_id: int) -> bool:
+        if guild.get_member(user_id) is not None:
+            return True
+        try:
+            await guild.fetch_member(user_id)
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:  # unsure: keep the answer they had (the lookup said yes before)
+            log.warning("member lookup in guild %s failed: %s", guild.id, exc)
+        return True
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:

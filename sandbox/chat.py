@@ -25,15 +25,30 @@ from typing import TextIO
 
 from sandbox.components import button_text, buttons
 from sandbox.interactions import NOT_RESPONDED, Interaction, InteractionRefused, OpenModal
-from sandbox.server import Message, ReactionError, Sandbox, User, parse_emoji
-from sandbox.state import LOADING
+from sandbox.server import (
+    ADD_REACTIONS,
+    ATTACH_FILES,
+    EMBED_LINKS,
+    READ_MESSAGE_HISTORY,
+    SEND_MESSAGES,
+    VIEW_CHANNEL,
+    Channel,
+    Guild,
+    Message,
+    ReactionError,
+    Role,
+    Sandbox,
+    User,
+    parse_emoji,
+)
+from sandbox.state import CREATE_PUBLIC_THREADS, LOADING, SEND_MESSAGES_IN_THREADS
 
 log = logging.getLogger(__name__)
 
 CHAT_HELP = """\
 Chat commands:
   /as NAME            switch user (admin, member, owner)
-  /attach PATH [text] post a file, with optional text
+  /attach PATH [text] post a file, with optional text ("quote" a path with spaces)
   /reply ID text      reply to message ID
   /react ID EMOJI     react to message ID (👍, or :+1: :-1: :heart: :white_check_mark: :x: :eyes: ...)
   /unreact ID EMOJI   take your reaction back
@@ -42,11 +57,32 @@ Chat commands:
   /click ID N         press button N of message ID (buttons are printed [N: label], row by row)
   /menu ID "Command name"     run a context-menu command on message ID (or on a user: /menu @NAME ...)
   /modal field=value ...      submit the open modal (its fields are printed when the bot opens it)
+Servers, channels, roles (the bot is told at once, as on Discord):
+  /guild [N]          list the servers, or switch to server N (its #general)
+  /channel [NAME]     list this server's channels and threads, or switch to one (/channel general)
+  /thread NAME        start a thread in this channel, as the current user, and switch to it
+  /dm                 talk with the bot in a DM (it answers with the model of the one server you share)
+  /leave, /join       the current user leaves or joins the current server
+  /role add USER ROLE     give a role (created if this server has none of that name), e.g. /role add member Trainer
+  /role remove USER ROLE  take it away
+  /role list          the roles of this server and who has them
+  /perm #CHANNEL +send|-send|=send [WHO]   allow, deny or reset a permission for @everyone (or a role or user):
+                      send, view, react, attach, embed, history, threads; e.g. /perm #general -send
+Gateway (what Discord may do to the bot's connection at any time):
+  /reconnect          ask the bot to reconnect and resume (op 7)
+  /invalidate [resume]  invalidate the bot's session (op 9): it identifies again, or resumes with "resume"
+And:
   /reset              start a new world: new server (so no data or model yet), users, channels, ids
   /wait SECONDS       pause
   /help               this list
   /quit               leave
 Anything else is posted as a message; bot commands start with {prefix} (try {prefix}help)."""
+
+# /perm's permission names.
+PERMISSION_NAMES = {
+    "send": SEND_MESSAGES, "view": VIEW_CHANNEL, "react": ADD_REACTIONS, "attach": ATTACH_FILES,
+    "embed": EMBED_LINKS, "history": READ_MESSAGE_HISTORY, "threads": SEND_MESSAGES_IN_THREADS,
+}
 
 
 # Discord's timestamp markup: <t:UNIX> or <t:UNIX:STYLE>; other styles stay raw text, as in Discord.
@@ -186,6 +222,7 @@ class TerminalChat:
         self.files_dir = files_dir
         self.prefix = prefix
         self.user = sandbox.member
+        self.channel: Channel = sandbox.text_channel  # where what you type is posted
         self.silence = silence  # how long to wait for a first reply before moving on
         self.quiet = quiet  # how long the bot must stay quiet after replying before the next line
         self._last_activity = asyncio.get_running_loop().time()
@@ -210,11 +247,12 @@ class TerminalChat:
         self._activity.set()
         tag = " (edited)" if event == "update" else ""
         reply = f" ↪{msg.reference_id}" if msg.reference_id and event == "create" else ""
+        where = f" ({self._where(msg.channel_id)})" if msg.channel_id != self.channel.id else ""
         if msg.visible_to is not None:
             names = ", ".join(self.sandbox.users[u].name for u in sorted(msg.visible_to) if u in self.sandbox.users)
             tag += " (only you can see this)" if msg.visible_to == {self.user.id} else f" (only {names} can see this)"
         text = f"{msg.author.name} is thinking…" if msg.flags & LOADING else self._readable(msg.content)
-        self.say(f"[{msg.id}]{reply}{tag} {msg.author.name}: {text}")
+        self.say(f"[{msg.id}]{reply}{tag}{where} {msg.author.name}: {text}")
         for embed in msg.embeds:
             self.say("    " + " | ".join(str(embed.get(k)) for k in ("title", "description") if embed.get(k)))
         for line in self.button_lines(msg):
@@ -227,6 +265,32 @@ class TerminalChat:
                 path = self.files_dir / f"{msg.id}-{Path(att.filename).name}"
                 path.write_bytes(att.data)
                 self.say(f"    attachment: {path} ({len(att.data)} bytes)")
+
+    def _where(self, channel_id: int) -> str:
+        """A channel as this chat names it: #name, with its server's name when that is not the current
+        one, or "DM"."""
+        channel = self.sandbox.channels.get(channel_id)
+        if channel is None:
+            return f"channel {channel_id}"
+        if channel.guild_id is None:
+            return "DM"
+        name = f"#{channel.name}"
+        if channel.guild_id != self.channel.guild_id:
+            name = f"{self.sandbox.guilds[channel.guild_id].name} {name}"
+        return name
+
+    @property
+    def prompt(self) -> str:
+        """``member> `` in the first server's #general; elsewhere it says where: ``member #Shop hours> ``."""
+        sb = self.sandbox
+        if self.channel.id == sb.text_channel.id:
+            return f"{self.user.name}> "
+        if self.channel.type == 1:
+            return f"{self.user.name} (DM)> "
+        where = f"#{self.channel.name}"
+        if self.channel.guild_id != sb.guild_id and self.channel.guild_id in sb.guilds:
+            where = f"{sb.guilds[self.channel.guild_id].name} {where}"
+        return f"{self.user.name} {where}> "
 
     @staticmethod
     def button_lines(msg: Message) -> list[str]:
@@ -365,7 +429,7 @@ class TerminalChat:
         try:
             while True:
                 if interactive:
-                    self.out.write(f"{self.user.name}> ")
+                    self.out.write(self.prompt)
                     self.out.flush()
                 line = await lines.get()
                 if line is None or not await self.handle(line):
@@ -383,19 +447,21 @@ class TerminalChat:
         if not line.strip():
             return True
         if line.startswith("/") and not line.startswith("//"):
-            try:
-                parts = shlex.split(line)
-            except ValueError as exc:
-                self.say(f"! {exc}")
-                return True
-            cmd, args = parts[0].lower(), parts[1:]
-            return await self._command(cmd, args, line)
+            # The words after the command are read by each command as it needs them, never with shell
+            # quoting over the whole line: free text (a reply, a file's caption) keeps its apostrophes.
+            cmd, _, rest = line.strip().partition(" ")
+            return await self._command(cmd.lower(), rest.strip())
         await self._post(line)
         return True
 
-    async def _post(self, text: str, **kwargs) -> Message:
+    async def _post(self, text: str, **kwargs) -> Message | None:
+        perms = self.sandbox.permissions_for(self.user, self.channel)
+        if not perms & VIEW_CHANNEL or not perms & SEND_MESSAGES:
+            # Discord's client offers no message box there; /perm or /as changes that.
+            self.say(f"! {self.user.name} may not send messages in {self._where(self.channel.id)}")
+            return None
         self._posted_at = asyncio.get_running_loop().time()
-        msg = await self.sandbox.post_message(self.user, text, **kwargs)
+        msg = await self.sandbox.post_message(self.user, text, channel=self.channel, **kwargs)
         self.posted = True
         ref = kwargs.get("reply_to")
         extra = "".join(f" [file {name}, {len(data)} bytes]" for name, data, _ in kwargs.get("attachments", []))
@@ -410,6 +476,7 @@ class TerminalChat:
             self.user = sb.user_named(self.user.name)
         except KeyError:
             self.user = sb.member
+        self.channel = sb.text_channel
         self.say(f"* A new world: server {sb.guild_id} (was {old}), with new users, channels and ids. "
                  "The old server's data stays on disk under its id.")
         if connected:
@@ -436,7 +503,7 @@ class TerminalChat:
                 name = " ".join(words)
                 options = self._file_option(name, given)
                 self.say(f"* {self.user.name} used /{name}" + "".join(f" {k}:{v}" for k, v in given.items()))
-                await sb.slash(self.user, name, **options)
+                await sb.slash(self.user, name, in_channel=self.channel, **options)
             elif cmd == "/click":
                 if len(args) != 2 or not args[0].isdigit() or not args[1].isdigit():
                     self.say("! usage: /click MESSAGE_ID N")
@@ -481,78 +548,60 @@ class TerminalChat:
                 out[key] = Path(str(out[key]))
         return out
 
-    async def _command(self, cmd: str, args: list[str], line: str) -> bool:
+    async def _command(self, cmd: str, rest: str) -> bool:
+        """Run chat command ``cmd`` with the text after it (``rest``, stripped); False to stop."""
         sb = self.sandbox
+        args = rest.split()
         if cmd == "/quit":
             self.quitting = True
             return False
         if cmd == "/help":
             self.say(CHAT_HELP.format(prefix=self.prefix))
         elif cmd == "/as":
-            if len(args) != 1:
+            name = _unquote(rest)
+            if not name or len(name.split()) != 1:
                 self.say("! usage: /as NAME")
                 return True
-            try:
-                user = sb.user_named(args[0])
-            except KeyError:
-                names = ", ".join(u.name for u in sb.users.values() if not u.bot)
-                self.say(f"! no user {args[0]!r}; users: {names}")
+            user = self._user(name)
+            if user is None:
                 return True
             if user.bot:
                 self.say("! you cannot speak as a bot")
                 return True
             self.user = user
+            if self.channel.type == 1:  # a DM is between one user and the bot: the new user's own
+                self.channel = sb.dm_channel(user)
             self.say(f"* you are now {user.name}")
         elif cmd == "/attach":
-            if not args:
+            path_text, text = _first_word(rest)
+            if not path_text:
                 self.say("! usage: /attach PATH [text]")
                 return True
-            path = Path(args[0])
+            path = Path(path_text)
             try:
                 data = await asyncio.to_thread(lambda: path.expanduser().read_bytes())
             except OSError as exc:
                 self.say(f"! cannot read {path}: {exc.strerror}")
                 return True
-            text = line.split(None, 1)[1][len(args[0]):].strip() if len(args) > 1 else ""
-            text = text.strip("'\"") if text.startswith(("'", '"')) else text
             ctype = mimetypes.guess_type(path.name)[0]
-            await self._post(text, attachments=[(path.name, data, ctype)])
+            await self._post(_unquote(text), attachments=[(path.name, data, ctype)])
         elif cmd == "/reply":
-            if len(args) < 2 or not args[0].isdigit():
+            ref_text, text = _first_word(rest)
+            if not ref_text.isdigit() or not text:
                 self.say("! usage: /reply ID text")
                 return True
-            ref = int(args[0])
-            if ref not in sb.messages:
+            ref = int(ref_text)
+            target = sb.messages.get(ref)
+            if target is None or target.deleted:
                 self.say(f"! no message {ref}")
                 return True
-            text = line.split(None, 2)[2]
+            if target.channel_id != self.channel.id:
+                # Discord replies in the replied-to message's channel: go there.
+                self.channel = sb.channels[target.channel_id]
+                self.say(f"* replying in {self._where(target.channel_id)}")
             await self._post(text, reply_to=ref)
         elif cmd in ("/react", "/unreact"):
-            if len(args) != 2 or not args[0].isdigit():
-                self.say(f"! usage: {cmd} ID EMOJI")
-                return True
-            msg_id = int(args[0])
-            target = sb.messages.get(msg_id)
-            if target is None or target.deleted:
-                self.say(f"! no message {msg_id}")
-                return True
-            adding = cmd == "/react"
-            self._posted_at = asyncio.get_running_loop().time()  # the bot may answer a reaction
-            try:
-                done = await (sb.react if adding else sb.unreact)(self.user, target.channel_id, msg_id, args[1])
-            except ReactionError as exc:
-                self.say(f"! cannot react with {args[1]}: {exc}")
-                self._posted_at = None
-                return True
-            emoji = parse_emoji(args[1])
-            if done:
-                self.posted = True
-                self.say(f"* {self.user.name} {'reacted' if adding else 'removed'} {emoji} "
-                         f"{'to' if adding else 'from'} [{msg_id}]")
-            else:
-                self._posted_at = None
-                self.say(f"! you {'already reacted' if adding else 'had not reacted'} {emoji} "
-                         f"{'to' if adding else 'on'} [{msg_id}]")
+            await self._react(cmd, args)
         elif cmd == "/reset":
             if args:
                 self.say("! usage: /reset")
@@ -563,11 +612,50 @@ class TerminalChat:
                 self.say("! usage: /voice join|leave")
                 return True
             joining = args[0] == "join"
-            await sb.set_voice(self.user, sb.voice_channel if joining else None)
-            self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {sb.voice_channel.name}"
+            voice = sb.state.guild_of(self.channel.guild_id).voice_channel if self.channel.guild_id else sb.voice_channel
+            await sb.set_voice(self.user, voice if joining else None, guild=voice.guild_id)
+            self.say(f"* {self.user.name} {'joined' if joining else 'left'} voice channel {voice.name}"
                      + (f"; then {self.prefix}join brings the bot" if joining and sb.voice_server else ""))
+        elif cmd == "/guild":
+            self._guild(args)
+        elif cmd == "/channel":
+            self._channel(_unquote(rest).lstrip("#"))
+        elif cmd == "/thread":
+            await self._thread(_unquote(rest))
+        elif cmd == "/dm":
+            if args:
+                self.say("! usage: /dm (then /guild N or /channel NAME to go back)")
+                return True
+            self.channel = sb.dm_channel(self.user)
+            shared = [g.name for g in sb.guilds.values() if sb.is_member(self.user, g.id)]
+            self.say(f"* {self.user.name} is now in a DM with {sb.bot_user.name} (servers you share: "
+                     f"{', '.join(shared) or 'none'})")
+        elif cmd in ("/join", "/leave"):
+            if args:
+                self.say(f"! usage: {cmd}")
+                return True
+            await self._membership(cmd == "/join")
+        elif cmd == "/role":
+            await self._role(rest)
+        elif cmd == "/perm":
+            await self._perm(args)
+        elif cmd == "/reconnect":
+            if args:
+                self.say("! usage: /reconnect")
+                return True
+            await self._gateway_move("reconnect")
+        elif cmd == "/invalidate":
+            if args not in ([], ["resume"]):
+                self.say("! usage: /invalidate [resume]")
+                return True
+            await self._gateway_move("invalidate resume" if args else "invalidate")
         elif cmd in ("/slash", "/click", "/menu", "/modal"):
-            await self._interaction_command(cmd, args)
+            # Their values may be quoted ("Command name", text with spaces), as in a shell.
+            words = _shell_words(rest)
+            if words is None:
+                self.say(f"! unclosed quote in {cmd}: close it, or quote the value with the other kind of quote")
+                return True
+            await self._interaction_command(cmd, words)
         elif cmd == "/wait":
             try:
                 seconds = float(args[0]) if args else 1.0
@@ -578,3 +666,260 @@ class TerminalChat:
         else:
             self.say(f"! unknown chat command {cmd}; /help lists them")
         return True
+
+    async def _react(self, cmd: str, args: list[str]) -> None:
+        sb = self.sandbox
+        if len(args) != 2 or not args[0].isdigit():
+            self.say(f"! usage: {cmd} ID EMOJI")
+            return
+        msg_id = int(args[0])
+        target = sb.messages.get(msg_id)
+        if target is None or target.deleted:
+            self.say(f"! no message {msg_id}")
+            return
+        adding = cmd == "/react"
+        self._posted_at = asyncio.get_running_loop().time()  # the bot may answer a reaction
+        try:
+            done = await (sb.react if adding else sb.unreact)(self.user, target.channel_id, msg_id, args[1])
+        except ReactionError as exc:
+            self.say(f"! cannot react with {args[1]}: {exc}")
+            self._posted_at = None
+            return
+        emoji = parse_emoji(args[1])
+        if done:
+            self.posted = True
+            self.say(f"* {self.user.name} {'reacted' if adding else 'removed'} {emoji} "
+                     f"{'to' if adding else 'from'} [{msg_id}]")
+        else:
+            self._posted_at = None
+            self.say(f"! you {'already reacted' if adding else 'had not reacted'} {emoji} "
+                     f"{'to' if adding else 'on'} [{msg_id}]")
+
+    # ----------------------------------------------------------------- servers, channels, threads
+    @property
+    def guild(self) -> Guild:
+        """The server of the current channel (the first one in a DM)."""
+        return self.sandbox.state.guild_of(self.channel.guild_id)
+
+    def _guild(self, args: list[str]) -> None:
+        sb = self.sandbox
+        guilds = list(sb.guilds.values())
+        if not args:
+            for number, guild in enumerate(guilds, 1):
+                here = " (you are here)" if guild.id == self.channel.guild_id else ""
+                self.say(f"  {number}. {guild.name}{here}")
+            if len(guilds) == 1:
+                self.say("  (one server in this world)")
+            return
+        if len(args) != 1 or not args[0].isdigit() or not 1 <= int(args[0]) <= len(guilds):
+            self.say(f"! usage: /guild N, with N from 1 to {len(guilds)}; /guild lists them")
+            return
+        guild = guilds[int(args[0]) - 1]
+        self.channel = guild.text_channel
+        member = "" if sb.is_member(self.user, guild.id) else f" ({self.user.name} is not a member here)"
+        self.say(f"* you are now in {guild.name}, #{guild.text_channel.name}{member}")
+
+    async def _membership(self, joining: bool) -> None:
+        sb, guild = self.sandbox, self.guild
+        if self.channel.type == 1:
+            self.say("! /join and /leave act on a server: /guild N first")
+            return
+        done = await (sb.add_member if joining else sb.remove_member)(self.user, guild)
+        if done:
+            self.say(f"* {self.user.name} {'joined' if joining else 'left'} {guild.name}")
+        elif not joining and self.user.id == guild.owner_id:
+            self.say(f"! {self.user.name} owns {guild.name} and cannot leave it")
+        else:
+            self.say(f"! {self.user.name} is {'already' if joining else 'not'} a member of {guild.name}")
+
+    def _places(self) -> list[Channel]:
+        """The current server's text channels and threads, in order."""
+        guild_id = self.guild.id
+        return [c for c in self.sandbox.channels.values() if c.guild_id == guild_id and (c.type == 0 or c.is_thread)]
+
+    def _channel(self, name: str) -> None:
+        places = self._places()
+        if not name:
+            for c in places:
+                parent = self.sandbox.channels.get(c.parent_id or 0)
+                kind = f"thread in #{parent.name}" if c.is_thread and parent else "text channel"
+                here = " (you are here)" if c.id == self.channel.id else ""
+                self.say(f"  #{c.name} — {kind}{here}")
+            return
+        found = next((c for c in places if c.name == name), None) or \
+            next((c for c in places if c.name.lower() == name.lower()), None)
+        if found is None:
+            self.say(f"! no channel or thread #{name} in {self.guild.name}; /channel lists them")
+            return
+        self.channel = found
+        self.say(f"* you are now in #{found.name}")
+
+    async def _thread(self, name: str) -> None:
+        sb = self.sandbox
+        if not name:
+            self.say("! usage: /thread NAME")
+            return
+        parent = sb.channels.get(self.channel.parent_id or 0) if self.channel.is_thread else self.channel
+        if parent is None or parent.type != 0:
+            self.say("! threads start in a server's text channel; /channel general first")
+            return
+        if not sb.permissions_for(self.user, parent) & CREATE_PUBLIC_THREADS:
+            self.say(f"! {self.user.name} may not start threads in #{parent.name}")
+            return
+        try:
+            thread = await sb.create_thread(self.user, name, parent)
+        except ValueError as exc:
+            self.say(f"! {exc}")
+            return
+        self.channel = thread
+        self.say(f"* {self.user.name} started the thread #{thread.name} in #{parent.name}; you are in it now "
+                 f"(/channel {parent.name} goes back)")
+
+    # ----------------------------------------------------------------- roles and permissions
+    def _user(self, name: str) -> User | None:
+        try:
+            return self.sandbox.user_named(name.lstrip("@"))
+        except KeyError:
+            names = ", ".join(u.name for u in self.sandbox.users.values() if not u.bot)
+            self.say(f"! no user {name!r}; users: {names}")
+            return None
+
+    async def _role(self, rest: str) -> None:
+        sb = self.sandbox
+        action, _, more = rest.partition(" ")
+        guild = self.guild
+        if action == "list" and not more.strip():
+            for each in sorted((r for r in sb.roles.values() if sb.state.role_guild(r) == guild.id),
+                               key=lambda r: r.position):
+                holders = [u.name for u in sb.users.values() if each.id in u.roles and sb.is_member(u, guild.id)]
+                who = "everyone" if each.id == guild.id else (", ".join(holders) or "nobody")
+                self.say(f"  @{each.name.lstrip('@')}: {who}")
+            return
+        user_name, role_name = _first_word(more.strip())
+        role_name = _unquote(role_name)
+        if action not in ("add", "remove") or not user_name or not role_name:
+            self.say("! usage: /role add USER ROLE, /role remove USER ROLE, /role list")
+            return
+        user = self._user(user_name)
+        if user is None:
+            return
+        if not sb.is_member(user, guild.id):
+            self.say(f"! {user.name} is not a member of {guild.name}")
+            return
+        role: Role | None
+        try:
+            role = sb.role_named(role_name.lstrip("@"), guild)
+        except KeyError:
+            role = None
+        if role is not None and role.id == guild.id:
+            self.say("! everyone has @everyone; it cannot be given or taken")
+            return
+        if action == "remove":
+            if role is None or not await sb.take_role(user, role):
+                self.say(f"! {user.name} does not have the {role_name} role")
+                return
+            self.say(f"* {user.name} no longer has the {role.name} role")
+            return
+        new = role is None
+        if role is None:
+            role = await sb.create_role(role_name, 0, guild)
+        if not await sb.give_role(user, role):
+            self.say(f"! {user.name} already has the {role.name} role")
+            return
+        self.say(f"* {user.name} now has the {role.name} role" + (f" (a new role in {guild.name})" if new else ""))
+
+    async def _perm(self, args: list[str]) -> None:
+        sb = self.sandbox
+        usage = ("! usage: /perm #CHANNEL +PERM|-PERM|=PERM... [WHO], PERM one of "
+                 f"{', '.join(PERMISSION_NAMES)}; WHO @everyone (default), a role or a user")
+        if len(args) < 2:
+            self.say(usage)
+            return
+        name = args[0].lstrip("#")
+        channel = next((c for c in sb.channels.values() if c.guild_id == self.guild.id and not c.is_thread
+                        and c.type != 1 and c.name.lower() == name.lower()), None)
+        if channel is None:
+            self.say(f"! no channel #{name} in {self.guild.name}")
+            return
+        changes = [a for a in args[1:] if a[:1] in "+-="]
+        who = " ".join(a for a in args[1:] if a[:1] not in "+-=")
+        allow = deny = clear = 0
+        for change in changes:
+            bit = PERMISSION_NAMES.get(change[1:].lower())
+            if bit is None:
+                self.say(usage)
+                return
+            if change[0] == "+":
+                allow |= bit
+            elif change[0] == "-":
+                deny |= bit
+            else:
+                clear |= bit
+        if not changes:
+            self.say(usage)
+            return
+        target: Role | User | None
+        if who.lstrip("@").lower() in ("", "everyone"):
+            target = sb.roles[self.guild.id]
+        else:
+            try:
+                target = sb.role_named(who.lstrip("@"), self.guild)
+            except KeyError:
+                target = self._user(who)
+                if target is None:
+                    return
+        await sb.set_permissions(channel, target, allow=allow, deny=deny, clear=clear)
+        label = "@everyone" if target.id == self.guild.id else f"@{target.name}"
+        self.say(f"* #{channel.name}: {' '.join(changes)} for {label}")
+
+    # ----------------------------------------------------------------- the gateway
+    async def _gateway_move(self, move: str) -> None:
+        """Op 7 or op 9 to the bot; then wait until it is back and say how it came back."""
+        sb = self.sandbox
+        identified, resumed = sb.identify_count, sb.resume_count
+        if move == "reconnect":
+            told = await sb.request_reconnect()
+        else:
+            told = await sb.invalidate_session(resumable=move == "invalidate resume")
+        if not told:
+            self.say("! the bot is not connected")
+            return
+        self.say("* sent op 7 (reconnect)" if move == "reconnect" else
+                 f"* sent op 9 (invalid session, {'resumable' if move.endswith('resume') else 'not resumable'})")
+        try:
+            await sb.wait_for(lambda: sb.identify_count > identified or sb.resume_count > resumed, timeout=20)
+        except AssertionError:
+            self.say("! the bot has not come back yet")
+            return
+        if sb.resume_count > resumed:
+            self.say(f"* {sb.bot_user.name} resumed its session: the events it missed were replayed")
+        else:
+            self.say(f"* {sb.bot_user.name} identified again with a new session (what was said meanwhile is lost)")
+
+
+def _unquote(text: str) -> str:
+    """``text`` without one pair of matching quotes around it ("a b" or 'a b'); as it is otherwise."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _shell_words(text: str) -> list[str] | None:
+    """``text`` split into words as a shell does (quotes group words), or None when a quote is left open."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return None
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """The first word of ``text`` and the rest as typed. The word may be quoted ("a path/with spaces");
+    an unclosed quote is an ordinary character, as an apostrophe in free text is."""
+    text = text.strip()
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        if end > 0:
+            return text[1:end], text[end + 1:].strip()
+    word, _, rest = text.partition(" ")
+    return word, rest.strip()

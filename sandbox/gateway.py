@@ -30,7 +30,7 @@ from sandbox.payloads import (
     VoiceStateRequestPayload,
 )
 from sandbox.rest import MESSAGE_CONTENT, strip_content
-from sandbox.state import User, shard_of
+from sandbox.state import Channel, User, shard_of
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -88,15 +88,46 @@ class Gateway:
         self.recommended_shards = 1  # the "shards" of GET /gateway/bot, which AutoShardedClient runs
         self._background: set[asyncio.Task[None]] = set()
 
-    async def invalidate_sessions(self) -> None:
-        """End every session as Discord does (op 9, not resumable): each bot identifies again."""
-        sessions, self.sessions = list(self.sessions.values()), {}
+    async def invalidate_sessions(self, *, resumable: bool = False) -> int:
+        """Invalidate every connected session as Discord does (op 9); how many were told.
+
+        Not resumable (``d: false``): the sessions end and each bot identifies again, getting READY
+        and its servers anew; what happened meanwhile is not replayed, as on Discord. Resumable
+        (``d: true``): the bot closes its connection and RESUMEs the same session, and every event
+        it missed is replayed in order."""
+        sessions = list(self.sessions.values())
+        if not resumable:
+            self.sessions = {}
+        return await self._tell(sessions, _control(OP_INVALID_SESSION, resumable))
+
+    async def request_reconnect(self) -> int:
+        """Ask every connected bot to reconnect and resume (op 7), as Discord does before it moves a
+        session to another gateway server; how many were asked. The events sent between this and
+        the bot's RESUME are replayed to it then."""
+        return await self._tell(list(self.sessions.values()), _control(OP_RECONNECT, None))
+
+    async def _tell(self, sessions: list[Session], frame: ControlFrame) -> int:
+        told = 0
         for session in sessions:
             if session.ws is not None and not session.ws.closed:
                 try:
-                    await session.ws.send_str(json.dumps(_control(OP_INVALID_SESSION, False)))
+                    await session.ws.send_str(json.dumps(frame))
+                    told += 1
                 except ConnectionResetError:
                     pass
+        return told
+
+    async def announce_guild(self, guild_id: int) -> None:
+        """A server the bot has just been added to: GUILD_CREATE to the sessions of its shard."""
+        await self.dispatch("GUILD_CREATE", self.state.guild_payload(guild_id), guild_id=guild_id)
+
+    def _channel_of(self, event: str, data: EventPayload) -> Channel | None:
+        """The server channel a message, reaction or typing event happens in (None: another event, a DM)."""
+        if not event.startswith(("MESSAGE_", "TYPING_")):
+            return None
+        named = data.get("channel_id")
+        channel = self.state.channels.get(int(named)) if isinstance(named, (str, int)) and named else None
+        return channel if channel is not None and channel.guild_id is not None else None
 
     async def close(self) -> None:
         """Stop the pending heartbeat ACKs and close every bot websocket (going away)."""
@@ -106,14 +137,22 @@ class Gateway:
             if session.ws is not None and not session.ws.closed:
                 await session.ws.close(code=1001)
 
-    async def dispatch(self, event: str, data: EventPayload, *, intent: int = 0) -> None:
+    async def dispatch(self, event: str, data: EventPayload, *, intent: int = 0, guild_id: int | None = None) -> None:
         """Send a gateway event to every bot session whose shard has the server the event names in
-        its ``guild_id`` (none: a DM's, shard 0) (``intent``: only those that identified with it)."""
-        named = data.get("guild_id")
-        guild_id = int(named) if isinstance(named, (str, int)) and named else None
+        its ``guild_id`` (or ``guild_id``; none: a DM's, shard 0) (``intent``: only those that
+        identified with it). A message's events reach only bots that can see its channel, as on Discord."""
+        if guild_id is None:
+            named = data.get("guild_id")
+            guild_id = int(named) if isinstance(named, (str, int)) and named else None
+        channel = self._channel_of(event, data)
         for session in list(self.sessions.values()):
             if (intent and not session.intents & intent) or not session.receives(guild_id):
                 continue
+            if channel is not None and not self.state.can_see(session.user, channel):
+                continue
+            if (guild_id is not None and event != "GUILD_DELETE" and guild_id in self.state.guilds
+                    and not self.state.is_member(session.user, guild_id)):
+                continue  # a server the bot is not in (any more)
             session.seq += 1
             sent = data
             if event in CONTENT_EVENTS and not session.intents & MESSAGE_CONTENT:
@@ -169,7 +208,8 @@ class Gateway:
                 session.shard = shard
                 session.ws = ws
                 self.sessions[session.id] = session
-                guilds = [g.id for g in self.state.guilds.values() if session.receives(g.id)]
+                guilds = [g.id for g in self.state.guilds.values()
+                          if session.receives(g.id) and self.state.is_member(session.user, g.id)]
                 ready: ReadyPayload = {
                     "v": 10, "user": self.state.bot_user.payload(),
                     "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
@@ -187,11 +227,21 @@ class Gateway:
                 if session is None or resume.get("token") != self.sandbox.bot_token:
                     await ws.send_str(json.dumps(_control(OP_INVALID_SESSION, False)))
                     continue
+                sent = int(resume.get("seq") or 0)
+                if session.backlog and session.backlog[0]["s"] > sent + 1:
+                    # Older than the events kept for it: Discord cannot replay them either.
+                    self.sessions.pop(session.id, None)
+                    await ws.send_str(json.dumps(_control(OP_INVALID_SESSION, False)))
+                    session = None
+                    continue
                 self.resume_count += 1
-                session.ws = ws
-                for payload in session.backlog:
-                    if payload["s"] > int(resume.get("seq") or 0):
+                # Replay what it missed, in order, until nothing newer came meanwhile; only then do
+                # new events go to this connection directly (no event overtakes the replay).
+                while pending := [p for p in session.backlog if p["s"] > sent]:
+                    for payload in pending:
                         await ws.send_str(json.dumps(payload))
+                        sent = payload["s"]
+                session.ws = ws
                 await self._send_event(session, "RESUMED", ResumedPayload())
             elif op == OP_VOICE_STATE:
                 voice: VoiceStateRequestPayload = d
@@ -228,7 +278,10 @@ class Gateway:
         payload: DispatchFrame = {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data}
         session.backlog.append(payload)
         assert session.ws is not None
-        await session.ws.send_str(json.dumps(payload))
+        try:
+            await session.ws.send_str(json.dumps(payload))
+        except ConnectionResetError:  # it is in the backlog: a RESUME replays it
+            session.ws = None
 
     async def _bot_voice_state(self, d: VoiceStateRequestPayload) -> None:
         """The bot asked to join/leave voice in a server (op 4): answer as Discord does. A server

@@ -266,7 +266,7 @@ class Interactions:
             ch = self.state.channel(in_channel)
             cmd = self._command(who, command, USER_COMMAND, ch)
             resolved: JSON = {"users": {str(target_user.id): target_user.payload()}}
-            if ch.guild_id is not None and target_user.in_guild:
+            if ch.guild_id is not None and self.state.is_member(target_user, ch.guild_id):
                 resolved["members"] = {str(target_user.id): {
                     **self.state.member_payload(target_user, ch.guild_id, with_user=False),
                     "permissions": str(self.state.permissions_for(target_user, ch))}}
@@ -477,7 +477,7 @@ class Interactions:
                 user = next((u for u in state.users.values() if u.name == key or str(u.id) == key), None)
             if user is not None:
                 resolved.setdefault("users", {})[str(user.id)] = user.payload()
-                if channel.guild_id is not None and user.in_guild:
+                if channel.guild_id is not None and state.is_member(user, channel.guild_id):
                     resolved.setdefault("members", {})[str(user.id)] = {
                         **state.member_payload(user, channel.guild_id, with_user=False),
                         "permissions": str(state.permissions_for(user, channel))}

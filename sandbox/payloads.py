@@ -137,7 +137,43 @@ class DMChannelPayload(TypedDict):
     recipients: list[UserPayload]
 
 
-ChannelPayload = GuildChannelPayload | DMChannelPayload
+class ThreadMetadataPayload(TypedDict):
+    """https://discord.com/developers/docs/resources/channel#thread-metadata-object"""
+
+    archived: bool
+    auto_archive_duration: int
+    archive_timestamp: str
+    locked: bool
+    create_timestamp: str
+    invitable: NotRequired[bool]  # private threads only
+
+
+class ThreadChannelPayload(TypedDict):
+    """A thread (types 10, 11, 12): https://discord.com/developers/docs/topics/threads"""
+
+    id: Snowflake
+    type: int
+    guild_id: Snowflake
+    name: str
+    parent_id: Snowflake
+    owner_id: Snowflake
+    last_message_id: Snowflake | None
+    rate_limit_per_user: int
+    flags: int
+    message_count: int
+    member_count: int
+    total_message_sent: int
+    thread_metadata: ThreadMetadataPayload
+
+
+class ThreadCreatePayload(ThreadChannelPayload):
+    """THREAD_CREATE: the thread, marked ``newly_created`` when it was just made
+    (https://discord.com/developers/docs/events/gateway-events#thread-create)."""
+
+    newly_created: NotRequired[bool]
+
+
+ChannelPayload = GuildChannelPayload | DMChannelPayload | ThreadChannelPayload
 
 
 # ----------------------------------------------------------------- emojis, reactions
@@ -397,7 +433,7 @@ class GuildPayload(TypedDict):
     voice_states: NotRequired[list[VoiceStatePayload]]
     members: NotRequired[list[MemberPayload]]
     channels: NotRequired[list[GuildChannelPayload]]
-    threads: NotRequired[EmptyList]
+    threads: NotRequired[list[ThreadChannelPayload]]
     presences: NotRequired[EmptyList]
     stage_instances: NotRequired[EmptyList]
     guild_scheduled_events: NotRequired[EmptyList]
@@ -484,10 +520,50 @@ class VoiceServerUpdatePayload(TypedDict):
     endpoint: str | None
 
 
+class GuildRolePayload(TypedDict):
+    """GUILD_ROLE_CREATE and GUILD_ROLE_UPDATE
+    (https://discord.com/developers/docs/events/gateway-events#guild-role-create)."""
+
+    guild_id: Snowflake
+    role: RolePayload
+
+
+class GuildRoleDeletePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#guild-role-delete"""
+
+    guild_id: Snowflake
+    role_id: Snowflake
+
+
+class GuildMemberEventPayload(MemberPayload):
+    """GUILD_MEMBER_ADD and GUILD_MEMBER_UPDATE: the member (with its user) and its server
+    (https://discord.com/developers/docs/events/gateway-events#guild-member-update)."""
+
+    guild_id: Snowflake
+
+
+class GuildMemberRemovePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#guild-member-remove"""
+
+    guild_id: Snowflake
+    user: UserPayload
+
+
+class ThreadDeletePayload(TypedDict):
+    """https://discord.com/developers/docs/events/gateway-events#thread-delete"""
+
+    id: Snowflake
+    guild_id: Snowflake
+    parent_id: Snowflake
+    type: int
+
+
 EventPayload = Union[
     ReadyPayload, ResumedPayload, GuildPayload, UnavailableGuildPayload, MessagePayload, MessageDeletePayload,
     MessageReactionPayload, MessageReactionRemoveAllPayload, MessageReactionRemoveEmojiPayload,
-    VoiceStatePayload, VoiceServerUpdatePayload, dict[str, Any],
+    VoiceStatePayload, VoiceServerUpdatePayload, GuildRolePayload, GuildRoleDeletePayload,
+    GuildMemberEventPayload, GuildMemberRemovePayload, GuildChannelPayload, ThreadChannelPayload,
+    ThreadCreatePayload, ThreadDeletePayload, dict[str, Any],
 ]
 """The ``d`` of a dispatch (op 0): one of the events the sandbox sends (INTERACTION_CREATE's is built as
 JSON in :mod:`sandbox.interactions`)."""

@@ -420,7 +420,7 @@ class Rest:
         if added:
             data["message_author_id"] = str(msg.author.id)
             data["burst_colors"] = []
-            if msg.guild_id and user.in_guild:
+            if msg.guild_id and self.state.is_member(user, msg.guild_id):
                 data["member"] = self.state.member_payload(user, msg.guild_id)
         return data
 
@@ -555,7 +555,7 @@ class Rest:
     async def _member(self, request: web.Request) -> web.Response:
         guild = self._get_guild(request)
         user = self.state.users.get(int(request.match_info["user_id"]))
-        member = existing(user if user is not None and user.in_guild else None, "Member")
+        member = existing(user if user is not None and self.state.is_member(user, guild.id) else None, "Member")
         return _json(self.state.member_payload(member, guild.id))
 
     async def _guild(self, request: web.Request) -> web.Response:

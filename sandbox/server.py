@@ -7,7 +7,10 @@ message and attachment. Anything it does not implement answers 404 and is record
 :attr:`Sandbox.unimplemented`, so tests can fail on it.
 
 Users act through methods (:meth:`Sandbox.post_message`, :meth:`Sandbox.set_voice`), which
-dispatch the same gateway events Discord would.
+dispatch the same gateway events Discord would; so do the world's changes while a bot runs
+(:mod:`sandbox.events`: ``give_role``, ``update_role``, ``set_permissions``, ``create_channel``,
+``create_thread``, ``remove_member``, ``join_guild`` …) and the gateway's own moves
+(``request_reconnect``: op 7, ``invalidate_session``: op 9).
 
 :class:`Sandbox` is a facade over its parts, each in its own module: ``state`` (:mod:`sandbox.state`:
 the world's objects, ids, payloads, permissions, mentions), ``gateway`` (:mod:`sandbox.gateway`),
@@ -30,6 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from sandbox.appcommands import AppCommand
+from sandbox.events import WorldEvents
 from sandbox.gateway import HEARTBEAT_ACK_DELAY, Gateway
 from sandbox.interactions import RESPONSE_DEADLINE, Interaction, InteractionRefused, Interactions, OpenModal
 from sandbox.payloads import UnavailableGuildPayload
@@ -156,6 +160,25 @@ class Sandbox:
     react = _On("rest")
     unreact = _On("rest")
     make_app = _On("rest")
+    # Changes to the world while the bot is connected, and the gateway's reconnects (sandbox.events).
+    give_role = _On("events")
+    take_role = _On("events")
+    create_role = _On("events")
+    update_role = _On("events")
+    delete_role = _On("events")
+    add_member = _On("events")
+    remove_member = _On("events")
+    set_permissions = _On("events")
+    create_channel = _On("events")
+    rename_channel = _On("events")
+    delete_channel = _On("events")
+    create_thread = _On("events")
+    join_guild = _On("events")  # a new server with the bot in it (GUILD_CREATE), while it runs
+    request_reconnect = _On("events")  # op 7
+    invalidate_session = _On("events")  # op 9
+    role_named = _On("state")
+    add_role = _On("state")
+    is_member = _On("state")
     # Interactions (sandbox.interactions): users use the bot's commands, buttons and modals.
     slash = _On("interactions")
     click = _On("interactions")
@@ -175,13 +198,15 @@ class Sandbox:
 
     def __init__(self, *, guild_name: str = "Sandbox", heartbeat_interval_ms: int = 41250,
                  heartbeat_ack_delay: float = HEARTBEAT_ACK_DELAY, world_file: str | Path | None = None,
-                 interaction_deadline: float = RESPONSE_DEADLINE, message_content_enabled: bool = True) -> None:
+                 interaction_deadline: float = RESPONSE_DEADLINE, message_content_enabled: bool = True,
+                 servers: int = 1) -> None:
         """``world_file``: keep the world (server, roles, channels, users, ids, messages, reactions,
         attachments, application commands) in this JSON file between runs, loading it now if it exists; without it every
         sandbox is a new world. ``interaction_deadline``: seconds the bot has for an interaction's first
         response (Discord's 3). The first start saves a new world; changes are saved within
         :data:`SAVE_DELAY` and on :meth:`close`. An unreadable file is set aside and a new world
-        begins; :attr:`world_note` then says so (and the log)."""
+        begins; :attr:`world_note` then says so (and the log). ``servers``: how many servers a world has
+        at least (the bot is in all of them; every user is a member of each)."""
         self.host = "127.0.0.1"
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -196,12 +221,14 @@ class Sandbox:
         self.bot_token = "sandbox." + secrets.token_urlsafe(24)
 
         self.state = State()
+        self.state.server_count = servers
         self.store = WorldStore(Path(world_file) if world_file is not None else None, self.state)
         self.state.on_change = self.store.changed
         self.gateway = Gateway(self, heartbeat_interval_ms=heartbeat_interval_ms,
                                heartbeat_ack_delay=heartbeat_ack_delay)
         self.interactions = Interactions(self, response_deadline=interaction_deadline)
         self.rest = Rest(self)
+        self.events = WorldEvents(self)
         # The application's Message Content switch in Discord's developer portal: off, a bot that
         # asks for the intent is refused (4014) and REST shows message content only as the
         # gateway does without it.
@@ -209,6 +236,8 @@ class Sandbox:
         self.state.new_world(guild_name)
         if self.world is not None:
             self.store.load(guild_name)
+        for number in range(len(self.guilds) + 1, servers + 1):  # a saved world from before it had them
+            self.state.add_guild(f"{self.guild_name} {number}")
 
     @property
     def base_url(self) -> str:

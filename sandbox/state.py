@@ -34,6 +34,8 @@ from sandbox.payloads import (
     Overwrite,
     ReactionPayload,
     RolePayload,
+    ThreadChannelPayload,
+    ThreadMetadataPayload,
     UserMentionPayload,
     UserPayload,
     VoiceStatePayload,
@@ -54,12 +56,21 @@ USE_VAD = 1 << 25
 MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
 MANAGE_MESSAGES = 1 << 13
+MANAGE_THREADS = 1 << 34
 MENTION_EVERYONE = 1 << 17
+CREATE_PUBLIC_THREADS = 1 << 35
+CREATE_PRIVATE_THREADS = 1 << 36
+SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 53) - 1
 EVERYONE_PERMISSIONS = (
     ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES | READ_MESSAGE_HISTORY
-    | CONNECT | SPEAK | USE_VAD
+    | CONNECT | SPEAK | USE_VAD | CREATE_PUBLIC_THREADS | CREATE_PRIVATE_THREADS | SEND_MESSAGES_IN_THREADS
 )
+
+# Channel types (https://discord.com/developers/docs/resources/channel#channel-object-channel-types).
+GUILD_TEXT, DM, GUILD_VOICE = 0, 1, 2
+ANNOUNCEMENT_THREAD, PUBLIC_THREAD, PRIVATE_THREAD = 10, 11, 12
+THREAD_TYPES = (ANNOUNCEMENT_THREAD, PUBLIC_THREAD, PRIVATE_THREAD)
 
 # Message flags.
 SUPPRESS_EMBEDS = 1 << 2
@@ -119,6 +130,7 @@ class User:
     roles: list[int] = field(default_factory=list)
     in_guild: bool = True  # False: a Discord user who is a member of none of the sandbox's servers
     joined: float = field(default_factory=time.time)
+    left: set[int] = field(default_factory=set)  # servers this user is not (or no longer) a member of
 
     def payload(self) -> UserPayload:
         return {
@@ -237,15 +249,44 @@ class Message:
 class Channel:
     id: int
     name: str
-    type: int  # 0 text, 2 voice, 1 DM
+    type: int  # 0 text, 2 voice, 1 DM, 11 public thread, 12 private thread
     guild_id: int | None
     position: int = 0
     recipient: User | None = None
     # Discord's permission overwrites, with ints: {"id": role/user id, "type": 0 role | 1 member, "allow", "deny"}.
     overwrites: list[Overwrite] = field(default_factory=list)
+    # A thread's: the channel it is in, who started it, when, and its messages (not counting deleted
+    # ones, nor the message it was started from); kept up to date by the sandbox as messages come and go.
+    parent_id: int | None = None
+    owner_id: int | None = None
+    created: float = field(default_factory=time.time)
+    message_count: int = 0
+    total_message_sent: int = 0
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in THREAD_TYPES
 
     def payload(self) -> ChannelPayload:
-        return self.dm_payload() if self.type == 1 else self.guild_channel_payload()
+        if self.type == DM:
+            return self.dm_payload()
+        return self.thread_payload() if self.is_thread else self.guild_channel_payload()
+
+    def thread_payload(self) -> ThreadChannelPayload:
+        """A thread as Discord sends it (https://discord.com/developers/docs/topics/threads): no position
+        nor overwrites (its parent's apply), a ``thread_metadata`` and counts."""
+        metadata: ThreadMetadataPayload = {
+            "archived": False, "auto_archive_duration": 1440, "archive_timestamp": iso_time(self.created),
+            "locked": False, "create_timestamp": iso_time(self.created),
+        }
+        if self.type == PRIVATE_THREAD:
+            metadata["invitable"] = True
+        return {
+            "id": str(self.id), "type": self.type, "guild_id": str(self.guild_id), "name": self.name,
+            "parent_id": str(self.parent_id), "owner_id": str(self.owner_id), "last_message_id": None,
+            "rate_limit_per_user": 0, "flags": 0, "message_count": self.message_count,
+            "member_count": 1, "total_message_sent": self.total_message_sent, "thread_metadata": metadata,
+        }
 
     def dm_payload(self) -> DMChannelPayload:
         return {"id": str(self.id), "type": 1, "last_message_id": None,
@@ -318,6 +359,7 @@ class State:
         self.channels: dict[int, Channel] = {}
         self.roles: dict[int, Role] = {}
         self.users: dict[int, User] = {}
+        self.server_count = 1  # servers in a new world: the first and server_count - 1 more (add_guild)
         self.commands = CommandRegistry()  # the application's commands, global and per server
 
     def changed(self) -> None:
@@ -342,11 +384,16 @@ class State:
         self.other_bot = self.add_user("otherbot", bot=True)
         text, voice = self.add_channel("general", 0), self.add_channel("Voice", 2)
         self.guilds[self.guild_id] = Guild(self.guild_id, guild_name, self.owner.id, text, voice)
+        for number in range(2, self.server_count + 1):
+            self.add_guild(f"{guild_name} {number}")
 
-    def add_guild(self, name: str = "Second", *, shard: tuple[int, int] | None = None) -> Guild:
+    def add_guild(self, name: str = "Second", *, shard: tuple[int, int] | None = None,
+                  members: list[User] | None = None) -> Guild:
         """Another server with its own @everyone and Admins roles (Admins given to the owner and
         the admin, as in the first), #general and Voice channels; every user who is a member
-        (``in_guild``) is a member of it too. Add it before the bot logs in.
+        (``in_guild``) is a member of it too, or only ``members`` (and the owner and the bot) when
+        given. Add it before the bot logs in, or with :meth:`sandbox.events.WorldEvents.add_guild`
+        (the bot is told, as when it is invited).
 
         Its id puts it on ``shard`` = ``(shard_id, shard_count)`` (see :func:`shard_of`); by
         default on the other shard of two from the server before it, so that the first two
@@ -355,8 +402,14 @@ class State:
             shard = (1 - shard_of(list(self.guilds)[-1], 2), 2)
         guild_id = self.ids.next_on_shard(*shard)
         admins = self._server_roles(guild_id)
+        if members is not None:
+            keep = {u.id for u in members} | {self.owner.id, self.bot_user.id}
+            for user in self.users.values():
+                if user.id not in keep:
+                    user.left.add(guild_id)
         for user in (self.owner, self.admin):
-            user.roles.append(admins.id)
+            if guild_id not in user.left:
+                user.roles.append(admins.id)
         text, voice = self.add_channel("general", 0, guild_id), self.add_channel("Voice", 2, guild_id)
         guild = self.guilds[guild_id] = Guild(guild_id, name, self.owner.id, text, voice)
         self.changed()
@@ -422,6 +475,32 @@ class State:
         self.changed()
         return channel
 
+    def add_role(self, name: str, permissions: int = 0, guild: Guild | int | None = None, *,
+                 mentionable: bool = False) -> Role:
+        """A new role in ``guild`` (None: the first server), above its other roles."""
+        guild_id = self.guild_of(guild).id
+        position = 1 + max((r.position for r in self.roles.values() if self.role_guild(r) == guild_id), default=0)
+        role = Role(self.ids.next(), name, permissions, position, mentionable, guild_id=guild_id)
+        self.roles[role.id] = role
+        self.changed()
+        return role
+
+    def add_thread(self, name: str, parent: Channel, owner: User, *, private: bool = False) -> Channel:
+        """A new thread in text channel ``parent``, started by ``owner``."""
+        thread = Channel(self.ids.next(), name, PRIVATE_THREAD if private else PUBLIC_THREAD, parent.guild_id,
+                         parent_id=parent.id, owner_id=owner.id)
+        self.channels[thread.id] = thread
+        self.changed()
+        return thread
+
+    def role_named(self, name: str, guild: Guild | int | None = None) -> Role:
+        """The role called ``name`` (any case) in ``guild`` (None: the first server)."""
+        guild_id = self.guild_of(guild).id
+        for role in self.roles.values():
+            if role.name.lower() == name.lower() and self.role_guild(role) == guild_id:
+                return role
+        raise KeyError(name)
+
     def user_named(self, name: str) -> User:
         for user in self.users.values():
             if user.name == name:
@@ -462,7 +541,7 @@ class State:
     def guild_payload(self, guild: Guild | int | None = None) -> GuildPayload:
         """GUILD_CREATE's server (None: the first one), with its roles, members and channels."""
         g = self.guild_of(guild)
-        members = [u for u in self.users.values() if u.in_guild]
+        members = [u for u in self.users.values() if self.is_member(u, g.id)]
         return {
             "id": str(g.id), "name": g.name, "icon": None, "splash": None,
             "discovery_splash": None, "owner_id": str(g.owner_id), "afk_channel_id": None,
@@ -479,8 +558,11 @@ class State:
                              for uid, cid in g.voice_states.items()],
             "members": [self.member_payload(u, g.id) for u in members],
             "channels": [c.guild_channel_payload() for c in self.channels.values()
-                         if c.guild_id == g.id and c.type != 1],
-            "threads": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [],
+                         if c.guild_id == g.id and c.type != DM and not c.is_thread],
+            # Active threads the bot can see (Discord sends only those).
+            "threads": [c.thread_payload() for c in self.channels.values()
+                        if c.guild_id == g.id and c.is_thread and self.can_see(self.bot_user, c)],
+            "presences": [], "stage_instances": [], "guild_scheduled_events": [],
             "soundboard_sounds": [],
         }
 
@@ -506,7 +588,7 @@ class State:
         for user_id in msg.mentions:
             user = self.users[user_id]
             mention: UserMentionPayload = {**user.payload()}
-            if msg.guild_id and user.in_guild:  # Discord adds the partial member in servers
+            if msg.guild_id and self.is_member(user, msg.guild_id):  # Discord adds the partial member in servers
                 mention["member"] = self.member_payload(user, msg.guild_id, with_user=False)
             data["mentions"].append(mention)
         if msg.reference_id:
@@ -550,14 +632,16 @@ class State:
         """``user``'s permissions in ``channel``, computed as Discord does: @everyone and the user's
         roles, all for the owner and Administrator, then the channel's @everyone, role and member
         overwrites in that order. In a DM its two participants can talk, nobody else can see it."""
-        if channel.type == 1:
+        if channel.type == DM:
             if channel.recipient is not None and user.id in (channel.recipient.id, self.bot_user.id):
                 return (VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY | ADD_REACTIONS | ATTACH_FILES
                         | EMBED_LINKS)
             return 0
-        if not user.in_guild:
-            return 0
+        if channel.is_thread:
+            return self._thread_permissions(user, channel)
         guild = self.guild_of(channel.guild_id)
+        if not self.is_member(user, guild.id):
+            return 0
         if user.id == guild.owner_id:
             return ALL_PERMISSIONS
         perms = self.roles[guild.id].permissions
@@ -582,11 +666,32 @@ class State:
             perms = (perms & ~int(member_overwrite.get("deny", 0))) | int(member_overwrite.get("allow", 0))
         return perms
 
+    def _thread_permissions(self, user: User, thread: Channel) -> int:
+        """In a thread its parent's permissions apply, where Send Messages in Threads stands for Send
+        Messages (as discord.py's Thread.permissions_for reads them); a private thread is seen only by
+        its members, here the one who started it, and by those who may manage threads."""
+        parent = self.channels.get(thread.parent_id or 0)
+        if parent is None:
+            return 0
+        perms = self.permissions_for(user, parent)
+        if perms == ALL_PERMISSIONS:
+            return perms
+        if thread.type == PRIVATE_THREAD and user.id not in (thread.owner_id, self.bot_user.id) \
+                and not perms & MANAGE_THREADS:
+            return 0
+        perms &= ~SEND_MESSAGES
+        if perms & SEND_MESSAGES_IN_THREADS:
+            perms |= SEND_MESSAGES
+        return perms
+
+    def is_member(self, user: User, guild_id: int) -> bool:
+        """Whether ``user`` is a member of server ``guild_id`` now."""
+        return user.in_guild and guild_id not in user.left and guild_id in self.guilds
     def base_permissions(self, user: User, guild_id: int) -> int:
         """``user``'s server-wide permissions (no channel overwrites): what Discord checks a command's
         ``default_member_permissions`` against."""
         guild = self.guild_of(guild_id)
-        if not user.in_guild:
+        if not self.is_member(user, guild.id):
             return 0
         if user.id == guild.owner_id:
             return ALL_PERMISSIONS
@@ -638,7 +743,7 @@ class State:
             users_ok = {int(u) for u in allowed.get("users") or ()}
             roles_ok = {int(r) for r in allowed.get("roles") or ()}
             replied = bool(allowed.get("replied_user", False))
-        in_guild = channel.type != 1
+        in_guild = channel.type != DM
         may_mention_everyone = bool(self.permissions_for(author, channel) & MENTION_EVERYONE) if in_guild else False
         mentions: list[int] = []
         for match in USER_MENTION.finditer(msg.content):

@@ -69,6 +69,7 @@ class UserRecord(TypedDict):
     roles: NotRequired[list[int]]
     in_guild: NotRequired[bool]
     joined: NotRequired[float]
+    left: NotRequired[list[int]]  # servers the user is not a member of
 
 
 class ChannelRecord(TypedDict):
@@ -79,6 +80,9 @@ class ChannelRecord(TypedDict):
     position: NotRequired[int]
     recipient_id: NotRequired[int | None]  # a DM's
     overwrites: NotRequired[list[Overwrite]]
+    parent_id: NotRequired[int | None]  # a thread's
+    owner_id: NotRequired[int | None]
+    created: NotRequired[float]
 
 
 class AttachmentRecord(TypedDict):
@@ -382,9 +386,10 @@ class WorldStore:
             "roles": [{"id": r.id, "name": r.name, "permissions": r.permissions, "position": r.position,
                        "mentionable": r.mentionable, "guild_id": r.guild_id} for r in state.roles.values()],
             "users": [{"id": u.id, "name": u.name, "bot": u.bot, "roles": u.roles, "in_guild": u.in_guild,
-                       "joined": u.joined} for u in state.users.values()],
+                       "joined": u.joined, "left": sorted(u.left)} for u in state.users.values()],
             "channels": [{"id": c.id, "name": c.name, "type": c.type, "guild_id": c.guild_id, "position": c.position,
-                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites}
+                          "recipient_id": c.recipient.id if c.recipient else None, "overwrites": c.overwrites,
+                          "parent_id": c.parent_id, "owner_id": c.owner_id, "created": c.created}
                          for c in state.channels.values()],
             "messages": [],
             "commands": [c.record() for c in state.commands.commands.values()],
@@ -437,14 +442,17 @@ class WorldStore:
                                     _optional_id(r.get("guild_id"))) for r in record["roles"]}
         users = {int(u["id"]): User(int(u["id"]), str(u["name"]), bot=bool(u.get("bot")),
                                     roles=[int(r) for r in u.get("roles", [])], in_guild=bool(u.get("in_guild", True)),
-                                    joined=float(u.get("joined") or time.time())) for u in record["users"]}
+                                    joined=float(u.get("joined") or time.time()),
+                                    left={int(g) for g in u.get("left", [])}) for u in record["users"]}
         channels: dict[int, Channel] = {}
         for c in record["channels"]:
             recipient_id = _optional_id(c.get("recipient_id"))
             recipient = users[recipient_id] if recipient_id is not None else None
             channels[int(c["id"])] = Channel(
                 int(c["id"]), str(c["name"]), int(c["type"]), _optional_id(c.get("guild_id")),
-                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []))
+                position=int(c.get("position", 0)), recipient=recipient, overwrites=list(c.get("overwrites") or []),
+                parent_id=_optional_id(c.get("parent_id")), owner_id=_optional_id(c.get("owner_id")),
+                created=float(c.get("created") or time.time()))
         messages: dict[int, Message] = {}
         for m in record["messages"]:
             channel_id = int(m["channel_id"])
@@ -472,6 +480,10 @@ class WorldStore:
                 webhook_id=_optional_id(m.get("webhook_id")), interaction_metadata=m.get("interaction_metadata"),
             )
             messages[msg.id] = msg
+            thread = channels[channel_id]
+            if thread.is_thread:
+                thread.total_message_sent += 1
+                thread.message_count += not msg.deleted
         special = record["special"]
         guild_id = int(record["guild_id"])
         owner = users[int(special["owner"])]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pty
@@ -10,8 +11,10 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +22,8 @@ import sandbox.voice as sandbox_voice
 from bot import dev_chat
 from config import Settings
 from sandbox.chat import TerminalChat, render_timestamp
-from sandbox.server import Sandbox
-from tests.harness import ROOT, subprocess_env
+from sandbox.server import SEND_MESSAGES, Sandbox
+from tests.harness import ROOT, start_bot, stop_bot, subprocess_env
 
 
 def test_terminal_chat_through_stdin(tmp_path: Path) -> None:
@@ -191,3 +194,118 @@ async def test_quit_does_not_wait_for_an_answer(tmp_path: Path) -> None:
         assert time.monotonic() - started < 0.1
     finally:
         await sb.close()
+
+
+# ---------------------------------------------------------------------------- chat commands for testers
+@pytest.fixture
+async def two_servers(settings: Settings, error_log) -> AsyncIterator[tuple[Sandbox, Any]]:
+    """A sandbox with two servers and a bot whose TRAINER_ROLE is "Trainer"."""
+    sb = await Sandbox(servers=2).start()
+    bot = await start_bot(sb, dataclasses.replace(settings, trainer_role="Trainer"))
+    try:
+        yield sb, bot
+    finally:
+        await stop_bot(bot)
+        await sb.close()
+    assert not sb.unimplemented
+
+
+class Typist:
+    """A terminal chat typed into line by line, as piped input is: each line settled before the next."""
+
+    def __init__(self, sb: Sandbox, tmp_path: Path) -> None:
+        self.out = io.StringIO()
+        self.chat = TerminalChat(sb, out=self.out, files_dir=tmp_path / "files", prefix="!", silence=2.0, quiet=0.2)
+
+    async def type(self, *lines: str) -> str:
+        """Type ``lines``; what the chat printed meanwhile."""
+        start = len(self.out.getvalue())
+        for line in lines:
+            assert await self.chat.handle(line)
+            await self.chat.settle()
+        return self.out.getvalue()[start:]
+
+
+async def test_chat_roles_and_permissions(two_servers: tuple[Sandbox, Any], tmp_path: Path) -> None:
+    sb, _ = two_servers
+    t = Typist(sb, tmp_path)
+    out = await t.type("/role add member Trainer", "!review")
+    assert "* member now has the Trainer role (a new role in Sandbox)" in out
+    assert "trainer: No corrections are waiting for review." in out
+    out = await t.type("/role remove member Trainer", "!review")
+    assert "* member no longer has the Trainer role" in out and "You need the **Manage Server**" in out
+    assert "! member does not have the Trainer role" in await t.type("/role remove member Trainer")
+    out = await t.type("/role list")
+    assert "  @everyone: everyone" in out and "  @Admins: owner, admin" in out and "  @Trainer: nobody" in out
+    assert "usage: /role add USER ROLE" in await t.type("/role give member Trainer")
+    assert "no user 'nobody'" in await t.type("/role add nobody Trainer")
+
+    out = await t.type("/perm #general -send", "hello?")
+    assert "* #general: -send for @everyone" in out and "! member may not send messages in #general" in out
+    assert not sb.permissions_for(sb.bot_user, sb.text_channel) & SEND_MESSAGES
+    out = await t.type("/perm general =send", "!hi")
+    assert "* #general: =send for @everyone" in out and "trainer: Hi member!" in out
+    assert sb.text_channel.overwrites == []
+    out = await t.type("/perm #general -view +send admin")
+    assert "* #general: -view +send for @admin" in out
+    assert not sb.can_see(sb.admin, sb.text_channel) and sb.can_see(sb.member, sb.text_channel)
+    assert "usage: /perm" in await t.type("/perm #general -fly")
+    assert "no channel #nowhere" in await t.type("/perm #nowhere -send")
+
+
+async def test_chat_threads_servers_and_the_gateway(two_servers: tuple[Sandbox, Any], tmp_path: Path) -> None:
+    sb, bot = two_servers
+    t = Typist(sb, tmp_path)
+    out = await t.type("/thread Shop hours", "!hi")
+    thread = next(c for c in sb.channels.values() if c.is_thread)
+    assert "* member started the thread #Shop hours in #general; you are in it now" in out
+    assert "trainer: Hi member!" in out and sb.bot_messages(thread.id)
+    assert t.chat.prompt == "member #Shop hours> "
+    out = await t.type("/channel", "/channel general")
+    assert "  #Shop hours — thread in #general" in out and "* you are now in #general" in out
+    assert t.chat.prompt == "member> "
+
+    out = await t.type("/guild", "/guild 2", "!hi")
+    assert "  1. Sandbox (you are here)" in out and "  2. Sandbox 2" in out
+    assert "* you are now in Sandbox 2, #general" in out and "trainer: Hi member!" in out
+    second = list(sb.guilds)[1]
+    assert sb.bot_messages(sb.guilds[second].text_channel.id) and t.chat.prompt == "member Sandbox 2 #general> "
+    assert "usage: /guild N, with N from 1 to 2" in await t.type("/guild 3")
+    await t.type("/guild 1")
+
+    # DMs with two servers: a member of both is told why; one who left the second is answered by the first.
+    out = await t.type("/dm", "when does the shop open?")
+    assert "* member is now in a DM with trainer (servers you share: Sandbox, Sandbox 2)" in out
+    assert "we share none or several" in out and t.chat.prompt == "member (DM)> "
+    out = await t.type("/guild 2", "/leave", "/leave", "/dm", "when does the shop open?")
+    assert "* member left Sandbox 2" in out and "! member is not a member of Sandbox 2" in out
+    assert "(servers you share: Sandbox)" in out and "haven't been trained" in out
+    out = await t.type("/as owner", "/guild 2", "/leave", "/join")
+    assert "! owner owns Sandbox 2 and cannot leave it" in out and "! owner is already a member" in out
+    await t.type("/as member", "/guild 1")
+
+    out = await t.type("/reconnect", "!hi")
+    assert "* sent op 7 (reconnect)" in out and "* trainer resumed its session" in out and "Hi member!" in out
+    out = await t.type("/invalidate resume")
+    assert "op 9 (invalid session, resumable)" in out and "* trainer resumed its session" in out
+    assert "usage: /invalidate [resume]" in await t.type("/invalidate now")
+    help_text = await t.type("/help")
+    for command in ("/role add USER ROLE", "/perm #CHANNEL", "/thread NAME", "/guild [N]", "/reconnect", "/invalidate"):
+        assert command in help_text
+
+
+async def test_chat_free_text_keeps_its_apostrophes(two_servers: tuple[Sandbox, Any], tmp_path: Path) -> None:
+    sb, _ = two_servers
+    t = Typist(sb, tmp_path)
+    await t.type("!hi")
+    answer = sb.bot_messages()[-1]
+    out = await t.type(f"/reply {answer.id} it's fine, isn't it?")
+    assert f"↪{answer.id} member: it's fine, isn't it?" in out
+    assert any(m.content == "it's fine, isn't it?" and m.reference_id == answer.id for m in sb.messages.values())
+    (tmp_path / "Bob's notes.txt").write_text("hello")
+    (tmp_path / "plain.txt").write_text("hi")
+    out = await t.type(f"/attach {tmp_path / 'plain.txt'} here's my file", f"/attach \"{tmp_path}/Bob's notes.txt\" Bob's")
+    assert "member: here's my file [file plain.txt, 2 bytes]" in out
+    assert "member: Bob's [file Bob's notes.txt, 5 bytes]" in out
+    out = await t.type(f"/attach {tmp_path / 'plain.txt'} \"quoted text\"", "/as 'admin'", "/reply 1 it's")
+    assert "member: quoted text [file plain.txt" in out and "* you are now admin" in out and "no message 1" in out

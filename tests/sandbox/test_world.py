@@ -14,7 +14,7 @@ import pytest
 from config import Settings
 from sandbox import world as world_module
 from sandbox.chat import TerminalChat
-from sandbox.server import Sandbox
+from sandbox.server import SEND_MESSAGES, Sandbox
 from sandbox.world import FORMAT, WorldFile
 from tests.fakes.bare_client import bare_client
 from tests.harness import BotHarness, start_bot, stop_bot
@@ -124,6 +124,34 @@ async def test_a_second_server_comes_back(tmp_path: Path) -> None:
         msg = again.messages[posted.id]
         assert msg.guild_id == second_guild.id and msg.channel_id == second_guild.text_channel.id
         assert again.guild_payload(second_guild.id)["name"] == "Second"
+    finally:
+        await again.close()
+
+
+async def test_threads_roles_and_memberships_come_back(tmp_path: Path) -> None:
+    """What changed while the bot ran (sandbox.events) is saved too: threads and their counts, new roles,
+    overwrites, who left which server; a world saved with one server gets the second it is asked for."""
+    path = tmp_path / "world.json"
+    first = await Sandbox(world_file=path).start()
+    thread = await first.create_thread("member", "Shop hours")
+    await first.post_message("member", "in the thread", channel=thread)
+    gone = await first.post_message("member", "deleted later", channel=thread)
+    gone.deleted = True
+    trainer = await first.create_role("Trainer")
+    await first.give_role("member", trainer)
+    await first.set_permissions(first.text_channel, trainer, deny=SEND_MESSAGES)
+    await first.remove_member("admin")
+    await first.close()
+    again = await Sandbox(world_file=path, servers=2).start()
+    try:
+        loaded = again.channels[thread.id]
+        assert loaded.is_thread and loaded.parent_id == first.text_channel.id and loaded.owner_id == first.member.id
+        assert (loaded.message_count, loaded.total_message_sent) == (1, 2)
+        assert str(thread.id) in [t["id"] for t in again.guild_payload()["threads"]]
+        assert trainer.id in again.member.roles and again.role_named("trainer").id == trainer.id
+        assert again.text_channel.overwrites == [{"id": trainer.id, "type": 0, "allow": 0, "deny": SEND_MESSAGES}]
+        assert not again.is_member(again.admin, again.guild_id)
+        assert len(again.guilds) == 2 and again.is_member(again.admin, list(again.guilds)[1])
     finally:
         await again.close()
 
