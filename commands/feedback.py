@@ -31,7 +31,7 @@ class Feedback(commands.Cog):
         self.bot = bot
         # "Correct this answer" forms open on someone's screen, by nonce; and those already submitted (-> ref).
         self.forms: dict[str, OpenForm] = {}
-        self.submitted: dict[str, str] = {}
+        self.submitted: dict[str, tuple[str, float]] = {}  # nonce -> (correction ref, when)
         self.correct_menu = app_commands.ContextMenu(name=CORRECT_MENU, callback=self._correct_menu)
         self.correct_menu.guild_only = True
 
@@ -55,6 +55,8 @@ class Feedback(commands.Cog):
         now = time.monotonic()
         for nonce in [n for n, f in self.forms.items() if now - f.opened > FORM_SECONDS]:
             del self.forms[nonce]
+        for nonce in [n for n, (_, when) in self.submitted.items() if now - when > FORM_SECONDS]:
+            del self.submitted[nonce]
         nonce = secrets.token_hex(8)
         self.forms[nonce] = OpenForm(interaction.guild_id, message.id, interaction.user.id, now)
         modal = CorrectForm(f"{FORM_PREFIX}{nonce}", answer.prompt)
@@ -83,7 +85,7 @@ class Feedback(commands.Cog):
     async def _form_submitted(self, interaction: discord.Interaction, nonce: str) -> None:
         form = self.forms.get(nonce)
         if form is None or form.user_id != interaction.user.id or form.guild_id != interaction.guild_id:
-            ref = self.submitted.get(nonce)
+            ref = self.submitted.get(nonce, (None, 0.0))[0]
             await self._tell(interaction, f"You already sent this form: correction `{ref}` was saved once, and "
                                           f"nothing more was saved." if ref else
                              f"This form has expired; nothing was saved. Open it again on my answer: "
@@ -100,7 +102,7 @@ class Feedback(commands.Cog):
         record = await self.bot.model.correct(
             form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
             channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin)
-        self.submitted[nonce] = record.ref
+        self.submitted[nonce] = (record.ref, time.monotonic())
         await self._tell(interaction, self._saved_text(record, "/",
                                                        trained=self._trained_on(admin, answer, interaction.user.id)))
 
@@ -167,12 +169,13 @@ class Feedback(commands.Cog):
         await self._save(ctx, answer, correction)
 
     async def _save(self, ctx: TrainerContext, answer: Answer, correction: str) -> None:
+        admin = await is_admin(ctx)
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
-                                         source_message_id=ctx.message.id, trusted=await is_admin(ctx))
+                                         source_message_id=ctx.message.id, trusted=admin)
         # A reply to an ask has no prefix of its own.
         await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix,
-                                        trained=self._trained_on(await is_admin(ctx), answer, ctx.author.id)))
+                                        trained=self._trained_on(admin, answer, ctx.author.id)))
 
     def _trained_on(self, admin: bool, answer: Answer, author_id: int) -> bool:
         """Whether a correction becomes training data: always with TRAIN_FROM_CHAT=on; otherwise only an

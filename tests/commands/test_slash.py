@@ -88,7 +88,9 @@ async def test_guild_only_commands_are_refused_in_dms_and_wrong_options_get_a_li
     # In DMs only global commands exist: on Discord the owner registers them once with !sync.
     assert (await h.ask("!sync", user="admin")).startswith("You can't use this command")
     assert (await h.ask("!sync", user="owner")).startswith("Registered ")
-    assert {c.name for c in h.sandbox.commands if c.guild_id is None} >= {"hi", "correct", "train"}
+    everywhere = {c.name: c for c in h.sandbox.commands if c.guild_id is None}
+    assert set(everywhere) >= {"hi", "correct", "train", "Correct this answer"}
+    assert not everywhere["Correct this answer"].allowed_in_dm and everywhere["hi"].allowed_in_dm
     dm = h.sandbox.dm_channel("member")
     with pytest.raises(InteractionRefused, match="DMs"):
         await h.sandbox.slash("member", "correct", in_channel=dm, text="x")
