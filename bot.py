@@ -43,7 +43,7 @@ log = logging.getLogger("trainer")
 ROOT = Path(__file__).resolve().parent
 # The cogs, in load order; commands/_shared.py is a helper module, not a cog.
 EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
-              "commands.training")
+              "commands.training", "commands.offers")
 
 
 class RedactSecrets(logging.Filter):

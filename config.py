@@ -146,6 +146,10 @@ class Settings:
     # (Discord's Developer Policy on training; README "What the bot trains on").
     train_from_chat: bool = False
     confirm_seconds: float = 60.0  # how long a Confirm / Cancel dialog waits before it expires
+    # A "Did you mean" offer's buttons work this long (then they are disabled); a member's pick counts once this
+    # many different members made the same one (0: only an admin's approval makes it count).
+    offer_buttons_minutes: float = 60.0
+    picks_to_learn: int = 2
     eval_gate: bool = True  # a new model worse on the evaluation set is kept as a candidate, not switched to
     # Paid calls (OpenAI answers, transcriptions, spoken answers) one member may make per UTC day; 0: unlimited.
     paid_calls_per_user_per_day: int = 200
@@ -223,6 +227,8 @@ class Settings:
             job_lease_seconds=_float(env, "JOB_LEASE_SECONDS", cls.job_lease_seconds, 1.0),
             embed_model=_embed_model(env),
             review_corrections=_on_off(env, "REVIEW_CORRECTIONS", True),
+            offer_buttons_minutes=_float(env, "OFFER_BUTTONS_MINUTES", cls.offer_buttons_minutes, 0.1),
+            picks_to_learn=_int(env, "PICKS_TO_LEARN", cls.picks_to_learn, 0),
             eval_gate=_on_off(env, "EVAL_GATE", True),
             message_content=_on_off(env, "MESSAGE_CONTENT", True),
             train_from_chat=_on_off(env, "TRAIN_FROM_CHAT", False),

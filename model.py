@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dataset import archive, check, corrections, export, forget
+from dataset import archive, check, corrections, export, forget, picks
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
-from dataset.corrections import Answer, Correction, Feedback, ReactionCounts, RepliedTo
+from dataset.corrections import Answer, Correction, Feedback, Pick, ReactionCounts, RepliedTo
 from dataset.export import DataExport
 from dataset.folder import SelectResult
 from dataset.formats import SUPPORTED, IngestReport
+from dataset.picks import Choice, Group, Offer, Refused
 from errors import InvalidInput, NotFound, TooLarge
 from records import legacy
 from records.db import Database, DatabaseUnavailable
@@ -33,7 +34,7 @@ from speech.recognize import recognizer_paid
 from speech.synthesize import synthesizer_paid
 from storage import GuildSpace, fmt_bytes, remove_leftovers, saved
 from training import budget, jobs, status
-from training.backend import History, Job, TrainingBackend, create_backend
+from training.backend import History, Job, Reply, TrainingBackend, create_backend
 from training.evaluation import EvalResult
 from training.lifecycle import TEST_CONCURRENCY, JobRunner
 
@@ -196,9 +197,13 @@ class Model:
         """Members' corrections waiting for review, oldest first."""
         return await asyncio.to_thread(corrections.pending_corrections, self.space(guild_id))
 
+    async def pending_picks(self, guild_id: int) -> list[Pick]:
+        """Members' picks on offers (paraphrases) waiting for review, oldest first."""
+        return await asyncio.to_thread(corrections.pending_picks, self.space(guild_id))
+
     async def review(self, guild_id: int, refs: list[str], *, approve: bool, by_id: int, by_name: str,
-                     reason: str = "") -> list[Correction]:
-        """Approve or reject corrections by id (all or none; InvalidInput names the first bad one)."""
+                     reason: str = "") -> list[Correction | Pick]:
+        """Approve or reject corrections and picks by id (all or none; InvalidInput names the first bad one)."""
         return await saved("the review decision", corrections.review, self.space(guild_id), refs,
                                  approve=approve, by_id=by_id, by_name=by_name, reason=reason)
 
@@ -247,6 +252,80 @@ class Model:
     async def forget_preview(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """What ``forget_user`` would remove now (nothing is changed), for a confirm dialog."""
         return await asyncio.to_thread(forget.preview, self.space(guild_id), user_id)
+
+    # ------------------------------------------------------------ "Did you mean" offers, picks, unanswered
+
+    async def add_offer(self, guild_id: int, *, channel_id: int, author_id: int, author_name: str | None,
+                        prompt: str, prompt_message_id: int | None, offers: Sequence[tuple[str, str]]) -> Offer:
+        """Record a "Did you mean" offer before its buttons are sent (they name its id); they work for
+        OFFER_BUTTONS_MINUTES."""
+        model_name = await self.current_model(guild_id)
+        return await saved("the offer", picks.add_offer, self.space(guild_id), channel_id=channel_id,
+                           author_id=author_id, author_name=author_name, prompt=prompt,
+                           prompt_message_id=prompt_message_id, options=offers, model=model_name,
+                           minutes=self.settings.offer_buttons_minutes)
+
+    async def set_offer_message(self, guild_id: int, offer_id: int, message_id: int) -> None:
+        """The message an offer's buttons were sent on."""
+        await saved("the offer", picks.set_offer_message, self.space(guild_id), offer_id, message_id)
+
+    async def get_offer(self, guild_id: int, offer_id: int) -> Offer | None:
+        """An offer of this server, or None (also for an id of another server's)."""
+        return await asyncio.to_thread(picks.get_offer, self.space(guild_id), offer_id)
+
+    async def choose(self, guild_id: int, offer_id: int, choice: int, *, user_id: int, user_name: str,
+                     trusted: bool) -> Choice:
+        """The asker's click on an offer (``picks.NONE_OF_THESE`` or an option's index), recorded.
+
+        A pick of an admin (``trusted``), or of anyone while REVIEW_CORRECTIONS is off, counts at once; a
+        member's waits for review or for PICKS_TO_LEARN members making the same pick. Refused / NotAsker /
+        NotFound (nothing recorded) for a click that cannot count.
+        """
+        return await saved("your choice", picks.choose, self.space(guild_id), offer_id, choice, user_id=user_id,
+                           user_name=user_name, trusted=trusted or not self.settings.review_corrections,
+                           picks_to_learn=self.settings.picks_to_learn)
+
+    async def expired_offers(self, guild_ids: set[int] | None = None) -> list[tuple[int, Offer]]:
+        """(guild id, offer) for expired offers whose buttons are still enabled (oldest first)."""
+        return await asyncio.to_thread(picks.expired_open_offers, self.db, guild_ids)
+
+    async def close_offer(self, guild_id: int, offer_id: int) -> None:
+        """Note that an offer's buttons were disabled."""
+        await saved("the offer", picks.close_offer, self.space(guild_id), offer_id)
+
+    async def unanswered(self, guild_id: int) -> list[Group]:
+        """The unanswered questions ("None of these"), grouped by meaning with the backend's embedding model,
+        most asked first."""
+        space = self.space(guild_id)
+
+        def work() -> list[Group]:
+            return picks.group_unanswered(picks.open_unanswered(space), self.backend.embed,
+                                          self.backend.same_meaning())
+
+        return await asyncio.to_thread(work)
+
+    async def unanswered_question(self, guild_id: int, row_id: int) -> str:
+        """The text of an open unanswered question of this server (cheap: what a button checks before its form
+        opens); NotFound, or Refused when it was answered."""
+        row = await asyncio.to_thread(picks.unanswered_row, self.space(guild_id), row_id)
+        if row is None:
+            raise NotFound("That question doesn't exist in this server. Nothing was saved.")
+        if row[1] is not None:
+            raise Refused(f"That question was already answered (correction `{row[1]}`). Nothing was saved.")
+        return row[0].prompt
+
+    async def answer_unanswered(self, guild_id: int, row_id: int, *, question: str, answer: str,
+                                author_id: int, author_name: str, channel_id: int | None) -> Correction:
+        """An admin's answer to the unanswered question ``row_id`` and those grouped with it now: an approved
+        correction (it counts at once), and the group leaves the list. Refused when it was answered meanwhile
+        (a form submitted twice), NotFound for a question not of this server."""
+        await self.unanswered_question(guild_id, row_id)
+        # Grouped again now: questions asked since the list was shown join their group.
+        found = next((g for g in await self.unanswered(guild_id) if any(r.id == row_id for r in g.rows)), None)
+        if found is None:  # answered between the check and the grouping
+            raise Refused("That question was already answered. Nothing was saved.")
+        return await saved("the answer", picks.answer_group, self.space(guild_id), found, question=question,
+                           answer=answer, author_id=author_id, author_name=author_name, channel_id=channel_id)
 
     async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
@@ -375,6 +454,11 @@ class Model:
     async def answer(self, guild_id: int, prompt: str, history: History = ()) -> str:
         """Answer with the server's current model; ``history`` is (role, content) pairs, oldest first."""
         return await self.jobs.answer(self.space(guild_id), prompt, history)
+
+    async def reply(self, guild_id: int, prompt: str, history: History = ()) -> Reply:
+        """``answer``, with the questions the model offers instead when it does not know (the chat's buttons)."""
+        space = self.space(guild_id)
+        return await self.backend.reply(space, await self.jobs.current_model(space), prompt, history)
 
     @staticmethod
     def check_test_upload(filename: str, size: int) -> None:

@@ -107,7 +107,7 @@ def _admin_member(bot: TrainerBot, member: Any) -> bool:
     return _has_role(member, bot.settings.trainer_role)
 
 
-async def is_admin_user(bot: TrainerBot, user: discord.abc.User) -> bool:
+async def is_admin_or_owner(bot: TrainerBot, user: discord.abc.User) -> bool:
     """Whether ``user`` (an interaction's member) is a trainer admin in their server, or the bot owner."""
     return await bot.is_owner(user) or _admin_member(bot, user)
 
@@ -203,6 +203,27 @@ def take_option(text: str, name: str, choices: tuple[str, ...]) -> tuple[str, st
         else:
             rest.append(word)
     return " ".join(rest).strip(), found
+
+
+# ---------------------------------------------------------------- members' text shown back
+
+_LINK = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*)://")
+
+
+def quote(text: object, limit: int = 200) -> str:
+    """Text a member wrote, shown on one line of a list: shortened, markdown escaped, and no URL in it is a live
+    link. Mentions are shown as written: the bot's AllowedMentions.none() keeps them from pinging anyone."""
+    flat = " ".join(str(text or "").split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    flat = discord.utils.escape_markdown(flat)
+    return _LINK.sub(lambda m: f"{m.group(1)}:⁠//", flat) or "(empty)"
+
+
+def is_admin_user(bot: TrainerBot, user: discord.User | discord.Member) -> bool:
+    """Whether ``user`` (a member, e.g. who clicked a button) is a trainer admin of their server: Manage Server,
+    Administrator or TRAINER_ROLE (the bot owner is checked apart: ``bot.is_owner`` is async)."""
+    return isinstance(user, discord.Member) and _admin_member(bot, user)
 
 
 # ---------------------------------------------------------------- errors nobody expected

@@ -196,16 +196,26 @@ class Chat(commands.Cog):
         try:
             async with message.channel.typing():
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
-                answer = await self.bot.model.answer(guild.id, prompt, list(turns))
+                reply = await self.bot.model.reply(guild.id, prompt, list(turns))
         except TrainerError as exc:
             return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
             return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
                                         mention_author=False)]
-        text = f"> {heard}\n{answer}" if heard else answer
+        answer = reply.text
         sent: list[discord.Message] = []
-        for i, chunk in enumerate(split_message(text) or ["…"]):
+        # "Did you mean": a button per question; the asker's click answers it (commands/offers.py; looked up by
+        # name: an extension's module is its own copy, so its class is not the one an import here would see).
+        send_offer = getattr(self.bot.get_cog("Offers"), "send_offer", None)
+        if reply.offers and send_offer is not None:
+            text = f"> {heard}\n{reply.offer_text}" if heard else reply.offer_text
+            offered = await send_offer(message, guild, prompt, text[:2000], reply.offers)
+            if offered is not None:
+                sent.append(offered)
+                answer = reply.offer_text  # what was shown is what the log keeps
+        text = f"> {heard}\n{answer}" if heard else answer
+        for i, chunk in enumerate([] if sent else (split_message(text) or ["…"])):
             if i == 0:
                 sent.append(await message.reply(chunk, mention_author=False))
             else:

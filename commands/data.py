@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from commands._shared import TrainerContext, is_admin_user, split_flags, trainer_admin
+from commands._shared import TrainerContext, is_admin_or_owner, split_flags, trainer_admin
 from storage import fmt_bytes
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Data(commands.Cog):
 async def _paths(bot: TrainerBot, interaction: discord.Interaction, current: str, *,
                  folders_only: bool) -> list[app_commands.Choice[str]]:
     """Suggestions from the asking server's data space only (never shown to members: admin commands)."""
-    if interaction.guild_id is None or not await is_admin_user(bot, interaction.user):
+    if interaction.guild_id is None or not await is_admin_or_owner(bot, interaction.user):
         return []
     found = await bot.model.suggest_paths(interaction.guild_id, current, folders_only=folders_only)
     return [app_commands.Choice(name=p[:100], value=p[:100]) for p in found]

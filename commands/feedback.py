@@ -14,8 +14,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from commands._dialogs import confirm
-from commands._shared import TrainerContext, is_admin, is_admin_user, report_unexpected, trainer_admin, user_line
-from dataset.corrections import Answer, Correction, RepliedTo
+from commands._shared import (
+    TrainerContext,
+    is_admin,
+    is_admin_or_owner,
+    quote,
+    report_unexpected,
+    trainer_admin,
+    user_line,
+)
+from dataset.corrections import Answer, Correction, Pick, RepliedTo
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -98,7 +106,7 @@ class Feedback(commands.Cog):
         answer = await self.bot.model.find_answer(form.guild_id, form.message_id)
         if answer is None:  # forgotten meanwhile
             raise NotFound("That answer is no longer in my records; nothing was saved.")
-        admin = await is_admin_user(self.bot, interaction.user)
+        admin = await is_admin_or_owner(self.bot, interaction.user)
         record = await self.bot.model.correct(
             form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
             channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin)
@@ -297,20 +305,29 @@ class Feedback(commands.Cog):
     @app_commands.guild_only()
     @trainer_admin()
     async def review(self, ctx: TrainerContext) -> None:
-        """★ List members' corrections waiting for review, with their ids."""
+        """★ List members' corrections and paraphrases (picks on my offers) waiting for review, with their ids."""
         await ctx.defer()
-        pending = await ctx.model.pending_corrections(ctx.guild_id)
+        pending: list[Correction | Pick] = [*await ctx.model.pending_corrections(ctx.guild_id),
+                                            *await ctx.model.pending_picks(ctx.guild_id)]
         if not pending:
             await ctx.send("No corrections are waiting for review.")
             return
+        pending.sort(key=lambda r: r.time)
         p = ctx.clean_prefix
-        lines = [f"**{len(pending)} correction(s) waiting for review** — `{p}approve ID…` or "
-                 f"`{p}reject ID… [reason]`:"]
+        n_picks = sum(isinstance(r, Pick) for r in pending)
+        what = f"{len(pending) - n_picks} correction(s)" if not n_picks else (
+            f"{len(pending) - n_picks} correction(s) and {n_picks} paraphrase(s)")
+        lines = [f"**{what} waiting for review** — `{p}approve ID…` or `{p}reject ID… [reason]`:"]
         for c in pending[:REVIEW_SHOWN]:
-            who = discord.utils.escape_markdown(str(c.author_name or c.author_id or "someone"))
-            lines.append(f"`{c.ref}` by {who} ({c.time[:16].replace('T', ' ')} UTC)\n"
-                         f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"
-                         f"> now: {_quote(c.correction)}")
+            who = quote(c.author_name or c.author_id or "someone", 80)
+            when = c.time[:16].replace("T", " ")
+            if isinstance(c, Pick):
+                lines.append(f"`{c.ref}` paraphrase by {who} ({when} UTC): asked\n> {quote(c.prompt)}\n"
+                             f"and chose “{quote(c.question)}” (answer: {quote(c.answer, 120)})")
+            else:
+                lines.append(f"`{c.ref}` by {who} ({when} UTC)\n"
+                             f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"
+                             f"> now: {_quote(c.correction)}")
         if len(pending) > REVIEW_SHOWN:
             lines.append(f"…and {len(pending) - REVIEW_SHOWN} more (the oldest are shown first).")
         await ctx.send_long("\n".join(lines))
@@ -321,7 +338,8 @@ class Feedback(commands.Cog):
     @trainer_admin()
     @app_commands.describe(ids="One or more ids from /review, separated by spaces")
     async def approve(self, ctx: TrainerContext, *, ids: str) -> None:
-        """★ Approve members' corrections by id: they count in answers and the next training."""
+        """★ Approve members' corrections (or paraphrases, `P-…`) by id: they count in answers and the next
+        training."""
         done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
                                       by_name=str(ctx.author))
         shown = ", ".join(f"`{c.ref}`" for c in done)
@@ -344,7 +362,7 @@ class Feedback(commands.Cog):
         # The ids come first; everything from the first word that is not an id on is the reason
         # (a word starting with C- is taken as an id, so a mistyped one is refused, not kept as a reason).
         first_other = next((i for i, w in enumerate(words)
-                            if not (_looks_like_ref(w) or w.strip("`").lower().startswith("c-"))), len(words))
+                            if not (_looks_like_ref(w) or w.strip("`").lower()[:2] in ("c-", "p-"))), len(words))
         ids, reason = words[:first_other], " ".join(words[first_other:])
         if not ids:
             raise InvalidInput(f"Give the ids first: `{ctx.clean_prefix}reject C-7f3a2b [reason]` "
@@ -456,11 +474,11 @@ def _field(data: Any, custom_id: str) -> str:
 
 
 def _looks_like_ref(word: str) -> bool:
-    """``C-7f3a2b`` (any case, with or without ``C-``, backticks or a trailing comma)."""
+    """``C-7f3a2b`` or ``P-7f3a2b`` (any case, with or without ``C-``, backticks or a trailing comma)."""
     word = word.strip("`,")
-    tail = word[2:] if word[:2].lower() == "c-" else word
+    tail = word[2:] if word[:2].lower() in ("c-", "p-") else word
     return len(tail) == 6 and all(ch in "0123456789abcdefABCDEF" for ch in tail) and (
-        word[:2].lower() == "c-" or any(ch.isdigit() for ch in tail))
+        word[:2].lower() in ("c-", "p-") or any(ch.isdigit() for ch in tail))
 
 
 def _quote(text: object, limit: int = 200) -> str:

@@ -16,7 +16,7 @@ from discord.ext import commands
 from commands._dialogs import confirm
 from commands._shared import (
     TrainerContext,
-    is_admin_user,
+    is_admin_or_owner,
     is_trainer_admin,
     split_flags,
     take_option,
@@ -481,7 +481,7 @@ class Training(commands.Cog):
     # ----------------------------------------------------------------- autocomplete
     @cancel.autocomplete("job_id")
     async def _running_jobs(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None or not await is_admin_user(self.bot, interaction.user):
+        if interaction.guild_id is None or not await is_admin_or_owner(self.bot, interaction.user):
             return []
         jobs = [job for job in await self.model.list_jobs(interaction.guild_id, 50) if job.status not in TERMINAL]
         return [app_commands.Choice(name=f"{job.id} ({job.status})"[:100], value=job.id)

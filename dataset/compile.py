@@ -59,8 +59,8 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
                   chat: bool = True) -> Compiled:
     """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked.
 
-    ``chat=False`` (TRAIN_FROM_CHAT=off): members' chat-derived records are left out (see :func:`from_chat`);
-    the report says how many. Admins' uploads, !test cases and admins' own corrections stay."""
+    ``chat=False`` (TRAIN_FROM_CHAT=off): chat-derived records are left out (corrections: see :func:`from_chat`;
+    paraphrases from picks: all, their wording was typed in chat); the report says how many. Admins' uploads, !test cases and admins' own corrections stay."""
     state = read_state(space)
     system = str(state.get("system_prompt") or "").strip() or None
     loaded = load_dataset(space, current_dataset(space))
@@ -110,6 +110,13 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
             continue
         by = f"{c.author_name or 'someone'} ({c.author_id})" if c.author_id else ""
         fixes.append((c.prompt, c.correction, c.answer, by))
+    left_picks = 0
+    for p in records.approved_picks(space):  # counted picks: the asked wording taught as a paraphrase
+        if not chat:  # the wording is what someone typed in chat, whoever picked
+            left_picks += 1
+            continue
+        by = f"{p.author_name or 'someone'} ({p.author_id})" if p.author_id else ""
+        fixes.append((p.prompt, p.answer, "", by))
     for t in records.list_test_errors(space):
         fixes.append((t.input, t.expected, t.got or "", "!test cases"))
     for asked, fix, bad, by in fixes:
@@ -123,13 +130,15 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         if bad.strip():
             corrected.setdefault(key, set()).add(bad.strip())
             add_pref(user, fix, bad)
-    if left_out:
+    if left_out or left_picks:
+        what = " and ".join(part for part in (f"{left_out} member correction(s)" if left_out else "",
+                                               f"{left_picks} paraphrase(s) from picks" if left_picks else "") if part)
         notes.append(
             Issue(
                 None,
                 LEFT_OUT_FROM_CHAT,
-                f"{left_out} member correction(s) left out of training (TRAIN_FROM_CHAT is off); they still answer "
-                f"as corrections and stay in reviews and exports",
+                f"{what} left out of training (TRAIN_FROM_CHAT is off); they still answer as corrections and "
+                f"stay in reviews and exports",
             )
         )
     if unusable:

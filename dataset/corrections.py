@@ -1,5 +1,6 @@
 """What members give in one server, as records in the database: the bot's answers, corrections and their
-reviews, feedback, !test mismatches, 👍/👎 reactions and the bot's asks after a 👎.
+reviews, picks on "Did you mean" offers (paraphrases, reviewed like corrections), feedback, !test mismatches,
+👍/👎 reactions and the bot's asks after a 👎.
 
 All functions are sync and run one short transaction (the Model calls them in a thread). Each returns typed
 records (dataclasses), never raw rows. Every query is filtered on the server's id: one server's records are
@@ -99,6 +100,35 @@ class Correction:
     def applies(self) -> bool:
         """Whether it answers questions now (approved, with text), before the next training."""
         return self.approved and bool(self.correction.strip())
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A pick on a "Did you mean" offer: ``prompt`` (what was asked) taught as a paraphrase of ``question``,
+    answered with ``answer`` (the question's answer when it was offered). Reviewed like a correction."""
+
+    ref: str
+    prompt: str
+    question: str
+    answer: str
+    status: str
+    author_id: int | None = None
+    author_name: str | None = None
+    channel_id: int | None = None
+    source_message_id: int | None = None
+    offer_id: int | None = None
+    time: str = ""
+    reviewed_by: str | None = None
+    review_reason: str = ""
+
+    @property
+    def approved(self) -> bool:
+        return self.status == APPROVED
+
+    @property
+    def applies(self) -> bool:
+        """Whether it answers questions now (counted: approved), before the next training."""
+        return self.approved and bool(self.prompt.strip()) and bool(self.answer.strip())
 
 
 class RepliedTo(TypedDict):
@@ -276,6 +306,49 @@ def pending_corrections(space: GuildSpace) -> list[Correction]:
     return list_corrections(space, PENDING)
 
 
+_PICK_COLS = ("p.ref, p.prompt, p.question, p.answer, p.status, p.author_id, p.author_name, p.channel_id,"
+              " p.source_message_id, p.offer_id, p.created_at, r.by_name, r.reason")
+_PICKS = f"SELECT {_PICK_COLS} FROM picks p LEFT JOIN reviews r ON r.id = p.review_id"
+
+
+def _pick(row: Row) -> Pick:
+    record = Pick(*row)  # the columns in the fields' order
+    return record if record.review_reason is not None else replace(record, review_reason="")
+
+
+def list_picks(space: GuildSpace, status: str | None = None) -> list[Pick]:
+    """The server's picks (only those with ``status`` when given), oldest first."""
+    where, params = "p.guild_id = ?", [space.guild_id]
+    params_: list[Any] = params
+    if status is not None:
+        where += " AND p.status = ?"
+        params_.append(status)
+    with space.db.tx(write=False) as tx:
+        return [_pick(r) for r in tx.all(f"{_PICKS} WHERE {where} ORDER BY p.id", params_)]
+
+
+def approved_picks(space: GuildSpace) -> list[Pick]:
+    """The counted picks: paraphrases that answer at once and reach the next training."""
+    return list_picks(space, APPROVED)
+
+
+def pending_picks(space: GuildSpace) -> list[Pick]:
+    """Members' picks waiting for an admin's decision (or for more members to make the same pick)."""
+    return list_picks(space, PENDING)
+
+
+def overlay_signature(space: GuildSpace) -> tuple[int, ...]:
+    """Changes whenever what counts before the next training may have changed: corrections and picks added,
+    reviewed or forgotten. Its first element is 0 when there are neither."""
+    with space.db.tx(write=False) as tx:
+        c = tx.one("SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(MAX(review_id), 0) FROM corrections"
+                   " WHERE guild_id = ?", (space.guild_id,))
+        p = tx.one("SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(MAX(review_id), 0) FROM picks"
+                   " WHERE guild_id = ? AND status = ?", (space.guild_id, APPROVED))
+    assert c is not None and p is not None
+    return (int(c[0]) + int(p[0]), int(c[1]), int(c[2]), int(p[0]), int(p[1]), int(p[2]))
+
+
 def corrections_signature(space: GuildSpace) -> tuple[int, int, int]:
     """Changes whenever the corrections that apply may have changed (added, reviewed or forgotten)."""
     with space.db.tx(write=False) as tx:
@@ -285,18 +358,23 @@ def corrections_signature(space: GuildSpace) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+_REF_KINDS = {"c": "correction", "p": "pick"}
+
+
 def parse_refs(raw: list[str]) -> list[str]:
-    """Typed ids -> canonical refs (``c-7f3a2b``, ``C-7F3A2B`` and ``7f3a2b`` all mean ``C-7f3a2b``)."""
+    """Typed ids -> canonical refs: ``c-7f3a2b``, ``C-7F3A2B`` and ``7f3a2b`` all mean ``C-7f3a2b`` (a
+    correction); ``P-7f3a2b`` is a pick (a paraphrase)."""
     refs: list[str] = []
     for word in raw:
         word = word.strip().strip("`,")
         if not word:
             continue
-        tail = word[2:] if word[:2].lower() == "c-" else word
+        kind = word[0].lower() if word[1:2] == "-" and word[0].lower() in _REF_KINDS else "c"
+        tail = word[2:] if word[1:2] == "-" and word[0].lower() in _REF_KINDS else word
         if not re.fullmatch(r"[0-9a-fA-F]{6}", tail):
-            raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`). Nothing was "
-                               f"changed.", helps=("review", "lists them"))
-        ref = f"C-{tail.lower()}"
+            raise InvalidInput(f"`{word[:40]}` is not a correction id (they look like `C-7f3a2b`, or `P-7f3a2b` "
+                               f"for a paraphrase). Nothing was changed.", helps=("review", "lists them"))
+        ref = f"{kind.upper()}-{tail.lower()}"
         if ref not in refs:
             refs.append(ref)
     if not refs:
@@ -305,8 +383,8 @@ def parse_refs(raw: list[str]) -> list[str]:
 
 
 def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int | None, by_name: str | None,
-           reason: str = "") -> list[Correction]:
-    """Approve or reject corrections by id, all or none; returns the corrections as they were before.
+           reason: str = "") -> list[Correction | Pick]:
+    """Approve or reject corrections and picks (paraphrases) by id, all or none; returns them as they were before.
 
     Refused (InvalidInput, nothing written): an unknown id, approving an approved one, rejecting a rejected
     or an approved one (it may already be in a trained model; a newer correction replaces it).
@@ -315,18 +393,26 @@ def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int 
     reason = _text(reason, "reason", required=False)[:500]
     decision = APPROVED if approve else REJECTED
 
-    def checked(tx: Tx, ref: str) -> Correction:
-        row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
-        if row is None:
-            raise InvalidInput(f"There is no correction `{ref}` in this server. Nothing was changed.",
+    def checked(tx: Tx, ref: str) -> Correction | Pick:
+        record: Correction | Pick | None
+        if ref.startswith("P-"):
+            row = tx.one(f"{_PICKS} WHERE p.guild_id = ? AND p.ref = ?", (space.guild_id, ref))
+            what = "paraphrase"
+            record = None if row is None else _pick(row)
+        else:
+            row = tx.one(f"{_CORRECTIONS} WHERE c.guild_id = ? AND c.ref = ?", (space.guild_id, ref))
+            what = "correction"
+            record = None if row is None else _correction(row)
+        if record is None:
+            raise InvalidInput(f"There is no {what} `{ref}` in this server. Nothing was changed.",
                                helps=("review", "lists the pending ones"))
-        record = _correction(row)
+        title = what.capitalize()
         if approve and record.status == APPROVED:
-            raise InvalidInput(f"Correction `{ref}` is already approved. Nothing was changed.")
+            raise InvalidInput(f"{title} `{ref}` is already approved. Nothing was changed.")
         if not approve and record.status == REJECTED:
-            raise InvalidInput(f"Correction `{ref}` is already rejected. Nothing was changed.")
+            raise InvalidInput(f"{title} `{ref}` is already rejected. Nothing was changed.")
         if not approve and record.status == APPROVED:
-            raise InvalidInput(f"Correction `{ref}` was already approved and may be in a trained model. Nothing "
+            raise InvalidInput(f"{title} `{ref}` was already approved and may be in a trained model. Nothing "
                                f"was changed.", helps=("correct", "with the right answer replaces it"))
         return record
 
@@ -336,13 +422,15 @@ def review(space: GuildSpace, raw_refs: list[str], *, approve: bool, by_id: int 
                               " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                               (space.guild_id, decision, by_id, by_name, reason, utc_now()))
         for record in chosen:
+            table = "picks" if isinstance(record, Pick) else "corrections"
             # Only if it is still as checked: on PostgreSQL another admin's decision may have committed since
             # the check (the read took no lock); then the check is made again on what is stored now and refuses.
-            changed = tx.execute("UPDATE corrections SET status = ?, review_id = ? WHERE guild_id = ? AND ref = ?"
+            changed = tx.execute(f"UPDATE {table} SET status = ?, review_id = ? WHERE guild_id = ? AND ref = ?"
                                  " AND status = ?", (decision, review_id, space.guild_id, record.ref, record.status))
             if changed.rowcount != 1:
                 checked(tx, record.ref)
-                raise InvalidInput(f"Correction `{record.ref}` was just decided by someone else. Nothing was changed.")
+                what = "Paraphrase" if isinstance(record, Pick) else "Correction"
+                raise InvalidInput(f"{what} `{record.ref}` was just decided by someone else. Nothing was changed.")
     return chosen
 
 

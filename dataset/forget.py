@@ -1,5 +1,5 @@
-"""Forget a person in one server: their corrections, feedback, reactions, logged questions and answers, uploads and the
-examples that came from them, removed durably and crash-safely (sync; call it from a thread).
+"""Forget a person in one server: their corrections, picks on offers (paraphrases), offers made to them, unanswered
+questions, feedback, reactions, logged questions and answers, uploads and the examples that came from them, removed durably and crash-safely (sync; call it from a thread).
 
 How it stays crash-safe: the records (corrections, feedback, reactions, asks, logged answers, evaluation
 cases) are deleted in one database transaction. The dataset files that hold their examples get their new
@@ -103,7 +103,9 @@ def _dataset_files(space: GuildSpace) -> Iterator[Path]:
 
 # (what the person is told, table): rows whose author_id is theirs.
 _TABLES = (("corrections", "corrections"), ("feedback", "feedback"), ("logged questions and answers", "answers"),
-           ("reactions", "reactions"), ("asks after their 👎", "asks"), ("evaluation cases", "eval_cases"))
+           ("reactions", "reactions"), ("asks after their 👎", "asks"), ("evaluation cases", "eval_cases"),
+           ("picks on offers", "picks"), ("questions offered choices", "offers"),
+           ("unanswered questions", "unanswered"))
 
 
 def forget(space: GuildSpace, user_id: int) -> ForgetResult:

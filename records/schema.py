@@ -203,7 +203,70 @@ V2 = [
     "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2]
+V3 = [
+    # A "Did you mean …?" offer sent as buttons: what was asked, by whom, the questions offered (JSON
+    # [[question, answer], …]) and what became of it. The buttons' custom ids name the row; a click after a
+    # restart finds it here.
+    """CREATE TABLE offers (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        channel_id BIGINT NOT NULL,
+        message_id BIGINT,
+        prompt_message_id BIGINT,
+        author_id BIGINT NOT NULL,
+        author_name TEXT,
+        prompt TEXT NOT NULL,
+        options TEXT NOT NULL,
+        model TEXT,
+        created_at TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        choice INTEGER,
+        chosen_at TEXT,
+        closed BOOLEAN NOT NULL DEFAULT FALSE)""",
+    "CREATE INDEX offers_open ON offers (closed, expires_at)",
+    "CREATE INDEX offers_author ON offers (guild_id, author_id)",
+    # A pick on an offer: ``prompt`` (what was asked) taught as a paraphrase of ``question`` (whose answer it
+    # takes). Reviewed like a correction (status, review_id); ``key`` is the normalised prompt, so K members
+    # making the same pick can be counted.
+    """CREATE TABLE picks (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        ref TEXT NOT NULL,
+        offer_id BIGINT,
+        key TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        author_id BIGINT,
+        author_name TEXT,
+        channel_id BIGINT,
+        source_message_id BIGINT,
+        status TEXT NOT NULL,
+        review_id BIGINT REFERENCES reviews (id),
+        created_at TEXT NOT NULL,
+        UNIQUE (guild_id, ref))""",
+    "CREATE INDEX picks_status ON picks (guild_id, status, id)",
+    "CREATE INDEX picks_same ON picks (guild_id, key, question)",
+    "CREATE INDEX picks_author ON picks (guild_id, author_id)",
+    # "None of these": a question the bot could not answer, until an admin answers its group (``answered_ref``:
+    # the correction that answered it).
+    """CREATE TABLE unanswered (
+        id {id},
+        guild_id BIGINT NOT NULL,
+        offer_id BIGINT,
+        prompt TEXT NOT NULL,
+        author_id BIGINT,
+        author_name TEXT,
+        channel_id BIGINT,
+        source_message_id BIGINT,
+        created_at TEXT NOT NULL,
+        answered_ref TEXT,
+        answered_at TEXT)""",
+    "CREATE INDEX unanswered_open ON unanswered (guild_id, answered_ref, id)",
+    "CREATE INDEX unanswered_author ON unanswered (guild_id, author_id)",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2, V3]
 LATEST = len(MIGRATIONS)
 
 

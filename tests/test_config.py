@@ -25,6 +25,8 @@ from errors import ConfigError
     ({"SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT"),
     ({"SHARD_COUNT": "2", "SHARD_IDS": "2"}, "SHARD_IDS"),
     ({"SHARD_COUNT": "2", "SHARD_IDS": "a,b"}, "SHARD_IDS"),
+    ({"PICKS_TO_LEARN": "-1"}, "PICKS_TO_LEARN"),
+    ({"OFFER_BUTTONS_MINUTES": "0"}, "OFFER_BUTTONS_MINUTES"),
 ])
 def test_bad_configuration_names_the_variable(env: dict[str, str], variable: str, tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "d"), "CORRECTIONS_DIR": str(tmp_path / "c"), **env}
@@ -45,6 +47,14 @@ def test_budget_settings(tmp_path: Path) -> None:
     assert (default.paid_calls_per_user_per_day, default.budget_exempt_role) == (200, None)
     custom = Settings.from_env({**dirs, "PAID_CALLS_PER_USER_PER_DAY": "0", "BUDGET_EXEMPT_ROLE": " Sponsors "})
     assert (custom.paid_calls_per_user_per_day, custom.budget_exempt_role) == (0, "Sponsors")
+
+
+def test_offer_settings(tmp_path: Path) -> None:
+    dirs = {"DATA_DIR": str(tmp_path / "d"), "CORRECTIONS_DIR": str(tmp_path / "c")}
+    default = Settings.from_env(dirs)
+    assert (default.offer_buttons_minutes, default.picks_to_learn) == (60.0, 2)
+    custom = Settings.from_env({**dirs, "OFFER_BUTTONS_MINUTES": "5", "PICKS_TO_LEARN": "0"})
+    assert (custom.offer_buttons_minutes, custom.picks_to_learn) == (5.0, 0)
 
 
 def test_database_and_shard_settings(tmp_path: Path) -> None:

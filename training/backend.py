@@ -116,6 +116,17 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)  # the backend's bookkeeping, read only by that backend
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An answer as the chat shows it: ``text``, and when the model does not know, the (question, answer) pairs
+    it knows that the asker may have meant (``offers``, best first: the chat turns them into buttons)."""
+
+    text: str
+    offers: tuple[tuple[str, str], ...] = ()
+    # ``text`` for when the offers are buttons (``text`` itself tells the asker to type the question again).
+    offer_text: str = ""
+
+
 @dataclass
 class JobUpdate:
     """What a poll learned about a job since the last poll (None: nothing new about that field)."""
@@ -218,6 +229,19 @@ class TrainingBackend(ABC):
     @abstractmethod
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Answer ``prompt`` with ``model_name`` (None: no trained model yet)."""
+
+    async def reply(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> Reply:
+        """``answer`` with what the model may offer instead of "I don't know" (by default nothing)."""
+        return Reply(await self.answer(space, model_name, prompt, history))
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Unit vectors of ``texts`` by meaning (a numpy array, one row each; sync, CPU-bound), or None when this
+        backend has no embedding model (texts are then grouped by wording only)."""
+        return None
+
+    def same_meaning(self) -> float:
+        """The lowest score of ``embed`` vectors at which two questions mean the same (the answer threshold)."""
+        return 1.0
 
     def method_refusal(self, method: str) -> str:
         """Why ``method`` is not offered, in one line."""

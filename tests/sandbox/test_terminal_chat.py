@@ -172,7 +172,7 @@ def test_quit_in_a_terminal_is_prompt(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         os.close(master)
-    assert took < 2.0, f"/quit took {took:.1f} s"
+    assert took < 4.0, f"/quit took {took:.1f} s"
 
 
 async def test_quit_does_not_wait_for_an_answer(tmp_path: Path) -> None:

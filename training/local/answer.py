@@ -28,7 +28,14 @@ VERBATIM = 0.8  # word-matching similarity of a near-verbatim question: its trai
 def search(model: LocalModel | None, prompt: str, overlay: Overlay | None,
            emb: Embedder | None) -> tuple[tuple[str, int] | None, list[str]]:
     """(answer, source) for ``prompt`` (source 0 = trained, 1 = correction) or None for "don't know", and
-    when it is None the trained questions worth suggesting instead; ``emb`` None: word matching.
+    when it is None the trained questions worth suggesting instead; ``emb`` None: word matching."""
+    found, offers = search_offers(model, prompt, overlay, emb)
+    return found, [q for q, _ in offers]
+
+
+def search_offers(model: LocalModel | None, prompt: str, overlay: Overlay | None,
+                  emb: Embedder | None) -> tuple[tuple[str, int] | None, list[tuple[str, str]]]:
+    """``search``, with each suggested question's answer: (question, answer) pairs, best first.
 
     Sync and CPU-bound: the backend runs it in a thread (with embeddings always, since embedding
     the question is a forward pass; word matching above ``backend.THREAD_ABOVE`` pairs).
@@ -73,18 +80,18 @@ def search(model: LocalModel | None, prompt: str, overlay: Overlay | None,
     return None, _suggestions(scored, emb.thresholds.suggest)
 
 
-def _suggestions(scored: Sequence[tuple[float, str, int, str]], minimum: float | None) -> list[str]:
-    """Up to ``SUGGEST`` trained questions (of different answers) scoring at least ``minimum``, best first."""
+def _suggestions(scored: Sequence[tuple[float, str, int, str]], minimum: float | None) -> list[tuple[str, str]]:
+    """Up to ``SUGGEST`` (question, answer) pairs (of different answers) scoring at least ``minimum``, best first."""
     if minimum is None:
         return []
-    picked: list[str] = []
+    picked: list[tuple[str, str]] = []
     answers: set[str] = set()
     for score, answer, _, question in scored:  # sorted best first
         if score < minimum or len(picked) == SUGGEST:
             break
         if answer not in answers:
             answers.add(answer)
-            picked.append(question)
+            picked.append((question, answer))
     return picked
 
 
@@ -92,6 +99,13 @@ def _short(question: str, limit: int = 120) -> str:
     """A trained question on one line, cut to ``limit`` characters, for a suggestion."""
     flat = " ".join(question.split())
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+
+
+def dont_know_offer(prefix: str) -> str:
+    """The "I don't know" above an offer's buttons (one per question)."""
+    return (f"I don't know that one yet. Did you mean one of these? Choose it below and I'll answer (and learn "
+            f"your wording). If you know the answer, reply to this message with `{prefix}correct <the right "
+            f"answer>` and I'll use it from now on.")
 
 
 def dont_know(prefix: str, suggestions: Sequence[str] = ()) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from errors import BackendError, InvalidInput, NotFound
-from training.backend import History, Job, JobUpdate, Method, TrainingBackend
+from training.backend import History, Job, JobUpdate, Method, Reply, TrainingBackend
 from training.embedding import DEFAULT_EMBED_MODEL, DISABLED, WORDLLAMA, Embedder, TransformerEmbedder, load_embedder
 from training.local import answer as answer_rule
 from training.local.overlay import Overlay, Overlays
@@ -245,16 +245,41 @@ class LocalBackend(TrainingBackend):
 
     async def answer(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> str:
         """Retrieval answer; ``history`` is not used by this backend (each prompt stands alone)."""
+        return (await self.reply(space, model_name, prompt, history)).text
+
+    async def reply(self, space: GuildSpace, model_name: str | None, prompt: str, history: History) -> Reply:
+        """``answer``, with the offered (question, answer) pairs when it does not know."""
         if not self._embed_tried:
             await asyncio.to_thread(self.embedder)  # loading reads ~90 MB: not on the loop
         model = await self._model(space, model_name) if model_name else None
         overlay = await self._overlays.get(space, self._embedder_of(model))  # corrections count at once
         if model is None and (overlay is None or not overlay.prompts):
-            return self._with_note(self.not_trained())
+            return Reply(self._with_note(self.not_trained()))
         if self._embedder is not None or model is not None and len(model.answers) > THREAD_ABOVE:
             # Embedding the question is a transformer's forward pass (~10 ms): never on the loop.
-            return self._with_note(await asyncio.to_thread(self.answer_sync, model, prompt, overlay))
-        return self._with_note(self.answer_sync(model, prompt, overlay))
+            return self._noted(await asyncio.to_thread(self.reply_sync, model, prompt, overlay))
+        return self._noted(self.reply_sync(model, prompt, overlay))
+
+    def reply_sync(self, model: LocalModel | None, prompt: str, overlay: Overlay | None = None) -> Reply:
+        found, offers = answer_rule.search_offers(model, prompt, overlay, self._embedder_of(model))
+        if found is not None:
+            return Reply(found[0])
+        return Reply(self.dont_know([q for q, _ in offers]), tuple(offers),
+                     answer_rule.dont_know_offer(self.prefix) if offers else "")
+
+    def _noted(self, reply: Reply) -> Reply:
+        text = self._with_note(reply.text)
+        if text == reply.text:
+            return reply
+        return Reply(text, reply.offers, reply.offer_text + text[len(reply.text):] if reply.offers else "")
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        emb = self.embedder()
+        return None if emb is None else emb.encode(list(texts))
+
+    def same_meaning(self) -> float:
+        emb = self.embedder()
+        return 1.0 if emb is None else emb.thresholds.min_score
 
     async def predict_label(self, space: GuildSpace, model_name: str | None, text: str) -> str:
         """The classifier's label; falls back to the retrieval answer when no classifier was trained."""

@@ -1,8 +1,9 @@
-"""Corrections count at once: a guild's applicable corrections as a small index, searched before the
-trained pairs (``answer.search``) without waiting for the next training.
+"""Corrections and counted picks count at once: a guild's applicable corrections, and the paraphrases its
+counted "Did you mean" picks taught, as a small index searched before the trained pairs (``answer.search``)
+without waiting for the next training.
 
-The index is rebuilt when the corrections change (``records.corrections_signature``); with an
-embedding model only the corrections new since the last one are embedded.
+The index is rebuilt when they change (``records.overlay_signature``); with an embedding model only the
+rows new since the last one are embedded.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Overlay:
-    """A guild's applicable corrections, searchable like a trained version."""
+    """A guild's applicable corrections and counted paraphrases, searchable like a trained version."""
 
-    signature: tuple[int, int, int]  # records.corrections_signature when it was built
+    signature: tuple[int, ...]  # records.overlay_signature when it was built
     prompts: list[str]
     answers: list[str]
     vectors: np.ndarray | None
@@ -53,7 +54,7 @@ class Overlays:
         rebuilt when the corrections change."""
         emb = emb or self.embedder()
         slot = (space.guild_id, emb.fingerprint if emb is not None else None)
-        signature = records.corrections_signature(space)
+        signature = records.overlay_signature(space)
         if not signature[0]:
             self._overlays.pop(slot, None)
             return None
@@ -61,6 +62,11 @@ class Overlays:
         if cached is not None and cached.signature == signature:
             return cached
         latest: dict[str, tuple[str, str]] = {}
+        # A counted pick answers its asked text with the chosen question's answer; a correction of the same
+        # text (read after) wins.
+        for pick in records.approved_picks(space):
+            if pick.applies:
+                latest[norm_key(pick.prompt)] = (pick.prompt.strip(), pick.answer.strip())
         for record in records.approved_corrections(space):
             prompt = record.prompt.strip()
             if prompt and record.applies:
@@ -89,7 +95,7 @@ class Overlays:
         cached = self._overlays.get((space.guild_id, emb.fingerprint if emb is not None else None))
         try:
             # In a thread: with PostgreSQL this is a round trip.
-            signature = await asyncio.to_thread(records.corrections_signature, space)
+            signature = await asyncio.to_thread(records.overlay_signature, space)
             if not signature[0]:
                 return None
         except (OSError, TrainerError) as exc:  # an unreachable database: answer from the trained model alone
