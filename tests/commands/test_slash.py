@@ -4,11 +4,14 @@ admin commands hidden from members, a first response within 3 s, DM refusal, wro
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import pytest
 
 from sandbox.appcommands import CHAT_INPUT, MESSAGE_COMMAND
+from sandbox.chat import TerminalChat
 from sandbox.interactions import DEFERRED_CHANNEL_MESSAGE, MODAL, InteractionRefused
 from tests.harness import BotHarness
 
@@ -129,3 +132,27 @@ async def test_correct_this_answer_menu_and_form(harness: BotHarness) -> None:
     refused = await h.menu(not_mine.id, "Correct this answer")
     assert "isn't one of my answers" in refused.messages[0].content
 
+
+
+async def test_terminal_chat_menu_modal_and_dialog(harness: BotHarness, tmp_path: Path) -> None:
+    """The same through the terminal chat's syntax: /menu, /modal, a dialog's buttons and /click."""
+    h, sb = harness, harness.sandbox
+    out = io.StringIO()
+    chat = TerminalChat(sb, out=out, files_dir=tmp_path / "files", prefix="!", silence=5.0, quiet=0.1)
+    for line in ("what is the capital of nowhere?", "what is the capital of elsewhere?", "who are you?"):
+        await chat.handle(line)
+        await chat.settle()
+    answer = sb.bot_messages()[0]
+    for line in (f'/menu {answer.id} "Correct this answer"', "/modal correction=\"Nowhere City.\"", "!forget me"):
+        await chat.handle(line)
+        await chat.settle()
+    dialog = sb.bot_messages()[-1]
+    await chat.handle(f"/click {dialog.id} 2")
+    await chat.settle()
+    text = out.getvalue()
+    for expected in ("submit it with /modal correction=...",
+                     "(only you can see this) trainer: Thanks — correction `C-",
+                     "Forget everything you gave in this server? This removes 1 corrections, 3 logged questions",
+                     "    [1: Confirm] [2: Cancel]", "    [1: Confirm] (disabled) [2: Cancel] (disabled)",
+                     "trainer: Nothing was forgotten; everything stays as it was."):
+        assert expected in text, f"{expected!r} not in:\n{text}"
