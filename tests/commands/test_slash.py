@@ -136,7 +136,7 @@ async def test_correct_this_answer_menu_and_form(harness: BotHarness) -> None:
 
 async def test_terminal_chat_menu_modal_and_dialog(harness: BotHarness, tmp_path: Path) -> None:
     """The same through the terminal chat's syntax: /menu, /modal, a dialog's buttons and /click."""
-    h, sb = harness, harness.sandbox
+    sb = harness.sandbox
     out = io.StringIO()
     chat = TerminalChat(sb, out=out, files_dir=tmp_path / "files", prefix="!", silence=5.0, quiet=0.1)
     for line in ("what is the capital of nowhere?", "what is the capital of elsewhere?", "who are you?"):
