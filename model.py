@@ -249,6 +249,10 @@ class Model:
         """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
         return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
 
+    async def people(self, guild_id: int, typed: str = "") -> list[tuple[int, str]]:
+        """(id, name) of the people this server keeps something from, whose name contains ``typed``."""
+        return await asyncio.to_thread(forget.people, self.space(guild_id), typed)
+
     async def forget_preview(self, guild_id: int, user_id: int) -> forget.ForgetResult:
         """What ``forget_user`` would remove now (nothing is changed), for a confirm dialog."""
         return await asyncio.to_thread(forget.preview, self.space(guild_id), user_id)

@@ -426,6 +426,16 @@ class Feedback(commands.Cog):
                          f"from the server's data folder.")
         await ctx.send_long("\n".join(lines))
 
+    @forget.autocomplete("who")
+    async def _whom(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """`me`, and for admins the people this server keeps something from, by name (the value is their id)."""
+        found = [app_commands.Choice(name="me", value="me")] if "me".startswith(current.lower()) else []
+        if interaction.guild_id is not None and await is_admin_or_owner(self.bot, interaction.user):
+            found += [app_commands.Choice(name=name[:100], value=str(user_id))
+                      for user_id, name in await self.bot.model.people(interaction.guild_id, current)
+                      if user_id != interaction.user.id]
+        return found[:25]
+
 
 CORRECT_MENU = "Correct this answer"
 FORM_PREFIX = "trainer:correct:"

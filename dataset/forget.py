@@ -185,6 +185,21 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
     return result
 
 
+def people(space: GuildSpace, typed: str = "", limit: int = 25) -> list[tuple[int, str]]:
+    """(id, name) of people whose questions, corrections or feedback this server keeps, the most recent first,
+    whose name contains ``typed``: whom there is something to forget (a choice list for admins)."""
+    typed = typed.lower().lstrip("@")
+    found: dict[int, str] = {}
+    with space.db.tx(write=False) as tx:
+        for table in ("answers", "corrections", "feedback"):
+            for author_id, name in tx.all(f"SELECT author_id, author_name FROM {table} WHERE guild_id = ? AND "
+                                          f"author_id IS NOT NULL ORDER BY id DESC LIMIT 1000", (space.guild_id,)):
+                shown = str(name or f"user {author_id}")
+                if int(author_id) not in found and typed in shown.lower():
+                    found[int(author_id)] = shown
+    return list(found.items())[:limit]
+
+
 def preview(space: GuildSpace, user_id: int) -> ForgetResult:
     """What :func:`forget` would remove now, counted the same way, changing nothing (an empty result: nothing
     is stored from them). For the confirm dialog before it; what is added meanwhile is forgotten too."""

@@ -79,6 +79,12 @@ async def test_autocomplete_models_jobs_and_folders(harness: BotHarness) -> None
     assert [c["value"] for c in got.choices or []] == ["previous"]
     got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("admin", "cancel", "job_id", job_id=""))
     assert got.choices == []  # no job is running
+    # /forget: `me` for everyone; members by name for admins (the value is the id the command takes).
+    got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("member", "forget", "who", who=""))
+    assert [c["value"] for c in got.choices or []] == ["me"]
+    await h.send("what is the capital of nowhere?")
+    got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("admin", "forget", "who", who="memb"))
+    assert [c["value"] for c in got.choices or []] == [str(h.sandbox.state.user_named("member").id)]
     # /help, with the command names suggested.
     got = await h.sandbox.wait_for_response(await h.sandbox.autocomplete("member", "help", "command", command="tra"))
     assert [c["value"] for c in got.choices or []] == ["train"]
