@@ -125,11 +125,15 @@ async def test_correct_this_answer_menu_and_form(harness: BotHarness) -> None:
     assert "awaits review" in line.content and line.ephemeral
     [pending] = await h.bot.model.pending_corrections(h.guild_id)
     assert pending.correction == text and len(text) == 4000
-    assert not any(h.sandbox.state.notified(m.id) for m in h.sandbox.bot_messages())
+    assert not sb_notified(h)
     # The same form sent again (a replaying client): refused clearly, nothing more saved.
     again = await h.answered(await h.sandbox.submit_modal("member", resend=form, correction="twice"))
     assert "already sent this form" in again.messages[0].content
     assert len(await h.bot.model.pending_corrections(h.guild_id)) == 1
+    # /reject takes the ids and the reason as options of their own.
+    rejected = await h.slash("reject", user="admin", ids=pending.ref, reason="@everyone not an answer")
+    assert rejected.messages[0].content.startswith(f"Rejected `{pending.ref}`: never used")
+    assert "Reason kept" in rejected.messages[0].content and not sb_notified(h)
     # An admin's correction counts at once; a message that is not an answer is refused.
     await h.menu(answer.id, "Correct this answer", user="admin")
     done = await h.submit_modal(user="admin", correction="Nowhere City.")
@@ -162,3 +166,9 @@ async def test_terminal_chat_menu_modal_and_dialog(harness: BotHarness, tmp_path
                      "    [1: Confirm] [2: Cancel]", "    [1: Confirm] (disabled) [2: Cancel] (disabled)",
                      "trainer: Nothing was forgotten; everything stays as it was."):
         assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def sb_notified(h: BotHarness) -> bool:
+    """Whether any message of the bot pinged anyone."""
+    return any(h.sandbox.state.notified(m.id) for m in h.sandbox.state.messages.values()
+               if m.author.id == h.sandbox.state.bot_user.id)
