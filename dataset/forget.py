@@ -186,18 +186,18 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
 
 
 def people(space: GuildSpace, typed: str = "", limit: int = 25) -> list[tuple[int, str]]:
-    """(id, name) of people whose questions, corrections or feedback this server keeps, the most recent first,
+    """(id, name) of people whose questions, corrections or feedback this server keeps (recent askers first),
     whose name contains ``typed``: whom there is something to forget (a choice list for admins)."""
-    typed = typed.lower().lstrip("@")
-    found: dict[int, str] = {}
+    names: dict[int, str] = {}
     with space.db.tx(write=False) as tx:
         for table in ("answers", "corrections", "feedback"):
             for author_id, name in tx.all(f"SELECT author_id, author_name FROM {table} WHERE guild_id = ? AND "
                                           f"author_id IS NOT NULL ORDER BY id DESC LIMIT 1000", (space.guild_id,)):
-                shown = str(name or f"user {author_id}")
-                if int(author_id) not in found and typed in shown.lower():
-                    found[int(author_id)] = shown
-    return list(found.items())[:limit]
+                if not names.get(int(author_id)):  # a name from any table: logged answers may have none
+                    names[int(author_id)] = str(name or "")
+    typed = typed.lower().lstrip("@")
+    shown = [(i, name or f"user {i}") for i, name in names.items()]
+    return [(i, name) for i, name in shown if typed in name.lower()][:limit]
 
 
 def preview(space: GuildSpace, user_id: int) -> ForgetResult:

@@ -209,3 +209,16 @@ def test_crash_after_the_journal_finishes_on_start(offline: GuildSpace, monkeypa
     assert all(p.read_bytes() == jsonl(example(f"kept {p.stem}", 8)) for p in main.iterdir())
     with pytest.raises(NotFound):
         forget.forget(space, 7)
+
+
+def test_preview_counts_what_forget_removes_and_changes_nothing(offline: GuildSpace) -> None:
+    space = offline
+    before_files, before_rows = files(space), record_rows(space)
+    coming = forget.preview(space, 7)
+    assert files(space) == before_files and record_rows(space) == before_rows
+    assert forget.preview(space, 99).total == 0  # nothing stored from them: an empty preview
+    assert forget.people(space) == [(7, "m"), (8, "o")]
+    assert forget.people(space, "m") == [(7, "m")]
+    done = forget.forget(space, 7)
+    assert coming.counts == done.counts and coming.total == done.total
+    assert forget.people(space) == [(8, "o")]
