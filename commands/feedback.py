@@ -138,6 +138,7 @@ class Feedback(commands.Cog):
                 raise InvalidInput(f"`{discord.utils.escape_markdown(message[:40])}` is not a message id or link: "
                                    f"use Copy Message ID (or Copy Message Link) on my answer, or leave it empty.")
             text = f"{given} {text}"
+        await ctx.defer()  # finding the answer and saving the correction are database writes
         first, _, rest = text.partition(" ")
         if first.isdigit() and len(first) >= 15 and rest.strip():
             message_id, correction = int(first), rest.strip()
