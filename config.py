@@ -21,7 +21,7 @@ MODES = ("dev", "prod")
 MODEL_BACKENDS = ("local", "openai", "hf")
 HF_LAUNCHERS = ("plain", "accelerate")
 HF_DEVICES = ("auto", "cpu", "cuda")
-SPEECH_BACKENDS = ("sphinx", "openai")
+SPEECH_BACKENDS = ("whisper", "sphinx", "openai")
 TTS_BACKENDS = ("espeak", "openai", "none")
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"  # training.embedding loads it by this name
 
@@ -123,7 +123,9 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     openai_base_model: str = "gpt-4.1-mini-2025-04-14"
-    speech_backend: str = "sphinx"
+    speech_backend: str = "whisper"
+    # WHISPER_MODEL: "" (the pinned tiny.en weights), a local CTranslate2 folder, or a model id (downloads).
+    whisper_model: str = ""
     speech_language: str = "en-US"
     openai_transcribe_model: str = "gpt-4o-mini-transcribe"
     tts_backend: str = "espeak"
@@ -211,7 +213,8 @@ class Settings:
             openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
             openai_base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
             openai_base_model=env.get("OPENAI_BASE_MODEL", "").strip() or cls.openai_base_model,
-            speech_backend=_choice(env, "SPEECH_BACKEND", "sphinx", SPEECH_BACKENDS),
+            speech_backend=_choice(env, "SPEECH_BACKEND", "whisper", SPEECH_BACKENDS),
+            whisper_model=env.get("WHISPER_MODEL", "").strip(),
             speech_language=env.get("SPEECH_LANGUAGE", "").strip() or "en-US",
             openai_transcribe_model=env.get("OPENAI_TRANSCRIBE_MODEL", "").strip()
             or cls.openai_transcribe_model,

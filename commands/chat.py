@@ -120,15 +120,20 @@ class Chat(commands.Cog):
             return
         # 2. What was said: the text, or the words of a voice message / audio file.
         att = audio_attachment(message)
+        prompt: str | None
+        heard: str | None
+        live: discord.Message | None = None
         if att is not None:
-            prompt = await self.transcribe(message, att)
-            heard = prompt
+            heard_as = await self.transcribe(message, att)
+            if heard_as is None:
+                return
+            prompt, heard, live = heard_as
         else:
             prompt, heard = await self.prompt_of(message), None
         if not prompt:
             return
         # 3. Answer, reply, record (and the voice cog speaks the answer when it is in a call).
-        await self.reply_to(message, prompt, heard=heard)
+        await self.reply_to(message, prompt, heard=heard, into=live)
 
     async def asked_answer(self, message: discord.Message) -> Answer | None:
         """The logged answer ``message`` corrects when it replies to my ask for the right answer (sent after
@@ -152,8 +157,13 @@ class Chat(commands.Cog):
             prompt = re.sub(rf"\s*<@!?{self.bot.user.id}>[,:]?", "", prompt)
         return prompt.strip() or None
 
-    async def transcribe(self, message: discord.Message, att: discord.Attachment) -> str | None:
-        """The words of an audio attachment, or None after telling the author why there are none."""
+    async def transcribe(self, message: discord.Message, att: discord.Attachment
+                         ) -> tuple[str, str, discord.Message | None] | None:
+        """The words of an audio attachment (for the model, for people, and the message that shows them as
+        they were heard, if a long one did), or None after telling the author why there are none.
+
+        A long voice message is recognised in pieces: one reply shows the transcript as it grows, edited in
+        place as each next piece is done, and later becomes the answer."""
         limit = self.bot.settings.audio_max_bytes
         if att.size > limit:
             await message.reply(f"That audio file is {att.size / 1e6:.1f} MB; I take up to {limit / 1e6:.1f} MB.",
@@ -168,27 +178,50 @@ class Chat(commands.Cog):
             # An OpenAI transcription is a paid call: counted against the author's daily budget first.
             await charge(self.bot, guild, message.author, "transcription")
 
+        live: discord.Message | None = None
+
+        async def show(text: str, done: int, total: int) -> None:
+            nonlocal live
+            content = live_transcript(text, done, total)
+            if live is None:
+                live = await message.reply(content, mention_author=False)
+            else:
+                await live.edit(content=content)
+
+        async def say(line: str) -> None:
+            # A live transcript already showing becomes the line, so one reply holds what happened.
+            if live is not None:
+                try:
+                    await live.edit(content=line)
+                    return
+                except discord.HTTPException:
+                    pass
+            await message.reply(line, mention_author=False)
+
         try:
             async with message.channel.typing():
                 data = await att.read()
-                transcript = await self.bot.transcriber.transcribe(data, att.filename, before_paid=before_paid)
+                transcript = await self.bot.transcriber.transcribe(data, att.filename, before_paid=before_paid,
+                                                                   on_progress=show)
         except (Busy, OverBudget) as exc:
-            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
+            await say(user_line(exc, self.bot.settings.prefix))
         except TrainerError as exc:
-            await message.reply(f"I couldn't use that audio: {exc}", mention_author=False)
+            await say(f"I couldn't use that audio: {exc}")
         except discord.HTTPException as exc:
             log.warning("could not download attachment %s: %s", att.id, exc)
-            await message.reply("I couldn't download that audio file; please send it again.", mention_author=False)
+            await say("I couldn't download that audio file; please send it again.")
         except Exception as exc:
             error_id = report_unexpected(f"transcribing {att.filename}", exc)
-            await message.reply(f"Something went wrong with that audio (error id `{error_id}`).",
-                                mention_author=False)
+            await say(f"Something went wrong with that audio (error id `{error_id}`).")
         else:
-            return transcript.text
+            return transcript.text, transcript.shown, live
         return None
 
-    async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None) -> list[discord.Message]:
-        """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``."""
+    async def reply_to(self, message: discord.Message, prompt: str, *, heard: str | None = None,
+                       into: discord.Message | None = None) -> list[discord.Message]:
+        """Answer ``prompt`` as a reply to ``message`` and record the turn for ``!correct``.
+
+        ``into``: my reply already showing the live transcript; it is edited into the answer's first part."""
         guild = await self.guild_for(message)
         if guild is None:
             return [await message.reply(NO_SHARED_GUILD, mention_author=False)]
@@ -198,11 +231,11 @@ class Chat(commands.Cog):
                 await charge(self.bot, guild, message.author, "chat")  # OverBudget: its line, and no call
                 reply = await self.bot.model.reply(guild.id, prompt, list(turns))
         except TrainerError as exc:
-            return [await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)]
+            return [await self._first(message, into, user_line(exc, self.bot.settings.prefix))]
         except Exception as exc:
             error_id = report_unexpected(f"answering message {message.id}", exc)
-            return [await message.reply(f"I couldn't answer that (error id `{error_id}`); it has been logged.",
-                                        mention_author=False)]
+            return [await self._first(message, into,
+                                      f"I couldn't answer that (error id `{error_id}`); it has been logged.")]
         answer = reply.text
         sent: list[discord.Message] = []
         # "Did you mean": a button per question; the asker's click answers it (commands/offers.py; looked up by
@@ -214,10 +247,12 @@ class Chat(commands.Cog):
             if offered is not None:
                 sent.append(offered)
                 answer = reply.offer_text  # what was shown is what the log keeps
+                if into is not None:  # the live transcript stops saying it is still transcribing
+                    await self._first(message, into, f"> {heard}"[:2000])
         text = f"> {heard}\n{answer}" if heard else answer
         for i, chunk in enumerate([] if sent else (split_message(text) or ["…"])):
             if i == 0:
-                sent.append(await message.reply(chunk, mention_author=False))
+                sent.append(await self._first(message, into, chunk))
             else:
                 sent.append(await message.channel.send(chunk))
         turns.extend((("user", prompt), ("assistant", answer)))
@@ -232,6 +267,23 @@ class Chat(commands.Cog):
             sent.append(await message.channel.send(
                 f"(I couldn't save this answer to my log, so `{self.bot.settings.prefix}correct` won't find it.)"))
         return sent
+
+    async def _first(self, message: discord.Message, into: discord.Message | None, content: str) -> discord.Message:
+        """The first part of my reply: the live-transcript message edited, or a new reply."""
+        if into is not None:
+            try:
+                return await into.edit(content=content)
+            except discord.HTTPException as exc:  # deleted meanwhile: answer in a new reply
+                log.info("could not edit the live transcript %s: %s", into.id, exc)
+        return await message.reply(content, mention_author=False)
+
+
+def live_transcript(text: str, done: int, total: int) -> str:
+    """My reply while a long voice message is being transcribed: the words so far and how far along."""
+    status = f"-# transcribing… {done} of {total} parts done"
+    room = 2000 - len(status) - 4
+    shown = text if len(text) <= room else "…" + text[len(text) - room + 1:]
+    return f"> {shown}\n{status}" if shown else f"> …\n{status}"
 
 
 async def setup(bot: TrainerBot) -> None:

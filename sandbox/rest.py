@@ -332,6 +332,7 @@ class Rest:
         """Apply a checked edit to ``msg`` as Discord does (MESSAGE_UPDATE unless it is ephemeral)."""
         allowed = payload.get("allowed_mentions")
         if "content" in payload:
+            msg.earlier.append(msg.content)
             msg.content = payload["content"] or ""
         if "embeds" in payload:
             msg.embeds = payload["embeds"] or []

@@ -210,6 +210,8 @@ class Message:
     edited: float | None = None
     deleted: bool = False
     edits: int = 0
+    # Each earlier content, oldest first, as edits replaced it (what a person watching the channel saw).
+    earlier: list[str] = field(default_factory=list)
     # Mentions as Discord resolved them for the current content (allowed_mentions applied):
     mentions: list[int] = field(default_factory=list)  # user ids, in order of appearance
     mention_roles: list[int] = field(default_factory=list)

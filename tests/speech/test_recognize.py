@@ -39,7 +39,7 @@ from tests.fakes.audio_samples import OGG_WER_BOUND, SUBSET, SUBSET_WER_BOUND, c
 
 @pytest.fixture(scope="module")
 def pipeline(worker_tmpdir: Path) -> Iterator[Transcriber]:
-    pipe = Transcriber(Settings(audio_workers=2, audio_queue=16, audio_max_seconds=20.0))
+    pipe = Transcriber(Settings(speech_backend="sphinx", audio_workers=2, audio_queue=16, audio_max_seconds=20.0))
     yield pipe
     asyncio.run(pipe.close())
 
@@ -124,7 +124,7 @@ async def test_loop_is_not_blocked_while_recognising(pipeline: Transcriber, tmp_
 
 @pytest.mark.asyncio
 async def test_full_queue_says_busy_at_once(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
-    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(speech_backend="sphinx", audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
         assert await pipe.warm_up() == 1
@@ -148,7 +148,7 @@ async def test_full_queue_says_busy_at_once(worker_tmpdir: Path, corpus: dict[st
 
 @pytest.mark.asyncio
 async def test_slot_is_freed_when_the_caller_gives_up(worker_tmpdir: Path, corpus: dict[str, list[Path]]) -> None:
-    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(speech_backend="sphinx", audio_workers=1, audio_queue=1))
     data = corpus["ogg"][0].read_bytes()
     try:
         task = asyncio.create_task(pipe.transcribe(data, "v.ogg"))
@@ -166,7 +166,7 @@ async def test_slot_is_freed_when_the_caller_gives_up(worker_tmpdir: Path, corpu
 
 def test_unknown_language_names_the_setting() -> None:
     with pytest.raises(BackendError, match="SPEECH_LANGUAGE='fr-FR'"):
-        Transcriber(Settings(speech_language="fr-FR"))
+        Transcriber(Settings(speech_backend="sphinx", speech_language="fr-FR"))
     with pytest.raises(BackendError, match="SPEECH_LANGUAGE"):
         SphinxRecognizer("xx")
 
@@ -293,7 +293,7 @@ async def test_a_killed_worker_is_one_clear_error_and_the_pool_recovers(
 ) -> None:
     import signal
 
-    pipe = Transcriber(Settings(audio_workers=1, audio_queue=1))
+    pipe = Transcriber(Settings(speech_backend="sphinx", audio_workers=1, audio_queue=1))
     # ~28 s of speech: about 7 s of recognition, so the kill surely lands mid-job
     clip = samples.speak(" ".join(samples.SENTENCES * 2), tmp_path, "ogg", name="twelve")
     try:
@@ -332,7 +332,7 @@ def test_workers_leave_with_a_killed_bot(tmp_path: Path) -> None:
         "from config import Settings\n"
         "from speech.recognize import Transcriber\n"
         "async def main():\n"
-        "    p = Transcriber(Settings())\n"
+        "    p = Transcriber(Settings(speech_backend='sphinx'))\n"
         "    await p.warm_up()\n"
         "    print(' '.join(str(pid) for pid in p._executor._processes), flush=True)\n"
         "    time.sleep(60)\n"
