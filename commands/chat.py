@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from commands._shared import charge, report_unexpected, split_message, user_line
+from commands._shared import charge, no_pings, report_unexpected, split_message, user_line
 from dataset.corrections import Answer
 from errors import Busy, NotSaved, OverBudget, TrainerError
 from speech.audio import is_audio
@@ -182,7 +182,7 @@ class Chat(commands.Cog):
 
         async def show(text: str, done: int, total: int) -> None:
             nonlocal live
-            content = live_transcript(text, done, total)
+            content = no_pings(live_transcript(text, done, total))
             if live is None:
                 live = await message.reply(content, mention_author=False)
             else:
@@ -192,11 +192,11 @@ class Chat(commands.Cog):
             # A live transcript already showing becomes the line, so one reply holds what happened.
             if live is not None:
                 try:
-                    await live.edit(content=line)
+                    await live.edit(content=no_pings(line))
                     return
                 except discord.HTTPException:
                     pass
-            await message.reply(line, mention_author=False)
+            await message.reply(no_pings(line), mention_author=False)
 
         try:
             async with message.channel.typing():
@@ -243,14 +243,14 @@ class Chat(commands.Cog):
         send_offer = getattr(self.bot.get_cog("Offers"), "send_offer", None)
         if reply.offers and send_offer is not None:
             text = f"> {heard}\n{reply.offer_text}" if heard else reply.offer_text
-            offered = await send_offer(message, guild, prompt, text[:2000], reply.offers)
+            offered = await send_offer(message, guild, prompt, no_pings(text)[:2000], reply.offers)
             if offered is not None:
                 sent.append(offered)
                 answer = reply.offer_text  # what was shown is what the log keeps
                 if into is not None:  # the live transcript stops saying it is still transcribing
                     await self._first(message, into, f"> {heard}"[:2000])
         text = f"> {heard}\n{answer}" if heard else answer
-        for i, chunk in enumerate([] if sent else (split_message(text) or ["…"])):
+        for i, chunk in enumerate([] if sent else (split_message(no_pings(text)) or ["…"])):
             if i == 0:
                 sent.append(await self._first(message, into, chunk))
             else:
@@ -270,6 +270,7 @@ class Chat(commands.Cog):
 
     async def _first(self, message: discord.Message, into: discord.Message | None, content: str) -> discord.Message:
         """The first part of my reply: the live-transcript message edited, or a new reply."""
+        content = no_pings(content)
         if into is not None:
             try:
                 return await into.edit(content=content)

@@ -10,7 +10,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from commands._shared import TrainerContext, is_admin_or_owner, split_flags, trainer_admin
+from commands._dialogs import confirm
+from commands._shared import TrainerContext, is_admin_or_owner, page_number, split_flags, trainer_admin
+from dataset.sources import Source
 from storage import fmt_bytes
 
 if TYPE_CHECKING:
@@ -74,6 +76,47 @@ class Data(commands.Cog):
             await ctx.send(text + f" It is over this server's upload limit ({fmt_bytes(ctx.upload_limit)}); "
                            f"fetch it from the server's data folder.")
 
+    @commands.hybrid_group(invoke_without_command=True, fallback="list", usage="[page] | remove <id>")
+    @commands.guild_only()
+    @app_commands.guild_only()
+    @trainer_admin()
+    @app_commands.describe(page="Which page of the list (1 is the newest)")
+    async def uploads(self, ctx: TrainerContext, page: str = "") -> None:
+        """List what the dataset was given (uploads, examples, paths), with ids: `uploads remove ID` takes one back."""
+        number = page_number(page)
+        await ctx.defer()
+        found = await ctx.model.list_uploads(ctx.guild_id)
+        if not found:
+            await ctx.send(f"The dataset `{await ctx.model.dataset_name(ctx.guild_id)}` has no examples yet. "
+                           f"`{ctx.clean_prefix}train` with a file or examples adds some.")
+            return
+        p = ctx.clean_prefix
+        total = sum(s.examples for s in found)
+        header = (f"**{len(found):,} source(s), {total:,} examples** in the dataset "
+                  f"`{await ctx.model.dataset_name(ctx.guild_id)}`, newest first — `{p}uploads remove ID` takes "
+                  f"one back:")
+        await ctx.send_page(header, [_source_line(s) for s in found], number, more=f"{p}uploads {{}}")
+
+    @uploads.command(name="remove", usage="<id>")
+    @commands.guild_only()
+    @trainer_admin()
+    @app_commands.describe(source_id="The source's id, from the list")
+    async def uploads_remove(self, ctx: TrainerContext, source_id: str) -> None:
+        """Take a source out of the dataset: its examples, and the stored file of an upload (asks first)."""
+        await ctx.defer()
+        found = await ctx.model.upload_removal_preview(ctx.guild_id, source_id)  # a bad id: its line, no dialog
+        if not await confirm(ctx, f"Remove {_source_line(found)} from the dataset? Its examples go"
+                                  f"{' with the stored file' if found.upload else ''}; the next training is without "
+                                  f"them."):
+            await ctx.send("Nothing was removed.")
+            return
+        async with ctx.typing():
+            gone = await ctx.model.remove_upload(ctx.guild_id, source_id)
+        stored = " and its stored file" if gone.upload else ""
+        await ctx.send(f"Removed `{gone.id}` ({gone.what}): {gone.examples:,} example"
+                       f"{'s' * (gone.examples != 1)}{stored}. The next `{ctx.clean_prefix}train` trains without "
+                       f"them; the current model keeps them until then.")
+
     @commands.hybrid_command(usage="<path>")
     @commands.guild_only()
     @app_commands.guild_only()
@@ -105,6 +148,13 @@ async def _paths(bot: TrainerBot, interaction: discord.Interaction, current: str
         return []
     found = await bot.model.suggest_paths(interaction.guild_id, current, folders_only=folders_only)
     return [app_commands.Choice(name=p[:100], value=p[:100]) for p in found]
+
+
+def _source_line(s: Source) -> str:
+    """One source of !uploads: id, what, how many examples, who and when."""
+    who = discord.utils.escape_markdown(s.added_by or "?")[:80]
+    when = f", {s.added_at[:16].replace('T', ' ')} UTC" if s.added_at else ""
+    return f"`{s.id}` {s.what} — {s.examples:,} example{'s' * (s.examples != 1)}, by {who}{when}"
 
 
 async def setup(bot: TrainerBot) -> None:

@@ -16,14 +16,19 @@ from discord.ext import commands
 from commands._dialogs import confirm
 from commands._shared import (
     TrainerContext,
+    admin_member,
     is_admin,
     is_admin_or_owner,
+    listed,
+    no_pings,
+    page_number,
     quote,
     report_unexpected,
     trainer_admin,
     user_line,
 )
 from dataset.corrections import Answer, Correction, Pick, RepliedTo
+from dataset.forget import ForgetNotice, ForgetResult
 from errors import InvalidInput, NotFound, TrainerError
 
 if TYPE_CHECKING:
@@ -107,12 +112,15 @@ class Feedback(commands.Cog):
         if answer is None:  # forgotten meanwhile
             raise NotFound("That answer is no longer in my records; nothing was saved.")
         admin = await is_admin_or_owner(self.bot, interaction.user)
+        asker = (interaction.guild.get_member(answer.author_id)
+                 if interaction.guild is not None and answer.author_id is not None else None)
+        asked_by_admin = answer.author_id == interaction.user.id or (asker is not None and admin_member(self.bot, asker))
         record = await self.bot.model.correct(
             form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
-            channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin)
+            channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin,
+            question_trusted=admin and asked_by_admin)
         self.submitted[nonce] = (record.ref, time.monotonic())
-        await self._tell(interaction, self._saved_text(record, "/",
-                                                       trained=self._trained_on(admin, answer, interaction.user.id)))
+        await self._tell(interaction, self._saved_text(record, "/"))
 
     @staticmethod
     async def _tell(interaction: discord.Interaction, text: str) -> None:
@@ -181,18 +189,15 @@ class Feedback(commands.Cog):
         admin = await is_admin(ctx)
         record = await ctx.model.correct(ctx.guild_id, answer, correction, author_id=ctx.author.id,
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
-                                         source_message_id=ctx.message.id, trusted=admin)
+                                         source_message_id=ctx.message.id, trusted=admin,
+                                         question_trusted=admin and self._asked_by_admin(ctx, answer))
         # A reply to an ask has no prefix of its own.
-        await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix,
-                                        trained=self._trained_on(admin, answer, ctx.author.id)))
+        await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix))
 
-    def _trained_on(self, admin: bool, answer: Answer, author_id: int) -> bool:
-        """Whether a correction becomes training data: always with TRAIN_FROM_CHAT=on; otherwise only an
-        admin's correction of their own question (nothing in it came from a member's chat)."""
-        return self.bot.settings.train_from_chat or (admin and answer.author_id == author_id)
-
-    def _saved_text(self, record: Correction, p: str, *, trained: bool) -> str:
-        """What the author of a correction is told once it is saved (the same for every way of correcting)."""
+    def _saved_text(self, record: Correction, p: str) -> str:
+        """What the author of a correction is told once it is saved (the same for every way of correcting).
+        With TRAIN_FROM_CHAT=off only a trusted one (an admin's, of an admin's question) is training data."""
+        trained = self.bot.settings.train_from_chat or record.trusted
         if not record.approved:
             return (f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
                     f"(`{p}review`) before I use it.")
@@ -204,6 +209,14 @@ class Feedback(commands.Cog):
             return f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained."
         return (f"Thanks — correction `{record.ref}` saved and kept for review and export; it is not training data "
                 f"here (this server trains on admins' data only: TRAIN_FROM_CHAT is off).")
+
+    def _asked_by_admin(self, ctx: TrainerContext, answer: Answer) -> bool:
+        """Whether an admin wrote the question ``answer`` answers (the corrector, or a member with admin rights
+        now): only then is it published as written in answers and offers."""
+        if answer.author_id is None or answer.author_id == ctx.author.id:
+            return answer.author_id is not None
+        member = ctx.guild.get_member(answer.author_id) if ctx.guild is not None else None
+        return member is not None and admin_member(self.bot, member)
 
     @staticmethod
     async def _fetch(ctx: TrainerContext, message_id: int) -> discord.Message | None:
@@ -277,7 +290,7 @@ class Feedback(commands.Cog):
                 f"answer and it becomes a correction{review}.")
         try:
             ask = await channel.get_partial_message(payload.message_id).reply(
-                text, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
+                no_pings(text), mention_author=False, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
             log.warning("could not ask for the right answer to %s: %s", payload.message_id, exc)
             return
@@ -297,16 +310,19 @@ class Feedback(commands.Cog):
         try:
             await self._save(ctx, answer, message.content)
         except TrainerError as exc:
-            await message.reply(user_line(exc, self.bot.settings.prefix), mention_author=False)
+            await message.reply(no_pings(user_line(exc, self.bot.settings.prefix)), mention_author=False)
 
     # ------------------------------------------------------------ the review queue
 
-    @commands.hybrid_command()
+    @commands.hybrid_command(usage="[page]")
     @commands.guild_only()
     @app_commands.guild_only()
     @trainer_admin()
-    async def review(self, ctx: TrainerContext) -> None:
-        """★ List members' corrections and paraphrases (picks on my offers) waiting for review, with their ids."""
+    @app_commands.describe(page="Which page of the list (1 is the oldest)")
+    async def review(self, ctx: TrainerContext, page: str = "") -> None:
+        """★ List members' corrections and paraphrases (picks on my offers) waiting for review, whole and exactly
+        as they will be published."""
+        number = page_number(page)
         await ctx.defer()
         pending: list[Correction | Pick] = [*await ctx.model.pending_corrections(ctx.guild_id),
                                             *await ctx.model.pending_picks(ctx.guild_id)]
@@ -318,20 +334,10 @@ class Feedback(commands.Cog):
         n_picks = sum(isinstance(r, Pick) for r in pending)
         what = f"{len(pending) - n_picks} correction(s)" if not n_picks else (
             f"{len(pending) - n_picks} correction(s) and {n_picks} paraphrase(s)")
-        lines = [f"**{what} waiting for review** — `{p}approve ID…` or `{p}reject ID… [reason]`:"]
-        for c in pending[:REVIEW_SHOWN]:
-            who = quote(c.author_name or c.author_id or "someone", 80)
-            when = c.time[:16].replace("T", " ")
-            if isinstance(c, Pick):
-                lines.append(f"`{c.ref}` paraphrase by {who} ({when} UTC): asked\n> {quote(c.prompt)}\n"
-                             f"and chose “{quote(c.question)}” (answer: {quote(c.answer, 120)})")
-            else:
-                lines.append(f"`{c.ref}` by {who} ({when} UTC)\n"
-                             f"> Q: {_quote(c.prompt)}\n> was: {_quote(c.answer)}\n"
-                             f"> now: {_quote(c.correction)}")
-        if len(pending) > REVIEW_SHOWN:
-            lines.append(f"…and {len(pending) - REVIEW_SHOWN} more (the oldest are shown first).")
-        await ctx.send_long("\n".join(lines))
+        header = (f"**{what} waiting for review** — `{p}approve ID…` or `{p}reject ID… [reason]`. Each is shown "
+                  f"as answers will show it:")
+        await ctx.send_page(header, [_pick_block(c) if isinstance(c, Pick) else _review_block(c) for c in pending],
+                            number, more=f"{p}review {{}}")
 
     @commands.hybrid_command(usage="<id...>")
     @commands.guild_only()
@@ -343,9 +349,10 @@ class Feedback(commands.Cog):
         training."""
         done = await ctx.model.review(ctx.guild_id, ids.split(), approve=True, by_id=ctx.author.id,
                                       by_name=str(ctx.author))
-        shown = ", ".join(f"`{c.ref}`" for c in done)
+        shown = listed([f"`{c.ref}`" for c in done])
         when = "now and in" if ctx.model.backend.applies_corrections_now else "in"
-        await ctx.send(f"Approved {shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
+        what = f"{len(done):,} corrections: " if len(done) > 1 else ""
+        await ctx.send(f"Approved {what}{shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
                        f"the next training.")
 
     @commands.hybrid_command(usage="<id...> [reason]")
@@ -370,9 +377,10 @@ class Feedback(commands.Cog):
                                f"(`{ctx.clean_prefix}review` lists them). Nothing was changed.")
         done = await ctx.model.review(ctx.guild_id, ids, approve=False, by_id=ctx.author.id,
                                       by_name=str(ctx.author), reason=reason)
-        shown = ", ".join(f"`{c.ref}`" for c in done)
+        shown = listed([f"`{c.ref}`" for c in done])
+        what = f"{len(done):,} corrections: " if len(done) > 1 else ""
         note = f" Reason kept: {_quote(reason)}" if reason else ""
-        await ctx.send(f"Rejected {shown}: never used for answers or training.{note}")
+        await ctx.send(f"Rejected {what}{shown}: never used for answers or training.{note}")
 
 
     # ------------------------------------------------------------ forget-me
@@ -410,22 +418,74 @@ class Feedback(commands.Cog):
                 await ctx.send("Nothing was forgotten; everything stays as it was.")
                 return
         try:
-            result = await ctx.model.forget_user(ctx.guild_id, user_id)
+            result = await ctx.model.forget_user(ctx.guild_id, user_id, channel_id=ctx.channel.id,
+                                                 requester_id=ctx.author.id, user_name=name)
         except NotFound:
             await ctx.send(f"I have nothing stored from {shown} in this server; nothing was changed.")
             return
-        counts = ", ".join(f"{n:,} {kind}" for kind, n in result.counts.items())
-        lines = [f"Forgot everything {shown} gave in this server: {counts}."]
-        current = await ctx.model.current_model(ctx.guild_id)
-        if current:
-            lines.append(f"The current model (`{current}`) still contains their data until the next training: "
-                         f"an admin can run `{p}train` now to retrain without it.")
-        if result.archives:
-            listed = ", ".join(f"`{a}`" for a in result.archives[:10])
-            more = f" and {len(result.archives) - 10} more" if len(result.archives) > 10 else ""
-            lines.append(f"Archives made before keep their contents: {listed}{more}. An admin can delete them "
-                         f"from the server's data folder.")
+        lines = [f"Forgot everything {shown} gave in this server: {_counts(result.counts)}."]
+        lines += await self._after_forget(ctx.guild_id, p, result)
         await ctx.send_long("\n".join(lines))
+        await ctx.model.forget_told(result.journal_id)
+
+    async def _after_forget(self, guild_id: int, p: str, result: ForgetResult) -> list[str]:
+        """What a forget leaves, truthfully: the models trained before, and the archives and exports made before."""
+        model = self.bot.model
+        kept = result.archives
+        lines = []
+        if model.backend.applies_corrections_now and any("correction" in kind for kind in result.counts):
+            lines.append("Their corrections no longer change my answers.")
+        current = await model.current_model(guild_id)
+        if current:
+            lines.append(f"Models trained before now learnt from their words and keep them: `{current}` answers "
+                         f"with them until an admin trains a new model without them (`{p}train`) and it goes live "
+                         f"(if it was trained on far fewer examples, the evaluation gate holds it back until an "
+                         f"admin switches to it with `{p}model NAME`); older models `{p}model` can switch back to "
+                         f"keep them too.")
+        if kept:
+            lines.append(f"Archives and exports made before keep their contents: {listed([f'`{a}`' for a in kept])}. "
+                         f"An admin can delete them from the server's data folder.")
+        return lines
+
+    # ------------------------------------------------------------ a forget the bot stopped in
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """After a restart, tell whoever asked for a forget the bot stopped in how it ended, in their channel."""
+        for notice in await self.bot.model.forget_notices({g.id for g in self.bot.guilds}):
+            channel = self.bot.get_channel(notice.channel_id)
+            if not isinstance(channel, discord.abc.Messageable):
+                log.warning("guild %s: channel %s of an interrupted forget is gone; nobody to tell",
+                            notice.guild_id, notice.channel_id)
+                await self.bot.model.forget_told(notice.journal_id)
+                continue
+            try:
+                await channel.send(**self._notice(notice))
+            except discord.HTTPException as exc:
+                log.warning("guild %s: could not tell about an interrupted forget: %s", notice.guild_id, exc)
+                continue  # told at the next start
+            await self.bot.model.forget_told(notice.journal_id)
+
+    def _notice(self, notice: ForgetNotice) -> dict[str, Any]:
+        """The message about a forget the bot stopped in (pinging only the person who asked)."""
+        p = self.bot.settings.prefix
+        who = "you" if notice.user_id == notice.requester_id else no_pings(discord.utils.escape_markdown(
+            notice.user_name or f"user {notice.user_id}"))
+        to = f"<@{notice.requester_id}> " if notice.requester_id else ""
+        if not notice.finished:
+            text = (f"{to}I was restarted in the middle of the `{p}forget` you asked for, before anything was "
+                    f"removed: nothing of what {who} gave was forgotten. Ask again with `{p}forget`.")
+        else:
+            gave = "you gave" if who == "you" else f"{who} gave"
+            text = (f"{to}I was restarted while forgetting what {gave}; that is done now. Forgot: "
+                    f"{_counts(notice.counts)}.")
+            if notice.kept:
+                text += (f"\nArchives and exports made before keep their contents: "
+                         f"{listed([f'`{a}`' for a in notice.kept])}. An admin can delete them from the server's "
+                         f"data folder.")
+            text += f"\nModels trained before keep what they learnt until an admin trains a new one (`{p}train`)."
+        users = [discord.Object(notice.requester_id)] if notice.requester_id else []
+        return {"content": text[:2000], "allowed_mentions": discord.AllowedMentions(users=users)}
 
     @forget.autocomplete("who")
     async def _whom(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -442,7 +502,33 @@ CORRECT_MENU = "Correct this answer"
 FORM_PREFIX = "trainer:correct:"
 FORM_SECONDS = 15 * 60.0  # a form open longer than an interaction token lives is expired
 FORGET_WITHOUT_ASKING = 3  # a !forget that removes more than this many items asks to confirm first
-REVIEW_SHOWN = 15  # corrections listed by one !review; the rest are counted
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """"3 corrections, 1 feedback": what a forget removed."""
+    return ", ".join(f"{n:,} {kind}" for kind, n in counts.items()) or "nothing"
+
+
+def _review_block(c: Correction) -> str:
+    """One pending correction for !review: its question and text whole, as answers and offers will publish them
+    (a member's markdown and masked links neutralised), quoted so nothing in them can end the quote."""
+    who = discord.utils.escape_markdown(str(c.author_name or c.author_id or "someone"))
+    return "\n".join([f"`{c.ref}` by {who} ({c.time[:16].replace('T', ' ')} UTC)",
+                      _quoted("Q", c.published_prompt), _quoted("was", c.answer),
+                      _quoted("now", c.published_correction)])
+
+
+def _pick_block(c: Pick) -> str:
+    """One pending paraphrase (a member's pick on an offer) for !review."""
+    who = quote(c.author_name or c.author_id or "someone", 80)
+    return (f"`{c.ref}` paraphrase by {who} ({c.time[:16].replace('T', ' ')} UTC): asked\n> {quote(c.prompt)}\n"
+            f"and chose “{quote(c.question)}” (answer: {quote(c.answer, 120)})")
+
+
+def _quoted(label: str, text: str) -> str:
+    """``> label: text``, every further line of ``text`` quoted too."""
+    first, *rest = (text.strip() or "(empty)").split("\n")
+    return "\n".join([f"> {label}: {first}", *(f"> {line}" for line in rest)])
 
 
 @dataclass

@@ -18,6 +18,8 @@ from commands._shared import (
     TrainerContext,
     is_admin_or_owner,
     is_trainer_admin,
+    listed,
+    no_pings,
     split_flags,
     take_option,
     trainer_admin,
@@ -29,7 +31,7 @@ from errors import BackendError, InvalidInput, NotFound, TrainerError
 from storage import fmt_bytes
 from training.backend import TERMINAL, Estimate, Job
 from training.lifecycle import WatchedElsewhere
-from training.status import score_text
+from training.status import held_back_reason, score_text
 
 if TYPE_CHECKING:
     from bot import TrainerBot
@@ -288,14 +290,14 @@ class Training(commands.Cog):
         message_id = job.status_message_id
         try:
             if message_id:
-                await channel.get_partial_message(message_id).edit(content=text)
+                await channel.get_partial_message(message_id).edit(content=no_pings(text))
                 return
         except discord.NotFound:
             log.info("status message of job %s is gone; posting a new one", job.id)
         except discord.HTTPException as exc:
             log.warning("could not edit the status of job %s: %s", job.id, exc)
             return
-        msg = await channel.send(text)
+        msg = await channel.send(no_pings(text))
         await self.model.set_status_message(guild_id, job.id, msg.id)
 
     async def _announce(self, guild_id: int, job: Job) -> None:
@@ -308,26 +310,29 @@ class Training(commands.Cog):
             if job.candidate and job.evaluation is not None:
                 ev = job.evaluation
                 scored = ev.eval_set
-                text = (f"Training job `{job.id}` succeeded, but `{job.model}` scored worse than "
-                        f"`{ev.old_model}` on this server's evaluation set ({score_text(scored, 'new')} vs "
-                        f"{score_text(scored, 'old')}; the margin is {round(100 * ev.margin)} points), so I "
-                        f"still answer with `{ev.old_model}`. It is kept as a candidate: "
-                        f"`{self.bot.settings.prefix}model {job.model}` switches to it anyway.")
+                if ev.reason is None or ev.reason.startswith("it scored"):
+                    why = (f"`{job.model}` scored worse than `{ev.old_model}` on this server's evaluation set "
+                           f"({score_text(scored, 'new')} vs {score_text(scored, 'old')}; the margin is "
+                           f"{round(100 * ev.margin)} points), so I")
+                else:
+                    why = f"I held `{job.model}` back: {ev.reason}. I"
+                text = (f"Training job `{job.id}` succeeded, but {why} still answer with `{ev.old_model}`. It is "
+                        f"kept as a candidate: `{self.bot.settings.prefix}model {job.model}` switches to it anyway.")
             if job.note:  # e.g. Azure: the model needs a deployment first
                 text += f" {job.note}"
             if png:
                 file = discord.File(io.BytesIO(png), filename=f"loss-{job.id}.png")
-                await channel.send(text + " Loss curve attached.", file=file)
+                await channel.send(no_pings(text + " Loss curve attached."), file=file)
             else:
                 # A candidate's line is about the switch it did not make; the loss note would bury it.
-                await channel.send(text if job.candidate else text + " " + self.model.no_loss_reason(job))
+                await channel.send(no_pings(text if job.candidate else text + " " + self.model.no_loss_reason(job)))
         elif job.status == "cancelled":
             who = f" by {job.cancelled_by}" if job.cancelled_by else " outside the bot"
             reason = f": {job.error}" if job.error else "."
-            await channel.send(f"Training job `{job.id}` was cancelled{who}{reason}"[:2000])
+            await channel.send(no_pings(f"Training job `{job.id}` was cancelled{who}{reason}")[:2000])
         else:
             reason = job.error or "the backend gave no reason"
-            await channel.send(f"Training job `{job.id}` {job.status}: {reason}"[:2000])
+            await channel.send(no_pings(f"Training job `{job.id}` {job.status}: {reason}")[:2000])
 
     # ----------------------------------------------------------------- jobs and models
     @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
@@ -339,12 +344,16 @@ class Training(commands.Cog):
         if not found:
             await ctx.send(f"No training jobs yet. An admin can start one with `{ctx.clean_prefix}train`.")
             return
+        current = await ctx.model.current_model(ctx.guild_id)
         lines = ["**Recent training jobs**"]
         for job in found:
             when = discord.utils.format_dt(datetime.fromtimestamp(job.created_at or 0, UTC), "R")
             model = f" → `{job.model}`" if job.model else ""
-            lines.append(f"`{job.id}` {job.status} {when} by {job.started_by or '?'}{model}")
-        await ctx.send("\n".join(lines)[:2000])
+            if job.candidate and job.model != current and job.evaluation is not None:
+                model += f" — **held back**: {held_back_reason(job.evaluation)}"
+            who = discord.utils.escape_markdown(job.started_by or "?")[:100]
+            lines.append(f"`{job.id}` {job.status} {when} by {who}{model}")
+        await ctx.send_long("\n".join(lines))
 
     @commands.hybrid_command(usage="<job_id>")
     @app_commands.guild_only()
@@ -389,9 +398,12 @@ class Training(commands.Cog):
                                f"An admin can train one with `{ctx.clean_prefix}train`.{how}"
                                + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), ""))
                 return
-            others = ", ".join(f"`{m}`" for m in known[-6:] if m != current)
+            others = listed([f"`{m}`" for m in reversed(known) if m != current], limit=300)
+            held = {m: why for m, why in (await ctx.model.held_back(ctx.guild_id)).items() if m != current}
+            held_lines = "".join(f"\nHeld back by the evaluation gate: `{m}` ({why}); `{ctx.clean_prefix}model {m}` "
+                                 f"switches to it." for m, why in list(held.items())[:3])
             await ctx.send(f"Current model: `{current}` ({self.model.backend.name} backend)."
-                           + (f" Others: {others}." if others else "") + how
+                           + (f" Others, newest first: {others}." if others else "") + held_lines + how
                            + _reactions_line(await ctx.model.reaction_counts(ctx.guild_id), current))
             return
         await is_trainer_admin(ctx)

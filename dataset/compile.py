@@ -52,7 +52,7 @@ LEFT_OUT_FROM_CHAT = "left_out_from_chat"  # the Issue code that says what TRAIN
 def from_chat(correction: records.Correction) -> bool:
     """Whether a correction is chat-derived in the sense of Discord's Developer Policy: written by a member, or
     about a member's question. Only an admin's correction of an admin's question (``trusted``) is not."""
-    return not getattr(correction, "trusted", False)
+    return not correction.trusted
 
 
 def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI",

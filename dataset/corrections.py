@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NotRequired, TypedDict
 
+from dataset.markdown import published
 from errors import InvalidInput
 from records.db import Row, Tx
 from storage import GuildSpace, utc_now
@@ -91,10 +92,21 @@ class Correction:
     time: str = ""
     reviewed_by: str | None = None
     review_reason: str = ""
+    trusted: bool = False  # an admin wrote it (the question too): published as written
 
     @property
     def approved(self) -> bool:
         return self.status == APPROVED
+
+    @property
+    def published_prompt(self) -> str:
+        """The question as answers and "Did you mean …?" offers show it (a member's: markdown neutralised)."""
+        return published(self.prompt, trusted=self.trusted)
+
+    @property
+    def published_correction(self) -> str:
+        """The answer as the bot gives it (a member's: markdown and masked links neutralised)."""
+        return published(self.correction, trusted=self.trusted)
 
     @property
     def applies(self) -> bool:
@@ -253,35 +265,38 @@ def latest_answer(space: GuildSpace, channel_id: int, author_id: int) -> Answer 
 # (a row in reviews, naming who and why) moves pending ones to approved or rejected, all or none.
 
 _CORRECTION_COLS = ("c.ref, c.prompt, c.answer, c.correction, c.status, c.message_id, c.channel_id, c.author_id,"
-                    " c.author_name, c.source_message_id, c.created_at, r.by_name, r.reason")
+                    " c.author_name, c.source_message_id, c.created_at, r.by_name, r.reason, c.trusted")
 _CORRECTIONS = f"SELECT {_CORRECTION_COLS} FROM corrections c LEFT JOIN reviews r ON r.id = c.review_id"
 
 
 def _correction(row: Row) -> Correction:
     record = Correction(*row)  # the columns in the fields' order
-    return record if record.review_reason is not None else replace(record, review_reason="")
+    return replace(record, review_reason=record.review_reason or "", trusted=bool(record.trusted))
 
 
 def add_correction(space: GuildSpace, *, message_id: int | None, prompt: str, answer: str, correction: str,
                    author_id: int | None, author_name: str | None, channel_id: int | None,
-                   source_message_id: int | None = None, approved: bool = True) -> Correction:
+                   source_message_id: int | None = None, approved: bool = True,
+                   trusted: bool = False) -> Correction:
     """Store a correction of a bot answer; returns it with its ``ref`` (``C-xxxxxx``).
 
     ``approved=False`` puts it in the review queue (a member's correction while REVIEW_CORRECTIONS is on);
-    ``source_message_id`` is the message the correction was written in (provenance).
+    ``trusted``: an admin wrote it and the question it corrects (published as written, see
+    ``Correction.published_correction``); ``source_message_id`` is the message the correction was written in.
     """
     record = Correction(
         ref="", prompt=_text(prompt, "prompt", required=False),
         answer=_text(answer, "answer", required=False), correction=_text(correction, "correction", required=True),
         status=APPROVED if approved else PENDING, message_id=message_id, channel_id=channel_id,
-        author_id=author_id, author_name=author_name, source_message_id=source_message_id, time=utc_now())
+        author_id=author_id, author_name=author_name, source_message_id=source_message_id, time=utc_now(),
+        trusted=trusted)
     with space.db.tx() as tx:
         ref = _insert_with_new_ref(
             tx, "C", "INSERT INTO corrections (guild_id, ref, message_id, channel_id, author_id, author_name,"
-            " source_message_id, prompt, answer, correction, status, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " source_message_id, prompt, answer, correction, status, created_at, trusted)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             lambda ref: (space.guild_id, ref, message_id, channel_id, author_id, author_name, source_message_id,
-                         record.prompt, record.answer, record.correction, record.status, record.time))
+                         record.prompt, record.answer, record.correction, record.status, record.time, trusted))
     return replace(record, ref=ref)
 
 
@@ -297,8 +312,10 @@ def list_corrections(space: GuildSpace, status: str | None = None) -> list[Corre
 
 
 def approved_corrections(space: GuildSpace) -> list[Correction]:
-    """The corrections that may reach training data and answers."""
-    return list_corrections(space, APPROVED)
+    """The corrections that may reach training data and answers, as they are published: a member's question and
+    answer with their markdown and masked links neutralised (``dataset.markdown``), an admin's as written."""
+    return [replace(c, prompt=c.published_prompt, correction=c.published_correction)
+            for c in list_corrections(space, APPROVED)]
 
 
 def pending_corrections(space: GuildSpace) -> list[Correction]:
@@ -464,17 +481,21 @@ def list_feedback(space: GuildSpace) -> list[Feedback]:
                      time) for ref, text, author_id, author_name, channel_id, source, reply, time in rows]
 
 
-def add_test_errors(space: GuildSpace, mismatches: list[TestError]) -> int:
-    """Keep !test mismatches for the next training; returns how many were stored."""
+def add_test_errors(space: GuildSpace, mismatches: list[TestError], *, author_id: int | None = None,
+                    author_name: str | None = None) -> int:
+    """Keep !test mismatches for the next training (``author_*``: who ran the test, for !forget); returns how
+    many were stored."""
     now = utc_now()
     with space.db.tx() as tx:
         for m in mismatches:
 
             def row(ref: str, m: TestError = m) -> tuple[Any, ...]:
-                return space.guild_id, ref, m.kind, m.input, m.expected, m.got, m.line, m.model, now
+                return (space.guild_id, ref, m.kind, m.input, m.expected, m.got, m.line, m.model, now, author_id,
+                        author_name)
 
             _insert_with_new_ref(tx, "T", "INSERT INTO test_errors (guild_id, ref, kind, input, expected, got, line,"
-                                 " model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                                 " model, created_at, author_id, author_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 row)
     return len(mismatches)
 
 

@@ -10,6 +10,15 @@ The staged files then replace the originals, the deletions happen, and the journ
 before the commit: nothing changed). Dataset folders stay locked for the whole operation, so an example added
 meanwhile cannot be lost by the rewrite.
 
+Their words in others' records go too: an admin's correction of their question (it carries the question), and
+evaluation cases and !test mismatches that copy their questions (``_derived``).
+
+Telling the person who asked: a forget given a channel is journaled from its start (state ``started``), its row
+updated in the commit transaction (``committed``, with its plan and what it removed), kept once the files are done
+(``done``) until :func:`told`. After a crash :func:`recover` finishes committed rows and :func:`pending_notices`
+lists what to tell, and where: finished (with the kept archives and exports), or cut short before anything was
+removed.
+
 What it does not touch: trained models (the current one keeps their data until the next training: the
 caller says so) and archives made before (zips; the result lists them so an admin can delete them).
 """
@@ -43,6 +52,7 @@ _NOT_DATA = ("archives", "exports", "models", "uploads")
 class ForgetResult:
     counts: dict[str, int] = field(default_factory=dict)  # kind -> records/files removed
     archives: list[str] = field(default_factory=list)  # zips made before, shown relative to the data space
+    journal_id: int | None = None  # its journal row, kept until ``told`` (when it was given a channel)
 
     @property
     def total(self) -> int:
@@ -104,15 +114,70 @@ def _dataset_files(space: GuildSpace) -> Iterator[Path]:
 # (what the person is told, table): rows whose author_id is theirs.
 _TABLES = (("corrections", "corrections"), ("feedback", "feedback"), ("logged questions and answers", "answers"),
            ("reactions", "reactions"), ("asks after their 👎", "asks"), ("evaluation cases", "eval_cases"),
-           ("picks on offers", "picks"), ("questions offered choices", "offers"),
+           ("test mismatches", "test_errors"), ("picks on offers", "picks"), ("questions offered choices", "offers"),
            ("unanswered questions", "unanswered"))
 
 
-def forget(space: GuildSpace, user_id: int) -> ForgetResult:
-    """Remove everything ``user_id`` gave in this server; NotFound when nothing is stored from them."""
+def _same_question(text: str) -> str:
+    """A question's wording for matching copies of it (case, spacing and punctuation aside)."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def _derived(tx: Tx, guild_id: int, user_id: int, counts: dict[str, int]) -> None:
+    """Their words in others' records (before their own rows go): others' corrections of their questions (the
+    correction carries the question), and copies of their questions in the evaluation set and !test mismatches
+    (an admin testing with what they asked)."""
+    n = tx.execute("DELETE FROM corrections WHERE guild_id = ? AND (author_id IS NULL OR author_id <> ?) AND "
+                   "message_id IN (SELECT message_id FROM answers WHERE guild_id = ? AND author_id = ?)",
+                   (guild_id, user_id, guild_id, user_id)).rowcount
+    if n:
+        counts["others' corrections of their questions"] = n
+    asked = {_same_question(q) for q, in tx.all("SELECT prompt FROM answers WHERE guild_id = ? AND author_id = ?",
+                                                (guild_id, user_id))} - {""}
+    if not asked:
+        return
+    for what, table in (("evaluation cases with their questions", "eval_cases"),
+                        ("test mismatches with their questions", "test_errors")):
+        ids = [(rid,) for rid, text in tx.all(f"SELECT id, input FROM {table} WHERE guild_id = ? AND "
+                                              f"(author_id IS NULL OR author_id <> ?)", (guild_id, user_id))
+               if _same_question(text) in asked]
+        if ids:
+            tx.executemany(f"DELETE FROM {table} WHERE id = ?", ids)
+            counts[what] = len(ids)
+
+
+def forget(space: GuildSpace, user_id: int, *, channel_id: int | None = None, requester_id: int | None = None,
+           user_name: str | None = None) -> ForgetResult:
+    """Remove everything ``user_id`` gave in this server; NotFound when nothing is stored from them.
+
+    With ``channel_id`` (where the person who asked, ``requester_id``, waits for the answer) the forget is
+    journaled from its start, and its row is kept until :func:`told` says the answer went out: a forget the bot
+    stopped in is then told there after a restart (:func:`pending_notices`), finished or not begun.
+    """
     result = ForgetResult()
     staged: list[tuple[Path, bytes]] = []  # (target, new content)
     deletions: list[Path] = []
+    journal: int | None = None
+    if channel_id is not None:
+        with space.db.tx() as tx:
+            journal = int(tx.scalar("INSERT INTO forget_journal (guild_id, user_id, plan, created_at, state, "
+                                    "channel_id, requester_id, result) VALUES (?, ?, '{}', ?, 'started', ?, ?, ?) "
+                                    "RETURNING id", (space.guild_id, user_id, utc_now(), channel_id, requester_id,
+                                                     json.dumps({"name": user_name}, ensure_ascii=False))))
+    result.journal_id = journal
+    try:
+        _forget(space, user_id, result, staged, deletions, journal, user_name)
+    except BaseException:
+        if journal is not None:  # it failed and says so (or found nothing): nobody needs telling after a restart
+            with space.db.tx() as tx:
+                tx.execute("DELETE FROM forget_journal WHERE id = ? AND state = 'started'", (journal,))
+        raise
+    log.info("guild %s: forgot user %s: %s", space.guild_id, user_id, result.counts)
+    return result
+
+
+def _forget(space: GuildSpace, user_id: int, result: ForgetResult, staged: list[tuple[Path, bytes]],
+            deletions: list[Path], journal: int | None, user_name: str | None) -> None:
     with ExitStack() as stack:
         # Dataset folders stay locked until the swap is done: nothing added meanwhile is lost.
         files = sorted(_dataset_files(space))
@@ -144,9 +209,12 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                 continue
             if target.is_file() and space.uploads.resolve() in target.parents:
                 deletions.append(target)
+        result.archives = kept_copies(space)
         pairs = _stage(staged)
         try:
             with space.db.tx() as tx:
+                derived: dict[str, int] = {}
+                _derived(tx, space.guild_id, user_id, derived)
                 for kind, table in _TABLES:
                     n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
                                       (space.guild_id, user_id), 0))
@@ -154,6 +222,7 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                         tx.execute(f"DELETE FROM {table} WHERE guild_id = ? AND author_id = ?",
                                    (space.guild_id, user_id))
                         result.counts[kind] = n
+                result.counts.update(derived)
                 _redact_quotes(tx, space.guild_id, user_id)
                 if examples:
                     result.counts["examples"] = examples
@@ -162,13 +231,17 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
                     result.counts["uploads"] = uploaded
                 if not result.counts:
                     raise NotFound("nothing stored")
-                journal = None
-                if pairs or deletions:
-                    plan: ForgetPlan = {"replace": [[str(a), str(b)] for a, b in pairs],
-                                        "delete": [str(p) for p in deletions]}
-                    journal = tx.scalar("INSERT INTO forget_journal (guild_id, user_id, plan, created_at) "
-                                        "VALUES (?, ?, ?, ?) RETURNING id",
-                                        (space.guild_id, user_id, json.dumps(plan), utc_now()))
+                plan: ForgetPlan = {"replace": [[str(a), str(b)] for a, b in pairs],
+                                    "delete": [str(p) for p in deletions]}
+                said = json.dumps({"counts": result.counts, "kept": result.archives, "name": user_name},
+                                  ensure_ascii=False)
+                if journal is not None:
+                    tx.execute("UPDATE forget_journal SET plan = ?, state = 'committed', result = ? WHERE id = ?",
+                               (json.dumps(plan), said, journal))
+                elif pairs or deletions:
+                    journal = tx.scalar("INSERT INTO forget_journal (guild_id, user_id, plan, created_at, result) "
+                                        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                        (space.guild_id, user_id, json.dumps(plan), utc_now(), said))
         except BaseException:
             for tmp, _ in pairs:  # not committed: nothing changed
                 tmp.unlink(missing_ok=True)
@@ -176,13 +249,15 @@ def forget(space: GuildSpace, user_id: int) -> ForgetResult:
         if journal is not None:
             _apply(space.db, int(journal))
     space.db.checkpoint()
-    if space.archives.is_dir():
-        result.archives = sorted(space.relative(p) for p in space.archives.glob("*.zip"))
+
+
+def kept_copies(space: GuildSpace) -> list[str]:
+    """Archives (zips) and !export copies made before: a forget keeps their contents and lists them."""
+    kept = sorted(space.relative(p) for p in space.archives.glob("*.zip")) if space.archives.is_dir() else []
     exports = space.data / "exports"
-    if exports.is_dir():  # !export data copies: made before, kept like archives and listed
-        result.archives += sorted(space.relative(p) for p in exports.iterdir() if p.is_dir())
-    log.info("guild %s: forgot user %s: %s", space.guild_id, user_id, result.counts)
-    return result
+    if exports.is_dir():
+        kept += sorted(space.relative(p) for p in exports.iterdir() if p.is_dir())
+    return kept
 
 
 def people(space: GuildSpace, typed: str = "", limit: int = 25) -> list[tuple[int, str]]:
@@ -200,8 +275,12 @@ def people(space: GuildSpace, typed: str = "", limit: int = 25) -> list[tuple[in
     return [(i, name) for i, name in shown if typed in name.lower()][:limit]
 
 
+class _Rollback(Exception):
+    """Undoes a preview's transaction."""
+
+
 def preview(space: GuildSpace, user_id: int) -> ForgetResult:
-    """What :func:`forget` would remove now, counted the same way, changing nothing (an empty result: nothing
+    """What :func:`forget` would remove now, counted by the same code, changing nothing (an empty result: nothing
     is stored from them). For the confirm dialog before it; what is added meanwhile is forgotten too."""
     result = ForgetResult()
     uploads: set[str] = set()
@@ -218,12 +297,19 @@ def preview(space: GuildSpace, user_id: int) -> ForgetResult:
                 return False
 
             examples += _rewrite_lines(path, theirs)[1]
-    with space.db.tx(write=False) as tx:
-        for kind, table in _TABLES:
-            n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
-                              (space.guild_id, user_id), 0))
-            if n:
-                result.counts[kind] = n
+    try:
+        with space.db.tx() as tx:  # forget's own deletions and counts, then rolled back
+            derived: dict[str, int] = {}
+            _derived(tx, space.guild_id, user_id, derived)
+            for kind, table in _TABLES:
+                n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
+                                  (space.guild_id, user_id), 0))
+                if n:
+                    result.counts[kind] = n
+            result.counts.update(derived)
+            raise _Rollback
+    except _Rollback:
+        pass
     if examples:
         result.counts["examples"] = examples
     n_uploads = 0
@@ -278,23 +364,34 @@ def carry_out(plan: ForgetPlan) -> None:
 
 
 def _apply(db: Database, journal_id: int) -> None:
-    """Carry out a committed journal row (idempotent: a crash mid-way runs it again at start-up)."""
+    """Carry out a committed journal row (idempotent: a crash mid-way runs it again at start-up). A row with a
+    channel stays, done, until the person who asked has been told (:func:`told`)."""
     with db.tx(write=False) as tx:
-        raw = tx.scalar("SELECT plan FROM forget_journal WHERE id = ?", (journal_id,))
-    if raw is None:
+        row = tx.one("SELECT plan, channel_id FROM forget_journal WHERE id = ?", (journal_id,))
+    if row is None:
         return
-    carry_out(json.loads(raw))
+    carry_out(json.loads(row[0]))
     with db.tx() as tx:
-        tx.execute("DELETE FROM forget_journal WHERE id = ?", (journal_id,))
+        if row[1] is None:
+            tx.execute("DELETE FROM forget_journal WHERE id = ?", (journal_id,))
+        else:
+            tx.execute("UPDATE forget_journal SET plan = '{}', state = 'done' WHERE id = ?", (journal_id,))
 
 
 def recover(db: Database, data_dir: Path, corrections_dir: Path) -> list[str]:
-    """At start-up: finish every committed forget, remove staged files no journal names; what was done."""
+    """At start-up: finish every committed forget, remove staged files no journal names; what was done.
+
+    What to tell the people who asked is then :func:`pending_notices`."""
     done: list[str] = []
     with db.tx(write=False) as tx:
-        rows = tx.all("SELECT id, guild_id, plan FROM forget_journal ORDER BY id")
+        rows = tx.all("SELECT id, guild_id, plan, state FROM forget_journal ORDER BY id")
     named: set[str] = set()
-    for journal_id, guild_id, plan in rows:
+    for journal_id, guild_id, plan, state in rows:
+        if state == "started":
+            done.append(f"a forget in server {guild_id} was cut short before anything was removed")
+            continue
+        if state == "done":
+            continue
         try:
             _apply(db, int(journal_id))
             done.append(f"finished forgetting a person in server {guild_id}")
@@ -310,3 +407,38 @@ def recover(db: Database, data_dir: Path, corrections_dir: Path) -> list[str]:
                     Path(dirpath, name).unlink(missing_ok=True)
                     done.append(f"rolled back an unfinished forget ({name})")
     return done
+
+
+@dataclass(frozen=True)
+class ForgetNotice:
+    """A forget the bot stopped in (its answer never went out): what to tell the person who asked, where."""
+
+    journal_id: int
+    guild_id: int
+    channel_id: int
+    requester_id: int | None
+    user_id: int
+    user_name: str | None  # as the person who asked named them
+    finished: bool  # False: it stopped before anything was removed (nothing was forgotten)
+    counts: dict[str, int]
+    kept: list[str]  # archives and exports made before, which keep their contents
+
+
+def pending_notices(db: Database) -> list[ForgetNotice]:
+    """After :func:`recover`: every forget whose person was not told how it ended, oldest first."""
+    with db.tx(write=False) as tx:
+        rows = tx.all("SELECT id, guild_id, channel_id, requester_id, user_id, state, result FROM forget_journal "
+                      "WHERE channel_id IS NOT NULL AND state IN ('started', 'done') ORDER BY id")
+    notices = []
+    for journal_id, guild_id, channel_id, requester_id, user_id, state, result in rows:
+        said = json.loads(result) if result else {}
+        notices.append(ForgetNotice(int(journal_id), int(guild_id), int(channel_id),
+                                    None if requester_id is None else int(requester_id), int(user_id),
+                                    said.get("name"), state == "done", dict(said.get("counts") or {}), list(said.get("kept") or [])))
+    return notices
+
+
+def told(db: Database, journal_id: int) -> None:
+    """The person who asked has been told how the forget ended: its journal row goes."""
+    with db.tx() as tx:
+        tx.execute("DELETE FROM forget_journal WHERE id = ? AND state IN ('started', 'done')", (journal_id,))

@@ -266,7 +266,23 @@ V3 = [
     "CREATE INDEX unanswered_author ON unanswered (guild_id, author_id)",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2, V3]
+V4 = [
+    # Who wrote a correction's text and question: an admin's (trusted) is published as written, a member's with
+    # its markdown and masked links neutralised (dataset.markdown).
+    "ALTER TABLE corrections ADD COLUMN trusted BOOLEAN NOT NULL DEFAULT FALSE",
+    # Who ran the !test a mismatch came from (!forget removes it).
+    "ALTER TABLE test_errors ADD COLUMN author_id BIGINT",
+    "ALTER TABLE test_errors ADD COLUMN author_name TEXT",
+    # A !forget is journaled from its start (state 'started'; 'committed' once its records are gone, with its
+    # plan and result; 'done' until the person who asked is told), so after a crash they are told in their
+    # channel what happened.
+    "ALTER TABLE forget_journal ADD COLUMN state TEXT NOT NULL DEFAULT 'committed'",
+    "ALTER TABLE forget_journal ADD COLUMN channel_id BIGINT",
+    "ALTER TABLE forget_journal ADD COLUMN requester_id BIGINT",
+    "ALTER TABLE forget_journal ADD COLUMN result TEXT",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2, V3, V4]
 LATEST = len(MIGRATIONS)
 
 

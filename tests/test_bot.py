@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from discord.ext import commands
@@ -178,3 +179,35 @@ async def test_prod_bot_runs_against_a_discord_compatible_server(sandbox, tmp_pa
     log_text = out.decode()
     assert "has connected to Gateway" in log_text and " DEBUG " not in log_text  # prod logs at INFO
     assert sandbox.bot_token not in log_text
+
+
+def test_python_bot_py_outside_the_venv_runs_in_it(tmp_path: Path) -> None:
+    """The README's `printf '!hi\\n' | python bot.py` with a python that lacks the packages: bot.py starts again
+    in .venv (here it gets as far as reading the configuration, which it refuses in one line)."""
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    if not (ROOT / ".venv" / "bin" / "python").exists() or not bare.exists():
+        pytest.skip("needs the project's .venv and a python outside it")
+    env = {k: v for k, v in subprocess_env(tmp_path, MODE="nope").items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([str(bare), "bot.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "ModuleNotFoundError" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("configuration error:") and "MODE" in proc.stderr
+
+
+def test_the_dev_session_keeps_its_log_and_attachments_beside_data_dir(settings: Any, monkeypatch: Any) -> None:
+    """With the sandbox's world (beside DATA_DIR), not under the project folder."""
+    import bot as bot_module
+
+    seen: dict[str, Path] = {}
+
+    async def fake_chat(settings: Any, *, stdin: Any, out: Any, files_dir: Path) -> int:
+        seen["files"] = files_dir
+        return 0
+
+    monkeypatch.setattr(bot_module, "dev_chat", fake_chat)
+    monkeypatch.setattr(bot_module, "setup_logging", lambda settings, log_file: seen.setdefault("log", log_file))
+    assert bot_module.run_dev(settings) == 0
+    world = bot_module.sandbox_world_file(settings).parent
+    assert seen == {"files": world / "attachments", "log": world / "bot.log"}
+    assert world == settings.data_dir.resolve().parent / "sandbox_files"

@@ -57,7 +57,7 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
         state.setdefault("chat", []).append(chat)
         return state["compiled"]
 
-    def add_test_errors(space, mismatches):
+    def add_test_errors(space, mismatches, **who):
         state["kept"].extend(mismatches)
         return len(mismatches)
 

@@ -69,7 +69,8 @@ class Evaluation:
     eval_set: Score | None = None  # on the server's evaluation set (!test cases); None: none yet
     heldout: Score | None = None  # on the job's held-out training pairs; None: too few to hold out
     error: str | None = None  # why it could not be scored (then it is not held back)
-    candidate: bool = False  # worse than ``old_model`` by more than ``margin``: not switched to
+    candidate: bool = False  # held back (``reason``): not switched to
+    reason: str | None = None  # why it was held back, one clause (None on older records: scored worse)
 
 
 @dataclass

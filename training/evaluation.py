@@ -192,6 +192,26 @@ def add_to_eval_set(space: GuildSpace, cases: list[Case], *, author_id: int | No
         return int(tx.scalar("SELECT COUNT(*) FROM eval_cases WHERE guild_id = ?", (space.guild_id,), 0))
 
 
+def keep_apart(space: GuildSpace, passed: list[Case], failed: list[Case], *, author_id: int | None,
+               author_name: str | None) -> int:
+    """A !test's cases into the evaluation set, kept apart from what is trained on; the set's size.
+
+    A mismatch becomes training data (``dataset.corrections.add_test_errors``), so a model is scored on it never
+    again: its case leaves the evaluation set. A case that passed joins the set, unless a mismatch of an earlier
+    !test already made it training data. So no case is both trained on (as a mismatch) and scored on.
+    """
+    with space.db.tx(write=False) as tx:
+        trained = {_key(k, i) for k, i in tx.all("SELECT kind, input FROM test_errors WHERE guild_id = ?",
+                                                  (space.guild_id,))}
+    dropped = {_key(c.kind, c.input) for c in failed}
+    if dropped:
+        with space.db.tx() as tx:
+            tx.executemany("DELETE FROM eval_cases WHERE guild_id = ? AND key = ?",
+                           [(space.guild_id, key) for key in dropped])
+    kept = [c for c in passed if _key(c.kind, c.input) not in trained | dropped]
+    return add_to_eval_set(space, kept, author_id=author_id, author_name=author_name)
+
+
 def eval_set(space: GuildSpace) -> list[Case]:
     """The server's evaluation set, oldest first."""
     with space.db.tx(write=False) as tx:

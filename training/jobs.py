@@ -94,7 +94,8 @@ def _evaluation(value: Any) -> Evaluation | None:
         return None
     return Evaluation(old_model=_str(value.get("old_model")), margin=_float(value.get("margin")) or 0.0,
                       eval_set=_score(value.get("set")), heldout=_score(value.get("heldout")),
-                      error=_str(value.get("error")), candidate=bool(value.get("candidate")))
+                      error=_str(value.get("error")), candidate=bool(value.get("candidate")),
+                      reason=_str(value.get("reason")))
 
 
 def from_dict(fields: Mapping[str, Any]) -> Job:
@@ -146,6 +147,8 @@ def _data(job: Job) -> dict[str, Any]:
             data["evaluation"]["heldout"] = _score_json(ev.heldout)
         if ev.error is not None:
             data["evaluation"]["error"] = ev.error
+        if ev.reason is not None:
+            data["evaluation"]["reason"] = ev.reason
     data.update({k: True for k, flag in (("candidate", job.candidate), ("activated", job.activated),
                                          ("live", job.live)) if flag})
     optional = {"cancelled_by": job.cancelled_by, "note": job.note, "device": job.device,

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEST_CONCURRENCY = 4
+# The gate holds back a model trained on fewer than this fraction of the current model's examples.
+FEWER_EXAMPLES = 0.5
 CONTRIBUTORS_KEPT = 10  # contributors named in a job; the rest are summed under "others"
 
 
@@ -304,13 +306,44 @@ class JobRunner:
             result.heldout = await self._compare(space, new, result.old_model, held)
         except TrainerError as exc:
             log.warning("guild %s: could not score %s before switching to it: %s", space.guild_id, new, exc)
-            result.error, result.candidate = str(exc), False
+            result.error = str(exc)
+            result.reason = await asyncio.to_thread(self._hold_back, space, job, result)
+            result.candidate = result.reason is not None
             return result
-        scored = result.eval_set
-        result.candidate = bool(scored is not None and scored.old is not None
-                                and (scored.new - scored.old) / scored.n < -EVAL_MARGIN)
+        result.reason = await asyncio.to_thread(self._hold_back, space, job, result)
+        result.candidate = result.reason is not None
         log.info("guild %s: %s scored %s (candidate: %s)", space.guild_id, new, result, result.candidate)
         return result
+
+    @staticmethod
+    def _hold_back(space: GuildSpace, job: Job, result: Evaluation) -> str | None:
+        """Why the gate holds the new model back (one clause), or None to switch to it.
+
+        Only a model that would replace another is held back (a server's first model always goes live: with no
+        model it answers nothing, so any model is better, and it gives the gate its first comparison):
+        - it scored more than EVAL_MARGIN worse than the current one on the evaluation set;
+        - it was trained on fewer than FEWER_EXAMPLES of the current one's examples (a dataset emptied by
+          mistake, a forgotten big contributor: an admin decides, with ``!model NAME``);
+        - there was nothing to score it on (no evaluation set, too few pairs to hold out), unless a backend
+          error stopped the scoring (the gate guards against worse models, not against an unreachable API).
+        """
+        old = result.old_model
+        if not old:
+            return None
+        scored = result.eval_set
+        if scored is not None and scored.old is not None and (scored.new - scored.old) / scored.n < -EVAL_MARGIN:
+            return (f"it scored more than {round(100 * EVAL_MARGIN)} points worse than `{old}` on the "
+                    f"evaluation set")
+        new_n = job.estimate.examples if job.estimate is not None else None
+        old_job = next((j for j in jobs.list_jobs(space, 0) if j.model == old and j.id != job.id), None)
+        old_n = old_job.estimate.examples if old_job is not None and old_job.estimate is not None else None
+        if new_n is not None and old_n and new_n < FEWER_EXAMPLES * old_n:
+            return (f"it was trained on {new_n:,} example{'s' * (new_n != 1)}, far fewer than the {old_n:,} "
+                    f"of `{old}`")
+        if result.eval_set is None and result.heldout is None and result.error is None:
+            return (f"there is nothing to score it on yet (no test cases, too few pairs to hold out), and "
+                    f"`{old}` answers now")
+        return None
 
     async def _compare(self, space: GuildSpace, new: str, old: str | None, cases: list[Case]) -> Score | None:
         """The new model's score on ``cases`` and, when there is one, the current model's; None without cases."""
@@ -334,16 +367,21 @@ class JobRunner:
 
     async def run_tests(self, space: GuildSpace, text: str, *, concurrency: int = TEST_CONCURRENCY,
                         author_id: int | None = None, author_name: str | None = None) -> EvalResult:
-        """Run test cases (JSON array or lines) against the current model; mismatches are kept as errors and
-        the cases join the server's evaluation set (what the evaluation gate scores new models on)."""
+        """Run test cases (JSON array or lines) against the current model. Mismatches are kept as training data
+        for the next training; the cases that passed join the server's evaluation set (what the evaluation gate
+        scores new models on), apart from anything trained on (``evaluation.keep_apart``)."""
         cases = await asyncio.to_thread(parse_cases, text)
         model_name = await self.current_model(space)
         result = await run_cases(self._ask(space, model_name), cases, concurrency=concurrency)
-        await saved("the evaluation set", evaluation.add_to_eval_set, space, cases, author_id=author_id,
-                    author_name=author_name)
+        missed = {(m.kind, m.input, m.expected) for m in result.mismatches}
+        failed = [c for c in cases if (c.kind, c.input, c.expected) in missed]
+        passed = [c for c in cases if (c.kind, c.input, c.expected) not in missed]
         if result.mismatches:
             rows = [TestError(m.input, m.expected, m.got, m.kind, m.line, model_name) for m in result.mismatches]
-            await saved("the mismatches", corrections.add_test_errors, space, rows)
+            await saved("the mismatches", corrections.add_test_errors, space, rows, author_id=author_id,
+                        author_name=author_name)
+        await saved("the evaluation set", evaluation.keep_apart, space, passed, failed, author_id=author_id,
+                    author_name=author_name)
         return result
 
     # ------------------------------------------------------------ models

@@ -107,6 +107,12 @@ def score_text(score: Score | None, which: Literal["new", "old"]) -> str:
     return f"{got}/{score.n} ({got / score.n:.0%})"
 
 
+def held_back_reason(ev: Evaluation) -> str:
+    """Why the evaluation gate held a model back, one clause (records from before reasons: it scored worse)."""
+    return ev.reason or (f"more than {round(100 * ev.margin)} points worse than `{ev.old_model}` on the "
+                         f"evaluation set")
+
+
 def _evaluation_lines(ev: Evaluation | None) -> list[str]:
     """The evaluation gate's scores, new model vs the current one (nothing when the gate did not run)."""
     if ev is None:
@@ -130,8 +136,7 @@ def _evaluation_lines(ev: Evaluation | None) -> list[str]:
     elif not lines:
         lines.append("Evaluation: nothing to score on yet (no test cases, too few pairs to hold out).")
     if ev.candidate:
-        lines.append(f"Kept as a candidate: more than {round(100 * ev.margin)} points worse than "
-                     f"`{old}` on the evaluation set.")
+        lines.append(f"Held back as a candidate: {held_back_reason(ev)}.")
     return lines
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from commands._shared import no_pings
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
@@ -164,23 +165,26 @@ async def test_dm_from_someone_sharing_no_server_is_told_why(harness: BotHarness
 
 async def test_nothing_repeated_from_users_pings_anyone(harness: BotHarness) -> None:
     """A trained answer, a correction, a quoted question and !test cases with <@id>, <@&role> or @everyone
-    are shown as written but notify nobody (the bot's allowed mentions are none)."""
+    notify nobody (the bot's allowed mentions are none), and are broken by a zero-width space besides (a second
+    guard for servers that ignore allowed_mentions, such as Spacebar)."""
     h, sb = harness, harness.sandbox
-    ping = f"<@{sb.owner.id}> @everyone"
-    await train(h, [("Who is on call?", f"Ask {ping}, they know.")])
+    raw = f"<@{sb.owner.id}> @everyone"
+    ping = no_pings(raw)
+    assert ping == f"<@\u200b{sb.owner.id}> @\u200beveryone"
+    await train(h, [("Who is on call?", f"Ask {raw}, they know.")])
     answer = (await h.send("Who is on call?"))[0]
     assert ping in answer.content and sb.notified(answer.id) == set()
-    fixed = await h.send(f"!correct Ask {ping} instead.", reply_to=answer.id)
+    fixed = await h.send(f"!correct Ask {raw} instead.", reply_to=answer.id)
     assert all(sb.notified(m.id) == set() for m in fixed)
     review = await h.send("!review", user="admin")  # a member's correction waits; the queue shows it, no ping
     assert ping in review[0].content and all(sb.notified(m.id) == set() for m in review)
     await h.ask(f"!approve {fixed[0].content.split('`')[1]}", user="admin")
     again = (await h.send("Who is on call?"))[0]
     assert f"Ask {ping} instead." in again.content and sb.notified(again.id) == set()
-    cases = json.dumps([{"input": f"{ping} hello", "expected": f"<@{sb.member.id}>"}])
+    cases = json.dumps([{"input": f"{raw} hello", "expected": f"<@{sb.member.id}>"}])
     report = await h.send(f"!test {cases}", user="admin")
     assert any(ping in m.content for m in report) and all(sb.notified(m.id) == set() for m in report)
-    fb = await h.send(f"!feedback {ping} is great", user="admin")
+    fb = await h.send(f"!feedback {raw} is great", user="admin")
     assert all(sb.notified(m.id) == set() for m in fb)
     # The sandbox does notify when a message allows it: the check above is not vacuous.
     await h.send(f"hey <@{sb.member.id}>", user="admin")  # waits for the bot's answer to it

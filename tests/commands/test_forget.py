@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from config import Settings
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
 from sandbox.interactions import InteractionRefused
+from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.commands.records_db import rows, traces
 from tests.fakes.samples import jsonl, pair
-from tests.harness import BotHarness, space_of, wait_bot
+from tests.harness import ROOT, BotHarness, ErrorLog, confirmed, space_of, start_bot, stop_bot, wait_bot
 from training import evaluation
 
 CANARY = "zebra-canary-4417"
@@ -65,7 +69,7 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
         await sb.click("member", dialog.id, 1)
     assert [a for a, in rows(space, "SELECT author_id FROM reactions WHERE guild_id = ?")] == [sb.owner.id]
     assert rows(space, "SELECT * FROM asks WHERE guild_id = ?") == []
-    assert "Archives made before keep their contents: `archives/datasets-" in said
+    assert "Archives and exports made before keep their contents: `archives/datasets-" in said
     assert holders(space, CANARY) == [] and traces(space, CANARY) == []
     assert not records.list_corrections(space) and records.find_answer(space, answer.id) is None
     # The owner's feedback stays, without the quote of the member's message.
@@ -222,3 +226,94 @@ def test_preview_counts_what_forget_removes_and_changes_nothing(offline: GuildSp
     done = forget.forget(space, 7)
     assert coming.counts == done.counts and coming.total == done.total
     assert forget.people(space) == [(8, "o")]
+
+
+async def test_forget_me_takes_their_words_out_of_others_records(harness: BotHarness, started: list[str]) -> None:
+    """An admin's correction of their question, and an admin's !test cases that copy their questions (in the
+    evaluation set and as mismatches, i.e. training data) go with them: the next training cannot bring them back."""
+    h = harness
+    space = space_of(h)
+    first, second = f"What is {CANARY}?", f"Where is {CANARY}?"
+    answer = (await h.send(first))[0]
+    await h.send(second)
+    fixed = await h.ask(f"!correct {answer.id} It is a kind of horse.", user="admin")
+    assert fixed.startswith("Thanks — correction `C-")
+    tested = await h.ask('!test {"input": "%s", "expected": "It is a kind of horse."}\n'
+                         '{"input": "%s", "expected": "In the zoo."}' % (first, second), user="admin")
+    assert tested.startswith("**Accuracy: 50%** (1/2 correct)")
+    assert set(traces(space, CANARY)) == {"answers", "corrections", "eval_cases", "test_errors"}
+
+    dialog, said_msg, *_ = await confirmed(h, "!forget me")  # more than a few items: confirmed first
+    assert "2 logged questions and answers, 1 others' corrections of their questions" in dialog.content
+    said = said_msg.content
+    assert said.startswith("Forgot everything member gave in this server: 2 logged questions and answers, 1 others' "
+                           "corrections of their questions, 1 evaluation cases with their questions, 1 test "
+                           "mismatches with their questions.")
+    assert "Their corrections no longer change my answers." in said
+    assert traces(space, CANARY) == [] and holders(space, CANARY) == []
+    assert rows(space, "SELECT * FROM forget_journal WHERE guild_id = ?") == []  # told: nothing left to tell
+
+
+KILL = """
+import os, sys
+from pathlib import Path
+from dataset import forget
+from records.db import Database
+from storage import GuildSpace
+data, corr, guild, user, name, channel, requester, when = sys.argv[1:]
+space = GuildSpace(int(guild), Path(data), Path(corr), Database.open(None, Path(data)))
+if when == "staging":
+    real = forget._stage
+    forget._stage = lambda pending: (real(pending), os._exit(9))
+else:
+    forget.carry_out = lambda plan: os._exit(9)
+forget.forget(space, int(user), channel_id=int(channel), requester_id=int(requester), user_name=name)
+"""
+
+
+async def test_a_forget_killed_mid_way_is_told_after_the_restart(sandbox: Sandbox, settings: Settings,
+                                                                error_log: ErrorLog) -> None:
+    """`kill -9` during a !forget: after the restart the person who asked is told in the channel how it ended,
+    with the archives and exports that keep their contents; a forget killed before its commit removed nothing,
+    and says so."""
+    sb = sandbox
+    h = BotHarness(sb, await start_bot(sb, settings))
+    try:
+        space = space_of(h)
+        await h.send(f"What is {CANARY}?")
+        await h.ask("!feedback from the admin", user="admin")
+        channel = h.last_posted.channel_id
+    finally:
+        await stop_bot(h.bot)
+    (space.archives / "old.zip").parent.mkdir(parents=True, exist_ok=True)
+    (space.archives / "old.zip").write_bytes(b"PK")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for user, name, requester, when in ((sb.member.id, "member", sb.member.id, "applying"),
+                                        (sb.admin.id, "admin", sb.owner.id, "staging")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILL, str(settings.data_dir), str(settings.corrections_dir), str(space.guild_id),
+            str(user), name, str(channel), str(requester), when, env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 9, err.decode()  # as killed: no clean-up ran
+    assert traces(space, CANARY) == []  # the first one committed: its records are gone
+    h.bot = await start_bot(sb, settings)
+    try:
+        finished = await wait_bot(sb, lambda m: "I was restarted while forgetting" in m.content)
+        assert finished.content == (
+            f"<@{sb.member.id}> I was restarted while forgetting what you gave; that is done now. Forgot: 1 logged "
+            f"questions and answers.\nArchives and exports made before keep their contents: `archives/old.zip`. "
+            f"An admin can delete them from the server's data folder.\nModels trained before keep what they learnt "
+            f"until an admin trains a new one (`!train`).")
+        assert finished.channel_id == channel
+        cut = await wait_bot(sb, lambda m: "in the middle of the `!forget`" in m.content)
+        assert cut.content == (f"<@{sb.owner.id}> I was restarted in the middle of the `!forget` you asked for, "
+                               f"before anything was removed: nothing of what admin gave was forgotten. Ask again "
+                               f"with `!forget`.")
+        assert [f.text for f in records.list_feedback(space)] == ["from the admin"]
+        for _ in range(50):  # each is told once: its row goes once its message went out
+            if not rows(space, "SELECT * FROM forget_journal WHERE guild_id = ?"):
+                break
+            await asyncio.sleep(0.1)
+        assert rows(space, "SELECT * FROM forget_journal WHERE guild_id = ?") == []
+    finally:
+        await stop_bot(h.bot)

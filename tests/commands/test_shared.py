@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from commands._shared import split_message
+import pytest
+
+from commands._shared import listed, page_number, paginate, split_message
+from errors import InvalidInput
 
 
 def test_split_short_and_empty() -> None:
@@ -22,3 +25,20 @@ def test_split_reopens_code_fence_with_language() -> None:
     assert all(c.count("```") % 2 == 0 for c in chunks)
     assert all(c.startswith("```py") for c in chunks[1:-1])
     assert chunks[-1].endswith("outro")
+
+
+def test_listing_helpers_stay_under_discords_limit() -> None:
+    """The shared helpers every listing reply uses: `listed` summarises, `paginate` pages, `page_number` parses."""
+
+
+    refs = [f"`C-{i:06x}`" for i in range(5000)]
+    said = listed(refs)
+    assert len(said) <= 600 and said.startswith("`C-000000`, `C-000001`") and said.endswith(" more")
+    assert int(said.rsplit(" and ", 1)[1].split()[0].replace(",", "")) + said.count("`C-") == 5000
+    assert listed(["a", "b"]) == "a, b" and listed([]) == ""
+    pages = paginate([f"block {i} " + "x" * 900 for i in range(30)], page_chars=5600)
+    assert sum(len(p) for p in pages) == 30 and all(sum(len(b) + 1 for b in p) <= 5600 for p in pages)
+    assert paginate([]) == [[]] and paginate(["y" * 9000]) == [["y" * 9000]]  # one huge block: a page of its own
+    assert page_number("") == 1 and page_number("page 3") == 3 and page_number("p2") == 2
+    with pytest.raises(InvalidInput):
+        page_number("0")

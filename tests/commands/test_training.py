@@ -381,9 +381,10 @@ async def test_test_command(harness: BotHarness) -> None:
     kept = records.list_test_errors(space)
     assert [(k.input, k.expected, k.got, k.model) for k in kept] == [
         ("Where is the office?", "In the attic.", "The office is on the second floor.", "local-v1")]
-    # Both cases joined the server's evaluation set (what the evaluation gate scores new models on).
+    # The case that passed joined the server's evaluation set (what the evaluation gate scores new models on);
+    # the mismatch is training data, kept apart from it.
     assert [(c.input, c.expected) for c in evaluation.eval_set(space)] == [
-        ("When does the shop open", "the shop opens at 9 AM"), ("Where is the office?", "In the attic.")]
+        ("When does the shop open", "the shop opens at 9 AM")]
 
     cases = "\n".join(json.dumps({"input": q, "expected": a}) for q, a in FAQ[:4]).encode()
     msgs = await h.send("!test", user="admin", attachments=[("cases.json", cases, "application/json")])
@@ -392,12 +393,12 @@ async def test_test_command(harness: BotHarness) -> None:
     wrong = await h.ask("!test", user="admin", attachments=[("cases.txt", cases, "text/plain")])
     assert wrong == "`cases.txt` is not a .json or .jsonl file."
 
-    # The kept mismatch trains the next model. The last !test said the office is on the second floor, so the
-    # evaluation gate keeps that model as a candidate; switching to it anyway gives the kept answer.
+    # The kept mismatch trains the next model. The office case is training data, so the evaluation gate does not
+    # score on it (the last !test's "second floor" stayed out of the evaluation set): the new model goes live, on
+    # the other cases it still passes, and gives the kept answer.
+    assert "Where is the office?" not in [c.input for c in evaluation.eval_set(space)]
     job_id = await train_local(h, "Is there coffee in the kitchen? => Yes, fresh coffee every morning.")
-    assert "still answer with `local-v1`" in (await announcement(h.sandbox, job_id)).content
-    assert (await ask_answer(h, "Where is the office?")).content == "The office is on the second floor."
-    assert await h.ask("!model local-v2", user="admin") == "Switched to model `local-v2`."
+    assert "I now answer with `local-v2`" in (await announcement(h.sandbox, job_id)).content
     assert (await ask_answer(h, "Where is the office?")).content == "In the attic."
 
 
@@ -415,11 +416,17 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     jobs_text = await h.ask("!jobs")
     lines = jobs_text.splitlines()
     assert lines[0] == "**Recent training jobs**"
-    assert lines[1].startswith(f"`{job2}` succeeded") and lines[1].endswith("by admin → `local-v2`")
+    # Nothing to score it on (no !test cases, too few pairs to hold out) while local-v1 answers: held back.
+    held = "there is nothing to score it on yet (no test cases, too few pairs to hold out), and `local-v1` answers now"
+    assert lines[1].startswith(f"`{job2}` succeeded") and lines[1].endswith(
+        f"by admin → `local-v2` — **held back**: {held}")
     assert lines[2].startswith(f"`{job1}` succeeded") and lines[2].endswith("→ `local-v1`")
     shown = (await h.ask("!model")).split("\n")
-    assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
-    assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know and offers the closest questions it knows."
+    assert shown[0] == "Current model: `local-v1` (local backend). Others, newest first: `local-v2`."
+    assert shown[1] == f"Held back by the evaluation gate: `local-v2` ({held}); `!model local-v2` switches to it."
+    assert shown[2] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know and offers the closest questions it knows."
+    assert (await ask_answer(h, "When does the shop open?")).content == "At 9."
+    assert await h.ask("!model local-v2", user="admin") == "Switched to model `local-v2`."
     assert (await ask_answer(h, "When does the shop open?")).content == "At 10 now."
 
     assert await h.ask("!model previous", user="admin") == "Switched to model `local-v1`."
@@ -429,7 +436,7 @@ async def test_jobs_and_model_switching(harness: BotHarness) -> None:
     nope = await h.ask("!model nonexistent", user="admin")
     assert nope == "There is no model `nonexistent` on this server. Known: `local-v1`, `local-v2`."
     shown = (await h.ask("!model")).split("\n")
-    assert shown[0] == "Current model: `local-v2` (local backend). Others: `local-v1`."
+    assert shown[0] == "Current model: `local-v2` (local backend). Others, newest first: `local-v1`."
     assert shown[1] == "It answers by meaning with the `all-MiniLM-L6-v2` embedding model; unsure: says it doesn't know and offers the closest questions it knows."
 
 
@@ -732,6 +739,27 @@ async def test_export_data(harness: BotHarness) -> None:
     prov = [json.loads(x) for x in files["provenance.jsonl"].splitlines()]
     assert [p["what"] for p in prov].count("example") == 4 and prov[-1]["what"] == "correction"
     assert all(p["added_by"].startswith("admin (") for p in prov if p["what"] == "example")
+
+
+async def test_export_model_on_the_local_backend(harness: BotHarness) -> None:
+    """`!help` promises `!export model`: the local backend exports its pairs and vectors, with a README."""
+    import io
+    import zipfile
+
+    h = harness
+    assert await h.ask("!export model", user="admin") == (
+        "There is no trained model to export yet. `!train` trains one.")
+    await train_local(h, "\n".join(f"{q} => {a}" for q, a in FAQ[:4]))
+    [msg] = await h.send("!export model", user="admin")
+    assert msg.content.startswith("Model `local-v1` exported as `archives/local-v1-local.zip` (")
+    (att,) = msg.attachments
+    with zipfile.ZipFile(io.BytesIO(att.data)) as zf:
+        names = set(zf.namelist())
+        pairs = json.loads(zf.read("local-v1/answers.json"))
+        readme = zf.read("local-v1/README.md").decode()
+    assert {"local-v1/answers.json", "local-v1/meta.json", "local-v1/README.md"} <= names
+    assert [p["prompt"] for p in pairs] == [q for q, _ in FAQ[:4]]
+    assert "local-v1/embeddings.npy" in names and "embedding.json" in readme
 
 
 async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_prefix(

@@ -25,6 +25,7 @@ from tests.harness import BotHarness, announcement, start_job
 from training import embedding
 from training.embedding import DEFAULT_EMBED_MODEL, Thresholds, decide, load_embedder, top_rows
 from training.local import LocalBackend, load_version, train_version
+from training.local import answer as answer_rule
 from training.local.fit import Progress
 
 SETS = load_sets()
@@ -242,8 +243,11 @@ async def test_unsure_answers_offer_the_closest_trained_questions(backend: Local
     said = await backend.answer(space, name, "What's the wi-fi code for visitors?", ())
     assert said == backend.dont_know(["What is the guest wifi password?"])
     assert said == ("I don't know that one yet. Did you mean “What is the guest wifi password?”? Then ask me that. "
-                    "If you know the answer, reply to this message with `!correct <the right answer>` and I'll use "
-                    "it from now on.")
+                    "If you know the answer, reply to this message with `!correct <the right answer>`: an admin's "
+                    "correction counts at once, a member's once an admin approves it.")
+    # Without the review queue everyone's correction counts at once.
+    assert answer_rule.dont_know("!", reviewed=False).endswith("`!correct <the right answer>` and I'll use it "
+                                                               "from now on.")
     assert await backend.answer(space, name, "What is the guest wifi password?", ()) == WORK.answer_of("guest_wifi")
     # Two offers at most, of different answers, best first; far-off questions get none.
     found, offered = backend.search(load_version(space, name, backend.embedder()),

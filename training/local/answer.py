@@ -101,18 +101,25 @@ def _short(question: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
 
 
-def dont_know_offer(prefix: str) -> str:
+def correct_hint(prefix: str, reviewed: bool) -> str:
+    """How to teach the right answer, for whoever reads it: with ``reviewed`` (REVIEW_CORRECTIONS) a member's
+    correction waits for an admin's approval and an admin's counts at once."""
+    how = (": an admin's correction counts at once, a member's once an admin approves it." if reviewed
+           else " and I'll use it from now on.")
+    return f"If you know the answer, reply to this message with `{prefix}correct <the right answer>`{how}"
+
+
+def dont_know_offer(prefix: str, *, reviewed: bool = False) -> str:
     """The "I don't know" above an offer's buttons (one per question)."""
     return (f"I don't know that one yet. Did you mean one of these? Choose it below and I'll answer (and learn "
-            f"your wording). If you know the answer, reply to this message with `{prefix}correct <the right "
-            f"answer>` and I'll use it from now on.")
+            f"your wording). {correct_hint(prefix, reviewed)}")
 
 
-def dont_know(prefix: str, suggestions: Sequence[str] = ()) -> str:
-    """The honest "I don't know", offering the closest trained questions when there are some."""
+def dont_know(prefix: str, suggestions: Sequence[str] = (), *, reviewed: bool = False) -> str:
+    """The honest "I don't know", offering the closest trained questions when there are some (``reviewed``: see
+    :func:`correct_hint`)."""
     offer = ""
     if suggestions:
         quoted = " or ".join(f"“{_short(q)}”" for q in suggestions)
         offer = f" Did you mean {quoted}? Then ask me that."
-    return (f"I don't know that one yet.{offer} If you know the answer, reply to this message with "
-            f"`{prefix}correct <the right answer>` and I'll use it from now on.")
+    return f"I don't know that one yet.{offer} {correct_hint(prefix, reviewed)}"

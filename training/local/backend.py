@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from errors import BackendError, InvalidInput, NotFound
@@ -24,7 +25,7 @@ from training.local import answer as answer_rule
 from training.local.overlay import Overlay, Overlays
 from training.local.retrieval import LocalModel, pairs_from
 from training.local.runner import Runner
-from training.local.store import VERSIONS, load_version
+from training.local.store import VERSIONS, export_version, load_version
 
 if TYPE_CHECKING:
     from config import Settings
@@ -209,9 +210,14 @@ class LocalBackend(TrainingBackend):
         return (f"I haven't been trained on this server yet. A trainer can add examples and run "
                 f"`{self.prefix}train` to teach me.")
 
+    async def export(self, space: GuildSpace, model_name: str) -> Path:
+        """Zip the version's pairs and vectors with a README on using them elsewhere; the zip's path."""
+        target = space.archives / f"{model_name}-local.zip"
+        return await asyncio.to_thread(export_version, space, model_name, target)
+
     def dont_know(self, suggestions: Sequence[str] = ()) -> str:
         """The honest "I don't know", offering the closest trained questions when there are some."""
-        return answer_rule.dont_know(self.prefix, suggestions)
+        return answer_rule.dont_know(self.prefix, suggestions, reviewed=self.settings.review_corrections)
 
     def match(self, model: LocalModel | None, prompt: str, overlay: Overlay | None = None) -> tuple[str, int] | None:
         """(answer, source) for ``prompt`` or None for "don't know"; source 0 = trained, 1 = correction."""
@@ -265,7 +271,7 @@ class LocalBackend(TrainingBackend):
         if found is not None:
             return Reply(found[0])
         return Reply(self.dont_know([q for q, _ in offers]), tuple(offers),
-                     answer_rule.dont_know_offer(self.prefix) if offers else "")
+                     answer_rule.dont_know_offer(self.prefix, reviewed=self.settings.review_corrections) if offers else "")
 
     def _noted(self, reply: Reply) -> Reply:
         text = self._with_note(reply.text)

@@ -155,3 +155,45 @@ def _dense_idf(idx: np.ndarray, val: np.ndarray) -> np.ndarray:
     idf = np.zeros(N_FEATURES, dtype=np.float32)
     idf[idx] = val
     return idf
+
+
+EXPORT_README = """# Local model `{name}` (trainer bot, local backend)
+
+A retrieval model: it answers a question with the trained answer whose question is closest in meaning.
+
+- `answers.json`: the trained pairs, a JSON list of {{"prompt", "answer"}} (in the order of the vectors).
+- `embeddings.npy` + `embedding.json`: one sentence vector per pair (float32, L2-normalised) and the embedding
+  model that made them (`{embed}`); embed a new question with the same model and take the pair with the highest
+  dot product.
+- `idf.npz`, `index.npz`: the word-matching index used without an embedding model (scipy sparse).
+- `classifier.npz` + `classifier.json`: the label classifier, when the data had labelled texts.
+- `meta.json`: how it was trained.
+
+Serving it elsewhere, in Python:
+
+    import json, numpy as np
+    pairs = json.load(open("answers.json"))
+    vectors = np.load("embeddings.npy", allow_pickle=False)
+    # query = the normalised vector of a question, made by the model named in embedding.json
+    best = int(np.argmax(vectors @ query)); print(pairs[best]["answer"])
+
+Corrections approved after this training are not in these files: `!export data` exports them with the dataset.
+"""
+
+
+def export_version(space: GuildSpace, name: str, target: Path) -> Path:
+    """Zip a version's files (pairs, vectors, indexes, meta) with a README on using them elsewhere (sync)."""
+    import zipfile
+
+    from storage import atomic_open
+
+    VERSIONS.read_meta(space.models, name)  # NotFound for a name that is not a finished version
+    folder = space.models / name
+    info = folder / "embedding.json"
+    embed = json.loads(info.read_text(encoding="utf-8")).get("model", "?") if info.is_file() else "none"
+    with atomic_open(target) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+                zf.write(path, f"{name}/{path.name}")
+        zf.writestr(f"{name}/README.md", EXPORT_README.format(name=name, embed=embed))
+    return target
