@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import functools
 import logging
 import os
 import signal
@@ -40,9 +41,11 @@ if __name__ == "__main__":
 import aiohttp
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 from dotenv import load_dotenv
 
+from commands._dialogs import ConfirmButton, Dialogs
 from commands._shared import (
     CannotPostHere,
     NotTrainerAdmin,
@@ -69,6 +72,9 @@ REFUSAL_LOG_SECONDS = 600.0  # a channel where Discord refuses my messages is lo
 # The cogs, in load order; commands/_shared.py is a helper module, not a cog.
 EXTENSIONS = ("commands.general", "commands.chat", "commands.voice", "commands.feedback", "commands.data",
               "commands.training", "commands.offers")
+
+
+DESCRIPTION_LIMIT = 100  # characters Discord allows in a slash command's description
 
 
 class RedactSecrets(logging.Filter):
@@ -152,7 +158,9 @@ class TrainerBot(commands.AutoShardedBot):
 
     def __init__(self, settings: Settings, *, openai_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         intents = discord.Intents.default()
-        intents.message_content = True
+        # Privileged: without it (MESSAGE_CONTENT=off) a server message's text reaches the bot only when it
+        # mentions the bot or replies to it; slash commands and context menus carry their own.
+        intents.message_content = settings.message_content
         intents.voice_states = True
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.prefix),
@@ -173,6 +181,7 @@ class TrainerBot(commands.AutoShardedBot):
         self.add_check(self._may_answer_here)
         self.openai_client: openai.AsyncOpenAI | None = None
         self.db: Database | None = None
+        self.dialogs = Dialogs()
         self.model: Model
         self.transcriber: Transcriber
 
@@ -190,6 +199,7 @@ class TrainerBot(commands.AutoShardedBot):
         if not self.settings.dev:
             # Start the speech workers and load the recogniser now, not on the first voice message.
             self._warm_up = asyncio.create_task(self.transcriber.warm_up(), name="speech-warm-up")
+        self.add_dynamic_items(ConfirmButton)
         for name in EXTENSIONS:
             try:
                 await self.load_extension(name)
@@ -200,7 +210,10 @@ class TrainerBot(commands.AutoShardedBot):
                 log.debug("loaded %s", name)
 
     async def _may_answer_here(self, ctx: commands.Context) -> bool:
-        """Every command's first check: a command I could not answer is not run (a `!train` nobody hears about)."""
+        """Every command's first check: a command I could not answer is not run (a `!train` nobody hears about).
+        A slash command is answered through its interaction, which needs no permission in the channel."""
+        if ctx.interaction is not None:
+            return True
         if not may_post(ctx.channel):
             raise CannotPostHere("no Send Messages permission here")
         return True
@@ -216,6 +229,16 @@ class TrainerBot(commands.AutoShardedBot):
         guild = getattr(channel, "guild", None)
         log.warning("not allowed to post in #%s (%s) of server %s: %s; staying quiet there",
                     getattr(channel, "name", "DM"), channel.id, getattr(guild, "id", "-"), why)
+
+    async def sync_commands(self, guild: discord.abc.Snowflake | None = None) -> int:
+        """Register the slash and context-menu commands with Discord: globally, or copied to one server (at once
+        there, for testing); returns how many. Discord limits how often this may run: never on every start."""
+        for cmd in self.tree.walk_commands():
+            if len(cmd.description) > DESCRIPTION_LIMIT:  # a docstring's first line is the description
+                cmd.description = cmd.description[:DESCRIPTION_LIMIT - 1].rsplit(" ", 1)[0] + "…"
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        return len(await self.tree.sync(guild=guild))
 
     async def get_context(self, origin: discord.Message | discord.Interaction, /, *,
                           cls: type[commands.Context] = TrainerContext) -> Any:
@@ -237,15 +260,18 @@ class TrainerBot(commands.AutoShardedBot):
         log.info("logged in as %s (id %s) in %d server(s)", self.user, getattr(self.user, "id", "?"),
                  len(self.guilds))
 
-    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+    async def on_command_error(self, ctx: commands.Context, raised: commands.CommandError) -> None:
         """The one global error handler: every failure becomes a short line for the user."""
         if getattr(ctx, "error_handled", False):
             return
-        if isinstance(error, CannotPostHere) or not may_post(ctx.channel):
+        error = _unwrapped(raised)
+        if ctx.interaction is None and (isinstance(error, CannotPostHere) or not may_post(ctx.channel)):
             self.cannot_post(ctx.channel, error)  # nowhere to answer: the log has it, once
             return
-        error = getattr(error, "original", error) if isinstance(error, commands.CommandInvokeError) else error
         p = ctx.clean_prefix
+        # A slash command's error line is shown to its user only (unless it was deferred: then it takes the
+        # place of "thinking…", as Discord decides).
+        send = functools.partial(ctx.send, ephemeral=True)
         if ctx.command is not None and isinstance(error, (commands.UserInputError, TrainerError)):
             # A mistyped attempt must not use up the cooldown the real one needs.
             ctx.command.reset_cooldown(ctx)
@@ -256,7 +282,12 @@ class TrainerBot(commands.AutoShardedBot):
                 names.extend(c.aliases)
             close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
             if close:  # other bots may share the prefix: stay silent unless we can help
-                await ctx.send(f"Unknown command `{p}{name}` — did you mean `{p}{close[0]}`?")
+                await send(f"Unknown command `{p}{name}` — did you mean `{p}{close[0]}`?")
+            return
+        if isinstance(error, app_commands.TransformerError):  # a slash option Discord's client let through
+            name = ctx.command.qualified_name if ctx.command else "?"
+            await send(f"`{error.value}` is not a valid {error.type.name.lower()} for this option. "
+                       f"See `/help {name}`.")
             return
         if isinstance(error, commands.UserInputError):
             assert ctx.command is not None  # arguments are parsed for a command that was found
@@ -269,33 +300,36 @@ class TrainerBot(commands.AutoShardedBot):
                 why = "Too many arguments."
             else:
                 why = str(error).rstrip(".") + "."
-            await ctx.send(f"{why} Usage: {usage} (see `{p}help {ctx.command.qualified_name}`)")
+            if ctx.interaction is not None:  # the options are typed and described: the prefix usage would mislead
+                await send(f"{why} See `/help {ctx.command.qualified_name}`.")
+            else:
+                await send(f"{why} Usage: {usage} (see `{p}help {ctx.command.qualified_name}`)")
             return
         if isinstance(error, commands.CommandOnCooldown):
             assert ctx.command is not None  # only a command that was found has a cooldown
-            await ctx.send(f"Slow down — you can use `{p}{ctx.command.qualified_name}` again in "
+            await send(f"Slow down — you can use `{p}{ctx.command.qualified_name}` again in "
                            f"{error.retry_after:.0f}s." if error.retry_after >= 1 else
                            f"Slow down — try `{p}{ctx.command.qualified_name}` again in a moment.")
             return
         if isinstance(error, commands.MissingPermissions):
             perms = ", ".join(p.replace("_", " ").replace("guild", "server").title() for p in error.missing_permissions)
-            await ctx.send(f"You need the **{perms}** permission to use this command.")
+            await send(f"You need the **{perms}** permission to use this command.")
             return
         if isinstance(error, commands.BotMissingPermissions):
             perms = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
-            await ctx.send(f"I need the **{perms}** permission here to do that.")
+            await send(f"I need the **{perms}** permission here to do that.")
             return
         if isinstance(error, commands.NoPrivateMessage):
-            await ctx.send("This command only works in a server.")
+            await send("This command only works in a server.")
             return
         if isinstance(error, (NotTrainerAdmin, commands.MaxConcurrencyReached)):
-            await ctx.send(str(error))
+            await send(str(error))
             return
         if isinstance(error, commands.CheckFailure):
-            await ctx.send("You can't use this command here.")
+            await send("You can't use this command here.")
             return
         if isinstance(error, TrainerError):
-            await ctx.send(user_line(error, ctx.clean_prefix)[:1990])
+            await send(user_line(error, ctx.clean_prefix)[:1990])
             return
         if isinstance(error, discord.Forbidden):
             if refused_post(error, ctx.channel):  # my permissions changed and the cache does not know yet
@@ -310,9 +344,18 @@ class TrainerBot(commands.AutoShardedBot):
             return
         error_id = report_unexpected(f"in command {ctx.command} (message {ctx.message.id})", error)
         try:
-            await ctx.send(f"Something went wrong on my side (error id `{error_id}`); it has been logged.")
+            await send(f"Something went wrong on my side (error id `{error_id}`); it has been logged.")
         except discord.HTTPException:
             log.warning("could not report error %s to the channel", error_id)
+
+
+def _unwrapped(error: Exception) -> Exception:
+    """The error a command really raised: prefix commands wrap it once, slash ones (hybrid) twice."""
+    if isinstance(error, commands.HybridCommandError):
+        error = error.original
+    if isinstance(error, (commands.CommandInvokeError, app_commands.CommandInvokeError)):
+        error = error.original
+    return error
 
 
 def load_settings(env_file: Path | None = None) -> Settings:
@@ -335,11 +378,12 @@ async def run_bot(settings: Settings) -> None:
 
 
 async def start_bot(settings: Settings, *, api_base: str, token: str, ready_timeout: float = 30.0,
-                    **bot_kwargs: Any) -> TrainerBot:
+                    sync_commands: bool = True, **bot_kwargs: Any) -> TrainerBot:
     """Start the real bot against a Discord-compatible server and wait until it is ready.
 
     The one start-up path shared by the dev chat, the tests and the benchmarks. ``bot_kwargs`` go to
-    ``commands.Bot`` (the sandbox passes a connector that trusts its voice server). Stop it with
+    ``commands.Bot`` (the sandbox passes a connector that trusts its voice server). The slash commands are
+    synced to each server the bot is in (``sync_commands``). Stop it with
     :func:`stop_bot`.
     """
     settings = dataclasses.replace(settings, token=token)
@@ -356,6 +400,15 @@ async def start_bot(settings: Settings, *, api_base: str, token: str, ready_time
         ready.cancel()
         await stop_bot(bot)
         raise TimeoutError(f"the bot did not come online within {ready_timeout:.0f} s")
+    if sync_commands:
+        # A sandbox server: its commands are registered per server at every start (on Discord an owner
+        # runs !sync once instead: Discord rate-limits registration).
+        try:
+            for guild in bot.guilds:
+                await bot.sync_commands(guild)
+        except BaseException:
+            await stop_bot(bot)
+            raise
     return bot
 
 

@@ -141,6 +141,13 @@ class Settings:
     job_lease_seconds: float = 30.0
     embed_model: str = DEFAULT_EMBED_MODEL
     review_corrections: bool = True
+    # Off: the bot does not ask for the privileged Message Content intent (see README, "Without the Message
+    # Content intent"): slash commands, context menus, mentions, replies to the bot and DMs still work.
+    message_content: bool = True
+    # Off (default): only admins' uploads, !test cases and admins' own corrections become training data
+    # (Discord's Developer Policy on training; README "What the bot trains on").
+    train_from_chat: bool = False
+    confirm_seconds: float = 60.0  # how long a Confirm / Cancel dialog waits before it expires
     # A "Did you mean" offer's buttons work this long (then they are disabled); a member's pick counts once this
     # many different members made the same one (0: only an admin's approval makes it count).
     offer_buttons_minutes: float = 60.0
@@ -233,6 +240,9 @@ class Settings:
             offer_buttons_minutes=_float(env, "OFFER_BUTTONS_MINUTES", cls.offer_buttons_minutes, 0.1),
             picks_to_learn=_int(env, "PICKS_TO_LEARN", cls.picks_to_learn, 0),
             eval_gate=_on_off(env, "EVAL_GATE", True),
+            message_content=_on_off(env, "MESSAGE_CONTENT", True),
+            train_from_chat=_on_off(env, "TRAIN_FROM_CHAT", False),
+            confirm_seconds=_float(env, "CONFIRM_SECONDS", cls.confirm_seconds, 1.0),
             paid_calls_per_user_per_day=_int(env, "PAID_CALLS_PER_USER_PER_DAY", cls.paid_calls_per_user_per_day, 0),
             budget_exempt_role=env.get("BUDGET_EXEMPT_ROLE", "").strip() or None,
             **_hf_settings(env, cls),

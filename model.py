@@ -135,6 +135,11 @@ class Model:
         """Whether a typed path names an entry of the server's data space (False when refused)."""
         return await asyncio.to_thread(dataset_folder.path_exists, self.space(guild_id), user_path)
 
+    async def suggest_paths(self, guild_id: int, typed: str, *, folders_only: bool = False) -> list[str]:
+        """Paths of the data space that start like ``typed`` (autocomplete), at most 25."""
+        return await asyncio.to_thread(dataset_folder.suggest_paths, self.space(guild_id), typed,
+                                       folders_only=folders_only)
+
     async def dataset_name(self, guild_id: int) -> str:
         """The current dataset as users see it, e.g. ``datasets/main``."""
         return await asyncio.to_thread(dataset_folder.dataset_name, self.space(guild_id))
@@ -259,6 +264,14 @@ class Model:
     async def reaction_counts(self, guild_id: int) -> dict[str, ReactionCounts]:
         """model -> {"up": n, "down": n}: the reactions standing now on the answers of each model."""
         return await asyncio.to_thread(corrections.reaction_counts, self.space(guild_id))
+
+    async def people(self, guild_id: int, typed: str = "") -> list[tuple[int, str]]:
+        """(id, name) of the people this server keeps something from, whose name contains ``typed``."""
+        return await asyncio.to_thread(forget.people, self.space(guild_id), typed)
+
+    async def forget_preview(self, guild_id: int, user_id: int) -> forget.ForgetResult:
+        """What ``forget_user`` would remove now (nothing is changed), for a confirm dialog."""
+        return await asyncio.to_thread(forget.preview, self.space(guild_id), user_id)
 
     # ------------------------------------------------------------ "Did you mean" offers, picks, unanswered
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from errors import InvalidInput, OverBudget, TrainerError
@@ -25,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class TrainerContext(commands.Context["TrainerBot"]):
-    """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message."""
+    """``ctx`` in every command: the model, the guild id, long-message sending and the replied-to message.
+
+    (mypy infers ``Never`` for ``commands.hybrid_command`` on a callback taking this subclass, unless it also
+    has a check decorator typed ``Any``: those decorator lines carry a ``type: ignore``.)"""
 
     error_handled: bool = False  # a cog's error handler answered already; the bot's global one stays silent
-
     @property
     def model(self) -> Model:
         return self.bot.model
@@ -73,6 +76,19 @@ class TrainerContext(commands.Context["TrainerBot"]):
         await self.send_long("\n".join(lines))
 
     @property
+    def origin(self) -> str:
+        """Where what this command adds came from (provenance): the message, or the slash command."""
+        if self.interaction is not None:
+            return f"/{self.command.qualified_name if self.command else '?'} (interaction {self.interaction.id})"
+        return f"message {self.message.id}"
+
+    def attachments(self, *picked: discord.Attachment | None) -> list[discord.Attachment]:
+        """The files given: a slash command's attachment options, or the message's attachments."""
+        if self.interaction is not None:
+            return [a for a in picked if a is not None]
+        return list(self.message.attachments)
+
+    @property
     def upload_limit(self) -> int:
         """The largest file the bot may attach here."""
         return self.guild.filesize_limit if self.guild else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
@@ -114,6 +130,11 @@ def admin_member(bot: TrainerBot, member: Any) -> bool:
     return _has_role(member, bot.settings.trainer_role)
 
 
+async def is_admin_or_owner(bot: TrainerBot, user: discord.abc.User) -> bool:
+    """Whether ``user`` (an interaction's member) is a trainer admin in their server, or the bot owner."""
+    return await bot.is_owner(user) or admin_member(bot, user)
+
+
 async def is_admin(ctx: commands.Context) -> bool:
     """Whether the author is a trainer admin here (no error: for commands anyone may use)."""
     try:
@@ -123,8 +144,11 @@ async def is_admin(ctx: commands.Context) -> bool:
 
 
 def trainer_admin() -> Any:
-    """Decorator: only trainer admins may run the command."""
-    return commands.check(is_trainer_admin)
+    """Decorator: only trainer admins may run the command; as a slash command, members don't see it
+    (Manage Server by default; a server can change that in its Integrations settings, and the check still holds)."""
+    def decorate(func: Any) -> Any:
+        return app_commands.default_permissions(manage_guild=True)(commands.check(is_trainer_admin)(func))
+    return decorate
 
 
 # ---------------------------------------------------------------- budgets on paid calls

@@ -52,10 +52,16 @@ class Chat(commands.Cog):
         self.last_answer: dict[int, asyncio.Future[None]] = {}
 
     def wants_answer(self, message: discord.Message) -> bool:
-        """Chat channels (and the threads in them), DMs and mentions get answers; everything else is left alone."""
+        """Chat channels (and the threads in them), DMs, mentions and replies to my messages get answers;
+        everything else is left alone. Without the Message Content intent only DMs, mentions and replies to me
+        come with their text."""
         if message.guild is None:
             return True
         if self.bot.user is not None and self.bot.user.mentioned_in(message) and not message.mention_everyone:
+            return True
+        ref = message.reference
+        if (self.bot.user is not None and ref is not None and isinstance(ref.resolved, discord.Message)
+                and ref.resolved.author.id == self.bot.user.id):
             return True
         channel = message.channel
         # A thread is named after its topic; it is a chat place when the channel it grew from is one.

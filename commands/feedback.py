@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from commands._dialogs import confirm
 from commands._shared import (
     TrainerContext,
     admin_member,
     is_admin,
+    is_admin_or_owner,
     listed,
     no_pings,
     page_number,
     quote,
+    report_unexpected,
     trainer_admin,
     user_line,
 )
@@ -35,13 +42,111 @@ class Feedback(commands.Cog):
 
     def __init__(self, bot: TrainerBot) -> None:
         self.bot = bot
+        # "Correct this answer" forms open on someone's screen, by nonce; and those already submitted (-> ref).
+        self.forms: dict[str, OpenForm] = {}
+        self.submitted: dict[str, tuple[str, float]] = {}  # nonce -> (correction ref, when)
+        self.correct_menu = app_commands.ContextMenu(name=CORRECT_MENU, callback=self._correct_menu)
+        self.correct_menu.guild_only = True
 
-    @commands.command(usage="[message_id] <correction...>")
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.correct_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(CORRECT_MENU, type=discord.AppCommandType.message)
+
+    # ------------------------------------------------------------ "Correct this answer" (message menu + modal)
+
+    async def _correct_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Open a form for the right answer to one of my answers. The target message comes with the
+        interaction: this works without the Message Content intent."""
+        assert interaction.guild_id is not None  # guild-only command
+        answer = await self.bot.model.find_answer(interaction.guild_id, message.id)
+        if answer is None:
+            await interaction.response.send_message(
+                "That message isn't one of my answers here; use this on my answer to correct it.", ephemeral=True)
+            return
+        now = time.monotonic()
+        for nonce in [n for n, f in self.forms.items() if now - f.opened > FORM_SECONDS]:
+            del self.forms[nonce]
+        for nonce in [n for n, (_, when) in self.submitted.items() if now - when > FORM_SECONDS]:
+            del self.submitted[nonce]
+        nonce = secrets.token_hex(8)
+        self.forms[nonce] = OpenForm(interaction.guild_id, message.id, interaction.user.id, now)
+        modal = CorrectForm(f"{FORM_PREFIX}{nonce}", answer.prompt)
+        await interaction.response.send_modal(modal)
+        # Its submit comes to on_interaction (below), which also refuses a second submit of the same form
+        # clearly; a modal left in discord.py's store would answer the first and drop the second unanswered.
+        modal.stop()
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
+        if not custom_id.startswith(FORM_PREFIX):
+            return
+        try:
+            await self._form_submitted(interaction, custom_id.removeprefix(FORM_PREFIX))
+        except TrainerError as exc:
+            await self._tell(interaction, user_line(exc, self.bot.settings.prefix))
+        except Exception as exc:
+            error_id = report_unexpected(f"saving a correction form ({interaction.id})", exc)
+            await self._tell(interaction, f"Something went wrong on my side (error id `{error_id}`); the correction "
+                                          f"was not saved.")
+
+    async def _form_submitted(self, interaction: discord.Interaction, nonce: str) -> None:
+        form = self.forms.get(nonce)
+        if form is None or form.user_id != interaction.user.id or form.guild_id != interaction.guild_id:
+            ref = self.submitted.get(nonce, (None, 0.0))[0]
+            await self._tell(interaction, f"You already sent this form: correction `{ref}` was saved once, and "
+                                          f"nothing more was saved." if ref else
+                             f"This form has expired; nothing was saved. Open it again on my answer: "
+                             f"Apps → {CORRECT_MENU}.")
+            return
+        del self.forms[nonce]  # before any await: a second submit arriving meanwhile is refused above
+        text = _field(interaction.data or {}, "correction").strip()
+        if not text:
+            raise InvalidInput("The right answer is empty; nothing was saved.")
+        answer = await self.bot.model.find_answer(form.guild_id, form.message_id)
+        if answer is None:  # forgotten meanwhile
+            raise NotFound("That answer is no longer in my records; nothing was saved.")
+        admin = await is_admin_or_owner(self.bot, interaction.user)
+        asker = (interaction.guild.get_member(answer.author_id)
+                 if interaction.guild is not None and answer.author_id is not None else None)
+        asked_by_admin = answer.author_id == interaction.user.id or (asker is not None and admin_member(self.bot, asker))
+        record = await self.bot.model.correct(
+            form.guild_id, answer, text, author_id=interaction.user.id, author_name=str(interaction.user),
+            channel_id=interaction.channel_id or 0, source_message_id=None, trusted=admin,
+            question_trusted=admin and asked_by_admin)
+        self.submitted[nonce] = (record.ref, time.monotonic())
+        await self._tell(interaction, self._saved_text(record, "/"))
+
+    @staticmethod
+    async def _tell(interaction: discord.Interaction, text: str) -> None:
+        """One line for the person who submitted (only they see it)."""
+        if interaction.response.is_done():
+            await interaction.followup.send(text[:2000], ephemeral=True)
+        else:
+            await interaction.response.send_message(text[:2000], ephemeral=True)
+
+    @commands.hybrid_command(usage="[message_id] <correction...>")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
+    @app_commands.guild_only()
     @commands.cooldown(10, 60.0, commands.BucketType.user)
-    async def correct(self, ctx: TrainerContext, *, text: str) -> None:
+    @app_commands.describe(text="The right answer",
+                           message="The id or link of my answer (empty: my last answer to you in this channel)")
+    async def correct(self, ctx: TrainerContext, *, text: str, message: str | None = None) -> None:
         """Correct my last answer to you here, a reply's answer, or the answer with that message id."""
         ref = ctx.message.reference
+        if ctx.interaction is not None and message:
+            # A typed option: an id, or a message link (…/channels/guild/channel/message).
+            given = message.strip().rstrip("/").rsplit("/", 1)[-1]
+            if not (given.isdigit() and len(given) >= 15):
+                raise InvalidInput(f"`{discord.utils.escape_markdown(message[:40])}` is not a message id or link: "
+                                   f"use Copy Message ID (or Copy Message Link) on my answer, or leave it empty.")
+            text = f"{given} {text}"
+        await ctx.defer()  # finding the answer and saving the correction are database writes
         first, _, rest = text.partition(" ")
         if first.isdigit() and len(first) >= 15 and rest.strip():
             message_id, correction = int(first), rest.strip()
@@ -86,15 +191,24 @@ class Feedback(commands.Cog):
                                          author_name=str(ctx.author), channel_id=ctx.channel.id,
                                          source_message_id=ctx.message.id, trusted=admin,
                                          question_trusted=admin and self._asked_by_admin(ctx, answer))
+        # A reply to an ask has no prefix of its own.
+        await ctx.send(self._saved_text(record, ctx.clean_prefix or self.bot.settings.prefix))
+
+    def _saved_text(self, record: Correction, p: str) -> str:
+        """What the author of a correction is told once it is saved (the same for every way of correcting).
+        With TRAIN_FROM_CHAT=off only a trusted one (an admin's, of an admin's question) is training data."""
+        trained = self.bot.settings.train_from_chat or record.trusted
         if not record.approved:
-            p = ctx.clean_prefix or self.bot.settings.prefix  # a reply to an ask has no prefix of its own
-            await ctx.send(f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
-                           f"(`{p}review`) before I use it.")
-        elif ctx.model.backend.applies_corrections_now:
-            await ctx.send(f"Thanks — correction `{record.ref}` saved. I'll answer that question (or one "
-                           f"that means the same) with it from now on, and it is training data for next time.")
-        else:
-            await ctx.send(f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained.")
+            return (f"Thanks — correction `{record.ref}` saved. It awaits review: an admin approves it "
+                    f"(`{p}review`) before I use it.")
+        if self.bot.model.backend.applies_corrections_now:
+            return (f"Thanks — correction `{record.ref}` saved. I'll answer that question (or one "
+                    f"that means the same) with it from now on" + (", and it is training data for next time."
+                                                                  if trained else "."))
+        if trained:
+            return f"Thanks — correction `{record.ref}` saved. It will be used the next time I'm trained."
+        return (f"Thanks — correction `{record.ref}` saved and kept for review and export; it is not training data "
+                f"here (this server trains on admins' data only: TRAIN_FROM_CHAT is off).")
 
     def _asked_by_admin(self, ctx: TrainerContext, answer: Answer) -> bool:
         """Whether an admin wrote the question ``answer`` answers (the corrector, or a member with admin rights
@@ -112,9 +226,11 @@ class Feedback(commands.Cog):
         except discord.HTTPException:
             return None
 
-    @commands.command(usage="<text...>")
+    @commands.hybrid_command(usage="<text...>")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
+    @app_commands.guild_only()
     @commands.cooldown(5, 60.0, commands.BucketType.user)
+    @app_commands.describe(text="What works, what doesn't, what you'd like")
     async def feedback(self, ctx: TrainerContext, *, text: str) -> None:
         """Tell the admins what works and what doesn't."""
         reply_to: RepliedTo | None = None
@@ -198,13 +314,16 @@ class Feedback(commands.Cog):
 
     # ------------------------------------------------------------ the review queue
 
-    @commands.command(usage="[page]")
+    @commands.hybrid_command(usage="[page]")
     @commands.guild_only()
+    @app_commands.guild_only()
     @trainer_admin()
+    @app_commands.describe(page="Which page of the list (1 is the oldest)")
     async def review(self, ctx: TrainerContext, page: str = "") -> None:
         """★ List members' corrections and paraphrases (picks on my offers) waiting for review, whole and exactly
         as they will be published."""
         number = page_number(page)
+        await ctx.defer()
         pending: list[Correction | Pick] = [*await ctx.model.pending_corrections(ctx.guild_id),
                                             *await ctx.model.pending_picks(ctx.guild_id)]
         if not pending:
@@ -220,9 +339,11 @@ class Feedback(commands.Cog):
         await ctx.send_page(header, [_pick_block(c) if isinstance(c, Pick) else _review_block(c) for c in pending],
                             number, more=f"{p}review {{}}")
 
-    @commands.command(usage="<id...>")
+    @commands.hybrid_command(usage="<id...>")
     @commands.guild_only()
+    @app_commands.guild_only()
     @trainer_admin()
+    @app_commands.describe(ids="One or more ids from /review, separated by spaces")
     async def approve(self, ctx: TrainerContext, *, ids: str) -> None:
         """★ Approve members' corrections (or paraphrases, `P-…`) by id: they count in answers and the next
         training."""
@@ -234,11 +355,17 @@ class Feedback(commands.Cog):
         await ctx.send(f"Approved {what}{shown}: {'they count' if len(done) > 1 else 'it counts'} {when} "
                        f"the next training.")
 
-    @commands.command(usage="<id...> [reason]")
+    @commands.hybrid_command(usage="<id...> [reason]")
     @commands.guild_only()
+    @app_commands.guild_only()
     @trainer_admin()
-    async def reject(self, ctx: TrainerContext, *, text: str) -> None:
+    @app_commands.describe(text="One or more ids from /review, separated by spaces",
+                           reason="Why (kept with the decision)")
+    @app_commands.rename(text="ids")
+    async def reject(self, ctx: TrainerContext, *, text: str, reason: str | None = None) -> None:
         """★ Reject members' corrections by id (a reason after the ids is kept): they are never used."""
+        if ctx.interaction is not None and reason:
+            text = f"{text} {reason}"  # the ids first, then the reason: the same parsing as the prefix form
         words = text.split()
         # The ids come first; everything from the first word that is not an id on is the reason
         # (a word starting with C- is taken as an id, so a mistyped one is refused, not kept as a reason).
@@ -258,9 +385,11 @@ class Feedback(commands.Cog):
 
     # ------------------------------------------------------------ forget-me
 
-    @commands.command(usage="me | @user")
+    @commands.hybrid_command(usage="me | @user")  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
+    @app_commands.guild_only()
     @commands.cooldown(3, 60.0, commands.BucketType.user)
+    @app_commands.describe(who="`me`, or (admins) a member's @mention or id")
     async def forget(self, ctx: TrainerContext, *, who: str = "") -> None:
         """Remove everything you gave in this server (`me`), or a member's (`@user`, admins)."""
         p = ctx.clean_prefix
@@ -279,6 +408,15 @@ class Feedback(commands.Cog):
             member = ctx.guild.get_member(user_id) or next((u for u in ctx.message.mentions if u.id == user_id), None)
             name = str(member) if member is not None else f"user {user_id}"
         shown = discord.utils.escape_markdown(name)
+        await ctx.defer()  # counting what will go reads the server's dataset files
+        coming = await ctx.model.forget_preview(ctx.guild_id, user_id)
+        if coming.total > FORGET_WITHOUT_ASKING:
+            mine = user_id == ctx.author.id
+            listed = ", ".join(f"{n:,} {kind}" for kind, n in coming.counts.items())
+            if not await confirm(ctx, f"Forget everything {'you' if mine else shown} gave in this server? This "
+                                      f"removes {listed}, for good."):
+                await ctx.send("Nothing was forgotten; everything stays as it was.")
+                return
         try:
             result = await ctx.model.forget_user(ctx.guild_id, user_id, channel_id=ctx.channel.id,
                                                  requester_id=ctx.author.id, user_name=name)
@@ -349,6 +487,22 @@ class Feedback(commands.Cog):
         users = [discord.Object(notice.requester_id)] if notice.requester_id else []
         return {"content": text[:2000], "allowed_mentions": discord.AllowedMentions(users=users)}
 
+    @forget.autocomplete("who")
+    async def _whom(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """`me`, and for admins the people this server keeps something from, by name (the value is their id)."""
+        found = [app_commands.Choice(name="me", value="me")] if "me".startswith(current.lower()) else []
+        if interaction.guild_id is not None and await is_admin_or_owner(self.bot, interaction.user):
+            found += [app_commands.Choice(name=name[:100], value=str(user_id))
+                      for user_id, name in await self.bot.model.people(interaction.guild_id, current)
+                      if user_id != interaction.user.id]
+        return found[:25]
+
+
+CORRECT_MENU = "Correct this answer"
+FORM_PREFIX = "trainer:correct:"
+FORM_SECONDS = 15 * 60.0  # a form open longer than an interaction token lives is expired
+FORGET_WITHOUT_ASKING = 3  # a !forget that removes more than this many items asks to confirm first
+
 
 def _counts(counts: dict[str, int]) -> str:
     """"3 corrections, 1 feedback": what a forget removed."""
@@ -375,6 +529,45 @@ def _quoted(label: str, text: str) -> str:
     """``> label: text``, every further line of ``text`` quoted too."""
     first, *rest = (text.strip() or "(empty)").split("\n")
     return "\n".join([f"> {label}: {first}", *(f"> {line}" for line in rest)])
+
+
+@dataclass
+class OpenForm:
+    """A "Correct this answer" form open on someone's screen."""
+
+    guild_id: int
+    message_id: int  # the answer it corrects
+    user_id: int
+    opened: float  # time.monotonic()
+
+
+class CorrectForm(discord.ui.Modal):
+    """The form for the right answer (its submit is handled by Feedback.on_interaction)."""
+
+    def __init__(self, custom_id: str, question: str) -> None:
+        super().__init__(title="Correct my answer", custom_id=custom_id, timeout=None)
+        asked = " ".join(question.split())
+        self.correction: discord.ui.TextInput[CorrectForm] = discord.ui.TextInput(
+            label="The right answer", custom_id="correction", style=discord.TextStyle.paragraph,
+            max_length=4000, placeholder=(f"To: {asked}" if asked else "What should I have answered?")[:100])
+        self.add_item(self.correction)
+
+
+def _field(data: Any, custom_id: str) -> str:
+    """The value of a modal's text input, wherever Discord nests it (action rows, labels)."""
+    if isinstance(data, dict):
+        if data.get("custom_id") == custom_id and "value" in data:
+            return str(data.get("value") or "")
+        children = [data.get("components"), data.get("component")]
+    elif isinstance(data, list):
+        children = data
+    else:
+        return ""
+    for child in children:
+        found = _field(child, custom_id)
+        if found:
+            return found
+    return ""
 
 
 def _looks_like_ref(word: str) -> bool:

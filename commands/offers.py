@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
+from discord import app_commands
 from discord.ext import commands, tasks
 
 from commands._shared import (
@@ -303,12 +304,14 @@ class Offers(commands.Cog):
 
     # ------------------------------------------------------------ !unanswered
 
-    @commands.command()
+    @commands.hybrid_command()
     @commands.guild_only()
+    @app_commands.guild_only()
     @trainer_admin()
     async def unanswered(self, ctx: TrainerContext) -> None:
         """★ The most asked questions I couldn't answer ("None of these"), grouped by meaning; a button answers
         one."""
+        await ctx.defer()  # grouping by meaning runs the embedding model
         groups = await ctx.model.unanswered(ctx.guild_id)
         if not groups:
             await ctx.send("No unanswered questions: every offer so far found its question.")

@@ -7,13 +7,16 @@ import io
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from commands._dialogs import confirm
 from commands._shared import (
     TrainerContext,
+    is_admin_or_owner,
     is_trainer_admin,
     listed,
     no_pings,
@@ -21,6 +24,7 @@ from commands._shared import (
     take_option,
     trainer_admin,
 )
+from dataset.compile import LEFT_OUT_FROM_CHAT
 from dataset.corrections import ReactionCounts
 from dataset.formats import IngestReport
 from errors import BackendError, InvalidInput, NotFound, TrainerError
@@ -75,17 +79,28 @@ class Training(commands.Cog):
             await ctx.send(f"{what} in this server right now; try again when it has finished.")
 
     # ----------------------------------------------------------------- !train
-    @commands.command(usage="[data | path] [positive=yes] [method=supervised|dpo] (+ attached files)")
+    @commands.hybrid_command(usage="[data | path] [positive=yes] [method=supervised|dpo] (+ attached files)")
+    @app_commands.guild_only()
     @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
-    async def train(self, ctx: TrainerContext, *, args: str = "") -> None:
-        """Add data (attached files, inline examples or a path), then train a new model (scored before it is used)."""
-        text, method = take_option(args, "method", ("supervised", "dpo"))
+    @app_commands.describe(args="Examples (one per line, question => answer) or a path in the data space",
+                           file="A .jsonl, .json, .csv or .txt file of examples",
+                           positive="Are they good answers (yes) or answers to avoid (no)?",
+                           method="supervised (default) or dpo (preference pairs)")
+    @app_commands.rename(args="data")
+    async def train(self, ctx: TrainerContext, *, args: str = "", file: discord.Attachment | None = None,
+                    positive: bool = True, method: Literal["supervised", "dpo"] | None = None) -> None:
+        """Add data (files, examples or a path), then train a new model (scored before it is used)."""
+        text: str = args
+        if ctx.interaction is None:  # `!train positive=no method=dpo …`: the options are words of the text
+            text, method = take_option(args, "method", ("supervised", "dpo"))  # type: ignore[assignment]
+            text, flags = split_flags(text, ("positive",))
+            positive = flags.get("positive", True)
         ctx.model.check_method(method or "supervised")  # before any data is added: a refusal changes nothing
-        text, flags = split_flags(text, ("positive",))
-        positive = flags.get("positive", True)
-        if ctx.message.attachments or text:
-            reports = await self._ingest(ctx, text, positive, f"{ctx.author} ({ctx.author.id})")
+        await ctx.defer()  # a slash command: "thinking…" now, downloads and training take longer than 3 s
+        files = ctx.attachments(file)
+        if files or text.strip():
+            reports = await self._ingest(ctx, text.strip(), files, positive, f"{ctx.author} ({ctx.author.id})")
             if len(reports) == 1 and isinstance(reports[0][1], TrainerError):
                 raise reports[0][1]  # one source that could not be read: its message says it all
             added = sum(r.added for _, r in reports if isinstance(r, IngestReport))
@@ -102,7 +117,7 @@ class Training(commands.Cog):
                 return
         await self._start_job(ctx, method or "supervised")
 
-    async def _ingest(self, ctx: TrainerContext, text: str, positive: bool,
+    async def _ingest(self, ctx: TrainerContext, text: str, files: list[discord.Attachment], positive: bool,
                       author: str) -> list[tuple[str, IngestReport | TrainerError]]:
         """Each attachment, then the inline text or path: its report, or the error that stopped it.
 
@@ -110,13 +125,13 @@ class Training(commands.Cog):
         reported); the caller shows every outcome.
         """
         reports: list[tuple[str, IngestReport | TrainerError]] = []
-        for att in ctx.message.attachments:
+        for att in files:
             try:
                 ctx.model.check_upload(att.filename, att.size)  # before the download
                 data = await att.read()
                 reports.append((att.filename, await ctx.model.add_upload(
                     ctx.guild_id, att.filename, data, positive=positive, author=author, author_id=ctx.author.id,
-                    origin=f"message {ctx.message.id}")))
+                    origin=ctx.origin)))
             except TrainerError as exc:
                 reports.append((att.filename, exc))
             except discord.HTTPException as exc:
@@ -128,13 +143,13 @@ class Training(commands.Cog):
                 if await self._looks_like_path(ctx, text):
                     try:
                         report = await ctx.model.add_path(ctx.guild_id, text, positive=positive, author=author,
-                                                          author_id=ctx.author.id, origin=f"message {ctx.message.id}")
+                                                          author_id=ctx.author.id, origin=ctx.origin)
                     except NotFound as exc:
                         raise NotFound(f"{exc} To add examples written in the message instead, put one per "
                                        f"line: `{ctx.clean_prefix}train question => answer`.") from None
                 else:
                     report = await ctx.model.add_text(ctx.guild_id, text, positive=positive, author=author,
-                                                      author_id=ctx.author.id, origin=f"message {ctx.message.id}")
+                                                      author_id=ctx.author.id, origin=ctx.origin)
                 reports.append((name, report))
             except TrainerError as exc:
                 reports.append((name, exc))
@@ -184,7 +199,10 @@ class Training(commands.Cog):
         if self.model.backend.bills_tokens:
             what += f", ~{est.tokens or 0:,} tokens, {'?' if est.epochs is None else est.epochs} epochs"
         warnings = self.model.relevant_warnings(report)
+        left_out = [w for w in warnings if w.code == LEFT_OUT_FROM_CHAT]
+        warnings = [w for w in warnings if w.code != LEFT_OUT_FROM_CHAT]
         lines = [f"Started training job `{job.id}` on the {self.model.backend.name} backend: {what}."]
+        lines.extend(w.message[0].upper() + w.message[1:] + "." for w in left_out)
         contributors = job.contributors
         if contributors:
             shown = [f"{discord.utils.escape_markdown(str(name))} {n:,}" for name, n in contributors[:TOP_SHOWN]]
@@ -318,9 +336,11 @@ class Training(commands.Cog):
             await channel.send(no_pings(f"Training job `{job.id}` {job.status}: {reason}")[:2000])
 
     # ----------------------------------------------------------------- jobs and models
-    @commands.command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
+    @app_commands.guild_only()
     async def jobs(self, ctx: TrainerContext) -> None:
         """List this server's recent training jobs."""
+        await ctx.defer()
         found = await ctx.model.list_jobs(ctx.guild_id, 10)
         if not found:
             await ctx.send(f"No training jobs yet. An admin can start one with `{ctx.clean_prefix}train`.")
@@ -336,10 +356,25 @@ class Training(commands.Cog):
             lines.append(f"`{job.id}` {job.status} {when} by {who}{model}")
         await ctx.send_long("\n".join(lines))
 
-    @commands.command(usage="<job_id>")
+    @commands.hybrid_command(usage="<job_id>")
+    @app_commands.guild_only()
     @trainer_admin()
+    @app_commands.describe(job_id="The job to cancel (see /jobs)")
     async def cancel(self, ctx: TrainerContext, job_id: str) -> None:
-        """Cancel a running training job."""
+        """Cancel a running training job (asks you to confirm)."""
+        job_id = job_id.strip().strip("`")
+        await ctx.defer()
+        # A unique prefix of the id is enough (the backend resolves it the same way).
+        running = [job for job in await self.model.list_jobs(ctx.guild_id, 50)
+                   if job.status not in TERMINAL and job.id.startswith(job_id)]
+        shown = running[0] if len(running) == 1 and job_id else None
+        if shown is not None:
+            job_id = shown.id
+            started = f", started by {discord.utils.escape_markdown(shown.started_by)}" if shown.started_by else ""
+            if not await confirm(ctx, f"Cancel training job `{job_id}` ({shown.status}{started})? Its work so far "
+                                      f"is lost and the model stays as it is."):
+                await ctx.send(f"Training job `{job_id}` keeps running; nothing was changed.")
+                return
         job = await self.model.cancel_job(ctx.guild_id, job_id, by=str(ctx.author))
         if job.status == "cancelled":
             await ctx.send(f"Cancelling training job `{job.id}`: it is now cancelled and will not change "
@@ -348,9 +383,12 @@ class Training(commands.Cog):
             await ctx.send(f"Training job `{job.id}` had already {job.status}; nothing to cancel.")
         self.watch(ctx.guild_id, job.id)
 
-    @commands.command(name="model", usage="[name | previous]")
+    @commands.hybrid_command(name="model", usage="[name | previous]")  # type: ignore[arg-type]  # TrainerContext: see _shared
+    @app_commands.guild_only()
+    @app_commands.describe(name="Switch to this model, or `previous` (admins); empty: show the current one")
     async def model_cmd(self, ctx: TrainerContext, name: str | None = None) -> None:
         """Show the current model and the 👍/👎 on each model's answers, or switch to another one (admins)."""
+        await ctx.defer()
         if name is None:
             current = await ctx.model.current_model(ctx.guild_id)
             known = await ctx.model.list_models(ctx.guild_id)
@@ -375,16 +413,22 @@ class Training(commands.Cog):
             raise NotFound("There is no earlier model to go back to.")
         await ctx.send(f"Switched to model `{new}`.")
 
-    @commands.command(name="export", usage="data | model")
+    @commands.hybrid_command(name="export", usage="data | model")
+    @app_commands.guild_only()
     @trainer_admin()
+    @app_commands.describe(what="data: the compiled dataset; model: the current model")
+    @app_commands.choices(what=[app_commands.Choice(name="data", value="data"),
+                                app_commands.Choice(name="model", value="model")])
     async def export_cmd(self, ctx: TrainerContext, what: str) -> None:
         """Export the dataset as OpenAI chat JSONL (data), or the current model with a README on serving it."""
         if what.lower() == "data":
+            await ctx.defer()
             await self._export_data(ctx)
             return
         if what.lower() != "model":
             raise InvalidInput(f"I can export `data` (the compiled dataset) or `model` (the current model): "
                                f"`{ctx.clean_prefix}export data`.")
+        await ctx.defer()
         async with ctx.typing():
             name, shown, size, data = await ctx.model.export_model(ctx.guild_id, read_limit=ctx.upload_limit)
         text = f"Model `{name}` exported as `{shown}` ({fmt_bytes(size)}), with a README on serving it elsewhere."
@@ -410,14 +454,18 @@ class Training(commands.Cog):
                      f"it is kept as `{zipped}` in the server's data folder.")
         await ctx.send(text, files=[discord.File(io.BytesIO(data), filename=name) for name, data in attach])
 
-    @commands.command(usage="<json cases> (or an attached .json/.jsonl)")
+    @commands.hybrid_command(usage="<json cases> (or an attached .json/.jsonl)")
+    @app_commands.guild_only()
     @trainer_admin()
     @commands.max_concurrency(1, commands.BucketType.guild, wait=False)
-    async def test(self, ctx: TrainerContext, *, cases: str = "") -> None:
+    @app_commands.describe(cases='Cases as JSON: [{"input": "…", "expected": "…"}, …]',
+                           file="A .json or .jsonl file of cases")
+    async def test(self, ctx: TrainerContext, *, cases: str = "", file: discord.Attachment | None = None) -> None:
         """Run test cases against the current model and report accuracy; they join the evaluation set."""
         text = cases.strip().removeprefix("```json").removeprefix("```").removesuffix("```")
-        if ctx.message.attachments:
-            att = ctx.message.attachments[0]
+        files = ctx.attachments(file)
+        if files:
+            att = files[0]
             ctx.model.check_test_upload(att.filename, att.size)
             try:
                 text = (await att.read()).decode("utf-8")
@@ -429,6 +477,7 @@ class Training(commands.Cog):
         elif not text.strip():
             assert ctx.command is not None  # set while a command runs
             raise commands.MissingRequiredArgument(ctx.command.clean_params["cases"])
+        await ctx.defer()
         async with ctx.typing():
             result = await ctx.model.run_tests(ctx.guild_id, text, author_id=ctx.author.id,
                                                author_name=str(ctx.author))
@@ -443,6 +492,22 @@ class Training(commands.Cog):
             lines.append(f"The {len(result.mismatches)} mismatch(es) are kept as training data for the next "
                          f"`{ctx.clean_prefix}train`.")
         await ctx.send_long("\n".join(lines))
+
+    # ----------------------------------------------------------------- autocomplete
+    @cancel.autocomplete("job_id")
+    async def _running_jobs(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None or not await is_admin_or_owner(self.bot, interaction.user):
+            return []
+        jobs = [job for job in await self.model.list_jobs(interaction.guild_id, 50) if job.status not in TERMINAL]
+        return [app_commands.Choice(name=f"{job.id} ({job.status})"[:100], value=job.id)
+                for job in jobs if current.lower() in job.id.lower()][:25]
+
+    @model_cmd.autocomplete("name")
+    async def _model_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        names = ["previous", *reversed(await self.model.list_models(interaction.guild_id))]
+        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names if current.lower() in n.lower()][:25]
 
 
 REACTION_MODELS_SHOWN = 4  # models whose 👍/👎 counts !model shows (the current one first)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from commands._shared import TrainerContext, budget_exempt
@@ -134,8 +135,9 @@ class Voice(commands.Cog):
         speaker.say(Spoken(answer, message.author.id, exempt))
 
     # ----------------------------------------------------------------- channels
-    @commands.command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
+    @app_commands.guild_only()
     @commands.cooldown(3, 30.0, commands.BucketType.guild)
     async def join(self, ctx: TrainerContext) -> None:
         """Join your voice channel and speak my answers there."""
@@ -160,6 +162,7 @@ class Voice(commands.Cog):
                 await ctx.send(f"I'm already in {vc.channel.mention} on this server; "
                                f"`{ctx.clean_prefix}leave` first.")
             return
+        await ctx.defer()  # connecting may take seconds
         try:
             await channel.connect(timeout=CONNECT_TIMEOUT, reconnect=True, self_deaf=True)
         except (asyncio.TimeoutError, OSError, aiohttp.ClientError, discord.ClientException,
@@ -172,8 +175,9 @@ class Voice(commands.Cog):
         await ctx.send(f"Joined {channel.mention}. I'll speak my answers to you there.")
         self._check_idle(ctx.guild)
 
-    @commands.command()
+    @commands.hybrid_command()  # type: ignore[arg-type]  # TrainerContext: see _shared
     @commands.guild_only()
+    @app_commands.guild_only()
     async def leave(self, ctx: TrainerContext) -> None:
         """Leave the voice channel."""
         assert ctx.guild is not None  # @guild_only

@@ -46,8 +46,21 @@ def _prompt_key(messages: list[ChatMessage]) -> str:
     )
 
 
-def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI") -> Compiled:
-    """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked."""
+LEFT_OUT_FROM_CHAT = "left_out_from_chat"  # the Issue code that says what TRAIN_FROM_CHAT=off left out
+
+
+def from_chat(correction: records.Correction) -> bool:
+    """Whether a correction is chat-derived in the sense of Discord's Developer Policy: written by a member, or
+    about a member's question. Only an admin's correction of an admin's question (``trusted``) is not."""
+    return not correction.trusted
+
+
+def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, trainer: str = "OpenAI",
+                  chat: bool = True) -> Compiled:
+    """Current dataset + corrections + !test mismatches -> OpenAI supervised (+ DPO) lines, checked.
+
+    ``chat=False`` (TRAIN_FROM_CHAT=off): chat-derived records are left out (corrections: see :func:`from_chat`;
+    paraphrases from picks: all, their wording was typed in chat); the report says how many. Admins' uploads, !test cases and admins' own corrections stay."""
     state = read_state(space)
     system = str(state.get("system_prompt") or "").strip() or None
     loaded = load_dataset(space, current_dataset(space))
@@ -90,10 +103,18 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
     corrected: dict[str, set[str]] = {}  # prompt key -> answers that were corrected
     unusable = 0
     fixes: list[tuple[str, str, str, str]] = []
+    left_out = 0
     for c in records.approved_corrections(space):  # pending and rejected ones never reach training
+        if not chat and from_chat(c):
+            left_out += 1
+            continue
         by = f"{c.author_name or 'someone'} ({c.author_id})" if c.author_id else ""
         fixes.append((c.prompt, c.correction, c.answer, by))
+    left_picks = 0
     for p in records.approved_picks(space):  # counted picks: the asked wording taught as a paraphrase
+        if not chat:  # the wording is what someone typed in chat, whoever picked
+            left_picks += 1
+            continue
         by = f"{p.author_name or 'someone'} ({p.author_id})" if p.author_id else ""
         fixes.append((p.prompt, p.answer, "", by))
     for t in records.list_test_errors(space):
@@ -109,6 +130,17 @@ def compile_guild(space: GuildSpace, *, min_examples: int = MIN_EXAMPLES, traine
         if bad.strip():
             corrected.setdefault(key, set()).add(bad.strip())
             add_pref(user, fix, bad)
+    if left_out or left_picks:
+        what = " and ".join(part for part in (f"{left_out} member correction(s)" if left_out else "",
+                                               f"{left_picks} paraphrase(s) from picks" if left_picks else "") if part)
+        notes.append(
+            Issue(
+                None,
+                LEFT_OUT_FROM_CHAT,
+                f"{what} left out of training (TRAIN_FROM_CHAT is off); they still answer as corrections and "
+                f"stay in reviews and exports",
+            )
+        )
     if unusable:
         notes.append(
             Issue(

@@ -313,3 +313,32 @@ def read_user_file(space: GuildSpace, user_path: str, *, limit: int) -> tuple[st
         raise NotFound(f"`{shown}` does not exist in this server's data folder.") from None
     except OSError as exc:
         raise InvalidInput(f"`{shown}` can't be read: {exc.strerror or type(exc).__name__}.") from None
+
+
+def suggest_paths(space: GuildSpace, typed: str, *, folders_only: bool = False, limit: int = 25) -> list[str]:
+    """Entries of the data space whose path starts like ``typed`` (for a slash option's autocomplete): the
+    entries of the folder typed so far, hidden ones left out, never anything outside the space."""
+    typed = typed.strip().strip("`\"'").replace("\\", "/")
+    folder, _, start = typed.rpartition("/")
+    try:
+        base = space.resolve(folder) if folder else space.data.resolve()
+        entries = sorted(base.iterdir()) if base.is_dir() else []
+    except (TrainerError, OSError):  # a refused or unreadable path: nothing to suggest
+        return []
+    root = space.data.resolve()
+    found: list[str] = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.lower().startswith(start.lower()):
+            continue
+        try:
+            real = entry.resolve()
+        except OSError:
+            continue
+        if real != root and root not in real.parents:  # a link leading out of the space
+            continue
+        if folders_only and not real.is_dir():
+            continue
+        found.append(f"{folder}/{entry.name}" if folder else entry.name)
+        if len(found) >= limit:
+            break
+    return found

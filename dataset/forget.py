@@ -260,6 +260,70 @@ def kept_copies(space: GuildSpace) -> list[str]:
     return kept
 
 
+def people(space: GuildSpace, typed: str = "", limit: int = 25) -> list[tuple[int, str]]:
+    """(id, name) of people whose questions, corrections or feedback this server keeps (recent askers first),
+    whose name contains ``typed``: whom there is something to forget (a choice list for admins)."""
+    names: dict[int, str] = {}
+    with space.db.tx(write=False) as tx:
+        for table in ("answers", "corrections", "feedback"):
+            for author_id, name in tx.all(f"SELECT author_id, author_name FROM {table} WHERE guild_id = ? AND "
+                                          f"author_id IS NOT NULL ORDER BY id DESC LIMIT 1000", (space.guild_id,)):
+                if not names.get(int(author_id)):  # a name from any table: logged answers may have none
+                    names[int(author_id)] = str(name or "")
+    typed = typed.lower().lstrip("@")
+    shown = [(i, name or f"user {i}") for i, name in names.items()]
+    return [(i, name) for i, name in shown if typed in name.lower()][:limit]
+
+
+class _Rollback(Exception):
+    """Undoes a preview's transaction."""
+
+
+def preview(space: GuildSpace, user_id: int) -> ForgetResult:
+    """What :func:`forget` would remove now, counted by the same code, changing nothing (an empty result: nothing
+    is stored from them). For the confirm dialog before it; what is added meanwhile is forgotten too."""
+    result = ForgetResult()
+    uploads: set[str] = set()
+    examples = 0
+    for path in sorted(_dataset_files(space)):
+        with lock_for(path.parent):  # not while a forget or an upload rewrites the file
+
+            def theirs(record: Mapping[str, object]) -> bool:
+                if _is_theirs_example(record, user_id):
+                    origin = str(record.get("origin") or "")
+                    if "upload " in origin:
+                        uploads.add(origin.rsplit("upload ", 1)[1])
+                    return True
+                return False
+
+            examples += _rewrite_lines(path, theirs)[1]
+    try:
+        with space.db.tx() as tx:  # forget's own deletions and counts, then rolled back
+            derived: dict[str, int] = {}
+            _derived(tx, space.guild_id, user_id, derived)
+            for kind, table in _TABLES:
+                n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
+                                  (space.guild_id, user_id), 0))
+                if n:
+                    result.counts[kind] = n
+            result.counts.update(derived)
+            raise _Rollback
+    except _Rollback:
+        pass
+    if examples:
+        result.counts["examples"] = examples
+    n_uploads = 0
+    for name in uploads:
+        try:
+            target = space.resolve(name)
+        except TrainerError:
+            continue
+        n_uploads += target.is_file() and space.uploads.resolve() in target.parents
+    if n_uploads:
+        result.counts["uploads"] = n_uploads
+    return result
+
+
 def _redact_quotes(tx: Tx, guild_id: int, user_id: int) -> None:
     """Someone else's feedback quoting their message: the quote goes, the feedback stays."""
     for fid, raw in tx.all("SELECT id, reply_to FROM feedback WHERE guild_id = ? AND reply_to IS NOT NULL",

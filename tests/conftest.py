@@ -121,6 +121,8 @@ def settings(data_dirs: tuple[Path, Path]) -> Settings:
     return Settings.from_env({
         "MODE": "dev", "DATA_DIR": str(data), "CORRECTIONS_DIR": str(corrections),
         "JOB_POLL_SECONDS": "0.05", "VOICE_IDLE_SECONDS": "30",
+        # Most tests train on members' corrections; tests/commands/test_train_from_chat.py tests the default.
+        "TRAIN_FROM_CHAT": "on",
         # The espeak-based audio tests hold word error rates measured with pocketsphinx (the lighter
         # recogniser); Whisper, the default, is tested on real recordings in tests/commands/test_chat_long_audio.py.
         "SPEECH_BACKEND": "sphinx",

@@ -186,6 +186,16 @@ async def announcement(sb: Sandbox, job_id: str, timeout: float = 10.0) -> Messa
                           timeout=timeout)
 
 
+async def confirmed(h: BotHarness, content: str, *, user: str = "member", timeout: float = 15.0) -> list[Message]:
+    """Post a command that asks to confirm (a Confirm / Cancel dialog), press Confirm as its author; returns
+    the dialog and the bot's messages after it once it went quiet."""
+    msg = await h.sandbox.post_message(user, content)
+    dialog = await wait_bot(h.sandbox, lambda m: bool(m.components), after=msg.id, timeout=timeout)
+    await h.click(dialog.id, 1, user=user)
+    await h.sandbox.wait_for_bot_message(dialog.channel_id, after=dialog.id, timeout=timeout)
+    return [dialog, *await h.settle(dialog.id, dialog.channel_id)]
+
+
 def hf_env(base: Path, **extra: str) -> dict[str, str]:
     """HF_* settings that train the tiny model to answer its examples word for word in seconds."""
     env = {"HF_BASE_MODEL": str(base), "HF_EPOCHS": "40", "HF_LEARNING_RATE": "5e-3", "HF_BATCH_SIZE": "4",

@@ -52,8 +52,9 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Stand-ins for compiler.compile_guild and records.add_test_errors: the Model alone is under test."""
     state: dict = {"compiled": compiled(), "kept": [], "min_examples": []}
 
-    def compile_guild(space, *, min_examples=10, trainer="OpenAI"):
+    def compile_guild(space, *, min_examples=10, trainer="OpenAI", chat=True):
         state["min_examples"].append(min_examples)
+        state.setdefault("chat", []).append(chat)
         return state["compiled"]
 
     def add_test_errors(space, mismatches, **who):

@@ -150,7 +150,8 @@ class JobRunner:
                 if job.status not in TERMINAL:
                     raise Busy(f"Training job `{job.id}` is still {job.status}; wait for it or cancel it.")
             compiled = await asyncio.to_thread(compiler.compile_guild, space, min_examples=self.backend.min_examples,
-                                               trainer=self.backend.trainer_title)
+                                               trainer=self.backend.trainer_title,
+                                               chat=self.settings.train_from_chat)
             report = compiled.report
             if method == "dpo" and compiled.preference_report is not None:
                 report = compiled.preference_report  # DPO uploads the preference lines, so check those

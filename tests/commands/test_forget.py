@@ -14,11 +14,12 @@ from config import Settings
 from dataset import corrections as records
 from dataset import forget
 from errors import NotFound
+from sandbox.interactions import InteractionRefused
 from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests.commands.records_db import rows, traces
 from tests.fakes.samples import jsonl, pair
-from tests.harness import ROOT, BotHarness, ErrorLog, space_of, start_bot, stop_bot, wait_bot
+from tests.harness import ROOT, BotHarness, ErrorLog, confirmed, space_of, start_bot, stop_bot, wait_bot
 from training import evaluation
 
 CANARY = "zebra-canary-4417"
@@ -53,9 +54,19 @@ async def test_forget_me_leaves_no_trace(harness: BotHarness, started: list[str]
     await h.ask("!train", user="owner", attachments=[("o.jsonl", jsonl(pair("owner q", "owner a")), None)])
     assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback"}
 
-    said = await h.ask("!forget me")
+    # More than a few items: a dialog says what will go, and only the asker's Confirm does it.
+    [dialog] = await h.send("!forget me")
+    assert dialog.content == ("Forget everything you gave in this server? This removes 1 corrections, 1 feedback, "
+                              "1 logged questions and answers, 1 reactions, 1 asks after their 👎, for good.")
+    other = await h.click(dialog.id, 1, user="owner")
+    assert [m.content for m in other.messages] == [f"Only <@{sb.member.id}> can answer this."]
+    assert set(traces(space, CANARY)) == {"answers", "corrections", "feedback"}
+    await h.click(dialog.id, 1)
+    said = (await wait_bot(sb, lambda m: m.content.startswith("Forgot everything"), after=dialog.id)).content
     assert said.startswith("Forgot everything member gave in this server: 1 corrections, 1 feedback, "
                            "1 logged questions and answers, 1 reactions, 1 asks after their 👎.")
+    with pytest.raises(InteractionRefused, match="disabled"):  # answered: its buttons are off
+        await sb.click("member", dialog.id, 1)
     assert [a for a, in rows(space, "SELECT author_id FROM reactions WHERE guild_id = ?")] == [sb.owner.id]
     assert rows(space, "SELECT * FROM asks WHERE guild_id = ?") == []
     assert "Archives and exports made before keep their contents: `archives/datasets-" in said
@@ -204,6 +215,19 @@ def test_crash_after_the_journal_finishes_on_start(offline: GuildSpace, monkeypa
         forget.forget(space, 7)
 
 
+def test_preview_counts_what_forget_removes_and_changes_nothing(offline: GuildSpace) -> None:
+    space = offline
+    before_files, before_rows = files(space), record_rows(space)
+    coming = forget.preview(space, 7)
+    assert files(space) == before_files and record_rows(space) == before_rows
+    assert forget.preview(space, 99).total == 0  # nothing stored from them: an empty preview
+    assert forget.people(space) == [(7, "m"), (8, "o")]
+    assert forget.people(space, "m") == [(7, "m")]
+    done = forget.forget(space, 7)
+    assert coming.counts == done.counts and coming.total == done.total
+    assert forget.people(space) == [(8, "o")]
+
+
 async def test_forget_me_takes_their_words_out_of_others_records(harness: BotHarness, started: list[str]) -> None:
     """An admin's correction of their question, and an admin's !test cases that copy their questions (in the
     evaluation set and as mismatches, i.e. training data) go with them: the next training cannot bring them back."""
@@ -219,7 +243,9 @@ async def test_forget_me_takes_their_words_out_of_others_records(harness: BotHar
     assert tested.startswith("**Accuracy: 50%** (1/2 correct)")
     assert set(traces(space, CANARY)) == {"answers", "corrections", "eval_cases", "test_errors"}
 
-    said = await h.ask("!forget me")
+    dialog, said_msg, *_ = await confirmed(h, "!forget me")  # more than a few items: confirmed first
+    assert "2 logged questions and answers, 1 others' corrections of their questions" in dialog.content
+    said = said_msg.content
     assert said.startswith("Forgot everything member gave in this server: 2 logged questions and answers, 1 others' "
                            "corrections of their questions, 1 evaluation cases with their questions, 1 test "
                            "mismatches with their questions.")

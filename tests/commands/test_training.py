@@ -29,7 +29,16 @@ from sandbox.server import Message, Sandbox
 from storage import GuildSpace, read_records
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.samples import FAQ, chat_line, jsonl, pair
-from tests.harness import STARTED, BotHarness, announcement, space_of, start_bot, start_job, stop_bot
+from tests.harness import (
+    STARTED,
+    BotHarness,
+    announcement,
+    confirmed,
+    space_of,
+    start_bot,
+    start_job,
+    stop_bot,
+)
 from training import evaluation, jobs
 
 KEY = "test"
@@ -193,7 +202,10 @@ async def test_openai_failure_and_cancel_with_reasons(openai_harness: BotHarness
     await asyncio.sleep(0.3)  # the command's concurrency slot is released just after it returns
     busy = await h.ask("!train", user="admin")
     assert busy == f"Training job `{job2}` is still validating_files; wait for it or cancel it."
-    reply = await h.ask(f"!cancel {job2[:12]}", user="admin")  # a unique prefix of the id is enough
+    # A unique prefix of the id is enough; the dialog names the job, the admin confirms.
+    dialog, reply_msg, *_ = await confirmed(h, f"!cancel {job2[:12]}", user="admin")
+    assert dialog.content.startswith(f"Cancel training job `{job2}` (")
+    reply = reply_msg.content
     assert reply == f"Cancelling training job `{job2}`: it is now cancelled and will not change the model."
     done2 = await announcement(sb, job2)
     assert done2.content == f"Training job `{job2}` was cancelled by admin."

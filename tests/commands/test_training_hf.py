@@ -34,6 +34,7 @@ from tests.harness import (
     ROOT,
     BotHarness,
     announcement,
+    confirmed,
     hf_env,
     start_bot,
     start_job,
@@ -223,8 +224,8 @@ async def test_accelerate_sigkill_restart_resumes_then_cancel(sandbox: Sandbox, 
         await sandbox.wait_for(lambda: f"Resumed from its checkpoint at step {saved}" in status.content, 20)
 
         # !cancel mid-job (the resumed one): stopped within seconds, no version, no checkpoint left.
-        msg = await h.sandbox.post_message("admin", f"!cancel {job_id}")
-        reply = await wait_bot(sandbox, lambda m: m.content.startswith("Cancelling training job"), after=msg.id,
+        dialog, *_ = await confirmed(h, f"!cancel {job_id}", user="admin", timeout=20)
+        reply = await wait_bot(sandbox, lambda m: m.content.startswith("Cancelling training job"), after=dialog.id,
                                timeout=20)
         assert "it is now cancelled" in reply.content
         assert not [p.name for p in models.iterdir() if p.name.startswith("hf-v")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.fakes.samples import jsonl, pair
-from tests.harness import BotHarness, space_of
+from tests.harness import BotHarness, confirmed, space_of
 
 
 async def test_list_and_remove_an_upload(harness: BotHarness, started: list[str]) -> None:
@@ -27,7 +27,9 @@ async def test_list_and_remove_an_upload(harness: BotHarness, started: list[str]
         "The current dataset has no source `S-000000`. Nothing was changed. `!uploads` lists them.")
     assert await h.ask(f"!uploads remove {upload_id}") == "You need the **Manage Server** permission to use this command."
     assert len(list(space.uploads.iterdir())) == 1
-    said = await h.ask(f"!uploads remove {upload_id}", user="admin")
+    dialog, said_msg, *_ = await confirmed(h, f"!uploads remove {upload_id}", user="admin")  # named, then confirmed
+    assert dialog.content.startswith(f"Remove `{upload_id}` upload `bad.jsonl` — 3 examples")
+    said = said_msg.content
     assert said == (f"Removed `{upload_id}` (upload `bad.jsonl`): 3 examples and its stored file. The next `!train` "
                     f"trains without them; the current model keeps them until then.")
     assert list(space.uploads.iterdir()) == []

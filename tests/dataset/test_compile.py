@@ -79,3 +79,24 @@ def test_compile_empty_guild_reports_too_few(space: GuildSpace) -> None:
     assert compiled.supervised == [] and compiled.preference == [] and compiled.preference_report is None
     assert not compiled.report.ok
     assert codes(compiled.report.errors) == [(None, "too_few_examples")]
+
+
+def test_train_from_chat_off_leaves_members_corrections_out(space: GuildSpace) -> None:
+    """TRAIN_FROM_CHAT=off: admins' uploads and !test cases stay; a member's correction is left out, and said so."""
+    dataset_folder.ingest_text(space, "\n".join(f"q{i} => a{i}" for i in range(10)), author="admin (1)")
+    records.add_correction(space, message_id=5, prompt="asked by a member", answer="bot said", correction="member fix",
+                           author_id=2, author_name="member", channel_id=3)
+    records.add_test_errors(space, [TestError("test q", "test a", "test wrong")])
+
+    def questions(compiled: compiler.Compiled) -> set[str]:
+        return {str(line["messages"][-2]["content"]) for line in compiled.supervised}
+
+    everything = compiler.compile_guild(space)
+    assert {"asked by a member", "test q", "q0"} <= questions(everything)
+    assert compiler.LEFT_OUT_FROM_CHAT not in {w.code for w in everything.report.warnings}
+    off = compiler.compile_guild(space, chat=False)
+    assert "asked by a member" not in questions(off) and {"test q", "q0"} <= questions(off)
+    assert "member fix" not in compiler.to_jsonl(off.supervised).decode()
+    [note] = [w for w in off.report.warnings if w.code == compiler.LEFT_OUT_FROM_CHAT]
+    assert note.message.startswith("1 member correction(s) left out of training (TRAIN_FROM_CHAT is off)")
+    assert [c.correction for c in records.approved_corrections(space)] == ["member fix"]  # still a record

@@ -89,3 +89,15 @@ def test_state_with_bad_dataset_path_falls_back(space: GuildSpace) -> None:
     assert dataset_folder.dataset_name(space) == "datasets/main"
     dataset_folder.update_state(space, dataset=None, system_prompt="hi")
     assert dataset_folder.read_state(space) == {"system_prompt": "hi"}
+
+
+def test_suggest_paths_stays_in_the_space(space: GuildSpace, tmp_path) -> None:
+    (space.data / "datasets" / "faq").mkdir(parents=True)
+    (space.data / "datasets" / "fun.jsonl").write_text("{}\n")
+    (space.data / "datasets" / ".secret").mkdir()
+    (space.data / "datasets" / "out").symlink_to(tmp_path)  # leads out of the space
+    assert dataset_folder.suggest_paths(space, "datasets/f") == ["datasets/faq", "datasets/fun.jsonl"]
+    assert dataset_folder.suggest_paths(space, "datasets/", folders_only=True) == ["datasets/faq"]
+    assert dataset_folder.suggest_paths(space, "dat") == ["datasets"]
+    assert dataset_folder.suggest_paths(space, "../") == []  # refused paths suggest nothing
+    assert dataset_folder.suggest_paths(space, "nowhere/x") == []
