@@ -66,6 +66,20 @@ class ForgetPlan(TypedDict):
     delete: list[str]
 
 
+def _their_examples(user_id: int, uploads: set[str]) -> Callable[[Mapping[str, object]], bool]:
+    """Which dataset lines are the person's; the uploads they came from are collected into ``uploads``."""
+
+    def theirs(record: Mapping[str, object]) -> bool:
+        if _is_theirs_example(record, user_id):
+            origin = str(record.get("origin") or "")
+            if "upload " in origin:
+                uploads.add(origin.rsplit("upload ", 1)[1])
+            return True
+        return False
+
+    return theirs
+
+
 def _is_theirs_example(record: Mapping[str, object], user_id: int) -> bool:
     """Whether a line of a dataset file is an example ``user_id`` added (any JSON object: not all are our records)."""
     if record.get("added_by_id") == user_id:
@@ -186,16 +200,7 @@ def _forget(space: GuildSpace, user_id: int, result: ForgetResult, staged: list[
         uploads: set[str] = set()
         examples = 0
         for path in files:
-
-            def theirs(record: Mapping[str, object]) -> bool:
-                if _is_theirs_example(record, user_id):
-                    origin = str(record.get("origin") or "")
-                    if "upload " in origin:
-                        uploads.add(origin.rsplit("upload ", 1)[1])
-                    return True
-                return False
-
-            data, dropped = _rewrite_lines(path, theirs)
+            data, dropped = _rewrite_lines(path, _their_examples(user_id, uploads))
             if dropped:
                 examples += dropped
                 if data.strip():
@@ -287,16 +292,7 @@ def preview(space: GuildSpace, user_id: int) -> ForgetResult:
     examples = 0
     for path in sorted(_dataset_files(space)):
         with lock_for(path.parent):  # not while a forget or an upload rewrites the file
-
-            def theirs(record: Mapping[str, object]) -> bool:
-                if _is_theirs_example(record, user_id):
-                    origin = str(record.get("origin") or "")
-                    if "upload " in origin:
-                        uploads.add(origin.rsplit("upload ", 1)[1])
-                    return True
-                return False
-
-            examples += _rewrite_lines(path, theirs)[1]
+            examples += _rewrite_lines(path, _their_examples(user_id, uploads))[1]
     try:
         with space.db.tx() as tx:  # forget's own deletions and counts, then rolled back
             derived: dict[str, int] = {}

@@ -9,7 +9,17 @@ import dataclasses
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
-from tests.harness import BotHarness, ErrorLog, announcement, space_of, start_bot, start_job, stop_bot, wait_bot
+from tests.harness import (
+    BotHarness,
+    ErrorLog,
+    announcement,
+    confirmed,
+    space_of,
+    start_bot,
+    start_job,
+    stop_bot,
+    wait_bot,
+)
 from training import evaluation
 
 PAIRS = [(f"What is the code of room {n}?", f"Room {n} opens with code {1000 + n}.") for n in range(1, 11)]
@@ -87,7 +97,9 @@ async def test_an_emptied_dataset_is_held_back_and_marked(harness: BotHarness) -
     live; `!jobs` and `!model` show it held back, and `!model NAME` can still switch to it."""
     h = harness
     await train(h, f"!train {TAUGHT}")
-    said = await h.ask(f"!forget <@{h.sandbox.admin.id}>", user="owner")
+    dialog, said_msg, *_ = await confirmed(h, f"!forget <@{h.sandbox.admin.id}>", user="owner")
+    assert "This removes 10 examples" in dialog.content
+    said = said_msg.content
     assert said.startswith("Forgot everything admin gave in this server:") and "10 examples" in said
     job2, done, status = await train(h, "!train Is it late? => It is late.")
     assert done == (f"Training job `{job2}` succeeded, but I held `local-v2` back: it was trained on 1 example, far "
