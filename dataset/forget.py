@@ -66,6 +66,20 @@ class ForgetPlan(TypedDict):
     delete: list[str]
 
 
+def _remove_rows(tx: Tx, guild_id: int, user_id: int, counts: dict[str, int], *, delete: bool) -> None:
+    """The person's records and those derived from their words: counted into ``counts`` and, with ``delete``,
+    deleted (the preview counts inside a transaction it rolls back, so both count the same way)."""
+    derived: dict[str, int] = {}
+    _derived(tx, guild_id, user_id, derived)
+    for kind, table in _TABLES:
+        n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?", (guild_id, user_id), 0))
+        if n:
+            if delete:
+                tx.execute(f"DELETE FROM {table} WHERE guild_id = ? AND author_id = ?", (guild_id, user_id))
+            counts[kind] = n
+    counts.update(derived)
+
+
 def _their_examples(user_id: int, uploads: set[str]) -> Callable[[Mapping[str, object]], bool]:
     """Which dataset lines are the person's; the uploads they came from are collected into ``uploads``."""
 
@@ -218,16 +232,7 @@ def _forget(space: GuildSpace, user_id: int, result: ForgetResult, staged: list[
         pairs = _stage(staged)
         try:
             with space.db.tx() as tx:
-                derived: dict[str, int] = {}
-                _derived(tx, space.guild_id, user_id, derived)
-                for kind, table in _TABLES:
-                    n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
-                                      (space.guild_id, user_id), 0))
-                    if n:
-                        tx.execute(f"DELETE FROM {table} WHERE guild_id = ? AND author_id = ?",
-                                   (space.guild_id, user_id))
-                        result.counts[kind] = n
-                result.counts.update(derived)
+                _remove_rows(tx, space.guild_id, user_id, result.counts, delete=True)
                 _redact_quotes(tx, space.guild_id, user_id)
                 if examples:
                     result.counts["examples"] = examples
@@ -295,14 +300,7 @@ def preview(space: GuildSpace, user_id: int) -> ForgetResult:
             examples += _rewrite_lines(path, _their_examples(user_id, uploads))[1]
     try:
         with space.db.tx() as tx:  # forget's own deletions and counts, then rolled back
-            derived: dict[str, int] = {}
-            _derived(tx, space.guild_id, user_id, derived)
-            for kind, table in _TABLES:
-                n = int(tx.scalar(f"SELECT COUNT(*) FROM {table} WHERE guild_id = ? AND author_id = ?",
-                                  (space.guild_id, user_id), 0))
-                if n:
-                    result.counts[kind] = n
-            result.counts.update(derived)
+            _remove_rows(tx, space.guild_id, user_id, result.counts, delete=False)
             raise _Rollback
     except _Rollback:
         pass
