@@ -146,6 +146,17 @@ def _duration(info: dict) -> float | None:
     return None
 
 
+def pcm_to_wav(pcm: bytes) -> bytes:
+    """16 kHz mono s16le PCM (what :func:`convert_to_wav` decodes to) as a WAV file's bytes."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
 def convert_to_wav(data: bytes, *, max_seconds: float, filename_hint: str = "audio") -> ConvertedAudio:
     """Check and convert any audio file to 16 kHz mono WAV (sync; run it off the event loop).
 
@@ -205,13 +216,7 @@ def convert_to_wav(data: bytes, *, max_seconds: float, filename_hint: str = "aud
         log.debug("ffmpeg warnings for %s: %s", filename_hint, stderr[:300])
     if loudest_dbfs(pcm) < SILENCE_DBFS:
         raise InvalidInput("That audio is silent; I couldn't hear any speech.")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm)
-    return ConvertedAudio(wav=buf.getvalue(), duration=duration)
+    return ConvertedAudio(wav=pcm_to_wav(pcm), duration=duration)
 
 
 def loudest_dbfs(pcm: bytes) -> float:

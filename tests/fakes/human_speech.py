@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from speech.audio import pcm_to_wav
+
 SDIST_NAME = "pocketsphinx-5.1.1.tar.gz"
 SDIST_SHA256 = "675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355"
 SAMPLE_RATE = 16000
@@ -51,14 +53,7 @@ class Recording:
         return to_wav(self.pcm)
 
 
-def to_wav(pcm: bytes) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm)
-    return buf.getvalue()
+to_wav = pcm_to_wav  # the recogniser's own WAV writer
 
 
 @cache
