@@ -181,7 +181,7 @@ class Tally:
     tps: list[float] = dataclasses.field(default_factory=list)
     prompt_tokens: list[int] = dataclasses.field(default_factory=list)
     misses: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-    raw: Tally | None = None  # the model's own replies, before the check that they say what a note says
+    raw: Tally | None = None  # the model's own replies, before the check that they say what the closest note says
     paths: dict[str, int] = dataclasses.field(default_factory=dict)  # which path answered (HFBackend.paths)
 
     def add(self, expected: str | None, got: str) -> None:
@@ -203,7 +203,7 @@ class Tally:
 
 async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
     """Ask through ``HFBackend.answer`` (retrieval, worker, abstention); timings from the worker's replies.
-    ``tally.raw`` counts the model's own replies, before the backend's check that a reply says what a note says."""
+    ``tally.raw`` counts the model's own replies, before the backend's check that a reply says what the closest note says."""
     tally = Tally()
     tally.raw = Tally()
     real = t.backend.generator.generate

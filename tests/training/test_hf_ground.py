@@ -100,6 +100,12 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         assert invented.offers[0] == TAUGHT[0] and invented.offer_text.startswith("I don't know that one yet.")
         spy_on(backend, canned=True, text="It opens at 9 am.")
         assert await backend.answer(space, job.model, unsure, ()) == "It opens at 9 am."
+        # A note's answer, but not the closest note's: the model and retrieval disagree, so neither is trusted.
+        other = seen["context"][1][1]
+        assert other != TAUGHT[0][1]
+        spy_on(backend, canned=True, text=other)
+        disagreed = await backend.reply(space, job.model, unsure, ())
+        assert disagreed.text.startswith("I don't know that one yet.") and disagreed.offers[0] == TAUGHT[0]
         spy_on(backend, canned=True, text="I don't know.")
         assert (await backend.answer(space, job.model, unsure, ())).startswith("I don't know")
         backend.generator.generate = real_generate  # type: ignore[method-assign]
