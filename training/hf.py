@@ -114,6 +114,7 @@ class HFBackend(TrainingBackend):
         first = (" When retrieval alone is sure of a pair (the local backend's own answer rule), its trained answer "
                  "is the reply, word for word; the model writes only when retrieval is unsure."
                  if self.settings.hf_retrieval_first else "")
+        first += " A reply the model writes is given only when it says what the closest pair says."
         p = self.paths
         counts = (f" Answers since the bot started: {p['retrieved']} from retrieval, {p['generated']} generated, "
                   f"{p['dont_know']} \"I don't know\"." if any(p.values()) else "")

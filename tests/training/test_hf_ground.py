@@ -116,6 +116,7 @@ async def test_grounded_training_and_answers(settings: Settings, tiny_base: Path
         assert reply.startswith("I don't know that one yet.") and len(asked) == n
         line = backend.describe()
         assert line.startswith("grounded: finds the 3 trained pairs") and "only when retrieval is unsure" in line
+        assert "given only when it says what the closest pair says" in line
         p = backend.paths
         assert p["retrieved"] == 1 and p["generated"] >= 1 and p["dont_know"] >= 3, p
         assert (f"Answers since the bot started: 1 from retrieval, {p['generated']} generated, {p['dont_know']} "
