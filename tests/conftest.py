@@ -23,7 +23,7 @@ from sandbox.server import Sandbox
 from storage import GuildSpace
 from tests import api_spec
 from tests.fakes.samples import close_tracked_clients
-from tests.harness import BotHarness, ErrorLog, start_bot, stop_bot
+from tests.harness import BotHarness, ErrorLog, running_bot
 from tests.postgres import PostgresServer, start_server
 from training.embedding import DEFAULT_EMBED_MODEL
 
@@ -181,11 +181,8 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 
 @pytest.fixture
 async def harness(sandbox: Sandbox, settings: Settings, error_log: ErrorLog) -> AsyncIterator[BotHarness]:
-    bot = await start_bot(sandbox, settings)
-    try:
-        yield BotHarness(sandbox, bot)
-    finally:
-        await stop_bot(bot)
+    async with running_bot(sandbox, settings) as h:
+        yield h
 
 
 @pytest.fixture

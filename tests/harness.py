@@ -11,10 +11,12 @@ channel. Fixtures built on these live in ``tests/conftest.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,17 @@ async def stop_bot(bot: Any) -> None:
     import bot as bot_module
 
     await bot_module.stop_bot(bot)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(sandbox: Sandbox, settings: Settings, **changes: Any) -> AsyncIterator[BotHarness]:
+    """The real bot on ``sandbox`` with ``settings`` (``changes`` replaced, e.g. ``eval_gate=False``), as a
+    harness; stopped when the block ends."""
+    bot = await start_bot(sandbox, dataclasses.replace(settings, **changes))
+    try:
+        yield BotHarness(sandbox, bot)
+    finally:
+        await stop_bot(bot)
 
 
 def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from discord.ext import commands
 from bot import RedactSecrets
 from commands._shared import trainer_admin
 from errors import InvalidInput
-from tests.harness import ROOT, BotHarness, start_bot, stop_bot, subprocess_env
+from tests.harness import ROOT, BotHarness, running_bot, start_bot, stop_bot, subprocess_env
 
 
 class Probe(commands.Cog):
@@ -88,22 +88,16 @@ async def test_error_layers(harness: BotHarness, error_log) -> None:
 
 
 async def test_trainer_role_grants_admin(sandbox, settings, error_log) -> None:
-    import dataclasses
-
     from sandbox.server import Role
 
     trainers = Role(sandbox.ids.next(), "Trainers", 0, 2)
     sandbox.roles[trainers.id] = trainers
     sandbox.add_user("helper", roles=[trainers.id])
-    bot = await start_bot(sandbox, dataclasses.replace(settings, trainer_role="Trainers"))
-    try:
-        await bot.add_cog(Probe())
-        h = BotHarness(sandbox, bot)
+    async with running_bot(sandbox, settings, trainer_role="Trainers") as h:
+        await h.bot.add_cog(Probe())
         assert await h.ask("!secret", user="helper") == "admin ok"
         refused = await h.ask("!secret", user="member")
         assert "Manage Server" in refused and "Trainers" in refused
-    finally:
-        await stop_bot(bot)
 
 
 async def test_disconnect_then_resume_loses_no_command(harness: BotHarness) -> None:

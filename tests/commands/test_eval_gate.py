@@ -4,8 +4,6 @@ and EVAL_GATE=off switches to every new model."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
@@ -14,10 +12,9 @@ from tests.harness import (
     ErrorLog,
     announcement,
     confirmed,
+    running_bot,
     space_of,
-    start_bot,
     start_job,
-    stop_bot,
     wait_bot,
 )
 from training import evaluation
@@ -80,16 +77,12 @@ async def test_a_worse_training_stays_a_candidate_and_a_better_one_becomes_curre
 
 
 async def test_eval_gate_off_switches_to_every_model(sandbox: Sandbox, settings: Settings, error_log: ErrorLog) -> None:
-    bot = await start_bot(sandbox, dataclasses.replace(settings, eval_gate=False))  # as EVAL_GATE=off
-    try:
-        h = BotHarness(sandbox, bot)
+    async with running_bot(sandbox, settings, eval_gate=False) as h:  # as EVAL_GATE=off
         await train(h, f"!train {TAUGHT}")
         await h.ask(cases(PAIRS[0], PAIRS[1]), user="admin")
         wrong = "\n".join(f"{q} => Nobody knows the code of that room." for q, _ in PAIRS[:2])
         _, done, status = await train(h, f"!train {wrong}")
         assert "I now answer with `local-v2`." in done and "Evaluation" not in status and "Held-out" not in status
-    finally:
-        await stop_bot(bot)
 
 
 async def test_an_emptied_dataset_is_held_back_and_marked(harness: BotHarness) -> None:

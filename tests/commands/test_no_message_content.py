@@ -5,7 +5,6 @@ and plain messages in chat channels get no answer."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,17 +12,16 @@ import pytest
 
 from config import Settings
 from sandbox.server import Sandbox
-from tests.harness import BotHarness, start_bot, stop_bot
+from tests.harness import BotHarness, running_bot
 
 
 @pytest.fixture
 async def bare(settings: Settings, error_log: Any) -> AsyncIterator[BotHarness]:
     sandbox = await Sandbox(message_content_enabled=False).start()
-    bot = await start_bot(sandbox, dataclasses.replace(settings, message_content=False))
     try:
-        yield BotHarness(sandbox, bot)
+        async with running_bot(sandbox, settings, message_content=False) as h:
+            yield h
     finally:
-        await stop_bot(bot)
         await sandbox.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,7 @@ from config import Settings
 from dataset import corrections as records
 from sandbox.server import Sandbox
 from tests.commands.records_db import rows
-from tests.harness import BotHarness, ErrorLog, space_of, start_bot, stop_bot
+from tests.harness import BotHarness, ErrorLog, running_bot, space_of
 
 PERMISSION = "You need the **Manage Server** permission to use this command."
 
@@ -96,11 +95,8 @@ async def test_review_refusals(harness: BotHarness) -> None:
 
 @pytest.fixture
 async def trusting(sandbox: Sandbox, settings: Settings, error_log: ErrorLog) -> AsyncIterator[BotHarness]:
-    bot = await start_bot(sandbox, dataclasses.replace(settings, review_corrections=False))
-    try:
-        yield BotHarness(sandbox, bot)
-    finally:
-        await stop_bot(bot)
+    async with running_bot(sandbox, settings, review_corrections=False) as h:
+        yield h
 
 
 async def test_review_off_trusts_members(trusting: BotHarness) -> None:

@@ -3,7 +3,6 @@ but !train leaves it out of the training data and says so."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import zipfile
 from collections.abc import AsyncIterator
@@ -13,16 +12,13 @@ import pytest
 
 from config import Settings
 from sandbox.server import Sandbox
-from tests.harness import STARTED, BotHarness, announcement, start_bot, start_job, stop_bot
+from tests.harness import STARTED, BotHarness, announcement, running_bot, start_job
 
 
 @pytest.fixture
 async def strict(sandbox: Sandbox, settings: Settings, error_log: Any) -> AsyncIterator[BotHarness]:
-    bot = await start_bot(sandbox, dataclasses.replace(settings, train_from_chat=False))
-    try:
-        yield BotHarness(sandbox, bot)
-    finally:
-        await stop_bot(bot)
+    async with running_bot(sandbox, settings, train_from_chat=False) as h:
+        yield h
 
 
 async def test_members_corrections_answer_but_are_not_trained_on(strict: BotHarness) -> None:

@@ -34,6 +34,7 @@ from tests.harness import (
     BotHarness,
     announcement,
     confirmed,
+    running_bot,
     space_of,
     start_bot,
     start_job,
@@ -762,9 +763,7 @@ async def test_export_model_on_the_local_backend(harness: BotHarness) -> None:
 
 async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_prefix(
         sandbox: Sandbox, settings: Settings, error_log: Any) -> None:
-    bot = await start_bot(sandbox, dataclasses.replace(settings, prefix="?"))
-    try:
-        h = BotHarness(sandbox, bot)
+    async with running_bot(sandbox, settings, prefix="?") as h:
         said = await h.ask("?export data", user="admin")
         assert said == ("There is nothing to export yet: this server's dataset has no examples. `?train` adds some "
                         "(attach a file or write `question => answer`).")
@@ -773,5 +772,3 @@ async def test_the_domain_leaves_commands_to_the_cogs_which_use_the_servers_pref
                         "`?review` lists the pending ones.")
         said = await h.ask("?getfile .", user="admin")
         assert said == "`.` is a folder. `?archive .` zips it."
-    finally:
-        await stop_bot(bot)

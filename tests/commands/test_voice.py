@@ -28,7 +28,7 @@ from sandbox.server import CONNECT, SPEAK, Sandbox
 from sandbox.voice import DAVE_MAGIC, FRAME_SECONDS, MODE, OPUS_SILENCE, VoiceServer
 from speech import synthesize as tts
 from tests.fakes.dave_member import DaveMember
-from tests.harness import BotHarness, start_bot, stop_bot
+from tests.harness import BotHarness, running_bot, start_bot, stop_bot
 
 # Short answers keep the real-time playback short (about a second each).
 ANSWERS = {"good morning": "Morning to you.", "how are you": "I am fine."}
@@ -286,10 +286,8 @@ async def test_bot_is_welcomed_into_an_encrypted_call_and_removed_when_it_leaves
 
 async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox, settings: Settings,
                                                               error_log) -> None:
-    bot = await start_bot(sandbox, dataclasses.replace(settings, voice_idle_seconds=0.5))
-    harness = BotHarness(sandbox, bot)
-    vs = server(harness)
-    try:
+    async with running_bot(sandbox, settings, voice_idle_seconds=0.5) as harness:
+        vs = server(harness)
         await join(harness)
         await asyncio.sleep(1.0)  # longer than the idle time, but the member is still there
         assert vs.connected == 1 and bot_voice_client(harness) is not None
@@ -305,8 +303,6 @@ async def test_bot_leaves_an_empty_channel_after_the_idle_time(sandbox: Sandbox,
         await join(harness)
         await asyncio.sleep(1.0)
         assert vs.connections == 2 and vs.connected == 1 and bot_voice_client(harness) is not None
-    finally:
-        await stop_bot(bot)
 
 
 async def test_openai_speech_shares_one_client(sandbox, settings, error_log) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from errors import NotSaved
 from records.db import Database, DatabaseUnavailable
 from sandbox.server import Sandbox
 from storage import GuildSpace, saved
-from tests.harness import BotHarness, start_bot, stop_bot
+from tests.harness import running_bot
 from tests.postgres import PostgresServer
 
 
@@ -104,9 +103,7 @@ async def test_the_bot_rides_out_postgresql_going_away(pg_server: PostgresServer
                                                        sandbox: Sandbox, error_log: object) -> None:
     """The real bot on PostgreSQL: while the server is down, a command fails with one plain line and nothing is
     half-saved; once it is back, the bot works again by itself (no restart)."""
-    bot = await start_bot(sandbox, dataclasses.replace(settings, database_url=pg_url))
-    try:
-        h = BotHarness(sandbox, bot)
+    async with running_bot(sandbox, settings, database_url=pg_url) as h:
         assert (await h.ask("!feedback before the outage")).startswith("Thanks for the feedback!")
         pg_server.stop()
         try:
@@ -118,7 +115,5 @@ async def test_the_bot_rides_out_postgresql_going_away(pg_server: PostgresServer
         finally:
             pg_server.start()
         assert (await h.ask("!feedback after the outage")).startswith("Thanks for the feedback!")
-        space = GuildSpace(h.guild_id, settings.data_dir, settings.corrections_dir, bot.db)
+        space = GuildSpace(h.guild_id, settings.data_dir, settings.corrections_dir, h.bot.db)
         assert [f.text for f in records.list_feedback(space)] == ["before the outage", "after the outage"]
-    finally:
-        await stop_bot(bot)
