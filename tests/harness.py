@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
+from sandbox.chat import TerminalChat
 from sandbox.server import Interaction, Message, Sandbox, User
 from storage import GuildSpace
 
@@ -143,6 +144,13 @@ async def stop_bot(bot: Any) -> None:
     import bot as bot_module
 
     await bot_module.stop_bot(bot)
+
+
+async def type_lines(chat: TerminalChat, *lines: str) -> None:
+    """Type each line into the terminal chat, waiting after each until the bot has answered and gone quiet."""
+    for line in lines:
+        await chat.handle(line)
+        await chat.settle()
 
 
 @contextlib.asynccontextmanager

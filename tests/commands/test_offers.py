@@ -17,7 +17,7 @@ from dataset import picks
 from sandbox.chat import TerminalChat
 from sandbox.components import buttons
 from sandbox.server import Message, Sandbox
-from tests.harness import BotHarness, confirmed, space_of, start_bot, stop_bot
+from tests.harness import BotHarness, confirmed, space_of, start_bot, stop_bot, type_lines
 from training import jobs
 from training.local import train_version
 
@@ -103,12 +103,9 @@ async def test_an_admins_pick_in_the_terminal_chat_counts_at_once_and_forget_rem
     await train(h)
     out = io.StringIO()
     chat = TerminalChat(sb, out=out, files_dir=tmp_path / "files", prefix="!", silence=5.0, quiet=0.1)
-    for line in ("/as admin", VISITORS):
-        await chat.handle(line)
-        await chat.settle()
+    await type_lines(chat, "/as admin", VISITORS)
     offer = sb.bot_messages()[-1]
-    await chat.handle(f"/click {offer.id} 1")
-    await chat.settle()
+    await type_lines(chat, f"/click {offer.id} 1")
     text = out.getvalue()
     for expected in (f"    [1: {WIFI}] [2: None of these]", f"trainer: {WORK.answer_of('guest_wifi')}",
                      "(only you can see this) trainer: Thanks! I've learned your wording: I'll answer it directly",

@@ -13,7 +13,7 @@ import pytest
 from sandbox.appcommands import CHAT_INPUT, MESSAGE_COMMAND
 from sandbox.chat import TerminalChat
 from sandbox.interactions import DEFERRED_CHANNEL_MESSAGE, MODAL, InteractionRefused
-from tests.harness import BotHarness
+from tests.harness import BotHarness, type_lines
 
 
 def _commands(h: BotHarness) -> dict[str, object]:
@@ -149,16 +149,12 @@ async def test_terminal_chat_menu_modal_and_dialog(harness: BotHarness, tmp_path
     sb = harness.sandbox
     out = io.StringIO()
     chat = TerminalChat(sb, out=out, files_dir=tmp_path / "files", prefix="!", silence=5.0, quiet=0.1)
-    for line in ("what is the capital of nowhere?", "what is the capital of elsewhere?", "who are you?"):
-        await chat.handle(line)
-        await chat.settle()
+    await type_lines(chat, "what is the capital of nowhere?", "what is the capital of elsewhere?", "who are you?")
     answer = sb.bot_messages()[0]
-    for line in (f'/menu {answer.id} "Correct this answer"', "/modal correction=\"Nowhere City.\"", "!forget me"):
-        await chat.handle(line)
-        await chat.settle()
+    await type_lines(chat, f'/menu {answer.id} "Correct this answer"', "/modal correction=\"Nowhere City.\"",
+                     "!forget me")
     dialog = sb.bot_messages()[-1]
-    await chat.handle(f"/click {dialog.id} 2")
-    await chat.settle()
+    await type_lines(chat, f"/click {dialog.id} 2")
     text = out.getvalue()
     for expected in ("submit it with /modal correction=...",
                      "(only you can see this) trainer: Thanks — correction `C-",

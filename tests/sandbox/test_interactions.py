@@ -18,6 +18,7 @@ from discord import app_commands
 from sandbox.chat import TerminalChat
 from sandbox.server import InteractionRefused, Sandbox
 from tests.fakes.bare_client import bare_client
+from tests.harness import type_lines
 
 
 class Buttons(discord.ui.View):
@@ -343,16 +344,12 @@ async def test_terminal_chat_interactions(sandbox: Sandbox, monkeypatch: pytest.
         lines = ["/help", "/slash echo text=hello count=2", f"/slash echo text=up file={note}", "/slash ask",
                  "/slash echo count=x text=a", "/slash form", "/modal answer='my answer'", "/modal answer=x",
                  "/slash slow secret=true"]
-        for line in lines:
-            await chat.handle(line)
-            await chat.settle()
+        await type_lines(chat, *lines)
         text = out.getvalue()
         ask_id = next(m.id for m in sandbox.bot_messages() if m.content == "pick one")
-        await chat.handle(f"/click {ask_id} 1")
-        await chat.settle()
+        await type_lines(chat, f"/click {ask_id} 1")
         posted = await sandbox.post_message("member", "quote me")
-        await chat.handle(f'/menu {posted.id} "Quote"')
-        await chat.settle()
+        await type_lines(chat, f'/menu {posted.id} "Quote"')
         await chat.handle(f"/click {ask_id} 3")
         # A click the bot does not answer (a forged custom_id no view knows) fails in the user's client.
         sandbox.interaction_deadline = 0.3
